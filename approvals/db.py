@@ -1,0 +1,124 @@
+"""The database: an async engine for SQLite (default) or PostgreSQL, and serialised write transactions.
+
+Every write also appends to the hash-chained audit log, and a chain only stays a chain when
+appends are serialised. PostgreSQL takes a transaction-scoped advisory lock (good across
+replicas); SQLite takes its write lock up front with BEGIN IMMEDIATE, and an in-process lock
+keeps this process's writers from queueing inside SQLite's busy handler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+from sqlalchemy import event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlmodel import SQLModel
+
+from approvals import models  # noqa: F401  (registers the tables on SQLModel.metadata)
+from approvals.errors import StoreUnavailable
+
+_AUDIT_LOCK_KEY = 0x0C5_A0D17
+
+
+def normalise_url(url: str) -> str:
+    """Accept the plain URLs people paste (postgres://, postgresql://, sqlite:///) and pick async drivers."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    parsed = make_url(url)
+    driver = parsed.drivername
+    if driver in ("postgresql", "postgresql+psycopg2", "postgresql+psycopg"):
+        parsed = parsed.set(drivername="postgresql+asyncpg")
+    elif driver in ("sqlite", "sqlite+pysqlite"):
+        parsed = parsed.set(drivername="sqlite+aiosqlite")
+    elif driver not in ("postgresql+asyncpg", "sqlite+aiosqlite"):
+        raise ValueError(f"unsupported database URL scheme {driver!r}; use sqlite:/// or postgresql://")
+    return parsed.render_as_string(hide_password=False)
+
+
+class Database:
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = normalise_url(url)
+        self.is_sqlite = self.url.startswith("sqlite")
+        self._write_lock = anyio.Lock()
+        if self.is_sqlite:
+            database = make_url(self.url).database
+            if database and database != ":memory:":
+                Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            connect_args: dict[str, Any] = {"timeout": 30}
+            self.engine: AsyncEngine = create_async_engine(self.url, echo=echo, connect_args=connect_args)
+            self._write_engine = create_async_engine(self.url, echo=echo, connect_args=connect_args)
+            _sqlite_pragmas(self.engine, immediate=False)
+            _sqlite_pragmas(self._write_engine, immediate=True)
+        else:
+            self.engine = create_async_engine(self.url, echo=echo, pool_pre_ping=True)
+            self._write_engine = self.engine
+
+    async def create_schema(self) -> None:
+        async with self.guard(), self._write_engine.begin() as conn:
+            if not self.is_sqlite:
+                await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _AUDIT_LOCK_KEY})
+            await conn.run_sync(SQLModel.metadata.create_all)
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+        if self._write_engine is not self.engine:
+            await self._write_engine.dispose()
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        async with self.guard(), self.engine.connect() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction holding the audit-chain lock; commits on success, rolls back on error."""
+        async with self._write_lock, self.guard(), self._write_engine.begin() as conn:
+            if not self.is_sqlite:
+                await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _AUDIT_LOCK_KEY})
+            yield conn
+
+    @asynccontextmanager
+    async def guard(self) -> AsyncIterator[None]:
+        """Turn driver-level connection failures into StoreUnavailable, so callers can fail closed."""
+        try:
+            yield
+        except (OperationalError, DBAPIError) as exc:
+            if isinstance(exc, DBAPIError) and not exc.connection_invalidated and not _is_connectivity(exc):
+                raise
+            raise StoreUnavailable(f"the database is unavailable: {exc.orig or exc}") from exc
+        except (OSError, ConnectionError) as exc:
+            raise StoreUnavailable(f"the database is unavailable: {exc}") from exc
+
+    async def ping(self) -> None:
+        async with self.read() as conn:
+            await conn.execute(text("SELECT 1"))
+
+
+def _is_connectivity(exc: DBAPIError) -> bool:
+    if isinstance(exc, OperationalError):
+        message = str(exc.orig).lower()
+        # SQLite reports a held lock as OperationalError too; that is contention, not an outage.
+        return "locked" not in message and "busy" not in message
+    return False
+
+
+def _sqlite_pragmas(engine: AsyncEngine, *, immediate: bool) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the driver, decide when transactions begin.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")

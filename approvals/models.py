@@ -1,0 +1,81 @@
+"""Tables: approval requests, decisions and the hash-chained audit log."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Column, DateTime, Index, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def _ts(*, index: bool = False, nullable: bool = False) -> datetime:
+    column = Column(DateTime(timezone=True), index=index, nullable=nullable)
+    return Field(sa_column=column)  # type: ignore[no-any-return]
+
+
+class ApprovalRequest(SQLModel, table=True):
+    __tablename__ = "approval_request"
+
+    id: str = Field(primary_key=True, max_length=64)
+    upstream: str
+    tool: str = Field(index=True)
+    upstream_tool: str
+    arguments: str = Field(sa_column=Column(Text, nullable=False))
+    arguments_sha256: str = Field(max_length=64)
+    agent: str = Field(index=True)
+    session_id: str | None = None
+    rule: str
+    reason: str = Field(sa_column=Column(Text, nullable=False))
+    approvers: str  # JSON list of approver names and "group:NAME" entries; empty = any approver
+    quorum: int = 1
+    channels: str  # JSON list
+    timeout_seconds: float
+    reject_reason_required: bool = False
+    slack_channel: str | None = None
+    created_at: datetime = _ts()
+    expires_at: datetime = _ts(index=True)
+    status: str = Field(index=True, max_length=16)
+    status_changed_at: datetime = _ts()
+    decided_by: str | None = None
+    decided_via: str | None = None
+    decision_reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    agent_waiting: bool = True
+    result: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    slack_ts: str | None = None
+
+
+class Decision(SQLModel, table=True):
+    __tablename__ = "approval_decision"
+    __table_args__ = (UniqueConstraint("request_id", "approver", "verdict", name="uq_decision_once"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    request_id: str = Field(index=True, foreign_key="approval_request.id")
+    approver: str
+    channel: str
+    verdict: str  # approve | reject
+    reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    at: datetime = _ts()
+
+
+class AuditEvent(SQLModel, table=True):
+    """One append-only row per call and per transition. `hash` covers the row and `prev_hash`."""
+
+    __tablename__ = "audit_event"
+    __table_args__ = (Index("ix_audit_event_at_seq", "at", "seq"),)
+
+    seq: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    at: datetime = _ts(index=True)
+    kind: str = Field(index=True)
+    outcome: str = Field(index=True)
+    agent: str | None = Field(default=None, index=True)
+    tool: str | None = Field(default=None, index=True)
+    upstream: str | None = None
+    request_id: str | None = Field(default=None, index=True)
+    actor: str | None = Field(default=None, index=True)
+    channel: str | None = None
+    message: str = Field(sa_column=Column(Text, nullable=False))
+    arguments: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    detail: str = Field(sa_column=Column(Text, nullable=False))
+    prev_hash: str = Field(max_length=64)
+    hash: str = Field(max_length=64)

@@ -1,0 +1,1 @@
+"""The MCP side of Countersign: upstreams, policy, the downstream server, the web app and the CLI."""

@@ -1,0 +1,220 @@
+"""The approver HTTP API: list, show, approve and reject requests, authenticated by API token."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from approvals.approvers import Approver
+from approvals.errors import AlreadyDecided, InvalidDecision, NotAllowed, RequestNotFound, StoreUnavailable
+from approvals.service import ApprovalService
+from approvals.states import Status
+from approvals.views import AuditEventView, DecisionOutcome, RequestView
+
+
+def request_json(view: RequestView) -> dict[str, Any]:
+    return {
+        "id": view.id,
+        "status": view.status.value,
+        "tool": view.tool,
+        "upstream": view.upstream,
+        "upstream_tool": view.upstream_tool,
+        "agent": view.agent,
+        "arguments": view.arguments,
+        "arguments_sha256": view.arguments_sha256,
+        "rule": view.rule,
+        "reason": view.reason,
+        "approvers": list(view.approvers),
+        "quorum": view.quorum,
+        "channels": list(view.channels),
+        "created_at": view.created_at.isoformat(),
+        "expires_at": view.expires_at.isoformat(),
+        "status_changed_at": view.status_changed_at.isoformat(),
+        "decided_by": view.decided_by,
+        "decided_via": view.decided_via,
+        "decision_reason": view.decision_reason,
+        "agent_waiting": view.agent_waiting,
+        "result": view.result,
+        "error": view.error,
+    }
+
+
+def event_json(event: AuditEventView) -> dict[str, Any]:
+    data = asdict(event)
+    data["at"] = event.at.isoformat()
+    return data
+
+
+def outcome_json(outcome: DecisionOutcome) -> dict[str, Any]:
+    return {
+        "approval": request_json(outcome.request),
+        "decided": outcome.decided,
+        "approvals": outcome.approvals,
+        "needed": outcome.needed,
+        "message": outcome.message,
+    }
+
+
+def _error(http_status: int, code: str, detail: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": code, "detail": detail, **extra}, status_code=http_status)
+
+
+def _service(request: Request) -> ApprovalService:
+    service: ApprovalService = request.app.state.gateway.service
+    return service
+
+
+def _approver(request: Request) -> Approver:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise HTTPException(401, "send an approver's API token as 'Authorization: Bearer <token>'")
+    approver = _service(request).approvers.by_api_token(token.strip())
+    if approver is None:
+        raise HTTPException(401, "the API token does not belong to any configured approver")
+    return approver
+
+
+async def list_approvals(request: Request) -> JSONResponse:
+    _approver(request)
+    raw = request.query_params.get("status")
+    statuses: set[Status] | None = None
+    if raw:
+        try:
+            statuses = {Status(s.strip()) for s in raw.split(",") if s.strip()}
+        except ValueError:
+            return _error(400, "bad_request", f"unknown status in {raw!r}; use {', '.join(s.value for s in Status)}")
+    try:
+        limit = max(1, min(int(request.query_params.get("limit", "100")), 1000))
+    except ValueError:
+        return _error(400, "bad_request", "limit must be a whole number")
+    views = await _service(request).list_requests(
+        statuses=statuses, agent=request.query_params.get("agent"), limit=limit
+    )
+    return JSONResponse({"approvals": [request_json(v) for v in views]})
+
+
+async def show_approval(request: Request) -> JSONResponse:
+    _approver(request)
+    service = _service(request)
+    request_id = request.path_params["request_id"]
+    view = await service.get(request_id)
+    body = request_json(view)
+    body["decisions"] = [
+        {"approver": d.approver, "channel": d.channel, "verdict": d.verdict, "reason": d.reason, "at": d.at.isoformat()}
+        for d in await service.decisions(request_id)
+    ]
+    body["events"] = [event_json(e) for e in await service.events(request_id=request_id)]
+    return JSONResponse(body)
+
+
+async def _decision_body(request: Request) -> str | None:
+    raw = await request.body()
+    if not raw.strip():
+        return None
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise HTTPException(400, f"the body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise HTTPException(400, 'the body must be a JSON object such as {"reason": "..."}')
+    reason = data.get("reason")
+    if reason is not None and not isinstance(reason, str):
+        raise HTTPException(400, "reason must be a string")
+    return reason
+
+
+async def approve(request: Request) -> JSONResponse:
+    approver = _approver(request)
+    reason = await _decision_body(request)
+    outcome = await _service(request).approve(request.path_params["request_id"], approver, "api", reason)
+    return JSONResponse(outcome_json(outcome))
+
+
+async def reject(request: Request) -> JSONResponse:
+    approver = _approver(request)
+    reason = await _decision_body(request)
+    outcome = await _service(request).reject(request.path_params["request_id"], approver, "api", reason)
+    return JSONResponse(outcome_json(outcome))
+
+
+async def audit_events(request: Request) -> JSONResponse:
+    _approver(request)
+    try:
+        limit = max(1, min(int(request.query_params.get("limit", "200")), 5000))
+    except ValueError:
+        return _error(400, "bad_request", "limit must be a whole number")
+    events = await _service(request).events(request_id=request.query_params.get("request_id"), limit=limit)
+    return JSONResponse({"events": [event_json(e) for e in events]})
+
+
+async def audit_verify(request: Request) -> JSONResponse:
+    _approver(request)
+    report = await _service(request).verify_audit()
+    return JSONResponse({**asdict(report), "message": report.describe()}, status_code=200 if report.ok else 409)
+
+
+async def not_found(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestNotFound)
+    return _error(404, "not_found", str(exc))
+
+
+async def not_allowed(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, NotAllowed)
+    return _error(403, "forbidden", str(exc))
+
+
+async def already_decided(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AlreadyDecided)
+    return _error(
+        409,
+        "already_decided",
+        str(exc),
+        status=exc.status,
+        decided_by=exc.by,
+        decided_at=exc.at.isoformat() if exc.at else None,
+    )
+
+
+async def invalid_decision(request: Request, exc: Exception) -> JSONResponse:
+    return _error(400, "bad_request", str(exc))
+
+
+async def store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    return _error(503, "unavailable", str(exc))
+
+
+async def http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    codes = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}
+    headers = {"WWW-Authenticate": 'Bearer realm="countersign"'} if exc.status_code == 401 else None
+    return JSONResponse(
+        {"error": codes.get(exc.status_code, "error"), "detail": exc.detail},
+        status_code=exc.status_code,
+        headers=headers,
+    )
+
+
+EXCEPTION_HANDLERS = {
+    RequestNotFound: not_found,
+    NotAllowed: not_allowed,
+    AlreadyDecided: already_decided,
+    InvalidDecision: invalid_decision,
+    StoreUnavailable: store_unavailable,
+    HTTPException: http_error,
+}
+
+ROUTES = [
+    Route("/api/approvals", list_approvals, methods=["GET"]),
+    Route("/api/approvals/{request_id}", show_approval, methods=["GET"]),
+    Route("/api/approvals/{request_id}/approve", approve, methods=["POST"]),
+    Route("/api/approvals/{request_id}/reject", reject, methods=["POST"]),
+    Route("/api/audit", audit_events, methods=["GET"]),
+    Route("/api/audit/verify", audit_verify, methods=["GET"]),
+]

@@ -1,0 +1,140 @@
+"""The running gateway: `Gateway` owns every component; `create_app` wraps it in a Starlette app."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from approvals.approvers import ApproverDirectory
+from approvals.audit import Event
+from approvals.db import Database
+from approvals.errors import StoreUnavailable
+from approvals.service import ApprovalService
+from approvals.timeouts import TimeoutScheduler
+from gateway import api
+from gateway.agent_auth import AgentAuth
+from gateway.calls import CallHandler
+from gateway.config import Settings
+from gateway.mcp_server import build_server
+from gateway.policy_store import PolicyStore
+from gateway.ratelimit import RateLimiter
+from gateway.upstreams import UpstreamSet
+
+log = logging.getLogger(__name__)
+
+
+class Gateway:
+    def __init__(self, settings: Settings, *, stdio_agent: str | None = None) -> None:
+        self.settings = settings
+        self.db = Database(settings.database_url)
+        self.approvers = ApproverDirectory(a.to_approver() for a in settings.approvers)
+        self.service = ApprovalService(self.db, self.approvers, poll_interval=settings.server.poll_interval)
+        self.timeouts = TimeoutScheduler(self.service)
+        self.policies = PolicyStore(settings.policy_path)
+        self.policies.listeners.append(self._policy_reloaded)
+        self.upstreams = UpstreamSet(settings.upstreams)
+        self.limiter = RateLimiter()
+        self.calls = CallHandler(
+            service=self.service,
+            policies=self.policies,
+            upstreams=self.upstreams,
+            limiter=self.limiter,
+            progress_interval=settings.server.progress_interval,
+            inbox_url=f"{settings.server.base_url}/inbox",
+        )
+        self.mcp = build_server(self.calls, stdio_agent=stdio_agent)
+        self.session_manager = StreamableHTTPSessionManager(
+            app=self.mcp, json_response=False, stateless=False, security_settings=self._transport_security()
+        )
+        self.ready = anyio.Event()
+
+    def _transport_security(self) -> TransportSecuritySettings:
+        server = self.settings.server
+        hosts = {"127.0.0.1:*", "localhost:*", "[::1]:*", f"{server.host}:*", *server.allowed_hosts}
+        origins = {"http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"}
+        if server.public_url:
+            parts = urlsplit(server.public_url)
+            if parts.hostname:
+                hosts.update({parts.netloc, f"{parts.hostname}:*"})
+                origins.add(f"{parts.scheme}://{parts.netloc}")
+        return TransportSecuritySettings(
+            enable_dns_rebinding_protection=True, allowed_hosts=sorted(hosts), allowed_origins=sorted(origins)
+        )
+
+    async def _policy_reloaded(self, outcome: str, message: str) -> None:
+        await self.service.record(Event(kind=outcome, outcome=outcome.split(".")[1], message=message))
+
+    @asynccontextmanager
+    async def running(self, *, serve_http: bool = True) -> AsyncIterator[Gateway]:
+        if self.settings.server.dev_mode:
+            log.warning("DEV MODE: /mcp accepts calls without an agent token; every caller is the agent 'dev'")
+        await self.db.create_schema()
+        expired, armed = await self.timeouts.start()
+        log.info("approval queue ready: %d pending request(s) re-armed, %d overdue expired", armed, expired)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self.upstreams.run)
+                if self.settings.policy.watch:
+                    tg.start_soon(self.policies.watch)
+                if serve_http:
+                    async with self.session_manager.run():
+                        self.ready.set()
+                        yield self
+                else:
+                    self.ready.set()
+                    yield self
+                tg.cancel_scope.cancel()
+        finally:
+            self.timeouts.shutdown()
+            await self.db.dispose()
+
+    def agent_tokens(self) -> dict[str, str]:
+        return {agent.digest: agent.name for agent in self.settings.agents}
+
+    def asgi(self, *, lifespan: bool = True) -> Starlette:
+        mcp_endpoint = AgentAuth(
+            StreamableHTTPASGIApp(self.session_manager), self.agent_tokens(), dev_mode=self.settings.server.dev_mode
+        )
+
+        @asynccontextmanager
+        async def run(app: Starlette) -> AsyncIterator[None]:
+            async with self.running():
+                yield
+
+        app = Starlette(
+            routes=[
+                Route("/mcp", mcp_endpoint, methods=["GET", "POST", "DELETE"]),
+                Route("/healthz", self._health, methods=["GET"]),
+                *api.ROUTES,
+            ],
+            exception_handlers=api.EXCEPTION_HANDLERS,
+            lifespan=run if lifespan else None,
+        )
+        app.state.gateway = self
+        return app
+
+    async def _health(self, request: Request) -> JSONResponse:
+        body: dict[str, Any] = {"status": "ok", "upstreams": self.upstreams.status()}
+        try:
+            await self.db.ping()
+            body["database"] = "ok"
+        except StoreUnavailable as exc:
+            body.update(status="degraded", database=str(exc))
+        if any(u["state"] != "ready" for u in body["upstreams"]):
+            body["status"] = "degraded"
+        return JSONResponse(body, status_code=200 if body["database"] == "ok" else 503)
+
+
+def create_app(settings: Settings) -> Starlette:
+    return Gateway(settings).asgi()

@@ -1,0 +1,254 @@
+"""The configuration file (TOML), with secrets from environment variables.
+
+Any string value may be written as `${NAME}` (or contain it) to read environment variable NAME;
+a missing variable is an error that names the key. Relative paths are relative to the file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from approvals.approvers import Approver, token_digest
+from gateway.durations import parse_duration
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class ConfigError(Exception):
+    def __init__(self, source: str, path: str, message: str) -> None:
+        super().__init__(f"{source}: {path}: {message}" if path else f"{source}: {message}")
+        self.source = source
+        self.path = path
+        self.message = message
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _seconds(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError("expected a duration such as 30, '30s', '5m' or '1h'")
+    return parse_duration(value)
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    database_url: str = "sqlite:///countersign.db"
+    public_url: str = ""
+    progress_interval: float = 5.0
+    poll_interval: float = 1.0
+    allowed_hosts: tuple[str, ...] = ()
+    # No agent tokens: every caller is the agent "dev". For local experiments only; logged loudly.
+    dev_mode: bool = False
+
+    _durations = field_validator("progress_interval", "poll_interval", mode="before")(_seconds)
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+
+class PolicySettings(_Section):
+    file: str = "policy.json"
+    watch: bool = True
+
+
+class UpstreamSettings(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    command: tuple[str, ...] | None = None
+    url: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    prefix: str = ""
+    call_timeout: float = 120.0
+    connect_timeout: float = 30.0
+
+    _durations = field_validator("call_timeout", "connect_timeout", mode="before")(_seconds)
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> UpstreamSettings:
+        if (self.command is None) == (self.url is None):
+            raise ValueError("give exactly one of `command` (a list: program and arguments) or `url`")
+        if self.command is not None and not self.command:
+            raise ValueError("`command` must name a program")
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            raise ValueError("`url` must be an http:// or https:// URL of a streamable HTTP MCP endpoint")
+        return self
+
+
+class AgentSettings(_Section):
+    name: str = Field(min_length=1)
+    token: str | None = Field(default=None, repr=False)
+    token_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    max_hold: float | None = None
+
+    _durations = field_validator("max_hold", mode="before")(_seconds)
+
+    @model_validator(mode="after")
+    def _one_token(self) -> AgentSettings:
+        if (self.token is None) == (self.token_sha256 is None):
+            raise ValueError("give exactly one of `token` or `token_sha256`")
+        if self.token is not None and len(self.token) < 8:
+            raise ValueError("`token` is too short to be a secret (8 characters at least)")
+        return self
+
+    @property
+    def digest(self) -> str:
+        return self.token_sha256 or token_digest(self.token or "")
+
+
+class ApproverSettings(_Section):
+    name: str = Field(min_length=1, pattern=r"^[^\s,]+$")
+    email: str | None = None
+    groups: tuple[str, ...] = ()
+    api_token: str | None = Field(default=None, repr=False)
+    api_token_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    password_hash: str | None = Field(default=None, repr=False)
+    slack_user: str | None = None
+
+    def to_approver(self) -> Approver:
+        digest = self.api_token_sha256 or (token_digest(self.api_token) if self.api_token else None)
+        return Approver(
+            name=self.name,
+            email=self.email,
+            groups=self.groups,
+            slack_user=self.slack_user,
+            api_token_sha256=digest,
+            password_hash=self.password_hash,
+        )
+
+
+class SlackSettings(_Section):
+    bot_token: str | None = Field(default=None, repr=False)
+    signing_secret: str | None = Field(default=None, repr=False)
+    channel: str | None = None
+    mode: Literal["http", "socket"] = "http"
+    app_token: str | None = Field(default=None, repr=False)
+    api_url: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.bot_token and self.channel)
+
+
+class Settings(_Section):
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    policy: PolicySettings = Field(default_factory=PolicySettings)
+    upstreams: tuple[UpstreamSettings, ...] = ()
+    agents: tuple[AgentSettings, ...] = ()
+    approvers: tuple[ApproverSettings, ...] = ()
+    slack: SlackSettings = Field(default_factory=SlackSettings)
+    source: str = Field(default="<settings>", exclude=True)
+    base_dir: str = Field(default=".", exclude=True)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Settings:
+        for kind, names in (
+            ("upstreams", [u.name for u in self.upstreams]),
+            ("agents", [a.name for a in self.agents]),
+            ("approvers", [a.name for a in self.approvers]),
+        ):
+            seen: set[str] = set()
+            for name in names:
+                if name in seen:
+                    raise ValueError(f"{kind}: the name {name!r} is used twice")
+                seen.add(name)
+        return self
+
+    def resolve(self, path: str) -> Path:
+        candidate = Path(path).expanduser()
+        return candidate if candidate.is_absolute() else Path(self.base_dir) / candidate
+
+    @property
+    def policy_path(self) -> Path:
+        return self.resolve(self.policy.file)
+
+    @property
+    def database_url(self) -> str:
+        url = self.server.database_url
+        prefix = next((p for p in ("sqlite+aiosqlite:///", "sqlite:///") if url.startswith(p)), None)
+        if prefix is None:
+            return url
+        rest = url[len(prefix) :]
+        if rest.startswith("/") or rest == ":memory:":
+            return url
+        return prefix + str(self.resolve(rest))
+
+
+def _expand(value: Any, path: str, source: str, environ: Mapping[str, str]) -> Any:
+    if isinstance(value, str):
+
+        def lookup(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in environ:
+                raise ConfigError(source, path, f"environment variable {name} is not set")
+            return environ[name]
+
+        return _ENV_REF.sub(lookup, value)
+    if isinstance(value, list):
+        return [_expand(v, f"{path}[{i}]", source, environ) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: _expand(v, f"{path}.{k}" if path else k, source, environ) for k, v in value.items()}
+    return value
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not part.startswith(("function-", "model-")):
+            out += f".{part}" if out else part
+    return out
+
+
+def parse_settings(
+    data: Mapping[str, Any],
+    *,
+    source: str = "<settings>",
+    base_dir: str = ".",
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    expanded = _expand(dict(data), "", source, os.environ if environ is None else environ)
+    # Well-known variables fill Slack secrets the file leaves out.
+    env = os.environ if environ is None else environ
+    slack = expanded.setdefault("slack", {})
+    if isinstance(slack, dict):
+        for key, var in (
+            ("bot_token", "SLACK_BOT_TOKEN"),
+            ("signing_secret", "SLACK_SIGNING_SECRET"),
+            ("app_token", "SLACK_APP_TOKEN"),
+        ):
+            if key not in slack and env.get(var):
+                slack[key] = env[var]
+    try:
+        return Settings.model_validate({**expanded, "source": source, "base_dir": base_dir})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling against docs/configuration.md)"
+        raise ConfigError(source, _location(tuple(first["loc"])), message) from None
+
+
+def load_settings(path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None) -> Settings:
+    file = Path(path)
+    try:
+        raw = file.read_bytes()
+    except OSError as exc:
+        raise ConfigError(str(file), "", f"cannot read the configuration file: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(file), "", f"not valid TOML: {exc}") from None
+    return parse_settings(data, source=str(file), base_dir=str(file.resolve().parent), environ=environ)

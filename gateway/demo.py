@@ -1,0 +1,97 @@
+"""`countersign demo`: the gateway in front of the paper broker, on SQLite, with fixed demo credentials."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from gateway.config import Settings, parse_settings
+
+DEMO_AGENT_TOKEN = "demo-agent"
+DEMO_APPROVER = "demo"
+DEMO_APPROVER_TOKEN = "demo-approver"
+DEMO_PASSWORD = "demo"
+# argon2id hash of DEMO_PASSWORD; fixed so the demo needs no set-up step.
+DEMO_PASSWORD_HASH = "$argon2id$v=19$m=65536,t=3,p=4$KQlf3m+ewqoR3vk0rxkuow$Lf5oYihNN9qnIBXOKfR7PnC6c1CmUkQxg5eWMgJ8o0o"
+
+DEMO_POLICY: dict[str, Any] = {
+    "version": "1",
+    "default": "deny",
+    "hide": ["ibkr_global_cancel"],
+    "all_tools": {"limits": [{"counter": "all", "window": "minute", "max": 120, "scope": "grant"}]},
+    "tools": {
+        "ibkr_get_*": {},
+        "ibkr_search_symbols": {},
+        "ibkr_preview_order": {
+            "limits": [{"counter": "ibkr_preview_order_rate", "window": "minute", "max": 10, "scope": "grant"}]
+        },
+        "ibkr_cancel_order": {
+            "require_approval": [{"conditions": [], "reason": "Cancelling a live order needs a human."}],
+            "approval": {"timeout": "15m", "approvers": ["group:traders"], "quorum": 1, "channels": ["web", "slack"]},
+        },
+        "ibkr_place_order": {
+            "deny_if": [
+                {
+                    "conditions": [{"path": "args.order.totalQuantity", "op": "gt", "value": 1000}],
+                    "on_deny": "Orders above 1000 shares are not allowed.",
+                }
+            ],
+            "require_approval": [
+                {
+                    "conditions": [{"path": "args.dry_run", "op": "eq", "value": False}],
+                    "reason": "Live orders need a human.",
+                }
+            ],
+        },
+    },
+}
+
+
+def demo_settings(data_dir: Path, *, host: str = "127.0.0.1", port: int = 8080) -> Settings:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    policy = data_dir / "policy.json"
+    policy.write_text(json.dumps(DEMO_POLICY, indent=2) + "\n")
+    return parse_settings(
+        {
+            "server": {
+                "host": host,
+                "port": port,
+                "database_url": f"sqlite:///{(data_dir / 'countersign.db').resolve()}",
+                "progress_interval": "5s",
+            },
+            "policy": {"file": str(policy.resolve())},
+            "upstreams": [{"name": "paper", "command": [sys.executable, "-m", "gateway.paper_broker"]}],
+            "agents": [{"name": "demo-agent", "token": DEMO_AGENT_TOKEN}],
+            "approvers": [
+                {
+                    "name": DEMO_APPROVER,
+                    "email": "demo@example.com",
+                    "groups": ["traders"],
+                    "api_token": DEMO_APPROVER_TOKEN,
+                    "password_hash": DEMO_PASSWORD_HASH,
+                }
+            ],
+        },
+        source="<demo>",
+        base_dir=str(data_dir.resolve()),
+        environ={},
+    )
+
+
+def banner(settings: Settings) -> str:
+    base = settings.server.base_url
+    return "\n".join(
+        [
+            "Countersign demo — the gateway in front of a paper broker (no real money).",
+            f"  MCP endpoint     {base}/mcp          agent token:  {DEMO_AGENT_TOKEN}",
+            f"  Approver API     {base}/api/approvals   API token: {DEMO_APPROVER_TOKEN}",
+            f"  Web inbox        {base}/inbox        sign in: {DEMO_APPROVER} / {DEMO_PASSWORD}",
+            f"  Health           {base}/healthz",
+            f"  Policy           {settings.policy_path}",
+            'Try: an agent calls ibkr_cancel_order {"orderId": 1001, "confirm": true}; it waits until you run',
+            f"  countersign approvals list --url {base} --token {DEMO_APPROVER_TOKEN}",
+            f"  countersign approvals approve <id> --url {base} --token {DEMO_APPROVER_TOKEN}",
+        ]
+    )

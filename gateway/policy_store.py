@@ -1,0 +1,80 @@
+"""The policy in force, and reloading it on SIGHUP or when its file changes.
+
+A new document that does not validate is refused and the old policy stays in force.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import anyio
+
+from gateway.policy import Policy, PolicyError, lint_policy, load_policy
+
+log = logging.getLogger(__name__)
+
+ReloadListener = Callable[[str, str], Awaitable[None]]  # (outcome, message)
+
+
+class PolicyStore:
+    def __init__(self, path: Path, *, watch_seconds: float = 1.0) -> None:
+        self.path = path
+        self.watch_seconds = watch_seconds
+        self.current: Policy = load_policy(path)
+        self._mtime = self._stat()
+        self.listeners: list[ReloadListener] = []
+        for warning in lint_policy(self.current):
+            log.warning("policy %s: %s: %s", path, warning.path, warning.message)
+
+    def _stat(self) -> tuple[float, int] | None:
+        try:
+            stat = self.path.stat()
+        except OSError:
+            return None
+        return (stat.st_mtime, stat.st_size)
+
+    async def reload(self, why: str) -> bool:
+        """Load the file again; keep the old policy if the new one is invalid. Returns True when replaced."""
+        self._mtime = self._stat()
+        try:
+            policy = load_policy(self.path)
+        except PolicyError as exc:
+            log.error("policy reload (%s) refused, the previous policy stays in force: %s", why, exc)
+            await self._tell("policy.rejected", f"reload ({why}) refused, previous policy kept: {exc}")
+            return False
+        self.current = policy
+        log.info("policy reloaded (%s) from %s", why, self.path)
+        await self._tell("policy.loaded", f"policy reloaded ({why}) from {self.path.name}")
+        return True
+
+    async def _tell(self, outcome: str, message: str) -> None:
+        for listener in self.listeners:
+            try:
+                await listener(outcome, message)
+            except Exception:
+                log.exception("policy reload listener failed")
+
+    async def watch(self) -> None:
+        """Reload when the file's mtime or size changes, and on SIGHUP where the platform has it."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._watch_file)
+            if hasattr(signal, "SIGHUP"):
+                tg.start_soon(self._watch_signal)
+
+    async def _watch_file(self) -> None:
+        while True:
+            await anyio.sleep(self.watch_seconds)
+            if self._stat() != self._mtime:
+                await self.reload("file changed")
+
+    async def _watch_signal(self) -> None:
+        try:
+            with anyio.open_signal_receiver(signal.SIGHUP) as signals:
+                async for _ in signals:
+                    await self.reload("SIGHUP")
+        except (NotImplementedError, ValueError, RuntimeError):
+            # Signals can only be received in the main thread (tests run servers elsewhere).
+            log.debug("SIGHUP reload not available in this thread")

@@ -1,0 +1,63 @@
+"""Running the gateway: HTTP under uvicorn, or one MCP client on stdio (with the HTTP API beside it)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Literal
+
+import anyio
+import uvicorn
+from mcp.server.stdio import stdio_server
+
+from gateway.app import Gateway
+from gateway.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+def _uvicorn(app: object, settings: Settings, *, lifespan: Literal["on", "off"]) -> uvicorn.Server:
+    config = uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        host=settings.server.host,
+        port=settings.server.port,
+        lifespan=lifespan,
+        log_level="info",
+        # Held calls keep their response open for minutes; let a shutdown wait for them briefly.
+        timeout_graceful_shutdown=5,
+    )
+    return uvicorn.Server(config)
+
+
+async def serve_http(settings: Settings) -> int:
+    gateway = Gateway(settings)
+    await _uvicorn(gateway.asgi(), settings, lifespan="on").serve()
+    return 0
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+async def serve_stdio(settings: Settings, agent: str, *, with_http: bool = True) -> int:
+    gateway = Gateway(settings, stdio_agent=agent)
+    async with gateway.running(serve_http=with_http), anyio.create_task_group() as tg:
+        if with_http:
+            if _port_free(settings.server.host, settings.server.port):
+                server = _uvicorn(gateway.asgi(lifespan=False), settings, lifespan="off")
+                server.config.log_config = None
+                tg.start_soon(server.serve)
+            else:
+                # Another gateway on this database already serves the API; its decisions reach us through it.
+                log.info("port %s is in use; serving stdio only", settings.server.port)
+        await gateway.upstreams.wait_connected(settings.upstreams[0].connect_timeout if settings.upstreams else 0)
+        async with stdio_server() as (read, write):
+            await gateway.mcp.run(read, write, gateway.mcp.create_initialization_options())
+        tg.cancel_scope.cancel()
+    return 0

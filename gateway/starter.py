@@ -1,0 +1,64 @@
+"""`countersign init`: a commented starter configuration and policy."""
+
+from __future__ import annotations
+
+import json
+import secrets
+
+from gateway.demo import DEMO_POLICY
+
+STARTER_CONFIG = """\
+# Countersign configuration. Reference: docs/configuration.md
+# Any string may read an environment variable as "${{NAME}}"; keep secrets out of this file.
+
+[server]
+host = "127.0.0.1"          # address to listen on
+port = 8080
+# SQLite file by default (relative to this file); for several replicas use PostgreSQL:
+#   database_url = "postgresql://countersign@db.internal/countersign"
+database_url = "sqlite:///countersign.db"
+public_url = "http://127.0.0.1:8080"   # how approvers reach this gateway (links in Slack and progress)
+progress_interval = "5s"    # how often a held call reports that it is still waiting
+
+[policy]
+file = "policy.json"        # reloaded on change and on SIGHUP; an invalid file is refused
+
+# One block per MCP server behind the gateway: `command` (stdio) or `url` (streamable HTTP).
+[[upstreams]]
+name = "ibkr"
+url = "http://127.0.0.1:8000/mcp"
+# headers = {{ Authorization = "Bearer ${{IBKR_MCP_TOKEN}}" }}
+# prefix = "ibkr."          # optional: prepended to this upstream's tool names
+
+# [[upstreams]]
+# name = "paper"
+# command = ["countersign", "paper-broker"]
+
+# Agents authenticate to /mcp with `Authorization: Bearer <token>`.
+[[agents]]
+name = "trading-agent"
+token = "${{COUNTERSIGN_AGENT_TOKEN}}"   # or token_sha256 = "<hex digest>"
+
+# Approvers decide held calls (API token for the API and CLI; password for the web inbox).
+[[approvers]]
+name = "alice"
+email = "alice@example.com"
+groups = ["traders"]
+api_token = "{api_token}"
+# password_hash = "<output of: countersign hash-password>"
+# slack_user = "U012ABCDEF"
+
+[slack]
+# bot_token = "${{SLACK_BOT_TOKEN}}"
+# signing_secret = "${{SLACK_SIGNING_SECRET}}"
+# channel = "#trading-approvals"
+# mode = "http"             # or "socket" with app_token = "${{SLACK_APP_TOKEN}}"
+"""
+
+
+def starter_config() -> str:
+    return STARTER_CONFIG.format(api_token=secrets.token_urlsafe(24))
+
+
+def starter_policy() -> str:
+    return json.dumps(DEMO_POLICY, indent=2) + "\n"

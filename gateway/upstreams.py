@@ -1,0 +1,273 @@
+"""Upstream MCP servers: connections kept alive with backoff, and the merged tool catalog.
+
+Each upstream runs in its own task that owns its client. A call to an upstream that is down
+gets an error result at once, never a hang; the task reconnects with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import httpx2
+import mcp_types as types
+from mcp import Client, MCPError, StdioServerParameters
+from mcp.client.session import IncomingMessage
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.dispatcher import ProgressFnT
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+from gateway.config import UpstreamSettings
+from gateway.results import error_result
+
+log = logging.getLogger(__name__)
+
+
+_PING_SECONDS = 15.0
+_MAX_BACKOFF = 30.0
+
+
+@dataclass(frozen=True)
+class Route:
+    upstream: Upstream
+    upstream_tool: str
+
+
+class Upstream:
+    def __init__(self, settings: UpstreamSettings, on_catalog: Callable[[], None]) -> None:
+        self.settings = settings
+        self.name = settings.name
+        self.state = "connecting"
+        self.last_error: str | None = None
+        self.tools: tuple[types.Tool, ...] = ()
+        self.protocol_version: str | None = None
+        self._on_catalog = on_catalog
+        self._client: Client | None = None
+        self._broken = anyio.Event()
+        self._relist = anyio.Event()
+        self.connected = anyio.Event()
+
+    # ---- the connection task
+
+    async def run(self) -> None:
+        delay = 0.5
+        while True:
+            self._broken = anyio.Event()
+            try:
+                async with anyio.create_task_group() as tg:
+                    listed = anyio.Event()
+                    tg.start_soon(self._session, listed)
+                    # The client's own task group lives inside the session task, so the connect timeout
+                    # is applied here, to the wait, rather than around the client's context.
+                    with anyio.fail_after(self.settings.connect_timeout):
+                        await listed.wait()
+                    delay = 0.5
+            except Exception as exc:  # a failing upstream must never take the gateway down
+                self.last_error = _describe(exc)
+                log.warning("upstream %s: %s; reconnecting in %.1fs", self.name, self.last_error, delay)
+            finally:
+                self._client = None
+                self.state = "down"
+                self.connected = anyio.Event()
+            await anyio.sleep(delay * (0.8 + 0.4 * random.random()))
+            delay = min(delay * 2, _MAX_BACKOFF)
+
+    async def _session(self, listed: anyio.Event) -> None:
+        async with AsyncExitStack() as stack:
+            client = await self._connect(stack)
+            await self._list(client)
+            self._client = client
+            self.state = "ready"
+            self.last_error = None
+            listed.set()
+            self.connected.set()
+            log.info("upstream %s: connected (%s), %d tools", self.name, self.protocol_version, len(self.tools))
+            await self._supervise(client)
+
+    async def _connect(self, stack: AsyncExitStack) -> Client:
+        s = self.settings
+        target: Any
+        if s.command is not None:
+            target = StdioServerParameters(
+                command=s.command[0], args=list(s.command[1:]), env=dict(s.env) or None, cwd=s.cwd
+            )
+        else:
+            assert s.url is not None
+            http = await stack.enter_async_context(
+                httpx2.AsyncClient(headers=dict(s.headers), timeout=httpx2.Timeout(30.0, read=s.call_timeout + 30))
+            )
+            target = streamable_http_client(s.url, http_client=http)
+        client = Client(target, message_handler=self._on_message, read_timeout_seconds=s.call_timeout, cache=None)
+        await stack.enter_async_context(client)
+        self.protocol_version = client.protocol_version
+        return client
+
+    async def _list(self, client: Client) -> None:
+        tools: list[types.Tool] = []
+        cursor: str | None = None
+        for _ in range(100):
+            page = await client.list_tools(cursor=cursor)
+            tools.extend(page.tools)
+            cursor = page.next_cursor
+            if not cursor:
+                break
+        self.tools = tuple(tools)
+        self._on_catalog()
+
+    async def _supervise(self, client: Client) -> None:
+        async with anyio.create_task_group() as tg:
+            caps = client.server_capabilities
+            if client.protocol_version in MODERN_PROTOCOL_VERSIONS and caps.tools and caps.tools.list_changed:
+                tg.start_soon(self._listen, client)
+            while not self._broken.is_set():
+                with anyio.move_on_after(_PING_SECONDS):
+                    await _first(self._broken.wait, self._relist.wait)
+                if self._broken.is_set():
+                    break
+                if self._relist.is_set():
+                    self._relist = anyio.Event()
+                    await self._list(client)
+                    continue
+                with anyio.fail_after(10):
+                    await client.send_ping()
+            tg.cancel_scope.cancel()
+        raise ConnectionError(self.last_error or "the connection was lost")
+
+    async def _listen(self, client: Client) -> None:
+        try:
+            async with client.listen(tools_list_changed=True) as subscription:
+                async for _event in subscription:
+                    self._relist.set()
+        except Exception as exc:
+            log.info("upstream %s: change subscription ended: %s", self.name, _describe(exc))
+
+    async def _on_message(self, message: IncomingMessage) -> None:
+        if isinstance(message, Exception):
+            log.info("upstream %s: transport error: %s", self.name, _describe(message))
+            return
+        if isinstance(message, types.ToolListChangedNotification):
+            self._relist.set()
+
+    # ---- calls
+
+    async def call(
+        self, tool: str, arguments: dict[str, Any], progress: ProgressFnT | None = None
+    ) -> types.CallToolResult:
+        client = self._client
+        if client is None or self.state != "ready":
+            why = f" (last error: {self.last_error})" if self.last_error else ""
+            return error_result(
+                f"[UPSTREAM UNAVAILABLE] upstream '{self.name}' is not connected{why}; "
+                "the call was not executed. It is being reconnected; try again shortly."
+            )
+        timeout = self.settings.call_timeout
+        try:
+            with anyio.fail_after(timeout):
+                return await client.call_tool(tool, arguments, read_timeout_seconds=timeout, progress_callback=progress)
+        except TimeoutError:
+            return error_result(
+                f"[UPSTREAM TIMEOUT] upstream '{self.name}' did not answer {tool} within "
+                f"{timeout:g}s; the outcome is unknown."
+            )
+        except MCPError as exc:
+            if exc.code == types.CONNECTION_CLOSED:
+                self.last_error = exc.message
+                self._broken.set()
+            return error_result(f"[UPSTREAM ERROR] upstream '{self.name}' failed {tool}: {exc.message}")
+        except RuntimeError as exc:
+            return error_result(f"[UPSTREAM ERROR] upstream '{self.name}' returned an invalid result for {tool}: {exc}")
+
+
+class UpstreamSet:
+    """All upstreams, and the catalog the agents see (names prefixed per upstream)."""
+
+    def __init__(self, settings: tuple[UpstreamSettings, ...]) -> None:
+        self.upstreams = [Upstream(s, self._rebuild) for s in settings]
+        self._routes: dict[str, Route] = {}
+        self._tools: list[types.Tool] = []
+        self.version = 0
+        self.listeners: list[Callable[[], None]] = []
+
+    async def run(self) -> None:
+        async with anyio.create_task_group() as tg:
+            for upstream in self.upstreams:
+                tg.start_soon(upstream.run)
+
+    async def wait_connected(self, within: float) -> bool:
+        with anyio.move_on_after(within):
+            for upstream in self.upstreams:
+                await upstream.connected.wait()
+            return True
+        return False
+
+    def _rebuild(self) -> None:
+        routes: dict[str, Route] = {}
+        tools: list[types.Tool] = []
+        for upstream in self.upstreams:
+            for tool in upstream.tools:
+                name = upstream.settings.prefix + tool.name
+                if name in routes:
+                    log.warning(
+                        "tool %s of upstream %s is shadowed by upstream %s; give one of them a prefix",
+                        name,
+                        upstream.name,
+                        routes[name].upstream.name,
+                    )
+                    continue
+                routes[name] = Route(upstream, tool.name)
+                tools.append(tool if name == tool.name else tool.model_copy(update={"name": name}))
+        self._routes = routes
+        self._tools = tools
+        self.version += 1
+        for listener in self.listeners:
+            listener()
+
+    def tools(self) -> list[types.Tool]:
+        return list(self._tools)
+
+    def route(self, name: str) -> Route | None:
+        return self._routes.get(name)
+
+    def input_schema(self, name: str) -> dict[str, Any] | None:
+        for tool in self._tools:
+            if tool.name == name:
+                return tool.input_schema
+        return None
+
+    def status(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": u.name,
+                "state": u.state,
+                "tools": len(u.tools),
+                "protocol": u.protocol_version,
+                "last_error": u.last_error,
+            }
+            for u in self.upstreams
+        ]
+
+
+async def _first(*waits: Callable[[], Awaitable[None]]) -> None:
+    async with anyio.create_task_group() as tg:
+
+        async def run(wait: Callable[[], Awaitable[None]]) -> None:
+            await wait()
+            tg.cancel_scope.cancel()
+
+        for wait in waits:
+            tg.start_soon(run, wait)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        return _describe(exc.exceptions[0])
+    if isinstance(exc, MCPError):
+        return exc.message
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return str(exc) or type(exc).__name__
