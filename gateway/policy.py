@@ -1,0 +1,657 @@
+"""The policy document: parse and validate it, evaluate a tool call against it, lint it, explain a decision.
+
+The format is PolicyLayer's (``version``, ``default``, ``hide``, ``all_tools``, ``tools`` with ``deny_if``,
+``require`` and ``limits``), so its published documents load unchanged. Countersign adds
+``require_approval`` rules and an ``approval`` block per tool (and on ``all_tools``), which park a call
+for a human instead of refusing it.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Final, Literal, cast, get_args
+
+from gateway.durations import format_duration, parse_duration
+
+Op = Literal["eq", "neq", "in", "not_in", "lt", "lte", "gt", "gte", "regex", "contains", "exists"]
+Window = Literal["second", "minute", "hour", "day"]
+Scope = Literal["grant", "session", "global"]
+Channel = Literal["web", "slack", "api"]
+Action = Literal["allow", "deny", "hidden", "hold"]
+Default = Literal["allow", "deny"]
+
+OPS: Final[tuple[str, ...]] = get_args(Op)
+WINDOW_SECONDS: Final[Mapping[str, float]] = MappingProxyType(
+    {"second": 1.0, "minute": 60.0, "hour": 3_600.0, "day": 86_400.0}
+)
+SCOPES: Final[tuple[str, ...]] = get_args(Scope)
+CHANNELS: Final[tuple[str, ...]] = get_args(Channel)
+_SCOPE_PHRASE: Final[Mapping[str, str]] = {
+    "grant": "per agent",
+    "session": "per session",
+    "global": "across all agents",
+}
+
+_TOP_LEVEL_KEYS: Final = ("version", "default", "hide", "all_tools", "tools")
+_TOOL_KEYS: Final = ("deny_if", "require", "limits", "require_approval", "approval")
+_LIMIT_KEYS: Final = ("counter", "window", "max", "scope")
+_CONDITION_KEYS: Final = ("path", "op", "value")
+_APPROVAL_KEYS: Final = (
+    "timeout",
+    "approvers",
+    "quorum",
+    "channels",
+    "slack_channel",
+    "reject_reason",
+    "max_hold",
+)
+_ORDERING: Final[Mapping[str, Callable[[Any, Any], Any]]] = {
+    "lt": operator.lt,
+    "lte": operator.le,
+    "gt": operator.gt,
+    "gte": operator.ge,
+}
+_ASKS_FOR_A_HUMAN = re.compile(r"\b(approv\w*|human|review\w*|sign[- ]?off|four[- ]eyes)\b", re.IGNORECASE)
+_MISSING: Final = object()
+
+
+class PolicyError(Exception):
+    """A document that does not validate; ``path`` points at the bad field."""
+
+    def __init__(self, source: str, path: str, message: str) -> None:
+        super().__init__(f"{source}: {path}: {message}")
+        self.source = source
+        self.path = path
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Condition:
+    """``{path, op, value}``; ``path`` is ``args.<dotted.path>`` with numeric segments indexing lists."""
+
+    path: str
+    op: str
+    value: Any
+    _pattern: re.Pattern[str] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.op == "regex":
+            object.__setattr__(self, "_pattern", re.compile(self.value))
+
+    def holds(self, args: Mapping[str, Any]) -> bool:
+        actual = _resolve(args, self.path)
+        if self.op == "exists":
+            # JSON null counts as absent: a required field sent as null was not really supplied.
+            return (actual is not _MISSING and actual is not None) == bool(self.value)
+        if actual is _MISSING:
+            return False
+        return _compare(self.op, actual, self.value, self._pattern)
+
+
+@dataclass(frozen=True)
+class Rule:
+    conditions: tuple[Condition, ...]
+    message: str
+    where: str
+
+    def matches(self, args: Mapping[str, Any]) -> bool:
+        return all(condition.holds(args) for condition in self.conditions)
+
+
+@dataclass(frozen=True)
+class Limit:
+    counter: str
+    window: Window
+    max: int
+    scope: Scope
+    where: str
+
+    @property
+    def window_seconds(self) -> float:
+        return WINDOW_SECONDS[self.window]
+
+    def describe(self) -> str:
+        """``"at most 10 calls per minute per agent"`` — the wording agents and approvers read."""
+        calls = "call" if self.max == 1 else "calls"
+        return f"at most {self.max} {calls} per {self.window} {_SCOPE_PHRASE[self.scope]}"
+
+
+@dataclass(frozen=True)
+class ApprovalSettings:
+    timeout_seconds: float = 900.0
+    approvers: tuple[str, ...] = ()
+    quorum: int = 1
+    channels: tuple[str, ...] = ("web", "slack")
+    slack_channel: str | None = None
+    reject_reason_required: bool = False
+    max_hold_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class ToolPolicy:
+    key: str
+    deny_if: tuple[Rule, ...] = ()
+    require: tuple[Rule, ...] = ()
+    limits: tuple[Limit, ...] = ()
+    require_approval: tuple[Rule, ...] = ()
+    approval: ApprovalSettings | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.deny_if or self.require or self.limits or self.require_approval)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    action: Action
+    message: str
+    rule: str
+    tool_key: str | None
+    limits: tuple[Limit, ...]
+    approval: ApprovalSettings | None
+
+
+@dataclass(frozen=True)
+class PolicyWarning:
+    path: str
+    message: str
+
+
+class Policy:
+    """A validated document. Build it with parse_policy or load_policy."""
+
+    source: str
+    default: Default
+    hide: tuple[str, ...]
+    tools: Mapping[str, ToolPolicy]
+    all_tools: ToolPolicy
+
+    def __init__(
+        self,
+        *,
+        source: str,
+        default: Default,
+        hide: Sequence[str] = (),
+        tools: Mapping[str, ToolPolicy] | None = None,
+        all_tools: ToolPolicy | None = None,
+    ) -> None:
+        self.source = source
+        self.default = default
+        self.hide = tuple(hide)
+        self.tools = MappingProxyType(dict(tools or {}))
+        self.all_tools = all_tools or ToolPolicy(key="all_tools")
+        # Longest pattern first is "most specific wins"; sorted() is stable, so ties keep document order.
+        self._globs = sorted((key for key in self.tools if _is_glob(key)), key=len, reverse=True)
+
+    def __repr__(self) -> str:
+        return f"Policy(source={self.source!r}, default={self.default!r}, tools={list(self.tools)!r})"
+
+    def is_hidden(self, tool: str) -> bool:
+        return any(entry == tool or (_is_glob(entry) and fnmatchcase(tool, entry)) for entry in self.hide)
+
+    def tool_policy(self, tool: str) -> ToolPolicy | None:
+        exact = self.tools.get(tool)
+        if exact is not None:
+            return exact
+        for pattern in self._globs:
+            if fnmatchcase(tool, pattern):
+                return self.tools[pattern]
+        return None
+
+    def evaluate(self, tool: str, arguments: Mapping[str, Any]) -> Evaluation:
+        """Decide a call. Counters are not checked here: the caller reserves ``limits`` with a RateLimiter."""
+        listed = self.tool_policy(tool)
+        key = listed.key if listed else None
+        if self.is_hidden(tool):
+            return Evaluation("hidden", f"tool '{tool}' is not available", "hide", key, (), None)
+        if listed is None and self.default == "deny":
+            message = f"tool '{tool}' is not allowed by the policy (default deny)"
+            return Evaluation("deny", message, "default", None, (), None)
+
+        layers = (self.all_tools, listed) if listed else (self.all_tools,)
+        for layer in layers:
+            for rule in layer.deny_if:
+                if rule.matches(arguments):
+                    return Evaluation("deny", rule.message, rule.where, key, (), None)
+        for layer in layers:
+            for rule in layer.require:
+                if not rule.matches(arguments):
+                    return Evaluation("deny", rule.message, rule.where, key, (), None)
+        limits = tuple(limit for layer in layers for limit in layer.limits)
+        for layer in layers:
+            for rule in layer.require_approval:
+                if rule.matches(arguments):
+                    return Evaluation("hold", rule.message, rule.where, key, limits, self._approval_for(listed))
+        return Evaluation("allow", "", _tool_where(key) if key else "default", key, limits, None)
+
+    def _approval_for(self, listed: ToolPolicy | None) -> ApprovalSettings:
+        if listed is not None and listed.approval is not None:
+            return listed.approval
+        return self.all_tools.approval or ApprovalSettings()
+
+
+def parse_policy(document: object, source: str = "<policy>") -> Policy:
+    """Validate a decoded document; raise PolicyError naming the first bad field."""
+    return _Parser(source).document(document)
+
+
+def load_policy(path: str | os.PathLike[str]) -> Policy:
+    source = os.fspath(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError(source, "$", f"cannot read the file: {exc}") from exc
+    try:
+        document = json.loads(text, object_pairs_hook=_refuse_duplicate_keys, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as exc:
+        raise PolicyError(source, "$", f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from exc
+    except ValueError as exc:
+        raise PolicyError(source, "$", f"invalid JSON: {exc}") from exc
+    return parse_policy(document, source)
+
+
+def lint_policy(policy: Policy) -> list[PolicyWarning]:
+    """Things that validate but probably do not do what the author meant."""
+    layers = [("all_tools", policy.all_tools)] + [(_tool_where(k), tp) for k, tp in policy.tools.items()]
+    warnings: list[PolicyWarning] = []
+
+    for _, layer in layers:
+        for rule in layer.deny_if:
+            if _ASKS_FOR_A_HUMAN.search(rule.message):
+                warnings.append(
+                    PolicyWarning(
+                        rule.where,
+                        f"deny_if refuses every matching call, yet its message ({rule.message!r}) asks for a "
+                        "person; to have a human decide, move this rule to require_approval "
+                        "(with a 'reason') so the call is held for approval instead of denied",
+                    )
+                )
+
+    always_denied = any(not rule.conditions for rule in policy.all_tools.deny_if)
+    for where, layer in layers[1:]:
+        if not layer.require_approval:
+            continue
+        if policy.is_hidden(layer.key):
+            why = "the tool is hidden, so calls are refused before approval is considered"
+        elif always_denied or any(not rule.conditions for rule in layer.deny_if):
+            why = "an unconditional deny_if refuses every call first"
+        else:
+            continue
+        warnings.append(PolicyWarning(f"{where}.require_approval", f"these rules can never apply: {why}"))
+
+    for key in policy.tools:
+        if _is_glob(key):
+            for hidden in policy.hide:
+                if not _is_glob(hidden) and fnmatchcase(hidden, key):
+                    warnings.append(
+                        PolicyWarning(
+                            _tool_where(key),
+                            f"the pattern also matches hidden tool '{hidden}'; hide wins, so that tool stays "
+                            "unavailable",
+                        )
+                    )
+
+    for where, layer in layers:
+        approval = layer.approval
+        if (
+            approval is not None
+            and approval.approvers
+            and not any(name.startswith("group:") for name in approval.approvers)
+            and approval.quorum > len(approval.approvers)
+        ):
+            warnings.append(
+                PolicyWarning(
+                    f"{where}.approval.quorum",
+                    f"quorum {approval.quorum} needs more approvers than the {len(approval.approvers)} "
+                    "listed, so held calls can only expire",
+                )
+            )
+
+    first_use: dict[str, Limit] = {}
+    for _, layer in layers:
+        for limit in layer.limits:
+            earlier = first_use.setdefault(limit.counter, limit)
+            if (earlier.max, earlier.window, earlier.scope) != (limit.max, limit.window, limit.scope):
+                warnings.append(
+                    PolicyWarning(
+                        limit.where,
+                        f"counter '{limit.counter}' is also defined at {earlier.where} as "
+                        f"{earlier.describe()}; both draw on one quota, so use the same max, window and "
+                        "scope, or another name",
+                    )
+                )
+
+    if policy.default == "allow" and not policy.hide and all(layer.is_empty for _, layer in layers):
+        warnings.append(
+            PolicyWarning("default", 'default is "allow" and there are no rules, so every tool call goes through')
+        )
+    return warnings
+
+
+def explain(policy: Policy, tool: str, arguments: Mapping[str, Any]) -> str:
+    """Plain text for `countersign policy explain`: decision, rule, applicable limits, approval settings."""
+    result = policy.evaluate(tool, arguments)
+    matched = f"matches {_tool_where(result.tool_key)}" if result.tool_key else "not listed under tools"
+    lines = [f"decision: {result.action}", f"tool: {tool} ({matched})", f"rule: {result.rule}"]
+    if result.rule == "default":
+        lines.append(f'  the policy\'s "default" is "{policy.default}"')
+    if result.action in ("deny", "hidden"):
+        lines.append(f"message: {result.message}")
+    if result.action == "hold":
+        lines.append(f"reason: {result.message}")
+    if result.action in ("allow", "hold"):
+        lines.append("limits:" if result.limits else "limits: none")
+        lines.extend(f"  - {limit.describe()} (counter '{limit.counter}', {limit.where})" for limit in result.limits)
+    if result.approval is not None:
+        lines.extend(_describe_approval(result.approval))
+    return "\n".join(lines)
+
+
+def _describe_approval(approval: ApprovalSettings) -> Iterator[str]:
+    yield "approval:"
+    yield f"  timeout: {format_duration(approval.timeout_seconds)}"
+    yield f"  approvers: {', '.join(approval.approvers) or 'any configured approver'}"
+    yield f"  quorum: {approval.quorum}"
+    yield f"  channels: {', '.join(approval.channels)}"
+    if approval.slack_channel:
+        yield f"  slack channel: {approval.slack_channel}"
+    yield f"  reject reason: {'required' if approval.reject_reason_required else 'optional'}"
+    if approval.max_hold_seconds is not None:
+        yield f"  max hold: {format_duration(approval.max_hold_seconds)}"
+
+
+class _Parser:
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, path: str, message: str) -> PolicyError:
+        return PolicyError(self.source, path, message)
+
+    def document(self, document: object) -> Policy:
+        top = self.mapping(document, "$", _TOP_LEVEL_KEYS, root=True)
+        if "version" not in top:
+            raise self.fail("version", 'missing; a policy starts with "version": "1"')
+        if top["version"] != "1" or not isinstance(top["version"], str):
+            raise self.fail("version", f'unsupported version {top["version"]!r}; only "1" is recognised')
+        if "default" not in top:
+            raise self.fail("default", 'missing; expected "allow" or "deny"')
+        default = top["default"]
+        if default not in ("allow", "deny") or not isinstance(default, str):
+            raise self.fail("default", f'expected "allow" or "deny", not {default!r}')
+
+        hide = self.strings(top.get("hide", []), "hide")
+        all_tools = self.tool_policy(top.get("all_tools", {}), "all_tools", "all_tools")
+        tools_doc = self.mapping(top.get("tools", {}), "tools", None)
+        tools = {key: self.tool_policy(body, key, _tool_where(key)) for key, body in tools_doc.items()}
+        return Policy(source=self.source, default=cast(Default, default), hide=hide, tools=tools, all_tools=all_tools)
+
+    def mapping(
+        self, value: object, path: str, allowed: Sequence[str] | None, *, root: bool = False
+    ) -> Mapping[str, Any]:
+        if not isinstance(value, Mapping):
+            raise self.fail(path, f"expected an object, not {_json_type(value)}")
+        for key in value:
+            if not isinstance(key, str) or not key:
+                raise self.fail(path, f"keys must be non-empty strings, not {key!r}")
+            if allowed is not None and key not in allowed:
+                where = key if root else f"{path}.{key}"
+                raise self.fail(where, f"unknown key '{key}'; expected one of {', '.join(allowed)}")
+        return value
+
+    def sequence(self, value: object, path: str) -> Sequence[Any]:
+        if not isinstance(value, list | tuple):
+            raise self.fail(path, f"expected a list, not {_json_type(value)}")
+        return value
+
+    def strings(self, value: object, path: str, *, unique: bool = False) -> tuple[str, ...]:
+        items = self.sequence(value, path)
+        for index, item in enumerate(items):
+            if not isinstance(item, str) or not item:
+                raise self.fail(f"{path}[{index}]", f"expected a non-empty string, not {item!r}")
+            # A repeated approver would let one person count twice towards a quorum.
+            if unique and item in items[:index]:
+                raise self.fail(f"{path}[{index}]", f"{item!r} is listed more than once")
+        return tuple(items)
+
+    def tool_policy(self, value: object, key: str, where: str) -> ToolPolicy:
+        body = self.mapping(value, where, _TOOL_KEYS)
+        approval = body.get("approval")
+        return ToolPolicy(
+            key=key,
+            deny_if=self.rules(body.get("deny_if", []), f"{where}.deny_if", "on_deny"),
+            require=self.rules(body.get("require", []), f"{where}.require", "on_deny"),
+            limits=tuple(
+                self.limit(item, f"{where}.limits[{index}]")
+                for index, item in enumerate(self.sequence(body.get("limits", []), f"{where}.limits"))
+            ),
+            require_approval=self.rules(body.get("require_approval", []), f"{where}.require_approval", "reason"),
+            approval=None if approval is None else self.approval(approval, f"{where}.approval"),
+        )
+
+    def rules(self, value: object, path: str, message_key: str) -> tuple[Rule, ...]:
+        rules: list[Rule] = []
+        for index, item in enumerate(self.sequence(value, path)):
+            where = f"{path}[{index}]"
+            body = self.mapping(item, where, ("conditions", message_key))
+            conditions = tuple(
+                self.condition(raw, f"{where}.conditions[{n}]")
+                for n, raw in enumerate(self.sequence(body.get("conditions", []), f"{where}.conditions"))
+            )
+            message = body.get(message_key, _default_message(path.rsplit(".", 1)[-1], where))
+            if not isinstance(message, str) or not message.strip():
+                raise self.fail(f"{where}.{message_key}", f"expected a non-empty string, not {message!r}")
+            rules.append(Rule(conditions, message, where))
+        return tuple(rules)
+
+    def condition(self, value: object, where: str) -> Condition:
+        body = self.mapping(value, where, _CONDITION_KEYS)
+        path = body.get("path")
+        if not isinstance(path, str) or not re.fullmatch(r"args(\.[^.]+)+", path):
+            raise self.fail(f"{where}.path", f"expected 'args.<field>' such as 'args.order.quantity', not {path!r}")
+        op = body.get("op")
+        if op not in OPS:
+            raise self.fail(f"{where}.op", f"unknown op {op!r}; expected one of {', '.join(OPS)}")
+        if "value" not in body:
+            if op != "exists":
+                raise self.fail(f"{where}.value", f"missing; op '{op}' compares against a value")
+            return Condition(path, op, True)
+        expected = body["value"]
+        bad = _check_value(op, expected)
+        if bad:
+            raise self.fail(f"{where}.value", bad)
+        return Condition(path, op, tuple(expected) if op in ("in", "not_in") else expected)
+
+    def limit(self, value: object, where: str) -> Limit:
+        body = self.mapping(value, where, _LIMIT_KEYS)
+        for required in ("counter", "window", "max"):
+            if required not in body:
+                raise self.fail(f"{where}.{required}", "missing")
+        counter, window, maximum = body["counter"], body["window"], body["max"]
+        scope = body.get("scope", "grant")
+        if not isinstance(counter, str) or not counter:
+            raise self.fail(f"{where}.counter", f"expected a non-empty string, not {counter!r}")
+        if not isinstance(window, str) or window not in WINDOW_SECONDS:
+            raise self.fail(f"{where}.window", f"expected one of {', '.join(WINDOW_SECONDS)}, not {window!r}")
+        if isinstance(maximum, bool) or not isinstance(maximum, int) or maximum < 1:
+            raise self.fail(f"{where}.max", f"expected a whole number >= 1, not {maximum!r}")
+        if scope not in SCOPES:
+            raise self.fail(f"{where}.scope", f"expected one of {', '.join(SCOPES)}, not {scope!r}")
+        return Limit(counter, cast(Window, window), maximum, cast(Scope, scope), where)
+
+    def approval(self, value: object, where: str) -> ApprovalSettings:
+        body = self.mapping(value, where, _APPROVAL_KEYS)
+        settings = ApprovalSettings()
+        timeout = self.duration(body, "timeout", where)
+        approvers = self.strings(body.get("approvers", []), f"{where}.approvers", unique=True)
+        for index, name in enumerate(approvers):
+            if name.startswith("group:") and not name[len("group:") :]:
+                raise self.fail(f"{where}.approvers[{index}]", "'group:' needs a group name after the colon")
+        quorum = body.get("quorum", settings.quorum)
+        if isinstance(quorum, bool) or not isinstance(quorum, int) or quorum < 1:
+            raise self.fail(f"{where}.quorum", f"expected a whole number >= 1, not {quorum!r}")
+        channels = self.strings(body.get("channels", list(settings.channels)), f"{where}.channels", unique=True)
+        if not channels:
+            raise self.fail(f"{where}.channels", f"needs at least one of {', '.join(CHANNELS)}")
+        for index, channel in enumerate(channels):
+            if channel not in CHANNELS:
+                raise self.fail(
+                    f"{where}.channels[{index}]",
+                    f"unknown channel {channel!r}; expected {', '.join(CHANNELS)}",
+                )
+        slack_channel = body.get("slack_channel")
+        if slack_channel is not None and (not isinstance(slack_channel, str) or not slack_channel):
+            raise self.fail(f"{where}.slack_channel", f"expected a non-empty string, not {slack_channel!r}")
+        reject_reason = body.get("reject_reason", "optional")
+        if reject_reason not in ("required", "optional") or not isinstance(reject_reason, str):
+            raise self.fail(f"{where}.reject_reason", f'expected "required" or "optional", not {reject_reason!r}')
+        return ApprovalSettings(
+            timeout_seconds=settings.timeout_seconds if timeout is None else timeout,
+            approvers=approvers,
+            quorum=quorum,
+            channels=channels,
+            slack_channel=slack_channel,
+            reject_reason_required=reject_reason == "required",
+            max_hold_seconds=self.duration(body, "max_hold", where),
+        )
+
+    def duration(self, body: Mapping[str, Any], key: str, where: str) -> float | None:
+        if key not in body:
+            return None
+        try:
+            seconds = parse_duration(body[key])
+        except ValueError as exc:
+            raise self.fail(f"{where}.{key}", str(exc)) from None
+        if seconds <= 0:
+            raise self.fail(f"{where}.{key}", "must be longer than zero")
+        return seconds
+
+
+def _check_value(op: str, value: Any) -> str | None:
+    """Why ``value`` cannot work with ``op``, or None. Checked at load so a typo never reaches a live call."""
+    if op in ("in", "not_in") and not isinstance(value, list | tuple):
+        return f"op '{op}' needs a list of values, not {_json_type(value)}"
+    if op in _ORDERING and not (_is_number(value) or isinstance(value, str)):
+        return f"op '{op}' needs a number or a string, not {_json_type(value)}"
+    if op == "exists" and not isinstance(value, bool):
+        return f"op 'exists' needs true or false, not {value!r}"
+    if op == "regex":
+        if not isinstance(value, str):
+            return f"op 'regex' needs a pattern string, not {_json_type(value)}"
+        try:
+            re.compile(value)
+        except re.error as exc:
+            return f"invalid regular expression {value!r}: {exc}"
+    return None
+
+
+def _default_message(kind: str, where: str) -> str:
+    if kind == "require_approval":
+        return f"approval required by policy rule {where}"
+    if kind == "require":
+        return f"the call does not meet policy rule {where}"
+    return f"denied by policy rule {where}"
+
+
+def _resolve(args: Mapping[str, Any], path: str) -> Any:
+    current: Any = args
+    for segment in path.split(".")[1:]:
+        if isinstance(current, Mapping):
+            if segment not in current:
+                return _MISSING
+            current = current[segment]
+        elif isinstance(current, list | tuple) and segment.isascii() and segment.isdigit():
+            index = int(segment)
+            if index >= len(current):
+                return _MISSING
+            current = current[index]
+        else:
+            return _MISSING
+    return current
+
+
+def _compare(op: str, actual: Any, expected: Any, pattern: re.Pattern[str] | None) -> bool:
+    if op == "eq":
+        return _json_equal(actual, expected)
+    if op == "neq":
+        return not _json_equal(actual, expected)
+    if op == "in":
+        return any(_json_equal(actual, candidate) for candidate in expected)
+    if op == "not_in":
+        return not any(_json_equal(actual, candidate) for candidate in expected)
+    if op in _ORDERING:
+        # A number is never "greater" than a string: mismatched types fail rather than raise.
+        comparable = (_is_number(actual) and _is_number(expected)) or (
+            isinstance(actual, str) and isinstance(expected, str)
+        )
+        return comparable and bool(_ORDERING[op](actual, expected))
+    if op == "regex":
+        return isinstance(actual, str) and pattern is not None and pattern.search(actual) is not None
+    if op == "contains":
+        if isinstance(actual, str):
+            return isinstance(expected, str) and expected in actual
+        if isinstance(actual, list | tuple):
+            return any(_json_equal(item, expected) for item in actual)
+    return False
+
+
+def _json_equal(left: Any, right: Any) -> bool:
+    """Equality as JSON sees it: ``true`` is not ``1``, while ``1`` and ``1.0`` are the same number."""
+    if isinstance(left, bool) or isinstance(right, bool):
+        return isinstance(left, bool) and isinstance(right, bool) and left is right
+    if isinstance(left, Mapping) and isinstance(right, Mapping):
+        return left.keys() == right.keys() and all(_json_equal(left[k], right[k]) for k in left)
+    if isinstance(left, list | tuple) and isinstance(right, list | tuple):
+        return len(left) == len(right) and all(_json_equal(a, b) for a, b in zip(left, right, strict=True))
+    if isinstance(left, list | tuple | Mapping) or isinstance(right, list | tuple | Mapping):
+        return False
+    return bool(left == right)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_glob(key: str) -> bool:
+    return any(char in key for char in "*?[")
+
+
+def _tool_where(key: str) -> str:
+    return f"tools[{json.dumps(key, ensure_ascii=False)}]"
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, Mapping):
+        return "an object"
+    return type(value).__name__
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json.loads would silently keep the last duplicate; in a policy that can hide a rule from review.
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"key {key!r} appears twice in one object")
+        result[key] = value
+    return result
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
