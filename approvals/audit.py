@@ -67,9 +67,7 @@ def _row_digest(row: Mapping[Any, Any]) -> str:
 
 async def append(conn: AsyncConnection, event: Event, at: datetime) -> int:
     """Append one event. Must run inside `Database.write()`, which serialises appends."""
-    last = (
-        await conn.execute(select(_table.c.seq, _table.c.hash).order_by(_table.c.seq.desc()).limit(1))
-    ).first()
+    last = (await conn.execute(select(_table.c.seq, _table.c.hash).order_by(_table.c.seq.desc()).limit(1))).first()
     seq = 1 if last is None else last.seq + 1
     row: dict[str, Any] = {
         "seq": seq,
@@ -105,17 +103,14 @@ class ChainReport:
             head = f", head {self.head_hash[:16]}…" if self.head_hash else ""
             return f"audit chain intact: {self.checked} events verified{head}"
         return (
-            f"audit chain BROKEN at event #{self.first_broken_seq}: {self.problem} "
-            f"({self.checked} verified before it)"
+            f"audit chain BROKEN at event #{self.first_broken_seq}: {self.problem} ({self.checked} verified before it)"
         )
 
 
 async def _rows(conn: AsyncConnection, batch: int = 2000) -> AsyncIterator[Mapping[Any, Any]]:
     after = 0
     while True:
-        result = await conn.execute(
-            select(_table).where(_table.c.seq > after).order_by(_table.c.seq).limit(batch)
-        )
+        result = await conn.execute(select(_table).where(_table.c.seq > after).order_by(_table.c.seq).limit(batch))
         rows = result.mappings().all()
         if not rows:
             return
@@ -142,9 +137,7 @@ async def verify(conn: AsyncConnection) -> ChainReport:
                 False, checked, row["seq"], "its prev_hash does not match the hash of the event before it"
             )
         if _row_digest(row) != row["hash"]:
-            return ChainReport(
-                False, checked, row["seq"], "its contents do not match its hash (the row was altered)"
-            )
+            return ChainReport(False, checked, row["seq"], "its contents do not match its hash (the row was altered)")
         expected_prev = row["hash"]
         expected_seq += 1
         checked += 1

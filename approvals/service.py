@@ -101,8 +101,7 @@ class ApprovalService:
         async with self.db.read() as conn:
             rows = (await conn.execute(query)).mappings().all()
         return [
-            DecisionView(r["approver"], r["channel"], r["verdict"], r["reason"], audit.as_utc(r["at"]))
-            for r in rows
+            DecisionView(r["approver"], r["channel"], r["verdict"], r["reason"], audit.as_utc(r["at"])) for r in rows
         ]
 
     async def events(self, *, request_id: str | None = None, limit: int = 200) -> list[AuditEventView]:
@@ -180,9 +179,7 @@ class ApprovalService:
     ) -> DecisionOutcome:
         return await self._decide(request_id, approver, channel, "approve", reason)
 
-    async def reject(
-        self, request_id: str, approver: Approver, channel: str, reason: str | None
-    ) -> DecisionOutcome:
+    async def reject(self, request_id: str, approver: Approver, channel: str, reason: str | None) -> DecisionOutcome:
         return await self._decide(request_id, approver, channel, "reject", reason)
 
     async def _decide(
@@ -234,9 +231,7 @@ class ApprovalService:
                         now,
                     )
                     view = await self._load(conn, request_id)
-                    outcome = DecisionOutcome(
-                        view, len(approvals), needed, f"{len(approvals)} of {needed} approvals"
-                    )
+                    outcome = DecisionOutcome(view, len(approvals), needed, f"{len(approvals)} of {needed} approvals")
                     transitioned = None
                 else:
                     new = Status.APPROVED if verdict == "approve" else Status.REJECTED
@@ -264,15 +259,12 @@ class ApprovalService:
             # Someone else moved the request (or this approver already voted) between our read and write.
             latest = await self.get(request_id)
             if latest.status == Status.PENDING:
-                approvals_now = [
-                    d.approver for d in await self.decisions(request_id) if d.verdict == "approve"
-                ]
+                approvals_now = [d.approver for d in await self.decisions(request_id) if d.verdict == "approve"]
                 return DecisionOutcome(
                     latest,
                     len(approvals_now),
                     latest.quorum,
-                    f"{approver.name} has already approved; {len(approvals_now)} of "
-                    f"{latest.quorum} approvals",
+                    f"{approver.name} has already approved; {len(approvals_now)} of {latest.quorum} approvals",
                 )
             raise self._already(latest) from None
         await self._changed(view, transitioned or "approval")
@@ -285,9 +277,7 @@ class ApprovalService:
             current = await self._load(conn, request_id)
             if current.status != Status.PENDING or current.expires_at > now + timedelta(seconds=1):
                 return False
-            won = await self._cas(
-                conn, request_id, {Status.PENDING}, Status.EXPIRED, now, decided_by="timeout"
-            )
+            won = await self._cas(conn, request_id, {Status.PENDING}, Status.EXPIRED, now, decided_by="timeout")
             if not won:
                 return False
             await audit.append(
@@ -321,9 +311,7 @@ class ApprovalService:
             )
             if not won:
                 return False
-            await audit.append(
-                conn, self._transition_event(current, "request.cancelled", "cancelled", why), now
-            )
+            await audit.append(conn, self._transition_event(current, "request.cancelled", "cancelled", why), now)
             view = await self._load(conn, request_id)
         await self._changed(view, "cancelled")
         return True
@@ -400,9 +388,7 @@ class ApprovalService:
     async def set_slack_ts(self, request_id: str, channel: str, ts: str) -> None:
         async with self.db.write() as conn:
             await conn.execute(
-                update(_requests)
-                .where(_requests.c.id == request_id)
-                .values(slack_channel=channel, slack_ts=ts)
+                update(_requests).where(_requests.c.id == request_id).values(slack_channel=channel, slack_ts=ts)
             )
 
     async def overdue_and_pending(self) -> tuple[list[RequestView], list[RequestView]]:

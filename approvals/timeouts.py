@@ -23,17 +23,13 @@ class TimeoutScheduler:
     def __init__(self, service: ApprovalService, *, sweep_seconds: float = 30.0) -> None:
         self.service = service
         self.sweep_seconds = sweep_seconds
-        self._scheduler = AsyncIOScheduler(
-            timezone="UTC", job_defaults={"misfire_grace_time": None, "coalesce": True}
-        )
+        self._scheduler = AsyncIOScheduler(timezone="UTC", job_defaults={"misfire_grace_time": None, "coalesce": True})
         service.add_listener(self)
 
     async def start(self) -> tuple[int, int]:
         """Start the scheduler; expire what is overdue and arm the rest. Returns (expired, armed)."""
         self._scheduler.start()
-        self._scheduler.add_job(
-            self.sweep, "interval", seconds=self.sweep_seconds, id="sweep", replace_existing=True
-        )
+        self._scheduler.add_job(self.sweep, "interval", seconds=self.sweep_seconds, id="sweep", replace_existing=True)
         overdue, running = await self.service.overdue_and_pending()
         for request in overdue:
             await self._expire(request.id)

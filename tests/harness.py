@@ -98,16 +98,16 @@ class Harness:
         self, token: str = AGENT_TOKEN, *, mode: str = "legacy", read_timeout: float = 60.0
     ) -> AsyncIterator[Client]:
         """A real MCP client over streamable HTTP. mode: 'legacy' (2025-11-25 handshake) or 'auto' (2026-07-28)."""
-        async with httpx2.AsyncClient(
-            headers={"Authorization": f"Bearer {token}"}, timeout=httpx2.Timeout(30.0, read=read_timeout)
-        ) as http:
-            async with Client(streamable_http_client(f"{self.base_url}/mcp", http_client=http), mode=mode) as client:
-                yield client
+        async with (
+            httpx2.AsyncClient(
+                headers={"Authorization": f"Bearer {token}"}, timeout=httpx2.Timeout(30.0, read=read_timeout)
+            ) as http,
+            Client(streamable_http_client(f"{self.base_url}/mcp", http_client=http), mode=mode) as client,
+        ):
+            yield client
 
     def api(self, token: str = ALICE_TOKEN) -> httpx2.AsyncClient:
-        client = httpx2.AsyncClient(
-            base_url=self.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=30.0
-        )
+        client = httpx2.AsyncClient(base_url=self.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=30.0)
         self._clients.append(client)
         return client
 
