@@ -25,6 +25,7 @@ from approvals.timeouts import TimeoutScheduler
 from gateway import api
 from gateway.agent_auth import AgentAuth
 from gateway.calls import CallHandler
+from gateway.channels import build_channels
 from gateway.config import Settings
 from gateway.mcp_server import build_server
 from gateway.policy_store import PolicyStore
@@ -58,6 +59,7 @@ class Gateway:
             app=self.mcp, json_response=False, stateless=False, security_settings=self._transport_security()
         )
         self.ready = anyio.Event()
+        self.channels = build_channels(self)
 
     def _transport_security(self) -> TransportSecuritySettings:
         server = self.settings.server
@@ -87,6 +89,8 @@ class Gateway:
                 tg.start_soon(self.upstreams.run)
                 if self.settings.policy.watch:
                     tg.start_soon(self.policies.watch)
+                for channel in self.channels:
+                    tg.start_soon(channel.run)
                 if serve_http:
                     async with self.session_manager.run():
                         self.ready.set()
@@ -117,7 +121,9 @@ class Gateway:
                 Route("/mcp", mcp_endpoint, methods=["GET", "POST", "DELETE"]),
                 Route("/healthz", self._health, methods=["GET"]),
                 *api.ROUTES,
+                *(route for channel in self.channels for route in channel.routes()),
             ],
+            middleware=[m for channel in self.channels for m in channel.middleware()],
             exception_handlers=api.EXCEPTION_HANDLERS,
             lifespan=run if lifespan else None,
         )
