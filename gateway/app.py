@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 import anyio
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
+from mcp.server.subscriptions import InMemorySubscriptionBus, ToolsListChanged
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -54,7 +55,9 @@ class Gateway:
             progress_interval=settings.server.progress_interval,
             inbox_url=f"{settings.server.base_url}/inbox",
         )
-        self.mcp = build_server(self.calls, stdio_agent=stdio_agent)
+        self.events = InMemorySubscriptionBus()
+        self.upstreams.listeners.append(self._tools_changed)
+        self.mcp = build_server(self.calls, self.events, stdio_agent=stdio_agent)
         self.session_manager = StreamableHTTPSessionManager(
             app=self.mcp, json_response=False, stateless=False, security_settings=self._transport_security()
         )
@@ -76,6 +79,11 @@ class Gateway:
 
     async def _policy_reloaded(self, outcome: str, message: str) -> None:
         await self.service.record(Event(kind=outcome, outcome=outcome.split(".")[1], message=message))
+        if outcome == "policy.loaded":
+            await self._tools_changed()
+
+    async def _tools_changed(self) -> None:
+        await self.events.publish(ToolsListChanged())
 
     @asynccontextmanager
     async def running(self, *, serve_http: bool = True) -> AsyncIterator[Gateway]:

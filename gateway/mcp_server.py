@@ -8,6 +8,7 @@ import anyio
 import mcp_types as types
 from mcp.server import Server
 from mcp.server.context import ServerRequestContext
+from mcp.server.subscriptions import ListenHandler, SubscriptionBus
 from starlette.requests import Request
 
 from gateway.calls import Caller, CallHandler
@@ -16,8 +17,12 @@ AGENT_KEY = "countersign.agent"
 DISCONNECTED_KEY = "countersign.disconnected"
 
 
-def build_server(handler: CallHandler, *, stdio_agent: str | None = None) -> Server[Any]:
-    """`stdio_agent` names the agent for a process that serves one client over stdio."""
+def build_server(handler: CallHandler, bus: SubscriptionBus, *, stdio_agent: str | None = None) -> Server[Any]:
+    """`stdio_agent` names the agent for a process that serves one client over stdio.
+
+    2026-era clients that listen for `tools/list_changed` hear it through `bus` whenever an
+    upstream's catalog or the policy changes what they may see.
+    """
 
     def caller_of(ctx: ServerRequestContext[Any, Any]) -> Caller:
         request = ctx.request
@@ -64,6 +69,7 @@ def build_server(handler: CallHandler, *, stdio_agent: str | None = None) -> Ser
         on_list_tools=list_tools,
         on_call_tool=call_tool,
         get_tool_input_schema=input_schema,
+        on_subscriptions_listen=ListenHandler(bus),
     )
 
 

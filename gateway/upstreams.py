@@ -39,7 +39,7 @@ class Route:
 
 
 class Upstream:
-    def __init__(self, settings: UpstreamSettings, on_catalog: Callable[[], None]) -> None:
+    def __init__(self, settings: UpstreamSettings, on_catalog: Callable[[], Awaitable[None]]) -> None:
         self.settings = settings
         self.name = settings.name
         self.state = "connecting"
@@ -117,7 +117,7 @@ class Upstream:
             if not cursor:
                 break
         self.tools = tuple(tools)
-        self._on_catalog()
+        await self._on_catalog()
 
     async def _supervise(self, client: Client) -> None:
         async with anyio.create_task_group() as tg:
@@ -181,6 +181,11 @@ class Upstream:
             return error_result(f"[UPSTREAM ERROR] upstream '{self.name}' failed {tool}: {exc.message}")
         except RuntimeError as exc:
             return error_result(f"[UPSTREAM ERROR] upstream '{self.name}' returned an invalid result for {tool}: {exc}")
+        except Exception as exc:
+            # Transport failures (connection refused, broken stream): reconnect, and say so to the agent.
+            self.last_error = _describe(exc)
+            self._broken.set()
+            return error_result(f"[UPSTREAM ERROR] upstream '{self.name}' failed {tool}: {self.last_error}")
 
 
 class UpstreamSet:
@@ -191,7 +196,7 @@ class UpstreamSet:
         self._routes: dict[str, Route] = {}
         self._tools: list[types.Tool] = []
         self.version = 0
-        self.listeners: list[Callable[[], None]] = []
+        self.listeners: list[Callable[[], Awaitable[None]]] = []
 
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:
@@ -205,7 +210,7 @@ class UpstreamSet:
             return True
         return False
 
-    def _rebuild(self) -> None:
+    async def _rebuild(self) -> None:
         routes: dict[str, Route] = {}
         tools: list[types.Tool] = []
         for upstream in self.upstreams:
@@ -225,7 +230,10 @@ class UpstreamSet:
         self._tools = tools
         self.version += 1
         for listener in self.listeners:
-            listener()
+            try:
+                await listener()
+            except Exception:
+                log.exception("catalog listener failed")
 
     def tools(self) -> list[types.Tool]:
         return list(self._tools)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,9 +36,21 @@ def bound_socket() -> socket.socket:
     return sock
 
 
+@dataclass
+class Served:
+    url: str
+    server: uvicorn.Server
+
+    async def stop(self) -> None:
+        """Stop serving now (the test then sees connections refused), as if the process had died."""
+        self.server.should_exit = True
+        self.server.force_exit = True
+        await wait_for(lambda: not any(s.is_serving() for s in self.server.servers))
+
+
 @asynccontextmanager
-async def serve_asgi(app: Any, sock: socket.socket | None = None, *, lifespan: str = "on") -> AsyncIterator[str]:
-    """Serve an ASGI app on loopback until the block ends; yields its base URL."""
+async def served(app: Any, sock: socket.socket | None = None, *, lifespan: str = "on") -> AsyncIterator[Served]:
+    """Serve an ASGI app on loopback until the block ends."""
     sock = sock or bound_socket()
     port = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level="warning", lifespan=lifespan, timeout_graceful_shutdown=1)  # type: ignore[arg-type]
@@ -51,10 +63,31 @@ async def serve_asgi(app: Any, sock: socket.socket | None = None, *, lifespan: s
                     raise RuntimeError("server failed to start")
                 await anyio.sleep(0.01)
         try:
-            yield f"http://127.0.0.1:{port}"
+            yield Served(f"http://127.0.0.1:{port}", server)
         finally:
             server.should_exit = True
             server.force_exit = True
+
+
+@asynccontextmanager
+async def serve_asgi(app: Any, sock: socket.socket | None = None, *, lifespan: str = "on") -> AsyncIterator[str]:
+    """Serve an ASGI app on loopback until the block ends; yields its base URL."""
+    async with served(app, sock, lifespan=lifespan) as handle:
+        yield handle.url
+
+
+@asynccontextmanager
+async def agent_client(
+    base_url: str, token: str = AGENT_TOKEN, *, mode: str = "legacy", read_timeout: float = 60.0
+) -> AsyncIterator[Client]:
+    """A real MCP client over streamable HTTP. mode: 'legacy' (2025-11-25 handshake) or 'auto' (2026-07-28)."""
+    async with (
+        httpx2.AsyncClient(
+            headers={"Authorization": f"Bearer {token}"}, timeout=httpx2.Timeout(30.0, read=read_timeout)
+        ) as http,
+        Client(streamable_http_client(f"{base_url}/mcp", http_client=http), mode=mode) as client,
+    ):
+        yield client
 
 
 def base_config(
@@ -93,18 +126,11 @@ class Harness:
     def service(self) -> Any:
         return self.gateway.service
 
-    @asynccontextmanager
-    async def agent(
+    def agent(
         self, token: str = AGENT_TOKEN, *, mode: str = "legacy", read_timeout: float = 60.0
-    ) -> AsyncIterator[Client]:
+    ) -> AbstractAsyncContextManager[Client]:
         """A real MCP client over streamable HTTP. mode: 'legacy' (2025-11-25 handshake) or 'auto' (2026-07-28)."""
-        async with (
-            httpx2.AsyncClient(
-                headers={"Authorization": f"Bearer {token}"}, timeout=httpx2.Timeout(30.0, read=read_timeout)
-            ) as http,
-            Client(streamable_http_client(f"{self.base_url}/mcp", http_client=http), mode=mode) as client,
-        ):
-            yield client
+        return agent_client(self.base_url, token, mode=mode, read_timeout=read_timeout)
 
     def api(self, token: str = ALICE_TOKEN) -> httpx2.AsyncClient:
         client = httpx2.AsyncClient(base_url=self.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=30.0)
