@@ -8,9 +8,11 @@ from __future__ import annotations
 import logging
 import signal
 from collections.abc import Awaitable, Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import anyio
+from anyio.abc import TaskStatus
 
 from gateway.policy import Policy, PolicyError, lint_policy, load_policy
 
@@ -57,24 +59,25 @@ class PolicyStore:
             except Exception:
                 log.exception("policy reload listener failed")
 
-    async def watch(self) -> None:
-        """Reload when the file's mtime or size changes, and on SIGHUP where the platform has it."""
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._watch_file)
-            if hasattr(signal, "SIGHUP"):
-                tg.start_soon(self._watch_signal)
+    async def watch(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Reload when the file's mtime or size changes, and on SIGHUP where the process can receive it."""
+        with ExitStack() as stack:
+            receiver = None
+            try:
+                if hasattr(signal, "SIGHUP"):
+                    receiver = stack.enter_context(anyio.open_signal_receiver(signal.SIGHUP))
+            except (NotImplementedError, ValueError, RuntimeError):
+                # Signals reach only the main thread; a gateway served from another thread watches the file only.
+                log.debug("SIGHUP reload not available in this thread")
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._watch_file)
+                task_status.started()
+                if receiver is not None:
+                    async for _ in receiver:
+                        await self.reload("SIGHUP")
 
     async def _watch_file(self) -> None:
         while True:
             await anyio.sleep(self.watch_seconds)
             if self._stat() != self._mtime:
                 await self.reload("file changed")
-
-    async def _watch_signal(self) -> None:
-        try:
-            with anyio.open_signal_receiver(signal.SIGHUP) as signals:
-                async for _ in signals:
-                    await self.reload("SIGHUP")
-        except (NotImplementedError, ValueError, RuntimeError):
-            # Signals can only be received in the main thread (tests run servers elsewhere).
-            log.debug("SIGHUP reload not available in this thread")
