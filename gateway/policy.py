@@ -51,7 +51,6 @@ _APPROVAL_KEYS: Final = (
     "channels",
     "slack_channel",
     "reject_reason",
-    "max_hold",
 )
 _ORDERING: Final[Mapping[str, Callable[[Any, Any], Any]]] = {
     "lt": operator.lt,
@@ -132,7 +131,6 @@ class ApprovalSettings:
     channels: tuple[str, ...] = ("web", "slack")
     slack_channel: str | None = None
     reject_reason_required: bool = False
-    max_hold_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -364,8 +362,6 @@ def _describe_approval(approval: ApprovalSettings) -> Iterator[str]:
     if approval.slack_channel:
         yield f"  slack channel: {approval.slack_channel}"
     yield f"  reject reason: {'required' if approval.reject_reason_required else 'optional'}"
-    if approval.max_hold_seconds is not None:
-        yield f"  max hold: {format_duration(approval.max_hold_seconds)}"
 
 
 class _Parser:
@@ -519,7 +515,6 @@ class _Parser:
             channels=channels,
             slack_channel=slack_channel,
             reject_reason_required=reject_reason == "required",
-            max_hold_seconds=self.duration(body, "max_hold", where),
         )
 
     def duration(self, body: Mapping[str, Any], key: str, where: str) -> float | None:

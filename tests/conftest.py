@@ -34,6 +34,16 @@ def _pg_reachable() -> str | None:
 _PG_PROBLEM = _pg_reachable()
 
 
+def skip_unless_present(kind: str, problem: str | None) -> None:
+    """Skip with the reason when a service is absent; in CI (COUNTERSIGN_REQUIRE names it) fail instead."""
+    if problem is None:
+        return
+    required = {k.strip() for k in os.environ.get("COUNTERSIGN_REQUIRE", "").split(",")}
+    if kind in required:
+        pytest.fail(f"{kind} is required here (COUNTERSIGN_REQUIRE) but absent: {problem}")
+    pytest.skip(problem)
+
+
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'countersign.db'}"
@@ -68,8 +78,7 @@ def pg_url(name: str) -> str:
 @pytest.fixture
 async def postgres_url() -> AsyncIterator[str]:
     """A fresh PostgreSQL database for one test, dropped afterwards."""
-    if _PG_PROBLEM:
-        pytest.skip(_PG_PROBLEM)
+    skip_unless_present("postgres", _PG_PROBLEM)
     name = await _create_pg_database()
     try:
         yield pg_url(name)
@@ -83,8 +92,7 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'countersign.db'}"
         return
-    if _PG_PROBLEM:
-        pytest.skip(_PG_PROBLEM)
+    skip_unless_present("postgres", _PG_PROBLEM)
     name = await _create_pg_database()
     try:
         yield pg_url(name)

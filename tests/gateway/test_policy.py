@@ -406,7 +406,6 @@ def test_a_hold_carries_the_tools_approval_settings() -> None:
                     "channels": ["slack"],
                     "slack_channel": "#trading-approvals",
                     "reject_reason": "required",
-                    "max_hold": "2h",
                 },
             }
         }
@@ -422,7 +421,6 @@ def test_a_hold_carries_the_tools_approval_settings() -> None:
         channels=("slack",),
         slack_channel="#trading-approvals",
         reject_reason_required=True,
-        max_hold_seconds=7200.0,
     )
 
 
