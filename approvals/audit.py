@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, inspect, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from approvals.models import AuditEvent
@@ -142,6 +142,11 @@ async def verify(conn: AsyncConnection) -> ChainReport:
         expected_seq += 1
         checked += 1
     return ChainReport(True, checked, head_hash=None if checked == 0 else expected_prev)
+
+
+async def exists(conn: AsyncConnection) -> bool:
+    """Whether this database holds an audit log at all (a gateway has started against it)."""
+    return bool(await conn.run_sync(lambda sync: inspect(sync).has_table(_table.name)))
 
 
 async def count(conn: AsyncConnection) -> int:

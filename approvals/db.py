@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlmodel import SQLModel
 
@@ -72,16 +72,33 @@ class Database:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        async with self.guard(), self.engine.connect() as conn:
-            yield conn
+        async with self.guard():
+            conn = await self._open(self.engine)
+            try:
+                yield conn
+            finally:
+                await conn.close()
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """A write transaction holding the audit-chain lock; commits on success, rolls back on error."""
-        async with self._write_lock, self.guard(), self._write_engine.begin() as conn:
-            if not self.is_sqlite:
-                await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _AUDIT_LOCK_KEY})
-            yield conn
+        async with self._write_lock, self.guard():
+            conn = await self._open(self._write_engine)
+            try:
+                async with conn.begin():
+                    if not self.is_sqlite:
+                        await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _AUDIT_LOCK_KEY})
+                    yield conn
+            finally:
+                await conn.close()
+
+    @staticmethod
+    async def _open(engine: AsyncEngine) -> AsyncConnection:
+        """Connect; any failure to get a connection at all (refused, unknown database, bad credentials) is an outage."""
+        try:
+            return await engine.connect().start()
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreUnavailable(f"the database is unavailable: {getattr(exc, 'orig', None) or exc}") from exc
 
     @asynccontextmanager
     async def guard(self) -> AsyncIterator[None]:

@@ -124,6 +124,10 @@ async def _decision_body(request: Request) -> str | None:
         raise HTTPException(400, f"the body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise HTTPException(400, 'the body must be a JSON object such as {"reason": "..."}')
+    # A misspelt "reason" must not silently record a decision without one.
+    unknown = sorted(set(data) - {"reason"})
+    if unknown:
+        raise HTTPException(400, f'unknown key {unknown[0]!r}; the body takes only "reason"')
     reason = data.get("reason")
     if reason is not None and not isinstance(reason, str):
         raise HTTPException(400, "reason must be a string")

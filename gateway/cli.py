@@ -8,16 +8,17 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
 from gateway.config import ConfigError, Settings, load_settings
+from gateway.policy import PolicyError
 
 
-def _settings(path: str | None) -> Settings:
+def _settings(path: str | None, *, only: Collection[str] | None = None) -> Settings:
     config = path or os.environ.get("COUNTERSIGN_CONFIG") or "countersign.toml"
-    return load_settings(config)
+    return load_settings(config, only=only)
 
 
 # ---- serve / demo
@@ -75,11 +76,12 @@ def cmd_paper_broker(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from gateway.starter import starter_config, starter_policy
+    from gateway.starter import new_api_token, starter_config, starter_policy
 
     folder = Path(args.dir)
     folder.mkdir(parents=True, exist_ok=True)
-    files = {folder / "countersign.toml": starter_config(), folder / "policy.json": starter_policy()}
+    api_token = new_api_token()
+    files = {folder / "countersign.toml": starter_config(api_token), folder / "policy.json": starter_policy()}
     existing = [str(p) for p in files if p.exists()]
     if existing and not args.force:
         print(f"countersign init: {', '.join(existing)} already exist; use --force to overwrite", file=sys.stderr)
@@ -87,6 +89,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     for path, text in files.items():
         path.write_text(text)
         print(f"wrote {path}")
+    print(f"approver alice's API token (shown once; the file keeps only its SHA-256): {api_token}")
     print(
         "next: edit countersign.toml (upstreams, agents, approvers), then: countersign serve --config "
         f"{folder / 'countersign.toml'}"
@@ -138,18 +141,29 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from approvals import audit
     from approvals.db import Database
+    from approvals.errors import StoreUnavailable
 
-    url = args.database_url or _settings(args.config).database_url
+    # Only [server] is read: verifying needs the database, not the gateway's other secrets.
+    url = args.database_url or _settings(args.config, only=("server",)).database_url
 
-    async def run() -> audit.ChainReport:
+    async def run() -> audit.ChainReport | None:
         db = Database(url)
         try:
             async with db.read() as conn:
+                if not await audit.exists(conn):
+                    return None
                 return await audit.verify(conn)
         finally:
             await db.dispose()
 
-    report = asyncio.run(run())
+    try:
+        report = asyncio.run(run())
+    except StoreUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if report is None:
+        print("error: this database holds no audit log (no gateway has run against it)", file=sys.stderr)
+        return 2
     print(report.describe())
     return 0 if report.ok else 1
 
@@ -163,7 +177,7 @@ def cmd_approvals(args: argparse.Namespace) -> int:
     url = args.url or os.environ.get("COUNTERSIGN_URL")
     if not url:
         url = (
-            _settings(args.config).server.base_url
+            _settings(args.config, only=("server",)).server.base_url
             if (args.config or os.environ.get("COUNTERSIGN_CONFIG"))
             else ("http://127.0.0.1:8080")
         )
@@ -204,6 +218,18 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
         return 2
     print(PasswordHasher().hash(password))
     return 0
+
+
+# ---- slack
+
+
+def cmd_slack_check(args: argparse.Namespace) -> int:
+    from gateway.slack.check import check, report
+
+    settings = _settings(args.config)
+    text, code = report(asyncio.run(check(settings)))
+    print(text)
+    return code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -278,6 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
             action.add_argument("--reason", help="why (required to reject when the policy says so)")
         action.set_defaults(func=cmd_approvals)
 
+    slack = sub.add_parser("slack", help="Slack set-up tools").add_subparsers(dest="slack_command", required=True)
+    slack_check = slack.add_parser("check", help="verify the Slack token, channel access and configuration")
+    slack_check.add_argument("--config", help="configuration file (default: $COUNTERSIGN_CONFIG or ./countersign.toml)")
+    slack_check.set_defaults(func=cmd_slack_check)
+
     hash_password = sub.add_parser("hash-password", help="print an argon2 hash for an approver's password_hash")
     hash_password.add_argument("--password", help="the password (prompted for when omitted)")
     hash_password.set_defaults(func=cmd_hash_password)
@@ -293,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         code: int = args.func(args)
-    except ConfigError as exc:
+    except (ConfigError, PolicyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -6,19 +6,35 @@ a missing variable is an error that names the key. Relative paths are relative t
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 from approvals.approvers import Approver, token_digest
 from gateway.durations import parse_duration
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+_NAME = r"^[A-Za-z0-9_.-]+$"
+_APPROVER_NAME = r"^[^\s,]+$"
+_SHA256 = r"^[0-9a-f]{64}$"
+_DATABASE_SCHEMES = frozenset(
+    {"sqlite", "sqlite+aiosqlite", "sqlite+pysqlite", "postgres", "postgresql", "postgresql+asyncpg"}
+    | {"postgresql+psycopg", "postgresql+psycopg2"}
+)
+# What each pattern means, for people editing TOML rather than reading regular expressions.
+_PATTERN_HELP = {
+    _NAME: "use only letters, digits, '_', '.' and '-'",
+    _APPROVER_NAME: "a name without spaces or commas (policies list approvers separated by commas)",
+    _SHA256: "expected a SHA-256 digest: 64 lowercase hexadecimal digits",
+}
 
 
 class ConfigError(Exception):
@@ -52,6 +68,16 @@ class ServerSettings(_Section):
 
     _durations = field_validator("progress_interval", "poll_interval", mode="before")(_seconds)
 
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, url: str) -> str:
+        scheme = url.partition("://")[0]
+        if scheme not in _DATABASE_SCHEMES or "://" not in url:
+            raise ValueError(
+                "expected a SQLite or PostgreSQL URL such as sqlite:///countersign.db or postgresql://user@host/dbname"
+            )
+        return url
+
     @property
     def base_url(self) -> str:
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
@@ -63,7 +89,7 @@ class PolicySettings(_Section):
 
 
 class UpstreamSettings(_Section):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(pattern=_NAME)
     command: tuple[str, ...] | None = None
     url: str | None = None
     env: dict[str, str] = Field(default_factory=dict)
@@ -89,10 +115,7 @@ class UpstreamSettings(_Section):
 class AgentSettings(_Section):
     name: str = Field(min_length=1)
     token: str | None = Field(default=None, repr=False)
-    token_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
-    max_hold: float | None = None
-
-    _durations = field_validator("max_hold", mode="before")(_seconds)
+    token_sha256: str | None = Field(default=None, pattern=_SHA256)
 
     @model_validator(mode="after")
     def _one_token(self) -> AgentSettings:
@@ -108,11 +131,11 @@ class AgentSettings(_Section):
 
 
 class ApproverSettings(_Section):
-    name: str = Field(min_length=1, pattern=r"^[^\s,]+$")
+    name: str = Field(min_length=1, pattern=_APPROVER_NAME)
     email: str | None = None
     groups: tuple[str, ...] = ()
     api_token: str | None = Field(default=None, repr=False)
-    api_token_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    api_token_sha256: str | None = Field(default=None, pattern=_SHA256)
     password_hash: str | None = Field(default=None, repr=False)
     slack_user: str | None = None
 
@@ -135,10 +158,59 @@ class SlackSettings(_Section):
     mode: Literal["http", "socket"] = "http"
     app_token: str | None = Field(default=None, repr=False)
     api_url: str | None = None
+    # A reminder in the message's thread this long before a request expires; none when unset.
+    reminder_before: float | None = None
+    # Outbound calls: the time one call may take, and retries doubling from retry_initial up to retry_max.
+    request_timeout: float = 10.0
+    retry_initial: float = 1.0
+    retry_max: float = 60.0
+    max_attempts: int = Field(default=8, ge=1)
+
+    _durations = field_validator("reminder_before", "request_timeout", "retry_initial", "retry_max", mode="before")(
+        _seconds
+    )
 
     @property
     def enabled(self) -> bool:
         return bool(self.bot_token and self.channel)
+
+
+class WebSettings(_Section):
+    """The web inbox and audit history; see docs/inbox.md."""
+
+    enabled: bool = True
+    # Signs session cookies; COUNTERSIGN_SESSION_SECRET fills it. Empty: a random secret per process.
+    session_secret: str = Field(default="", repr=False)
+    session_max_age: float = 12 * 3600.0
+    # Behind an SSO proxy: the header that names the signed-in approver (name or email). It is honoured
+    # only on connections from `trusted_proxies` (addresses or CIDR networks).
+    trusted_header: str = ""
+    trusted_proxies: tuple[str, ...] = ()
+    refresh_interval: float = 2.0
+    failed_signin_delay: float = 1.0
+    max_failed_signins: int = Field(default=5, ge=1)
+
+    _durations = field_validator("session_max_age", "refresh_interval", "failed_signin_delay", mode="before")(_seconds)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or network such as 10.0.0.0/8") from None
+        return value
+
+    @model_validator(mode="after")
+    def _coherent(self) -> WebSettings:
+        if self.session_secret and len(self.session_secret) < 32:
+            raise ValueError("`session_secret` must be at least 32 characters (try: openssl rand -hex 32)")
+        if self.trusted_header and not self.trusted_proxies:
+            raise ValueError("`trusted_header` needs `trusted_proxies`: the addresses of the proxy that sets it")
+        if self.session_max_age <= 0 or self.refresh_interval <= 0:
+            raise ValueError("`session_max_age` and `refresh_interval` must be positive")
+        return self
 
 
 class Settings(_Section):
@@ -148,6 +220,7 @@ class Settings(_Section):
     agents: tuple[AgentSettings, ...] = ()
     approvers: tuple[ApproverSettings, ...] = ()
     slack: SlackSettings = Field(default_factory=SlackSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
     source: str = Field(default="<settings>", exclude=True)
     base_dir: str = Field(default=".", exclude=True)
 
@@ -159,9 +232,14 @@ class Settings(_Section):
             ("approvers", [a.name for a in self.approvers]),
         ):
             seen: set[str] = set()
-            for name in names:
+            for index, name in enumerate(names):
                 if name in seen:
-                    raise ValueError(f"{kind}: the name {name!r} is used twice")
+                    # A model validator's error has no location of its own; carry the key's path in the context.
+                    raise PydanticCustomError(
+                        "duplicate_name",
+                        "the name {name!r} is used twice",
+                        {"name": name, "path": f"{kind}[{index}].name"},
+                    )
                 seen.add(name)
         return self
 
@@ -231,17 +309,45 @@ def parse_settings(
         ):
             if key not in slack and env.get(var):
                 slack[key] = env[var]
+    web = expanded.setdefault("web", {})
+    if isinstance(web, dict) and "session_secret" not in web and env.get("COUNTERSIGN_SESSION_SECRET"):
+        web["session_secret"] = env["COUNTERSIGN_SESSION_SECRET"]
     try:
         return Settings.model_validate({**expanded, "source": source, "base_dir": base_dir})
     except ValidationError as exc:
         first = exc.errors()[0]
-        message = first["msg"].removeprefix("Value error, ")
-        if first["type"] == "extra_forbidden":
-            message = "unknown key (check the spelling against docs/configuration.md)"
-        raise ConfigError(source, _location(tuple(first["loc"])), message) from None
+        raise ConfigError(source, _error_path(first), _error_message(first)) from None
 
 
-def load_settings(path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None) -> Settings:
+def _error_path(error: ErrorDetails) -> str:
+    ctx = error.get("ctx") or {}
+    if error["type"] == "duplicate_name":
+        return str(ctx["path"])
+    return _location(tuple(error["loc"]))
+
+
+def _error_message(error: ErrorDetails) -> str:
+    ctx = error.get("ctx") or {}
+    if error["type"] == "extra_forbidden":
+        return "unknown key (check the spelling against docs/configuration.md)"
+    if error["type"] in ("tuple_type", "list_type"):
+        return 'expected a list, such as ["a", "b"] (a repeated section is written [[name]])'
+    if error["type"] == "string_pattern_mismatch" and ctx.get("pattern") in _PATTERN_HELP:
+        return _PATTERN_HELP[str(ctx["pattern"])]
+    return error["msg"].removeprefix("Value error, ")
+
+
+def load_settings(
+    path: str | os.PathLike[str],
+    *,
+    environ: Mapping[str, str] | None = None,
+    only: Collection[str] | None = None,
+) -> Settings:
+    """Read and validate a configuration file.
+
+    `only` keeps just those top-level sections (the rest take their defaults), for commands such as
+    `countersign approvals` that need the server's address but not the gateway's secrets.
+    """
     file = Path(path)
     try:
         raw = file.read_bytes()
@@ -251,4 +357,6 @@ def load_settings(path: str | os.PathLike[str], *, environ: Mapping[str, str] | 
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(str(file), "", f"not valid TOML: {exc}") from None
+    if only is not None:
+        data = {key: value for key, value in data.items() if key in only}
     return parse_settings(data, source=str(file), base_dir=str(file.resolve().parent), environ=environ)

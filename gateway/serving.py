@@ -9,6 +9,7 @@ from typing import Literal
 import anyio
 import uvicorn
 from mcp.server.stdio import stdio_server
+from uvicorn.config import LOGGING_CONFIG
 
 from gateway.app import Gateway
 from gateway.config import Settings
@@ -16,13 +17,17 @@ from gateway.config import Settings
 log = logging.getLogger(__name__)
 
 
-def _uvicorn(app: object, settings: Settings, *, lifespan: Literal["on", "off"]) -> uvicorn.Server:
+def _uvicorn(
+    app: object, settings: Settings, *, lifespan: Literal["on", "off"], own_logging: bool = True
+) -> uvicorn.Server:
     config = uvicorn.Config(
         app,  # type: ignore[arg-type]
         host=settings.server.host,
         port=settings.server.port,
         lifespan=lifespan,
         log_level="info",
+        # uvicorn's own logging config sends access lines to stdout; `False` leaves them to the root logger.
+        log_config=LOGGING_CONFIG if own_logging else None,
         # Held calls keep their response open for minutes; let a shutdown wait for them briefly.
         timeout_graceful_shutdown=5,
     )
@@ -47,17 +52,21 @@ def _port_free(host: str, port: int) -> bool:
 
 async def serve_stdio(settings: Settings, agent: str, *, with_http: bool = True) -> int:
     gateway = Gateway(settings, stdio_agent=agent)
-    async with gateway.running(serve_http=with_http), anyio.create_task_group() as tg:
+    # stdout is the MCP channel: claim it first (the SDK diverts stray writes to stderr while it is held),
+    # so nothing logged while upstreams connect or the HTTP API answers can corrupt it.
+    async with (
+        stdio_server() as (read, write),
+        gateway.running(serve_http=with_http),
+        anyio.create_task_group() as tg,
+    ):
         if with_http:
             if _port_free(settings.server.host, settings.server.port):
-                server = _uvicorn(gateway.asgi(lifespan=False), settings, lifespan="off")
-                server.config.log_config = None
+                server = _uvicorn(gateway.asgi(lifespan=False), settings, lifespan="off", own_logging=False)
                 tg.start_soon(server.serve)
             else:
                 # Another gateway on this database already serves the API; its decisions reach us through it.
                 log.info("port %s is in use; serving stdio only", settings.server.port)
         await gateway.upstreams.wait_connected(settings.upstreams[0].connect_timeout if settings.upstreams else 0)
-        async with stdio_server() as (read, write):
-            await gateway.mcp.run(read, write, gateway.mcp.create_initialization_options())
+        await gateway.mcp.run(read, write, gateway.mcp.create_initialization_options())
         tg.cancel_scope.cancel()
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import secrets
 
+from approvals.approvers import token_digest
 from gateway.demo import DEMO_POLICY
 
 STARTER_CONFIG = """\
@@ -44,7 +45,8 @@ token = "${{COUNTERSIGN_AGENT_TOKEN}}"   # or token_sha256 = "<hex digest>"
 name = "alice"
 email = "alice@example.com"
 groups = ["traders"]
-api_token = "{api_token}"
+# The digest of the API token `countersign init` printed; or api_token = "${{ALICE_API_TOKEN}}".
+api_token_sha256 = "{api_token_sha256}"
 # password_hash = "<output of: countersign hash-password>"
 # slack_user = "U012ABCDEF"
 
@@ -56,8 +58,13 @@ api_token = "{api_token}"
 """
 
 
-def starter_config() -> str:
-    return STARTER_CONFIG.format(api_token=secrets.token_urlsafe(24))
+def new_api_token() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def starter_config(api_token: str | None = None) -> str:
+    """The starter file; it holds only the digest of the first approver's API token, never the token."""
+    return STARTER_CONFIG.format(api_token_sha256=token_digest(api_token or new_api_token()))
 
 
 def starter_policy() -> str:
