@@ -11,7 +11,7 @@ import anyio
 import mcp_types as types
 
 from approvals.audit import Event, canonical_json
-from approvals.errors import ApprovalError, StoreUnavailable
+from approvals.errors import AlreadyDecided, ApprovalError, StoreUnavailable
 from approvals.service import ApprovalService, arguments_digest
 from approvals.states import Status
 from approvals.views import NewRequest, RequestView
@@ -187,7 +187,7 @@ class CallHandler:
             reservation.release()
             await self._withdraw(request.id, "the agent disconnected")
             return error_result("[APPROVAL CANCELLED] the agent went away; the call was not executed.")
-        result = await self._conclude(final, route, progress)
+        result = await self._conclude(final, route, progress, caller)
         if result.is_error:
             reservation.release()
         return result
@@ -245,9 +245,11 @@ class CallHandler:
         except ApprovalError as exc:
             log.error("could not record withdrawal of %s: %s", request_id, exc)
 
-    async def _conclude(self, view: RequestView, route: Route, progress: _Progress) -> types.CallToolResult:
+    async def _conclude(
+        self, view: RequestView, route: Route, progress: _Progress, caller: Caller
+    ) -> types.CallToolResult:
         if view.status == Status.APPROVED:
-            return await self._execute(view, route, progress)
+            return await self._execute(view, route, progress, caller)
         if view.status == Status.REJECTED:
             reason = view.decision_reason or "no reason given"
             return error_result(
@@ -278,26 +280,57 @@ class CallHandler:
             {"status": view.status.value, "approval_id": view.id},
         )
 
-    async def _execute(self, view: RequestView, route: Route, progress: _Progress) -> types.CallToolResult:
+    async def _execute(
+        self, view: RequestView, route: Route, progress: _Progress, caller: Caller
+    ) -> types.CallToolResult:
         approved_arguments = view.arguments
+        if _gone(caller):
+            await self._withdraw(view.id, "the agent disconnected before execution began")
+            return error_result(_NOT_FORWARDED)
         try:
-            await self.service.begin_execution(view.id, arguments_digest(canonical_json(approved_arguments)))
-        except ApprovalError as exc:
-            return error_result(f"[APPROVAL ERROR] the approved call could not start: {exc}; it was not executed.")
-        await progress.notice(f"Approved by {view.decided_by}; executing {view.tool}.")
-        result = await self._forward(route, approved_arguments, progress)
-        summary = text_of(result, 200)
+            try:
+                await self.service.begin_execution(view.id, arguments_digest(canonical_json(approved_arguments)))
+            except ApprovalError as exc:
+                return error_result(f"[APPROVAL ERROR] the approved call could not start: {exc}; it was not executed.")
+            if _gone(caller):
+                # The agent left while the start was being recorded: never forward for nobody.
+                await self._settle_unforwarded(view.id)
+                return error_result(_NOT_FORWARDED)
+            await progress.notice(f"Approved by {view.decided_by}; executing {view.tool}.")
+        except BaseException:
+            # Cancelled before forwarding: lapse the approval, or, if `executing` was just recorded, end it
+            # there; the request must not stay `approved` or `executing` with nobody to run it.
+            with anyio.CancelScope(shield=True):
+                await self._withdraw(view.id, "the agent cancelled the call")
+                await self._settle_unforwarded(view.id)
+            raise
+        # Once forwarded, see the call through and record its outcome even if the agent cancels meanwhile,
+        # so the request never stays `executing` with the upstream's answer lost. The call timeout bounds this.
+        with anyio.CancelScope(shield=True):
+            result = await self._forward(route, approved_arguments, progress)
+            summary = text_of(result, 200)
+            try:
+                await self.service.finish_execution(
+                    view.id,
+                    ok=not result.is_error,
+                    result=result.model_dump(mode="json", by_alias=True, exclude_none=True),
+                    error=summary if result.is_error else None,
+                    summary=summary or "executed",
+                )
+            except ApprovalError as exc:
+                log.error("executed %s but could not record its result: %s", view.id, exc)
+        return result
+
+    async def _settle_unforwarded(self, request_id: str) -> None:
+        """`executing` was (perhaps) recorded but nothing was forwarded: record that it did not run."""
         try:
             await self.service.finish_execution(
-                view.id,
-                ok=not result.is_error,
-                result=result.model_dump(mode="json", by_alias=True, exclude_none=True),
-                error=summary if result.is_error else None,
-                summary=summary or "executed",
+                request_id, ok=False, result=None, error=_NOT_FORWARDED, summary=_NOT_FORWARDED
             )
+        except AlreadyDecided:
+            pass  # the start was never recorded, so there is nothing to settle
         except ApprovalError as exc:
-            log.error("executed %s but could not record its result: %s", view.id, exc)
-        return result
+            log.error("could not record that %s was not forwarded: %s", request_id, exc)
 
     async def _forward(self, route: Route, arguments: dict[str, Any], progress: _Progress) -> types.CallToolResult:
         return await route.upstream.call(route.upstream_tool, arguments, progress.relay)
@@ -325,6 +358,13 @@ async def _race(step: Awaitable[RequestView], gone: anyio.Event) -> RequestView 
         tg.start_soon(run_step)
         tg.start_soon(watch)
     return result[0] if result and not gone.is_set() else None
+
+
+def _gone(caller: Caller) -> bool:
+    return caller.disconnected is not None and caller.disconnected.is_set()
+
+
+_NOT_FORWARDED = "[APPROVAL CANCELLED] the agent went away before the approved call was forwarded; it was not executed."
 
 
 def _who(request: RequestView) -> str:
