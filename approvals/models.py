@@ -32,6 +32,10 @@ class ApprovalRequest(SQLModel, table=True):
     timeout_seconds: float
     reject_reason_required: bool = False
     slack_channel: str | None = None
+    # After approval, how long an agent that is not waiting has to come back for the result.
+    pickup_seconds: float = 600.0
+    # Approved calls may run at once even when no agent is waiting (the result is kept for it).
+    run_unattended: bool = False
     created_at: datetime = _ts()
     expires_at: datetime = _ts(index=True)
     status: str = Field(index=True, max_length=16)
@@ -62,17 +66,26 @@ class AuditEvent(SQLModel, table=True):
     """One append-only row per call and per transition. `hash` covers the row and `prev_hash`."""
 
     __tablename__ = "audit_event"
-    __table_args__ = (Index("ix_audit_event_at_seq", "at", "seq"),)
+    # The audit page filters on one of these columns and pages by `seq`, newest first: an index on
+    # (column, seq) answers "the next 50 with tool = X before #N" without sorting every match
+    # (PostgreSQL; in SQLite the rowid makes a one-column index behave the same). See bench/bench_audit.py.
+    __table_args__ = (
+        Index("ix_audit_event_at_seq", "at", "seq"),
+        Index("ix_audit_event_tool_seq", "tool", "seq"),
+        Index("ix_audit_event_agent_seq", "agent", "seq"),
+        Index("ix_audit_event_outcome_seq", "outcome", "seq"),
+        Index("ix_audit_event_actor_seq", "actor", "seq"),
+    )
 
     seq: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
     at: datetime = _ts(index=True)
     kind: str = Field(index=True)
-    outcome: str = Field(index=True)
-    agent: str | None = Field(default=None, index=True)
-    tool: str | None = Field(default=None, index=True)
+    outcome: str
+    agent: str | None = None
+    tool: str | None = None
     upstream: str | None = None
     request_id: str | None = Field(default=None, index=True)
-    actor: str | None = Field(default=None, index=True)
+    actor: str | None = None
     channel: str | None = None
     message: str = Field(sa_column=Column(Text, nullable=False))
     arguments: str | None = Field(default=None, sa_column=Column(Text, nullable=True))

@@ -25,7 +25,7 @@ from approvals.audit import Event, canonical_json
 from approvals.db import Database
 from approvals.errors import AlreadyDecided, ArgumentsChanged, InvalidDecision, NotAllowed, RequestNotFound
 from approvals.models import ApprovalRequest, AuditEvent, Decision
-from approvals.states import TERMINAL, Status
+from approvals.states import Status
 from approvals.views import AuditEventView, DecisionOutcome, DecisionView, NewRequest, RequestView
 
 log = logging.getLogger(__name__)
@@ -143,6 +143,8 @@ class ApprovalService:
             "timeout_seconds": new.timeout_seconds,
             "reject_reason_required": new.reject_reason_required,
             "slack_channel": new.slack_channel,
+            "pickup_seconds": new.pickup_seconds,
+            "run_unattended": new.run_unattended,
             "created_at": now,
             "expires_at": now + timedelta(seconds=new.timeout_seconds),
             "status": Status.PENDING.value,
@@ -271,28 +273,82 @@ class ApprovalService:
         return outcome
 
     async def expire(self, request_id: str) -> bool:
-        """Time ran out. Idempotent: returns False when the request had already left `pending`."""
+        """Time ran out: a pending request's decision time, or an approved one's pick-up window.
+
+        Idempotent: returns False when the request is not (or not yet) due.
+        """
         now = self.clock()
         async with self.db.write() as conn:
             current = await self._load(conn, request_id)
-            if current.status != Status.PENDING or current.expires_at > now + timedelta(seconds=1):
+            if current.status == Status.PENDING and current.expires_at <= now:
+                why = f"no decision within {_human(current.timeout_seconds)}"
+                decided_by: str | None = "timeout"
+            elif current.status == Status.APPROVED and (deadline := current.pickup_deadline) and deadline <= now:
+                why = (
+                    f"approved by {current.decided_by} but the agent did not come back for it within "
+                    f"{_human(current.pickup_seconds)}; it was never executed"
+                )
+                decided_by = current.decided_by
+            else:
                 return False
-            won = await self._cas(conn, request_id, {Status.PENDING}, Status.EXPIRED, now, decided_by="timeout")
+            won = await self._cas(
+                conn, request_id, {current.status}, Status.EXPIRED, now, decided_by=decided_by, agent_waiting=False
+            )
             if not won:
                 return False
+            await audit.append(conn, self._transition_event(current, "request.expired", "expired", why), now)
+            view = await self._load(conn, request_id)
+        await self._changed(view, "expired")
+        return True
+
+    async def find_open(self, agent: str, tool: str, arguments_sha256: str) -> RequestView | None:
+        """The agent's pending or approved-but-not-started request for exactly this call, to re-attach to."""
+        query = (
+            select(_requests)
+            .where(
+                _requests.c.agent == agent,
+                _requests.c.tool == tool,
+                _requests.c.arguments_sha256 == arguments_sha256,
+                _requests.c.status.in_([Status.PENDING.value, Status.APPROVED.value]),
+            )
+            .order_by(_requests.c.created_at.asc())
+            .limit(1)
+        )
+        async with self.db.read() as conn:
+            row = (await conn.execute(query)).mappings().first()
+        return None if row is None else RequestView.from_row(row)
+
+    async def attach(self, request_id: str, agent: str, how: str) -> RequestView:
+        """The agent is waiting for this request again (it repeated the call, or asked to wait)."""
+        now = self.clock()
+        async with self.db.write() as conn:
+            current = await self._load(conn, request_id)
+            if current.is_terminal or current.agent_waiting:
+                return current
+            await conn.execute(update(_requests).where(_requests.c.id == request_id).values(agent_waiting=True))
             await audit.append(
                 conn,
                 self._transition_event(
-                    current,
-                    "request.expired",
-                    "expired",
-                    f"no decision within {_human(current.timeout_seconds)}",
+                    current, "request.attached", "attached", f"{agent} is waiting for the decision again ({how})"
                 ),
                 now,
             )
             view = await self._load(conn, request_id)
-        await self._changed(view, "expired")
-        return True
+        await self._changed(view, "agent_waiting")
+        return view
+
+    async def detach(self, request_id: str, why: str) -> RequestView | None:
+        """The agent stopped waiting but did not withdraw: the request stays decidable."""
+        now = self.clock()
+        async with self.db.write() as conn:
+            current = await self._load(conn, request_id)
+            if current.is_terminal or not current.agent_waiting or current.status == Status.EXECUTING:
+                return None
+            await conn.execute(update(_requests).where(_requests.c.id == request_id).values(agent_waiting=False))
+            await audit.append(conn, self._transition_event(current, "request.detached", "detached", why), now)
+            view = await self._load(conn, request_id)
+        await self._changed(view, "agent_gone")
+        return view
 
     async def cancel(self, request_id: str, why: str, *, actor: str | None = None) -> bool:
         """The agent went away or withdrew. Never undoes an execution that has begun."""
@@ -340,6 +396,19 @@ class ApprovalService:
         await self._changed(view, "executing")
         return view
 
+    async def abandon_start(self, request_id: str, why: str) -> bool:
+        """executing -> approved: the start was recorded but nothing was forwarded. The approval stands."""
+        now = self.clock()
+        async with self.db.write() as conn:
+            current = await self._load(conn, request_id)
+            won = await self._cas(conn, request_id, {Status.EXECUTING}, Status.APPROVED, now, agent_waiting=False)
+            if not won:
+                return False
+            await audit.append(conn, self._transition_event(current, "request.start_abandoned", "approved", why), now)
+            view = await self._load(conn, request_id)
+        await self._changed(view, "approved")
+        return True
+
     async def finish_execution(
         self, request_id: str, *, ok: bool, result: Mapping[str, Any] | None, error: str | None, summary: str
     ) -> RequestView:
@@ -373,18 +442,6 @@ class ApprovalService:
         await self._changed(view, new.value)
         return view
 
-    async def set_agent_waiting(self, request_id: str, waiting: bool) -> None:
-        async with self.db.write() as conn:
-            result = await conn.execute(
-                update(_requests)
-                .where(_requests.c.id == request_id, _requests.c.status.not_in([s.value for s in TERMINAL]))
-                .values(agent_waiting=waiting)
-            )
-            if result.rowcount == 0:
-                return
-            view = await self._load(conn, request_id)
-        await self._changed(view, "agent_waiting" if waiting else "agent_gone")
-
     async def set_slack_ts(self, request_id: str, channel: str, ts: str) -> None:
         async with self.db.write() as conn:
             await conn.execute(
@@ -392,10 +449,11 @@ class ApprovalService:
             )
 
     async def overdue_and_pending(self) -> tuple[list[RequestView], list[RequestView]]:
-        """Pending requests split into (already past their expiry, still running) — for re-arming timers."""
-        pending = await self.list_requests(statuses={Status.PENDING}, limit=1_000_000)
+        """Requests with a deadline (pending: expiry; approved: pick-up) split into (past it, not yet)."""
+        waiting = await self.list_requests(statuses={Status.PENDING, Status.APPROVED}, limit=1_000_000)
         now = self.clock()
-        return [r for r in pending if r.expires_at <= now], [r for r in pending if r.expires_at > now]
+        due = [r for r in waiting if deadline_of(r) <= now]
+        return due, [r for r in waiting if deadline_of(r) > now]
 
     async def wait_for_change(self, request_id: str, seen: Status, within: float) -> RequestView:
         """Return as soon as the request leaves `seen`, or after `within` seconds with its current state."""
@@ -519,9 +577,160 @@ class ApprovalService:
             detail=detail or {},
         )
 
+    # ---- approver-facing queries (web inbox and audit history)
+
+    async def requests_by_ids(self, ids: Collection[str]) -> list[RequestView]:
+        """The requests among `ids` that exist, in no particular order."""
+        if not ids:
+            return []
+        query = select(_requests).where(_requests.c.id.in_(list(ids)))
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [RequestView.from_row(r) for r in rows]
+
+    async def search_events(
+        self,
+        *,
+        tool: str | None = None,
+        agent: str | None = None,
+        outcome: str | None = None,
+        actor: str | None = None,
+        request_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        text: str | None = None,
+        before_seq: int | None = None,
+        after_seq: int | None = None,
+        limit: int = 50,
+    ) -> list[AuditEventView]:
+        """One page of matching events, newest first.
+
+        Paged by sequence number (keyset), so a page deep in a large history costs the same as the first:
+        `before_seq` gives the page after the one ending there, `after_seq` the page before (still newest first).
+        """
+        conditions = self._event_conditions(
+            tool=tool,
+            agent=agent,
+            outcome=outcome,
+            actor=actor,
+            request_id=request_id,
+            since=since,
+            until=until,
+            text=text,
+        )
+        query = select(_events).where(*conditions)
+        if after_seq is not None:
+            # The page just newer than `after_seq`: take the oldest `limit` above it, then show them newest first.
+            query = query.where(_events.c.seq > after_seq).order_by(_events.c.seq.asc())
+        else:
+            if before_seq is not None:
+                query = query.where(_events.c.seq < before_seq)
+            query = query.order_by(_events.c.seq.desc())
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query.limit(limit))).mappings().all()
+        views = [AuditEventView.from_row(r) for r in rows]
+        return sorted(views, key=lambda v: v.seq, reverse=True)
+
+    async def count_events(
+        self,
+        *,
+        tool: str | None = None,
+        agent: str | None = None,
+        outcome: str | None = None,
+        actor: str | None = None,
+        request_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        text: str | None = None,
+        cap: int | None = None,
+    ) -> int:
+        """How many events match; with `cap`, counting stops there (the answer is then at least `cap`)."""
+        conditions = self._event_conditions(
+            tool=tool,
+            agent=agent,
+            outcome=outcome,
+            actor=actor,
+            request_id=request_id,
+            since=since,
+            until=until,
+            text=text,
+        )
+        matching = select(_events.c.seq).where(*conditions)
+        if cap is not None:
+            matching = matching.limit(cap)
+        query = select(func.count()).select_from(matching.subquery())
+        async with self.db.read() as conn:
+            return int((await conn.execute(query)).scalar_one())
+
+    async def event_facets(self) -> dict[str, list[str]]:
+        """The distinct tools, agents, outcomes and actors in the audit log, for filter menus."""
+        facets: dict[str, list[str]] = {}
+        async with self.db.read() as conn:
+            for name in ("tool", "agent", "outcome", "actor"):
+                column = _events.c[name]
+                query = select(column).where(column.is_not(None)).distinct().order_by(column)
+                facets[name] = [str(v) for v in (await conn.execute(query)).scalars()]
+        return facets
+
+    @staticmethod
+    def _event_conditions(
+        *,
+        tool: str | None,
+        agent: str | None,
+        outcome: str | None,
+        actor: str | None,
+        request_id: str | None,
+        since: datetime | None,
+        until: datetime | None,
+        text: str | None,
+    ) -> list[Any]:
+        conditions: list[Any] = []
+        for column, value in (
+            (_events.c.tool, tool),
+            (_events.c.agent, agent),
+            (_events.c.outcome, outcome),
+            (_events.c.actor, actor),
+            (_events.c.request_id, request_id),
+        ):
+            if value:
+                conditions.append(column == value)
+        if since is not None:
+            conditions.append(_events.c.at >= since)
+        if until is not None:
+            conditions.append(_events.c.at < until)
+        if text:
+            # A literal substring: the user's % and _ are not wildcards.
+            escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            pattern = f"%{escaped}%"
+            conditions.append(
+                _events.c.arguments.ilike(pattern, escape="\\") | _events.c.message.ilike(pattern, escape="\\")
+            )
+        return conditions
+
+    # ---- added for channels
+
+    async def precheck(self, request_id: str, approver: Approver, channel: str, verdict: str) -> RequestView:
+        """Could `approver` decide this request now? Before a channel asks for more (e.g. a reason dialog).
+
+        Refuses exactly as a decision would: a non-approver is audited and gets NotAllowed; a request
+        that has left `pending` gives AlreadyDecided. Nothing is decided here.
+        """
+        current = await self.get(request_id)
+        if not may_decide(approver, current.approvers):
+            await self.record(self._refusal(current, approver, channel, verdict))
+            raise NotAllowed(approver.name, request_id, "not among the approvers this request allows")
+        if current.status != Status.PENDING:
+            raise self._already(current)
+        return current
+
 
 class _Lost(Exception):
     """Our compare-and-set lost to a concurrent writer."""
+
+
+def deadline_of(request: RequestView) -> datetime:
+    """When the request's current wait ends: its expiry while pending, its pick-up window once approved."""
+    return request.pickup_deadline or request.expires_at
 
 
 def _human(duration: float) -> str:

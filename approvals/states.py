@@ -22,7 +22,9 @@ TRANSITIONS: Mapping[Status, frozenset[Status]] = {
     # An approved call is forwarded only for an agent that is still there to receive the result;
     # if the agent went away before execution began, the approval lapses instead of running blind.
     Status.APPROVED: frozenset({Status.EXECUTING, Status.CANCELLED, Status.EXPIRED}),
-    Status.EXECUTING: frozenset({Status.EXECUTED, Status.FAILED}),
+    # executing -> approved only when the start is abandoned before anything was forwarded (the agent left
+    # in between): the approval stands and the call can still be picked up, and it still runs at most once.
+    Status.EXECUTING: frozenset({Status.EXECUTED, Status.FAILED, Status.APPROVED}),
 }
 
 TERMINAL: frozenset[Status] = frozenset(

@@ -1,4 +1,7 @@
-"""Timeouts: one APScheduler job per pending request, re-armed on start, plus a periodic sweep.
+"""Timeouts: one APScheduler job per waiting request, re-armed on start, plus a periodic sweep.
+
+A pending request expires when nobody decides in time; an approved one whose agent never
+came back for it expires when its pick-up window closes, unexecuted.
 
 Every job ends in `ApprovalService.expire`, a compare-and-set, so a job that fires twice, late,
 or on two replicas at once is harmless. The sweep catches what a replica that died had armed.
@@ -12,7 +15,7 @@ from datetime import datetime
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from approvals.errors import ApprovalError
-from approvals.service import ApprovalService
+from approvals.service import ApprovalService, deadline_of
 from approvals.states import Status
 from approvals.views import RequestView
 
@@ -34,7 +37,7 @@ class TimeoutScheduler:
         for request in overdue:
             await self._expire(request.id)
         for request in running:
-            self.arm(request.id, request.expires_at)
+            self.arm(request.id, deadline_of(request))
         if overdue or running:
             log.info("timeouts: expired %d overdue request(s), re-armed %d", len(overdue), len(running))
         return len(overdue), len(running)
@@ -69,8 +72,9 @@ class TimeoutScheduler:
         return expired
 
     async def request_changed(self, request: RequestView, change: str) -> None:
-        if change == "created":
-            self.arm(request.id, request.expires_at)
+        if change == "created" or request.status == Status.APPROVED:
+            # Pending: the decision deadline. Approved: the window for the agent to come back for it.
+            self.arm(request.id, deadline_of(request))
         elif request.status != Status.PENDING:
             self.disarm(request.id)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from approvals.audit import as_utc
@@ -30,6 +30,8 @@ class NewRequest:
     reject_reason_required: bool = False
     slack_channel: str | None = None
     session_id: str | None = None
+    pickup_seconds: float = 600.0
+    run_unattended: bool = False
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,8 @@ class RequestView:
     timeout_seconds: float
     reject_reason_required: bool
     slack_channel: str | None
+    pickup_seconds: float
+    run_unattended: bool
     created_at: datetime
     expires_at: datetime
     status: Status
@@ -84,6 +88,13 @@ class RequestView:
         return loaded
 
     @property
+    def pickup_deadline(self) -> datetime | None:
+        """Until when an approved call waits for its agent to come back; None unless approved."""
+        if self.status != Status.APPROVED:
+            return None
+        return self.status_changed_at + timedelta(seconds=self.pickup_seconds)
+
+    @property
     def is_terminal(self) -> bool:
         return self.status in TERMINAL
 
@@ -106,6 +117,8 @@ class RequestView:
             timeout_seconds=row["timeout_seconds"],
             reject_reason_required=bool(row["reject_reason_required"]),
             slack_channel=row["slack_channel"],
+            pickup_seconds=row["pickup_seconds"],
+            run_unattended=bool(row["run_unattended"]),
             created_at=as_utc(row["created_at"]),
             expires_at=as_utc(row["expires_at"]),
             status=Status(row["status"]),

@@ -54,6 +54,7 @@ class Gateway:
             limiter=self.limiter,
             progress_interval=settings.server.progress_interval,
             inbox_url=f"{settings.server.base_url}/inbox",
+            agent_max_hold={a.name: a.max_hold for a in settings.agents if a.max_hold is not None},
         )
         self.events = InMemorySubscriptionBus()
         self.upstreams.listeners.append(self._tools_changed)
@@ -97,6 +98,7 @@ class Gateway:
                 tg.start_soon(self.upstreams.run)
                 if self.settings.policy.watch:
                     tg.start_soon(self.policies.watch)
+                tg.start_soon(self.calls.run)
                 for channel in self.channels:
                     tg.start_soon(channel.run)
                 if serve_http:

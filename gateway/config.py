@@ -116,6 +116,10 @@ class AgentSettings(_Section):
     name: str = Field(min_length=1)
     token: str | None = Field(default=None, repr=False)
     token_sha256: str | None = Field(default=None, pattern=_SHA256)
+    # The longest this agent's client waits on one call; held calls return a pending result before it.
+    max_hold: float | None = None
+
+    _durations = field_validator("max_hold", mode="before")(_seconds)
 
     @model_validator(mode="after")
     def _one_token(self) -> AgentSettings:

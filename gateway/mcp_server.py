@@ -7,14 +7,75 @@ from typing import Any
 import anyio
 import mcp_types as types
 from mcp.server import Server
-from mcp.server.context import ServerRequestContext
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.subscriptions import ListenHandler, SubscriptionBus
 from starlette.requests import Request
 
-from gateway.calls import Caller, CallHandler
+from gateway.calls import CallHandler
+from gateway.holding import Caller
 
 AGENT_KEY = "countersign.agent"
 DISCONNECTED_KEY = "countersign.disconnected"
+
+
+class CancelLog:
+    """Remembers why clients cancelled requests, so a held call can tell "withdraw" from "timed out".
+
+    The SDK cancels the handler as soon as `notifications/cancelled` arrives and shows the
+    notification to middleware just after, so the handler may wait a moment for the reason.
+    """
+
+    def __init__(self) -> None:
+        self._reasons: dict[tuple[str, str], str] = {}
+        self._arrived: dict[tuple[str, str], anyio.Event] = {}
+
+    async def middleware(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        if ctx.method == "notifications/cancelled" and ctx.params:
+            key = (_connection_key(ctx), str(ctx.params.get("requestId")))
+            reason = ctx.params.get("reason")
+            self._reasons[key] = reason if isinstance(reason, str) else ""
+            self._event(key).set()
+        return await call_next(ctx)
+
+    def _event(self, key: tuple[str, str]) -> anyio.Event:
+        return self._arrived.setdefault(key, anyio.Event())
+
+    def probe(self, ctx: ServerRequestContext[Any, Any]) -> Any:
+        key = (_connection_key(ctx), str(ctx.request_id))
+        requested = _cancel_requested(ctx)
+
+        async def reason() -> str | None:
+            try:
+                if requested is None or not requested.is_set():
+                    return None  # cancelled by a dropped connection, not by the client
+                with anyio.move_on_after(0.5):
+                    await self._event(key).wait()
+                return self._reasons.get(key, "")
+            finally:
+                self._reasons.pop(key, None)
+                self._arrived.pop(key, None)
+
+        return reason
+
+    def forget(self, ctx: ServerRequestContext[Any, Any]) -> None:
+        key = (_connection_key(ctx), str(ctx.request_id))
+        self._reasons.pop(key, None)
+        self._arrived.pop(key, None)
+
+
+def _connection_key(ctx: ServerRequestContext[Any, Any]) -> str:
+    request = ctx.request
+    if isinstance(request, Request):
+        return request.headers.get("mcp-session-id") or f"agent:{request.scope.get(AGENT_KEY)}"
+    return "stdio"
+
+
+def _cancel_requested(ctx: ServerRequestContext[Any, Any]) -> anyio.Event | None:
+    # The SDK sets this event when the client's notifications/cancelled names the request; it is not
+    # public API, so a missing attribute just means "not an explicit cancel" (the agent detaches).
+    outbound = getattr(ctx.session, "_request_outbound", None)
+    event = getattr(outbound, "cancel_requested", None)
+    return event if isinstance(event, anyio.Event) else None
 
 
 def build_server(handler: CallHandler, bus: SubscriptionBus, *, stdio_agent: str | None = None) -> Server[Any]:
@@ -23,6 +84,7 @@ def build_server(handler: CallHandler, bus: SubscriptionBus, *, stdio_agent: str
     2026-era clients that listen for `tools/list_changed` hear it through `bus` whenever an
     upstream's catalog or the policy changes what they may see.
     """
+    cancels = CancelLog()
 
     def caller_of(ctx: ServerRequestContext[Any, Any]) -> Caller:
         request = ctx.request
@@ -33,10 +95,10 @@ def build_server(handler: CallHandler, bus: SubscriptionBus, *, stdio_agent: str
                 raise RuntimeError("unauthenticated request reached the MCP handler")
             gone = request.scope.get(DISCONNECTED_KEY)
             session = request.headers.get("mcp-session-id") or agent
-            return Caller(agent, session, gone if isinstance(gone, anyio.Event) else None)
+            return Caller(agent, session, gone if isinstance(gone, anyio.Event) else None, cancels.probe(ctx))
         if stdio_agent is None:
             raise RuntimeError("no agent identity for this transport")
-        return Caller(stdio_agent, f"stdio:{stdio_agent}", None)
+        return Caller(stdio_agent, f"stdio:{stdio_agent}", None, cancels.probe(ctx))
 
     async def list_tools(
         ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
@@ -51,26 +113,36 @@ def build_server(handler: CallHandler, bus: SubscriptionBus, *, stdio_agent: str
         async def progress(value: float, total: float | None, message: str | None) -> None:
             await ctx.session.report_progress(value, total, message)
 
-        return await handler.call(caller, params.name, dict(params.arguments or {}), progress)
+        try:
+            return await handler.call(caller, params.name, dict(params.arguments or {}), progress)
+        finally:
+            cancels.forget(ctx)
 
     def input_schema(name: str) -> dict[str, Any] | None:
-        return handler.upstreams.input_schema(name)
+        for tool in handler.visible_tools():
+            if tool.name == name:
+                return tool.input_schema
+        return None
 
-    return Server(
+    server: Server[Any] = Server(
         "countersign",
         version=_version(),
         title="Countersign approval gateway",
         instructions=(
             "Tool calls pass through a policy. Some calls are held until a human approves them: such a call "
             "stays open and reports progress while it waits. Results starting with [APPROVAL REJECTED], "
-            "[APPROVAL EXPIRED], [POLICY DENIED] or [RATE LIMITED] mean the call was not executed; do not retry "
-            "a rejected call with the same arguments."
+            "[APPROVAL EXPIRED], [POLICY DENIED] or [RATE LIMITED] mean the call was not executed; do not "
+            "retry a rejected call with the same arguments. A result starting with [APPROVAL PENDING] means "
+            "the call is still waiting for a human: use countersign_approval_wait with its approval_id to get "
+            "the outcome (and the tool's result once approved) instead of calling the tool again."
         ),
         on_list_tools=list_tools,
         on_call_tool=call_tool,
         get_tool_input_schema=input_schema,
         on_subscriptions_listen=ListenHandler(bus),
     )
+    server.middleware.append(cancels.middleware)
+    return server
 
 
 def _version() -> str:

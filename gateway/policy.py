@@ -51,6 +51,10 @@ _APPROVAL_KEYS: Final = (
     "channels",
     "slack_channel",
     "reject_reason",
+    "max_hold",
+    "pickup_window",
+    "run_unattended",
+    "on_cancel",
 )
 _ORDERING: Final[Mapping[str, Callable[[Any, Any], Any]]] = {
     "lt": operator.lt,
@@ -131,6 +135,14 @@ class ApprovalSettings:
     channels: tuple[str, ...] = ("web", "slack")
     slack_channel: str | None = None
     reject_reason_required: bool = False
+    # How long the agent's call is held open before it returns a "still pending" result (None: until decided).
+    max_hold_seconds: float | None = None
+    # After approval, how long an agent that stopped waiting has to come back for the result.
+    pickup_seconds: float = 600.0
+    # Run an approved call at once even when its agent is not waiting; the result is kept for it.
+    run_unattended: bool = False
+    # What an explicit cancel from the agent does: withdraw the request, or keep it pending.
+    keep_on_cancel: bool = False
 
 
 @dataclass(frozen=True)
@@ -362,6 +374,11 @@ def _describe_approval(approval: ApprovalSettings) -> Iterator[str]:
     if approval.slack_channel:
         yield f"  slack channel: {approval.slack_channel}"
     yield f"  reject reason: {'required' if approval.reject_reason_required else 'optional'}"
+    if approval.max_hold_seconds is not None:
+        yield f"  max hold: {format_duration(approval.max_hold_seconds)} (then the call returns a pending result)"
+    yield f"  pick-up window: {format_duration(approval.pickup_seconds)}"
+    yield f"  after approval: {'runs at once' if approval.run_unattended else 'runs when the agent is there'}"
+    yield f"  agent cancel: {'keeps the request pending' if approval.keep_on_cancel else 'withdraws the request'}"
 
 
 class _Parser:
@@ -508,6 +525,13 @@ class _Parser:
         reject_reason = body.get("reject_reason", "optional")
         if reject_reason not in ("required", "optional") or not isinstance(reject_reason, str):
             raise self.fail(f"{where}.reject_reason", f'expected "required" or "optional", not {reject_reason!r}')
+        run_unattended = body.get("run_unattended", False)
+        if not isinstance(run_unattended, bool):
+            raise self.fail(f"{where}.run_unattended", f"expected true or false, not {run_unattended!r}")
+        on_cancel = body.get("on_cancel", "withdraw")
+        if on_cancel not in ("withdraw", "keep") or not isinstance(on_cancel, str):
+            raise self.fail(f"{where}.on_cancel", f'expected "withdraw" or "keep", not {on_cancel!r}')
+        pickup = self.duration(body, "pickup_window", where)
         return ApprovalSettings(
             timeout_seconds=settings.timeout_seconds if timeout is None else timeout,
             approvers=approvers,
@@ -515,6 +539,10 @@ class _Parser:
             channels=channels,
             slack_channel=slack_channel,
             reject_reason_required=reject_reason == "required",
+            max_hold_seconds=self.duration(body, "max_hold", where),
+            pickup_seconds=settings.pickup_seconds if pickup is None else pickup,
+            run_unattended=run_unattended,
+            keep_on_cancel=on_cancel == "keep",
         )
 
     def duration(self, body: Mapping[str, Any], key: str, where: str) -> float | None:

@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import mcp_types as types
+
+from approvals.views import RequestView
+
+STATUS_TOOL = "countersign_approval_status"
+WAIT_TOOL = "countersign_approval_wait"
+
+# What a held call returns when the agent cannot wait any longer; advertised in the output schema of
+# every tool that can be held, so clients that validate structured content accept it.
+PENDING_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "status": {"const": "pending"},
+        "approval_id": {"type": "string"},
+        "expires_at": {"type": "string", "format": "date-time"},
+    },
+    "required": ["status", "approval_id", "expires_at"],
+}
 
 
 def error_result(text: str, structured: dict[str, Any] | None = None) -> types.CallToolResult:
@@ -18,3 +36,117 @@ def text_of(result: types.CallToolResult, limit: int = 300) -> str:
     parts = [block.text for block in result.content if isinstance(block, types.TextContent)]
     text = " ".join(" ".join(parts).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def pending_result(view: RequestView, *, wait_seconds: float | None) -> types.CallToolResult:
+    """Not an error: the call is parked, and the agent is told how to find out what became of it."""
+    wait = f"up to {int(wait_seconds)} s at a time" if wait_seconds else "until a decision"
+    text = (
+        f"[APPROVAL PENDING] This call needs human approval and is still waiting (request {view.id}); "
+        f"it has not been executed. It expires at {view.expires_at:%Y-%m-%d %H:%M:%S} UTC. "
+        f'To get the outcome, call {WAIT_TOOL} with {{"approval_id": "{view.id}"}} — it waits {wait} and '
+        f"returns the tool's result once approved — or {STATUS_TOOL} to check without waiting. "
+        "Repeating this exact call also waits for the same request; it never creates a second one."
+    )
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=text)],
+        structured_content={"status": "pending", "approval_id": view.id, "expires_at": view.expires_at.isoformat()},
+        is_error=False,
+    )
+
+
+def stored_result(view: RequestView) -> types.CallToolResult:
+    """The upstream's result of an executed (or failed) request, exactly as it was recorded."""
+    if view.result_json is None:
+        return error_result(
+            f"[APPROVAL {view.status.value.upper()}] request {view.id}: {view.error or 'no result was recorded'}",
+            {"status": view.status.value, "approval_id": view.id},
+        )
+    return types.CallToolResult.model_validate(json.loads(view.result_json))
+
+
+def status_result(view: RequestView) -> types.CallToolResult:
+    """What the status tool answers: the request's state in words and as structured content."""
+    info: dict[str, Any] = {
+        "approval_id": view.id,
+        "status": view.status.value,
+        "tool": view.tool,
+        "arguments": view.arguments,
+        "created_at": view.created_at.isoformat(),
+        "expires_at": view.expires_at.isoformat(),
+        "decided_by": view.decided_by,
+        "decision_reason": view.decision_reason,
+        "agent_waiting": view.agent_waiting,
+    }
+    if view.pickup_deadline is not None:
+        info["pickup_deadline"] = view.pickup_deadline.isoformat()
+    if view.result_json is not None:
+        info["result"] = json.loads(view.result_json)
+    if view.error is not None:
+        info["error"] = view.error
+    next_step = {
+        "pending": f"Nobody has decided yet. Call {WAIT_TOOL} to wait for the decision.",
+        "approved": (
+            f"Approved by {view.decided_by} and waiting for you: call {WAIT_TOOL} (or repeat the call) before "
+            f"{view.pickup_deadline:%H:%M:%S} UTC to run it and get its result."
+            if view.pickup_deadline
+            else ""
+        ),
+        "executing": "It is being executed now.",
+        "executed": "It was executed; its result is included.",
+        "failed": "It was executed and failed; the error is included.",
+        "rejected": f"Rejected by {view.decided_by}: {view.decision_reason or 'no reason given'}. Do not retry it.",
+        "expired": "It expired and was not executed.",
+        "cancelled": "It was withdrawn and was not executed.",
+    }[view.status.value]
+    text = f"Request {view.id} ({view.tool}) is {view.status.value}. {next_step}"
+    return types.CallToolResult(content=[types.TextContent(type="text", text=text)], structured_content=info)
+
+
+def gateway_tools() -> list[types.Tool]:
+    approval_id = {
+        "type": "string",
+        "description": "The approval request id a held call returned (it starts with 'apr_').",
+    }
+    return [
+        types.Tool(
+            name=STATUS_TOOL,
+            title="Approval status",
+            description=(
+                "Read what became of one of your tool calls that was held for human approval: pending, approved, "
+                "rejected (with who and why), expired, cancelled, executed (with the tool's result) or failed. "
+                "Does not wait and does not run anything."
+            ),
+            input_schema={
+                "type": "object",
+                "properties": {"approval_id": approval_id},
+                "required": ["approval_id"],
+                "additionalProperties": False,
+            },
+            annotations=types.ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False),
+        ),
+        types.Tool(
+            name=WAIT_TOOL,
+            title="Wait for approval",
+            description=(
+                "Wait for a human to decide one of your held tool calls. If it is approved, the call is executed "
+                "(once) and the tool's real result is returned; if it was already executed, its stored result is "
+                "returned. If it is rejected or expires you are told so. If nobody decides within the wait, a "
+                "pending result comes back and you may call this tool again."
+            ),
+            input_schema={
+                "type": "object",
+                "properties": {
+                    "approval_id": approval_id,
+                    "timeout_seconds": {
+                        "type": "number",
+                        "minimum": 0,
+                        "description": "How long to wait at most (capped by how long this agent may be held).",
+                    },
+                },
+                "required": ["approval_id"],
+                "additionalProperties": False,
+            },
+            annotations=types.ToolAnnotations(read_only_hint=False, idempotent_hint=True, open_world_hint=True),
+        ),
+    ]

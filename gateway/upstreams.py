@@ -134,7 +134,12 @@ class Upstream:
                     await self._list(client)
                     continue
                 with anyio.fail_after(10):
-                    await client.send_ping()
+                    try:
+                        await client.send_ping()
+                    except MCPError as exc:
+                        # An error answer (some servers do not implement ping) still proves the link is up.
+                        if exc.code == types.CONNECTION_CLOSED:
+                            raise
             tg.cancel_scope.cancel()
         raise ConnectionError(self.last_error or "the connection was lost")
 

@@ -147,6 +147,11 @@ class Harness:
                     return list(body["approvals"])
                 await anyio.sleep(0.05)
 
+    async def pending_or_all(self) -> list[dict[str, Any]]:
+        """Every request, newest first."""
+        body = (await self.api().get("/api/approvals", params={"limit": "1000"})).json()
+        return list(body["approvals"])
+
     async def close(self) -> None:
         for client in self._clients:
             await client.aclose()

@@ -434,7 +434,9 @@ async def test_a_request_in_any_terminal_state_never_changes_again(env: Env) -> 
             await env.service.begin_execution(request.id, request.arguments_sha256)
         with pytest.raises(AlreadyDecided):
             await env.service.finish_execution(request.id, ok=True, result={}, error=None, summary="again")
-        await env.service.set_agent_waiting(request.id, True)
+        assert await env.service.abandon_start(request.id, "nothing was forwarded") is False
+        await env.service.attach(request.id, "alpha", "repeated the call")
+        assert await env.service.detach(request.id, "the connection dropped") is None
 
         assert await env.service.get(request.id) == before, terminal
         assert await env.event_count() == events_before, terminal

@@ -124,7 +124,7 @@ async def test_calls_nobody_decides_expire_on_time_and_agents_of_both_eras_are_t
 # ---- (b) the agent cancels
 
 
-async def test_calls_their_agents_cancel_are_withdrawn_in_both_eras_and_a_later_approval_cannot_run_them(
+async def test_an_explicit_cancel_withdraws_the_request_while_a_closed_2026_stream_only_detaches_it(
     tmp_path: Path, database_url: str
 ) -> None:
     async with (
@@ -132,7 +132,8 @@ async def test_calls_their_agents_cancel_are_withdrawn_in_both_eras_and_a_later_
         h.agent(mode="legacy") as legacy,
         h.agent(mode="auto") as modern,
     ):
-        # The legacy client sends notifications/cancelled; the 2026 client closes the call's stream.
+        # The legacy client sends notifications/cancelled; the 2026 client can only close the call's stream,
+        # which looks the same as a dropped connection.
         agents = {1001: legacy, 1005: modern}
         scopes = {order_id: anyio.CancelScope() for order_id in agents}
 
@@ -147,16 +148,29 @@ async def test_calls_their_agents_cancel_are_withdrawn_in_both_eras_and_a_later_
             for scope in scopes.values():
                 scope.cancel()
 
-        for order_id, agent in agents.items():
-            request_id = requests[order_id]["id"]
-            cancelled = await wait_for_status(h, request_id, "cancelled")
-            assert cancelled["decision_reason"] == "the agent cancelled the call", order_id
-            assert cancelled["agent_waiting"] is False
-            assert [e["kind"] for e in cancelled["events"]] == ["request.created", "request.cancelled"]
-            late = await h.api().post(f"/api/approvals/{request_id}/approve", json={})
-            assert late.status_code == 409, late.text
-            assert late.json()["status"] == "cancelled"
-            # The session outlives the cancelled call.
+        withdrawn_id = requests[1001]["id"]
+        withdrawn = await wait_for_status(h, withdrawn_id, "cancelled")
+        assert withdrawn["decision_reason"] == "the agent cancelled the call"
+        assert withdrawn["agent_waiting"] is False
+        assert [e["kind"] for e in withdrawn["events"]] == ["request.created", "request.cancelled"]
+        late = await h.api().post(f"/api/approvals/{withdrawn_id}/approve", json={})
+        assert late.status_code == 409, late.text
+        assert late.json()["status"] == "cancelled"
+
+        detached_id = requests[1005]["id"]
+
+        async def detached() -> bool:
+            return (await h.api().get(f"/api/approvals/{detached_id}")).json()["agent_waiting"] is False
+
+        await wait_for(detached, within=10, interval=0.05)
+        body = (await h.api().get(f"/api/approvals/{detached_id}")).json()
+        assert body["status"] == "pending"
+        assert [e["kind"] for e in body["events"]] == ["request.created", "request.detached"]
+        # Still decidable; approved, it waits for its agent to come back instead of running for nobody.
+        assert (await h.api().post(f"/api/approvals/{detached_id}/approve", json={})).status_code == 200
+        assert await status_of(h, detached_id) == "approved"
+        for agent in agents.values():
+            # The sessions outlive the cancelled calls.
             assert not (await agent.call_tool("ibkr_get_open_orders", {})).is_error
         assert forwarded_cancels(h) == []
         assert h.book.cancel_calls == 0
@@ -205,7 +219,7 @@ class RawLegacySession:
         }
 
 
-async def test_an_agent_whose_connection_drops_mid_wait_has_its_request_cancelled_and_never_forwarded(
+async def test_an_agent_whose_connection_drops_mid_wait_is_detached_and_nothing_runs_without_it(
     tmp_path: Path, database_url: str
 ) -> None:
     async with running_gateway(tmp_path, database_url) as h, httpx2.AsyncClient(timeout=10) as http:
@@ -230,11 +244,15 @@ async def test_an_agent_whose_connection_drops_mid_wait_has_its_request_cancelle
             assert await status_of(h, request["id"]) == "pending"
             # Leaving the stream unread and closing the client drops the connection: no cancel is sent.
 
-        cancelled = await wait_for_status(h, request["id"], "cancelled")
-        assert cancelled["decision_reason"] == "the agent disconnected"
+        async def detached() -> bool:
+            return (await h.api().get(f"/api/approvals/{request['id']}")).json()["agent_waiting"] is False
+
+        await wait_for(detached, within=10, interval=0.05)
+        assert await status_of(h, request["id"]) == "pending", "a dropped connection does not withdraw the request"
         late = await h.api().post(f"/api/approvals/{request['id']}/approve", json={})
-        assert late.status_code == 409
-        assert forwarded_cancels(h) == []
+        assert late.status_code == 200
+        assert await status_of(h, request["id"]) == "approved"
+        assert forwarded_cancels(h) == [], "approved, but nobody is waiting: it runs only when the agent is back"
         assert h.book.cancel_calls == 0
         # The 2025 session itself was never ended: only the one POST went away.
         ping = {"jsonrpc": "2.0", "id": 3, "method": "ping"}
@@ -625,17 +643,18 @@ async def test_an_approval_that_lands_as_the_agent_disconnects_is_never_forwarde
             await held.aclose()
             await replica_db.dispose()
 
-        async def settled() -> bool:
-            return await status_of(h, request["id"]) not in ("pending", "approved", "executing")
+        async def abandoned() -> bool:
+            body = (await h.api().get(f"/api/approvals/{request['id']}")).json()
+            return "request.start_abandoned" in [e["kind"] for e in body["events"]]
 
-        await wait_for(settled, within=10, interval=0.05)
+        await wait_for(abandoned, within=10, interval=0.05)
         assert forwarded_cancels(h) == [], "the approved call was forwarded for an agent that had gone"
         assert h.book.cancel_calls == 0
         final = (await h.api().get(f"/api/approvals/{request['id']}")).json()
-        # `executing` was already recorded when the agent's absence was noticed; the state machine has no
-        # executing -> cancelled, so the request fails, saying the call was not executed.
-        assert final["status"] == "failed"
-        assert "went away before the approved call was forwarded; it was not executed" in final["error"]
+        # `executing` was already recorded when the agent's absence was noticed: the start is abandoned and
+        # the approval stands, waiting for the agent to come back within its pick-up window.
+        assert final["status"] == "approved"
+        assert final["agent_waiting"] is False
 
 
 async def test_an_agent_cancelling_as_its_approved_call_starts_lapses_the_approval_and_nothing_is_forwarded(

@@ -875,6 +875,9 @@ def test_explain_a_hold_shows_the_rule_limits_and_approval_settings() -> None:
         "  quorum: 1",
         "  channels: slack, web",
         "  reject reason: optional",
+        "  pick-up window: 10m",
+        "  after approval: runs when the agent is there",
+        "  agent cancel: withdraws the request",
     ]
 
 
@@ -958,3 +961,26 @@ def test_a_duration_is_written_the_way_it_is_read(seconds: float, text: str) -> 
 def test_a_negative_duration_cannot_be_formatted() -> None:
     with pytest.raises(ValueError, match="-1"):
         format_duration(-1)
+
+
+def test_approval_settings_for_agents_that_cannot_wait_are_read_and_checked() -> None:
+    policy = make_policy(
+        {
+            "t": {
+                "require_approval": [{"conditions": [], "reason": "r"}],
+                "approval": {"max_hold": "50s", "pickup_window": "2m", "run_unattended": True, "on_cancel": "keep"},
+            }
+        }
+    )
+    approval = policy.evaluate("t", {}).approval
+    assert approval is not None
+    assert (approval.max_hold_seconds, approval.pickup_seconds) == (50.0, 120.0)
+    assert approval.run_unattended and approval.keep_on_cancel
+    for key, value, path in (
+        ("on_cancel", "drop", 'tools["t"].approval.on_cancel'),
+        ("run_unattended", "yes", 'tools["t"].approval.run_unattended'),
+        ("max_hold", "soon", 'tools["t"].approval.max_hold'),
+    ):
+        with pytest.raises(PolicyError) as raised:
+            make_policy({"t": {"require_approval": [], "approval": {key: value}}})
+        assert raised.value.path == path
