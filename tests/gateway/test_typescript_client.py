@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import pytest
 
 from gateway.demo import DEMO_POLICY
 from tests.conftest import skip_unless_present
