@@ -30,4 +30,8 @@ class Channel(Protocol):
 
 def build_channels(gateway: Gateway) -> list[Channel]:
     channels: list[Channel] = []
+    if gateway.settings.web.enabled:
+        from gateway.web import WebChannel
+
+        channels.append(WebChannel(gateway))
     return channels

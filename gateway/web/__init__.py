@@ -1,0 +1,81 @@
+"""The web channel: sign-in, the approval inbox, the request page and the audit history (Jinja + htmx).
+
+It acts on requests only through the approval service, like every other channel. Pages live under
+`templates/`, assets under `static/`; both ship inside the wheel (see pyproject's force-include).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from gateway.web.audit_views import AuditViews
+from gateway.web.auth import Authenticator
+from gateway.web.inbox import InboxViews
+from gateway.web.orders import OrderBook
+from gateway.web.pages import WebContext
+from gateway.web.security import SecurityHeaders
+from gateway.web.signin import SignInViews
+from gateway.web.templating import Templates, asset_dir
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+__all__ = ["WebChannel"]
+
+# Path prefixes the web channel owns; its security headers apply to these (and to "/").
+PREFIXES = ("/signin", "/signout", "/inbox", "/approvals", "/audit", "/static")
+
+
+class WebChannel:
+    name = "web"
+
+    def __init__(self, gateway: Gateway) -> None:
+        settings = gateway.settings
+        self.static_dir = asset_dir("static")
+        templates = Templates(asset_dir("templates"), self.static_dir)
+        auth = Authenticator(
+            settings.web, gateway.approvers, secure_cookies=settings.server.base_url.startswith("https://")
+        )
+        self.context = WebContext(gateway=gateway, settings=settings.web, templates=templates, auth=auth)
+        self.signin = SignInViews(self.context)
+        self.inbox = InboxViews(self.context, OrderBook(gateway.upstreams))
+        self.audit = AuditViews(self.context)
+
+    def routes(self) -> list[BaseRoute]:
+        guard = self.context.signed_in
+        inbox, audit = self.inbox, self.audit
+        return [
+            Route("/", _home, methods=["GET"]),
+            Route("/signin", self.signin.form, methods=["GET"]),
+            Route("/signin", self.signin.submit, methods=["POST"]),
+            Route("/signout", guard(self.signin.signout), methods=["POST"]),
+            Route("/inbox", guard(inbox.inbox), methods=["GET"]),
+            Route("/inbox/cards", guard(inbox.cards), methods=["GET"]),
+            Route("/inbox/cards/{request_id}", guard(inbox.one_card), methods=["GET"]),
+            Route("/approvals/{request_id}", guard(inbox.request_page), methods=["GET"]),
+            Route("/approvals/{request_id}/detail", guard(inbox.detail), methods=["GET"]),
+            Route("/approvals/{request_id}/order", guard(inbox.order), methods=["GET"]),
+            Route("/approvals/{request_id}/approve", guard(inbox.approve), methods=["POST"]),
+            Route("/approvals/{request_id}/reject", guard(inbox.reject), methods=["POST"]),
+            Route("/audit", guard(audit.page), methods=["GET"]),
+            Route("/audit/chain", guard(audit.chain_status), methods=["GET"]),
+            Route("/audit/export.csv", guard(audit.export_csv), methods=["GET"]),
+            Route("/audit/export.json", guard(audit.export_json), methods=["GET"]),
+            Mount("/static", StaticFiles(directory=self.static_dir), name="static"),
+        ]
+
+    def middleware(self) -> list[Middleware]:
+        return [Middleware(SecurityHeaders, prefixes=PREFIXES)]
+
+    async def run(self) -> None:
+        """Nothing runs in the background: pages poll the service, which works across replicas."""
+
+
+async def _home(request: Request) -> Response:
+    return RedirectResponse("/inbox", status_code=303)

@@ -1,0 +1,345 @@
+"""The audit history: every call and transition, filtered, paged by sequence number, exported, verified.
+
+Paging is keyset (`before`/`after` a sequence number) rather than OFFSET, so the thousandth page of
+a 100,000-row history costs what the first does. Exports stream the whole filtered history in
+batches and never hold it in memory.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import anyio
+from starlette.datastructures import QueryParams
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from approvals.audit import ChainReport
+from approvals.service import ApprovalService
+from approvals.views import AuditEventView
+from gateway.web.auth import Viewer
+from gateway.web.pages import WebContext
+
+PAGE_SIZE = 50
+EXPORT_BATCH = 1000
+COUNT_CAP = 100_000
+CHAIN_TTL = 60.0
+FACETS_TTL = 60.0
+
+# Outcomes in the order an auditor thinks of them, with the words the filter menu shows.
+OUTCOMES: dict[str, str] = {
+    "allowed": "allowed",
+    "denied": "denied",
+    "limited": "rate limited",
+    "held": "held for approval",
+    "approval": "approval (quorum not yet met)",
+    "approved": "approved",
+    "rejected": "rejected",
+    "refused": "decision refused",
+    "expired": "expired",
+    "cancelled": "cancelled",
+    "executing": "executing",
+    "executed": "executed",
+    "failed": "failed",
+}
+
+EXPORT_COLUMNS = (
+    "seq",
+    "at",
+    "kind",
+    "outcome",
+    "agent",
+    "tool",
+    "upstream",
+    "request_id",
+    "actor",
+    "channel",
+    "message",
+    "arguments",
+    "detail",
+    "hash",
+)
+
+
+class QueryError(ValueError):
+    pass
+
+
+def parse_moment(text: str, *, end: bool) -> datetime | None:
+    """A date or date-time typed or picked in the form, read as UTC unless it says otherwise.
+
+    `end` makes the bound cover the whole unit given: "until 2025-06-01" includes that day.
+    """
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace(" ", "T", 1) if len(text) > 10 else text)
+    except ValueError:
+        raise QueryError(f"{text!r} is not a date or time; use YYYY-MM-DD or YYYY-MM-DD HH:MM (UTC)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    if end:
+        if len(text) == 10:
+            moment += timedelta(days=1)
+        elif len(text) <= 16:
+            moment += timedelta(minutes=1)
+        elif "." not in text:
+            moment += timedelta(seconds=1)
+    return moment.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class AuditQuery:
+    tool: str = ""
+    agent: str = ""
+    outcome: str = ""
+    approver: str = ""
+    request: str = ""
+    q: str = ""
+    since_text: str = ""
+    until_text: str = ""
+    since: datetime | None = None
+    until: datetime | None = None
+    errors: tuple[str, ...] = field(default=())
+
+    @classmethod
+    def from_params(cls, params: QueryParams) -> AuditQuery:
+        def text(name: str, limit: int = 200) -> str:
+            return (params.get(name) or "").strip()[:limit]
+
+        errors: list[str] = []
+        bounds: list[datetime | None] = []
+        for name, end in (("since", False), ("until", True)):
+            try:
+                bounds.append(parse_moment(text(name, 40), end=end))
+            except QueryError as exc:
+                errors.append(f"{name}: {exc}")
+                bounds.append(None)
+        return cls(
+            tool=text("tool"),
+            agent=text("agent"),
+            outcome=text("outcome"),
+            approver=text("approver"),
+            request=text("request"),
+            q=text("q", 500),
+            since_text=text("since", 40),
+            until_text=text("until", 40),
+            since=bounds[0],
+            until=bounds[1],
+            errors=tuple(errors),
+        )
+
+    def filters(self) -> dict[str, Any]:
+        return {
+            "tool": self.tool or None,
+            "agent": self.agent or None,
+            "outcome": self.outcome or None,
+            "actor": self.approver or None,
+            "request_id": self.request or None,
+            "since": self.since,
+            "until": self.until,
+            "text": self.q or None,
+        }
+
+    def params(self) -> list[tuple[str, str]]:
+        pairs = [
+            ("tool", self.tool),
+            ("agent", self.agent),
+            ("outcome", self.outcome),
+            ("approver", self.approver),
+            ("request", self.request),
+            ("since", self.since_text),
+            ("until", self.until_text),
+            ("q", self.q),
+        ]
+        return [(k, v) for k, v in pairs if v]
+
+    def query_string(self, **extra: str | int) -> str:
+        pairs = [*self.params(), *((k, str(v)) for k, v in extra.items())]
+        return str(QueryParams(pairs))
+
+    @property
+    def active(self) -> bool:
+        return bool(self.params())
+
+    def describe(self) -> dict[str, str]:
+        return dict(self.params())
+
+
+@dataclass
+class Facets:
+    """The filter menus' values. DISTINCT over 100,000 rows costs PostgreSQL a few hundred ms, and the
+    values change rarely, so they are shared for a minute."""
+
+    service: ApprovalService
+    values: dict[str, list[str]] = field(default_factory=dict)
+    _loaded: float = float("-inf")
+
+    async def current(self) -> dict[str, list[str]]:
+        if time.monotonic() - self._loaded > FACETS_TTL:
+            self.values = await self.service.event_facets()
+            self._loaded = time.monotonic()
+        return self.values
+
+
+@dataclass
+class ChainStatus:
+    """The last full verification, shared for a minute: walking 100,000 links takes a second or two."""
+
+    service: ApprovalService
+    report: ChainReport | None = None
+    checked_at: datetime | None = None
+    _checked: float = float("-inf")
+    _lock: anyio.Lock = field(default_factory=anyio.Lock)
+
+    async def current(self, *, fresh: bool = False) -> tuple[ChainReport, datetime]:
+        async with self._lock:
+            if fresh or self.report is None or time.monotonic() - self._checked > CHAIN_TTL:
+                self.report = await self.service.verify_audit()
+                self.checked_at = datetime.now(UTC)
+                self._checked = time.monotonic()
+            assert self.checked_at is not None
+            return self.report, self.checked_at
+
+
+def _int(value: str | None) -> int | None:
+    if value is None or not value.strip().isdigit():
+        return None
+    return int(value)
+
+
+def _spreadsheet_safe(value: str) -> str:
+    # Agents write the arguments; a cell starting like a formula must not run in a spreadsheet.
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
+def event_record(event: AuditEventView) -> dict[str, Any]:
+    record = asdict(event)
+    record["at"] = event.at.isoformat()
+    return {k: record[k] for k in EXPORT_COLUMNS}
+
+
+class AuditViews:
+    def __init__(self, web: WebContext) -> None:
+        self.web = web
+        self.service = web.service
+        self.chain = ChainStatus(web.service)
+        self.facets = Facets(web.service)
+
+    async def page(self, request: Request, viewer: Viewer) -> Response:
+        query = AuditQuery.from_params(request.query_params)
+        before = _int(request.query_params.get("before"))
+        after = _int(request.query_params.get("after"))
+        facets = await self.facets.current()
+        outcomes = dict(OUTCOMES)
+        for outcome in facets.get("outcome", []):
+            outcomes.setdefault(outcome, outcome)
+        events: list[AuditEventView] = []
+        total = 0
+        newer = older = False
+        if not query.errors:
+            events = await self.service.search_events(
+                **query.filters(), before_seq=before, after_seq=after if before is None else None, limit=PAGE_SIZE + 1
+            )
+            if after is not None and before is None:
+                newer = len(events) > PAGE_SIZE
+                events = events[1:] if newer else events
+                older = True
+            else:
+                older = len(events) > PAGE_SIZE
+                events = events[:PAGE_SIZE]
+                newer = before is not None
+            total = await self.service.count_events(**query.filters(), cap=COUNT_CAP + 1)
+        return await self.web.page(
+            "audit.html",
+            viewer,
+            {
+                "active": "audit",
+                "query": query,
+                "events": events,
+                "facets": facets,
+                "outcomes": outcomes,
+                "total": total,
+                "total_capped": total > COUNT_CAP,
+                "count_cap": COUNT_CAP,
+                "newer_link": f"/audit?{query.query_string(after=events[0].seq)}" if newer and events else None,
+                "older_link": f"/audit?{query.query_string(before=events[-1].seq)}" if older and events else None,
+                "first_page_link": f"/audit?{query.query_string()}" if (before or after) else None,
+                "export_csv": f"/audit/export.csv?{query.query_string()}",
+                "export_json": f"/audit/export.json?{query.query_string()}",
+            },
+            status_code=400 if query.errors else 200,
+        )
+
+    async def chain_status(self, request: Request, viewer: Viewer) -> Response:
+        report, checked_at = await self.chain.current(fresh=request.query_params.get("fresh") == "1")
+        return self.web.render("partials/audit_chain.html", viewer, {"report": report, "checked_at": checked_at})
+
+    async def _batches(self, query: AuditQuery) -> AsyncIterator[list[AuditEventView]]:
+        before: int | None = None
+        while True:
+            batch = await self.service.search_events(**query.filters(), before_seq=before, limit=EXPORT_BATCH)
+            if not batch:
+                return
+            yield batch
+            before = batch[-1].seq
+
+    async def export_csv(self, request: Request, viewer: Viewer) -> Response:
+        query = AuditQuery.from_params(request.query_params)
+        if query.errors:
+            return Response("; ".join(query.errors), status_code=400, media_type="text/plain")
+
+        async def rows() -> AsyncIterator[str]:
+            buffer = io.StringIO()
+            writer = csv.writer(buffer)
+            writer.writerow(EXPORT_COLUMNS)
+            async for batch in self._batches(query):
+                for event in batch:
+                    record = event_record(event)
+                    record["detail"] = json.dumps(record["detail"], sort_keys=True, ensure_ascii=False)
+                    writer.writerow(
+                        [
+                            v if isinstance(v, int) else _spreadsheet_safe("" if v is None else str(v))
+                            for v in record.values()
+                        ]
+                    )
+                yield buffer.getvalue()
+                buffer.seek(0)
+                buffer.truncate()
+            yield buffer.getvalue()
+
+        return StreamingResponse(rows(), media_type="text/csv; charset=utf-8", headers=_attachment("csv"))
+
+    async def export_json(self, request: Request, viewer: Viewer) -> Response:
+        query = AuditQuery.from_params(request.query_params)
+        if query.errors:
+            return Response("; ".join(query.errors), status_code=400, media_type="text/plain")
+
+        async def body() -> AsyncIterator[str]:
+            head = {
+                "exported_at": datetime.now(UTC).isoformat(),
+                "exported_by": viewer.name,
+                "filter": query.describe(),
+            }
+            yield json.dumps(head, ensure_ascii=False)[:-1] + ', "events": ['
+            first = True
+            async for batch in self._batches(query):
+                parts = [json.dumps(event_record(e), ensure_ascii=False) for e in batch]
+                yield ("\n" if first else ",\n") + ",\n".join(parts)
+                first = False
+            yield "\n]}\n"
+
+        return StreamingResponse(body(), media_type="application/json", headers=_attachment("json"))
+
+
+def _attachment(extension: str) -> dict[str, str]:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return {"Content-Disposition": f'attachment; filename="countersign-audit-{stamp}.{extension}"'}

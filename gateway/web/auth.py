@@ -1,0 +1,286 @@
+"""Who is looking at the page: signed session cookies, CSRF tokens, password checks with throttling,
+and the trusted header of an SSO proxy.
+
+The session lives entirely in a signed cookie (no table), so any replica sharing the secret can
+read it. What a cookie cannot do by itself is die early: sign-out revokes the session id in this
+process, and a session also ends when the approver's password hash changes or the approver is
+removed from the configuration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import logging
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import anyio.to_thread
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+from starlette.requests import Request
+from starlette.responses import Response
+
+from approvals.approvers import Approver, ApproverDirectory
+from gateway.config import WebSettings
+
+log = logging.getLogger(__name__)
+
+SESSION_COOKIE = "countersign_session"
+CSRF_HEADER = "x-csrf-token"
+CSRF_FIELD = "csrf_token"
+_SALT = "countersign.web.session"
+_THROTTLE_WINDOW = 15 * 60.0
+
+
+def _token() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def credential_key(approver: Approver) -> str | None:
+    """A fingerprint of the approver's password hash: a new password ends the sessions made with the old one."""
+    if not approver.password_hash:
+        return None
+    return hashlib.sha256(approver.password_hash.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Session:
+    sid: str
+    csrf: str
+    approver: str | None = None
+    key: str | None = None
+
+    @classmethod
+    def anonymous(cls) -> Session:
+        return cls(sid=_token(), csrf=_token())
+
+    @classmethod
+    def signed_in(cls, approver: Approver) -> Session:
+        # A new id and CSRF token on every sign-in, so nothing planted before it survives (session fixation).
+        return cls(sid=_token(), csrf=_token(), approver=approver.name, key=credential_key(approver))
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """The signed-in approver and the session their page carries."""
+
+    approver: Approver
+    session: Session
+    via: Literal["password", "proxy"]
+
+    @property
+    def name(self) -> str:
+        return self.approver.name
+
+    @property
+    def csrf(self) -> str:
+        return self.session.csrf
+
+
+class SessionCodec:
+    def __init__(self, secret: str, max_age: float) -> None:
+        self.max_age = max_age
+        self._serializer = URLSafeTimedSerializer(secret, salt=_SALT)
+
+    def dumps(self, session: Session) -> str:
+        return self._serializer.dumps({"s": session.sid, "c": session.csrf, "a": session.approver, "k": session.key})
+
+    def loads(self, raw: str) -> Session | None:
+        try:
+            data: Any = self._serializer.loads(raw, max_age=int(self.max_age))
+        except BadSignature:  # also SignatureExpired
+            return None
+        if not isinstance(data, dict):
+            return None
+        sid, csrf, approver, key = data.get("s"), data.get("c"), data.get("a"), data.get("k")
+        if not isinstance(sid, str) or not isinstance(csrf, str):
+            return None
+        return Session(
+            sid=sid,
+            csrf=csrf,
+            approver=approver if isinstance(approver, str) else None,
+            key=key if isinstance(key, str) else None,
+        )
+
+
+class SignInThrottle:
+    """Counts failed sign-ins per key (a name, an address) in a sliding window; too many and that key waits."""
+
+    def __init__(
+        self, max_failures: int, *, window: float = _THROTTLE_WINDOW, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.max_failures = max_failures
+        self.window = window
+        self.clock = clock
+        self._failures: dict[str, deque[float]] = {}
+
+    def _recent(self, key: str, now: float) -> deque[float]:
+        failures = self._failures.get(key)
+        if failures is None:
+            return deque()
+        while failures and failures[0] <= now - self.window:
+            failures.popleft()
+        if not failures:
+            del self._failures[key]
+        return failures
+
+    def retry_after(self, keys: Iterable[str]) -> float:
+        """Seconds until every key may try again; 0 when none is blocked."""
+        now = self.clock()
+        wait = 0.0
+        for key in keys:
+            failures = self._recent(key, now)
+            if len(failures) >= self.max_failures:
+                wait = max(wait, failures[-self.max_failures] + self.window - now)
+        return wait
+
+    def failed(self, keys: Iterable[str]) -> None:
+        now = self.clock()
+        if len(self._failures) > 10_000:
+            # Bound memory under a spray of names: forget keys whose failures have all aged out.
+            for key in list(self._failures):
+                self._recent(key, now)
+        for key in keys:
+            self._failures.setdefault(key, deque()).append(now)
+
+    def forget(self, key: str) -> None:
+        self._failures.pop(key, None)
+
+
+class Authenticator:
+    def __init__(self, settings: WebSettings, approvers: ApproverDirectory, *, secure_cookies: bool) -> None:
+        self.settings = settings
+        self.approvers = approvers
+        self.secure_cookies = secure_cookies
+        secret = settings.session_secret
+        if not secret:
+            secret = secrets.token_urlsafe(48)
+            log.warning(
+                "web: no session secret configured (web.session_secret or COUNTERSIGN_SESSION_SECRET); using a "
+                "random one, so web sessions end when this process restarts and are not shared between replicas"
+            )
+        self.codec = SessionCodec(secret, settings.session_max_age)
+        self.throttle = SignInThrottle(settings.max_failed_signins)
+        self.proxies = tuple(ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies)
+        self._hasher = PasswordHasher()
+        self._dummy_hash: str | None = None
+        self._revoked: dict[str, float] = {}
+
+    # ---- sessions
+
+    def read_session(self, request: Request) -> Session | None:
+        raw = request.cookies.get(SESSION_COOKIE)
+        if not raw:
+            return None
+        session = self.codec.loads(raw)
+        if session is None or session.sid in self._revoked:
+            return None
+        return session
+
+    def set_cookie(self, response: Response, session: Session, request: Request) -> None:
+        response.set_cookie(
+            SESSION_COOKIE,
+            self.codec.dumps(session),
+            max_age=int(self.settings.session_max_age),
+            path="/",
+            httponly=True,
+            # Lax, not Strict: a link to a request from Slack or an e-mail should open signed in. Every
+            # state change is a POST that also needs the CSRF token, which another site cannot read.
+            samesite="lax",
+            secure=self.secure_cookies or request.url.scheme == "https",
+        )
+
+    def clear_cookie(self, response: Response, request: Request) -> None:
+        response.delete_cookie(
+            SESSION_COOKIE,
+            path="/",
+            httponly=True,
+            samesite="lax",
+            secure=self.secure_cookies or request.url.scheme == "https",
+        )
+
+    def revoke(self, session: Session) -> None:
+        now = time.monotonic()
+        self._revoked = {sid: until for sid, until in self._revoked.items() if until > now}
+        self._revoked[session.sid] = now + self.settings.session_max_age
+
+    # ---- identity
+
+    def from_proxy(self, request: Request) -> tuple[Approver | None, str | None]:
+        """(approver, problem) from the trusted header; (None, None) when the header does not apply."""
+        header = self.settings.trusted_header
+        if not header:
+            return None, None
+        value = request.headers.get(header, "").strip()
+        if not value:
+            return None, None
+        if not self.is_trusted_proxy(request):
+            # Anyone can send the header; only the proxy's copy counts. Fall back to the session cookie.
+            return None, None
+        approver = self.approvers.get(value) or self.approvers.by_email(value)
+        if approver is None:
+            return None, f"your sign-in proxy says you are {value!r}, who is not a configured approver"
+        return approver, None
+
+    def is_trusted_proxy(self, request: Request) -> bool:
+        host = request.client.host if request.client else None
+        if not host:
+            return False
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in network for network in self.proxies)
+
+    def from_session(self, session: Session) -> Approver | None:
+        if session.approver is None:
+            return None
+        approver = self.approvers.get(session.approver)
+        if approver is None or session.key is None or credential_key(approver) != session.key:
+            return None
+        return approver
+
+    async def check_password(self, name: str, password: str) -> Approver | None:
+        """The approver when the password matches; the time taken does not say whether the name exists."""
+        approver = self.approvers.get(name.strip())
+        stored = approver.password_hash if approver else None
+        if stored is None:
+            if self._dummy_hash is None:
+                self._dummy_hash = await anyio.to_thread.run_sync(self._hasher.hash, secrets.token_urlsafe(16))
+            stored = self._dummy_hash
+
+        def verify() -> bool:
+            try:
+                return bool(self._hasher.verify(stored, password))
+            except (VerifyMismatchError, VerificationError, InvalidHashError):
+                return False
+
+        # argon2 is deliberately slow; keep it off the event loop that also serves held calls.
+        matched = await anyio.to_thread.run_sync(verify)
+        return approver if matched and approver is not None and approver.password_hash else None
+
+    # ---- CSRF
+
+    @staticmethod
+    async def submitted_csrf(request: Request) -> str:
+        token = request.headers.get(CSRF_HEADER, "")
+        if token:
+            return token
+        content_type = request.headers.get("content-type", "")
+        if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
+            value = (await request.form()).get(CSRF_FIELD)
+            return value if isinstance(value, str) else ""
+        return ""
+
+    async def csrf_ok(self, request: Request, session: Session) -> bool:
+        if request.headers.get("sec-fetch-site") == "cross-site":
+            return False
+        submitted = await self.submitted_csrf(request)
+        return bool(submitted) and hmac.compare_digest(submitted.encode(), session.csrf.encode())

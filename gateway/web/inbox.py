@@ -1,0 +1,281 @@
+"""The inbox, the approval card, deciding, and the request page.
+
+A card is one partial (`partials/card.html`, id `req-<id>`) that every action re-renders. While a
+request can still change, its card polls its own URL with the version it shows; the server answers
+204 while nothing changed, so polling never disturbs a reason being typed. The list polls with the
+ids it shows and is re-rendered only when a new request arrives. Whether the buttons appear is
+decided here, and the service enforces the same rule again when a decision arrives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from approvals.approvers import may_decide
+from approvals.errors import AlreadyDecided, InvalidDecision, NotAllowed
+from approvals.states import TERMINAL, Status
+from approvals.views import AuditEventView, DecisionView, RequestView
+from gateway.web import orders
+from gateway.web.auth import Viewer
+from gateway.web.orders import OrderBook
+from gateway.web.pages import WebContext, is_htmx
+from gateway.web.templating import clock, when
+
+View = Literal["inbox", "detail"]
+_INBOX_LIMIT = 500
+
+
+@dataclass(frozen=True)
+class Notice:
+    level: Literal["info", "error"]
+    text: str
+
+
+@dataclass(frozen=True)
+class Card:
+    """Everything one approval card shows to one viewer."""
+
+    request: RequestView
+    decisions: tuple[DecisionView, ...]
+    viewer: str
+    may_decide: bool
+    view: View
+    notice: Notice | None = None
+
+    @property
+    def id(self) -> str:
+        return self.request.id
+
+    @property
+    def approvals(self) -> list[str]:
+        return list(dict.fromkeys(d.approver for d in self.decisions if d.verdict == "approve"))
+
+    @property
+    def viewer_approved(self) -> bool:
+        return self.viewer in self.approvals
+
+    @property
+    def asked_here(self) -> bool:
+        """The policy's `channels` say where approvers are asked; a request not meant for the web is shown only."""
+        return asks_web(self.request)
+
+    @property
+    def can_act(self) -> bool:
+        return (
+            self.request.status == Status.PENDING and self.may_decide and self.asked_here and not self.viewer_approved
+        )
+
+    @property
+    def live(self) -> bool:
+        # Polling stops once the request can no longer change (the htmx book's "only while not final").
+        return self.request.status not in TERMINAL
+
+    @property
+    def version(self) -> str:
+        return card_version(self.request, self.decisions)
+
+    @property
+    def approvers_text(self) -> str:
+        return ", ".join(self.request.approvers) if self.request.approvers else "any approver"
+
+    @property
+    def target(self) -> str:
+        return f"#detail-{self.id}" if self.view == "detail" else f"#req-{self.id}"
+
+    @property
+    def has_order(self) -> bool:
+        return orders.applies(self.request) and self.request.status in (Status.PENDING, Status.APPROVED)
+
+    @property
+    def decided_at(self) -> datetime:
+        """When the deciding vote was cast (the status may have moved on since, e.g. to executed)."""
+        verdict = "reject" if self.request.status == Status.REJECTED else "approve"
+        times = [d.at for d in self.decisions if d.verdict == verdict]
+        return times[-1] if times else self.request.status_changed_at
+
+    @property
+    def result_summary(self) -> str | None:
+        return orders.summarize_result(self.request)
+
+
+def asks_web(request: RequestView) -> bool:
+    return "web" in request.channels
+
+
+def card_version(request: RequestView, decisions: Sequence[DecisionView]) -> str:
+    """Changes whenever anything a card shows changes (the clock aside, which the page ticks itself)."""
+    material = "|".join(
+        [
+            request.status.value,
+            str(request.agent_waiting),
+            str(len(decisions)),
+            request.decided_by or "",
+            str(request.result_json is not None),
+            str(request.error is not None),
+        ]
+    )
+    return hashlib.sha256(material.encode()).hexdigest()[:12]
+
+
+def already_text(exc: AlreadyDecided) -> str:
+    by = f" by {exc.by}" if exc.by else ""
+    at = f" at {when(exc.at)}" if exc.at else ""
+    return f"Already {exc.status}{by}{at}. Your decision was not recorded."
+
+
+class InboxViews:
+    def __init__(self, web: WebContext, order_book: OrderBook) -> None:
+        self.web = web
+        self.service = web.service
+        self.order_book = order_book
+
+    async def card(self, request_view: RequestView, viewer: Viewer, view: View, notice: Notice | None = None) -> Card:
+        if request_view.status == Status.PENDING and request_view.quorum <= 1:
+            # With a quorum of one the first vote decides, so a pending request has no votes: skip the query.
+            decisions: tuple[DecisionView, ...] = ()
+        else:
+            decisions = tuple(await self.service.decisions(request_view.id))
+        return Card(
+            request=request_view,
+            decisions=decisions,
+            viewer=viewer.name,
+            may_decide=may_decide(viewer.approver, request_view.approvers),
+            view=view,
+            notice=notice,
+        )
+
+    # ---- the inbox
+
+    async def pending(self) -> list[RequestView]:
+        """What the inbox shows: pending requests whose policy asks approvers on the web, soonest expiry first."""
+        pending = await self.service.list_requests(statuses={Status.PENDING}, limit=_INBOX_LIMIT)
+        return [r for r in pending if asks_web(r)]
+
+    async def inbox(self, request: Request, viewer: Viewer) -> Response:
+        pending = await self.pending()
+        cards = [await self.card(r, viewer, "inbox") for r in pending]
+        return await self.web.page(
+            "inbox.html",
+            viewer,
+            {"cards": cards, "pending": len(pending), "active": "inbox", "truncated": len(pending) >= _INBOX_LIMIT},
+            pending_count=len(pending),
+        )
+
+    async def cards(self, request: Request, viewer: Viewer) -> Response:
+        """The list, re-rendered only when a request is waiting that the page does not show yet."""
+        shown = {i for i in request.query_params.getlist("shown") if i}
+        pending = await self.pending()
+        if {r.id for r in pending} <= shown:
+            return Response(status_code=204)
+        # Decided cards stay where they were, showing their outcome, until the page is reloaded.
+        decided = await self.service.requests_by_ids(shown - {r.id for r in pending})
+        every = sorted([*pending, *decided], key=lambda r: (r.expires_at, r.created_at, r.id))
+        cards = [await self.card(r, viewer, "inbox") for r in every]
+        context = {"cards": cards, "pending": len(pending), "truncated": len(pending) >= _INBOX_LIMIT}
+        return self.web.render("partials/inbox_list.html", viewer, context)
+
+    async def one_card(self, request: Request, viewer: Viewer) -> Response:
+        view = await self.service.get(request.path_params["request_id"])
+        card = await self.card(view, viewer, "inbox")
+        if request.query_params.get("v") == card.version:
+            return Response(status_code=204)
+        return self.web.render("partials/card.html", viewer, {"card": card})
+
+    async def order(self, request: Request, viewer: Viewer) -> Response:
+        view = await self.service.get(request.path_params["request_id"])
+        if not orders.applies(view):
+            return Response(status_code=204)
+        lookup = await self.order_book.lookup(view)
+        return self.web.render("partials/order.html", viewer, {"lookup": lookup, "request": view})
+
+    # ---- deciding
+
+    async def approve(self, request: Request, viewer: Viewer) -> Response:
+        return await self._decide(request, viewer, "approve")
+
+    async def reject(self, request: Request, viewer: Viewer) -> Response:
+        return await self._decide(request, viewer, "reject")
+
+    async def _decide(self, request: Request, viewer: Viewer, verdict: Literal["approve", "reject"]) -> Response:
+        request_id = request.path_params["request_id"]
+        form = await request.form()
+        reason = str(form.get("reason") or "").strip()[:1000] or None
+        view: View = "detail" if form.get("view") == "detail" else "inbox"
+        seen_digest = str(form.get("sha") or "")
+        current = await self.service.get(request_id)
+        status_code = 200
+        notice: Notice | None
+        if not asks_web(current):
+            where = ", ".join(current.channels) or "the approver API"
+            notice = Notice("error", f"This tool's policy asks for decisions in {where}, not in the web inbox.")
+            status_code = 403
+        elif seen_digest != current.arguments_sha256:
+            # The page that was clicked showed other arguments than the request holds: decide nothing.
+            notice = Notice("error", "These are not the arguments you were shown; nothing was decided.")
+            status_code = 409
+        else:
+            try:
+                if verdict == "approve":
+                    outcome = await self.service.approve(request_id, viewer.approver, "web", reason)
+                else:
+                    outcome = await self.service.reject(request_id, viewer.approver, "web", reason)
+                notice = Notice("info", _outcome_text(outcome.request, outcome.message, viewer.name))
+            except AlreadyDecided as exc:
+                notice, status_code = Notice("error", already_text(exc)), 409
+            except NotAllowed as exc:
+                notice, status_code = Notice("error", f"You may not decide this request: {exc.why}."), 403
+            except InvalidDecision as exc:
+                notice, status_code = Notice("error", f"Not recorded: {exc}."), 422
+        latest = await self.service.get(request_id)
+        if not is_htmx(request) and status_code == 200:
+            # Without JavaScript the form posts normally; show the request page with its new state.
+            return RedirectResponse(f"/approvals/{request_id}", status_code=303)
+        if not is_htmx(request):
+            card = await self.card(latest, viewer, "detail", notice)
+            context = await self._detail_context(latest, card)
+            return await self.web.page("request.html", viewer, context, status_code=status_code)
+        card = await self.card(latest, viewer, view, notice)
+        if view == "detail":
+            context = await self._detail_context(latest, card)
+            return self.web.render("partials/request_detail.html", viewer, context, status_code=status_code)
+        return self.web.render("partials/card.html", viewer, {"card": card}, status_code=status_code)
+
+    # ---- the request page
+
+    async def request_page(self, request: Request, viewer: Viewer) -> Response:
+        view = await self.service.get(request.path_params["request_id"])
+        card = await self.card(view, viewer, "detail")
+        return await self.web.page("request.html", viewer, await self._detail_context(view, card))
+
+    async def detail(self, request: Request, viewer: Viewer) -> Response:
+        view = await self.service.get(request.path_params["request_id"])
+        card = await self.card(view, viewer, "detail")
+        context = await self._detail_context(view, card)
+        if request.query_params.get("v") == context["detail_version"]:
+            return Response(status_code=204)
+        return self.web.render("partials/request_detail.html", viewer, context)
+
+    async def _detail_context(self, view: RequestView, card: Card) -> dict[str, object]:
+        events: list[AuditEventView] = await self.service.events(request_id=view.id, limit=1000)
+        return {
+            "card": card,
+            "request": view,
+            "events": events,
+            "detail_version": f"{card.version}.{len(events)}",
+        }
+
+
+def _outcome_text(view: RequestView, message: str, viewer: str) -> str:
+    if view.status == Status.PENDING:
+        return f"Your approval is recorded: {message}."
+    verb = {"approved": "Approved", "rejected": "Rejected"}.get(view.status.value)
+    if verb and view.decided_by and viewer in view.decided_by.split(", "):
+        return f"{verb} by you at {clock(view.status_changed_at)}."
+    return f"Recorded: {message}."

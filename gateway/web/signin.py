@@ -1,0 +1,111 @@
+"""Signing in with a password and signing out. (Behind an SSO proxy the guard signs people in.)"""
+
+from __future__ import annotations
+
+import logging
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from gateway.web.auth import Session, Viewer
+from gateway.web.pages import WebContext, local_path
+from gateway.web.templating import span
+
+log = logging.getLogger(__name__)
+
+
+class SignInViews:
+    def __init__(self, web: WebContext) -> None:
+        self.web = web
+        self.auth = web.auth
+
+    async def form(self, request: Request) -> Response:
+        target = local_path(request.query_params.get("next"))
+        session = self.auth.read_session(request)
+        proxied, problem = self.auth.from_proxy(request)
+        if proxied is not None or (session is not None and self.auth.from_session(session) is not None):
+            return RedirectResponse(target, status_code=303)
+        notice = "You have signed out." if request.query_params.get("signed_out") else None
+        return await self._render(request, session, target=target, notice=notice, error=problem)
+
+    async def submit(self, request: Request) -> Response:
+        session = self.auth.read_session(request)
+        form = await request.form()
+        name = str(form.get("name") or "").strip()
+        password = str(form.get("password") or "")
+        target = local_path(str(form.get("next") or ""))
+        if session is None or not await self.auth.csrf_ok(request, session):
+            return await self._render(
+                request,
+                None,
+                target=target,
+                name=name,
+                error="The sign-in form expired or cookies are blocked. Please try again.",
+                status_code=403,
+            )
+        address = request.client.host if request.client else "unknown"
+        keys = (f"name:{name.lower()}", f"address:{address}")
+        wait = self.auth.throttle.retry_after(keys)
+        if wait > 0:
+            response = await self._render(
+                request,
+                session,
+                target=target,
+                name=name,
+                error=f"Too many failed sign-ins for this name or from this address. Try again in {span(wait)}.",
+                status_code=429,
+            )
+            response.headers["Retry-After"] = str(int(wait) + 1)
+            return response
+        approver = await self.auth.check_password(name, password) if name and password else None
+        if approver is None:
+            self.auth.throttle.failed(keys)
+            log.warning("web: failed sign-in for %r from %s", name, address)
+            # Each failure costs the guesser time; a lock-out follows after a few (see retry_after).
+            await anyio.sleep(self.web.settings.failed_signin_delay)
+            return await self._render(
+                request, session, target=target, name=name, error="Wrong name or password.", status_code=401
+            )
+        self.auth.throttle.forget(keys[0])
+        log.info("web: %s signed in from %s", approver.name, address)
+        response = RedirectResponse(target, status_code=303)
+        self.auth.set_cookie(response, Session.signed_in(approver), request)
+        return response
+
+    async def signout(self, request: Request, viewer: Viewer) -> Response:
+        self.auth.revoke(viewer.session)
+        log.info("web: %s signed out", viewer.name)
+        response = RedirectResponse("/signin?signed_out=1", status_code=303)
+        self.auth.clear_cookie(response, request)
+        return response
+
+    async def _render(
+        self,
+        request: Request,
+        session: Session | None,
+        *,
+        target: str,
+        name: str = "",
+        notice: str | None = None,
+        error: str | None = None,
+        status_code: int = 200,
+    ) -> Response:
+        fresh = session is None
+        session = session or Session.anonymous()
+        response = self.web.render(
+            "signin.html",
+            None,
+            {
+                "signin_csrf": session.csrf,
+                "next": target,
+                "name": name,
+                "notice": notice,
+                "error": error,
+                "proxy_mode": bool(self.web.settings.trusted_header),
+            },
+            status_code=status_code,
+        )
+        if fresh:
+            self.auth.set_cookie(response, session, request)
+        return response
