@@ -16,6 +16,8 @@ DEMO_PASSWORD = "demo"
 # argon2id hash of DEMO_PASSWORD; fixed so the demo needs no set-up step.
 DEMO_PASSWORD_HASH = "$argon2id$v=19$m=65536,t=3,p=4$KQlf3m+ewqoR3vk0rxkuow$Lf5oYihNN9qnIBXOKfR7PnC6c1CmUkQxg5eWMgJ8o0o"
 
+DEMO_SESSION_SECRET = "countersign-demo-only-session-secret-0123456789"
+
 DEMO_POLICY: dict[str, Any] = {
     "version": "1",
     "default": "deny",
@@ -63,6 +65,8 @@ def demo_settings(data_dir: Path, *, host: str = "127.0.0.1", port: int = 8080) 
             },
             "policy": {"file": str(policy.resolve())},
             "upstreams": [{"name": "paper", "command": [sys.executable, "-m", "gateway.paper_broker"]}],
+            # Fixed so demo sign-ins survive a restart; a real deployment sets its own secret.
+            "web": {"session_secret": DEMO_SESSION_SECRET},
             "agents": [{"name": "demo-agent", "token": DEMO_AGENT_TOKEN}],
             "approvers": [
                 {
