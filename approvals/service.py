@@ -12,7 +12,7 @@ import logging
 import secrets
 from collections.abc import Callable, Collection, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict, Unpack
 
 import anyio
 from sqlalchemy import func, insert, select, update
@@ -591,34 +591,17 @@ class ApprovalService:
     async def search_events(
         self,
         *,
-        tool: str | None = None,
-        agent: str | None = None,
-        outcome: str | None = None,
-        actor: str | None = None,
-        request_id: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        text: str | None = None,
         before_seq: int | None = None,
         after_seq: int | None = None,
         limit: int = 50,
+        **filters: Unpack[EventFilters],
     ) -> list[AuditEventView]:
         """One page of matching events, newest first.
 
         Paged by sequence number (keyset), so a page deep in a large history costs the same as the first:
         `before_seq` gives the page after the one ending there, `after_seq` the page before (still newest first).
         """
-        conditions = self._event_conditions(
-            tool=tool,
-            agent=agent,
-            outcome=outcome,
-            actor=actor,
-            request_id=request_id,
-            since=since,
-            until=until,
-            text=text,
-        )
-        query = select(_events).where(*conditions)
+        query = select(_events).where(*_event_conditions(filters))
         if after_seq is not None:
             # The page just newer than `after_seq`: take the oldest `limit` above it, then show them newest first.
             query = query.where(_events.c.seq > after_seq).order_by(_events.c.seq.asc())
@@ -631,31 +614,9 @@ class ApprovalService:
         views = [AuditEventView.from_row(r) for r in rows]
         return sorted(views, key=lambda v: v.seq, reverse=True)
 
-    async def count_events(
-        self,
-        *,
-        tool: str | None = None,
-        agent: str | None = None,
-        outcome: str | None = None,
-        actor: str | None = None,
-        request_id: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        text: str | None = None,
-        cap: int | None = None,
-    ) -> int:
+    async def count_events(self, *, cap: int | None = None, **filters: Unpack[EventFilters]) -> int:
         """How many events match; with `cap`, counting stops there (the answer is then at least `cap`)."""
-        conditions = self._event_conditions(
-            tool=tool,
-            agent=agent,
-            outcome=outcome,
-            actor=actor,
-            request_id=request_id,
-            since=since,
-            until=until,
-            text=text,
-        )
-        matching = select(_events.c.seq).where(*conditions)
+        matching = select(_events.c.seq).where(*_event_conditions(filters))
         if cap is not None:
             matching = matching.limit(cap)
         query = select(func.count()).select_from(matching.subquery())
@@ -672,41 +633,6 @@ class ApprovalService:
                 facets[name] = [str(v) for v in (await conn.execute(query)).scalars()]
         return facets
 
-    @staticmethod
-    def _event_conditions(
-        *,
-        tool: str | None,
-        agent: str | None,
-        outcome: str | None,
-        actor: str | None,
-        request_id: str | None,
-        since: datetime | None,
-        until: datetime | None,
-        text: str | None,
-    ) -> list[Any]:
-        conditions: list[Any] = []
-        for column, value in (
-            (_events.c.tool, tool),
-            (_events.c.agent, agent),
-            (_events.c.outcome, outcome),
-            (_events.c.actor, actor),
-            (_events.c.request_id, request_id),
-        ):
-            if value:
-                conditions.append(column == value)
-        if since is not None:
-            conditions.append(_events.c.at >= since)
-        if until is not None:
-            conditions.append(_events.c.at < until)
-        if text:
-            # A literal substring: the user's % and _ are not wildcards.
-            escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            pattern = f"%{escaped}%"
-            conditions.append(
-                _events.c.arguments.ilike(pattern, escape="\\") | _events.c.message.ilike(pattern, escape="\\")
-            )
-        return conditions
-
     # ---- added for channels
 
     async def precheck(self, request_id: str, approver: Approver, channel: str, verdict: str) -> RequestView:
@@ -722,6 +648,40 @@ class ApprovalService:
         if current.status != Status.PENDING:
             raise self._already(current)
         return current
+
+
+class EventFilters(TypedDict, total=False):
+    """What the audit history can be filtered by; every given filter must hold."""
+
+    tool: str | None
+    agent: str | None
+    outcome: str | None
+    actor: str | None
+    request_id: str | None
+    since: datetime | None
+    until: datetime | None
+    text: str | None
+
+
+def _event_conditions(filters: EventFilters) -> list[Any]:
+    conditions: list[Any] = []
+    for name in ("tool", "agent", "outcome", "actor", "request_id"):
+        value = filters.get(name)
+        if value:
+            conditions.append(_events.c[name] == value)
+    since, until, text = filters.get("since"), filters.get("until"), filters.get("text")
+    if since is not None:
+        conditions.append(_events.c.at >= since)
+    if until is not None:
+        conditions.append(_events.c.at < until)
+    if text:
+        # A literal substring: the user's % and _ are not wildcards.
+        escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        pattern = f"%{escaped}%"
+        conditions.append(
+            _events.c.arguments.ilike(pattern, escape="\\") | _events.c.message.ilike(pattern, escape="\\")
+        )
+    return conditions
 
 
 class _Lost(Exception):
