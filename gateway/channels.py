@@ -34,4 +34,10 @@ def build_channels(gateway: Gateway) -> list[Channel]:
         from gateway.web import WebChannel
 
         channels.append(WebChannel(gateway))
+
+    from gateway import slack
+
+    slack_channel = slack.build(gateway)
+    if slack_channel is not None:
+        channels.append(slack_channel)
     return channels
