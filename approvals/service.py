@@ -69,7 +69,8 @@ class ApprovalService:
         # Decisions made by another process reach waiters here by polling at this interval.
         self.poll_interval = poll_interval
         self._listeners: list[Listener] = []
-        self._watchers: dict[str, set[anyio.Event]] = {}
+        # Per request: each waiting task's event and the status it last saw.
+        self._watchers: dict[str, dict[anyio.Event, Status]] = {}
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -456,24 +457,49 @@ class ApprovalService:
         return due, [r for r in waiting if deadline_of(r) > now]
 
     async def wait_for_change(self, request_id: str, seen: Status, within: float) -> RequestView:
-        """Return as soon as the request leaves `seen`, or after `within` seconds with its current state."""
+        """Return as soon as the request leaves `seen`, or after `within` seconds with its current state.
+
+        A change made in this process wakes the waiter at once; one made by another process or replica
+        is noticed by `watch_changes`, which checks every watched request in one query per poll interval.
+        """
         deadline = anyio.current_time() + max(within, 0.0)
         while True:
             event = anyio.Event()
-            self._watchers.setdefault(request_id, set()).add(event)
+            self._watchers.setdefault(request_id, {})[event] = seen
             try:
                 view = await self.get(request_id)
                 remaining = deadline - anyio.current_time()
                 if view.status != seen or remaining <= 0:
                     return view
-                with anyio.move_on_after(min(remaining, self.poll_interval)):
+                with anyio.move_on_after(remaining):
                     await event.wait()
             finally:
                 watchers = self._watchers.get(request_id)
                 if watchers is not None:
-                    watchers.discard(event)
+                    watchers.pop(event, None)
                     if not watchers:
                         del self._watchers[request_id]
+
+    async def watch_changes(self) -> None:
+        """Wake waiters whose request another process changed. Runs for the life of the gateway."""
+        while True:
+            await anyio.sleep(self.poll_interval)
+            try:
+                await self._poll_watched()
+            except Exception as exc:  # the store may be down; waiters fail closed on their own deadlines
+                log.warning("could not poll for decisions made elsewhere: %s", exc)
+
+    async def _poll_watched(self) -> None:
+        ids = list(self._watchers)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            query = select(_requests.c.id, _requests.c.status).where(_requests.c.id.in_(chunk))
+            async with self.db.read() as conn:
+                rows = (await conn.execute(query)).all()
+            for request_id, status in rows:
+                for event, seen in list(self._watchers.get(request_id, {}).items()):
+                    if status != seen.value:
+                        event.set()
 
     # ---- internals
 
@@ -516,7 +542,7 @@ class ApprovalService:
         return list(dict.fromkeys((await conn.execute(query)).scalars()))
 
     async def _changed(self, view: RequestView, change: str) -> None:
-        for event in self._watchers.get(view.id, set()):
+        for event in list(self._watchers.get(view.id, {})):
             event.set()
         for listener in self._listeners:
             try:

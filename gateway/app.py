@@ -99,6 +99,7 @@ class Gateway:
                 if self.settings.policy.watch:
                     tg.start_soon(self.policies.watch)
                 tg.start_soon(self.calls.run)
+                tg.start_soon(self.service.watch_changes)
                 for channel in self.channels:
                     tg.start_soon(channel.run)
                 if serve_http:

@@ -179,40 +179,53 @@ class Holder:
     async def _wait(
         self, request: RequestView, caller: Caller, progress: ProgressLine, max_hold: float | None
     ) -> RequestView | _Stop:
-        who = _who(request)
-        view = request
         hold_until = None if max_hold is None else anyio.current_time() + max_hold
+        outcome: RequestView | _Stop | None = None
+        async with anyio.create_task_group() as tg:
+            # Progress goes out on its own beat, so the wait below is one database read per wake-up.
+            tg.start_soon(self._notices, request, progress)
+            view = request
+            while outcome is None:
+                remaining = (request.expires_at - self.service.clock()).total_seconds()
+                hold_left = None if hold_until is None else hold_until - anyio.current_time()
+                if remaining <= 0:
+                    await self._try_expire(request.id)
+                    # Still pending here means the store could not record the expiry; conclude() fails closed.
+                    outcome = await self._latest(request.id, view)
+                elif hold_left is not None and hold_left <= 0:
+                    outcome = _Stop.HOLD_LIMIT
+                else:
+                    budget = remaining if hold_left is None else min(remaining, hold_left)
+                    if caller.disconnected is None:
+                        view = await self._wait_step(request.id, view, budget)
+                    else:
+                        settled = await _race(self._wait_step(request.id, view, budget), caller.disconnected)
+                        if settled is None:
+                            outcome = _Stop.GONE
+                            break
+                        view = settled
+                    if view.status != Status.PENDING:
+                        outcome = view
+            tg.cancel_scope.cancel()
+        assert outcome is not None
+        return outcome
+
+    async def _notices(self, request: RequestView, progress: ProgressLine) -> None:
+        who = _who(request)
         while True:
-            remaining = (request.expires_at - self.service.clock()).total_seconds()
-            if remaining <= 0:
-                await self._try_expire(request.id)
-                # Still pending here means the store could not record the expiry; conclude() fails closed.
-                return await self._latest(request.id, view)
-            hold_left = None if hold_until is None else hold_until - anyio.current_time()
-            if hold_left is not None and hold_left <= 0:
-                return _Stop.HOLD_LIMIT
+            remaining = max((request.expires_at - self.service.clock()).total_seconds(), 0.0)
             await progress.notice(
                 f"Waiting for approval by {who} (request {request.id}); expires at "
                 f"{request.expires_at:%H:%M:%S} UTC, in {format_duration(remaining)}. Inbox: {self.inbox_url}"
             )
-            step = min(self.progress_interval, remaining, hold_left if hold_left is not None else remaining)
-            with anyio.move_on_after(step):
-                if caller.disconnected is None:
-                    view = await self._wait_step(request.id, view, step)
-                else:
-                    settled = await _race(self._wait_step(request.id, view, step), caller.disconnected)
-                    if settled is None:
-                        return _Stop.GONE
-                    view = settled
-            if view.status != Status.PENDING:
-                return view
+            await anyio.sleep(self.progress_interval)
 
     async def _wait_step(self, request_id: str, view: RequestView, step: float) -> RequestView:
         try:
             return await self.service.wait_for_change(request_id, Status.PENDING, within=step)
         except StoreUnavailable as exc:
             log.warning("waiting on %s: %s", request_id, exc)
-            await anyio.sleep(step)
+            await anyio.sleep(min(step, self.service.poll_interval))
             return view
 
     async def _await_execution(self, view: RequestView, progress: ProgressLine) -> types.CallToolResult:
