@@ -190,14 +190,10 @@ class ApprovalService:
     ) -> DecisionOutcome:
         reason = (reason or "").strip() or None
         now = self.clock()
-        async with self.db.write() as conn:
-            current = await self._load(conn, request_id)
-            if not may_decide(approver, current.approvers):
-                await audit.append(conn, self._refusal(current, approver, channel, verdict), now)
-                refused = True
-            else:
-                refused = False
-        if refused:
+        # Checking who may decide needs no write lock; only a refusal is written (to the audit log).
+        current = await self.get(request_id)
+        if not may_decide(approver, current.approvers):
+            await self.record(self._refusal(current, approver, channel, verdict))
             raise NotAllowed(approver.name, request_id, "not among the approvers this request allows")
         if current.status != Status.PENDING:
             raise self._already(current)

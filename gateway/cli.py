@@ -322,6 +322,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not args.verbose:
+        # One line per upstream HTTP request and per timeout job is noise at INFO in a busy gateway.
+        for noisy in ("httpx2", "httpx", "apscheduler"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         code: int = args.func(args)
     except (ConfigError, PolicyError) as exc:
