@@ -17,8 +17,8 @@ from approvals.audit import Event
 from approvals.db import Database
 from approvals.models import AuditEvent
 from approvals.service import ApprovalService
-from approvals.views import NewRequest
 from gateway import cli
+from tests.factories import HELD_CANCEL
 
 ALICE = Approver("alice", groups=("traders",))
 EVENTS = AuditEvent.__table__  # type: ignore[attr-defined]
@@ -36,19 +36,7 @@ async def write_history(url: str) -> int:
         await service.record(
             Event(kind="call.denied", outcome="denied", message="[POLICY DENIED] hidden", agent="alpha", tool="x")
         )
-        request = await service.create(
-            NewRequest(
-                upstream="paper",
-                tool="ibkr_cancel_order",
-                upstream_tool="ibkr_cancel_order",
-                arguments={"orderId": 1001, "confirm": True},
-                agent="alpha",
-                rule="tools.ibkr_cancel_order.require_approval[0]",
-                reason="Cancelling a live order needs a human.",
-                timeout_seconds=900,
-                approvers=("group:traders",),
-            )
-        )
+        request = await service.create(HELD_CANCEL)
         await service.approve(request.id, ALICE, "api", "checked with the desk")
         await service.record(
             Event(kind="call.allowed", outcome="allowed", message="forwarded", agent="bravo", tool="ibkr_get_orders")

@@ -24,6 +24,7 @@ from approvals.service import ApprovalService
 from approvals.states import Status
 from approvals.views import NewRequest
 from gateway.demo import DEMO_POLICY
+from tests.factories import held_cancel
 from tests.harness import ALICE_TOKEN, running_gateway, wait_for
 
 START = datetime(2026, 3, 2, 14, 30, tzinfo=UTC)
@@ -40,18 +41,7 @@ WINNER_EVENT = {
 
 
 def new_request(*, quorum: int = 1, timeout_seconds: float = 60.0) -> NewRequest:
-    return NewRequest(
-        upstream="paper",
-        tool="ibkr_cancel_order",
-        upstream_tool="ibkr_cancel_order",
-        arguments={"orderId": 1001, "confirm": True},
-        agent="alpha",
-        rule="tools.ibkr_cancel_order.require_approval[0]",
-        reason="Cancelling a live order needs a human.",
-        timeout_seconds=timeout_seconds,
-        approvers=("group:traders",),
-        quorum=quorum,
-    )
+    return held_cancel(timeout_seconds=timeout_seconds, quorum=quorum)
 
 
 @asynccontextmanager

@@ -24,6 +24,7 @@ from approvals.errors import (
 from approvals.service import ApprovalService
 from approvals.states import Status
 from approvals.views import NewRequest, RequestView
+from tests.factories import held_cancel
 
 START = datetime(2026, 3, 2, 14, 30, tzinfo=UTC)
 
@@ -57,14 +58,8 @@ def new_request(
     quorum: int = 1,
     reject_reason_required: bool = False,
 ) -> NewRequest:
-    return NewRequest(
-        upstream="paper",
-        tool="ibkr_cancel_order",
-        upstream_tool="ibkr_cancel_order",
+    return held_cancel(
         arguments=CANCEL_1001 if arguments is None else arguments,
-        agent="alpha",
-        rule="tools.ibkr_cancel_order.require_approval[0]",
-        reason="Cancelling a live order needs a human.",
         timeout_seconds=timeout_seconds,
         approvers=approvers,
         quorum=quorum,

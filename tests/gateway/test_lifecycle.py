@@ -36,6 +36,7 @@ from gateway.demo import DEMO_POLICY
 from gateway.paper_book import PaperBook
 from gateway.paper_broker import build_http_app
 from tests.conftest import PG_ADMIN_URL
+from tests.factories import held_cancel
 from tests.harness import (
     AGENT_TOKEN,
     ALICE_TOKEN,
@@ -263,17 +264,7 @@ async def test_an_agent_whose_connection_drops_mid_wait_is_detached_and_nothing_
 
 
 def restart_request(timeout_seconds: float) -> NewRequest:
-    return NewRequest(
-        upstream="paper",
-        tool="ibkr_cancel_order",
-        upstream_tool="ibkr_cancel_order",
-        arguments=CANCEL_1001,
-        agent="alpha",
-        rule="tools.ibkr_cancel_order.require_approval[0]",
-        reason="Cancelling a live order needs a human.",
-        timeout_seconds=timeout_seconds,
-        approvers=("group:traders",),
-    )
+    return held_cancel(timeout_seconds=timeout_seconds)
 
 
 async def test_a_fresh_gateway_expires_overdue_requests_at_start_and_rearms_the_rest(

@@ -16,7 +16,7 @@ from approvals.audit import canonical_json
 from approvals.db import Database
 from approvals.service import ApprovalService, arguments_digest
 from approvals.states import Status
-from approvals.views import DecisionView, NewRequest, RequestView
+from approvals.views import DecisionView, RequestView
 from gateway.slack.messages import (
     ACTION_APPROVE,
     ACTION_REJECT,
@@ -27,6 +27,7 @@ from gateway.slack.messages import (
     reject_modal,
     request_message,
 )
+from tests.factories import HELD_CANCEL
 
 LINKS = Links("https://countersign.example")
 NOW = datetime(2030, 1, 2, 15, 4, 5, tzinfo=UTC)
@@ -45,19 +46,7 @@ async def service(tmp_path: Path) -> AsyncIterator[ApprovalService]:
 @pytest.fixture
 async def held(service: ApprovalService) -> RequestView:
     """A request as the service creates it; tests derive other states from it with `replace`."""
-    return await service.create(
-        NewRequest(
-            upstream="paper",
-            tool="ibkr_cancel_order",
-            upstream_tool="ibkr_cancel_order",
-            arguments={"orderId": 1001, "confirm": True},
-            agent="alpha",
-            rule="tools.ibkr_cancel_order.require_approval[0]",
-            reason="Cancelling a live order needs a human.",
-            timeout_seconds=900,
-            approvers=("group:traders",),
-        )
-    )
+    return await service.create(HELD_CANCEL)
 
 
 def with_arguments(view: RequestView, arguments: dict[str, Any]) -> RequestView:

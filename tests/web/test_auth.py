@@ -8,21 +8,11 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from approvals.views import NewRequest
+from tests.factories import HELD_CANCEL
 from tests.harness import running_gateway
 from tests.web.support import PASSWORDS, browser_client, csrf_of, sign_in, web_config
 
-CANCEL = NewRequest(
-    upstream="paper",
-    tool="ibkr_cancel_order",
-    upstream_tool="ibkr_cancel_order",
-    arguments={"orderId": 1001, "confirm": True},
-    agent="alpha",
-    rule='tools["ibkr_cancel_order"].require_approval[0]',
-    reason="Cancelling a live order needs a human.",
-    timeout_seconds=900,
-    approvers=("group:traders",),
-)
+CANCEL = HELD_CANCEL
 
 
 def session_cookie(response: httpx2.Response) -> str:

@@ -8,22 +8,12 @@ from pathlib import Path
 
 import httpx2
 
-from approvals.views import NewRequest
+from tests.factories import HELD_CANCEL
 from tests.harness import running_gateway
 from tests.web.support import browser_client, held_call, sign_in, web_config
 
 HX = {"HX-Request": "true"}
-CANCEL = NewRequest(
-    upstream="paper",
-    tool="ibkr_cancel_order",
-    upstream_tool="ibkr_cancel_order",
-    arguments={"orderId": 1001, "confirm": True},
-    agent="alpha",
-    rule='tools["ibkr_cancel_order"].require_approval[0]',
-    reason="Cancelling a live order needs a human.",
-    timeout_seconds=900,
-    approvers=("group:traders",),
-)
+CANCEL = HELD_CANCEL
 
 
 def card_ids(page: str) -> list[str]:
