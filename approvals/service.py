@@ -25,7 +25,7 @@ from approvals.audit import Event, canonical_json
 from approvals.db import Database
 from approvals.errors import AlreadyDecided, ArgumentsChanged, InvalidDecision, NotAllowed, RequestNotFound
 from approvals.models import ApprovalRequest, AuditEvent, Decision
-from approvals.states import Status
+from approvals.states import Status, can_transition
 from approvals.views import AuditEventView, DecisionOutcome, DecisionView, NewRequest, RequestView
 
 log = logging.getLogger(__name__)
@@ -514,6 +514,9 @@ class ApprovalService:
         now: datetime,
         **values: Any,
     ) -> bool:
+        old = frozenset(old)
+        # The transitions in states.py are the rules; a use case that asks for any other is a bug.
+        assert all(can_transition(o, new) for o in old), f"{sorted(old)} -> {new} is not a transition"
         result = await conn.execute(
             update(_requests)
             .where(_requests.c.id == request_id, _requests.c.status.in_([s.value for s in old]))

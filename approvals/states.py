@@ -31,9 +31,6 @@ TERMINAL: frozenset[Status] = frozenset(
     {Status.EXECUTED, Status.FAILED, Status.REJECTED, Status.EXPIRED, Status.CANCELLED}
 )
 
-# States in which a human may still decide.
-DECIDABLE: frozenset[Status] = frozenset({Status.PENDING})
-
 
 def can_transition(old: Status, new: Status) -> bool:
     return new in TRANSITIONS.get(old, frozenset())

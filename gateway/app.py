@@ -62,7 +62,6 @@ class Gateway:
         self.session_manager = StreamableHTTPSessionManager(
             app=self.mcp, json_response=False, stateless=False, security_settings=self._transport_security()
         )
-        self.ready = anyio.Event()
         self.channels = build_channels(self)
 
     def _transport_security(self) -> TransportSecuritySettings:
@@ -104,10 +103,8 @@ class Gateway:
                     tg.start_soon(channel.run)
                 if serve_http:
                     async with self.session_manager.run():
-                        self.ready.set()
                         yield self
                 else:
-                    self.ready.set()
                     yield self
                 tg.cancel_scope.cancel()
         finally:

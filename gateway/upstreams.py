@@ -200,7 +200,6 @@ class UpstreamSet:
         self.upstreams = [Upstream(s, self._rebuild) for s in settings]
         self._routes: dict[str, Route] = {}
         self._tools: list[types.Tool] = []
-        self.version = 0
         self.listeners: list[Callable[[], Awaitable[None]]] = []
 
     async def run(self) -> None:
@@ -233,7 +232,6 @@ class UpstreamSet:
                 tools.append(tool if name == tool.name else tool.model_copy(update={"name": name}))
         self._routes = routes
         self._tools = tools
-        self.version += 1
         for listener in self.listeners:
             try:
                 await listener()
