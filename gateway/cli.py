@@ -101,7 +101,8 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_policy_check(args: argparse.Namespace) -> int:
-    from gateway.policy import PolicyError, lint_policy, load_policy
+    from gateway.policy import PolicyError, load_policy
+    from gateway.policy_report import lint_policy
 
     try:
         policy = load_policy(args.file)
@@ -116,7 +117,8 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
 
 
 def cmd_policy_explain(args: argparse.Namespace) -> int:
-    from gateway.policy import PolicyError, explain, load_policy
+    from gateway.policy import PolicyError, load_policy
+    from gateway.policy_report import explain
 
     try:
         policy = load_policy(args.file)

@@ -1,4 +1,6 @@
-"""The policy document: parse and validate it, evaluate a tool call against it, lint it, explain a decision.
+"""The policy document: parse and validate it, and evaluate a tool call against it.
+
+Lint warnings and `explain` live in `gateway.policy_report`.
 
 The format is PolicyLayer's (``version``, ``default``, ``hide``, ``all_tools``, ``tools`` with ``deny_if``,
 ``require`` and ``limits``), so its published documents load unchanged. Countersign adds
@@ -12,14 +14,14 @@ import json
 import operator
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, Literal, cast, get_args
 
-from gateway.durations import format_duration, parse_duration
+from gateway.durations import parse_duration
 
 Op = Literal["eq", "neq", "in", "not_in", "lt", "lte", "gt", "gte", "regex", "contains", "exists"]
 Window = Literal["second", "minute", "hour", "day"]
@@ -62,7 +64,6 @@ _ORDERING: Final[Mapping[str, Callable[[Any, Any], Any]]] = {
     "gt": operator.gt,
     "gte": operator.ge,
 }
-_ASKS_FOR_A_HUMAN = re.compile(r"\b(approv\w*|human|review\w*|sign[- ]?off|four[- ]eyes)\b", re.IGNORECASE)
 _MISSING: Final = object()
 
 
@@ -169,12 +170,6 @@ class Evaluation:
     approval: ApprovalSettings | None
 
 
-@dataclass(frozen=True)
-class PolicyWarning:
-    path: str
-    message: str
-
-
 class Policy:
     """A validated document. Build it with parse_policy or load_policy."""
 
@@ -199,13 +194,13 @@ class Policy:
         self.tools = MappingProxyType(dict(tools or {}))
         self.all_tools = all_tools or ToolPolicy(key="all_tools")
         # Longest pattern first is "most specific wins"; sorted() is stable, so ties keep document order.
-        self._globs = sorted((key for key in self.tools if _is_glob(key)), key=len, reverse=True)
+        self._globs = sorted((key for key in self.tools if is_glob(key)), key=len, reverse=True)
 
     def __repr__(self) -> str:
         return f"Policy(source={self.source!r}, default={self.default!r}, tools={list(self.tools)!r})"
 
     def is_hidden(self, tool: str) -> bool:
-        return any(entry == tool or (_is_glob(entry) and fnmatchcase(tool, entry)) for entry in self.hide)
+        return any(entry == tool or (is_glob(entry) and fnmatchcase(tool, entry)) for entry in self.hide)
 
     def tool_policy(self, tool: str) -> ToolPolicy | None:
         exact = self.tools.get(tool)
@@ -240,7 +235,7 @@ class Policy:
             for rule in layer.require_approval:
                 if rule.matches(arguments):
                     return Evaluation("hold", rule.message, rule.where, key, limits, self._approval_for(listed))
-        return Evaluation("allow", "", _tool_where(key) if key else "default", key, limits, None)
+        return Evaluation("allow", "", tool_where(key) if key else "default", key, limits, None)
 
     def _approval_for(self, listed: ToolPolicy | None) -> ApprovalSettings:
         if listed is not None and listed.approval is not None:
@@ -268,119 +263,6 @@ def load_policy(path: str | os.PathLike[str]) -> Policy:
     return parse_policy(document, source)
 
 
-def lint_policy(policy: Policy) -> list[PolicyWarning]:
-    """Things that validate but probably do not do what the author meant."""
-    layers = [("all_tools", policy.all_tools)] + [(_tool_where(k), tp) for k, tp in policy.tools.items()]
-    warnings: list[PolicyWarning] = []
-
-    for _, layer in layers:
-        for rule in layer.deny_if:
-            if _ASKS_FOR_A_HUMAN.search(rule.message):
-                warnings.append(
-                    PolicyWarning(
-                        rule.where,
-                        f"deny_if refuses every matching call, yet its message ({rule.message!r}) asks for a "
-                        "person; to have a human decide, move this rule to require_approval "
-                        "(with a 'reason') so the call is held for approval instead of denied",
-                    )
-                )
-
-    always_denied = any(not rule.conditions for rule in policy.all_tools.deny_if)
-    for where, layer in layers[1:]:
-        if not layer.require_approval:
-            continue
-        if policy.is_hidden(layer.key):
-            why = "the tool is hidden, so calls are refused before approval is considered"
-        elif always_denied or any(not rule.conditions for rule in layer.deny_if):
-            why = "an unconditional deny_if refuses every call first"
-        else:
-            continue
-        warnings.append(PolicyWarning(f"{where}.require_approval", f"these rules can never apply: {why}"))
-
-    for key in policy.tools:
-        if _is_glob(key):
-            for hidden in policy.hide:
-                if not _is_glob(hidden) and fnmatchcase(hidden, key):
-                    warnings.append(
-                        PolicyWarning(
-                            _tool_where(key),
-                            f"the pattern also matches hidden tool '{hidden}'; hide wins, so that tool stays "
-                            "unavailable",
-                        )
-                    )
-
-    for where, layer in layers:
-        approval = layer.approval
-        if (
-            approval is not None
-            and approval.approvers
-            and not any(name.startswith("group:") for name in approval.approvers)
-            and approval.quorum > len(approval.approvers)
-        ):
-            warnings.append(
-                PolicyWarning(
-                    f"{where}.approval.quorum",
-                    f"quorum {approval.quorum} needs more approvers than the {len(approval.approvers)} "
-                    "listed, so held calls can only expire",
-                )
-            )
-
-    first_use: dict[str, Limit] = {}
-    for _, layer in layers:
-        for limit in layer.limits:
-            earlier = first_use.setdefault(limit.counter, limit)
-            if (earlier.max, earlier.window, earlier.scope) != (limit.max, limit.window, limit.scope):
-                warnings.append(
-                    PolicyWarning(
-                        limit.where,
-                        f"counter '{limit.counter}' is also defined at {earlier.where} as "
-                        f"{earlier.describe()}; both draw on one quota, so use the same max, window and "
-                        "scope, or another name",
-                    )
-                )
-
-    if policy.default == "allow" and not policy.hide and all(layer.is_empty for _, layer in layers):
-        warnings.append(
-            PolicyWarning("default", 'default is "allow" and there are no rules, so every tool call goes through')
-        )
-    return warnings
-
-
-def explain(policy: Policy, tool: str, arguments: Mapping[str, Any]) -> str:
-    """Plain text for `countersign policy explain`: decision, rule, applicable limits, approval settings."""
-    result = policy.evaluate(tool, arguments)
-    matched = f"matches {_tool_where(result.tool_key)}" if result.tool_key else "not listed under tools"
-    lines = [f"decision: {result.action}", f"tool: {tool} ({matched})", f"rule: {result.rule}"]
-    if result.rule == "default":
-        lines.append(f'  the policy\'s "default" is "{policy.default}"')
-    if result.action in ("deny", "hidden"):
-        lines.append(f"message: {result.message}")
-    if result.action == "hold":
-        lines.append(f"reason: {result.message}")
-    if result.action in ("allow", "hold"):
-        lines.append("limits:" if result.limits else "limits: none")
-        lines.extend(f"  - {limit.describe()} (counter '{limit.counter}', {limit.where})" for limit in result.limits)
-    if result.approval is not None:
-        lines.extend(_describe_approval(result.approval))
-    return "\n".join(lines)
-
-
-def _describe_approval(approval: ApprovalSettings) -> Iterator[str]:
-    yield "approval:"
-    yield f"  timeout: {format_duration(approval.timeout_seconds)}"
-    yield f"  approvers: {', '.join(approval.approvers) or 'any configured approver'}"
-    yield f"  quorum: {approval.quorum}"
-    yield f"  channels: {', '.join(approval.channels)}"
-    if approval.slack_channel:
-        yield f"  slack channel: {approval.slack_channel}"
-    yield f"  reject reason: {'required' if approval.reject_reason_required else 'optional'}"
-    if approval.max_hold_seconds is not None:
-        yield f"  max hold: {format_duration(approval.max_hold_seconds)} (then the call returns a pending result)"
-    yield f"  pick-up window: {format_duration(approval.pickup_seconds)}"
-    yield f"  after approval: {'runs at once' if approval.run_unattended else 'runs when the agent is there'}"
-    yield f"  agent cancel: {'keeps the request pending' if approval.keep_on_cancel else 'withdraws the request'}"
-
-
 class _Parser:
     def __init__(self, source: str) -> None:
         self.source = source
@@ -403,7 +285,7 @@ class _Parser:
         hide = self.strings(top.get("hide", []), "hide")
         all_tools = self.tool_policy(top.get("all_tools", {}), "all_tools", "all_tools")
         tools_doc = self.mapping(top.get("tools", {}), "tools", None)
-        tools = {key: self.tool_policy(body, key, _tool_where(key)) for key, body in tools_doc.items()}
+        tools = {key: self.tool_policy(body, key, tool_where(key)) for key, body in tools_doc.items()}
         return Policy(source=self.source, default=cast(Default, default), hide=hide, tools=tools, all_tools=all_tools)
 
     def mapping(
@@ -642,11 +524,11 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _is_glob(key: str) -> bool:
+def is_glob(key: str) -> bool:
     return any(char in key for char in "*?[")
 
 
-def _tool_where(key: str) -> str:
+def tool_where(key: str) -> str:
     return f"tools[{json.dumps(key, ensure_ascii=False)}]"
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import anyio
 from anyio.abc import TaskStatus
 
-from gateway.policy import Policy, PolicyError, lint_policy, load_policy
+from gateway.policy import Policy, PolicyError, load_policy
+from gateway.policy_report import lint_policy
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,10 @@ from gateway.policy import (
     Policy,
     PolicyError,
     Rule,
-    explain,
-    lint_policy,
     load_policy,
     parse_policy,
 )
+from gateway.policy_report import explain, lint_policy
 from gateway.ratelimit import RateLimiter, Refusal, Reservation
 
 SHARED_POLICIES = Path(__file__).resolve().parents[3] / "shared" / "policies"
