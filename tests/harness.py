@@ -192,6 +192,31 @@ async def running_gateway(
                 await harness.close()
 
 
+@asynccontextmanager
+async def held_call(
+    h: Harness, tool: str, arguments: Mapping[str, Any], *, token: str | None = None
+) -> AsyncIterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """An agent makes a call that the policy holds; yields (pending request, outcome box) while it waits.
+
+    The box gets "result" when the call returns; the block exits only after it has.
+    """
+    box: dict[str, Any] = {}
+    async with h.agent(*([token] if token else [])) as agent, anyio.create_task_group() as tg:
+        before = {r["id"] for r in await h.pending(0)}
+
+        async def call() -> None:
+            box["result"] = await agent.call_tool(tool, dict(arguments))
+
+        tg.start_soon(call)
+        with anyio.fail_after(15):
+            while True:
+                fresh = [r for r in await h.pending(0) if r["id"] not in before]
+                if fresh:
+                    break
+                await anyio.sleep(0.05)
+        yield fresh[0], box
+
+
 async def wait_for(predicate: Any, *, within: float = 10.0, interval: float = 0.02) -> None:
     """Poll a sync or async predicate until it is true, failing after `within` seconds."""
     with anyio.fail_after(within):

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,9 @@ from tests.harness import (
     ALICE_TOKEN,
     BOB_TOKEN,
     CAROL_TOKEN,
-    Harness,
     base_config,
     bound_socket,
+    held_call,
     running_gateway,
     serve_asgi,
     wait_for,
@@ -37,20 +36,6 @@ CANCEL = {"orderId": 1001, "confirm": True}
 
 def text(result: types.CallToolResult) -> str:
     return " ".join(b.text for b in result.content if isinstance(b, types.TextContent))
-
-
-@asynccontextmanager
-async def held_cancel(h: Harness) -> AsyncIterator[tuple[dict[str, Any], dict[str, Any]]]:
-    """An agent's ibkr_cancel_order held for approval. Yields (the pending request, where the result lands)."""
-    outcome: dict[str, Any] = {}
-    async with h.agent() as agent, anyio.create_task_group() as tg:
-
-        async def call() -> None:
-            outcome["result"] = await agent.call_tool("ibkr_cancel_order", CANCEL)
-
-        tg.start_soon(call)
-        [request] = await h.pending()
-        yield request, outcome
 
 
 def policy_with_cancel_approval(**approval: Any) -> dict[str, Any]:
@@ -98,7 +83,10 @@ async def test_an_unknown_request_id_is_404_to_show_approve_and_reject(tmp_path:
 
 
 async def test_a_malformed_body_or_query_is_400_and_leaves_the_request_pending(tmp_path: Path, sqlite_url: str) -> None:
-    async with running_gateway(tmp_path, sqlite_url) as h, held_cancel(h) as (request, outcome):
+    async with (
+        running_gateway(tmp_path, sqlite_url) as h,
+        held_call(h, "ibkr_cancel_order", CANCEL) as (request, outcome),
+    ):
         api = h.api()
         decide = f"/api/approvals/{request['id']}"
         for body, words in (
@@ -128,7 +116,10 @@ async def test_a_malformed_body_or_query_is_400_and_leaves_the_request_pending(t
 async def test_pending_requests_are_listed_and_shown_with_their_arguments_and_history(
     tmp_path: Path, sqlite_url: str
 ) -> None:
-    async with running_gateway(tmp_path, sqlite_url) as h, held_cancel(h) as (request, outcome):
+    async with (
+        running_gateway(tmp_path, sqlite_url) as h,
+        held_call(h, "ibkr_cancel_order", CANCEL) as (request, outcome),
+    ):
         api = h.api(CAROL_TOKEN)  # anyone configured may read, even one who may not decide
         listing = (await api.get("/api/approvals", params={"status": "pending"})).json()["approvals"]
         assert [a["id"] for a in listing] == [request["id"]]
@@ -155,7 +146,7 @@ async def test_one_who_may_not_decide_is_403_and_a_second_decision_is_409_saying
     tmp_path: Path, database_url: str
 ) -> None:
     async with running_gateway(tmp_path, database_url) as h:
-        async with held_cancel(h) as (request, outcome):
+        async with held_call(h, "ibkr_cancel_order", CANCEL) as (request, outcome):
             decide = f"/api/approvals/{request['id']}"
 
             refused = await h.api(CAROL_TOKEN).post(f"{decide}/approve", json={"reason": "ops says fine"})
@@ -191,7 +182,10 @@ async def test_one_who_may_not_decide_is_403_and_a_second_decision_is_409_saying
 
 async def test_policy_approvers_may_name_approvers_and_groups(tmp_path: Path, sqlite_url: str) -> None:
     policy = policy_with_cancel_approval(approvers=["bob", "group:ops"], quorum=2)
-    async with running_gateway(tmp_path, sqlite_url, policy=policy) as h, held_cancel(h) as (request, outcome):
+    async with (
+        running_gateway(tmp_path, sqlite_url, policy=policy) as h,
+        held_call(h, "ibkr_cancel_order", CANCEL) as (request, outcome),
+    ):
         decide = f"/api/approvals/{request['id']}/approve"
 
         alice = await h.api(ALICE_TOKEN).post(decide, json={})
@@ -211,7 +205,10 @@ async def test_policy_approvers_may_name_approvers_and_groups(tmp_path: Path, sq
 
 async def test_a_reject_without_a_reason_is_400_when_the_policy_requires_one(tmp_path: Path, sqlite_url: str) -> None:
     policy = policy_with_cancel_approval(reject_reason="required")
-    async with running_gateway(tmp_path, sqlite_url, policy=policy) as h, held_cancel(h) as (request, outcome):
+    async with (
+        running_gateway(tmp_path, sqlite_url, policy=policy) as h,
+        held_call(h, "ibkr_cancel_order", CANCEL) as (request, outcome),
+    ):
         reject = f"/api/approvals/{request['id']}/reject"
 
         for body in ({}, {"reason": "   "}):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager, redirect_stderr, redirect_stdout
+from collections.abc import Sequence
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from approvals.approvers import token_digest
 from gateway import cli
 from gateway.config import ConfigError, load_settings
 from gateway.demo import DEMO_POLICY
-from tests.harness import ALICE_TOKEN, BOB_TOKEN, CAROL_TOKEN, Harness, running_gateway
+from tests.harness import ALICE_TOKEN, BOB_TOKEN, CAROL_TOKEN, held_call, running_gateway
 
 DATA_POLICIES = Path(__file__).resolve().parents[1] / "data" / "policies"
 CANCEL = {"orderId": 1001, "confirm": True}
@@ -50,26 +50,13 @@ async def run_beside_server(args: Sequence[str]) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-@asynccontextmanager
-async def held_cancel(h: Harness) -> AsyncIterator[tuple[dict[str, Any], dict[str, Any]]]:
-    outcome: dict[str, Any] = {}
-    async with h.agent() as agent, anyio.create_task_group() as tg:
-
-        async def call() -> None:
-            outcome["result"] = await agent.call_tool("ibkr_cancel_order", CANCEL)
-
-        tg.start_soon(call)
-        [request] = await h.pending()
-        yield request, outcome
-
-
 # ---- approvals
 
 
 async def test_approvals_list_show_and_approve_release_the_waiting_agents_call(tmp_path: Path, sqlite_url: str) -> None:
     async with running_gateway(tmp_path, sqlite_url) as h:
         connect = ["--url", h.base_url, "--token", ALICE_TOKEN]
-        async with held_cancel(h) as (request, outcome):
+        async with held_call(h, "ibkr_cancel_order", CANCEL) as (request, outcome):
             code, out, err = await run_beside_server(["approvals", "list", *connect])
             assert code == 0, err
             header, row = out.splitlines()
@@ -110,7 +97,7 @@ async def test_approvals_reject_reads_the_url_and_token_from_the_environment_and
     async with running_gateway(tmp_path, sqlite_url) as h:
         monkeypatch.setenv("COUNTERSIGN_URL", h.base_url)
         monkeypatch.setenv("COUNTERSIGN_API_TOKEN", BOB_TOKEN)
-        async with held_cancel(h) as (request, outcome):
+        async with held_call(h, "ibkr_cancel_order", CANCEL) as (request, outcome):
             code, out, err = await run_beside_server(
                 ["approvals", "reject", request["id"], "--reason", "that order protects a position"]
             )
@@ -145,7 +132,7 @@ async def test_approvals_errors_say_what_the_gateway_answered_and_exit_non_zero(
 ) -> None:
     async with running_gateway(tmp_path, sqlite_url) as h:
         url = ["--url", h.base_url]
-        async with held_cancel(h) as (request, _):
+        async with held_call(h, "ibkr_cancel_order", CANCEL) as (request, _):
             code, _, err = await run_beside_server(
                 ["approvals", "approve", request["id"], *url, "--token", CAROL_TOKEN]
             )

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
 from typing import Any
 
-import anyio
 import httpx2
 import mcp_types as types
 from argon2 import PasswordHasher
 
-from tests.harness import ALICE_TOKEN, BOB_TOKEN, CAROL_TOKEN, Harness
+from tests.harness import ALICE_TOKEN, BOB_TOKEN, CAROL_TOKEN
 
 # Cheap parameters keep the tests fast; the hash format (and the verification path) is the real one.
 _HASHER = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1)
@@ -81,28 +78,3 @@ async def sign_in(client: httpx2.AsyncClient, name: str, password: str | None = 
 
 def text_of(result: types.CallToolResult) -> str:
     return " ".join(b.text for b in result.content if isinstance(b, types.TextContent))
-
-
-@asynccontextmanager
-async def held_call(
-    h: Harness, tool: str, arguments: Mapping[str, Any], *, token: str | None = None
-) -> AsyncIterator[tuple[dict[str, Any], dict[str, Any]]]:
-    """An agent makes a call that the policy holds; yields (pending request, outcome box) while it waits.
-
-    The box gets "result" when the call returns; the block exits only after it has.
-    """
-    box: dict[str, Any] = {}
-    async with h.agent(*([token] if token else [])) as agent, anyio.create_task_group() as tg:
-        before = {r["id"] for r in await h.pending(0)}
-
-        async def call() -> None:
-            box["result"] = await agent.call_tool(tool, dict(arguments))
-
-        tg.start_soon(call)
-        with anyio.fail_after(15):
-            while True:
-                fresh = [r for r in await h.pending(0) if r["id"] not in before]
-                if fresh:
-                    break
-                await anyio.sleep(0.05)
-        yield fresh[0], box

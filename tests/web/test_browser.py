@@ -15,9 +15,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from tests.harness import ALICE_TOKEN, CAROL_TOKEN, running_gateway
+from tests.harness import ALICE_TOKEN, CAROL_TOKEN, held_call, running_gateway
 from tests.web.browser import PHONE, PageWatch, chromium, new_page, require_browser, screenshot, sign_in
-from tests.web.support import PASSWORDS, held_call, text_of, web_config
+from tests.web.support import PASSWORDS, text_of, web_config
 
 pytestmark = pytest.mark.browser
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx2
 
 from tests.factories import HELD_CANCEL
-from tests.harness import running_gateway
-from tests.web.support import browser_client, held_call, sign_in, web_config
+from tests.harness import held_call, running_gateway
+from tests.web.support import browser_client, sign_in, web_config
 
 HX = {"HX-Request": "true"}
 CANCEL = HELD_CANCEL
