@@ -13,6 +13,7 @@ from starlette.requests import Request
 
 from gateway.calls import CallHandler
 from gateway.holding import Caller
+from gateway.results import gateway_tools
 
 AGENT_KEY = "countersign.agent"
 DISCONNECTED_KEY = "countersign.disconnected"
@@ -118,11 +119,11 @@ def build_server(handler: CallHandler, bus: SubscriptionBus, *, stdio_agent: str
         finally:
             cancels.forget(ctx)
 
+    gateway_schemas = {tool.name: tool.input_schema for tool in gateway_tools()}
+
     def input_schema(name: str) -> dict[str, Any] | None:
-        for tool in handler.visible_tools():
-            if tool.name == name:
-                return tool.input_schema
-        return None
+        # Asked on every 2026-era tools/call: a lookup, not a rebuild of the catalog.
+        return gateway_schemas.get(name) or handler.upstreams.input_schema(name)
 
     server: Server[Any] = Server(
         "countersign",

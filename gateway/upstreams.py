@@ -36,6 +36,7 @@ _MAX_BACKOFF = 30.0
 class Route:
     upstream: Upstream
     upstream_tool: str
+    input_schema: dict[str, Any]
 
 
 class Upstream:
@@ -228,7 +229,7 @@ class UpstreamSet:
                         routes[name].upstream.name,
                     )
                     continue
-                routes[name] = Route(upstream, tool.name)
+                routes[name] = Route(upstream, tool.name, tool.input_schema)
                 tools.append(tool if name == tool.name else tool.model_copy(update={"name": name}))
         self._routes = routes
         self._tools = tools
@@ -245,10 +246,8 @@ class UpstreamSet:
         return self._routes.get(name)
 
     def input_schema(self, name: str) -> dict[str, Any] | None:
-        for tool in self._tools:
-            if tool.name == name:
-                return tool.input_schema
-        return None
+        route = self._routes.get(name)
+        return None if route is None else route.input_schema
 
     def status(self) -> list[dict[str, Any]]:
         return [
