@@ -21,7 +21,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, Literal, cast, get_args
 
-from gateway.durations import parse_duration
+from approvals.durations import parse_duration
 
 Op = Literal["eq", "neq", "in", "not_in", "lt", "lte", "gt", "gte", "regex", "contains", "exists"]
 Window = Literal["second", "minute", "hour", "day"]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
-from gateway.durations import format_duration
+from approvals.durations import format_duration
 from gateway.policy import ApprovalSettings, Limit, Policy, is_glob, tool_where
 
 _ASKS_FOR_A_HUMAN = re.compile(r"\b(approv\w*|human|review\w*|sign[- ]?off|four[- ]eyes)\b", re.IGNORECASE)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from itertools import count
 from typing import Final
 
-from gateway.durations import format_duration
+from approvals.durations import format_duration
 from gateway.policy import Limit
 
 GLOBAL_SCOPE_KEY: Final = "global"
@@ -166,5 +166,4 @@ def _bucket_key(limit: Limit, *, grant: str, session: str) -> _BucketKey:
 
 
 def _format_wait(seconds: float) -> str:
-    whole = max(1, math.ceil(seconds))
-    return f"{whole} s" if whole < 120 else format_duration(whole)
+    return format_duration(max(1, math.ceil(seconds)))

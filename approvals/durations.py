@@ -47,22 +47,29 @@ def parse_duration(value: str | int | float) -> float:
 
 
 def format_duration(seconds: float) -> str:
-    """Render seconds the way parse_duration reads them: 900 -> "15m", 5400 -> "1h30m", 0 -> "0s"."""
+    """The one way durations are shown to people, and read back by parse_duration.
+
+    900 -> "15m", 5400 -> "1h 30m", 895.2 -> "14m 55s", 2.5 -> "2.5s". Beside minutes a fraction of a
+    second is noise, so from one minute up the value is rounded to whole seconds.
+    """
     if isinstance(seconds, bool) or not math.isfinite(seconds) or seconds < 0:
         raise ValueError(f"cannot format {seconds!r} as a duration: expected a finite number >= 0")
-    whole = int(seconds)
-    fraction = round(seconds - whole, 3)
-    if fraction >= 1:
-        whole, fraction = whole + 1, 0.0
+    if seconds >= 60:
+        whole, fraction = int(seconds + 0.5), 0.0
+    else:
+        whole = int(seconds)
+        fraction = round(seconds - whole, 1)
+        if fraction >= 1:
+            whole, fraction = whole + 1, 0.0
     parts: list[str] = []
     for unit in _UNIT_ORDER[:-1]:
         count, whole = divmod(whole, _UNIT_SECONDS[unit])
         if count:
             parts.append(f"{count}{unit}")
     if whole or fraction or not parts:
-        secs = f"{whole + fraction:.3f}".rstrip("0").rstrip(".")
+        secs = f"{whole + fraction:.1f}".rstrip("0").rstrip(".")
         parts.append(f"{secs}s")
-    return "".join(parts)
+    return " ".join(parts)
 
 
 def _checked(seconds: float, original: object) -> float:
