@@ -56,7 +56,9 @@ class Database:
             _sqlite_pragmas(self.engine, immediate=False)
             _sqlite_pragmas(self._write_engine, immediate=True)
         else:
-            self.engine = create_async_engine(self.url, echo=echo, pool_pre_ping=True)
+            # Statements are shielded from cancellation (see _uncancelled): bound each one instead.
+            connect_args = {"command_timeout": 60.0, "timeout": 10.0}
+            self.engine = create_async_engine(self.url, echo=echo, pool_pre_ping=True, connect_args=connect_args)
             self._write_engine = self.engine
 
     async def create_schema(self) -> None:
@@ -72,25 +74,28 @@ class Database:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        async with self.guard():
-            conn = await self._open(self.engine)
-            try:
-                yield conn
-            finally:
-                await conn.close()
+        """A connection for reading. The block is shielded from cancellation: see `_uncancelled`."""
+        with _uncancelled():
+            async with self.guard():
+                conn = await self._open(self.engine)
+                try:
+                    yield conn
+                finally:
+                    await conn.close()
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """A write transaction holding the audit-chain lock; commits on success, rolls back on error."""
-        async with self._write_lock, self.guard():
-            conn = await self._open(self._write_engine)
-            try:
-                async with conn.begin():
-                    if not self.is_sqlite:
-                        await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _AUDIT_LOCK_KEY})
-                    yield conn
-            finally:
-                await conn.close()
+        with _uncancelled():
+            async with self._write_lock, self.guard():
+                conn = await self._open(self._write_engine)
+                try:
+                    async with conn.begin():
+                        if not self.is_sqlite:
+                            await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _AUDIT_LOCK_KEY})
+                        yield conn
+                finally:
+                    await conn.close()
 
     @staticmethod
     async def _open(engine: AsyncEngine) -> AsyncConnection:
@@ -115,6 +120,17 @@ class Database:
     async def ping(self) -> None:
         async with self.read() as conn:
             await conn.execute(text("SELECT 1"))
+
+
+def _uncancelled() -> anyio.CancelScope:
+    """Database work runs to its end even when its caller is cancelled; the cancellation lands just after.
+
+    A statement cut off mid-flight makes SQLAlchemy invalidate the connection, and the driver's
+    clean-up then outlives the event loop (aiosqlite never finishes closing it). Every block run
+    under this does short, bounded database work only: statements are bounded by the drivers'
+    timeouts (SQLite's busy timeout, PostgreSQL's command timeout), never by waiting on events.
+    """
+    return anyio.CancelScope(shield=True)
 
 
 def _is_connectivity(exc: DBAPIError) -> bool:

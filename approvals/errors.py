@@ -28,7 +28,16 @@ class NotAllowed(ApprovalError):
 class AlreadyDecided(ApprovalError):
     """The request left the state the caller expected; says who moved it and when."""
 
-    def __init__(self, request_id: str, status: str, by: str | None, at: datetime | None) -> None:
+    def __init__(
+        self,
+        request_id: str,
+        status: str,
+        by: str | None,
+        at: datetime | None,
+        *,
+        ended_because: str | None = None,
+        summary: str | None = None,
+    ) -> None:
         who = f" by {by}" if by else ""
         when = f" at {at.strftime('%Y-%m-%d %H:%M:%S')} UTC" if at else ""
         super().__init__(f"request {request_id} is already {status}{who}{when}")
@@ -36,6 +45,9 @@ class AlreadyDecided(ApprovalError):
         self.status = status
         self.by = by
         self.at = at
+        self.ended_because = ended_because
+        # Where the request stands, in the words every channel uses (approvals.story).
+        self.summary = summary
 
 
 class InvalidDecision(ApprovalError):
@@ -48,3 +60,7 @@ class ArgumentsChanged(ApprovalError):
 
 class StoreUnavailable(ApprovalError):
     """The database could not be reached; callers must fail closed."""
+
+
+class InvalidTransition(ApprovalError):
+    """A use case asked for a transition the state table does not allow: a bug, refused rather than written."""

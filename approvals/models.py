@@ -36,6 +36,10 @@ class ApprovalRequest(SQLModel, table=True):
     pickup_seconds: float = 600.0
     # Approved calls may run at once even when no agent is waiting (the result is kept for it).
     run_unattended: bool = False
+    # How long one agent call may be held before it returns a pending result (None: until decided),
+    # and whether an explicit cancel by the agent keeps the request: fixed when the request is made.
+    max_hold_seconds: float | None = None
+    keep_on_cancel: bool = False
     created_at: datetime = _ts()
     expires_at: datetime = _ts(index=True)
     status: str = Field(index=True, max_length=16)
@@ -43,10 +47,16 @@ class ApprovalRequest(SQLModel, table=True):
     decided_by: str | None = None
     decided_via: str | None = None
     decision_reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    # Why it ended (approvals.states.EndReason); None while it has not.
+    ended_because: str | None = Field(default=None, max_length=32)
     agent_waiting: bool = True
     result: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     slack_ts: str | None = None
+    # The newest change whose Slack update some process has claimed: each change is shown by one process.
+    slack_synced_seq: int | None = None
+    # Set by whichever process wins the right to send the reminder, so it is sent once.
+    reminded_at: datetime | None = _ts(nullable=True)
 
 
 class Decision(SQLModel, table=True):

@@ -2,7 +2,8 @@
 
 Every state change is one compare-and-set UPDATE plus its audit event in the same transaction,
 so approve, reject, timeout and cancel can race from any number of tasks or replicas and
-exactly one of them wins.
+exactly one of them wins. The audit event is also the change's entry in the change feed
+(`approvals.feed`), which every process hears; this module never calls a listener itself.
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol, TypedDict, Unpack
+from typing import Any
 
-import anyio
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import insert, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -23,17 +25,30 @@ from approvals import audit
 from approvals.approvers import Approver, ApproverDirectory, may_decide
 from approvals.audit import Event, canonical_json
 from approvals.db import Database
-from approvals.errors import AlreadyDecided, ArgumentsChanged, InvalidDecision, NotAllowed, RequestNotFound
-from approvals.models import ApprovalRequest, AuditEvent, Decision
-from approvals.states import Status, can_transition
-from approvals.views import AuditEventView, DecisionOutcome, DecisionView, NewRequest, RequestView
+from approvals.errors import (
+    AlreadyDecided,
+    ArgumentsChanged,
+    InvalidDecision,
+    InvalidTransition,
+    NotAllowed,
+)
+from approvals.feed import ChangeFeed
+from approvals.history import AuditHistory
+from approvals.models import ApprovalRequest, Decision
+from approvals.reads import RequestReads, approvals_of, load
+from approvals.states import END_REASONS, EndReason, Status, can_transition
+from approvals.story import describe, ending
+from approvals.views import DecisionOutcome, NewRequest, RequestView
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 _requests = ApprovalRequest.__table__  # type: ignore[attr-defined]
 _decisions = Decision.__table__  # type: ignore[attr-defined]
-_events = AuditEvent.__table__  # type: ignore[attr-defined]
+
+# Channels that may decide any request their approver may decide: the approver API and the CLI on top of it.
+# Every other channel (web, slack) decides only requests whose policy names it.
+ALWAYS_DECIDES = frozenset({"api", "cli"})
 
 
 def utcnow() -> datetime:
@@ -48,133 +63,65 @@ def arguments_digest(arguments_json: str) -> str:
     return hashlib.sha256(arguments_json.encode()).hexdigest()
 
 
-class Listener(Protocol):
-    """A channel that wants to hear about every change (created, approved, executed, ...)."""
-
-    async def request_changed(self, request: RequestView, change: str) -> None: ...
+def channel_may_decide(view: RequestView, channel: str) -> bool:
+    return channel in ALWAYS_DECIDES or channel in view.channels
 
 
-class ApprovalService:
+class ApprovalService(RequestReads):
+    """The use cases that change requests; reading them is `RequestReads`."""
+
     def __init__(
         self,
         db: Database,
         approvers: ApproverDirectory,
         *,
         clock: Clock = utcnow,
-        poll_interval: float = 1.0,
+        feed: ChangeFeed | None = None,
     ) -> None:
         self.db = db
         self.approvers = approvers
         self.clock = clock
-        # Decisions made by another process reach waiters here by polling at this interval.
-        self.poll_interval = poll_interval
-        self._listeners: list[Listener] = []
-        # Per request: each waiting task's event and the status it last saw.
-        self._watchers: dict[str, dict[anyio.Event, Status]] = {}
-
-    def add_listener(self, listener: Listener) -> None:
-        self._listeners.append(listener)
-
-    # ---- reading
-
-    async def get(self, request_id: str) -> RequestView:
-        async with self.db.read() as conn:
-            return await self._load(conn, request_id)
-
-    async def list_requests(
-        self, *, statuses: Collection[Status] | None = None, agent: str | None = None, limit: int = 100
-    ) -> list[RequestView]:
-        query = select(_requests)
-        if statuses:
-            query = query.where(_requests.c.status.in_([s.value for s in statuses]))
-        if agent:
-            query = query.where(_requests.c.agent == agent)
-        if statuses and set(statuses) <= {Status.PENDING}:
-            query = query.order_by(_requests.c.expires_at.asc())
-        else:
-            query = query.order_by(_requests.c.created_at.desc())
-        async with self.db.read() as conn:
-            rows = (await conn.execute(query.limit(limit))).mappings().all()
-        return [RequestView.from_row(r) for r in rows]
-
-    async def decisions(self, request_id: str) -> list[DecisionView]:
-        query = select(_decisions).where(_decisions.c.request_id == request_id).order_by(_decisions.c.id)
-        async with self.db.read() as conn:
-            rows = (await conn.execute(query)).mappings().all()
-        return [
-            DecisionView(r["approver"], r["channel"], r["verdict"], r["reason"], audit.as_utc(r["at"])) for r in rows
-        ]
-
-    async def events(self, *, request_id: str | None = None, limit: int = 200) -> list[AuditEventView]:
-        query = select(_events)
-        if request_id is not None:
-            query = query.where(_events.c.request_id == request_id)
-        async with self.db.read() as conn:
-            rows = (await conn.execute(query.order_by(_events.c.seq.desc()).limit(limit))).mappings().all()
-        return [AuditEventView.from_row(r) for r in reversed(rows)]
-
-    async def verify_audit(self) -> audit.ChainReport:
-        async with self.db.read() as conn:
-            return await audit.verify(conn)
+        self.feed = feed or ChangeFeed(db)
+        self.history = AuditHistory(db)
 
     # ---- writing
 
     async def record(self, event: Event) -> None:
-        """Audit a call that needs no request (allowed, denied, rate limited, hidden)."""
-        async with self.db.write() as conn:
+        """Audit something that changes no request (a call allowed, denied or limited; a refusal)."""
+        async with self._write() as conn:
             await audit.append(conn, event, self.clock())
 
     async def create(self, new: NewRequest) -> RequestView:
         now = self.clock()
         arguments_json = canonical_json(dict(new.arguments))
         row: dict[str, Any] = {
+            **asdict(new),
             "id": new_request_id(),
-            "upstream": new.upstream,
-            "tool": new.tool,
-            "upstream_tool": new.upstream_tool,
             "arguments": arguments_json,
             "arguments_sha256": arguments_digest(arguments_json),
-            "agent": new.agent,
-            "session_id": new.session_id,
-            "rule": new.rule,
-            "reason": new.reason,
             "approvers": canonical_json(list(new.approvers)),
-            "quorum": new.quorum,
             "channels": canonical_json(list(new.channels)),
-            "timeout_seconds": new.timeout_seconds,
-            "reject_reason_required": new.reject_reason_required,
-            "slack_channel": new.slack_channel,
-            "pickup_seconds": new.pickup_seconds,
-            "run_unattended": new.run_unattended,
             "created_at": now,
             "expires_at": now + timedelta(seconds=new.timeout_seconds),
             "status": Status.PENDING.value,
             "status_changed_at": now,
             "agent_waiting": True,
         }
-        async with self.db.write() as conn:
+        async with self._write() as conn:
             await conn.execute(insert(_requests).values(**row))
+            view = await load(conn, row["id"])
             await audit.append(
                 conn,
-                Event(
-                    kind="request.created",
-                    outcome="held",
-                    message=f"held for approval: {new.reason}",
-                    agent=new.agent,
-                    tool=new.tool,
-                    upstream=new.upstream,
-                    request_id=row["id"],
+                _event(
+                    view,
+                    "request.created",
+                    "held",
+                    f"held for approval: {new.reason}",
                     arguments=arguments_json,
-                    detail={
-                        "rule": new.rule,
-                        "expires_at": row["expires_at"].isoformat(),
-                        "quorum": new.quorum,
-                    },
+                    detail={"rule": new.rule, "expires_at": view.expires_at.isoformat(), "quorum": new.quorum},
                 ),
                 now,
             )
-            view = await self._load(conn, row["id"])
-        await self._changed(view, "created")
         return view
 
     async def approve(
@@ -185,75 +132,59 @@ class ApprovalService:
     async def reject(self, request_id: str, approver: Approver, channel: str, reason: str | None) -> DecisionOutcome:
         return await self._decide(request_id, approver, channel, "reject", reason)
 
+    async def precheck(self, request_id: str, approver: Approver, channel: str, verdict: str) -> RequestView:
+        """Could `approver` decide this request through `channel` now? Asked before a channel asks for more.
+
+        Refuses exactly as a decision would: a refusal is audited and raises NotAllowed; a request that
+        has left `pending` raises AlreadyDecided. Nothing is decided here.
+        """
+        current = await self.get(request_id)
+        why = None
+        if not channel_may_decide(current, channel):
+            why = f"this request is not decided through {channel} (its channels: {', '.join(current.channels)})"
+        elif not may_decide(approver, current.approvers):
+            why = "not among the approvers this request allows"
+        if why is not None:
+            await self.record(_refusal(current, approver, channel, verdict, why))
+            raise NotAllowed(approver.name, request_id, why)
+        if current.status != Status.PENDING:
+            raise _already(current)
+        return current
+
     async def _decide(
         self, request_id: str, approver: Approver, channel: str, verdict: str, reason: str | None
     ) -> DecisionOutcome:
         reason = (reason or "").strip() or None
-        now = self.clock()
         # Checking who may decide needs no write lock; only a refusal is written (to the audit log).
-        current = await self.get(request_id)
-        if not may_decide(approver, current.approvers):
-            await self.record(self._refusal(current, approver, channel, verdict))
-            raise NotAllowed(approver.name, request_id, "not among the approvers this request allows")
-        if current.status != Status.PENDING:
-            raise self._already(current)
+        current = await self.precheck(request_id, approver, channel, verdict)
         if verdict == "reject" and reason is None and current.reject_reason_required:
             raise InvalidDecision("the policy for this tool requires a reason to reject")
-
+        now = self.clock()
         try:
-            async with self.db.write() as conn:
-                await conn.execute(
-                    insert(_decisions).values(
-                        request_id=request_id,
-                        approver=approver.name,
-                        channel=channel,
-                        verdict=verdict,
-                        reason=reason,
-                        at=now,
-                    )
-                )
-                approvals = await self._approvals(conn, request_id)
-                needed = current.quorum
-                if verdict == "approve" and len(approvals) < needed:
-                    if not await self._still(conn, request_id, Status.PENDING):
+            async with self._write() as conn:
+                decision = {"approver": approver.name, "channel": channel, "verdict": verdict, "reason": reason}
+                await conn.execute(insert(_decisions).values(request_id=request_id, at=now, **decision))
+                approvals = await approvals_of(conn, request_id)
+                if verdict == "approve" and len(approvals) < current.quorum:
+                    # One approval of several: a decision, not yet a transition. Still only while pending.
+                    text = f"approval {len(approvals)} of {current.quorum}"
+                    moved = await self._touch(conn, current, Status.PENDING)
+                    if moved is None:
                         raise _Lost()
-                    await audit.append(
-                        conn,
-                        self._decision_event(
-                            current,
-                            approver,
-                            channel,
-                            "approval",
-                            reason,
-                            f"approval {len(approvals)} of {needed}",
-                        ),
-                        now,
-                    )
-                    view = await self._load(conn, request_id)
-                    outcome = DecisionOutcome(view, len(approvals), needed, f"{len(approvals)} of {needed} approvals")
-                    transitioned = None
-                else:
-                    new = Status.APPROVED if verdict == "approve" else Status.REJECTED
-                    by = ", ".join(approvals) if verdict == "approve" else approver.name
-                    won = await self._cas(
-                        conn,
-                        request_id,
-                        {Status.PENDING},
-                        new,
-                        now,
-                        decided_by=by,
-                        decided_via=channel,
-                        decision_reason=reason,
-                    )
-                    if not won:
-                        raise _Lost()
-                    text = f"{new.value} by {by}" + (f": {reason}" if reason else "")
-                    await audit.append(
-                        conn, self._decision_event(current, approver, channel, new.value, reason, text), now
-                    )
-                    view = await self._load(conn, request_id)
-                    outcome = DecisionOutcome(view, len(approvals), needed, text)
-                    transitioned = new.value
+                    await audit.append(conn, _decision_event(moved, approver, channel, "approval", reason, text), now)
+                    progress = f"{len(approvals)} of {current.quorum} approvals"
+                    return DecisionOutcome(moved, len(approvals), current.quorum, progress)
+                new = Status.APPROVED if verdict == "approve" else Status.REJECTED
+                by = ", ".join(approvals) if verdict == "approve" else approver.name
+                values: dict[str, Any] = {"decided_by": by, "decided_via": channel, "decision_reason": reason}
+                if new is Status.REJECTED:
+                    values["ended_because"] = EndReason.REJECTED.value
+                moved = await self._cas(conn, current, {Status.PENDING}, new, now, **values)
+                if moved is None:
+                    raise _Lost()
+                text = f"{new.value} by {by}" + (f": {reason}" if reason else "")
+                await audit.append(conn, _decision_event(moved, approver, channel, new.value, reason, text), now)
+                return DecisionOutcome(moved, len(approvals), current.quorum, text)
         except (_Lost, IntegrityError):
             # Someone else moved the request (or this approver already voted) between our read and write.
             latest = await self.get(request_id)
@@ -265,9 +196,7 @@ class ApprovalService:
                     latest.quorum,
                     f"{approver.name} has already approved; {len(approvals_now)} of {latest.quorum} approvals",
                 )
-            raise self._already(latest) from None
-        await self._changed(view, transitioned or "approval")
-        return outcome
+            raise _already(latest) from None
 
     async def expire(self, request_id: str) -> bool:
         """Time ran out: a pending request's decision time, or an approved one's pick-up window.
@@ -275,169 +204,115 @@ class ApprovalService:
         Idempotent: returns False when the request is not (or not yet) due.
         """
         now = self.clock()
-        async with self.db.write() as conn:
-            current = await self._load(conn, request_id)
+        async with self._write() as conn:
+            current = await load(conn, request_id)
             if current.status == Status.PENDING and current.expires_at <= now:
-                why = f"no decision within {_human(current.timeout_seconds)}"
-                decided_by: str | None = "timeout"
-            elif current.status == Status.APPROVED and (deadline := current.pickup_deadline) and deadline <= now:
-                why = (
-                    f"approved by {current.decided_by} but the agent did not come back for it within "
-                    f"{_human(current.pickup_seconds)}; it was never executed"
-                )
-                decided_by = current.decided_by
+                because = EndReason.TIMED_OUT
+            elif current.status == Status.APPROVED and current.deadline <= now:
+                because = EndReason.NOT_PICKED_UP
             else:
                 return False
-            won = await self._cas(
-                conn, request_id, {current.status}, Status.EXPIRED, now, decided_by=decided_by, agent_waiting=False
+            moved = await self._cas(
+                conn, current, {current.status}, Status.EXPIRED, now, ended_because=because.value, agent_waiting=False
             )
-            if not won:
+            if moved is None:
                 return False
-            await audit.append(conn, self._transition_event(current, "request.expired", "expired", why), now)
-            view = await self._load(conn, request_id)
-        await self._changed(view, "expired")
+            await audit.append(conn, _event(moved, "request.expired", "expired", ending(moved)), now)
         return True
 
-    async def find_open(self, agent: str, tool: str, arguments_sha256: str) -> RequestView | None:
-        """The agent's pending or approved-but-not-started request for exactly this call, to re-attach to."""
-        query = (
-            select(_requests)
-            .where(
-                _requests.c.agent == agent,
-                _requests.c.tool == tool,
-                _requests.c.arguments_sha256 == arguments_sha256,
-                _requests.c.status.in_([Status.PENDING.value, Status.APPROVED.value]),
-            )
-            .order_by(_requests.c.created_at.asc())
-            .limit(1)
-        )
-        async with self.db.read() as conn:
-            row = (await conn.execute(query)).mappings().first()
-        return None if row is None else RequestView.from_row(row)
-
     async def attach(self, request_id: str, agent: str, how: str) -> RequestView:
-        """The agent is waiting for this request again (it repeated the call, or asked to wait)."""
+        """The agent is waiting for this request again (it repeated the call, or asked to wait). Always audited."""
         now = self.clock()
-        async with self.db.write() as conn:
-            current = await self._load(conn, request_id)
-            if current.is_terminal or current.agent_waiting:
+        async with self._write() as conn:
+            current = await load(conn, request_id)
+            if current.is_terminal:
                 return current
             await conn.execute(update(_requests).where(_requests.c.id == request_id).values(agent_waiting=True))
-            await audit.append(
-                conn,
-                self._transition_event(
-                    current, "request.attached", "attached", f"{agent} is waiting for the decision again ({how})"
-                ),
-                now,
-            )
-            view = await self._load(conn, request_id)
-        await self._changed(view, "agent_waiting")
+            view = await load(conn, request_id)
+            text = f"{agent} is waiting for the decision again ({how})"
+            if current.agent_waiting:
+                text = f"{agent} is also waiting for this request ({how})"
+            await audit.append(conn, _event(view, "request.attached", "attached", text), now)
         return view
 
     async def detach(self, request_id: str, why: str) -> RequestView | None:
         """The agent stopped waiting but did not withdraw: the request stays decidable."""
         now = self.clock()
-        async with self.db.write() as conn:
-            current = await self._load(conn, request_id)
+        async with self._write() as conn:
+            current = await load(conn, request_id)
             if current.is_terminal or not current.agent_waiting or current.status == Status.EXECUTING:
                 return None
             await conn.execute(update(_requests).where(_requests.c.id == request_id).values(agent_waiting=False))
-            await audit.append(conn, self._transition_event(current, "request.detached", "detached", why), now)
-            view = await self._load(conn, request_id)
-        await self._changed(view, "agent_gone")
+            view = await load(conn, request_id)
+            await audit.append(conn, _event(view, "request.detached", "detached", why), now)
         return view
 
-    async def cancel(self, request_id: str, why: str, *, actor: str | None = None) -> bool:
-        """The agent went away or withdrew. Never undoes an execution that has begun."""
+    async def withdraw(self, request_id: str, why: str) -> bool:
+        """The agent withdrew its call. Never undoes an execution that has begun."""
         now = self.clock()
-        async with self.db.write() as conn:
-            current = await self._load(conn, request_id)
-            won = await self._cas(
+        async with self._write() as conn:
+            current = await load(conn, request_id)
+            moved = await self._cas(
                 conn,
-                request_id,
+                current,
                 {Status.PENDING, Status.APPROVED},
                 Status.CANCELLED,
                 now,
-                decided_by=current.decided_by or actor,
-                decision_reason=current.decision_reason or why,
+                ended_because=EndReason.WITHDRAWN.value,
                 agent_waiting=False,
             )
-            if not won:
+            if moved is None:
                 return False
-            await audit.append(conn, self._transition_event(current, "request.cancelled", "cancelled", why), now)
-            view = await self._load(conn, request_id)
-        await self._changed(view, "cancelled")
+            await audit.append(conn, _event(moved, "request.cancelled", "cancelled", why), now)
         return True
 
     async def begin_execution(self, request_id: str, arguments_sha256: str) -> RequestView:
         """approved -> executing, only for exactly the approved arguments. Raises unless this caller won."""
         now = self.clock()
-        async with self.db.write() as conn:
-            current = await self._load(conn, request_id)
+        async with self._write() as conn:
+            current = await load(conn, request_id)
             if current.arguments_sha256 != arguments_sha256:
                 raise ArgumentsChanged(f"request {request_id}: the arguments differ from the approved ones")
-            won = await self._cas(conn, request_id, {Status.APPROVED}, Status.EXECUTING, now)
-            if not won:
-                raise self._already(current)
-            await audit.append(
-                conn,
-                self._transition_event(
-                    current,
-                    "request.executing",
-                    "executing",
-                    f"forwarding to upstream {current.upstream}",
-                ),
-                now,
-            )
-            view = await self._load(conn, request_id)
-        await self._changed(view, "executing")
-        return view
+            moved = await self._cas(conn, current, {Status.APPROVED}, Status.EXECUTING, now)
+            if moved is None:
+                raise _already(current)
+            text = f"forwarding {current.upstream_tool} to upstream {current.upstream}"
+            await audit.append(conn, _event(moved, "request.executing", "executing", text), now)
+        return moved
 
     async def abandon_start(self, request_id: str, why: str) -> bool:
         """executing -> approved: the start was recorded but nothing was forwarded. The approval stands."""
         now = self.clock()
-        async with self.db.write() as conn:
-            current = await self._load(conn, request_id)
-            won = await self._cas(conn, request_id, {Status.EXECUTING}, Status.APPROVED, now, agent_waiting=False)
-            if not won:
+        async with self._write() as conn:
+            current = await load(conn, request_id)
+            moved = await self._cas(conn, current, {Status.EXECUTING}, Status.APPROVED, now, agent_waiting=False)
+            if moved is None:
                 return False
-            await audit.append(conn, self._transition_event(current, "request.start_abandoned", "approved", why), now)
-            view = await self._load(conn, request_id)
-        await self._changed(view, "approved")
+            await audit.append(conn, _event(moved, "request.start_abandoned", "approved", why), now)
         return True
 
     async def finish_execution(
         self, request_id: str, *, ok: bool, result: Mapping[str, Any] | None, error: str | None, summary: str
     ) -> RequestView:
         now = self.clock()
-        new = Status.EXECUTED if ok else Status.FAILED
-        async with self.db.write() as conn:
-            current = await self._load(conn, request_id)
-            won = await self._cas(
+        new, because = (Status.EXECUTED, EndReason.EXECUTED) if ok else (Status.FAILED, EndReason.FAILED)
+        async with self._write() as conn:
+            current = await load(conn, request_id)
+            moved = await self._cas(
                 conn,
-                request_id,
+                current,
                 {Status.EXECUTING},
                 new,
                 now,
                 result=None if result is None else canonical_json(dict(result)),
                 error=error,
+                ended_because=because.value,
             )
-            if not won:
-                raise self._already(current)
-            await audit.append(
-                conn,
-                self._transition_event(
-                    current,
-                    f"request.{new.value}",
-                    new.value,
-                    summary,
-                    detail={"error": error} if error else {},
-                ),
-                now,
-            )
-            view = await self._load(conn, request_id)
-        await self._changed(view, new.value)
-        return view
+            if moved is None:
+                raise _already(current)
+            detail = {"error": error} if error else {}
+            await audit.append(conn, _event(moved, f"request.{new.value}", new.value, summary, detail=detail), now)
+        return moved
 
     async def set_slack_ts(self, request_id: str, channel: str, ts: str) -> None:
         async with self.db.write() as conn:
@@ -445,283 +320,114 @@ class ApprovalService:
                 update(_requests).where(_requests.c.id == request_id).values(slack_channel=channel, slack_ts=ts)
             )
 
-    async def overdue_and_pending(self) -> tuple[list[RequestView], list[RequestView]]:
-        """Requests with a deadline (pending: expiry; approved: pick-up) split into (past it, not yet)."""
-        waiting = await self.list_requests(statuses={Status.PENDING, Status.APPROVED}, limit=1_000_000)
+    async def claim_slack_sync(self, request_id: str, seq: int) -> bool:
+        """Win the right to show change `seq` of this request on Slack; every process hears it, one shows it."""
+        async with self.db.write() as conn:
+            claimed = await conn.execute(
+                update(_requests)
+                .where(
+                    _requests.c.id == request_id,
+                    (_requests.c.slack_synced_seq.is_(None)) | (_requests.c.slack_synced_seq < seq),
+                )
+                .values(slack_synced_seq=seq)
+            )
+        return bool(claimed.rowcount == 1)
+
+    async def claim_reminder(self, request_id: str) -> RequestView | None:
+        """Win the right to send this pending request's one reminder; None when it is not due or already sent."""
         now = self.clock()
-        due = [r for r in waiting if deadline_of(r) <= now]
-        return due, [r for r in waiting if deadline_of(r) > now]
-
-    async def wait_for_change(self, request_id: str, seen: Status, within: float) -> RequestView:
-        """Return as soon as the request leaves `seen`, or after `within` seconds with its current state.
-
-        A change made in this process wakes the waiter at once; one made by another process or replica
-        is noticed by `watch_changes`, which checks every watched request in one query per poll interval.
-        """
-        deadline = anyio.current_time() + max(within, 0.0)
-        while True:
-            event = anyio.Event()
-            self._watchers.setdefault(request_id, {})[event] = seen
-            try:
-                view = await self.get(request_id)
-                remaining = deadline - anyio.current_time()
-                if view.status != seen or remaining <= 0:
-                    return view
-                with anyio.move_on_after(remaining):
-                    await event.wait()
-            finally:
-                watchers = self._watchers.get(request_id)
-                if watchers is not None:
-                    watchers.pop(event, None)
-                    if not watchers:
-                        del self._watchers[request_id]
-
-    async def watch_changes(self) -> None:
-        """Wake waiters whose request another process changed. Runs for the life of the gateway."""
-        while True:
-            await anyio.sleep(self.poll_interval)
-            try:
-                await self._poll_watched()
-            except Exception as exc:  # the store may be down; waiters fail closed on their own deadlines
-                log.warning("could not poll for decisions made elsewhere: %s", exc)
-
-    async def _poll_watched(self) -> None:
-        ids = list(self._watchers)
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            query = select(_requests.c.id, _requests.c.status).where(_requests.c.id.in_(chunk))
-            async with self.db.read() as conn:
-                rows = (await conn.execute(query)).all()
-            for request_id, status in rows:
-                for event, seen in list(self._watchers.get(request_id, {}).items()):
-                    if status != seen.value:
-                        event.set()
+        async with self._write() as conn:
+            claimed = await conn.execute(
+                update(_requests)
+                .where(
+                    _requests.c.id == request_id,
+                    _requests.c.status == Status.PENDING.value,
+                    _requests.c.reminded_at.is_(None),
+                )
+                .values(reminded_at=now)
+            )
+            if claimed.rowcount != 1:
+                return None
+            view = await load(conn, request_id)
+            await audit.append(conn, _event(view, "request.reminded", "reminded", "approvers reminded"), now)
+        return view
 
     # ---- internals
 
-    async def _load(self, conn: AsyncConnection, request_id: str) -> RequestView:
-        row = (await conn.execute(select(_requests).where(_requests.c.id == request_id))).mappings().first()
-        if row is None:
-            raise RequestNotFound(request_id)
-        return RequestView.from_row(row)
+    @asynccontextmanager
+    async def _write(self) -> Any:
+        """A write transaction whose changes the feed reads as soon as it has committed."""
+        async with self.db.write() as conn:
+            yield conn
+        self.feed.poke()
 
     async def _cas(
         self,
         conn: AsyncConnection,
-        request_id: str,
+        current: RequestView,
         old: Iterable[Status],
         new: Status,
         now: datetime,
         **values: Any,
-    ) -> bool:
+    ) -> RequestView | None:
+        """Move `current` from one of `old` to `new` if nobody got there first; the moved request, or None."""
         old = frozenset(old)
-        # The transitions in states.py are the rules; a use case that asks for any other is a bug.
-        assert all(can_transition(o, new) for o in old), f"{sorted(old)} -> {new} is not a transition"
+        bad = sorted(o.value for o in old if not can_transition(o, new))
+        if bad:
+            raise InvalidTransition(f"{', '.join(bad)} -> {new.value} is not an allowed transition")
+        because = values.get("ended_because")
+        if (because is None) != (new not in END_REASONS) or (
+            because is not None and EndReason(because) not in END_REASONS[new]
+        ):
+            raise InvalidTransition(f"{new.value} cannot end because {because!r}")
         result = await conn.execute(
             update(_requests)
-            .where(_requests.c.id == request_id, _requests.c.status.in_([s.value for s in old]))
+            .where(_requests.c.id == current.id, _requests.c.status.in_([s.value for s in old]))
             .values(status=new.value, status_changed_at=now, **values)
         )
-        return bool(result.rowcount == 1)
+        if result.rowcount != 1:
+            return None
+        return await load(conn, current.id)
 
-    async def _still(self, conn: AsyncConnection, request_id: str, status: Status) -> bool:
-        query = (
-            select(func.count())
-            .select_from(_requests)
-            .where(_requests.c.id == request_id, _requests.c.status == status.value)
-        )
-        return bool((await conn.execute(query)).scalar_one())
-
-    async def _approvals(self, conn: AsyncConnection, request_id: str) -> list[str]:
-        query = (
-            select(_decisions.c.approver)
-            .where(_decisions.c.request_id == request_id, _decisions.c.verdict == "approve")
-            .order_by(_decisions.c.id)
-        )
-        return list(dict.fromkeys((await conn.execute(query)).scalars()))
-
-    async def _changed(self, view: RequestView, change: str) -> None:
-        for event in list(self._watchers.get(view.id, {})):
-            event.set()
-        for listener in self._listeners:
-            try:
-                await listener.request_changed(view, change)
-            except Exception:
-                # A channel failing must never block a decision or lose a request.
-                log.exception("listener %r failed on %s of %s", listener, change, view.id)
-
-    def _already(self, view: RequestView) -> AlreadyDecided:
-        by = view.decided_by
-        if view.status == Status.CANCELLED:
-            by = None
-        return AlreadyDecided(view.id, view.status.value, by, view.status_changed_at)
-
-    @staticmethod
-    def _refusal(current: RequestView, approver: Approver, channel: str, verdict: str) -> Event:
-        return Event(
-            kind="decision.refused",
-            outcome="refused",
-            message=f"{approver.name} tried to {verdict} but is not an allowed approver",
-            agent=current.agent,
-            tool=current.tool,
-            upstream=current.upstream,
-            request_id=current.id,
-            actor=approver.name,
-            channel=channel,
-        )
-
-    @staticmethod
-    def _decision_event(
-        current: RequestView, approver: Approver, channel: str, outcome: str, reason: str | None, text: str
-    ) -> Event:
-        return Event(
-            kind=f"request.{outcome}",
-            outcome=outcome,
-            message=text,
-            agent=current.agent,
-            tool=current.tool,
-            upstream=current.upstream,
-            request_id=current.id,
-            actor=approver.name,
-            channel=channel,
-            detail={"reason": reason} if reason else {},
-        )
-
-    @staticmethod
-    def _transition_event(
-        current: RequestView, kind: str, outcome: str, text: str, detail: Mapping[str, Any] | None = None
-    ) -> Event:
-        return Event(
-            kind=kind,
-            outcome=outcome,
-            message=text,
-            agent=current.agent,
-            tool=current.tool,
-            upstream=current.upstream,
-            request_id=current.id,
-            detail=detail or {},
-        )
-
-    # ---- approver-facing queries (web inbox and audit history)
-
-    async def requests_by_ids(self, ids: Collection[str]) -> list[RequestView]:
-        """The requests among `ids` that exist, in no particular order."""
-        if not ids:
-            return []
-        query = select(_requests).where(_requests.c.id.in_(list(ids)))
-        async with self.db.read() as conn:
-            rows = (await conn.execute(query)).mappings().all()
-        return [RequestView.from_row(r) for r in rows]
-
-    async def search_events(
-        self,
-        *,
-        before_seq: int | None = None,
-        after_seq: int | None = None,
-        limit: int = 50,
-        **filters: Unpack[EventFilters],
-    ) -> list[AuditEventView]:
-        """One page of matching events, newest first.
-
-        Paged by sequence number (keyset), so a page deep in a large history costs the same as the first:
-        `before_seq` gives the page after the one ending there, `after_seq` the page before (still newest first).
-        """
-        query = select(_events).where(*_event_conditions(filters))
-        if after_seq is not None:
-            # The page just newer than `after_seq`: take the oldest `limit` above it, then show them newest first.
-            query = query.where(_events.c.seq > after_seq).order_by(_events.c.seq.asc())
-        else:
-            if before_seq is not None:
-                query = query.where(_events.c.seq < before_seq)
-            query = query.order_by(_events.c.seq.desc())
-        async with self.db.read() as conn:
-            rows = (await conn.execute(query.limit(limit))).mappings().all()
-        views = [AuditEventView.from_row(r) for r in rows]
-        return sorted(views, key=lambda v: v.seq, reverse=True)
-
-    async def count_events(self, *, cap: int | None = None, **filters: Unpack[EventFilters]) -> int:
-        """How many events match; with `cap`, counting stops there (the answer is then at least `cap`)."""
-        matching = select(_events.c.seq).where(*_event_conditions(filters))
-        if cap is not None:
-            matching = matching.limit(cap)
-        query = select(func.count()).select_from(matching.subquery())
-        async with self.db.read() as conn:
-            return int((await conn.execute(query)).scalar_one())
-
-    async def event_facets(self) -> dict[str, list[str]]:
-        """The distinct tools, agents, outcomes and actors in the audit log, for filter menus."""
-        facets: dict[str, list[str]] = {}
-        async with self.db.read() as conn:
-            for name in ("tool", "agent", "outcome", "actor"):
-                column = _events.c[name]
-                query = select(column).where(column.is_not(None)).distinct().order_by(column)
-                facets[name] = [str(v) for v in (await conn.execute(query)).scalars()]
-        return facets
-
-    # ---- added for channels
-
-    async def precheck(self, request_id: str, approver: Approver, channel: str, verdict: str) -> RequestView:
-        """Could `approver` decide this request now? Before a channel asks for more (e.g. a reason dialog).
-
-        Refuses exactly as a decision would: a non-approver is audited and gets NotAllowed; a request
-        that has left `pending` gives AlreadyDecided. Nothing is decided here.
-        """
-        current = await self.get(request_id)
-        if not may_decide(approver, current.approvers):
-            await self.record(self._refusal(current, approver, channel, verdict))
-            raise NotAllowed(approver.name, request_id, "not among the approvers this request allows")
-        if current.status != Status.PENDING:
-            raise self._already(current)
-        return current
-
-
-class EventFilters(TypedDict, total=False):
-    """What the audit history can be filtered by; every given filter must hold."""
-
-    tool: str | None
-    agent: str | None
-    outcome: str | None
-    actor: str | None
-    request_id: str | None
-    since: datetime | None
-    until: datetime | None
-    text: str | None
-
-
-def _event_conditions(filters: EventFilters) -> list[Any]:
-    conditions: list[Any] = []
-    for name in ("tool", "agent", "outcome", "actor", "request_id"):
-        value = filters.get(name)
-        if value:
-            conditions.append(_events.c[name] == value)
-    since, until, text = filters.get("since"), filters.get("until"), filters.get("text")
-    if since is not None:
-        conditions.append(_events.c.at >= since)
-    if until is not None:
-        conditions.append(_events.c.at < until)
-    if text:
-        # A literal substring: the user's % and _ are not wildcards.
-        escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        pattern = f"%{escaped}%"
-        conditions.append(
-            _events.c.arguments.ilike(pattern, escape="\\") | _events.c.message.ilike(pattern, escape="\\")
-        )
-    return conditions
+    async def _touch(self, conn: AsyncConnection, current: RequestView, status: Status) -> RequestView | None:
+        """The request as it is now, provided it is still in `status` (read inside the write transaction)."""
+        view = await load(conn, current.id)
+        return view if view.status == status else None
 
 
 class _Lost(Exception):
     """Our compare-and-set lost to a concurrent writer."""
 
 
-def deadline_of(request: RequestView) -> datetime:
-    """When the request's current wait ends: its expiry while pending, its pick-up window once approved."""
-    return request.pickup_deadline or request.expires_at
+def _already(view: RequestView) -> AlreadyDecided:
+    by = None if view.status == Status.CANCELLED else view.decided_by
+    because = None if view.ended_because is None else view.ended_because.value
+    return AlreadyDecided(
+        view.id, view.status.value, by, view.status_changed_at, ended_because=because, summary=describe(view)
+    )
 
 
-def _human(duration: float) -> str:
-    seconds = round(duration)
-    if seconds % 3600 == 0 and seconds >= 3600:
-        return f"{seconds // 3600}h"
-    if seconds % 60 == 0 and seconds >= 60:
-        return f"{seconds // 60}m"
-    return f"{seconds}s"
+def _event(view: RequestView, kind: str, outcome: str, message: str, **extra: Any) -> Event:
+    """An audit event about one request (the request's entry in the change feed)."""
+    return Event(
+        kind=kind,
+        outcome=outcome,
+        message=message,
+        agent=view.agent,
+        tool=view.tool,
+        upstream=view.upstream,
+        request_id=view.id,
+        **extra,
+    )
+
+
+def _refusal(view: RequestView, approver: Approver, channel: str, verdict: str, why: str) -> Event:
+    text = f"{approver.name} tried to {verdict} through {channel}, refused: {why}"
+    return _event(view, "decision.refused", "refused", text, actor=approver.name, channel=channel)
+
+
+def _decision_event(
+    view: RequestView, approver: Approver, channel: str, outcome: str, reason: str | None, text: str
+) -> Event:
+    detail = {"reason": reason} if reason else {}
+    return _event(view, f"request.{outcome}", outcome, text, actor=approver.name, channel=channel, detail=detail)

@@ -32,5 +32,29 @@ TERMINAL: frozenset[Status] = frozenset(
 )
 
 
+class EndReason(StrEnum):
+    """Why a request reached its terminal state: stored in the same compare-and-set that ends it.
+
+    The status says what became of the call; this says why, so every channel tells one story.
+    """
+
+    EXECUTED = "executed"  # approved and run; the upstream answered
+    FAILED = "failed"  # approved and run; the upstream answered with an error (or could not be reached)
+    REJECTED = "rejected"  # an approver said no
+    TIMED_OUT = "timed_out"  # nobody decided before the request expired
+    NOT_PICKED_UP = "not_picked_up"  # approved, but the agent never came back for it within the pick-up window
+    WITHDRAWN = "withdrawn"  # the agent cancelled its call
+
+
+# The end reasons each terminal state can have.
+END_REASONS: Mapping[Status, frozenset[EndReason]] = {
+    Status.EXECUTED: frozenset({EndReason.EXECUTED}),
+    Status.FAILED: frozenset({EndReason.FAILED}),
+    Status.REJECTED: frozenset({EndReason.REJECTED}),
+    Status.EXPIRED: frozenset({EndReason.TIMED_OUT, EndReason.NOT_PICKED_UP}),
+    Status.CANCELLED: frozenset({EndReason.WITHDRAWN}),
+}
+
+
 def can_transition(old: Status, new: Status) -> bool:
     return new in TRANSITIONS.get(old, frozenset())

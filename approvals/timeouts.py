@@ -10,12 +10,15 @@ or on two replicas at once is harmless. The sweep catches what a replica that di
 from __future__ import annotations
 
 import logging
+import math
 from datetime import datetime
 
+import anyio
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from approvals.errors import ApprovalError
-from approvals.service import ApprovalService, deadline_of
+from approvals.feed import Change
+from approvals.service import ApprovalService
 from approvals.states import Status
 from approvals.views import RequestView
 
@@ -27,20 +30,35 @@ class TimeoutScheduler:
         self.service = service
         self.sweep_seconds = sweep_seconds
         self._scheduler = AsyncIOScheduler(timezone="UTC", job_defaults={"misfire_grace_time": None, "coalesce": True})
-        service.add_listener(self)
+        # APScheduler runs each job as a task of its own, outside the gateway's task group. Its jobs only
+        # post what is due here; `run` does the database work, so shutting down never leaves a write behind.
+        self._due_in, self._due = anyio.create_memory_object_stream[str | None](max_buffer_size=math.inf)
 
     async def start(self) -> tuple[int, int]:
         """Start the scheduler; expire what is overdue and arm the rest. Returns (expired, armed)."""
         self._scheduler.start()
-        self._scheduler.add_job(self.sweep, "interval", seconds=self.sweep_seconds, id="sweep", replace_existing=True)
-        overdue, running = await self.service.overdue_and_pending()
+        self._scheduler.add_job(
+            self._post, "interval", args=[None], seconds=self.sweep_seconds, id="sweep", replace_existing=True
+        )
+        overdue, running = await self._split()
         for request in overdue:
             await self._expire(request.id)
         for request in running:
-            self.arm(request.id, deadline_of(request))
+            self.arm(request.id, request.deadline)
         if overdue or running:
             log.info("timeouts: expired %d overdue request(s), re-armed %d", len(overdue), len(running))
         return len(overdue), len(running)
+
+    async def run(self) -> None:
+        """Expire what the scheduler says is due (a request id), or sweep (None). Runs for the gateway's life."""
+        async for request_id in self._due:
+            if request_id is None:
+                await self.sweep()
+            else:
+                await self._expire(request_id)
+
+    async def _post(self, request_id: str | None) -> None:
+        self._due_in.send_nowait(request_id)
 
     def shutdown(self) -> None:
         if self._scheduler.running:
@@ -48,7 +66,7 @@ class TimeoutScheduler:
 
     def arm(self, request_id: str, at: datetime) -> None:
         self._scheduler.add_job(
-            self._expire,
+            self._post,
             "date",
             run_date=at,
             args=[request_id],
@@ -65,18 +83,30 @@ class TimeoutScheduler:
         return sum(1 for job in self._scheduler.get_jobs() if job.id.startswith("expire:"))
 
     async def sweep(self) -> int:
-        overdue, _ = await self.service.overdue_and_pending()
+        try:
+            overdue, _ = await self._split()
+        except ApprovalError as exc:
+            log.warning("could not sweep for overdue requests: %s", exc)
+            return 0
         expired = 0
         for request in overdue:
             expired += await self._expire(request.id)
         return expired
 
-    async def request_changed(self, request: RequestView, change: str) -> None:
-        if change == "created" or request.status == Status.APPROVED:
+    async def request_changed(self, change: Change) -> None:
+        request = change.request
+        if request.status in (Status.PENDING, Status.APPROVED):
             # Pending: the decision deadline. Approved: the window for the agent to come back for it.
-            self.arm(request.id, deadline_of(request))
-        elif request.status != Status.PENDING:
+            # Every process arms it (each hears every change); whichever fires first expires it, once.
+            self.arm(request.id, request.deadline)
+        else:
             self.disarm(request.id)
+
+    async def _split(self) -> tuple[list[RequestView], list[RequestView]]:
+        """Requests with a deadline, split into (past it, not yet)."""
+        waiting = await self.service.waiting()
+        now = self.service.clock()
+        return [r for r in waiting if r.deadline <= now], [r for r in waiting if r.deadline > now]
 
     async def _expire(self, request_id: str) -> bool:
         try:

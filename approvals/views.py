@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any
 
 from approvals.audit import as_utc
-from approvals.states import TERMINAL, Status
+from approvals.states import TERMINAL, EndReason, Status
 
 
 @dataclass(frozen=True)
 class NewRequest:
-    """Everything needed to park a call."""
+    """Everything needed to park a call, and later to carry it out without consulting anything else."""
 
     upstream: str
     tool: str
@@ -32,6 +32,8 @@ class NewRequest:
     session_id: str | None = None
     pickup_seconds: float = 600.0
     run_unattended: bool = False
+    max_hold_seconds: float | None = None
+    keep_on_cancel: bool = False
 
 
 @dataclass(frozen=True)
@@ -43,8 +45,14 @@ class DecisionView:
     at: datetime
 
 
+def _tuple(text: str) -> tuple[str, ...]:
+    return tuple(json.loads(text))
+
+
 @dataclass(frozen=True)
 class RequestView:
+    """One approval request as stored. The fields are listed here once; `from_row` maps them from the columns."""
+
     id: str
     upstream: str
     tool: str
@@ -63,6 +71,8 @@ class RequestView:
     slack_channel: str | None
     pickup_seconds: float
     run_unattended: bool
+    max_hold_seconds: float | None
+    keep_on_cancel: bool
     created_at: datetime
     expires_at: datetime
     status: Status
@@ -70,10 +80,13 @@ class RequestView:
     decided_by: str | None
     decided_via: str | None
     decision_reason: str | None
+    ended_because: EndReason | None
     agent_waiting: bool
     result_json: str | None
     error: str | None
     slack_ts: str | None
+    slack_synced_seq: int | None
+    reminded_at: datetime | None
 
     @property
     def arguments(self) -> dict[str, Any]:
@@ -95,42 +108,38 @@ class RequestView:
         return self.status_changed_at + timedelta(seconds=self.pickup_seconds)
 
     @property
+    def deadline(self) -> datetime:
+        """When the request's current wait ends: its expiry while pending, its pick-up window once approved."""
+        return self.pickup_deadline or self.expires_at
+
+    @property
     def is_terminal(self) -> bool:
         return self.status in TERMINAL
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> RequestView:
-        return cls(
-            id=row["id"],
-            upstream=row["upstream"],
-            tool=row["tool"],
-            upstream_tool=row["upstream_tool"],
-            arguments_json=row["arguments"],
-            arguments_sha256=row["arguments_sha256"],
-            agent=row["agent"],
-            session_id=row["session_id"],
-            rule=row["rule"],
-            reason=row["reason"],
-            approvers=tuple(json.loads(row["approvers"])),
-            quorum=row["quorum"],
-            channels=tuple(json.loads(row["channels"])),
-            timeout_seconds=row["timeout_seconds"],
-            reject_reason_required=bool(row["reject_reason_required"]),
-            slack_channel=row["slack_channel"],
-            pickup_seconds=row["pickup_seconds"],
-            run_unattended=bool(row["run_unattended"]),
-            created_at=as_utc(row["created_at"]),
-            expires_at=as_utc(row["expires_at"]),
-            status=Status(row["status"]),
-            status_changed_at=as_utc(row["status_changed_at"]),
-            decided_by=row["decided_by"],
-            decided_via=row["decided_via"],
-            decision_reason=row["decision_reason"],
-            agent_waiting=bool(row["agent_waiting"]),
-            result_json=row["result"],
-            error=row["error"],
-            slack_ts=row["slack_ts"],
-        )
+        values: dict[str, Any] = {}
+        for name in _REQUEST_FIELDS:
+            raw = row[_COLUMN_OF.get(name, name)]
+            load = _LOAD.get(name)
+            values[name] = raw if raw is None or load is None else load(raw)
+        return cls(**values)
+
+
+_REQUEST_FIELDS = tuple(f.name for f in fields(RequestView))
+# Where a field's column has another name, and how a column's value becomes the field's (None stays None).
+_COLUMN_OF = {"arguments_json": "arguments", "result_json": "result"}
+_LOAD: dict[str, Callable[[Any], Any]] = {
+    "approvers": _tuple,
+    "channels": _tuple,
+    "reject_reason_required": bool,
+    "run_unattended": bool,
+    "keep_on_cancel": bool,
+    "agent_waiting": bool,
+    "status": Status,
+    "ended_because": EndReason,
+    **{name: as_utc for name in ("created_at", "expires_at", "status_changed_at", "reminded_at")},
+}
 
 
 @dataclass(frozen=True)

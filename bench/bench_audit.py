@@ -207,25 +207,29 @@ async def measure(service: ApprovalService, total: int) -> list[tuple[str, float
         ("request id", {"request_id": "apr_bench0000777"}),
     ]
     for label, f in filters:
-        await timed(f"page of 50: {label}", lambda f=f: service.search_events(**f, limit=51), results)
-        await timed(f"count:      {label}", lambda f=f: service.count_events(**f, cap=100_001), results)
+        await timed(f"page of 50: {label}", lambda f=f: service.history.search_events(**f, limit=51), results)
+        await timed(f"count:      {label}", lambda f=f: service.history.count_events(**f, cap=100_001), results)
     await timed("filter menus (distinct tool/agent/outcome/actor)", service.event_facets, results)
     await timed(
-        "page of 50 from the middle (keyset)", lambda: service.search_events(before_seq=total // 2, limit=51), results
+        "page of 50 from the middle (keyset)",
+        lambda: service.history.search_events(before_seq=total // 2, limit=51),
+        results,
     )
     await timed(
-        "page of 50 from the oldest end (keyset)", lambda: service.search_events(before_seq=60, limit=51), results
+        "page of 50 from the oldest end (keyset)",
+        lambda: service.history.search_events(before_seq=60, limit=51),
+        results,
     )
     await timed(
         "page of 50: approver=alice, deep (keyset)",
-        lambda: service.search_events(actor="alice", before_seq=total // 4, limit=51),
+        lambda: service.history.search_events(actor="alice", before_seq=total // 4, limit=51),
         results,
     )
 
     async def export(**f: Any) -> int:
         rows, before = 0, None
         while True:
-            batch = await service.search_events(**f, before_seq=before, limit=1000)
+            batch = await service.history.search_events(**f, before_seq=before, limit=1000)
             if not batch:
                 return rows
             rows += len(batch)
@@ -240,7 +244,7 @@ async def measure(service: ApprovalService, total: int) -> list[tuple[str, float
     exported = await export()
     results.append(("export: everything (batches of 1000)", (time.perf_counter() - t0) * 1000, 0.0, f"{exported} rows"))
     t0 = time.perf_counter()
-    report = await service.verify_audit()
+    report = await service.history.verify()
     results.append(("verify the whole chain", (time.perf_counter() - t0) * 1000, 0.0, report.describe()[:40]))
     return results
 

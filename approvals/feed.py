@@ -1,0 +1,156 @@
+"""The change feed: every change to every request, heard by every process that shares the database.
+
+Each transition (and each decision that does not decide yet, such as one approval of two) writes
+an audit event in the same transaction as the change itself. Those events are numbered in commit
+order, so they *are* the feed: a process reads the events after its cursor and hands each one to
+its listeners. The process that made a change pokes its own feed so it reads at once; every other
+process notices within one poll interval. Side effects (quota returned, Slack kept true, timers
+armed, unattended runs started) hang off this feed, never off the code path that made the change,
+so they happen whichever process or replica made it.
+
+Delivery is at least once per process: a listener whose effect reaches outside the process (a
+Slack message, an upstream call) guards it with a compare-and-set in the database.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import anyio
+from sqlalchemy import func, select
+
+from approvals.db import Database
+from approvals.models import ApprovalRequest, AuditEvent
+from approvals.states import Status
+from approvals.views import RequestView
+
+log = logging.getLogger(__name__)
+
+_events = AuditEvent.__table__  # type: ignore[attr-defined]
+_requests = ApprovalRequest.__table__  # type: ignore[attr-defined]
+
+# How many events one read takes; a backlog is worked through in batches of this size.
+_BATCH = 500
+
+
+@dataclass(frozen=True)
+class Change:
+    """One change to one request: the audit event's number and kind, and the request as read just after."""
+
+    seq: int
+    kind: str
+    request: RequestView
+
+    @property
+    def request_id(self) -> str:
+        return self.request.id
+
+
+class ChangeListener(Protocol):
+    """Hears every change, made by this process or any other. Must return quickly: hand slow work off."""
+
+    async def request_changed(self, change: Change) -> None: ...
+
+
+class ChangeFeed:
+    def __init__(self, db: Database, *, poll_interval: float = 1.0) -> None:
+        self.db = db
+        # Changes made by other processes are read at this interval (changes made here: at once).
+        self.poll_interval = poll_interval
+        self._listeners: list[ChangeListener] = []
+        self._cursor: int | None = None
+        self._poked = anyio.Event()
+        # Tasks waiting for one request to change: woken on every change to it.
+        self._watchers: dict[str, set[anyio.Event]] = {}
+
+    @property
+    def cursor(self) -> int | None:
+        """The number of the last change delivered here (None before the feed has started)."""
+        return self._cursor
+
+    def subscribe(self, listener: ChangeListener) -> None:
+        self._listeners.append(listener)
+
+    def poke(self) -> None:
+        """A change was just committed in this process: read the feed now rather than at the next poll."""
+        self._poked.set()
+
+    async def start(self) -> None:
+        """Begin at the current end of the log: what happened before this process started is not replayed."""
+        async with self.db.read() as conn:
+            self._cursor = int((await conn.execute(select(func.coalesce(func.max(_events.c.seq), 0)))).scalar_one())
+
+    async def run(self) -> None:
+        """Deliver changes for the life of the process."""
+        if self._cursor is None:
+            await self.start()
+        while True:
+            with anyio.move_on_after(self.poll_interval):
+                await self._poked.wait()
+            self._poked = anyio.Event()
+            try:
+                while await self.deliver() == _BATCH:
+                    pass
+            except Exception as exc:  # the store may be down: waiters fail closed on their own deadlines
+                log.warning("could not read the change feed: %s", exc)
+
+    async def deliver(self) -> int:
+        """Read the next batch of changes and hand each to every listener. Returns how many were read."""
+        cursor = self._cursor or 0
+        query = (
+            select(_events.c.seq, _events.c.kind, _events.c.request_id)
+            .where(_events.c.seq > cursor, _events.c.request_id.is_not(None), _events.c.kind.like("request.%"))
+            .order_by(_events.c.seq)
+            .limit(_BATCH)
+        )
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query)).all()
+            if not rows:
+                return 0
+            ids = list({row.request_id for row in rows})
+            found = (await conn.execute(select(_requests).where(_requests.c.id.in_(ids)))).mappings().all()
+        views = {row["id"]: RequestView.from_row(row) for row in found}
+        for row in rows:
+            self._cursor = row.seq
+            view = views.get(row.request_id)
+            if view is None:  # an event naming a request that does not exist (e.g. a refused lookup)
+                continue
+            self._wake(view.id)
+            change = Change(row.seq, row.kind, view)
+            for listener in self._listeners:
+                try:
+                    await listener.request_changed(change)
+                except Exception:
+                    # One listener failing must never keep the others (or the decision) from happening.
+                    log.exception("listener %r failed on %s of %s", listener, change.kind, view.id)
+        return len(rows)
+
+    def _wake(self, request_id: str) -> None:
+        for event in self._watchers.get(request_id, ()):
+            event.set()
+
+    async def wait_for_change(
+        self, request_id: str, seen: Status, within: float, load: Callable[[str], Awaitable[RequestView]]
+    ) -> RequestView:
+        """Return as soon as the request is no longer in `seen`, or after `within` seconds as it is then."""
+        deadline = anyio.current_time() + max(within, 0.0)
+        while True:
+            event = anyio.Event()
+            self._watchers.setdefault(request_id, set()).add(event)
+            try:
+                # Read after registering, so a change committed in between still wakes us.
+                view = await load(request_id)
+                remaining = deadline - anyio.current_time()
+                if view.status != seen or remaining <= 0:
+                    return view
+                with anyio.move_on_after(remaining):
+                    await event.wait()
+            finally:
+                watchers = self._watchers.get(request_id)
+                if watchers is not None:
+                    watchers.discard(event)
+                    if not watchers:
+                        del self._watchers[request_id]

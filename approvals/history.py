@@ -1,0 +1,111 @@
+"""Reading the audit history: pages of events by filter, counts, facets for menus, and the chain's check."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, TypedDict, Unpack
+
+from sqlalchemy import func, select
+
+from approvals import audit
+from approvals.db import Database
+from approvals.models import AuditEvent
+from approvals.views import AuditEventView
+
+_events = AuditEvent.__table__  # type: ignore[attr-defined]
+
+
+class AuditHistory:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def events(self, *, request_id: str | None = None, limit: int = 200) -> list[AuditEventView]:
+        query = select(_events)
+        if request_id is not None:
+            query = query.where(_events.c.request_id == request_id)
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query.order_by(_events.c.seq.desc()).limit(limit))).mappings().all()
+        return [AuditEventView.from_row(r) for r in reversed(rows)]
+
+    async def verify(self) -> audit.ChainReport:
+        async with self.db.read() as conn:
+            return await audit.verify(conn)
+
+    async def search_events(
+        self,
+        *,
+        before_seq: int | None = None,
+        after_seq: int | None = None,
+        limit: int = 50,
+        **filters: Unpack[EventFilters],
+    ) -> list[AuditEventView]:
+        """One page of matching events, newest first.
+
+        Paged by sequence number (keyset), so a page deep in a large history costs the same as the first:
+        `before_seq` gives the page after the one ending there, `after_seq` the page before (still newest first).
+        """
+        query = select(_events).where(*_event_conditions(filters))
+        if after_seq is not None:
+            # The page just newer than `after_seq`: take the oldest `limit` above it, then show them newest first.
+            query = query.where(_events.c.seq > after_seq).order_by(_events.c.seq.asc())
+        else:
+            if before_seq is not None:
+                query = query.where(_events.c.seq < before_seq)
+            query = query.order_by(_events.c.seq.desc())
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query.limit(limit))).mappings().all()
+        views = [AuditEventView.from_row(r) for r in rows]
+        return sorted(views, key=lambda v: v.seq, reverse=True)
+
+    async def count_events(self, *, cap: int | None = None, **filters: Unpack[EventFilters]) -> int:
+        """How many events match; with `cap`, counting stops there (the answer is then at least `cap`)."""
+        matching = select(_events.c.seq).where(*_event_conditions(filters))
+        if cap is not None:
+            matching = matching.limit(cap)
+        query = select(func.count()).select_from(matching.subquery())
+        async with self.db.read() as conn:
+            return int((await conn.execute(query)).scalar_one())
+
+    async def event_facets(self) -> dict[str, list[str]]:
+        """The distinct tools, agents, outcomes and actors in the audit log, for filter menus."""
+        facets: dict[str, list[str]] = {}
+        async with self.db.read() as conn:
+            for name in ("tool", "agent", "outcome", "actor"):
+                column = _events.c[name]
+                query = select(column).where(column.is_not(None)).distinct().order_by(column)
+                facets[name] = [str(v) for v in (await conn.execute(query)).scalars()]
+        return facets
+
+
+class EventFilters(TypedDict, total=False):
+    """What the audit history can be filtered by; every given filter must hold."""
+
+    tool: str | None
+    agent: str | None
+    outcome: str | None
+    actor: str | None
+    request_id: str | None
+    since: datetime | None
+    until: datetime | None
+    text: str | None
+
+
+def _event_conditions(filters: EventFilters) -> list[Any]:
+    conditions: list[Any] = []
+    for name in ("tool", "agent", "outcome", "actor", "request_id"):
+        value = filters.get(name)
+        if value:
+            conditions.append(_events.c[name] == value)
+    since, until, text = filters.get("since"), filters.get("until"), filters.get("text")
+    if since is not None:
+        conditions.append(_events.c.at >= since)
+    if until is not None:
+        conditions.append(_events.c.at < until)
+    if text:
+        # A literal substring: the user's % and _ are not wildcards.
+        escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        pattern = f"%{escaped}%"
+        conditions.append(
+            _events.c.arguments.ilike(pattern, escape="\\") | _events.c.message.ilike(pattern, escape="\\")
+        )
+    return conditions

@@ -1,0 +1,101 @@
+"""Reading approval requests: one request, lists for the inbox and the API, decisions, the open one to re-attach to."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from approvals import audit
+from approvals.db import Database
+from approvals.errors import RequestNotFound
+from approvals.feed import ChangeFeed
+from approvals.models import ApprovalRequest, Decision
+from approvals.states import Status
+from approvals.views import DecisionView, RequestView
+
+_requests = ApprovalRequest.__table__  # type: ignore[attr-defined]
+_decisions = Decision.__table__  # type: ignore[attr-defined]
+
+
+class RequestReads:
+    db: Database
+    feed: ChangeFeed
+
+    async def get(self, request_id: str) -> RequestView:
+        async with self.db.read() as conn:
+            return await load(conn, request_id)
+
+    async def list_requests(
+        self, *, statuses: Collection[Status] | None = None, agent: str | None = None, limit: int = 100
+    ) -> list[RequestView]:
+        query = select(_requests)
+        if statuses:
+            query = query.where(_requests.c.status.in_([s.value for s in statuses]))
+        if agent:
+            query = query.where(_requests.c.agent == agent)
+        if statuses and set(statuses) <= {Status.PENDING}:
+            query = query.order_by(_requests.c.expires_at.asc())
+        else:
+            query = query.order_by(_requests.c.created_at.desc())
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query.limit(limit))).mappings().all()
+        return [RequestView.from_row(r) for r in rows]
+
+    async def requests_by_ids(self, ids: Collection[str]) -> list[RequestView]:
+        """The requests among `ids` that exist, in no particular order."""
+        if not ids:
+            return []
+        async with self.db.read() as conn:
+            rows = (await conn.execute(select(_requests).where(_requests.c.id.in_(list(ids))))).mappings().all()
+        return [RequestView.from_row(r) for r in rows]
+
+    async def decisions(self, request_id: str) -> list[DecisionView]:
+        query = select(_decisions).where(_decisions.c.request_id == request_id).order_by(_decisions.c.id)
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [
+            DecisionView(r["approver"], r["channel"], r["verdict"], r["reason"], audit.as_utc(r["at"])) for r in rows
+        ]
+
+    async def find_open(self, agent: str, tool: str, arguments_sha256: str) -> RequestView | None:
+        """The agent's pending or approved-but-not-started request for exactly this call, to re-attach to."""
+        query = (
+            select(_requests)
+            .where(
+                _requests.c.agent == agent,
+                _requests.c.tool == tool,
+                _requests.c.arguments_sha256 == arguments_sha256,
+                _requests.c.status.in_([Status.PENDING.value, Status.APPROVED.value]),
+            )
+            .order_by(_requests.c.created_at.asc())
+            .limit(1)
+        )
+        async with self.db.read() as conn:
+            row = (await conn.execute(query)).mappings().first()
+        return None if row is None else RequestView.from_row(row)
+
+    async def waiting(self) -> list[RequestView]:
+        """Every request that still has a deadline ahead of it: pending (expiry) or approved (pick-up)."""
+        return await self.list_requests(statuses={Status.PENDING, Status.APPROVED}, limit=1_000_000)
+
+    async def wait_for_change(self, request_id: str, seen: Status, within: float) -> RequestView:
+        """Return as soon as the request leaves `seen` (whichever process moved it), or after `within` seconds."""
+        return await self.feed.wait_for_change(request_id, seen, within, self.get)
+
+
+async def load(conn: AsyncConnection, request_id: str) -> RequestView:
+    row = (await conn.execute(select(_requests).where(_requests.c.id == request_id))).mappings().first()
+    if row is None:
+        raise RequestNotFound(request_id)
+    return RequestView.from_row(row)
+
+
+async def approvals_of(conn: AsyncConnection, request_id: str) -> list[str]:
+    query = (
+        select(_decisions.c.approver)
+        .where(_decisions.c.request_id == request_id, _decisions.c.verdict == "approve")
+        .order_by(_decisions.c.id)
+    )
+    return list(dict.fromkeys((await conn.execute(query)).scalars()))

@@ -1,0 +1,88 @@
+"""One story of where a request stands and how it ended, in sentences every channel shows as they are.
+
+The agent's result, the Slack message, the web card, the API and the audit log all take their
+words from here, so they can never disagree about what happened. Plain text: each channel
+escapes it for its own medium.
+"""
+
+from __future__ import annotations
+
+from approvals.durations import format_duration
+from approvals.states import EndReason, Status
+from approvals.views import RequestView
+
+NOT_EXECUTED = "the call was not executed"
+
+
+def who_decides(view: RequestView) -> str:
+    """The approvers a request waits for, as people read them: "group:traders", "2 of alice, bob"."""
+    people = ", ".join(view.approvers) if view.approvers else "any approver"
+    return people if view.quorum <= 1 else f"{view.quorum} of {people}"
+
+
+def clock_time(view: RequestView, which: str) -> str:
+    moment = view.pickup_deadline if which == "pickup" else view.expires_at
+    assert moment is not None
+    return f"{moment:%H:%M:%S} UTC"
+
+
+def headline(view: RequestView) -> str:
+    """A word or two for a badge: "Waiting", "Approved", "Executed", "Not picked up", ..."""
+    if view.status == Status.APPROVED and not view.agent_waiting and not view.run_unattended:
+        return "Approved, agent away"
+    if view.ended_because == EndReason.NOT_PICKED_UP:
+        return "Not picked up"
+    if view.ended_because == EndReason.WITHDRAWN:
+        return "Withdrawn"
+    return {
+        Status.PENDING: "Waiting",
+        Status.APPROVED: "Approved",
+        Status.EXECUTING: "Executing",
+        Status.EXECUTED: "Executed",
+        Status.FAILED: "Failed",
+        Status.REJECTED: "Rejected",
+        Status.EXPIRED: "Expired",
+        Status.CANCELLED: "Withdrawn",
+    }[view.status]
+
+
+def describe(view: RequestView) -> str:
+    """Where the request stands, or how it ended, in one or two sentences."""
+    if view.is_terminal:
+        return ending(view)
+    approved = f"Approved by {view.decided_by}"
+    if view.status == Status.PENDING:
+        text = f"Waiting for approval by {who_decides(view)} until {clock_time(view, 'expires')}."
+        if not view.agent_waiting:
+            text += " The agent is not waiting; it can come back for the outcome."
+        return text
+    if view.status == Status.EXECUTING:
+        return f"{approved}; executing {view.upstream_tool} on {view.upstream} now."
+    if view.run_unattended:
+        return f"{approved}; it runs without waiting for the agent."
+    if view.agent_waiting:
+        return f"{approved}; forwarding it to {view.upstream} for the waiting agent."
+    return f"{approved}; it runs when the agent comes back, until {clock_time(view, 'pickup')}."
+
+
+def ending(view: RequestView) -> str:
+    """How a request ended, for everyone: the agent (after its tag), approvers, the API and the audit log."""
+    because = view.ended_because
+    approved_by = view.decided_by or "an approver"
+    if because == EndReason.EXECUTED:
+        return f"Approved by {approved_by} and executed."
+    if because == EndReason.FAILED:
+        return f"Approved by {approved_by}; the upstream answered with an error: {view.error or 'no detail'}."
+    if because == EndReason.REJECTED:
+        said = f": {view.decision_reason}" if view.decision_reason else "; no reason given"
+        stop = "" if said.endswith((".", "!", "?")) else "."
+        return f"Rejected by {view.decided_by}{said}{stop} The call was not executed."
+    if because == EndReason.TIMED_OUT:
+        return f"Nobody decided within {format_duration(view.timeout_seconds)}; {NOT_EXECUTED}."
+    if because == EndReason.NOT_PICKED_UP:
+        window = format_duration(view.pickup_seconds)
+        return f"Approved by {approved_by}, but the agent did not come back for it within {window}; {NOT_EXECUTED}."
+    if because == EndReason.WITHDRAWN:
+        after = f" after approval by {view.decided_by}" if view.decided_by else ""
+        return f"Withdrawn by the agent{after}; {NOT_EXECUTED}."
+    return f"Ended as {view.status.value}."
