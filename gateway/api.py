@@ -15,7 +15,9 @@ from approvals.approvers import Approver
 from approvals.errors import AlreadyDecided, InvalidDecision, NotAllowed, RequestNotFound, StoreUnavailable
 from approvals.service import ApprovalService
 from approvals.states import Status
+from approvals.story import describe
 from approvals.views import AuditEventView, DecisionOutcome, RequestView
+from gateway.api_client import CHANNEL_HEADER
 
 
 def request_json(view: RequestView) -> dict[str, Any]:
@@ -39,6 +41,8 @@ def request_json(view: RequestView) -> dict[str, Any]:
         "decided_by": view.decided_by,
         "decided_via": view.decided_via,
         "decision_reason": view.decision_reason,
+        "ended_because": None if view.ended_because is None else view.ended_because.value,
+        "summary": describe(view),
         "agent_waiting": view.agent_waiting,
         "result": view.result,
         "error": view.error,
@@ -66,7 +70,7 @@ def _error(http_status: int, code: str, detail: str, **extra: Any) -> JSONRespon
 
 
 def _service(request: Request) -> ApprovalService:
-    service: ApprovalService = request.app.state.gateway.service
+    service: ApprovalService = request.app.state.service
     return service
 
 
@@ -110,7 +114,7 @@ async def show_approval(request: Request) -> JSONResponse:
         {"approver": d.approver, "channel": d.channel, "verdict": d.verdict, "reason": d.reason, "at": d.at.isoformat()}
         for d in await service.decisions(request_id)
     ]
-    body["events"] = [event_json(e) for e in await service.events(request_id=request_id)]
+    body["events"] = [event_json(e) for e in await service.history.events(request_id=request_id)]
     return JSONResponse(body)
 
 
@@ -134,17 +138,22 @@ async def _decision_body(request: Request) -> str | None:
     return reason
 
 
+def _channel(request: Request) -> str:
+    """The approver API, or the CLI that talks to it (it says so in a header): both decide the same way."""
+    return "cli" if request.headers.get(CHANNEL_HEADER, "").strip().lower() == "cli" else "api"
+
+
 async def approve(request: Request) -> JSONResponse:
     approver = _approver(request)
     reason = await _decision_body(request)
-    outcome = await _service(request).approve(request.path_params["request_id"], approver, "api", reason)
+    outcome = await _service(request).approve(request.path_params["request_id"], approver, _channel(request), reason)
     return JSONResponse(outcome_json(outcome))
 
 
 async def reject(request: Request) -> JSONResponse:
     approver = _approver(request)
     reason = await _decision_body(request)
-    outcome = await _service(request).reject(request.path_params["request_id"], approver, "api", reason)
+    outcome = await _service(request).reject(request.path_params["request_id"], approver, _channel(request), reason)
     return JSONResponse(outcome_json(outcome))
 
 
@@ -154,13 +163,13 @@ async def audit_events(request: Request) -> JSONResponse:
         limit = max(1, min(int(request.query_params.get("limit", "200")), 5000))
     except ValueError:
         return _error(400, "bad_request", "limit must be a whole number")
-    events = await _service(request).events(request_id=request.query_params.get("request_id"), limit=limit)
+    events = await _service(request).history.events(request_id=request.query_params.get("request_id"), limit=limit)
     return JSONResponse({"events": [event_json(e) for e in events]})
 
 
 async def audit_verify(request: Request) -> JSONResponse:
     _approver(request)
-    report = await _service(request).verify_audit()
+    report = await _service(request).history.verify()
     return JSONResponse({**asdict(report), "message": report.describe()}, status_code=200 if report.ok else 409)
 
 
@@ -183,6 +192,8 @@ async def already_decided(request: Request, exc: Exception) -> JSONResponse:
         status=exc.status,
         decided_by=exc.by,
         decided_at=exc.at.isoformat() if exc.at else None,
+        ended_because=exc.ended_because,
+        summary=exc.summary,
     )
 
 

@@ -8,6 +8,9 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+# Which approver tool is talking to the API; the API records decisions under this channel ("api" or "cli").
+CHANNEL_HEADER = "Countersign-Channel"
+
 
 class ApiError(Exception):
     pass
@@ -32,6 +35,8 @@ class ApiClient:
     def _send(self, request: urllib.request.Request) -> Any:
         request.add_header("Authorization", f"Bearer {self.token}")
         request.add_header("Accept", "application/json")
+        # Decisions made here are recorded as made through the CLI, not the raw API.
+        request.add_header(CHANNEL_HEADER, "cli")
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 return json.loads(response.read() or b"null")

@@ -21,48 +21,78 @@ from approvals.approvers import ApproverDirectory
 from approvals.audit import Event
 from approvals.db import Database
 from approvals.errors import StoreUnavailable
-from approvals.service import ApprovalService
+from approvals.feed import ChangeFeed
+from approvals.service import ApprovalService, Clock, utcnow
 from approvals.timeouts import TimeoutScheduler
-from gateway import api
+from gateway import api, slack
 from gateway.agent_auth import AgentAuth
 from gateway.calls import CallHandler
-from gateway.channels import build_channels
+from gateway.channels import Channel, ChannelContext
 from gateway.config import Settings
+from gateway.context import GatewayReads
+from gateway.held import HeldCalls
 from gateway.mcp_server import build_server
+from gateway.order_context import OrderContext
 from gateway.policy_store import PolicyStore
 from gateway.ratelimit import RateLimiter
-from gateway.upstreams import UpstreamSet
+from gateway.upstreams import Upstreams, UpstreamSet
+from gateway.web import WebChannel
 
 log = logging.getLogger(__name__)
 
 
 class Gateway:
-    def __init__(self, settings: Settings, *, stdio_agent: str | None = None) -> None:
+    """Every component of a running gateway, assembled and wired in one place.
+
+    Collaborators that tests replace (the clock, the database, the upstreams) can be passed in;
+    everything else is built from `settings`. Who hears the change feed is decided here, not in
+    the components' constructors.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        stdio_agent: str | None = None,
+        clock: Clock | None = None,
+        database: Database | None = None,
+        upstreams: Upstreams | None = None,
+    ) -> None:
         self.settings = settings
-        self.db = Database(settings.database_url)
+        self.db = database or Database(settings.database_url)
         self.approvers = ApproverDirectory(a.to_approver() for a in settings.approvers)
-        self.service = ApprovalService(self.db, self.approvers, poll_interval=settings.server.poll_interval)
+        self.feed = ChangeFeed(self.db, poll_interval=settings.server.poll_interval)
+        self.service = ApprovalService(self.db, self.approvers, clock=clock or utcnow, feed=self.feed)
         self.timeouts = TimeoutScheduler(self.service)
         self.policies = PolicyStore(settings.policy_path)
-        self.policies.listeners.append(self._policy_reloaded)
-        self.upstreams = UpstreamSet(settings.upstreams)
+        self.upstreams: Upstreams = upstreams or UpstreamSet(settings.upstreams)
         self.limiter = RateLimiter()
-        self.calls = CallHandler(
-            service=self.service,
-            policies=self.policies,
-            upstreams=self.upstreams,
-            limiter=self.limiter,
+        self.held = HeldCalls(
+            self.service,
+            self.upstreams,
             progress_interval=settings.server.progress_interval,
             inbox_url=f"{settings.server.base_url}/inbox",
             agent_max_hold={a.name: a.max_hold for a in settings.agents if a.max_hold is not None},
         )
+        self.calls = CallHandler(
+            service=self.service, policies=self.policies, upstreams=self.upstreams, limiter=self.limiter, held=self.held
+        )
         self.events = InMemorySubscriptionBus()
-        self.upstreams.listeners.append(self._tools_changed)
         self.mcp = build_server(self.calls, self.events, stdio_agent=stdio_agent)
         self.session_manager = StreamableHTTPSessionManager(
             app=self.mcp, json_response=False, stateless=False, security_settings=self._transport_security()
         )
-        self.channels = build_channels(self)
+        self.lookups = OrderContext(GatewayReads(self.service, self.policies, self.upstreams))
+        self.channels = build_channels(ChannelContext(settings, self.service, self.approvers, self.lookups))
+
+        # The wiring: who hears what.
+        self.feed.subscribe(self.timeouts)
+        self.feed.subscribe(self.held)
+        for channel in self.channels:
+            for listener in channel.listeners():
+                self.feed.subscribe(listener)
+        self.policies.listeners.append(self._policy_reloaded)
+        self.upstreams.listeners.append(self._tools_changed)
 
     def _transport_security(self) -> TransportSecuritySettings:
         server = self.settings.server
@@ -90,6 +120,7 @@ class Gateway:
         if self.settings.server.dev_mode:
             log.warning("DEV MODE: /mcp accepts calls without an agent token; every caller is the agent 'dev'")
         await self.db.create_schema()
+        await self.feed.start()
         expired, armed = await self.timeouts.start()
         log.info("approval queue ready: %d pending request(s) re-armed, %d overdue expired", armed, expired)
         try:
@@ -97,8 +128,9 @@ class Gateway:
                 tg.start_soon(self.upstreams.run)
                 if self.settings.policy.watch:
                     tg.start_soon(self.policies.watch)
-                tg.start_soon(self.calls.run)
-                tg.start_soon(self.service.watch_changes)
+                tg.start_soon(self.timeouts.run)
+                tg.start_soon(self.held.run)
+                tg.start_soon(self.feed.run)
                 for channel in self.channels:
                     tg.start_soon(channel.run)
                 if serve_http:
@@ -136,6 +168,7 @@ class Gateway:
             lifespan=run if lifespan else None,
         )
         app.state.gateway = self
+        app.state.service = self.service
         return app
 
     async def _health(self, request: Request) -> JSONResponse:
@@ -150,5 +183,23 @@ class Gateway:
         return JSONResponse(body, status_code=200 if body["database"] == "ok" else 503)
 
 
-def create_app(settings: Settings) -> Starlette:
-    return Gateway(settings).asgi()
+def build_channels(context: ChannelContext) -> list[Channel]:
+    """The approval channels the settings turn on: the web inbox and Slack."""
+    channels: list[Channel] = []
+    if context.settings.web.enabled:
+        channels.append(WebChannel(context))
+    slack_channel = slack.build(context)
+    if slack_channel is not None:
+        channels.append(slack_channel)
+    return channels
+
+
+def create_app(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    database: Database | None = None,
+    upstreams: Upstreams | None = None,
+) -> Starlette:
+    """The gateway as an ASGI app; pass a clock, database or upstreams to replace the real ones (tests)."""
+    return Gateway(settings, clock=clock, database=database, upstreams=upstreams).asgi()

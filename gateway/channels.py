@@ -1,19 +1,32 @@
 """Approval channels (web inbox, Slack): how they plug into the running gateway.
 
-A channel contributes HTTP routes and middleware, may run a background task for the
-gateway's lifetime, and hears every request change through `ApprovalService.add_listener`.
-It acts on requests only through the approval service.
+A channel contributes HTTP routes and middleware, may run a background task for the gateway's
+lifetime, and may hear every request change through the change feed (`listeners`). It is given
+only what it uses — settings, the approval service, the approver directory and the context
+lookups — and acts on requests only through the approval service.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass
+from typing import Protocol
 
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
-if TYPE_CHECKING:
-    from gateway.app import Gateway
+from approvals.approvers import ApproverDirectory
+from approvals.feed import ChangeListener
+from approvals.service import ApprovalService
+from gateway.config import Settings
+from gateway.context import ContextLookup
+
+
+@dataclass(frozen=True)
+class ChannelContext:
+    settings: Settings
+    service: ApprovalService
+    approvers: ApproverDirectory
+    lookups: ContextLookup
 
 
 class Channel(Protocol):
@@ -23,21 +36,10 @@ class Channel(Protocol):
 
     def middleware(self) -> list[Middleware]: ...
 
+    def listeners(self) -> list[ChangeListener]:
+        """What of this channel hears the change feed; wired where the gateway is assembled."""
+        ...
+
     async def run(self) -> None:
         """Background work for the gateway's lifetime; may return at once when there is none."""
         ...
-
-
-def build_channels(gateway: Gateway) -> list[Channel]:
-    channels: list[Channel] = []
-    if gateway.settings.web.enabled:
-        from gateway.web import WebChannel
-
-        channels.append(WebChannel(gateway))
-
-    from gateway import slack
-
-    slack_channel = slack.build(gateway)
-    if slack_channel is not None:
-        channels.append(slack_channel)
-    return channels

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import anyio
@@ -11,9 +12,13 @@ from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.subscriptions import ListenHandler, SubscriptionBus
 from starlette.requests import Request
 
+from approvals.errors import ApprovalError, StoreUnavailable
+from gateway.caller import Caller
 from gateway.calls import CallHandler
-from gateway.holding import Caller
+from gateway.errors import CallRefused, Tag, instructions
 from gateway.results import gateway_tools
+
+log = logging.getLogger(__name__)
 
 AGENT_KEY = "countersign.agent"
 DISCONNECTED_KEY = "countersign.disconnected"
@@ -115,7 +120,7 @@ def build_server(handler: CallHandler, bus: SubscriptionBus, *, stdio_agent: str
             await ctx.session.report_progress(value, total, message)
 
         try:
-            return await handler.call(caller, params.name, dict(params.arguments or {}), progress)
+            return await answer_call(handler, caller, params.name, dict(params.arguments or {}), progress)
         finally:
             cancels.forget(ctx)
 
@@ -129,14 +134,7 @@ def build_server(handler: CallHandler, bus: SubscriptionBus, *, stdio_agent: str
         "countersign",
         version=_version(),
         title="Countersign approval gateway",
-        instructions=(
-            "Tool calls pass through a policy. Some calls are held until a human approves them: such a call "
-            "stays open and reports progress while it waits. Results starting with [APPROVAL REJECTED], "
-            "[APPROVAL EXPIRED], [POLICY DENIED] or [RATE LIMITED] mean the call was not executed; do not "
-            "retry a rejected call with the same arguments. A result starting with [APPROVAL PENDING] means "
-            "the call is still waiting for a human: use countersign_approval_wait with its approval_id to get "
-            "the outcome (and the tool's result once approved) instead of calling the tool again."
-        ),
+        instructions=instructions(),
         on_list_tools=list_tools,
         on_call_tool=call_tool,
         get_tool_input_schema=input_schema,
@@ -144,6 +142,35 @@ def build_server(handler: CallHandler, bus: SubscriptionBus, *, stdio_agent: str
     )
     server.middleware.append(cancels.middleware)
     return server
+
+
+async def answer_call(
+    handler: CallHandler, caller: Caller, tool: str, arguments: dict[str, Any], progress: Any
+) -> types.CallToolResult:
+    """The one error boundary of a tool call: every outcome is a result the model can read.
+
+    A refusal becomes its tagged result; the approval store failing becomes [APPROVAL UNAVAILABLE];
+    anything unexpected is logged and becomes a generic [GATEWAY ERROR] — never a JSON-RPC error,
+    which many clients show as a crash rather than something the model can act on.
+    """
+    try:
+        return await handler.call(caller, tool, arguments, progress)
+    except CallRefused as refusal:
+        return refusal.result()
+    except StoreUnavailable as exc:
+        log.warning("%s for %s: %s", tool, caller.agent, exc)
+        return Tag.APPROVAL_UNAVAILABLE.result(
+            f"the approval store cannot be reached ({exc}); the call was not executed. Try again later."
+        )
+    except ApprovalError as exc:
+        log.error("%s for %s failed in the approval core: %s", tool, caller.agent, exc)
+        return Tag.APPROVAL_UNAVAILABLE.result(f"the approval queue could not settle this call ({exc}).")
+    except Exception:
+        log.exception("%s for %s failed unexpectedly", tool, caller.agent)
+        return Tag.GATEWAY_ERROR.result(
+            "the gateway failed while handling this call; the failure is logged. Check the approval status "
+            "or audit history before retrying anything that may have run."
+        )
 
 
 def _version() -> str:

@@ -1,13 +1,18 @@
-"""Tool results the model can read: every refusal is an `isError` result whose text starts with a tag."""
+"""Results the gateway writes for the model: pending, stored, status; the gateway's own tools; result summaries."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import mcp_types as types
 
+from approvals.durations import format_duration
+from approvals.states import Status
+from approvals.story import describe
 from approvals.views import RequestView
+from gateway.errors import Tag
 
 STATUS_TOOL = "countersign_approval_status"
 WAIT_TOOL = "countersign_approval_wait"
@@ -17,7 +22,7 @@ WAIT_TOOL = "countersign_approval_wait"
 PENDING_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "status": {"const": "pending"},
+        "status": {"enum": ["pending", "approved", "executing"]},
         "approval_id": {"type": "string"},
         "expires_at": {"type": "string", "format": "date-time"},
     },
@@ -32,34 +37,48 @@ def error_result(text: str, structured: dict[str, Any] | None = None) -> types.C
 
 
 def text_of(result: types.CallToolResult, limit: int = 300) -> str:
-    """A short summary of a result, for audit lines and approver cards."""
-    parts = [block.text for block in result.content if isinstance(block, types.TextContent)]
-    text = " ".join(" ".join(parts).split())
+    """A short summary of a result, for audit lines."""
+    return _shorten(" ".join(block.text for block in result.content if isinstance(block, types.TextContent)), limit)
+
+
+def summarize(result: Mapping[str, Any] | None, limit: int = 300) -> str:
+    """The one summary of a stored result (as the wire has it): its text, or else its structured content."""
+    if not result:
+        return ""
+    texts = [c.get("text", "") for c in result.get("content", []) if isinstance(c, Mapping) and c.get("type") == "text"]
+    text = " ".join(str(t) for t in texts if t)
+    if not text.strip() and result.get("structuredContent") is not None:
+        text = json.dumps(result["structuredContent"], sort_keys=True)
+    return _shorten(text, limit)
+
+
+def _shorten(text: str, limit: int) -> str:
+    text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def pending_result(view: RequestView, *, wait_seconds: float | None) -> types.CallToolResult:
-    """Not an error: the call is parked, and the agent is told how to find out what became of it."""
-    wait = f"up to {int(wait_seconds)} s at a time" if wait_seconds else "until a decision"
+    """Not an error: the call has not finished, and the agent is told how to find out what became of it."""
+    wait = f"up to {format_duration(wait_seconds)} at a time" if wait_seconds else "until a decision"
+    if view.status == Status.PENDING:
+        where = f"This call needs human approval and is still waiting (request {view.id}); it has not been executed."
+    else:
+        where = f"{describe(view)} Request {view.id} has not finished yet."
     text = (
-        f"[APPROVAL PENDING] This call needs human approval and is still waiting (request {view.id}); "
-        f"it has not been executed. It expires at {view.expires_at:%Y-%m-%d %H:%M:%S} UTC. "
+        f"{where} It expires at {view.expires_at:%Y-%m-%d %H:%M:%S} UTC. "
         f'To get the outcome, call {WAIT_TOOL} with {{"approval_id": "{view.id}"}} — it waits {wait} and '
         f"returns the tool's result once approved — or {STATUS_TOOL} to check without waiting. "
         "Repeating this exact call also waits for the same request; it never creates a second one."
     )
-    return types.CallToolResult(
-        content=[types.TextContent(type="text", text=text)],
-        structured_content={"status": "pending", "approval_id": view.id, "expires_at": view.expires_at.isoformat()},
-        is_error=False,
-    )
+    structured = {"status": view.status.value, "approval_id": view.id, "expires_at": view.expires_at.isoformat()}
+    return Tag.APPROVAL_PENDING.result(text, structured)
 
 
 def stored_result(view: RequestView) -> types.CallToolResult:
     """The upstream's result of an executed (or failed) request, exactly as it was recorded."""
     if view.result_json is None:
-        return error_result(
-            f"[APPROVAL {view.status.value.upper()}] request {view.id}: {view.error or 'no result was recorded'}",
+        return Tag.UPSTREAM_ERROR.result(
+            f"request {view.id}: {view.error or 'no result was recorded'}",
             {"status": view.status.value, "approval_id": view.id},
         )
     return types.CallToolResult.model_validate(json.loads(view.result_json))
@@ -76,6 +95,8 @@ def status_result(view: RequestView) -> types.CallToolResult:
         "expires_at": view.expires_at.isoformat(),
         "decided_by": view.decided_by,
         "decision_reason": view.decision_reason,
+        "ended_because": None if view.ended_because is None else view.ended_because.value,
+        "summary": describe(view),
         "agent_waiting": view.agent_waiting,
     }
     if view.pickup_deadline is not None:
@@ -85,21 +106,14 @@ def status_result(view: RequestView) -> types.CallToolResult:
     if view.error is not None:
         info["error"] = view.error
     next_step = {
-        "pending": f"Nobody has decided yet. Call {WAIT_TOOL} to wait for the decision.",
-        "approved": (
-            f"Approved by {view.decided_by} and waiting for you: call {WAIT_TOOL} (or repeat the call) before "
-            f"{view.pickup_deadline:%H:%M:%S} UTC to run it and get its result."
-            if view.pickup_deadline
-            else ""
-        ),
-        "executing": "It is being executed now.",
-        "executed": "It was executed; its result is included.",
-        "failed": "It was executed and failed; the error is included.",
-        "rejected": f"Rejected by {view.decided_by}: {view.decision_reason or 'no reason given'}. Do not retry it.",
-        "expired": "It expired and was not executed.",
-        "cancelled": "It was withdrawn and was not executed.",
-    }[view.status.value]
-    text = f"Request {view.id} ({view.tool}) is {view.status.value}. {next_step}"
+        Status.PENDING: f"Call {WAIT_TOOL} to wait for the decision.",
+        Status.APPROVED: f"Call {WAIT_TOOL} (or repeat the call) to run it and get its result.",
+        Status.EXECUTING: f"Call {WAIT_TOOL} to get its result.",
+        Status.EXECUTED: "Its result is included.",
+        Status.FAILED: "The error is included.",
+        Status.REJECTED: "Do not retry it.",
+    }.get(view.status, "")
+    text = f"Request {view.id} ({view.tool}) is {view.status.value}. {describe(view)} {next_step}".rstrip()
     return types.CallToolResult(content=[types.TextContent(type="text", text=text)], structured_content=info)
 
 

@@ -11,7 +11,7 @@ import random
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import httpx2
@@ -23,7 +23,7 @@ from mcp.shared.dispatcher import ProgressFnT
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from gateway.config import UpstreamSettings
-from gateway.results import error_result
+from gateway.errors import Tag
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +32,46 @@ _PING_SECONDS = 15.0
 _MAX_BACKOFF = 30.0
 
 
+class Forwarder(Protocol):
+    """One upstream as the call path uses it: a name, whether it is connected, and calling a tool."""
+
+    name: str
+
+    @property
+    def ready(self) -> bool: ...
+
+    async def call(
+        self, tool: str, arguments: dict[str, Any], progress: ProgressFnT | None = None
+    ) -> types.CallToolResult: ...
+
+
 @dataclass(frozen=True)
 class Route:
-    upstream: Upstream
+    upstream: Forwarder
     upstream_tool: str
     input_schema: dict[str, Any]
+
+
+class Upstreams(Protocol):
+    """The upstreams as the gateway core uses them; `UpstreamSet` in production, an in-memory set in tests."""
+
+    listeners: list[Callable[[], Awaitable[None]]]
+
+    async def run(self) -> None: ...
+
+    async def wait_connected(self, within: float) -> bool: ...
+
+    def tools(self) -> list[types.Tool]: ...
+
+    def route(self, name: str) -> Route | None: ...
+
+    def get(self, name: str) -> Forwarder | None: ...
+
+    def catalog_name(self, upstream: str, upstream_tool: str) -> str | None: ...
+
+    def input_schema(self, name: str) -> dict[str, Any] | None: ...
+
+    def status(self) -> list[dict[str, Any]]: ...
 
 
 class Upstream:
@@ -52,6 +87,10 @@ class Upstream:
         self._broken = anyio.Event()
         self._relist = anyio.Event()
         self.connected = anyio.Event()
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready" and self._client is not None
 
     # ---- the connection task
 
@@ -167,8 +206,8 @@ class Upstream:
         client = self._client
         if client is None or self.state != "ready":
             why = f" (last error: {self.last_error})" if self.last_error else ""
-            return error_result(
-                f"[UPSTREAM UNAVAILABLE] upstream '{self.name}' is not connected{why}; "
+            return Tag.UPSTREAM_UNAVAILABLE.result(
+                f"upstream '{self.name}' is not connected{why}; "
                 "the call was not executed. It is being reconnected; try again shortly."
             )
         timeout = self.settings.call_timeout
@@ -176,22 +215,21 @@ class Upstream:
             with anyio.fail_after(timeout):
                 return await client.call_tool(tool, arguments, read_timeout_seconds=timeout, progress_callback=progress)
         except TimeoutError:
-            return error_result(
-                f"[UPSTREAM TIMEOUT] upstream '{self.name}' did not answer {tool} within "
-                f"{timeout:g}s; the outcome is unknown."
+            return Tag.UPSTREAM_TIMEOUT.result(
+                f"upstream '{self.name}' did not answer {tool} within {timeout:g}s; the outcome is unknown."
             )
         except MCPError as exc:
             if exc.code == types.CONNECTION_CLOSED:
                 self.last_error = exc.message
                 self._broken.set()
-            return error_result(f"[UPSTREAM ERROR] upstream '{self.name}' failed {tool}: {exc.message}")
+            return Tag.UPSTREAM_ERROR.result(f"upstream '{self.name}' failed {tool}: {exc.message}")
         except RuntimeError as exc:
-            return error_result(f"[UPSTREAM ERROR] upstream '{self.name}' returned an invalid result for {tool}: {exc}")
+            return Tag.UPSTREAM_ERROR.result(f"upstream '{self.name}' returned an invalid result for {tool}: {exc}")
         except Exception as exc:
             # Transport failures (connection refused, broken stream): reconnect, and say so to the agent.
             self.last_error = _describe(exc)
             self._broken.set()
-            return error_result(f"[UPSTREAM ERROR] upstream '{self.name}' failed {tool}: {self.last_error}")
+            return Tag.UPSTREAM_ERROR.result(f"upstream '{self.name}' failed {tool}: {self.last_error}")
 
 
 class UpstreamSet:
@@ -244,6 +282,17 @@ class UpstreamSet:
 
     def route(self, name: str) -> Route | None:
         return self._routes.get(name)
+
+    def get(self, name: str) -> Upstream | None:
+        """The upstream configured under `name` (requests name theirs), whatever tools it offers now."""
+        return next((u for u in self.upstreams if u.name == name), None)
+
+    def catalog_name(self, upstream: str, upstream_tool: str) -> str | None:
+        """The name agents see for `upstream_tool` of `upstream`, if that upstream offers it now."""
+        return next(
+            (n for n, r in self._routes.items() if r.upstream.name == upstream and r.upstream_tool == upstream_tool),
+            None,
+        )
 
     def input_schema(self, name: str) -> dict[str, Any] | None:
         route = self._routes.get(name)

@@ -8,14 +8,15 @@ Wiring only; each concern has its module: `messages` (Block Kit), `notifier` (po
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 import anyio
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
+from approvals.approvers import ApproverDirectory
+from approvals.feed import Change, ChangeListener
 from approvals.service import ApprovalService
-from approvals.views import RequestView
+from gateway.channels import ChannelContext
 from gateway.config import ConfigError, Settings
 from gateway.slack.client import SlackApi
 from gateway.slack.decisions import SlackDecisions
@@ -25,9 +26,6 @@ from gateway.slack.messages import Links
 from gateway.slack.notifier import MessageKeeper
 from gateway.slack.socket_mode import SocketModeRunner
 from gateway.slack.worker import Outbox, RetryPolicy
-
-if TYPE_CHECKING:
-    from gateway.app import Gateway
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +50,7 @@ def config_problems(settings: Settings) -> list[tuple[str, str]]:
 class SlackChannel:
     name = "slack"
 
-    def __init__(self, settings: Settings, service: ApprovalService) -> None:
+    def __init__(self, settings: Settings, service: ApprovalService, approvers: ApproverDirectory) -> None:
         problems = config_problems(settings)
         if problems:
             key, message = problems[0]
@@ -72,13 +70,10 @@ class SlackChannel:
             reminder_before=slack.reminder_before,
             clock=service.clock,
         )
-        self.decisions = SlackDecisions(
-            service, SlackIdentities(service.approvers, self.api), self.api, self.outbox, links
-        )
+        self.decisions = SlackDecisions(service, SlackIdentities(approvers, self.api), self.api, self.outbox, links)
         self.socket: SocketModeRunner | None = None
         if slack.mode == "socket":
             self.socket = SocketModeRunner(slack.app_token or "", self.api, self.decisions.acknowledge)
-        service.add_listener(self)
 
     def routes(self) -> list[BaseRoute]:
         if self.settings.mode != "http":
@@ -87,6 +82,9 @@ class SlackChannel:
 
     def middleware(self) -> list[Middleware]:
         return []
+
+    def listeners(self) -> list[ChangeListener]:
+        return [self]
 
     async def run(self) -> None:
         async with anyio.create_task_group() as group:
@@ -98,16 +96,17 @@ class SlackChannel:
             except Exception:
                 log.exception("could not look for pending requests that Slack has not shown yet")
 
-    async def request_changed(self, request: RequestView, change: str) -> None:
-        # Only hands work to the outbox: a listener must never hold up the decision that called it.
-        self.messages.changed(request)
+    async def request_changed(self, change: Change) -> None:
+        # Only hands work to the outbox: a listener must never hold up the feed. Every process hears every
+        # change; the one that claims it shows it (MessageKeeper.changed), so a message is posted once.
+        self.messages.changed(change)
 
 
-def build(gateway: Gateway) -> SlackChannel | None:
+def build(context: ChannelContext) -> SlackChannel | None:
     """The Slack channel when [slack] is configured (a bot token and a channel), else None."""
-    slack = gateway.settings.slack
+    slack = context.settings.slack
     if not slack.enabled:
         if slack.bot_token or slack.channel:
             log.warning("Slack is off: [slack] needs both bot_token and channel (run `countersign slack check`)")
         return None
-    return SlackChannel(gateway.settings, gateway.service)
+    return SlackChannel(context.settings, context.service, context.approvers)

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from approvals.durations import format_duration
 from approvals.states import Status
+from approvals.story import describe, who_decides
 from approvals.views import DecisionView, RequestView
-from gateway.durations import format_duration
+from gateway.results import summarize
 
 ACTION_APPROVE = "countersign.approve"
 ACTION_REJECT = "countersign.reject"
@@ -144,7 +146,7 @@ def request_message(view: RequestView, decisions: Sequence[DecisionView], links:
         _mrkdwn(f"*Agent*\n{escape(view.agent)}"),
         _mrkdwn(f"*Expires*\n{slack_date(view.expires_at)}"),
         _mrkdwn(f"*Why it is held*\n{short(view.reason, 1000)}"),
-        _mrkdwn(f"*Who may decide*\n{short(_approvers(view), 1000)}"),
+        _mrkdwn(f"*Who may decide*\n{short(who_decides(view), 1000)}"),
     ]
     arguments, truncated = code_block(pretty_arguments(view), ARGUMENTS_LIMIT)
     arguments_text = f"*Arguments*\n{arguments}"
@@ -176,46 +178,14 @@ def request_message(view: RequestView, decisions: Sequence[DecisionView], links:
 
 
 def status_line(view: RequestView, approvals: Sequence[str]) -> str:
-    by = escape(view.decided_by or ", ".join(approvals) or "unknown")
-    via = f" (via {escape(view.decided_via)})" if view.decided_via else ""
-    match view.status:
-        case Status.PENDING:
-            parts = []
-            if view.quorum > 1:
-                who = f" ({escape(', '.join(approvals))})" if approvals else ""
-                parts.append(f":ballot_box_with_check: *{len(approvals)} of {view.quorum} approvals*{who}")
-            else:
-                parts.append(":hourglass: Waiting for a decision.")
-            if not view.agent_waiting:
-                parts.append(":warning: The agent is no longer waiting for this call.")
-            return "\n".join(parts)
-        case Status.APPROVED:
-            if not view.agent_waiting and view.pickup_deadline is not None:
-                return (
-                    f"Approved by *{by}*{via}; waiting for the agent to come back for it "
-                    f"(until {slack_date(view.pickup_deadline)})."
-                )
-            return f"Approved by *{by}*{via}; about to execute."
-        case Status.EXECUTING:
-            return f"Approved by *{by}*{via}; executing now."
-        case Status.EXECUTED:
-            return f"Approved by *{by}*{via}; executed."
-        case Status.FAILED:
-            return f"Approved by *{by}*{via}; the upstream call failed."
-        case Status.REJECTED:
-            reason = short(view.decision_reason) if view.decision_reason else "_no reason given_"
-            return f"Rejected by *{by}*{via}: {reason}"
-        case Status.EXPIRED:
-            if view.decided_via is not None:
-                # Approved, but the agent never came back for the result within its pick-up window.
-                return (
-                    f"Approved by *{by}*{via}, but the agent did not come back for it in time; it was never executed."
-                )
-            return f"No decision within {format_duration(view.timeout_seconds)}; the call was not executed."
-        case Status.CANCELLED:
-            why = short(view.decision_reason) if view.decision_reason else "the agent went away"
-            return f"Cancelled because {why}; the call was not executed."
-    return escape(view.status.value)
+    """Where the request stands, in the words every channel uses (approvals.story), plus quorum progress."""
+    parts = []
+    if view.status == Status.PENDING and view.quorum > 1:
+        who = f" ({escape(', '.join(approvals))})" if approvals else ""
+        parts.append(f":ballot_box_with_check: *{len(approvals)} of {view.quorum} approvals*{who}")
+    via = f" _(decided via {escape(view.decided_via)})_" if view.decided_via and view.status != Status.PENDING else ""
+    parts.append(escape(describe(view)) + via)
+    return "\n".join(parts)
 
 
 def _outcome_detail(view: RequestView) -> str | None:
@@ -229,19 +199,8 @@ def _outcome_detail(view: RequestView) -> str | None:
 
 
 def result_summary(view: RequestView) -> str:
-    """The text an upstream returned (or its structured result), for a glance; the inbox has all of it."""
-    result = view.result or {}
-    texts = [c.get("text", "") for c in result.get("content", []) if isinstance(c, dict) and c.get("type") == "text"]
-    text = " ".join(t for t in texts if t).strip()
-    if text:
-        return text
-    structured = result.get("structuredContent")
-    return json.dumps(structured, ensure_ascii=False, sort_keys=True) if structured is not None else "(no output)"
-
-
-def _approvers(view: RequestView) -> str:
-    people = ", ".join(view.approvers) if view.approvers else "any approver"
-    return people if view.quorum <= 1 else f"{view.quorum} of {people}"
+    """What the upstream returned, for a glance; the inbox has all of it."""
+    return summarize(view.result, SUMMARY_LIMIT) or "(no output)"
 
 
 def _buttons(view: RequestView) -> Block:

@@ -6,25 +6,21 @@ It acts on requests only through the approval service, like every other channel.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from approvals.feed import ChangeListener
+from gateway.channels import ChannelContext
 from gateway.web.audit_views import AuditViews
 from gateway.web.auth import Authenticator
 from gateway.web.inbox import InboxViews
-from gateway.web.orders import OrderBook
 from gateway.web.pages import WebContext
 from gateway.web.security import SecurityHeaders
 from gateway.web.signin import SignInViews
 from gateway.web.templating import Templates, asset_dir
-
-if TYPE_CHECKING:
-    from gateway.app import Gateway
 
 __all__ = ["WebChannel"]
 
@@ -35,16 +31,16 @@ PREFIXES = ("/signin", "/signout", "/inbox", "/approvals", "/audit", "/static")
 class WebChannel:
     name = "web"
 
-    def __init__(self, gateway: Gateway) -> None:
-        settings = gateway.settings
+    def __init__(self, context: ChannelContext) -> None:
+        settings = context.settings
         self.static_dir = asset_dir("static")
         templates = Templates(asset_dir("templates"), self.static_dir)
         auth = Authenticator(
-            settings.web, gateway.approvers, secure_cookies=settings.server.base_url.startswith("https://")
+            settings.web, context.approvers, secure_cookies=settings.server.base_url.startswith("https://")
         )
-        self.context = WebContext(gateway=gateway, settings=settings.web, templates=templates, auth=auth)
+        self.context = WebContext(service=context.service, settings=settings.web, templates=templates, auth=auth)
         self.signin = SignInViews(self.context)
-        self.inbox = InboxViews(self.context, OrderBook(gateway.upstreams))
+        self.inbox = InboxViews(self.context, context.lookups)
         self.audit = AuditViews(self.context)
 
     def routes(self) -> list[BaseRoute]:
@@ -60,7 +56,7 @@ class WebChannel:
             Route("/inbox/cards/{request_id}", guard(inbox.one_card), methods=["GET"]),
             Route("/approvals/{request_id}", guard(inbox.request_page), methods=["GET"]),
             Route("/approvals/{request_id}/detail", guard(inbox.detail), methods=["GET"]),
-            Route("/approvals/{request_id}/order", guard(inbox.order), methods=["GET"]),
+            Route("/approvals/{request_id}/context", guard(inbox.context), methods=["GET"]),
             Route("/approvals/{request_id}/approve", guard(inbox.approve), methods=["POST"]),
             Route("/approvals/{request_id}/reject", guard(inbox.reject), methods=["POST"]),
             Route("/audit", guard(audit.page), methods=["GET"]),
@@ -72,6 +68,9 @@ class WebChannel:
 
     def middleware(self) -> list[Middleware]:
         return [Middleware(SecurityHeaders, prefixes=PREFIXES)]
+
+    def listeners(self) -> list[ChangeListener]:
+        return []
 
     async def run(self) -> None:
         """Nothing runs in the background: pages poll the service, which works across replicas."""

@@ -185,7 +185,7 @@ class Facets:
 
     async def current(self) -> dict[str, list[str]]:
         if time.monotonic() - self._loaded > FACETS_TTL:
-            self.values = await self.service.event_facets()
+            self.values = await self.service.history.event_facets()
             self._loaded = time.monotonic()
         return self.values
 
@@ -203,7 +203,7 @@ class ChainStatus:
     async def current(self, *, fresh: bool = False) -> tuple[ChainReport, datetime]:
         async with self._lock:
             if fresh or self.report is None or time.monotonic() - self._checked > CHAIN_TTL:
-                self.report = await self.service.verify_audit()
+                self.report = await self.service.history.verify()
                 self.checked_at = datetime.now(UTC)
                 self._checked = time.monotonic()
             assert self.checked_at is not None
@@ -246,7 +246,7 @@ class AuditViews:
         total = 0
         newer = older = False
         if not query.errors:
-            events = await self.service.search_events(
+            events = await self.service.history.search_events(
                 **query.filters(), before_seq=before, after_seq=after if before is None else None, limit=PAGE_SIZE + 1
             )
             if after is not None and before is None:
@@ -257,7 +257,7 @@ class AuditViews:
                 older = len(events) > PAGE_SIZE
                 events = events[:PAGE_SIZE]
                 newer = before is not None
-            total = await self.service.count_events(**query.filters(), cap=COUNT_CAP + 1)
+            total = await self.service.history.count_events(**query.filters(), cap=COUNT_CAP + 1)
         return await self.web.page(
             "audit.html",
             viewer,
@@ -286,7 +286,7 @@ class AuditViews:
     async def _batches(self, query: AuditQuery) -> AsyncIterator[list[AuditEventView]]:
         before: int | None = None
         while True:
-            batch = await self.service.search_events(**query.filters(), before_seq=before, limit=EXPORT_BATCH)
+            batch = await self.service.history.search_events(**query.filters(), before_seq=before, limit=EXPORT_BATCH)
             if not batch:
                 return
             yield batch

@@ -21,10 +21,11 @@ from starlette.responses import RedirectResponse, Response
 from approvals.approvers import may_decide
 from approvals.errors import AlreadyDecided, InvalidDecision, NotAllowed
 from approvals.states import TERMINAL, Status
+from approvals.story import describe, headline
 from approvals.views import AuditEventView, DecisionView, RequestView
-from gateway.web import orders
+from gateway.context import ContextLookup
+from gateway.results import summarize
 from gateway.web.auth import Viewer
-from gateway.web.orders import OrderBook
 from gateway.web.pages import WebContext, is_htmx
 from gateway.web.templating import clock, when
 
@@ -47,6 +48,7 @@ class Card:
     viewer: str
     may_decide: bool
     view: View
+    context: ContextLookup
     notice: Notice | None = None
 
     @property
@@ -90,8 +92,17 @@ class Card:
         return f"#detail-{self.id}" if self.view == "detail" else f"#req-{self.id}"
 
     @property
-    def has_order(self) -> bool:
-        return orders.applies(self.request) and self.request.status in (Status.PENDING, Status.APPROVED)
+    def has_context(self) -> bool:
+        return self.context.applies(self.request) and self.request.status in (Status.PENDING, Status.APPROVED)
+
+    @property
+    def story(self) -> str:
+        """Where the request stands or how it ended: the same sentence the agent, Slack and the API get."""
+        return describe(self.request)
+
+    @property
+    def headline(self) -> str:
+        return headline(self.request)
 
     @property
     def decided_at(self) -> datetime:
@@ -102,7 +113,7 @@ class Card:
 
     @property
     def result_summary(self) -> str | None:
-        return orders.summarize_result(self.request)
+        return self.context.result_summary(self.request) or summarize(self.request.result, 200) or None
 
 
 def asks_web(request: RequestView) -> bool:
@@ -131,10 +142,10 @@ def already_text(exc: AlreadyDecided) -> str:
 
 
 class InboxViews:
-    def __init__(self, web: WebContext, order_book: OrderBook) -> None:
+    def __init__(self, web: WebContext, lookups: ContextLookup) -> None:
         self.web = web
         self.service = web.service
-        self.order_book = order_book
+        self.lookups = lookups
 
     async def card(self, request_view: RequestView, viewer: Viewer, view: View, notice: Notice | None = None) -> Card:
         if request_view.status == Status.PENDING and request_view.quorum <= 1:
@@ -148,6 +159,7 @@ class InboxViews:
             viewer=viewer.name,
             may_decide=may_decide(viewer.approver, request_view.approvers),
             view=view,
+            context=self.lookups,
             notice=notice,
         )
 
@@ -188,12 +200,12 @@ class InboxViews:
             return Response(status_code=204)
         return self.web.render("partials/card.html", viewer, {"card": card})
 
-    async def order(self, request: Request, viewer: Viewer) -> Response:
+    async def context(self, request: Request, viewer: Viewer) -> Response:
         view = await self.service.get(request.path_params["request_id"])
-        if not orders.applies(view):
+        if not self.lookups.applies(view):
             return Response(status_code=204)
-        lookup = await self.order_book.lookup(view)
-        return self.web.render("partials/order.html", viewer, {"lookup": lookup, "request": view})
+        found = await self.lookups.lookup(view)
+        return self.web.render("partials/context.html", viewer, {"lookup": found, "request": view})
 
     # ---- deciding
 
@@ -212,11 +224,7 @@ class InboxViews:
         current = await self.service.get(request_id)
         status_code = 200
         notice: Notice | None
-        if not asks_web(current):
-            where = ", ".join(current.channels) or "the approver API"
-            notice = Notice("error", f"This tool's policy asks for decisions in {where}, not in the web inbox.")
-            status_code = 403
-        elif seen_digest != current.arguments_sha256:
+        if seen_digest != current.arguments_sha256:
             # The page that was clicked showed other arguments than the request holds: decide nothing.
             notice = Notice("error", "These are not the arguments you were shown; nothing was decided.")
             status_code = 409
@@ -263,7 +271,7 @@ class InboxViews:
         return self.web.render("partials/request_detail.html", viewer, context)
 
     async def _detail_context(self, view: RequestView, card: Card) -> dict[str, object]:
-        events: list[AuditEventView] = await self.service.events(request_id=view.id, limit=1000)
+        events: list[AuditEventView] = await self.service.history.events(request_id=view.id, limit=1000)
         return {
             "card": card,
             "request": view,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 from starlette.requests import Request
@@ -21,9 +21,6 @@ from approvals.states import Status
 from gateway.config import WebSettings
 from gateway.web.auth import Authenticator, Session, Viewer
 from gateway.web.templating import Templates
-
-if TYPE_CHECKING:
-    from gateway.app import Gateway
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +41,10 @@ def local_path(target: str | None, default: str = "/inbox") -> str:
 
 @dataclass
 class WebContext:
-    gateway: Gateway
+    service: ApprovalService
     settings: WebSettings
     templates: Templates
     auth: Authenticator
-
-    @property
-    def service(self) -> ApprovalService:
-        return self.gateway.service
 
     # ---- rendering
 

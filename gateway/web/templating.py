@@ -19,6 +19,7 @@ from starlette.background import BackgroundTask
 from starlette.responses import HTMLResponse
 
 import gateway
+from gateway.context import number
 
 
 def asset_dir(name: str) -> Path:
@@ -61,15 +62,6 @@ def span(seconds: float) -> str:
     if minutes:
         return f"{minutes}m {secs:02d}s"
     return f"{secs}s"
-
-
-def number(value: Any) -> str:
-    """A quantity or price as a trader writes it: 50, 1,250, 395.5 (never 50.0)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return "—" if value is None else str(value)
-    if isinstance(value, float) and not value.is_integer():
-        return f"{value:,.4f}".rstrip("0").rstrip(".")
-    return f"{int(value):,}"
 
 
 def pretty_json(value: Any) -> str:

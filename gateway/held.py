@@ -1,0 +1,403 @@
+"""Held calls: one owner that drives a request from its state to the waiting agent's answer.
+
+Every way an agent can be waiting for a request enters the same loop (`HeldCalls.follow`): the
+original held call, the same call repeated (re-attach), the wait tool, and no agent at all (an
+unattended run). The loop looks at the request's state and does the one thing that state calls
+for — wait for a decision, start the execution, wait for someone else's execution, or answer —
+calling down into the approval service and the upstream, never back up. Whoever starts the
+execution wins a compare-and-set, so an approved call runs at most once however many agents
+wait for it, on however many replicas.
+
+A request carries everything needed to carry it out (upstream, upstream tool, arguments, hold
+settings): the current policy and catalog are never consulted for a request that exists.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from typing import Any
+
+import anyio
+import mcp_types as types
+from anyio.abc import TaskGroup
+
+from approvals.audit import Event, canonical_json
+from approvals.durations import format_duration
+from approvals.errors import AlreadyDecided, ApprovalError, RequestNotFound, StoreUnavailable
+from approvals.feed import Change
+from approvals.service import ApprovalService, arguments_digest
+from approvals.states import Status
+from approvals.story import clock_time, ending, who_decides
+from approvals.views import RequestView
+from gateway.caller import Caller, ProgressLine, race_gone
+from gateway.errors import CallRefused, Tag
+from gateway.ratelimit import Reservation
+from gateway.results import STATUS_TOOL, WAIT_TOOL, pending_result, status_result, stored_result, text_of
+from gateway.upstreams import Upstreams
+
+log = logging.getLogger(__name__)
+
+_NOT_RUN = frozenset({Status.REJECTED, Status.EXPIRED, Status.CANCELLED, Status.FAILED})
+_NOT_FORWARDED = (
+    "the agent went away before the approved call was forwarded; it was not executed and can still be picked up."
+)
+
+
+class _Stop(enum.Enum):
+    GONE = "gone"  # the agent's connection dropped
+    HOLD_LIMIT = "hold_limit"  # held as long as this agent can wait
+
+
+class HeldCalls:
+    def __init__(
+        self,
+        service: ApprovalService,
+        upstreams: Upstreams,
+        *,
+        progress_interval: float,
+        inbox_url: str,
+        agent_max_hold: dict[str, float] | None = None,
+    ) -> None:
+        self.service = service
+        self.upstreams = upstreams
+        self.progress_interval = progress_interval
+        self.inbox_url = inbox_url
+        self.agent_max_hold = dict(agent_max_hold or {})
+        # Quota taken by held calls whose agent stopped waiting: returned when the request ends unexecuted.
+        self._parked: dict[str, Reservation] = {}
+        self._tasks: TaskGroup | None = None
+
+    def hold_limit(self, agent: str, view: RequestView, asked: float | None = None) -> float | None:
+        """How long this agent may be held on this request: the agent's cap, the request's own, and what it asked."""
+        limits = [v for v in (self.agent_max_hold.get(agent), view.max_hold_seconds, asked) if v is not None]
+        return min(limits) if limits else None
+
+    # ---- the loop
+
+    async def follow(
+        self,
+        view: RequestView,
+        caller: Caller | None,
+        progress: ProgressLine,
+        *,
+        hold_limit: float | None,
+        reservation: Reservation | None = None,
+    ) -> types.CallToolResult:
+        """Drive `view` until `caller` has its answer (`caller` None: nobody is waiting, run it unattended)."""
+        deadline = None if hold_limit is None else anyio.current_time() + hold_limit
+        try:
+            while True:
+                if view.status == Status.PENDING:
+                    step = await self._wait_for_decision(view, caller, progress, deadline)
+                    if step is _Stop.GONE:
+                        await self._detach(view.id, "the agent's connection dropped")
+                        raise CallRefused(Tag.APPROVAL_DETACHED, "the connection closed; the request is still pending.")
+                    if step is _Stop.HOLD_LIMIT:
+                        why = "held as long as the agent can wait; it was told to check back"
+                        view = await self._detach(view.id, why) or view
+                        return pending_result(view, wait_seconds=hold_limit)
+                    assert isinstance(step, RequestView)
+                    view = step
+                elif view.status == Status.APPROVED:
+                    ran = await self._execute(view, caller, progress)
+                    if isinstance(ran, tuple):
+                        view, result = ran
+                        return result
+                    view = ran
+                elif view.status == Status.EXECUTING:
+                    settled = await self._wait_for_execution(view, progress, deadline)
+                    if settled is None:
+                        return pending_result(view, wait_seconds=hold_limit)
+                    view = settled
+                else:
+                    return answer(view)
+        finally:
+            self._settle(view, reservation)
+
+    # ---- waiting for a decision
+
+    async def _wait_for_decision(
+        self, view: RequestView, caller: Caller | None, progress: ProgressLine, deadline: float | None
+    ) -> RequestView | _Stop:
+        outcome: RequestView | _Stop | Exception
+        try:
+            async with anyio.create_task_group() as tg:
+                # Progress goes out on its own beat, so the wait below is one database read per wake-up.
+                tg.start_soon(self._notices, view, progress)
+                try:
+                    outcome = await self._decision_or_stop(view, caller, deadline)
+                except Exception as exc:  # raised below, not wrapped in the task group's exception group
+                    outcome = exc
+                tg.cancel_scope.cancel()
+        except BaseException:
+            if caller is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._leave(view, caller)
+            raise
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    async def _decision_or_stop(
+        self, view: RequestView, caller: Caller | None, deadline: float | None
+    ) -> RequestView | _Stop:
+        while True:
+            remaining = (view.expires_at - self.service.clock()).total_seconds()
+            hold_left = None if deadline is None else deadline - anyio.current_time()
+            if remaining <= 0:
+                return await self._expired(view)
+            if hold_left is not None and hold_left <= 0:
+                return _Stop.HOLD_LIMIT
+            budget = remaining if hold_left is None else min(remaining, hold_left)
+            step = self._wait_step(view, budget)
+            if caller is None or caller.disconnected is None:
+                latest = await step
+            else:
+                settled = await race_gone(step, caller.disconnected)
+                if settled is None:
+                    return _Stop.GONE
+                latest = settled
+            if latest.status != Status.PENDING:
+                return latest
+
+    async def _wait_step(self, view: RequestView, budget: float) -> RequestView:
+        try:
+            return await self.service.wait_for_change(view.id, Status.PENDING, within=budget)
+        except StoreUnavailable as exc:
+            # Keep trying until the request's own deadline; then `_expired` fails closed.
+            log.warning("waiting on %s: %s", view.id, exc)
+            await anyio.sleep(min(budget, self.service.feed.poll_interval))
+            return view
+
+    async def _expired(self, view: RequestView) -> RequestView:
+        try:
+            await self.service.expire(view.id)
+            latest = await self.service.get(view.id)
+        except ApprovalError as exc:
+            raise CallRefused(
+                Tag.APPROVAL_UNAVAILABLE,
+                f"the approval store could not be reached to settle request {view.id} ({exc}); "
+                "the call was not executed.",
+                {"status": "unknown", "approval_id": view.id},
+            ) from exc
+        if latest.status == Status.PENDING:  # the expiry was not recorded: never run it
+            raise CallRefused(
+                Tag.APPROVAL_UNAVAILABLE,
+                f"request {view.id} could not be settled; the call was not executed.",
+                {"status": "unknown", "approval_id": view.id},
+            )
+        return latest
+
+    async def _notices(self, view: RequestView, progress: ProgressLine) -> None:
+        who = who_decides(view)
+        while True:
+            remaining = max((view.expires_at - self.service.clock()).total_seconds(), 0.0)
+            await progress.notice(
+                f"Waiting for approval by {who} (request {view.id}); expires at {clock_time(view, 'expires')}, "
+                f"in {format_duration(remaining)}. Inbox: {self.inbox_url}"
+            )
+            await anyio.sleep(self.progress_interval)
+
+    async def _wait_for_execution(
+        self, view: RequestView, progress: ProgressLine, deadline: float | None
+    ) -> RequestView | None:
+        """Someone else is running the call right now: wait for its stored result (None: the hold ran out)."""
+        await progress.notice(f"Request {view.id} is being executed; waiting for its result.")
+        while view.status == Status.EXECUTING:
+            step = self.progress_interval
+            if deadline is not None:
+                step = min(step, deadline - anyio.current_time())
+                if step <= 0:
+                    return None
+            view = await self.service.wait_for_change(view.id, Status.EXECUTING, within=step)
+        return view
+
+    # ---- executing exactly once
+
+    async def _execute(
+        self, view: RequestView, caller: Caller | None, progress: ProgressLine
+    ) -> tuple[RequestView, types.CallToolResult] | RequestView:
+        """Start and forward the approved call; or, when someone else started it first, the request as it is now."""
+        upstream = self.upstreams.get(view.upstream)
+        if upstream is None or not upstream.ready:
+            state = "is not configured any more" if upstream is None else "is not connected right now"
+            raise CallRefused(
+                Tag.UPSTREAM_UNAVAILABLE,
+                f"upstream '{view.upstream}', which request {view.id} was approved for, {state}; the approved call "
+                f"was not executed and was not sent anywhere else. It stays approved until "
+                f"{clock_time(view, 'pickup')}: call again to run it.",
+            )
+        if caller is not None and caller.gone:
+            await self._detach(view.id, "the agent went away before the approved call started")
+            raise CallRefused(Tag.APPROVAL_DETACHED, _NOT_FORWARDED)
+        started: RequestView | None = None
+        try:
+            try:
+                started = await self.service.begin_execution(view.id, arguments_digest(view.arguments_json))
+            except AlreadyDecided:
+                # Another waiter (a re-attached call, the wait tool, another replica) started or ended it first.
+                return await self.service.get(view.id)
+            if caller is not None and caller.gone:
+                raise _LeftBeforeForwarding()
+            await progress.notice(f"Approved by {view.decided_by}; executing {view.tool}.")
+        except BaseException as exc:
+            # Nothing was forwarded: the approval stands (or is withdrawn on an explicit cancel).
+            with anyio.CancelScope(shield=True):
+                if started is not None:
+                    await self._abandon(view.id)
+                if isinstance(exc, _LeftBeforeForwarding):
+                    raise CallRefused(Tag.APPROVAL_DETACHED, _NOT_FORWARDED) from None
+                if caller is not None:
+                    await self._leave(view, caller)
+            raise
+        # Once forwarded, see the call through and record its outcome even if the agent cancels meanwhile,
+        # so the request never stays `executing` with the upstream's answer lost. The call timeout bounds this.
+        with anyio.CancelScope(shield=True):
+            result = await upstream.call(view.upstream_tool, view.arguments, progress.relay)
+            summary = text_of(result, 200)
+            try:
+                started = await self.service.finish_execution(
+                    view.id,
+                    ok=not result.is_error,
+                    result=result.model_dump(mode="json", by_alias=True, exclude_none=True),
+                    error=summary if result.is_error else None,
+                    summary=summary or "executed",
+                )
+            except ApprovalError as exc:
+                # The upstream ran it: the agent gets the result regardless, or it would retry a call that ran.
+                log.error("executed %s but could not record its result: %s", view.id, exc)
+        return started, result
+
+    # ---- the agent leaving, and quota
+
+    async def _leave(self, view: RequestView, caller: Caller) -> None:
+        """The agent's call ended early: withdraw on an explicit cancel (unless the request keeps), else detach."""
+        try:
+            if not view.keep_on_cancel and await caller.withdrew():
+                await self.service.withdraw(view.id, "the agent cancelled the call")
+            else:
+                await self.service.detach(view.id, "the agent stopped waiting (connection closed or client timeout)")
+        except ApprovalError as exc:
+            log.error("could not record that the agent of %s stopped waiting: %s", view.id, exc)
+
+    async def _detach(self, request_id: str, why: str) -> RequestView | None:
+        try:
+            return await self.service.detach(request_id, why)
+        except ApprovalError as exc:
+            log.error("could not record that the agent of %s stopped waiting: %s", request_id, exc)
+            return None
+
+    async def _abandon(self, request_id: str) -> None:
+        try:
+            await self.service.abandon_start(request_id, "the agent went away before anything was forwarded")
+        except ApprovalError as exc:
+            log.error("could not record that %s was not forwarded: %s", request_id, exc)
+
+    def _settle(self, view: RequestView, reservation: Reservation | None) -> None:
+        """The quota a held call took: returned if it ended unexecuted, kept if it ran, parked while undecided."""
+        if reservation is None:
+            return
+        if view.status in (Status.PENDING, Status.APPROVED):
+            self._parked[view.id] = reservation
+        elif view.status in _NOT_RUN:
+            reservation.release()
+
+    # ---- the change feed: parked quota, unattended runs
+
+    async def run(self) -> None:
+        async with anyio.create_task_group() as tg:
+            self._tasks = tg
+            try:
+                for view in await self.service.list_requests(statuses={Status.APPROVED}, limit=10_000):
+                    self._maybe_unattended(view)
+            except ApprovalError as exc:
+                log.warning("could not look for approved unattended runs: %s", exc)
+            try:
+                await anyio.sleep_forever()
+            finally:
+                self._tasks = None
+
+    async def request_changed(self, change: Change) -> None:
+        view = change.request
+        if view.is_terminal:
+            reservation = self._parked.pop(view.id, None)
+            if reservation is not None and view.status in _NOT_RUN:
+                reservation.release()
+        self._maybe_unattended(view)
+
+    def _maybe_unattended(self, view: RequestView) -> None:
+        # Every process hears the approval; begin_execution's compare-and-set lets exactly one of them run it.
+        if view.status == Status.APPROVED and view.run_unattended and not view.agent_waiting and self._tasks:
+            self._tasks.start_soon(self._run_unattended, view)
+
+    async def _run_unattended(self, view: RequestView) -> None:
+        try:
+            await self.follow(view, None, ProgressLine(None), hold_limit=None)
+        except CallRefused as exc:
+            log.info("unattended run of %s did not happen: %s", view.id, exc)
+        except Exception:
+            log.exception("unattended run of %s failed", view.id)
+
+    # ---- the gateway's own tools, and re-attaching
+
+    async def reattach(
+        self, view: RequestView, caller: Caller, progress: ProgressLine, how: str, asked: float | None = None
+    ) -> types.CallToolResult:
+        if not view.is_terminal:
+            view = await self.service.attach(view.id, caller.agent, how)
+        return await self.follow(view, caller, progress, hold_limit=self.hold_limit(caller.agent, view, asked))
+
+    async def gateway_tool(
+        self, caller: Caller, tool: str, arguments: dict[str, Any], progress: ProgressLine
+    ) -> types.CallToolResult:
+        approval_id = arguments.get("approval_id")
+        if not isinstance(approval_id, str) or not approval_id:
+            raise CallRefused(Tag.INVALID_ARGUMENTS, f"{tool} needs approval_id, the id a held call returned")
+        timeout = arguments.get("timeout_seconds")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0):
+            raise CallRefused(Tag.INVALID_ARGUMENTS, "timeout_seconds must be a number of seconds, 0 or more")
+        try:
+            view = await self.service.get(approval_id)
+        except RequestNotFound:
+            view = None
+        if view is None or view.agent != caller.agent:
+            # Another agent's request is as invisible as one that does not exist.
+            raise CallRefused(Tag.NOT_FOUND, f"you have no approval request {approval_id!r}")
+        await self.service.record(
+            Event(
+                kind="call.gateway",
+                outcome="allowed",
+                message=f"{tool} for {approval_id}",
+                agent=caller.agent,
+                tool=tool,
+                request_id=approval_id,
+                arguments=canonical_json(arguments),
+            )
+        )
+        if tool == STATUS_TOOL:
+            return status_result(view)
+        assert tool == WAIT_TOOL
+        asked = None if timeout is None else float(timeout)
+        if view.status == Status.PENDING and self.hold_limit(caller.agent, view, asked) == 0:
+            return pending_result(view, wait_seconds=self.hold_limit(caller.agent, view))
+        return await self.reattach(view, caller, progress, f"called {WAIT_TOOL}", asked)
+
+
+class _LeftBeforeForwarding(Exception):
+    """The agent left while the start was being recorded: never forward for nobody."""
+
+
+def answer(view: RequestView) -> types.CallToolResult:
+    """What the agent gets for a request that has ended."""
+    if view.status in (Status.EXECUTED, Status.FAILED):
+        return stored_result(view)
+    tag = {
+        Status.REJECTED: Tag.APPROVAL_REJECTED,
+        Status.EXPIRED: Tag.APPROVAL_EXPIRED,
+        Status.CANCELLED: Tag.APPROVAL_CANCELLED,
+    }[view.status]
+    structured: dict[str, Any] = {"status": view.status.value, "approval_id": view.id}
+    if view.status == Status.REJECTED:
+        structured.update(decided_by=view.decided_by, reason=view.decision_reason)
+    raise CallRefused(tag, ending(view), structured)
