@@ -78,7 +78,7 @@ def contenders(services: Sequence[ApprovalService], request_id: str) -> list[Con
             return await service.expire(request_id)
 
         async def cancel(service: ApprovalService = service) -> bool:
-            return await service.cancel(request_id, "the agent disconnected")
+            return await service.withdraw(request_id, "the agent disconnected")
 
         entries += [("approve", approve), ("reject", reject), ("expire", expire), ("cancel", cancel)]
     random.shuffle(entries)
@@ -113,7 +113,7 @@ async def race(entries: list[Contender]) -> tuple[list[str], Counter[str]]:
 
 
 async def assert_exactly_one_decision(service: ApprovalService, request_id: str, winners: list[str]) -> None:
-    transitions = [e.kind for e in await service.events(request_id=request_id)][1:]
+    transitions = [e.kind for e in await service.history.events(request_id=request_id)][1:]
     final = await service.get(request_id)
     if transitions == ["request.approved", "request.cancelled"]:
         # An approval lapses when its agent leaves before execution begins: the one later
@@ -145,7 +145,7 @@ async def test_approve_reject_expire_and_cancel_racing_from_many_tasks_leave_exa
 
             await assert_exactly_one_decision(service, request.id, winners)
             assert sum(losses.values()) == len(entries) - len(winners)
-        report = await service.verify_audit()
+        report = await service.history.verify()
         assert report.ok, report.describe()
 
 
@@ -160,7 +160,7 @@ async def test_two_replicas_on_one_database_racing_every_decision_leave_exactly_
             winners, _ = await race(contenders(services, request.id))
 
             await assert_exactly_one_decision(services[1], request.id, winners)
-        report = await services[1].verify_audit()
+        report = await services[1].history.verify()
         assert report.ok, report.describe()
 
 
@@ -192,7 +192,7 @@ async def test_many_approvers_racing_to_meet_a_quorum_of_two_approve_the_request
         assert len(late) == len(APPROVERS) - 2
         assert all(exc.status == "approved" for exc in late)
         assert len(await services[0].decisions(request.id)) == 2
-        kinds = [e.kind for e in await services[0].events(request_id=request.id)]
+        kinds = [e.kind for e in await services[0].history.events(request_id=request.id)]
         assert kinds == ["request.created", "request.approval", "request.approved"]
 
 
@@ -217,7 +217,7 @@ async def test_an_approved_call_starts_executing_exactly_once_when_many_replicas
 
         assert len(started) == 1
         assert len(refused) == 9
-        kinds = [e.kind for e in await services[1].events(request_id=request.id)]
+        kinds = [e.kind for e in await services[1].history.events(request_id=request.id)]
         assert kinds.count("request.executing") == 1
 
 
@@ -301,7 +301,7 @@ async def test_ten_approvals_and_ten_rejections_posted_at_once_decide_a_held_can
             assert final["status"] == "executed"
         else:
             assert result.is_error
-            assert text(result) == f"[APPROVAL REJECTED] by {winner}: race"
+            assert text(result) == f"[APPROVAL REJECTED] Rejected by {winner}: race. The call was not executed."
             assert cancels == []
             assert h.book.cancel_calls == 0
             assert final["status"] == "rejected"
@@ -342,8 +342,8 @@ async def test_an_approval_posted_at_the_moment_of_expiry_either_executes_once_o
         else:
             assert approval["code"] == 409
             assert approval["body"]["status"] == "expired"
-            assert approval["body"]["decided_by"] == "timeout"
-            assert text(result) == "[APPROVAL EXPIRED] no decision within 1s; the call was not executed."
+            assert approval["body"]["ended_because"] == "timed_out"
+            assert text(result) == "[APPROVAL EXPIRED] Nobody decided within 1s; the call was not executed."
             assert cancels == []
             assert final["status"] == "expired"
         kinds = [e["kind"] for e in final["events"]]

@@ -22,7 +22,7 @@ from approvals.errors import (
     RequestNotFound,
 )
 from approvals.service import ApprovalService
-from approvals.states import Status
+from approvals.states import EndReason, Status
 from approvals.views import NewRequest, RequestView
 from tests.factories import held_cancel
 
@@ -74,10 +74,10 @@ class Env:
     clock: MovableClock
 
     async def kinds(self, request_id: str) -> list[str]:
-        return [e.kind for e in await self.service.events(request_id=request_id)]
+        return [e.kind for e in await self.service.history.events(request_id=request_id)]
 
     async def event_count(self) -> int:
-        return len(await self.service.events(limit=100_000))
+        return len(await self.service.history.events(limit=100_000))
 
 
 @pytest.fixture
@@ -248,14 +248,16 @@ async def test_expire_after_the_expiry_time_expires_the_request_once(env: Env) -
 
     expired = await env.service.get(request.id)
     assert expired.status == Status.EXPIRED
-    assert expired.decided_by == "timeout"
+    assert expired.decided_by is None and expired.ended_because == EndReason.TIMED_OUT
     assert expired.status_changed_at == request.expires_at
-    events = await env.service.events(request_id=request.id)
+    events = await env.service.history.events(request_id=request.id)
     assert [e.kind for e in events] == ["request.created", "request.expired"]
-    assert events[-1].message == "no decision within 1m"
+    assert events[-1].message == "Nobody decided within 1m; the call was not executed."
     with pytest.raises(AlreadyDecided) as late:
         await env.service.approve(request.id, ALICE, "web")
-    assert (late.value.status, late.value.by, late.value.at) == ("expired", "timeout", request.expires_at)
+    assert (late.value.status, late.value.by, late.value.at) == ("expired", None, request.expires_at)
+    assert late.value.ended_because == "timed_out"
+    assert late.value.summary == "Nobody decided within 1m; the call was not executed."
 
 
 # ---- cancel
@@ -264,12 +266,12 @@ async def test_expire_after_the_expiry_time_expires_the_request_once(env: Env) -
 async def test_cancel_withdraws_a_pending_request_once(env: Env) -> None:
     request = await env.service.create(new_request())
 
-    assert await env.service.cancel(request.id, "the agent disconnected") is True
-    assert await env.service.cancel(request.id, "the agent disconnected") is False
+    assert await env.service.withdraw(request.id, "the agent disconnected") is True
+    assert await env.service.withdraw(request.id, "the agent disconnected") is False
 
     cancelled = await env.service.get(request.id)
     assert cancelled.status == Status.CANCELLED
-    assert cancelled.decision_reason == "the agent disconnected"
+    assert cancelled.ended_because == EndReason.WITHDRAWN and cancelled.decision_reason is None
     assert not cancelled.agent_waiting
     assert await env.kinds(request.id) == ["request.created", "request.cancelled"]
 
@@ -278,7 +280,7 @@ async def test_cancel_lapses_an_approval_whose_agent_left_before_execution_began
     request = await env.service.create(new_request())
     await env.service.approve(request.id, ALICE, "web", "fine")
 
-    assert await env.service.cancel(request.id, "the agent disconnected") is True
+    assert await env.service.withdraw(request.id, "the agent disconnected") is True
 
     cancelled = await env.service.get(request.id)
     assert cancelled.status == Status.CANCELLED
@@ -293,7 +295,7 @@ async def test_cancel_never_undoes_an_execution_that_has_begun(env: Env) -> None
     await env.service.approve(request.id, ALICE, "web")
     await env.service.begin_execution(request.id, request.arguments_sha256)
 
-    assert await env.service.cancel(request.id, "the agent disconnected") is False
+    assert await env.service.withdraw(request.id, "the agent disconnected") is False
     assert (await env.service.get(request.id)).status == Status.EXECUTING
 
 
@@ -354,7 +356,7 @@ async def test_finish_execution_records_a_failed_call_with_its_error(env: Env) -
 
     assert failed.status == Status.FAILED
     assert failed.error == "order 1001 is not active"
-    events = await env.service.events(request_id=request.id)
+    events = await env.service.history.events(request_id=request.id)
     assert events[-1].kind == "request.failed"
     assert events[-1].detail == {"error": "order 1001 is not active"}
 
@@ -397,7 +399,7 @@ async def _to_expired(env: Env, request: RequestView) -> None:
 
 
 async def _to_cancelled(env: Env, request: RequestView) -> None:
-    assert await env.service.cancel(request.id, "the agent disconnected")
+    assert await env.service.withdraw(request.id, "the agent disconnected")
 
 
 TO_TERMINAL: dict[Status, Callable[[Env, RequestView], Awaitable[None]]] = {
@@ -424,7 +426,7 @@ async def test_a_request_in_any_terminal_state_never_changes_again(env: Env) -> 
         with pytest.raises(AlreadyDecided):
             await env.service.reject(request.id, BOB, "web", "too late")
         assert await env.service.expire(request.id) is False
-        assert await env.service.cancel(request.id, "the agent disconnected") is False
+        assert await env.service.withdraw(request.id, "the agent disconnected") is False
         with pytest.raises(AlreadyDecided):
             await env.service.begin_execution(request.id, request.arguments_sha256)
         with pytest.raises(AlreadyDecided):
@@ -455,7 +457,7 @@ async def test_every_transition_writes_exactly_one_audit_event_and_the_chain_ver
         count = await env.event_count()
         env.clock.advance(1)
         await step()
-        events = await env.service.events(request_id=request.id)
+        events = await env.service.history.events(request_id=request.id)
         assert await env.event_count() == count + 1, kind
         assert events[-1].kind == kind
         assert events[-1].at == env.clock.now
@@ -463,12 +465,12 @@ async def test_every_transition_writes_exactly_one_audit_event_and_the_chain_ver
         assert events[-1].agent == "alpha"
         assert events[-1].tool == "ibkr_cancel_order"
 
-    approvals = [e for e in await env.service.events(request_id=request.id) if e.actor is not None]
+    approvals = [e for e in await env.service.history.events(request_id=request.id) if e.actor is not None]
     assert [(e.kind, e.actor, e.channel) for e in approvals] == [
         ("request.approval", "alice", "web"),
         ("request.approved", "bob", "slack"),
     ]
-    report = await env.service.verify_audit()
+    report = await env.service.history.verify()
     assert report.ok, report.describe()
     assert report.checked == 5
 
@@ -488,7 +490,7 @@ async def test_an_approver_outside_the_requests_list_is_refused_and_the_refusal_
     assert approve_refused.value.request_id == request.id
     assert (await env.service.get(request.id)).status == Status.PENDING
     assert await env.service.decisions(request.id) == []
-    refusals = [e for e in await env.service.events(request_id=request.id) if e.kind == "decision.refused"]
+    refusals = [e for e in await env.service.history.events(request_id=request.id) if e.kind == "decision.refused"]
     assert [(e.actor, e.channel, e.outcome) for e in refusals] == [
         ("carol", "web", "refused"),
         ("carol", "slack", "refused"),
@@ -515,7 +517,7 @@ async def test_a_request_that_does_not_exist_is_reported_as_not_found_by_every_o
         lambda: env.service.approve(missing, ALICE, "web"),
         lambda: env.service.reject(missing, ALICE, "web", "no"),
         lambda: env.service.expire(missing),
-        lambda: env.service.cancel(missing, "gone"),
+        lambda: env.service.withdraw(missing, "gone"),
         lambda: env.service.begin_execution(missing, "0" * 64),
         lambda: env.service.finish_execution(missing, ok=True, result={}, error=None, summary="done"),
     ]

@@ -158,11 +158,13 @@ async def test_an_approval_not_picked_up_in_time_expires_and_never_runs(tmp_path
         await wait_for(expired, within=10, interval=0.05)
         late = await agent.call_tool(WAIT, {"approval_id": approval_id})
         assert late.is_error
-        assert text(late).startswith("[APPROVAL EXPIRED] it was approved by alice but not picked up within 1s")
+        assert text(late).startswith(
+            "[APPROVAL EXPIRED] Approved by alice, but the agent did not come back for it within 1s"
+        )
         assert h.book.cancel_calls == 0
         events = (await request_body(h, approval_id))["events"]
         [lapse] = [e for e in events if e["kind"] == "request.expired"]
-        assert "never executed" in lapse["message"]
+        assert "the call was not executed" in lapse["message"]
         assert [e["kind"] for e in events][-1] == "call.gateway", "the agent's late wait is on the request's record"
 
 

@@ -139,7 +139,7 @@ async def test_pending_requests_are_listed_and_shown_with_their_arguments_and_hi
         assert datetime.fromisoformat(body["expires_at"]) > datetime.fromisoformat(body["created_at"])
 
         await h.api().post(f"/api/approvals/{request['id']}/reject", json={"reason": "only looking"})
-    assert text(outcome["result"]) == "[APPROVAL REJECTED] by alice: only looking"
+    assert text(outcome["result"]) == "[APPROVAL REJECTED] Rejected by alice: only looking. The call was not executed."
 
 
 async def test_one_who_may_not_decide_is_403_and_a_second_decision_is_409_saying_by_whom_and_when(
@@ -218,7 +218,7 @@ async def test_a_reject_without_a_reason_is_400_when_the_policy_requires_one(tmp
 
         response = await h.api().post(reject, json={"reason": "wrong order"})
         assert response.status_code == 200, response.text
-    assert text(outcome["result"]) == "[APPROVAL REJECTED] by alice: wrong order"
+    assert text(outcome["result"]) == "[APPROVAL REJECTED] Rejected by alice: wrong order. The call was not executed."
 
 
 async def test_health_reports_the_database_and_every_upstream(tmp_path: Path, sqlite_url: str) -> None:

@@ -104,7 +104,10 @@ async def test_approvals_reject_reads_the_url_and_token_from_the_environment_and
             assert code == 0, err
             assert out.strip() == "rejected by bob: that order protects a position"
 
-        assert text(outcome["result"]) == "[APPROVAL REJECTED] by bob: that order protects a position"
+        assert (
+            text(outcome["result"])
+            == "[APPROVAL REJECTED] Rejected by bob: that order protects a position. The call was not executed."
+        )
         assert h.book.cancel_calls == 0
 
 

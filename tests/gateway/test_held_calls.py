@@ -82,7 +82,10 @@ async def test_a_rejected_cancel_tells_the_agent_who_rejected_it_and_why(
 
         result = outcome["result"]
         assert result.is_error
-        assert text(result) == "[APPROVAL REJECTED] by bob: that order protects a position"
+        assert (
+            text(result)
+            == "[APPROVAL REJECTED] Rejected by bob: that order protects a position. The call was not executed."
+        )
         assert h.book.cancel_calls == 0
 
 

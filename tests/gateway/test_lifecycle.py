@@ -107,11 +107,11 @@ async def test_calls_nobody_decides_expire_on_time_and_agents_of_both_eras_are_t
 
         for era, result in results.items():
             assert result.is_error, era
-            assert text(result) == "[APPROVAL EXPIRED] no decision within 2s; the call was not executed.", era
+            assert text(result) == "[APPROVAL EXPIRED] Nobody decided within 2s; the call was not executed.", era
         expired = (await h.api().get("/api/approvals", params={"status": "expired"})).json()["approvals"]
         assert sorted(r["arguments"]["orderId"] for r in expired) == [1001, 1005]
         for request in expired:
-            assert request["decided_by"] == "timeout"
+            assert request["decided_by"] is None and request["ended_because"] == "timed_out"
             expires_at = datetime.fromisoformat(request["expires_at"])
             changed_at = datetime.fromisoformat(request["status_changed_at"])
             assert expires_at <= changed_at < expires_at + timedelta(seconds=1.5)
@@ -151,7 +151,7 @@ async def test_an_explicit_cancel_withdraws_the_request_while_a_closed_2026_stre
 
         withdrawn_id = requests[1001]["id"]
         withdrawn = await wait_for_status(h, withdrawn_id, "cancelled")
-        assert withdrawn["decision_reason"] == "the agent cancelled the call"
+        assert withdrawn["ended_because"] == "withdrawn"
         assert withdrawn["agent_waiting"] is False
         assert [e["kind"] for e in withdrawn["events"]] == ["request.created", "request.cancelled"]
         late = await h.api().post(f"/api/approvals/{withdrawn_id}/approve", json={})
@@ -287,7 +287,7 @@ async def test_a_fresh_gateway_expires_overdue_requests_at_start_and_rearms_the_
         expired = await wait_for_status(h, waiting.id, "expired", within=8)
         changed_at = datetime.fromisoformat(expired["status_changed_at"])
         assert waiting.expires_at <= changed_at < waiting.expires_at + timedelta(seconds=1.5)
-        assert expired["decided_by"] == "timeout"
+        assert expired["decided_by"] is None and expired["ended_because"] == "timed_out"
         assert h.gateway.timeouts.armed() == 0
         assert forwarded_cancels(h) == []
 

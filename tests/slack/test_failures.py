@@ -16,7 +16,7 @@ from tests.slack.stack import ALICE, BOB, CANCEL, call_tool, cancel_policy, slac
 
 
 async def slack_events(h: Harness, request_id: str) -> list[Any]:
-    return [e for e in await h.service.events(request_id=request_id) if e.kind.startswith("slack.")]
+    return [e for e in await h.service.history.events(request_id=request_id) if e.kind.startswith("slack.")]
 
 
 async def audited(h: Harness, request_id: str, *kinds: str) -> list[Any]:
@@ -96,7 +96,9 @@ async def test_a_permanent_slack_error_is_given_up_at_once_and_audited(tmp_path:
             assert event.detail["error"] == "channel_not_found" and event.detail["attempts"] == 1
             assert len(slack.calls_to("chat.postMessage")) == 1
             await h.api(ALICE_TOKEN).post(f"/api/approvals/{request['id']}/reject", json={"reason": "fix the channel"})
-        assert text(outcome["result"]) == "[APPROVAL REJECTED] by alice: fix the channel"
+        assert text(outcome["result"]) == (
+            "[APPROVAL REJECTED] Rejected by alice: fix the channel. The call was not executed."
+        )
 
 
 async def test_a_failed_update_is_retried_until_the_message_shows_the_truth(tmp_path: Path, sqlite_url: str) -> None:
@@ -161,11 +163,11 @@ async def test_on_start_pending_requests_that_never_reached_slack_are_posted(tmp
     new = NewRequest("paper", "ibkr_cancel_order", "ibkr_cancel_order", CANCEL, "alpha", "rule", "held", 900)
     stranded = await earlier.create(new)
     decided = await earlier.create(new)
-    await earlier.cancel(decided.id, "the agent went away")
+    await earlier.withdraw(decided.id, "the agent went away")
     try:
         async with fake.serving(), anyio.create_task_group() as tg:
             settings = parse_settings({"slack": fake.config()}, base_dir=str(tmp_path), environ={})
-            channel = SlackChannel(settings, ApprovalService(db, ApproverDirectory([])))
+            channel = SlackChannel(settings, ApprovalService(db, ApproverDirectory([])), ApproverDirectory([]))
             tg.start_soon(channel.run)
             message = await fake.message()
 

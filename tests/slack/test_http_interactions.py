@@ -51,7 +51,7 @@ async def test_a_held_call_posts_a_message_and_a_signed_approve_click_returns_th
         assert result.structured_content is not None and result.structured_content["orderId"] == 1001
         assert h.book.cancel_calls == 1
         await slack.message_shows(message, "executed")
-        assert "Approved by *alice* (via slack); executed." in message.block_text()
+        assert "Approved by alice and executed. _(decided via slack)_" in message.block_text()
         assert message.buttons() == {}, "buttons disappear once the request is decided"
         final = (await h.api().get(f"/api/approvals/{request['id']}")).json()
         assert (final["status"], final["decided_by"], final["decided_via"]) == ("executed", "alice", "slack")
@@ -77,9 +77,13 @@ async def test_reject_opens_a_modal_and_the_reason_reaches_the_agent(tmp_path: P
 
         result = outcome["result"]
         assert result.is_error
-        assert text(result) == "[APPROVAL REJECTED] by bob: that order protects a position"
+        assert text(result) == (
+            "[APPROVAL REJECTED] Rejected by bob: that order protects a position. The call was not executed."
+        )
         assert h.book.cancel_calls == 0
-        await slack.message_shows(message, "Rejected by *bob* (via slack): that order protects a position")
+        await slack.message_shows(
+            message, "Rejected by bob: that order protects a position. The call was not executed. _(decided via slack)_"
+        )
         assert message.buttons() == {}
 
 
@@ -106,7 +110,9 @@ async def test_a_reason_the_policy_requires_is_asked_for_in_the_modal(tmp_path: 
             status, body = await slack.submit(modal, ALICE, "stale order")
             assert (status, body) == (200, None)
 
-        assert text(outcome["result"]) == "[APPROVAL REJECTED] by alice: stale order"
+        assert text(outcome["result"]) == (
+            "[APPROVAL REJECTED] Rejected by alice: stale order. The call was not executed."
+        )
 
 
 async def test_a_forged_or_stale_request_gets_401_and_decides_nothing(tmp_path: Path, sqlite_url: str) -> None:
@@ -135,7 +141,7 @@ async def test_a_forged_or_stale_request_gets_401_and_decides_nothing(tmp_path: 
             assert slack.ephemerals == [] and slack.views == []
             await h.api().post(f"/api/approvals/{request['id']}/reject", json={"reason": "test over"})
         assert h.book.cancel_calls == 0
-        assert text(outcome["result"]).startswith("[APPROVAL REJECTED] by alice")
+        assert text(outcome["result"]).startswith("[APPROVAL REJECTED] Rejected by alice")
 
 
 async def test_a_repeated_delivery_and_a_double_click_are_one_decision(tmp_path: Path, sqlite_url: str) -> None:
@@ -185,7 +191,9 @@ async def test_people_who_may_not_decide_are_told_privately_and_audited(tmp_path
 
             assert (await h.service.get(request["id"])).status == Status.PENDING
             assert await h.service.decisions(request["id"]) == []
-            refused = [e for e in await h.service.events(request_id=request["id"]) if e.kind == "decision.refused"]
+            refused = [
+                e for e in await h.service.history.events(request_id=request["id"]) if e.kind == "decision.refused"
+            ]
             assert [(e.actor, e.channel) for e in refused] == [
                 ("carol", "slack"),
                 ("slack:U0MALLORY", "slack"),
@@ -210,7 +218,7 @@ async def test_with_a_quorum_the_message_shows_progress_until_enough_approve(tmp
             await slack.click(message, ACTION_APPROVE, BOB)
 
         assert not outcome["result"].is_error
-        await slack.message_shows(message, "Approved by *alice, bob* (via slack); executed.")
+        await slack.message_shows(message, "Approved by alice, bob and executed. _(decided via slack)_")
 
 
 async def test_injected_markup_in_arguments_arrives_inert(tmp_path: Path, sqlite_url: str) -> None:
@@ -240,7 +248,7 @@ async def test_decisions_made_in_the_api_or_the_web_inbox_update_the_message(tmp
             [request] = await h.pending()
             response = await h.api(ALICE_TOKEN).post(f"/api/approvals/{request['id']}/approve", json={})
             assert response.status_code == 200
-        await slack.message_shows(message, "Approved by *alice* (via api); executed.")
+        await slack.message_shows(message, "Approved by alice and executed. _(decided via api)_")
         assert message.buttons() == {}
         assert "*Result*" in message.block_text()
 
@@ -252,7 +260,9 @@ async def test_decisions_made_in_the_api_or_the_web_inbox_update_the_message(tmp
             other = next(m for m in slack.messages.values() if m is not message)
             bob = h.gateway.approvers.get("bob")
             await h.service.reject(request["id"], bob, "web", "not during the auction")
-        await slack.message_shows(other, "Rejected by *bob* (via web): not during the auction")
+        await slack.message_shows(
+            other, "Rejected by bob: not during the auction. The call was not executed. _(decided via web)_"
+        )
         assert other.buttons() == {}
 
 
@@ -271,7 +281,7 @@ async def test_expiry_is_shown_and_a_reminder_is_posted_in_the_thread(tmp_path: 
             assert "Still waiting" in reminder.text and "expires in" in reminder.text
 
         assert text(outcome["result"]).startswith("[APPROVAL EXPIRED]")
-        await slack.message_shows(message, "No decision within 3s; the call was not executed.")
+        await slack.message_shows(message, "Nobody decided within 3s; the call was not executed.")
         assert message.buttons() == {}
 
 
@@ -281,7 +291,7 @@ async def test_an_agent_that_goes_away_leaves_the_message_cancelled(tmp_path: Pa
             tg.start_soon(call_tool, agent, {}, "ibkr_cancel_order", CANCEL)
             message = await slack.message()
             tg.cancel_scope.cancel()
-        await slack.message_shows(message, "Cancelled because the agent")
+        await slack.message_shows(message, "Withdrawn by the agent")
         assert message.buttons() == {}
         [request] = (await h.api().get("/api/approvals", params={"status": "cancelled"})).json()["approvals"]
         assert request["status"] == "cancelled"

@@ -15,7 +15,7 @@ from approvals.approvers import ApproverDirectory
 from approvals.audit import canonical_json
 from approvals.db import Database
 from approvals.service import ApprovalService, arguments_digest
-from approvals.states import Status
+from approvals.states import EndReason, Status
 from approvals.views import DecisionView, RequestView
 from gateway.slack.messages import (
     ACTION_APPROVE,
@@ -127,20 +127,40 @@ def test_backticks_in_arguments_cannot_close_the_code_block() -> None:
 @pytest.mark.parametrize(
     ("changes", "expected"),
     [
-        ({"status": Status.APPROVED, "decided_by": "alice", "decided_via": "slack"}, "Approved by *alice* (via slack)"),
         (
-            {"status": Status.REJECTED, "decided_by": "bob", "decided_via": "web", "decision_reason": "<!channel> no"},
-            "Rejected by *bob* (via web): &lt;!channel&gt; no",
-        ),
-        ({"status": Status.REJECTED, "decided_by": "bob", "decided_via": "api"}, "_no reason given_"),
-        ({"status": Status.EXPIRED, "decided_by": "timeout"}, "No decision within 15m; the call was not executed."),
-        (
-            {"status": Status.EXPIRED, "decided_by": "alice", "decided_via": "slack"},
-            "Approved by *alice* (via slack), but the agent did not come back for it in time; it was never executed.",
+            {"status": Status.APPROVED, "decided_by": "alice", "decided_via": "slack"},
+            "Approved by alice; forwarding it to paper for the waiting agent. _(decided via slack)_",
         ),
         (
-            {"status": Status.CANCELLED, "decision_reason": "the agent disconnected"},
-            "Cancelled because the agent disconnected",
+            {
+                "status": Status.REJECTED,
+                "decided_by": "bob",
+                "decided_via": "web",
+                "decision_reason": "<!channel> no",
+                "ended_because": EndReason.REJECTED,
+            },
+            "Rejected by bob: &lt;!channel&gt; no. The call was not executed. _(decided via web)_",
+        ),
+        (
+            {"status": Status.REJECTED, "decided_by": "bob", "decided_via": "api", "ended_because": EndReason.REJECTED},
+            "Rejected by bob; no reason given. The call was not executed.",
+        ),
+        (
+            {"status": Status.EXPIRED, "ended_because": EndReason.TIMED_OUT},
+            "Nobody decided within 15m; the call was not executed.",
+        ),
+        (
+            {
+                "status": Status.EXPIRED,
+                "decided_by": "alice",
+                "decided_via": "slack",
+                "ended_because": EndReason.NOT_PICKED_UP,
+            },
+            "Approved by alice, but the agent did not come back for it within 10m; the call was not executed.",
+        ),
+        (
+            {"status": Status.CANCELLED, "ended_because": EndReason.WITHDRAWN},
+            "Withdrawn by the agent; the call was not executed.",
         ),
         (
             {
@@ -148,11 +168,18 @@ def test_backticks_in_arguments_cannot_close_the_code_block() -> None:
                 "decided_by": "alice",
                 "decided_via": "slack",
                 "result_json": json.dumps({"content": [{"type": "text", "text": "order 1001 <cancelled>"}]}),
+                "ended_because": EndReason.EXECUTED,
             },
             "order 1001 &lt;cancelled&gt;",
         ),
         (
-            {"status": Status.FAILED, "decided_by": "alice", "decided_via": "api", "error": "broker said <no>"},
+            {
+                "status": Status.FAILED,
+                "decided_by": "alice",
+                "decided_via": "api",
+                "error": "broker said <no>",
+                "ended_because": EndReason.FAILED,
+            },
             "broker said &lt;no&gt;",
         ),
     ],

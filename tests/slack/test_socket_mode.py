@@ -25,7 +25,7 @@ async def test_an_approve_click_over_socket_mode_returns_the_brokers_result(tmp_
 
         assert not outcome["result"].is_error, text(outcome["result"])
         assert h.book.cancel_calls == 1
-        await slack.message_shows(message, "Approved by *alice* (via slack); executed.")
+        await slack.message_shows(message, "Approved by alice and executed. _(decided via slack)_")
         assert message.buttons() == {}
 
 
@@ -48,8 +48,12 @@ async def test_reject_with_a_reason_over_socket_mode(tmp_path: Path, sqlite_url:
             _, ack = await slack.submit(modal, BOB, "position limit reached")
             assert ack is None
 
-        assert text(outcome["result"]) == "[APPROVAL REJECTED] by bob: position limit reached"
-        await slack.message_shows(message, "Rejected by *bob* (via slack): position limit reached")
+        assert text(outcome["result"]) == (
+            "[APPROVAL REJECTED] Rejected by bob: position limit reached. The call was not executed."
+        )
+        await slack.message_shows(
+            message, "Rejected by bob: position limit reached. The call was not executed. _(decided via slack)_"
+        )
 
 
 async def test_socket_mode_reconnects_when_slack_asks_or_the_connection_drops(tmp_path: Path, sqlite_url: str) -> None:

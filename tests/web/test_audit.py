@@ -78,22 +78,22 @@ async def recorded(url: str) -> ApprovalService:
 async def test_events_filter_by_each_field_and_page_by_sequence_number(database_url: str) -> None:
     service = await recorded(database_url)
     try:
-        newest = await service.search_events(limit=5)
+        newest = await service.history.search_events(limit=5)
         assert [e.seq for e in newest] == [33, 32, 31, 30, 29]
-        older = await service.search_events(before_seq=29, limit=5)
+        older = await service.history.search_events(before_seq=29, limit=5)
         assert [e.seq for e in older] == [28, 27, 26, 25, 24]
-        newer = await service.search_events(after_seq=28, limit=5)
+        newer = await service.history.search_events(after_seq=28, limit=5)
         assert [e.seq for e in newer] == [33, 32, 31, 30, 29]
-        assert [e.seq for e in await service.search_events(after_seq=20, limit=3)] == [23, 22, 21]
+        assert [e.seq for e in await service.history.search_events(after_seq=20, limit=3)] == [23, 22, 21]
 
-        assert len(await service.search_events(agent="bravo", limit=100)) == 15
-        assert [e.seq for e in await service.search_events(tool="ibkr_global_cancel")] == [31]
-        assert [e.actor for e in await service.search_events(actor="bob")] == ["bob"]
-        assert [e.seq for e in await service.search_events(outcome="rejected", request_id="apr_1")] == [32]
-        window = await service.search_events(since=T0 + timedelta(minutes=10), until=T0 + timedelta(minutes=13))
+        assert len(await service.history.search_events(agent="bravo", limit=100)) == 15
+        assert [e.seq for e in await service.history.search_events(tool="ibkr_global_cancel")] == [31]
+        assert [e.actor for e in await service.history.search_events(actor="bob")] == ["bob"]
+        assert [e.seq for e in await service.history.search_events(outcome="rejected", request_id="apr_1")] == [32]
+        window = await service.history.search_events(since=T0 + timedelta(minutes=10), until=T0 + timedelta(minutes=13))
         assert [e.seq for e in window] == [13, 12, 11]
-        assert await service.count_events(agent="alpha") == 18
-        assert await service.count_events(cap=10) == 10
+        assert await service.history.count_events(agent="alpha") == 18
+        assert await service.history.count_events(cap=10) == 10
     finally:
         await service.db.dispose()
 
@@ -103,15 +103,15 @@ async def test_text_search_is_a_literal_case_insensitive_substring_of_arguments_
 ) -> None:
     service = await recorded(database_url)
     try:
-        assert await service.count_events(text="aapl") == 10
-        assert await service.count_events(text='"n": 7,') == 1
+        assert await service.history.count_events(text="aapl") == 10
+        assert await service.history.count_events(text='"n": 7,') == 1
         # % and _ are the user's characters, not wildcards.
-        assert [e.seq for e in await service.search_events(text="100%")] == [32]
-        assert [e.seq for e in await service.search_events(text="50_50")] == [33]
-        assert await service.count_events(text="50%50") == 0
-        assert await service.count_events(text="wrong_acc") == 1
-        assert await service.count_events(text="w_ong") == 0
-        facets = await service.event_facets()
+        assert [e.seq for e in await service.history.search_events(text="100%")] == [32]
+        assert [e.seq for e in await service.history.search_events(text="50_50")] == [33]
+        assert await service.history.count_events(text="50%50") == 0
+        assert await service.history.count_events(text="wrong_acc") == 1
+        assert await service.history.count_events(text="w_ong") == 0
+        facets = await service.history.event_facets()
         assert facets["outcome"] == ["allowed", "denied", "rejected"]
         assert facets["actor"] == ["bob"]
     finally:

@@ -60,7 +60,8 @@ async def test_a_held_cancel_appears_without_a_reload_and_approving_it_returns_t
             await card.locator(".result-summary").wait_for()
             assert "Order 1001 is now Cancelled." in await card.locator(".result-summary").inner_text()
             assert "Executed" in await card.locator(".badge").inner_text()
-            assert "Approved by alice via web" in await card.inner_text()
+            assert "Approved by alice and executed." in await card.locator(".story").inner_text()
+            assert "Decided by alice via web" in await card.inner_text()
             await screenshot(page, "inbox-executed")
 
         result = box["result"]
@@ -89,7 +90,7 @@ async def test_a_held_cancel_appears_without_a_reload_and_approving_it_returns_t
             await screenshot(phone, "inbox-phone")
             await card.get_by_label("Reason").fill("keep the stop")
             await card.get_by_role("button", name="Reject").click()
-            await card.locator(".decision-reason").wait_for()
+            await card.locator(".story").get_by_text("keep the stop").wait_for()
         assert watch.errors == [] and watch.dialogs == []
 
 
@@ -119,8 +120,12 @@ async def test_a_rejection_reaches_the_agent_and_a_second_browser_is_told_it_was
             alice_card = alice.locator(f"#req-{request['id']}")
             await alice_card.get_by_label("Reason").fill("that order is the hedge for TSLA")
             await alice_card.get_by_role("button", name="Reject").click()
-            await alice_card.locator(".decision-reason").wait_for()
-            assert "Rejected by alice via web" in await alice_card.inner_text()
+            await alice_card.locator(".story").wait_for()
+            assert (
+                "Rejected by alice: that order is the hedge for TSLA."
+                in await alice_card.locator(".story").inner_text()
+            )
+            assert "Decided by alice via web" in await alice_card.inner_text()
 
             await bob_card.get_by_role("button", name="Approve").click()
             notice = bob_card.locator(".notice")
@@ -131,7 +136,9 @@ async def test_a_rejection_reaches_the_agent_and_a_second_browser_is_told_it_was
 
         result = box["result"]
         assert result.is_error
-        assert text_of(result) == "[APPROVAL REJECTED] by alice: that order is the hedge for TSLA"
+        assert text_of(result) == (
+            "[APPROVAL REJECTED] Rejected by alice: that order is the hedge for TSLA. The call was not executed."
+        )
         assert h.book.cancel_calls == 0
         decisions = await h.service.decisions(request["id"])
         assert [(d.approver, d.verdict) for d in decisions] == [("alice", "reject")]
@@ -187,7 +194,7 @@ async def test_hostile_arguments_render_as_text_outsiders_get_no_buttons_and_for
         assert await alice.evaluate("window.__pwned") is None
         for watch in (alice_watch, carol_watch):
             assert watch.dialogs == [] and watch.errors == []
-        refusals = await h.service.search_events(outcome="refused")
+        refusals = await h.service.history.search_events(outcome="refused")
         assert [(e.actor, e.request_id) for e in refusals] == [("carol", request["id"]), ("carol", request["id"])]
 
 

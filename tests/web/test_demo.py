@@ -27,4 +27,4 @@ async def test_the_demo_serves_the_inbox_to_the_demo_approver(tmp_path: Path) ->
             inbox = (await web.get("/inbox")).text
             assert f'id="req-{pending[0].id}"' in inbox
             assert "btn-approve" in inbox, "the demo approver may decide the demo's held cancels"
-            await gateway.service.cancel(pending[0].id, "test over")
+            await gateway.service.withdraw(pending[0].id, "test over")

@@ -12,7 +12,6 @@ from approvals.approvers import Approver, ApproverDirectory
 from gateway.config import ConfigError, WebSettings, parse_settings
 from gateway.web.audit_views import QueryError, _spreadsheet_safe, parse_moment
 from gateway.web.auth import Authenticator, Session, SessionCodec, SignInThrottle
-from gateway.web.orders import OrderView, describe_price
 from gateway.web.pages import local_path
 from gateway.web.security import SecurityHeaders
 from gateway.web.templating import asset_dir, pretty_json, span
@@ -128,16 +127,3 @@ def test_security_headers_cover_the_web_paths_only() -> None:
     headers = SecurityHeaders(app=None, prefixes=("/inbox", "/audit", "/static"))  # type: ignore[arg-type]
     assert headers.applies("/") and headers.applies("/inbox") and headers.applies("/audit/export.csv")
     assert not headers.applies("/api/approvals") and not headers.applies("/mcp") and not headers.applies("/inboxes")
-
-
-def test_an_order_shows_the_warnings_an_approver_must_not_miss() -> None:
-    stop = {"orderId": 1004, "orderType": "STP", "auxPrice": 395.0, "parentId": 1002, "ocaGroup": "OCA_1002"}
-    assert any("protective stop" in w for w in OrderView(1004, stop).warnings)
-    assert describe_price(stop) == "STP 395"
-    parent = {"orderId": 7, "orderType": "LMT", "lmtPrice": 10.5, "totalQuantity": 200.0, "filledQuantity": 80.0}
-    child = {"orderId": 8, "parentId": 7}
-    warnings = OrderView(7, parent, children=(child,)).warnings
-    assert "also cancels its child orders (8)" in warnings[0]
-    assert "Partly filled already: 80 of 200." in warnings[1]
-    assert describe_price(parent) == "LMT 10.5"
-    assert OrderView(9, {"orderId": 9, "orderType": "MKT"}).warnings == []
