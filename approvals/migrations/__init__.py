@@ -14,21 +14,25 @@ decision to make it are one atomic step, once across replicas.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util.exc import CommandError
-from sqlalchemy import Connection, inspect
+# Importing Alembic announces each of its autogenerate plugins at INFO: noise in every gateway's log.
+logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
-from approvals.errors import ApprovalError
+from alembic import command  # noqa: E402
+from alembic.config import Config  # noqa: E402
+from alembic.script import ScriptDirectory  # noqa: E402
+from alembic.util.exc import CommandError  # noqa: E402
+from sqlalchemy import Connection, inspect, text  # noqa: E402
+
+from approvals.errors import ApprovalError  # noqa: E402
 
 SCRIPT_LOCATION = Path(__file__).resolve().parent
 REVISION_ONE = "0001"
+VERSION_TABLE = "alembic_version"
 # The tables of revision one: finding them without an alembic_version table means pre-Alembic.
 REVISION_ONE_TABLES = frozenset({"approval_request", "approval_decision", "audit_event"})
 
@@ -125,7 +129,7 @@ def is_known(revision: str) -> bool:
 
 def state(connection: Connection) -> SchemaState:
     """Where the database stands, without changing anything."""
-    current = MigrationContext.configure(connection).get_current_revision()
+    current = _recorded_revision(connection)
     if current is not None:
         return SchemaState(current, head())
     present = REVISION_ONE_TABLES & set(inspect(connection).get_table_names())
@@ -138,6 +142,16 @@ def state(connection: Connection) -> SchemaState:
             "countersign, or only partly; point the gateway at an empty database or restore a backup"
         )
     return SchemaState(None, head(), unstamped=True)
+
+
+def _recorded_revision(connection: Connection) -> str | None:
+    # Read directly rather than through MigrationContext, which logs its set-up at INFO on every start.
+    if not inspect(connection).has_table(VERSION_TABLE):
+        return None
+    recorded = connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
+    if len(recorded) > 1:
+        raise SchemaUnrecognised(f"the database records several schema revisions ({', '.join(recorded)})")
+    return str(recorded[0]) if recorded else None
 
 
 def prepare(connection: Connection, migrate: bool = False) -> SchemaState:
