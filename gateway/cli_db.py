@@ -105,9 +105,9 @@ def cmd_db_current(args: argparse.Namespace) -> int:
         return 1
     print(state.describe())
     # Exit 1 exactly when `countersign serve` would refuse to start, so a rollout script can ask first.
-    if state.current is None or state.at_head:
+    if state.revision is None or state.at_head:
         return 0
-    if is_known(state.current):
+    if is_known(state.revision):
         print(f"run: {_upgrade_command(args.config, args.database_url)}", file=sys.stderr)
     else:
         print(

@@ -86,8 +86,13 @@ class SchemaState:
         return self.current is None and not self.unstamped
 
     @property
+    def revision(self) -> str | None:
+        """The revision the database is at, counting one made before migrations as revision one."""
+        return REVISION_ONE if self.unstamped else self.current
+
+    @property
     def at_head(self) -> bool:
-        return self.current == self.head
+        return self.revision == self.head
 
     def describe(self) -> str:
         if self.unstamped:

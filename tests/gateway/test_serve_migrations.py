@@ -172,6 +172,13 @@ async def test_serve_refuses_an_older_schema_and_serve_migrate_upgrades_it_once_
     await load_into(database_url)
     config = write_config(tmp_path / "one", database_url, free_port())
 
+    before = await run_next(next_release, "db", "current", "--config", str(config))
+    assert before.returncode == 1
+    assert before.stdout.decode().strip() == (
+        f"no revision recorded (made before migrations): revision {migrations.REVISION_ONE}; head is {NEXT}"
+    )
+    assert f"run: countersign db upgrade --config {config}" in before.stderr.decode()
+
     refused = await run_next(next_release, "serve", "--config", str(config))
     assert refused.returncode == 2
     message = refused.stderr.decode()
