@@ -1,4 +1,4 @@
-"""The database: an async engine for SQLite (default) or PostgreSQL, and serialised write transactions.
+"""The database: an async engine for SQLite (default) or PostgreSQL, serialised write transactions, the schema.
 
 Every write also appends to the hash-chained audit log, and a chain only stays a chain when
 appends are serialised. PostgreSQL takes a transaction-scoped advisory lock (good across
@@ -18,12 +18,15 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlmodel import SQLModel
+from sqlalchemy.pool import NullPool
 
-from approvals import models  # noqa: F401  (registers the tables on SQLModel.metadata)
+from approvals import migrations
 from approvals.errors import StoreUnavailable
+from approvals.migrations import SchemaOutdated, SchemaState
 
 _AUDIT_LOCK_KEY = 0x0C5_A0D17
+# Separate from the audit lock: replicas that start together wait here, and the first one decides.
+_SCHEMA_LOCK_KEY = 0x0C5_5C4E3A
 
 
 def normalise_url(url: str) -> str:
@@ -61,11 +64,53 @@ class Database:
             self.engine = create_async_engine(self.url, echo=echo, pool_pre_ping=True, connect_args=connect_args)
             self._write_engine = self.engine
 
-    async def create_schema(self) -> None:
-        async with self.guard(), self._write_engine.begin() as conn:
-            if not self.is_sqlite:
-                await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _AUDIT_LOCK_KEY})
-            await conn.run_sync(SQLModel.metadata.create_all)
+    async def create_schema(self, *, migrate: bool = False) -> SchemaState:
+        """Make sure the schema is this version's (the head revision) before anything reads or writes.
+
+        An empty database is built by the revisions and stamped; one made before migrations existed
+        is recognised as revision one and stamped, its rows untouched. One at an older revision is
+        upgraded only with `migrate` (an operator's decision); otherwise SchemaOutdated says which
+        command to run. See approvals/migrations.
+        """
+        async with self.guard(), self.schema_transaction() as conn:
+            prepared = await conn.run_sync(migrations.prepare, migrate)
+        # Raised after the commit, so a pre-Alembic database stays stamped as what it is.
+        if not prepared.at_head:
+            assert prepared.current is not None
+            raise SchemaOutdated(prepared.current, prepared.head)
+        return prepared
+
+    async def schema_state(self) -> SchemaState:
+        async with self.read() as conn:
+            return await conn.run_sync(migrations.state)
+
+    @asynccontextmanager
+    async def schema_transaction(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction for reading and changing the schema, one process at a time.
+
+        PostgreSQL: a transaction-scoped advisory lock, so replicas starting together migrate once
+        (the others wait, then find the schema at head); DDL is transactional, so a failed migration
+        leaves nothing half done. SQLite: BEGIN IMMEDIATE on a connection of its own with foreign
+        keys off, because batch migrations copy a table and drop the old one, which foreign keys
+        would refuse or cascade (migrations.prepare checks them afterwards instead).
+        """
+        engine = self._write_engine
+        if self.is_sqlite:
+            engine = create_async_engine(self.url, poolclass=NullPool, connect_args={"timeout": 30})
+            _sqlite_pragmas(engine, immediate=True, foreign_keys=False)
+        try:
+            async with self._write_lock:
+                conn = await self._open(engine)
+                try:
+                    async with conn.begin():
+                        if not self.is_sqlite:
+                            await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SCHEMA_LOCK_KEY})
+                        yield conn
+                finally:
+                    await conn.close()
+        finally:
+            if engine is not self._write_engine:
+                await engine.dispose()
 
     async def dispose(self) -> None:
         await self.engine.dispose()
@@ -141,7 +186,7 @@ def _is_connectivity(exc: DBAPIError) -> bool:
     return False
 
 
-def _sqlite_pragmas(engine: AsyncEngine, *, immediate: bool) -> None:
+def _sqlite_pragmas(engine: AsyncEngine, *, immediate: bool, foreign_keys: bool = True) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy, not the driver, decide when transactions begin.
@@ -149,7 +194,7 @@ def _sqlite_pragmas(engine: AsyncEngine, *, immediate: bool) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")

@@ -263,6 +263,8 @@ async def main_async(args: argparse.Namespace) -> None:
             else:
                 async with db.write() as conn:
                     await conn.run_sync(SQLModel.metadata.drop_all)
+                    # With the revision record gone too, create_schema builds the tables afresh.
+                    await conn.exec_driver_sql("DROP TABLE alembic_version")
                 await db.create_schema()
                 log(f"database: {kind}; appending {args.events:,} events")
                 await fill(db, args.events, args.seed)

@@ -12,6 +12,7 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
+from gateway.cli_db import add_db_commands, ready_to_serve
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.policy import PolicyError
 
@@ -31,6 +32,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.host or args.port is not None:
         server = settings.server.model_copy(update={k: v for k, v in (("host", args.host), ("port", args.port)) if v})
         settings = settings.model_copy(update={"server": server})
+    if (code := ready_to_serve(settings.database_url, migrate=args.migrate, config=args.config)) != 0:
+        return code
     if args.stdio:
         agent = _stdio_agent(settings, args.agent)
         return asyncio.run(serve_stdio(settings, agent, with_http=not args.no_http))
@@ -66,6 +69,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     settings = demo_settings(Path(args.data_dir), host=args.host, port=args.port)
     print(banner(settings), flush=True)
+    # The demo's database is disposable and has no config to name in a message: upgrade it without asking.
+    if (code := ready_to_serve(settings.database_url, migrate=True, config=None)) != 0:
+        return code
     return asyncio.run(serve_http(settings))
 
 
@@ -246,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--stdio", action="store_true", help="serve one MCP client on stdin/stdout")
     serve.add_argument("--agent", help="with --stdio: the configured agent this client is")
     serve.add_argument("--no-http", action="store_true", help="with --stdio: do not also serve the HTTP API")
+    serve.add_argument("--migrate", action="store_true", help="upgrade an older database schema first (one replica)")
     serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser("demo", help="run the gateway in front of a paper broker with demo credentials")
@@ -310,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     slack_check = slack.add_parser("check", help="verify the Slack token, channel access and configuration")
     slack_check.add_argument("--config", help="configuration file (default: $COUNTERSIGN_CONFIG or ./countersign.toml)")
     slack_check.set_defaults(func=cmd_slack_check)
+
+    add_db_commands(sub)
 
     hash_password = sub.add_parser("hash-password", help="print an argon2 hash for an approver's password_hash")
     hash_password.add_argument("--password", help="the password (prompted for when omitted)")
