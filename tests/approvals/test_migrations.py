@@ -26,7 +26,7 @@ from approvals.service import ApprovalService
 from approvals.states import Status
 from gateway import cli
 from tests.fixtures.make_revision_one import SQLITE_FIXTURE
-from tests.fixtures.revision_one import expected_rows, load_into, rows_in
+from tests.fixtures.revision_one import expected_rows, load_into, rows_in, upgraded
 from tests.harness import running_gateway
 
 
@@ -64,7 +64,7 @@ async def test_a_database_made_before_migrations_upgrades_to_head_with_every_row
 
     code, out, _ = await run("db", "current", "--database-url", database_url)
     assert (code, out.strip()) == (0, f"{migrations.head()} (head)")
-    assert await rows_in(database_url) == fixture
+    assert await rows_in(database_url) == upgraded(fixture)
     code, out, _ = await run("audit", "verify", "--database-url", database_url)
     assert code == 0
     assert out.strip() == f"audit chain intact: {events} events verified, head {head_hash[:16]}…"
@@ -79,8 +79,20 @@ async def test_a_database_made_before_migrations_upgrades_to_head_with_every_row
         service = ApprovalService(db, ApproverDirectory([bob]), clock=lambda: when)
         outcome = await service.approve(quorum["id"], bob, "api")
         assert outcome.request.status == Status.APPROVED
-        report = await service.verify_audit()
+        report = await service.history.verify()
         assert report.ok and report.checked > events, report.describe()
+        # Revision 0002 says why each ended request ended, from what the row already said.
+        ended = {
+            r["id"]: (r["status"], r["decided_by"]) for r in fixture["approval_request"] if r["status"] != "pending"
+        }
+        for request_id, (status, decided_by) in ended.items():
+            view = await service.get(request_id)
+            if status == "approved":
+                assert view.ended_because is None
+            elif status == "expired":
+                assert view.ended_because == ("timed_out" if decided_by in (None, "timeout") else "not_picked_up")
+            else:
+                assert view.ended_because == {"cancelled": "withdrawn"}.get(status, status), (status, view)
     finally:
         await db.dispose()
 
@@ -90,7 +102,7 @@ async def test_upgrading_a_database_already_at_head_changes_nothing(database_url
     assert (await run("db", "upgrade", "--database-url", database_url))[0] == 0
     code, out, _ = await run("db", "upgrade", "--database-url", database_url)
     assert (code, out.strip()) == (0, f"the database schema is already at {migrations.head()} (head); nothing to do")
-    assert await rows_in(database_url) == expected_rows()
+    assert await rows_in(database_url) == upgraded(expected_rows())
 
 
 async def test_db_upgrade_creates_an_empty_database_at_head(database_url: str) -> None:
@@ -102,10 +114,11 @@ async def test_db_upgrade_creates_an_empty_database_at_head(database_url: str) -
     assert (code, out.strip()) == (0, f"{migrations.head()} (head)")
 
 
-async def test_a_gateway_started_on_a_database_made_before_migrations_records_it_and_serves_it(
+async def test_a_gateway_serves_a_database_made_before_migrations_once_it_is_upgraded(
     tmp_path: Path, database_url: str
 ) -> None:
     await load_into(database_url)
+    assert (await run("db", "upgrade", "--database-url", database_url))[0] == 0
     pending = {r["id"] for r in expected_rows()["approval_request"] if r["status"] == "pending"}
     async with running_gateway(tmp_path, database_url) as h:
         served = {r.id: r for r in await h.service.list_requests(limit=100)}

@@ -25,7 +25,7 @@ from sqlalchemy import text
 from approvals import migrations
 from approvals.db import Database
 from gateway import cli
-from tests.fixtures.revision_one import Rows, expected_rows, load_into, rows_in
+from tests.fixtures.revision_one import Rows, expected_rows, load_into, rows_in, upgraded
 
 pytestmark = pytest.mark.slow
 
@@ -202,7 +202,7 @@ async def test_serve_refuses_an_older_schema_and_serve_migrate_upgrades_it_once_
     migrated = f"upgraded the database schema from {migrations.REVISION_ONE} to {NEXT}"
     assert len([text for text in printed if migrated in text]) == 1, "\n---\n".join(printed)
 
-    assert_kept(expected_rows(), await rows_in(database_url))
+    assert_kept(upgraded(expected_rows()), await rows_in(database_url))
     assert await release_notes(database_url) == {"migrated"}
     code, out, _ = await run_this("audit", "verify", "--database-url", database_url)
     assert code == 0 and out.startswith("audit chain intact"), out
