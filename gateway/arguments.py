@@ -26,6 +26,8 @@ from jsonschema import exceptions as schema_errors
 from jsonschema.protocols import Validator
 from jsonschema.validators import Draft202012Validator, validator_for
 
+from approvals.audit import Event, canonical_json
+
 MAX_TOOL_NAME_CHARS: Final = 200
 MAX_ARGUMENTS_BYTES: Final = 256 * 1024
 MAX_DEPTH: Final = 64
@@ -52,11 +54,25 @@ class InvalidArguments:
 
     field: str | None
     problem: str
+    # Arguments over a limit or with non-finite numbers are not stored: storing them is the harm.
+    storable: bool = False
 
     @property
     def text(self) -> str:
         where = f"{self.field}: " if self.field else ""
         return f"{_TAG} {where}{self.problem}; the call was not executed"
+
+    def event(self, agent: str, tool: str, arguments: Mapping[str, Any]) -> Event:
+        """The audit event for the refusal; the tool name is cut to the limit, as it came from the agent."""
+        return Event(
+            kind="call.invalid",
+            outcome="denied",
+            message=self.text,
+            agent=agent,
+            tool=_short(tool, MAX_TOOL_NAME_CHARS),
+            arguments=canonical_json(arguments) if self.storable else None,
+            detail={"field": self.field} if self.field else {},
+        )
 
 
 class SchemaCache:
@@ -126,7 +142,7 @@ def check_call(
         return InvalidArguments(None, f"the tool's input schema could not be applied ({_short(str(exc))})")
     if error is None:
         return None
-    return InvalidArguments(json_path(error.absolute_path), _describe(error))
+    return InvalidArguments(json_path(error.absolute_path), _describe(error), storable=True)
 
 
 def with_defaults(arguments: Mapping[str, Any], input_schema: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from approvals.errors import ApprovalError, RequestNotFound
 from approvals.service import ApprovalService, arguments_digest
 from approvals.states import Status
 from approvals.views import NewRequest, RequestView
+from gateway.arguments import check_call
 from gateway.holding import Caller, Holder, Progress, ProgressLine
 from gateway.policy import ApprovalSettings, Evaluation
 from gateway.policy_store import PolicyStore
@@ -87,9 +88,14 @@ class CallHandler:
     async def call(
         self, caller: Caller, tool: str, arguments: dict[str, Any], progress: Progress | None = None
     ) -> types.CallToolResult:
+        schema = None if self.policies.current.is_hidden(tool) else self.upstreams.input_schema(tool)
+        invalid = check_call(tool, arguments, schema)
+        if invalid is not None:
+            await self._audit(invalid.event(caller.agent, tool, arguments))
+            return error_result(invalid.text)
         if tool in (STATUS_TOOL, WAIT_TOOL):
             return await self._gateway_tool(caller, tool, arguments, ProgressLine(progress))
-        evaluation = self.policies.current.evaluate(tool, arguments)
+        evaluation = self.policies.current.evaluate(tool, arguments, schema)
         route = self.upstreams.route(tool)
         upstream_name = route.upstream.name if route else None
         arguments_json = canonical_json(arguments)
