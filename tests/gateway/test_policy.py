@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from gateway.demo import DEMO_POLICY
 from gateway.durations import format_duration, parse_duration
 from gateway.policy import (
     ApprovalSettings,
@@ -568,6 +569,96 @@ def test_the_design_example_behaves_as_described() -> None:
     assert live.approval == ApprovalSettings()
     assert policy.evaluate("ibkr_place_order", {"order": {"totalQuantity": 10}}).action == "allow"
     assert policy.evaluate("ibkr_modify_order", {}).action == "deny"
+    # Both of its place-order rules are skipped by a call that leaves the field out; docs/policy.md now
+    # shows the safe form (the demo policy).
+    assert [w.path for w in lint_policy(policy)] == [
+        'tools["ibkr_place_order"].deny_if[0].conditions[0]',
+        'tools["ibkr_place_order"].require_approval[0].conditions[0]',
+    ]
+
+
+# --- rules an agent can skip by leaving a field out --------------------------------------------------------
+
+
+def test_the_demo_policy_has_no_rule_an_agent_can_skip_with_or_without_schemas() -> None:
+    policy = parse_policy(DEMO_POLICY)
+
+    assert lint_policy(policy) == []
+    assert lint_policy(policy, {"ibkr_place_order": PLACE_SCHEMA}) == []
+
+
+def test_a_deny_if_on_an_optional_field_is_flagged_at_its_condition_with_what_to_do() -> None:
+    policy = make_policy({"trade": {"deny_if": [deny_if(cond("args.order.qty", "gt", 1000))]}})
+
+    [warning] = lint_policy(policy)
+
+    assert warning.path == 'tools["trade"].deny_if[0].conditions[0]'
+    assert "an agent skips this deny_if rule by leaving out args.order.qty (a missing field fails 'gt')" in (
+        warning.message
+    )
+    assert '"op": "exists"' in warning.message
+    assert "--tools" in warning.message
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {
+            "type": "object",
+            "properties": {"order": {"type": "object", "properties": {"qty": {}}, "required": ["qty"]}},
+            "required": ["order"],
+        },
+        {
+            "type": "object",
+            "properties": {"order": {"type": "object", "properties": {"qty": {"default": 1}}}},
+            "required": ["order"],
+        },
+    ],
+    ids=["required", "default"],
+)
+def test_a_field_the_schema_requires_or_defaults_cannot_be_left_out(schema: dict[str, Any]) -> None:
+    policy = make_policy({"trade": {"require_approval": [{"conditions": [cond("args.order.qty", "gt", 10)]}]}})
+
+    assert [w.path for w in lint_policy(policy)] == ['tools["trade"].require_approval[0].conditions[0]']
+    assert lint_policy(policy, {"trade": schema}) == []
+    # A schema where the parent object is optional leaves the rule skippable.
+    loose = {"type": "object", "properties": schema["properties"]}
+    assert len(lint_policy(policy, {"trade": loose})) == 1
+
+
+def test_a_require_rule_demanding_the_field_makes_deny_if_unskippable() -> None:
+    policy = make_policy(
+        {
+            "trade": {
+                "deny_if": [deny_if(cond("args.qty", "gt", 1000))],
+                "require": [{"conditions": [cond("args.qty", "exists", True)]}],
+            }
+        }
+    )
+
+    assert lint_policy(policy) == []
+
+
+def test_a_require_rule_on_neq_is_flagged_because_leaving_the_field_out_meets_it() -> None:
+    policy = make_policy({"trade": {"require": [{"conditions": [cond("args.account", "neq", "U999")]}]}})
+
+    [warning] = lint_policy(policy)
+
+    assert warning.path == 'tools["trade"].require[0].conditions[0]'
+    assert "an agent meets this require rule by leaving out args.account" in warning.message
+
+
+def test_rules_whose_conditions_match_a_missing_field_are_not_flagged() -> None:
+    policy = make_policy(
+        {
+            "trade": {
+                "deny_if": [deny_if(cond("args.account", "not_in", ["DU1"]))],
+                "require_approval": [{"conditions": [cond("args.dry_run", "neq", True)]}],
+                "require": [{"conditions": [cond("args.ticket", "exists", True)]}],
+            }
+        }
+    )
+
     assert lint_policy(policy) == []
 
 
@@ -921,7 +1012,8 @@ def test_require_approval_on_a_hidden_or_always_denied_tool_is_flagged() -> None
         hide=["hidden"],
     )
 
-    warnings = lint_policy(policy)
+    # "sometimes" is also flagged, at its condition, as skippable by leaving args.x out; not the subject here.
+    warnings = [w for w in lint_policy(policy) if w.path.endswith(".require_approval")]
 
     assert [w.path for w in warnings] == ['tools["hidden"].require_approval', 'tools["blocked"].require_approval']
     assert "hidden" in warnings[0].message
