@@ -232,8 +232,11 @@ def _describe(error: schema_errors.ValidationError) -> str:
 
 
 def _json_type(value: Any) -> str:
+    """``string "false"``: the type, and the value when it is short enough to say (objects never are)."""
     kind = _JSON_TYPES.get(type(value), type(value).__name__)
-    return f"{kind} {_short(json.dumps(value, ensure_ascii=False), _ECHO_CHARS)}" if kind != "object" else kind
+    if kind in ("object", "null"):
+        return kind
+    return f"{kind} {_short(json.dumps(value, ensure_ascii=False), _ECHO_CHARS)}"
 
 
 def _short(text: str, limit: int = _MESSAGE_CHARS) -> str:
