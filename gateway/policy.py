@@ -522,8 +522,9 @@ def _resolve(args: Mapping[str, Any], path: str) -> Any:
 def _comparable(op: str, actual: Any, expected: Any) -> bool:
     """Whether ``actual`` is of a JSON type ``op`` can compare with ``expected``.
 
-    Only the value at the path is looked at, not what is nested inside it. Comparing with null is
-    always possible: a rule that names null asks about null, and anything else simply differs.
+    Only the value at the path is looked at, not what is nested inside it. A rule whose value is null
+    asks about null, so anything else simply differs; an argument sent as null where the rule expects
+    another type is a mismatch (an upstream may read null as its default).
     """
     if op in ("eq", "neq", "in", "not_in"):
         candidates = expected if op in ("in", "not_in") else (expected,)
