@@ -14,6 +14,7 @@ from approvals.audit import Event, canonical_json
 from approvals.errors import ApprovalError
 from approvals.service import ApprovalService, arguments_digest
 from approvals.views import NewRequest
+from gateway.arguments import check_call
 from gateway.caller import Caller, Progress, ProgressLine
 from gateway.errors import CallRefused, Tag
 from gateway.held import HeldCalls
@@ -72,9 +73,15 @@ class CallHandler:
     ) -> types.CallToolResult:
         """The result for the agent; a refusal raises CallRefused, which the MCP server turns into its result."""
         line = ProgressLine(progress)
+        # Hidden tools are checked without their schema, so a refusal never shows that the tool exists.
+        schema = None if self.policies.current.is_hidden(tool) else self.upstreams.input_schema(tool)
+        invalid = check_call(tool, arguments, schema)
+        if invalid is not None:
+            await self._audit(invalid.event(caller.agent, tool, arguments))
+            raise CallRefused(Tag.INVALID_ARGUMENTS, invalid.message)
         if tool in (STATUS_TOOL, WAIT_TOOL):
             return await self.held.gateway_tool(caller, tool, arguments, line)
-        evaluation = self.policies.current.evaluate(tool, arguments)
+        evaluation = self.policies.current.evaluate(tool, arguments, schema)
         route = self.upstreams.route(tool)
         upstream_name = route.upstream.name if route else None
         arguments_json = canonical_json(arguments)

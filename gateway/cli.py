@@ -106,16 +106,32 @@ def cmd_init(args: argparse.Namespace) -> int:
 # ---- policy
 
 
+def _tool_schemas(path: str | None) -> dict[str, dict[str, Any]] | int | None:
+    """The input schemas in a --tools file, None without one, or exit code 2 for a file that cannot be read."""
+    from gateway.policy_report import load_tool_schemas
+
+    if path is None:
+        return None
+    try:
+        return load_tool_schemas(path)
+    except (OSError, ValueError) as exc:
+        print(f"error: --tools {path}: {exc}", file=sys.stderr)
+        return 2
+
+
 def cmd_policy_check(args: argparse.Namespace) -> int:
     from gateway.policy import PolicyError, load_policy
     from gateway.policy_report import lint_policy
 
+    schemas = _tool_schemas(args.tools)
+    if isinstance(schemas, int):
+        return schemas
     try:
         policy = load_policy(args.file)
     except PolicyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    warnings = lint_policy(policy)
+    warnings = lint_policy(policy, schemas)
     for warning in warnings:
         print(f"warning: {args.file}: {warning.path}: {warning.message}", file=sys.stderr)
     print(f"{args.file}: valid ({policy!r}){', with warnings' if warnings else ''}")
@@ -126,6 +142,9 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
     from gateway.policy import PolicyError, load_policy
     from gateway.policy_report import explain
 
+    schemas = _tool_schemas(args.tools)
+    if isinstance(schemas, int):
+        return schemas
     try:
         policy = load_policy(args.file)
     except PolicyError as exc:
@@ -139,7 +158,7 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
     if not isinstance(arguments, dict):
         print("error: ARGS-JSON must be a JSON object, e.g. '{\"orderId\": 1001}'", file=sys.stderr)
         return 2
-    print(explain(policy, args.tool, arguments))
+    print(explain(policy, args.tool, arguments, (schemas or {}).get(args.tool)))
     return 0
 
 
@@ -278,11 +297,15 @@ def build_parser() -> argparse.ArgumentParser:
     check = policy.add_parser("check", help="validate a policy file; exit 1 on errors")
     check.add_argument("file")
     check.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
+    tools_help = "a JSON file with the upstream's tools/list result, to check rules against the input schemas"
+    check.add_argument("--tools", metavar="FILE", help=tools_help)
     check.set_defaults(func=cmd_policy_check)
     explain = policy.add_parser("explain", help="show the decision for one call and the rule that made it")
     explain.add_argument("file")
     explain.add_argument("tool")
     explain.add_argument("arguments", metavar="ARGS-JSON", nargs="?", default="{}")
+    defaults_help = "a JSON file with the upstream's tools/list result, to evaluate with the schema's defaults"
+    explain.add_argument("--tools", metavar="FILE", help=defaults_help)
     explain.set_defaults(func=cmd_policy_explain)
 
     audit = sub.add_parser("audit", help="audit log tools").add_subparsers(dest="audit_command", required=True)

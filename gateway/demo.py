@@ -33,6 +33,10 @@ DEMO_POLICY: dict[str, Any] = {
             "require_approval": [{"conditions": [], "reason": "Cancelling a live order needs a human."}],
             "approval": {"timeout": "15m", "approvers": ["group:traders"], "quorum": 1, "channels": ["web", "slack"]},
         },
+        # Safe by construction (docs/policy.md, "Writing rules that cannot be skipped"): the quantity must
+        # be present, so leaving it out cannot skip the deny_if, and a quantity that is not a number
+        # (say "5000") makes the deny_if match. Anything but dry_run: true is held, so a live order
+        # cannot pass by leaving dry_run out or spelling it "false".
         "ibkr_place_order": {
             "deny_if": [
                 {
@@ -40,9 +44,15 @@ DEMO_POLICY: dict[str, Any] = {
                     "on_deny": "Orders above 1000 shares are not allowed.",
                 }
             ],
+            "require": [
+                {
+                    "conditions": [{"path": "args.order.totalQuantity", "op": "exists", "value": True}],
+                    "on_deny": "An order must state its order.totalQuantity.",
+                }
+            ],
             "require_approval": [
                 {
-                    "conditions": [{"path": "args.dry_run", "op": "eq", "value": False}],
+                    "conditions": [{"path": "args.dry_run", "op": "neq", "value": True}],
                     "reason": "Live orders need a human.",
                 }
             ],

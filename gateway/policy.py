@@ -22,6 +22,7 @@ from types import MappingProxyType
 from typing import Any, Final, Literal, cast, get_args
 
 from approvals.durations import parse_duration
+from gateway.arguments import with_defaults
 
 Op = Literal["eq", "neq", "in", "not_in", "lt", "lte", "gt", "gte", "regex", "contains", "exists"]
 Window = Literal["second", "minute", "hour", "day"]
@@ -31,6 +32,8 @@ Action = Literal["allow", "deny", "hidden", "hold"]
 Default = Literal["allow", "deny"]
 
 OPS: Final[tuple[str, ...]] = get_args(Op)
+# The ops that hold when the field is absent (besides ``exists: false``): an absent field equals nothing.
+HOLD_WHEN_ABSENT: Final = frozenset({"neq", "not_in"})
 WINDOW_SECONDS: Final[Mapping[str, float]] = MappingProxyType(
     {"second": 1.0, "minute": 60.0, "hour": 3_600.0, "day": 86_400.0}
 )
@@ -90,14 +93,31 @@ class Condition:
         if self.op == "regex":
             object.__setattr__(self, "_pattern", re.compile(self.value))
 
-    def holds(self, args: Mapping[str, Any]) -> bool:
+    def holds(self, args: Mapping[str, Any], *, mismatch: bool = False) -> bool:
+        """Whether the condition holds for ``args``.
+
+        ``mismatch`` is the answer when the argument's type cannot be compared with ``value`` (a string
+        against a number, ``"false"`` against ``false``). The rule's kind decides it, so that every rule
+        fails closed: an upstream that coerces ``"5000"`` to 5000 must not slip past ``gt 1000``.
+        """
         actual = _resolve(args, self.path)
         if self.op == "exists":
             # JSON null counts as absent: a required field sent as null was not really supplied.
             return (actual is not _MISSING and actual is not None) == bool(self.value)
         if actual is _MISSING:
-            return False
+            # Nothing is equal to an absent field or in a list with it; everything else needs a value.
+            return self.op in HOLD_WHEN_ABSENT
+        if not _comparable(self.op, actual, self.value):
+            return mismatch
         return _compare(self.op, actual, self.value, self._pattern)
+
+    def mismatch(self, args: Mapping[str, Any]) -> str | None:
+        """What makes the argument incomparable with ``value`` (for the message), or None."""
+        actual = _resolve(args, self.path)
+        if self.op == "exists" or actual is _MISSING or _comparable(self.op, actual, self.value):
+            return None
+        expected = json.dumps(list(self.value) if self.op in ("in", "not_in") else self.value, ensure_ascii=False)
+        return f"{self.path} is {_json_type(actual)}, which '{self.op}' cannot compare with {expected}"
 
 
 @dataclass(frozen=True)
@@ -106,8 +126,16 @@ class Rule:
     message: str
     where: str
 
-    def matches(self, args: Mapping[str, Any]) -> bool:
-        return all(condition.holds(args) for condition in self.conditions)
+    def matches(self, args: Mapping[str, Any], *, mismatch: bool = False) -> bool:
+        """All conditions hold; ``mismatch`` is what a type mismatch counts as (see Condition.holds)."""
+        return all(condition.holds(args, mismatch=mismatch) for condition in self.conditions)
+
+    def explained(self, args: Mapping[str, Any]) -> str:
+        """The rule's message, saying so when a value of the wrong type decided it (the agent can fix that)."""
+        notes = [note for condition in self.conditions if (note := condition.mismatch(args))]
+        if not notes:
+            return self.message
+        return f"{self.message} ({'; '.join(notes)}: a value of the wrong type counts against the call)"
 
 
 @dataclass(frozen=True)
@@ -211,8 +239,16 @@ class Policy:
                 return self.tools[pattern]
         return None
 
-    def evaluate(self, tool: str, arguments: Mapping[str, Any]) -> Evaluation:
-        """Decide a call. Counters are not checked here: the caller reserves ``limits`` with a RateLimiter."""
+    def evaluate(
+        self, tool: str, arguments: Mapping[str, Any], input_schema: Mapping[str, Any] | None = None
+    ) -> Evaluation:
+        """Decide a call. Counters are not checked here: the caller reserves ``limits`` with a RateLimiter.
+
+        With the tool's ``input_schema``, fields left out are evaluated with the schema's declared
+        defaults, the values the upstream will act on. A type mismatch makes ``deny_if`` and
+        ``require_approval`` match and ``require`` fail: every rule fails closed.
+        """
+        arguments = with_defaults(arguments, input_schema)
         listed = self.tool_policy(tool)
         key = listed.key if listed else None
         if self.is_hidden(tool):
@@ -224,17 +260,18 @@ class Policy:
         layers = (self.all_tools, listed) if listed else (self.all_tools,)
         for layer in layers:
             for rule in layer.deny_if:
-                if rule.matches(arguments):
-                    return Evaluation("deny", rule.message, rule.where, key, (), None)
+                if rule.matches(arguments, mismatch=True):
+                    return Evaluation("deny", rule.explained(arguments), rule.where, key, (), None)
         for layer in layers:
             for rule in layer.require:
-                if not rule.matches(arguments):
-                    return Evaluation("deny", rule.message, rule.where, key, (), None)
+                if not rule.matches(arguments, mismatch=False):
+                    return Evaluation("deny", rule.explained(arguments), rule.where, key, (), None)
         limits = tuple(limit for layer in layers for limit in layer.limits)
         for layer in layers:
             for rule in layer.require_approval:
-                if rule.matches(arguments):
-                    return Evaluation("hold", rule.message, rule.where, key, limits, self._approval_for(listed))
+                if rule.matches(arguments, mismatch=True):
+                    approval = self._approval_for(listed)
+                    return Evaluation("hold", rule.explained(arguments), rule.where, key, limits, approval)
         return Evaluation("allow", "", tool_where(key) if key else "default", key, limits, None)
 
     def _approval_for(self, listed: ToolPolicy | None) -> ApprovalSettings:
@@ -482,6 +519,31 @@ def _resolve(args: Mapping[str, Any], path: str) -> Any:
     return current
 
 
+def _comparable(op: str, actual: Any, expected: Any) -> bool:
+    """Whether ``actual`` is of a JSON type ``op`` can compare with ``expected``.
+
+    Only the value at the path is looked at, not what is nested inside it. A rule whose value is null
+    asks about null, so anything else simply differs; an argument sent as null where the rule expects
+    another type is a mismatch (an upstream may read null as its default).
+    """
+    if op in ("eq", "neq", "in", "not_in"):
+        candidates = expected if op in ("in", "not_in") else (expected,)
+        kinds = {_kind(candidate) for candidate in candidates}
+        return _kind(actual) in kinds or kinds <= {"null"}
+    if op in _ORDERING:
+        return (_is_number(actual) and _is_number(expected)) or (isinstance(actual, str) and isinstance(expected, str))
+    if op == "regex":
+        return isinstance(actual, str)
+    if op == "contains":
+        return isinstance(actual, list | tuple) or (isinstance(actual, str) and isinstance(expected, str))
+    return True
+
+
+def _kind(value: Any) -> str:
+    # 1 and 1.0 are one kind (both JSON numbers); true is not a number.
+    return "number" if _is_number(value) else _json_type(value)
+
+
 def _compare(op: str, actual: Any, expected: Any, pattern: re.Pattern[str] | None) -> bool:
     if op == "eq":
         return _json_equal(actual, expected)
@@ -492,11 +554,8 @@ def _compare(op: str, actual: Any, expected: Any, pattern: re.Pattern[str] | Non
     if op == "not_in":
         return not any(_json_equal(actual, candidate) for candidate in expected)
     if op in _ORDERING:
-        # A number is never "greater" than a string: mismatched types fail rather than raise.
-        comparable = (_is_number(actual) and _is_number(expected)) or (
-            isinstance(actual, str) and isinstance(expected, str)
-        )
-        return comparable and bool(_ORDERING[op](actual, expected))
+        # Callers check _comparable first; a number is never "greater" than a string, so never raise.
+        return _comparable(op, actual, expected) and bool(_ORDERING[op](actual, expected))
     if op == "regex":
         return isinstance(actual, str) and pattern is not None and pattern.search(actual) is not None
     if op == "contains":

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from pathlib import Path
 from typing import Any
 
 from approvals.durations import format_duration
-from gateway.policy import ApprovalSettings, Limit, Policy, is_glob, tool_where
+from gateway.policy import HOLD_WHEN_ABSENT, ApprovalSettings, Limit, Policy, ToolPolicy, is_glob, tool_where
 
 _ASKS_FOR_A_HUMAN = re.compile(r"\b(approv\w*|human|review\w*|sign[- ]?off|four[- ]eyes)\b", re.IGNORECASE)
 
@@ -20,10 +23,15 @@ class PolicyWarning:
     message: str
 
 
-def lint_policy(policy: Policy) -> list[PolicyWarning]:
-    """Things that validate but probably do not do what the author meant."""
+def lint_policy(policy: Policy, schemas: Mapping[str, Mapping[str, Any]] | None = None) -> list[PolicyWarning]:
+    """Things that validate but probably do not do what the author meant.
+
+    ``schemas`` maps tool names to their input schemas, when known: a field the schema requires or
+    gives a default is always there, so a rule on it cannot be skipped by leaving it out.
+    """
     layers = [("all_tools", policy.all_tools)] + [(tool_where(k), tp) for k, tp in policy.tools.items()]
     warnings: list[PolicyWarning] = []
+    warnings.extend(_skippable_rules(policy, schemas))
 
     for _, layer in layers:
         for rule in layer.deny_if:
@@ -98,9 +106,11 @@ def lint_policy(policy: Policy) -> list[PolicyWarning]:
     return warnings
 
 
-def explain(policy: Policy, tool: str, arguments: Mapping[str, Any]) -> str:
+def explain(
+    policy: Policy, tool: str, arguments: Mapping[str, Any], input_schema: Mapping[str, Any] | None = None
+) -> str:
     """Plain text for `countersign policy explain`: decision, rule, applicable limits, approval settings."""
-    result = policy.evaluate(tool, arguments)
+    result = policy.evaluate(tool, arguments, input_schema)
     matched = f"matches {tool_where(result.tool_key)}" if result.tool_key else "not listed under tools"
     lines = [f"decision: {result.action}", f"tool: {tool} ({matched})", f"rule: {result.rule}"]
     if result.rule == "default":
@@ -131,3 +141,92 @@ def _describe_approval(approval: ApprovalSettings) -> Iterator[str]:
     yield f"  pick-up window: {format_duration(approval.pickup_seconds)}"
     yield f"  after approval: {'runs at once' if approval.run_unattended else 'runs when the agent is there'}"
     yield f"  agent cancel: {'keeps the request pending' if approval.keep_on_cancel else 'withdraws the request'}"
+
+
+def _skippable_rules(policy: Policy, schemas: Mapping[str, Mapping[str, Any]] | None) -> Iterator[PolicyWarning]:
+    """Rules an agent gets around by leaving an optional argument out.
+
+    A missing field fails every op but ``neq``, ``not_in`` and ``exists``: a ``deny_if`` or
+    ``require_approval`` built on such an op does not apply to a call without the field, and a
+    ``require`` built on ``neq`` / ``not_in`` is met by one.
+    """
+    with_schema = " (a schema given with --tools says which fields are always sent)" if schemas is None else ""
+    for layer in (policy.all_tools, *policy.tools.values()):
+        schema = None
+        if schemas is not None and layer is not policy.all_tools and not is_glob(layer.key):
+            schema = schemas.get(layer.key)
+        guaranteed = _required_by_rules(policy.all_tools, layer)
+
+        def present(path: str, schema: Mapping[str, Any] | None = schema, guaranteed: set[str] = guaranteed) -> bool:
+            return path in guaranteed or (schema is not None and _always_sent(schema, path))
+
+        for kind, rules in (("deny_if", layer.deny_if), ("require_approval", layer.require_approval)):
+            for rule in rules:
+                for index, condition in enumerate(rule.conditions):
+                    if condition.op == "exists" or condition.op in HOLD_WHEN_ABSENT or present(condition.path):
+                        continue
+                    yield PolicyWarning(
+                        f"{rule.where}.conditions[{index}]",
+                        f"an agent skips this {kind} rule by leaving out {condition.path} (a missing field fails "
+                        f"'{condition.op}'), and nothing makes the field required{with_schema}; add a require rule "
+                        f'with {{"path": "{condition.path}", "op": "exists"}}, or phrase the condition so that '
+                        "a missing field matches (neq, not_in)",
+                    )
+        for rule in layer.require:
+            for index, condition in enumerate(rule.conditions):
+                if condition.op in HOLD_WHEN_ABSENT and not present(condition.path):
+                    yield PolicyWarning(
+                        f"{rule.where}.conditions[{index}]",
+                        f"an agent meets this require rule by leaving out {condition.path} (a missing field is "
+                        f"'{condition.op}' anything), and nothing makes the field required{with_schema}; add "
+                        f'a condition {{"path": "{condition.path}", "op": "exists"}} to the rule',
+                    )
+
+
+def _required_by_rules(*layers: ToolPolicy) -> set[str]:
+    """Paths a ``require`` rule of its own refuses calls without: such a field is always there."""
+    return {
+        rule.conditions[0].path
+        for layer in layers
+        for rule in layer.require
+        if len(rule.conditions) == 1
+        and rule.conditions[0].op not in HOLD_WHEN_ABSENT
+        and not (rule.conditions[0].op == "exists" and rule.conditions[0].value is False)
+    }
+
+
+def _always_sent(schema: Mapping[str, Any], path: str) -> bool:
+    """Whether the schema requires every object on ``path``, or gives its last field a default."""
+    node: Any = schema
+    segments = path.split(".")[1:]
+    for position, segment in enumerate(segments):
+        properties = node.get("properties") if isinstance(node, Mapping) else None
+        sub = properties.get(segment) if isinstance(properties, Mapping) else None
+        if not isinstance(sub, Mapping):
+            return False
+        last = position == len(segments) - 1
+        if last and "default" in sub:
+            return True
+        required = node.get("required")
+        if not (isinstance(required, list) and segment in required):
+            return False
+        node = sub
+    return True
+
+
+def load_tool_schemas(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    """Input schemas by tool name from a file holding a tools/list result (``{"tools": [...]}``) or its list.
+
+    Raises ValueError saying what is wrong with the file.
+    """
+    document = json.loads(Path(path).read_text(encoding="utf-8"))
+    tools = document.get("tools") if isinstance(document, dict) else document
+    if not isinstance(tools, list):
+        raise ValueError('expected a tools/list result: {"tools": [{"name": ..., "inputSchema": {...}}, ...]}')
+    schemas: dict[str, dict[str, Any]] = {}
+    for index, tool in enumerate(tools):
+        schema = tool.get("inputSchema", tool.get("input_schema")) if isinstance(tool, dict) else None
+        if not isinstance(tool, dict) or not isinstance(tool.get("name"), str) or not isinstance(schema, dict):
+            raise ValueError(f"tools[{index}] needs a string 'name' and an object 'inputSchema'")
+        schemas[tool["name"]] = schema
+    return schemas

@@ -30,12 +30,6 @@ PENDING_SCHEMA: dict[str, Any] = {
 }
 
 
-def error_result(text: str, structured: dict[str, Any] | None = None) -> types.CallToolResult:
-    return types.CallToolResult(
-        content=[types.TextContent(type="text", text=text)], is_error=True, structured_content=structured
-    )
-
-
 def text_of(result: types.CallToolResult, limit: int = 300) -> str:
     """A short summary of a result, for audit lines."""
     return _shorten(" ".join(block.text for block in result.content if isinstance(block, types.TextContent)), limit)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from pathlib import Path
 
@@ -81,3 +82,24 @@ def test_the_readme_names_the_two_set_up_commands_near_the_top() -> None:
     assert "scripts/demo" in head and "scripts/test" in head
     for script in ("demo", "test"):
         assert (DOCS.parent / "scripts" / script).stat().st_mode & 0o111, f"scripts/{script} is not executable"
+
+
+def test_the_policy_reference_leads_with_the_demo_policy_and_it_has_no_rule_an_agent_can_skip() -> None:
+    from gateway.demo import DEMO_POLICY
+    from gateway.policy import parse_policy
+    from gateway.policy_report import lint_policy
+
+    text = (DOCS / "policy.md").read_text()
+    example = json.loads(text.split("```json\n", 1)[1].split("```", 1)[0])
+
+    assert example == DEMO_POLICY
+    policy = parse_policy(example)
+    assert lint_policy(policy) == []
+    for hostile in ({"dry_run": "false"}, {"dry_run": 0}, {}, {"dry_run": None}):
+        call = {"order": {"totalQuantity": 10}, **hostile}
+        assert policy.evaluate("ibkr_place_order", call).action == "hold", call
+    for quantity in ("5000", "10", None, [5000]):
+        call = {"order": {"totalQuantity": quantity}, "dry_run": True}
+        assert policy.evaluate("ibkr_place_order", call).action == "deny", call
+    assert policy.evaluate("ibkr_place_order", {"order": {}, "dry_run": True}).action == "deny"
+    assert policy.evaluate("ibkr_place_order", {"order": {"totalQuantity": 10}, "dry_run": True}).action == "allow"

@@ -319,6 +319,55 @@ def test_policy_check_warns_when_a_deny_if_message_asks_for_approval(capsys: pyt
     assert run(capsys, "policy", "check", "--strict", str(file))[0] == 1
 
 
+def test_policy_check_warns_about_rules_an_agent_skips_and_reads_the_tools_schemas_with_tools(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rules = {
+        "deny_if": [{"conditions": [{"path": "args.order.totalQuantity", "op": "gt", "value": 1000}]}],
+        "require_approval": [{"conditions": [{"path": "args.dry_run", "op": "eq", "value": False}]}],
+    }
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"version": "1", "default": "deny", "tools": {"ibkr_place_order": rules}}))
+    schema = {
+        "type": "object",
+        "properties": {"order": {"type": "object"}, "dry_run": {"type": "boolean", "default": True}},
+        "required": ["order"],
+    }
+    tools = tmp_path / "tools.json"
+    tools.write_text(json.dumps({"tools": [{"name": "ibkr_place_order", "inputSchema": schema}]}))
+
+    code, out, err = run(capsys, "policy", "check", str(policy))
+    assert code == 0 and "with warnings" in out
+    assert f'warning: {policy}: tools["ibkr_place_order"].deny_if[0].conditions[0]: an agent skips' in err
+    assert 'tools["ibkr_place_order"].require_approval[0].conditions[0]' in err
+
+    code, out, err = run(capsys, "policy", "check", "--strict", "--tools", str(tools), str(policy))
+    assert code == 1
+    assert "deny_if[0].conditions[0]" in err
+    assert "require_approval" not in err, "the schema gives dry_run a default, so it is always there"
+
+    (tmp_path / "bad.json").write_text('{"tools": [{"name": "x"}]}')
+    code, _, err = run(capsys, "policy", "check", "--tools", str(tmp_path / "bad.json"), str(policy))
+    assert code == 2
+    assert "tools[0] needs a string 'name' and an object 'inputSchema'" in err
+
+
+def test_policy_explain_with_tools_evaluates_left_out_fields_with_the_schemas_defaults(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps(DEMO_POLICY))
+    schema = {"type": "object", "properties": {"dry_run": {"type": "boolean", "default": True}}}
+    tools = tmp_path / "tools.json"
+    tools.write_text(json.dumps([{"name": "ibkr_place_order", "inputSchema": schema}]))
+    arguments = '{"order": {"totalQuantity": 5}}'
+
+    assert "decision: hold" in run(capsys, "policy", "explain", str(policy), "ibkr_place_order", arguments)[1]
+    code, out, _ = run(capsys, "policy", "explain", "--tools", str(tools), str(policy), "ibkr_place_order", arguments)
+    assert code == 0
+    assert "decision: allow" in out
+
+
 @pytest.mark.parametrize(
     ("tool", "arguments", "lines"),
     [

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from approvals.durations import format_duration, parse_duration
+from gateway.demo import DEMO_POLICY
 from gateway.policy import (
     ApprovalSettings,
     Condition,
@@ -135,9 +136,7 @@ def test_every_op_holds_for_a_matching_value_and_fails_for_another(
     ("op", "value"),
     [
         ("eq", 1),
-        ("neq", 1),
         ("in", [1]),
-        ("not_in", [1]),
         ("lt", 1),
         ("lte", 1),
         ("gt", 1),
@@ -146,12 +145,24 @@ def test_every_op_holds_for_a_matching_value_and_fails_for_another(
         ("contains", "x"),
     ],
 )
-def test_a_missing_field_fails_every_op_except_exists(op: str, value: Any) -> None:
+def test_a_missing_field_fails_every_op_except_exists_neq_and_not_in(op: str, value: Any) -> None:
     condition = Condition("args.order.quantity", op, value)
 
-    assert condition.holds({}) is False
-    assert condition.holds({"order": {}}) is False
-    assert condition.holds({"order": "not an object"}) is False
+    for mismatch in (False, True):
+        assert condition.holds({}, mismatch=mismatch) is False
+        assert condition.holds({"order": {}}, mismatch=mismatch) is False
+        assert condition.holds({"order": "not an object"}, mismatch=mismatch) is False
+
+
+@pytest.mark.parametrize(("op", "value"), [("neq", True), ("not_in", ["DU1000001"])])
+def test_neq_and_not_in_hold_when_the_field_is_absent_because_an_absent_field_equals_nothing(
+    op: str, value: Any
+) -> None:
+    condition = Condition("args.order.account", op, value)
+
+    assert condition.holds({}) is True
+    assert condition.holds({"order": {}}) is True
+    assert condition.holds({"order": {"account": None}}, mismatch=True) is True
 
 
 def test_exists_true_holds_only_for_a_present_non_null_field() -> None:
@@ -184,6 +195,116 @@ def test_exists_false_holds_only_when_the_field_is_absent() -> None:
 )
 def test_a_type_mismatch_fails_the_condition_instead_of_raising(op: str, value: Any, actual: Any) -> None:
     assert Condition("args.x", op, value).holds({"x": actual}) is False
+
+
+@pytest.mark.parametrize(
+    ("op", "value", "actual"),
+    [
+        ("gt", 1000, "5000"),
+        ("gt", 1000, True),
+        ("lte", 1000, None),
+        ("lt", "m", 5),
+        ("eq", False, "false"),
+        ("eq", False, 0),
+        ("eq", False, "no"),
+        ("eq", False, None),
+        ("neq", True, "true"),
+        ("in", ["LMT", "STP"], 1),
+        ("not_in", [1, 2], "1"),
+        ("regex", "^A", ["AAPL"]),
+        ("contains", "live", 5),
+    ],
+)
+def test_a_type_mismatch_is_answered_by_the_rule_so_every_rule_fails_closed(op: str, value: Any, actual: Any) -> None:
+    condition = Condition("args.x", op, value)
+    rule = Rule((condition,), "m", "w")
+
+    assert condition.holds({"x": actual}, mismatch=True) is True
+    assert condition.holds({"x": actual}, mismatch=False) is False
+    assert rule.matches({"x": actual}, mismatch=True) is True
+    assert rule.matches({"x": actual}, mismatch=False) is False
+    assert condition.mismatch({"x": actual}) is not None
+
+
+@pytest.mark.parametrize(
+    ("op", "value", "actual", "holds"),
+    [
+        ("eq", None, "DU1", False),
+        ("eq", None, None, True),
+        ("neq", None, 5, True),
+        ("in", [None, "DU1"], None, True),
+        ("in", ["DU1", 7], 7, True),
+        ("in", ["DU1", 7], 8, False),
+        ("eq", 1, 1.0, True),
+        ("eq", {"a": 1}, {"a": "1"}, False),
+        ("contains", "x", [1, 2], False),
+    ],
+)
+def test_values_of_a_comparable_type_are_compared_and_never_count_as_a_mismatch(
+    op: str, value: Any, actual: Any, holds: bool
+) -> None:
+    condition = Condition("args.x", op, value)
+
+    assert condition.mismatch({"x": actual}) is None
+    for mismatch in (False, True):
+        assert condition.holds({"x": actual}, mismatch=mismatch) is holds
+
+
+def test_a_string_quantity_is_denied_and_a_string_dry_run_is_held_by_the_old_design_example() -> None:
+    policy = parse_policy(DESIGN_EXAMPLE)
+
+    big = policy.evaluate("ibkr_place_order", {"order": {"totalQuantity": "5000"}, "dry_run": True})
+    live = policy.evaluate("ibkr_place_order", {"order": {"totalQuantity": 5}, "dry_run": "false"})
+
+    assert (big.action, big.rule) == ("deny", 'tools["ibkr_place_order"].deny_if[0]')
+    assert big.message == (
+        "Orders above 1000 shares are not allowed. (args.order.totalQuantity is a string, which 'gt' cannot "
+        "compare with 1000: a value of the wrong type counts against the call)"
+    )
+    assert (live.action, live.rule) == ("hold", 'tools["ibkr_place_order"].require_approval[0]')
+    assert "args.dry_run is a string" in live.message
+
+
+def test_a_require_rule_is_not_met_by_a_value_of_the_wrong_type() -> None:
+    policy = make_policy(
+        {"trade": {"require": [{"conditions": [cond("args.qty", "lte", 1000)], "on_deny": "1000 at most"}]}}
+    )
+
+    assert policy.evaluate("trade", {"qty": 10}).action == "allow"
+    refused = policy.evaluate("trade", {"qty": "10"})
+    assert (refused.action, refused.rule) == ("deny", 'tools["trade"].require[0]')
+    assert refused.message.startswith("1000 at most (args.qty is a string")
+    assert policy.evaluate("trade", {}).action == "deny"
+
+
+PLACE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "order": {"type": "object", "properties": {"tif": {"type": "string", "default": "DAY"}}},
+        "dry_run": {"type": "boolean", "default": True},
+        "confirm": {"type": "boolean", "default": False},
+    },
+    "required": ["order"],
+}
+
+
+def test_fields_left_out_are_evaluated_with_the_defaults_the_input_schema_declares() -> None:
+    policy = make_policy(
+        {
+            "ibkr_place_order": {
+                "deny_if": [deny_if(cond("args.order.tif", "eq", "DAY"), on_deny="no day orders")],
+                "require_approval": [{"conditions": [cond("args.dry_run", "neq", True)], "reason": "live"}],
+            }
+        }
+    )
+
+    # Without the schema nothing says what dry_run will be, so `neq true` holds and the call is held.
+    assert policy.evaluate("ibkr_place_order", {"order": {"tif": "GTC"}}).action == "hold"
+    # With it, the upstream will run a dry run (its default), and the order defaults to a DAY order.
+    assert policy.evaluate("ibkr_place_order", {"order": {"tif": "GTC"}}, PLACE_SCHEMA).action == "allow"
+    assert policy.evaluate("ibkr_place_order", {"order": {}}, PLACE_SCHEMA).action == "deny"
+    live = policy.evaluate("ibkr_place_order", {"order": {"tif": "GTC"}, "dry_run": False}, PLACE_SCHEMA)
+    assert live.action == "hold"
 
 
 def test_true_is_not_one_but_one_is_one_point_zero() -> None:
@@ -448,6 +569,96 @@ def test_the_design_example_behaves_as_described() -> None:
     assert live.approval == ApprovalSettings()
     assert policy.evaluate("ibkr_place_order", {"order": {"totalQuantity": 10}}).action == "allow"
     assert policy.evaluate("ibkr_modify_order", {}).action == "deny"
+    # Both of its place-order rules are skipped by a call that leaves the field out; docs/policy.md now
+    # shows the safe form (the demo policy).
+    assert [w.path for w in lint_policy(policy)] == [
+        'tools["ibkr_place_order"].deny_if[0].conditions[0]',
+        'tools["ibkr_place_order"].require_approval[0].conditions[0]',
+    ]
+
+
+# --- rules an agent can skip by leaving a field out --------------------------------------------------------
+
+
+def test_the_demo_policy_has_no_rule_an_agent_can_skip_with_or_without_schemas() -> None:
+    policy = parse_policy(DEMO_POLICY)
+
+    assert lint_policy(policy) == []
+    assert lint_policy(policy, {"ibkr_place_order": PLACE_SCHEMA}) == []
+
+
+def test_a_deny_if_on_an_optional_field_is_flagged_at_its_condition_with_what_to_do() -> None:
+    policy = make_policy({"trade": {"deny_if": [deny_if(cond("args.order.qty", "gt", 1000))]}})
+
+    [warning] = lint_policy(policy)
+
+    assert warning.path == 'tools["trade"].deny_if[0].conditions[0]'
+    assert "an agent skips this deny_if rule by leaving out args.order.qty (a missing field fails 'gt')" in (
+        warning.message
+    )
+    assert '"op": "exists"' in warning.message
+    assert "--tools" in warning.message
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {
+            "type": "object",
+            "properties": {"order": {"type": "object", "properties": {"qty": {}}, "required": ["qty"]}},
+            "required": ["order"],
+        },
+        {
+            "type": "object",
+            "properties": {"order": {"type": "object", "properties": {"qty": {"default": 1}}}},
+            "required": ["order"],
+        },
+    ],
+    ids=["required", "default"],
+)
+def test_a_field_the_schema_requires_or_defaults_cannot_be_left_out(schema: dict[str, Any]) -> None:
+    policy = make_policy({"trade": {"require_approval": [{"conditions": [cond("args.order.qty", "gt", 10)]}]}})
+
+    assert [w.path for w in lint_policy(policy)] == ['tools["trade"].require_approval[0].conditions[0]']
+    assert lint_policy(policy, {"trade": schema}) == []
+    # A schema where the parent object is optional leaves the rule skippable.
+    loose = {"type": "object", "properties": schema["properties"]}
+    assert len(lint_policy(policy, {"trade": loose})) == 1
+
+
+def test_a_require_rule_demanding_the_field_makes_deny_if_unskippable() -> None:
+    policy = make_policy(
+        {
+            "trade": {
+                "deny_if": [deny_if(cond("args.qty", "gt", 1000))],
+                "require": [{"conditions": [cond("args.qty", "exists", True)]}],
+            }
+        }
+    )
+
+    assert lint_policy(policy) == []
+
+
+def test_a_require_rule_on_neq_is_flagged_because_leaving_the_field_out_meets_it() -> None:
+    policy = make_policy({"trade": {"require": [{"conditions": [cond("args.account", "neq", "U999")]}]}})
+
+    [warning] = lint_policy(policy)
+
+    assert warning.path == 'tools["trade"].require[0].conditions[0]'
+    assert "an agent meets this require rule by leaving out args.account" in warning.message
+
+
+def test_rules_whose_conditions_match_a_missing_field_are_not_flagged() -> None:
+    policy = make_policy(
+        {
+            "trade": {
+                "deny_if": [deny_if(cond("args.account", "not_in", ["DU1"]))],
+                "require_approval": [{"conditions": [cond("args.dry_run", "neq", True)]}],
+                "require": [{"conditions": [cond("args.ticket", "exists", True)]}],
+            }
+        }
+    )
+
     assert lint_policy(policy) == []
 
 
@@ -801,7 +1012,8 @@ def test_require_approval_on_a_hidden_or_always_denied_tool_is_flagged() -> None
         hide=["hidden"],
     )
 
-    warnings = lint_policy(policy)
+    # "sometimes" is also flagged, at its condition, as skippable by leaving args.x out; not the subject here.
+    warnings = [w for w in lint_policy(policy) if w.path.endswith(".require_approval")]
 
     assert [w.path for w in warnings] == ['tools["hidden"].require_approval', 'tools["blocked"].require_approval']
     assert "hidden" in warnings[0].message
