@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from typing import Any
 
@@ -16,6 +15,10 @@ from approvals.errors import AlreadyDecided, InvalidDecision, NotAllowed, Reques
 from approvals.service import ApprovalService
 from approvals.states import Status
 from approvals.views import AuditEventView, DecisionOutcome, RequestView
+from gateway import bounded_json
+
+# A decision's body holds one reason; a reason is a sentence or two, never this much.
+MAX_DECISION_BODY = 64 * 1024
 
 
 def request_json(view: RequestView) -> dict[str, Any]:
@@ -115,11 +118,11 @@ async def show_approval(request: Request) -> JSONResponse:
 
 
 async def _decision_body(request: Request) -> str | None:
-    raw = await request.body()
+    raw = await _bounded_body(request)
     if not raw.strip():
         return None
     try:
-        data = json.loads(raw)
+        data = bounded_json.loads(raw, max_bytes=MAX_DECISION_BODY)
     except ValueError as exc:
         raise HTTPException(400, f"the body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
@@ -132,6 +135,17 @@ async def _decision_body(request: Request) -> str | None:
     if reason is not None and not isinstance(reason, str):
         raise HTTPException(400, "reason must be a string")
     return reason
+
+
+async def _bounded_body(request: Request) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_DECISION_BODY:
+            raise HTTPException(400, f"the body is larger than {MAX_DECISION_BODY} bytes; it takes only a reason")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def approve(request: Request) -> JSONResponse:
