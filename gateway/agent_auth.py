@@ -19,11 +19,12 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from approvals.approvers import token_digest
+from gateway.config import DEV_AGENT_NAME
 from gateway.mcp_server import AGENT_KEY, DISCONNECTED_KEY
 
 log = logging.getLogger(__name__)
 
-DEV_AGENT = "dev"
+DEV_AGENT = DEV_AGENT_NAME
 
 
 class AgentAuth:
