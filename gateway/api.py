@@ -74,6 +74,15 @@ def _service(request: Request) -> ApprovalService:
 
 
 def _approver(request: Request) -> Approver:
+    return approver_from_headers(request)
+
+
+def approver_from_headers(request: Request) -> Approver:
+    """The approver whose API token the request carries; HTTPException 401 otherwise."""
+    if len(request.headers.getlist("authorization")) > 1:
+        # Proxies and frameworks disagree on which copy counts (the first, the last, both joined),
+        # so a request that carries two is refused rather than read one way here and another there.
+        raise HTTPException(401, "send exactly one Authorization header")
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
