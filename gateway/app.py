@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
@@ -20,7 +19,6 @@ from starlette.routing import Route
 from approvals.approvers import ApproverDirectory
 from approvals.audit import Event
 from approvals.db import Database
-from approvals.errors import StoreUnavailable
 from approvals.service import ApprovalService
 from approvals.timeouts import TimeoutScheduler
 from gateway import api
@@ -28,6 +26,7 @@ from gateway.agent_auth import AgentAuth
 from gateway.calls import CallHandler
 from gateway.channels import build_channels
 from gateway.config import Settings
+from gateway.health import health
 from gateway.mcp_server import build_server
 from gateway.policy_store import PolicyStore
 from gateway.ratelimit import RateLimiter
@@ -139,15 +138,7 @@ class Gateway:
         return app
 
     async def _health(self, request: Request) -> JSONResponse:
-        body: dict[str, Any] = {"status": "ok", "upstreams": self.upstreams.status()}
-        try:
-            await self.db.ping()
-            body["database"] = "ok"
-        except StoreUnavailable as exc:
-            body.update(status="degraded", database=str(exc))
-        if any(u["state"] != "ready" for u in body["upstreams"]):
-            body["status"] = "degraded"
-        return JSONResponse(body, status_code=200 if body["database"] == "ok" else 503)
+        return await health(request, ping=self.db.ping, upstreams=self.upstreams.status())
 
 
 def create_app(settings: Settings) -> Starlette:
