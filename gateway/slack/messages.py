@@ -17,6 +17,7 @@ from typing import Any
 from approvals.states import Status
 from approvals.views import DecisionView, RequestView
 from gateway.durations import format_duration
+from gateway.text import mark_hidden
 
 ACTION_APPROVE = "countersign.approve"
 ACTION_REJECT = "countersign.reject"
@@ -54,8 +55,12 @@ class Message:
 
 
 def escape(text: str) -> str:
-    """Make text inert in mrkdwn: no links, mentions or special commands can be formed from it."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    """Make text inert in mrkdwn: no links, mentions or special commands can be formed from it.
+
+    Invisible and bidi characters are shown as `⟨U+XXXX⟩` too, so what an approver reads is what
+    the text holds (see gateway.text).
+    """
+    return mark_hidden(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def inline_code(text: str) -> str:
@@ -107,7 +112,8 @@ def _mrkdwn(text: str) -> Block:
 
 
 def _plain(text: str, limit: int) -> Block:
-    # plain_text is never parsed for links or mentions; only its length needs watching.
+    # plain_text is never parsed for links or mentions; only hidden characters and its length need watching.
+    text = mark_hidden(text)
     return {"type": "plain_text", "text": text if len(text) <= limit else text[: limit - 1] + "…", "emoji": False}
 
 
