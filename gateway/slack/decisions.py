@@ -4,11 +4,19 @@ Both transports (HTTP interactivity and Socket Mode) hand a verified payload to 
 send back what it returns, within Slack's 3 seconds: slow work (users.info, views.open, the
 decision itself for a click) runs afterwards in the outbox's task group. A delivery Slack repeats
 is dropped here; a second click decides nothing because the service's compare-and-set says so.
+
+A signed payload proves only that Slack sent it, not that it came from where it should. So a
+click counts only when it comes from the message the gateway posted for the request it names
+(the recorded channel and ts), and a reason-modal submission only from a view the gateway opened
+for that request (its `view.id`, recorded in the audit log when views.open returned it, and an
+HMAC of the request in `private_metadata`). Anything else is refused, told privately, audited.
+A payload of the wrong shape is refused as a whole (`MalformedPayload`, 400 over HTTP).
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 from collections import OrderedDict
@@ -22,17 +30,20 @@ from approvals.approvers import Approver
 from approvals.audit import Event
 from approvals.errors import AlreadyDecided, ApprovalError, InvalidDecision, NotAllowed, RequestNotFound
 from approvals.service import ApprovalService
-from approvals.views import DecisionOutcome
+from approvals.states import Status
+from approvals.views import DecisionOutcome, RequestView
 from gateway.slack.client import SlackApi, SlackCallFailed
 from gateway.slack.identity import SlackIdentities
 from gateway.slack.messages import (
     ACTION_APPROVE,
     ACTION_REJECT,
+    ACTION_REVIEW,
     REASON_ACTION,
     REASON_BLOCK,
     REJECT_CALLBACK,
     Links,
     ModalContext,
+    approvable_in_slack,
     link,
     reject_modal,
 )
@@ -42,6 +53,62 @@ log = logging.getLogger(__name__)
 
 # How long a modal submission waits for its decision, so a fixable error shows in the modal; Slack allows 3 s.
 SUBMIT_BUDGET = 2.0
+
+# How long a click waits for its message's ts to be recorded (it is, just after Slack returns it).
+RECORDING_GRACE = 3.0
+
+# The audit event that records a reason modal opened for a request (its view id and for whom).
+MODAL_OPENED = "decision.reason_asked"
+
+
+class MalformedPayload(ValueError):
+    """A verified payload whose shape is not one Slack sends; nothing in it is acted on."""
+
+
+def check_shape(payload: dict[str, Any]) -> None:
+    """Raise MalformedPayload unless the fields this module reads have the types Slack gives them."""
+
+    def mapping(value: object, where: str, *, optional: bool = False) -> dict[str, Any]:
+        if value is None and optional:
+            return {}
+        if not isinstance(value, dict):
+            raise MalformedPayload(f"`{where}` must be an object")
+        return value
+
+    def string(value: object, where: str, *, optional: bool = False) -> None:
+        if not (isinstance(value, str) or (optional and value is None)):
+            raise MalformedPayload(f"`{where}` must be a string")
+
+    kind = payload.get("type")
+    string(kind, "type")
+    if kind not in ("block_actions", "view_submission"):
+        return  # Acknowledged and otherwise ignored (view_closed, shortcuts…): their shape is not read.
+    string(mapping(payload.get("user"), "user").get("id"), "user.id")
+    string(mapping(payload.get("user"), "user").get("team_id"), "user.team_id", optional=True)
+    if kind == "block_actions":
+        container = mapping(payload.get("container"), "container", optional=True)
+        for key in ("type", "channel_id", "message_ts", "view_id"):
+            string(container.get(key), f"container.{key}", optional=True)
+        string(mapping(payload.get("channel"), "channel", optional=True).get("id"), "channel.id", optional=True)
+        string(payload.get("trigger_id"), "trigger_id", optional=True)
+        actions = payload.get("actions")
+        if not isinstance(actions, list) or not actions:
+            raise MalformedPayload("`actions` must be a non-empty list")
+        for index, action in enumerate(actions):
+            action = mapping(action, f"actions[{index}]")
+            for key in ("action_id", "value", "action_ts"):
+                string(action.get(key), f"actions[{index}].{key}", optional=key != "action_id")
+        return
+    view = mapping(payload.get("view"), "view")
+    for key in ("id", "callback_id", "private_metadata"):
+        string(view.get(key), f"view.{key}", optional=True)
+    values = mapping(
+        mapping(view.get("state"), "view.state", optional=True).get("values"), "view.state.values", optional=True
+    )
+    for block_id, block in values.items():
+        for action_id, value in mapping(block, f"view.state.values.{block_id}").items():
+            field_value = mapping(value, f"view.state.values.{block_id}.{action_id}")
+            string(field_value.get("value"), f"view.state.values.{block_id}.{action_id}.value", optional=True)
 
 
 @dataclass
@@ -75,9 +142,14 @@ class SlackDecisions:
         self.outbox = outbox
         self.links = links
         self._seen: OrderedDict[str, None] = OrderedDict()
+        self._modal_key = hashlib.sha256(b"countersign.slack.modal\0" + api.bot_token.encode()).digest()
 
     async def acknowledge(self, payload: dict[str, Any]) -> dict[str, Any] | None:
-        """Handle one verified interaction payload; return the body to acknowledge it with (None: empty 200)."""
+        """Handle one verified interaction payload; return the body to acknowledge it with (None: empty 200).
+
+        Raises MalformedPayload, before anything is decided, when the payload's shape is wrong.
+        """
+        check_shape(payload)
         key = delivery_key(payload)
         if key is not None:
             if key in self._seen:
@@ -90,6 +162,8 @@ class SlackDecisions:
         if kind == "block_actions":
             for action in payload.get("actions") or []:
                 action_id = action.get("action_id")
+                if action_id == ACTION_REVIEW:
+                    continue  # A link button: Slack has opened the inbox; nothing to decide.
                 if action_id in (ACTION_APPROVE, ACTION_REJECT) and isinstance(action.get("value"), str):
                     self.outbox.spawn(_bind(self._clicked, payload, action_id, action["value"]))
             return None
@@ -109,7 +183,36 @@ class SlackDecisions:
         channel = container.get("channel_id") or (payload.get("channel") or {}).get("id")
         where = _Where(user, channel)
         verdict = "approve" if action_id == ACTION_APPROVE else "reject"
-        approver = await self._approver(where, request_id, verdict)
+        try:
+            request = await self._with_message(request_id)
+        except ApprovalError as exc:
+            self._tell(where, f"Nothing was decided: {exc}.", None)
+            return
+        if (
+            container.get("type") != "message"
+            or request.slack_ts is None
+            or container.get("channel_id") != request.slack_channel
+            or container.get("message_ts") != request.slack_ts
+        ):
+            # The button's value names a request, but only the message posted for it may decide it.
+            await self._refuse_origin(
+                where,
+                request,
+                verdict,
+                "the click did not come from the message Countersign posted for this request",
+                {"container": {k: container.get(k) for k in ("type", "channel_id", "message_ts", "view_id")}},
+            )
+            return
+        if verdict == "approve" and not approvable_in_slack(request):
+            await self._refuse_origin(
+                where,
+                request,
+                verdict,
+                "its arguments do not fit in a Slack message, so it is approved only in the inbox",
+                {},
+            )
+            return
+        approver = await self._approver(where, request_id, verdict, _team_id(payload))
         if approver is None:
             return
         try:
@@ -118,21 +221,35 @@ class SlackDecisions:
                 self._after_approval(where, outcome)
             else:
                 view = await self.service.precheck(request_id, approver, "slack", "reject")
-                context = ModalContext(request_id, channel, container.get("message_ts"))
-                await self._open_modal(where, str(payload.get("trigger_id") or ""), reject_modal(view, context))
+                context = self._sealed(ModalContext(request_id, channel, container.get("message_ts")))
+                await self._open_modal(
+                    where, approver, str(payload.get("trigger_id") or ""), reject_modal(view, context)
+                )
         except ApprovalError as exc:
             self._refused(where, approver, exc)
+
+    async def _with_message(self, request_id: str) -> RequestView:
+        """The request, once the ts of its message is recorded (or it is clear that it never will be).
+
+        The ts is written just after chat.postMessage returns, so a click can overtake it by a moment.
+        """
+        request = await self.service.get(request_id)
+        with anyio.move_on_after(RECORDING_GRACE):
+            while request.slack_ts is None and request.status == Status.PENDING:
+                await anyio.sleep(0.05)
+                request = await self.service.get(request_id)
+        return request
 
     def _after_approval(self, where: _Where, outcome: DecisionOutcome) -> None:
         if not outcome.decided:
             self._tell(where, f"Your approval is recorded: {outcome.message}.", outcome.request.id)
 
-    async def _open_modal(self, where: _Where, trigger_id: str, view: dict[str, Any]) -> None:
+    async def _open_modal(self, where: _Where, approver: Approver, trigger_id: str, view: dict[str, Any]) -> None:
+        request_id = ModalContext.load(view["private_metadata"]).request_id
         # The trigger id lives about 3 seconds: one attempt now, not a retry later.
         try:
-            await self.api.open_view(trigger_id, view)
+            opened = await self.api.open_view(trigger_id, view)
         except SlackCallFailed as exc:
-            request_id = ModalContext.load(view["private_metadata"]).request_id
             await self._audit_failure("views.open", request_id, exc)
             self._tell(
                 where,
@@ -140,6 +257,54 @@ class SlackDecisions:
                 f"{link(self.links.request(request_id), 'inbox')} instead.",
                 request_id,
             )
+            return
+        view_id = (opened.get("view") or {}).get("id")
+        # In the audit log rather than in memory: a submission may reach another replica, or this one
+        # after a restart, and must still be matched to the view this gateway opened.
+        await self.service.record(
+            Event(
+                kind=MODAL_OPENED,
+                outcome="asked",
+                message=f"{approver.name} was asked in Slack for a reason to reject",
+                request_id=request_id,
+                actor=approver.name,
+                channel="slack",
+                detail={"view_id": view_id if isinstance(view_id, str) else None, "slack_user": where.user},
+            )
+        )
+
+    def _seal(self, request_id: str, channel: str | None, ts: str | None) -> str:
+        material = json.dumps([request_id, channel, ts], separators=(",", ":")).encode()
+        return hmac.new(self._modal_key, material, hashlib.sha256).hexdigest()
+
+    def _sealed(self, context: ModalContext) -> ModalContext:
+        return ModalContext(
+            context.request_id, context.channel, context.ts, self._seal(context.request_id, context.channel, context.ts)
+        )
+
+    def _seal_ok(self, context: ModalContext) -> bool:
+        expected = self._seal(context.request_id, context.channel, context.ts)
+        return hmac.compare_digest(context.seal.encode(), expected.encode())
+
+    async def _opened_for(self, request_id: str, view_id: object, user: str) -> bool:
+        """Whether this gateway opened the view `view_id` for `user` to reject `request_id`."""
+        if not isinstance(view_id, str) or not view_id:
+            return False
+
+        async def recorded() -> bool:
+            return any(
+                e.kind == MODAL_OPENED and e.detail.get("view_id") == view_id and e.detail.get("slack_user") == user
+                for e in await self.service.events(request_id=request_id, limit=1000)
+            )
+
+        # The view id is recorded just after views.open returns, so a quick submission can overtake it.
+        # Polled, not awaited as an event: the replica that opened the view may not be this one.
+        with anyio.move_on_after(RECORDING_GRACE):
+            while True:
+                if await recorded():
+                    return True
+                await anyio.sleep(0.05)
+        return False
 
     # ---- the reject modal
 
@@ -154,7 +319,9 @@ class SlackDecisions:
         reason = str((values.get(REASON_ACTION) or {}).get("value") or "")
         where = _Where(_user_id(payload), context.channel)
         submission = _Submission()
-        self.outbox.spawn(_bind(self._reject, where, context.request_id, reason, submission))
+        self.outbox.spawn(
+            _bind(self._submitted_reason, where, context, view.get("id"), _team_id(payload), reason, submission)
+        )
         with anyio.move_on_after(SUBMIT_BUDGET):
             await submission.done.wait()
         if isinstance(submission.error, InvalidDecision):
@@ -162,8 +329,39 @@ class SlackDecisions:
         submission.closed = True
         return None
 
-    async def _reject(self, where: _Where, request_id: str, reason: str, submission: _Submission) -> None:
-        approver = await self._approver(where, request_id, "reject")
+    async def _submitted_reason(
+        self,
+        where: _Where,
+        context: ModalContext,
+        view_id: object,
+        team_id: object,
+        reason: str,
+        submission: _Submission,
+    ) -> None:
+        try:
+            request = await self.service.get(context.request_id)
+        except ApprovalError as exc:
+            submission.done.set()
+            self._tell(where, f"Nothing was decided: {exc}.", None)
+            return
+        if not self._seal_ok(context) or not await self._opened_for(request.id, view_id, where.user):
+            submission.done.set()
+            # The channel in the metadata is not to be trusted here: answer where the request's message is.
+            where = _Where(where.user, request.slack_channel)
+            await self._refuse_origin(
+                where,
+                request,
+                "reject",
+                "the reason dialog was not one Countersign opened for this request",
+                {"view_id": view_id if isinstance(view_id, str) else None},
+            )
+            return
+        await self._reject(where, context.request_id, team_id, reason, submission)
+
+    async def _reject(
+        self, where: _Where, request_id: str, team_id: object, reason: str, submission: _Submission
+    ) -> None:
+        approver = await self._approver(where, request_id, "reject", team_id)
         if approver is None:
             submission.done.set()
             return
@@ -180,9 +378,9 @@ class SlackDecisions:
 
     # ---- who is clicking
 
-    async def _approver(self, where: _Where, request_id: str, verdict: str) -> Approver | None:
+    async def _approver(self, where: _Where, request_id: str, verdict: str, team_id: object) -> Approver | None:
         try:
-            approver = await self.identities.approver_for(where.user)
+            approver = await self.identities.approver_for(where.user, team_id)
         except SlackCallFailed as exc:
             await self._audit_failure("users.info", request_id, exc)
             self._tell(
@@ -219,6 +417,34 @@ class SlackDecisions:
             ":no_entry: You are not allowed to decide this request: your Slack account is not linked to a "
             "Countersign approver. Nothing was decided.",
             request_id,
+        )
+
+    async def _refuse_origin(
+        self, where: _Where, request: RequestView, verdict: str, why: str, detail: dict[str, Any]
+    ) -> None:
+        """Refuse an action that came from somewhere it may not: say so privately, and audit it."""
+        try:
+            await self.service.record(
+                Event(
+                    kind="decision.refused",
+                    outcome="refused",
+                    message=f"Slack user {where.user} tried to {verdict}, refused: {why}",
+                    agent=request.agent,
+                    tool=request.tool,
+                    upstream=request.upstream,
+                    request_id=request.id,
+                    actor=f"slack:{where.user}",
+                    channel="slack",
+                    detail={"why": why, **detail},
+                )
+            )
+        except ApprovalError as exc:
+            log.error("could not audit a refused Slack action on %s: %s", request.id, exc)
+        self._tell(
+            where,
+            f":no_entry: Nothing was decided: {why}. Decide in the "
+            f"{link(self.links.request(request.id), 'inbox')} or with the buttons of the request's own message.",
+            request.id,
         )
 
     def _refused(self, where: _Where, approver: Approver, exc: ApprovalError) -> None:
@@ -271,6 +497,11 @@ def _bind(function: Callable[..., Awaitable[None]], *args: Any) -> Job:
 
 def _user_id(payload: dict[str, Any]) -> str:
     return str((payload.get("user") or {}).get("id") or "")
+
+
+def _team_id(payload: dict[str, Any]) -> object:
+    """The workspace of the user who acted, as the payload says (None when it does not say)."""
+    return (payload.get("user") or {}).get("team_id")
 
 
 def delivery_key(payload: dict[str, Any]) -> str | None:
