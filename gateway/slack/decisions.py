@@ -5,18 +5,13 @@ send back what it returns, within Slack's 3 seconds: slow work (users.info, view
 decision itself for a click) runs afterwards in the outbox's task group. A delivery Slack repeats
 is dropped here; a second click decides nothing because the service's compare-and-set says so.
 
-A signed payload proves only that Slack sent it, not that it came from where it should. So a
-click counts only when it comes from the message the gateway posted for the request it names
-(the recorded channel and ts), and a reason-modal submission only from a view the gateway opened
-for that request (its `view.id`, recorded in the audit log when views.open returned it, and an
-HMAC of the request in `private_metadata`). Anything else is refused, told privately, audited.
-A payload of the wrong shape is refused as a whole (`MalformedPayload`, 400 over HTTP).
+A click or modal that did not come from where the gateway put it (see `provenance`) is refused,
+told privately and audited; a payload of the wrong shape (see `payloads`) is refused as a whole.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import logging
 from collections import OrderedDict
@@ -30,7 +25,6 @@ from approvals.approvers import Approver
 from approvals.audit import Event
 from approvals.errors import AlreadyDecided, ApprovalError, InvalidDecision, NotAllowed, RequestNotFound
 from approvals.service import ApprovalService
-from approvals.states import Status
 from approvals.views import DecisionOutcome, RequestView
 from gateway.slack.client import SlackApi, SlackCallFailed
 from gateway.slack.identity import SlackIdentities
@@ -47,68 +41,14 @@ from gateway.slack.messages import (
     link,
     reject_modal,
 )
+from gateway.slack.payloads import check_shape
+from gateway.slack.provenance import Provenance
 from gateway.slack.worker import Job, Outbox
 
 log = logging.getLogger(__name__)
 
 # How long a modal submission waits for its decision, so a fixable error shows in the modal; Slack allows 3 s.
 SUBMIT_BUDGET = 2.0
-
-# How long a click waits for its message's ts to be recorded (it is, just after Slack returns it).
-RECORDING_GRACE = 3.0
-
-# The audit event that records a reason modal opened for a request (its view id and for whom).
-MODAL_OPENED = "decision.reason_asked"
-
-
-class MalformedPayload(ValueError):
-    """A verified payload whose shape is not one Slack sends; nothing in it is acted on."""
-
-
-def check_shape(payload: dict[str, Any]) -> None:
-    """Raise MalformedPayload unless the fields this module reads have the types Slack gives them."""
-
-    def mapping(value: object, where: str, *, optional: bool = False) -> dict[str, Any]:
-        if value is None and optional:
-            return {}
-        if not isinstance(value, dict):
-            raise MalformedPayload(f"`{where}` must be an object")
-        return value
-
-    def string(value: object, where: str, *, optional: bool = False) -> None:
-        if not (isinstance(value, str) or (optional and value is None)):
-            raise MalformedPayload(f"`{where}` must be a string")
-
-    kind = payload.get("type")
-    string(kind, "type")
-    if kind not in ("block_actions", "view_submission"):
-        return  # Acknowledged and otherwise ignored (view_closed, shortcuts…): their shape is not read.
-    string(mapping(payload.get("user"), "user").get("id"), "user.id")
-    string(mapping(payload.get("user"), "user").get("team_id"), "user.team_id", optional=True)
-    if kind == "block_actions":
-        container = mapping(payload.get("container"), "container", optional=True)
-        for key in ("type", "channel_id", "message_ts", "view_id"):
-            string(container.get(key), f"container.{key}", optional=True)
-        string(mapping(payload.get("channel"), "channel", optional=True).get("id"), "channel.id", optional=True)
-        string(payload.get("trigger_id"), "trigger_id", optional=True)
-        actions = payload.get("actions")
-        if not isinstance(actions, list) or not actions:
-            raise MalformedPayload("`actions` must be a non-empty list")
-        for index, action in enumerate(actions):
-            action = mapping(action, f"actions[{index}]")
-            for key in ("action_id", "value", "action_ts"):
-                string(action.get(key), f"actions[{index}].{key}", optional=key != "action_id")
-        return
-    view = mapping(payload.get("view"), "view")
-    for key in ("id", "callback_id", "private_metadata"):
-        string(view.get(key), f"view.{key}", optional=True)
-    values = mapping(
-        mapping(view.get("state"), "view.state", optional=True).get("values"), "view.state.values", optional=True
-    )
-    for block_id, block in values.items():
-        for action_id, value in mapping(block, f"view.state.values.{block_id}").items():
-            field_value = mapping(value, f"view.state.values.{block_id}.{action_id}")
-            string(field_value.get("value"), f"view.state.values.{block_id}.{action_id}.value", optional=True)
 
 
 @dataclass
@@ -142,7 +82,7 @@ class SlackDecisions:
         self.outbox = outbox
         self.links = links
         self._seen: OrderedDict[str, None] = OrderedDict()
-        self._modal_key = hashlib.sha256(b"countersign.slack.modal\0" + api.bot_token.encode()).digest()
+        self.provenance = Provenance(service, api.bot_token)
 
     async def acknowledge(self, payload: dict[str, Any]) -> dict[str, Any] | None:
         """Handle one verified interaction payload; return the body to acknowledge it with (None: empty 200).
@@ -184,16 +124,11 @@ class SlackDecisions:
         where = _Where(user, channel)
         verdict = "approve" if action_id == ACTION_APPROVE else "reject"
         try:
-            request = await self._with_message(request_id)
+            request = await self.provenance.with_message(request_id)
         except ApprovalError as exc:
             self._tell(where, f"Nothing was decided: {exc}.", None)
             return
-        if (
-            container.get("type") != "message"
-            or request.slack_ts is None
-            or container.get("channel_id") != request.slack_channel
-            or container.get("message_ts") != request.slack_ts
-        ):
+        if not Provenance.from_its_message(container, request):
             # The button's value names a request, but only the message posted for it may decide it.
             await self._refuse_origin(
                 where,
@@ -221,24 +156,12 @@ class SlackDecisions:
                 self._after_approval(where, outcome)
             else:
                 view = await self.service.precheck(request_id, approver, "slack", "reject")
-                context = self._sealed(ModalContext(request_id, channel, container.get("message_ts")))
+                context = self.provenance.sealed(ModalContext(request_id, channel, container.get("message_ts")))
                 await self._open_modal(
                     where, approver, str(payload.get("trigger_id") or ""), reject_modal(view, context)
                 )
         except ApprovalError as exc:
             self._refused(where, approver, exc)
-
-    async def _with_message(self, request_id: str) -> RequestView:
-        """The request, once the ts of its message is recorded (or it is clear that it never will be).
-
-        The ts is written just after chat.postMessage returns, so a click can overtake it by a moment.
-        """
-        request = await self.service.get(request_id)
-        with anyio.move_on_after(RECORDING_GRACE):
-            while request.slack_ts is None and request.status == Status.PENDING:
-                await anyio.sleep(0.05)
-                request = await self.service.get(request_id)
-        return request
 
     def _after_approval(self, where: _Where, outcome: DecisionOutcome) -> None:
         if not outcome.decided:
@@ -258,53 +181,7 @@ class SlackDecisions:
                 request_id,
             )
             return
-        view_id = (opened.get("view") or {}).get("id")
-        # In the audit log rather than in memory: a submission may reach another replica, or this one
-        # after a restart, and must still be matched to the view this gateway opened.
-        await self.service.record(
-            Event(
-                kind=MODAL_OPENED,
-                outcome="asked",
-                message=f"{approver.name} was asked in Slack for a reason to reject",
-                request_id=request_id,
-                actor=approver.name,
-                channel="slack",
-                detail={"view_id": view_id if isinstance(view_id, str) else None, "slack_user": where.user},
-            )
-        )
-
-    def _seal(self, request_id: str, channel: str | None, ts: str | None) -> str:
-        material = json.dumps([request_id, channel, ts], separators=(",", ":")).encode()
-        return hmac.new(self._modal_key, material, hashlib.sha256).hexdigest()
-
-    def _sealed(self, context: ModalContext) -> ModalContext:
-        return ModalContext(
-            context.request_id, context.channel, context.ts, self._seal(context.request_id, context.channel, context.ts)
-        )
-
-    def _seal_ok(self, context: ModalContext) -> bool:
-        expected = self._seal(context.request_id, context.channel, context.ts)
-        return hmac.compare_digest(context.seal.encode(), expected.encode())
-
-    async def _opened_for(self, request_id: str, view_id: object, user: str) -> bool:
-        """Whether this gateway opened the view `view_id` for `user` to reject `request_id`."""
-        if not isinstance(view_id, str) or not view_id:
-            return False
-
-        async def recorded() -> bool:
-            return any(
-                e.kind == MODAL_OPENED and e.detail.get("view_id") == view_id and e.detail.get("slack_user") == user
-                for e in await self.service.events(request_id=request_id, limit=1000)
-            )
-
-        # The view id is recorded just after views.open returns, so a quick submission can overtake it.
-        # Polled, not awaited as an event: the replica that opened the view may not be this one.
-        with anyio.move_on_after(RECORDING_GRACE):
-            while True:
-                if await recorded():
-                    return True
-                await anyio.sleep(0.05)
-        return False
+        await self.provenance.view_opened(request_id, (opened.get("view") or {}).get("id"), approver, where.user)
 
     # ---- the reject modal
 
@@ -344,7 +221,9 @@ class SlackDecisions:
             submission.done.set()
             self._tell(where, f"Nothing was decided: {exc}.", None)
             return
-        if not self._seal_ok(context) or not await self._opened_for(request.id, view_id, where.user):
+        if not self.provenance.seal_ok(context) or not await self.provenance.opened_for(
+            request.id, view_id, where.user
+        ):
             submission.done.set()
             # The channel in the metadata is not to be trusted here: answer where the request's message is.
             where = _Where(where.user, request.slack_channel)

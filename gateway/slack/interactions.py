@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway import bounded_json
-from gateway.slack.decisions import MalformedPayload
+from gateway.slack.payloads import MalformedPayload
 
 log = logging.getLogger(__name__)
 

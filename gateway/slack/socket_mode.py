@@ -16,8 +16,8 @@ from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.socket_mode.response import SocketModeResponse
 
 from gateway.slack.client import SlackApi
-from gateway.slack.decisions import MalformedPayload
 from gateway.slack.interactions import Acknowledge
+from gateway.slack.payloads import MalformedPayload
 
 log = logging.getLogger(__name__)
 
