@@ -43,6 +43,7 @@ OUTCOMES: dict[str, str] = {
     "approved": "approved",
     "rejected": "rejected",
     "refused": "decision refused",
+    "asked": "reason asked in Slack",
     "expired": "expired",
     "cancelled": "cancelled",
     "executing": "executing",
