@@ -19,11 +19,12 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from approvals.approvers import token_digest
+from gateway.config import DEV_AGENT_NAME
 from gateway.mcp_server import AGENT_KEY, DISCONNECTED_KEY
 
 log = logging.getLogger(__name__)
 
-DEV_AGENT = "dev"
+DEV_AGENT = DEV_AGENT_NAME
 
 
 class AgentAuth:
@@ -53,6 +54,10 @@ class AgentAuth:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        if sum(1 for k, _ in scope["headers"] if k.lower() == b"authorization") > 1:
+            # The dict above keeps the last copy, the approver API the first, a proxy either: refuse both.
+            await _unauthorized(send, "send exactly one Authorization header")
+            return
         agent = self.identify(headers.get("authorization"))
         if agent is None:
             await _unauthorized(

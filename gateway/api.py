@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from typing import Any
 
@@ -17,7 +16,11 @@ from approvals.service import ApprovalService
 from approvals.states import Status
 from approvals.story import describe
 from approvals.views import AuditEventView, DecisionOutcome, RequestView
+from gateway import bounded_json
 from gateway.api_client import CHANNEL_HEADER
+
+# A decision's body holds one reason; a reason is a sentence or two, never this much.
+MAX_DECISION_BODY = 64 * 1024
 
 
 def request_json(view: RequestView) -> dict[str, Any]:
@@ -75,6 +78,15 @@ def _service(request: Request) -> ApprovalService:
 
 
 def _approver(request: Request) -> Approver:
+    return approver_from_headers(request)
+
+
+def approver_from_headers(request: Request) -> Approver:
+    """The approver whose API token the request carries; HTTPException 401 otherwise."""
+    if len(request.headers.getlist("authorization")) > 1:
+        # Proxies and frameworks disagree on which copy counts (the first, the last, both joined),
+        # so a request that carries two is refused rather than read one way here and another there.
+        raise HTTPException(401, "send exactly one Authorization header")
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -119,11 +131,11 @@ async def show_approval(request: Request) -> JSONResponse:
 
 
 async def _decision_body(request: Request) -> str | None:
-    raw = await request.body()
+    raw = await _bounded_body(request)
     if not raw.strip():
         return None
     try:
-        data = json.loads(raw)
+        data = bounded_json.loads(raw, max_bytes=MAX_DECISION_BODY)
     except ValueError as exc:
         raise HTTPException(400, f"the body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
@@ -141,6 +153,17 @@ async def _decision_body(request: Request) -> str | None:
 def _channel(request: Request) -> str:
     """The approver API, or the CLI that talks to it (it says so in a header): both decide the same way."""
     return "cli" if request.headers.get(CHANNEL_HEADER, "").strip().lower() == "cli" else "api"
+
+
+async def _bounded_body(request: Request) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_DECISION_BODY:
+            raise HTTPException(400, f"the body is larger than {MAX_DECISION_BODY} bytes; it takes only a reason")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def approve(request: Request) -> JSONResponse:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
@@ -20,7 +19,6 @@ from starlette.routing import Route
 from approvals.approvers import ApproverDirectory
 from approvals.audit import Event
 from approvals.db import Database
-from approvals.errors import StoreUnavailable
 from approvals.feed import ChangeFeed
 from approvals.service import ApprovalService, Clock, utcnow
 from approvals.timeouts import TimeoutScheduler
@@ -30,6 +28,7 @@ from gateway.calls import CallHandler
 from gateway.channels import Channel, ChannelContext
 from gateway.config import Settings
 from gateway.context import GatewayReads
+from gateway.health import health
 from gateway.held import HeldCalls
 from gateway.mcp_server import build_server
 from gateway.order_context import OrderContext
@@ -172,15 +171,7 @@ class Gateway:
         return app
 
     async def _health(self, request: Request) -> JSONResponse:
-        body: dict[str, Any] = {"status": "ok", "upstreams": self.upstreams.status()}
-        try:
-            await self.db.ping()
-            body["database"] = "ok"
-        except StoreUnavailable as exc:
-            body.update(status="degraded", database=str(exc))
-        if any(u["state"] != "ready" for u in body["upstreams"]):
-            body["status"] = "degraded"
-        return JSONResponse(body, status_code=200 if body["database"] == "ok" else 503)
+        return await health(request, ping=self.db.ping, upstreams=self.upstreams.status())
 
 
 def build_channels(context: ChannelContext) -> list[Channel]:

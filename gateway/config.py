@@ -37,6 +37,10 @@ _PATTERN_HELP = {
 }
 
 
+# The agent name token-less callers get in dev mode (gateway.agent_auth uses the same).
+DEV_AGENT_NAME = "dev"
+
+
 class ConfigError(Exception):
     def __init__(self, source: str, path: str, message: str) -> None:
         super().__init__(f"{source}: {path}: {message}" if path else f"{source}: {message}")
@@ -78,9 +82,39 @@ class ServerSettings(_Section):
             )
         return url
 
+    @model_validator(mode="after")
+    def _dev_mode_stays_local(self) -> ServerSettings:
+        problem = self.dev_mode_problem()
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    def dev_mode_problem(self) -> str | None:
+        """Why these settings may not run in dev mode; None when they may (or dev mode is off).
+
+        Checked at load and again before serving, since `serve --host` changes the host after loading.
+        """
+        if self.dev_mode and not is_loopback(self.host):
+            # Without tokens anyone who reaches the port is an agent; only this machine may reach it.
+            return (
+                f"`dev_mode` lets callers in without a token, so it needs a loopback `host` such as 127.0.0.1, "
+                f"not {self.host!r}; configure agent tokens to listen on other addresses"
+            )
+        return None
+
     @property
     def base_url(self) -> str:
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is an address (or the name) only this machine can reach."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class PolicySettings(_Section):
@@ -247,6 +281,20 @@ class Settings(_Section):
                 seen.add(name)
         return self
 
+    @model_validator(mode="after")
+    def _dev_agent_is_nobody(self) -> Settings:
+        if self.server.dev_mode:
+            for index, agent in enumerate(self.agents):
+                if agent.name == DEV_AGENT_NAME:
+                    # Token-less callers are named "dev": they would act as this agent, with its limits and rules.
+                    raise PydanticCustomError(
+                        "dev_agent",
+                        "with `server.dev_mode` on, callers without a token are the agent {name!r}, so no configured "
+                        "agent may have that name; rename this agent or turn dev_mode off",
+                        {"name": DEV_AGENT_NAME, "path": f"agents[{index}].name"},
+                    )
+        return self
+
     def resolve(self, path: str) -> Path:
         candidate = Path(path).expanduser()
         return candidate if candidate.is_absolute() else Path(self.base_dir) / candidate
@@ -325,7 +373,7 @@ def parse_settings(
 
 def _error_path(error: ErrorDetails) -> str:
     ctx = error.get("ctx") or {}
-    if error["type"] == "duplicate_name":
+    if error["type"] in ("duplicate_name", "dev_agent"):
         return str(ctx["path"])
     return _location(tuple(error["loc"]))
 

@@ -12,7 +12,7 @@ from mcp.server.stdio import stdio_server
 from uvicorn.config import LOGGING_CONFIG
 
 from gateway.app import Gateway
-from gateway.config import Settings
+from gateway.config import ConfigError, Settings
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +20,10 @@ log = logging.getLogger(__name__)
 def _uvicorn(
     app: object, settings: Settings, *, lifespan: Literal["on", "off"], own_logging: bool = True
 ) -> uvicorn.Server:
+    problem = settings.server.dev_mode_problem()
+    if problem:
+        # `serve --host` replaces the host after the file was checked; check the host actually served.
+        raise ConfigError(settings.source, "server.dev_mode", problem)
     config = uvicorn.Config(
         app,  # type: ignore[arg-type]
         host=settings.server.host,

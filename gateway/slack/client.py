@@ -37,6 +37,9 @@ class SlackApi:
 
     def __init__(self, settings: SlackSettings) -> None:
         self.timeout = settings.request_timeout
+        # Also the key material for what the gateway signs for itself in Slack (the reject modal's metadata):
+        # a secret every replica holds, and nobody who can only click in Slack does.
+        self.bot_token = settings.bot_token or ""
         # No client-side retry handlers: the outbox retries, audits and honours Retry-After itself.
         self.client = AsyncWebClient(
             token=settings.bot_token,
@@ -123,6 +126,9 @@ class SlackApi:
 
     async def user_info(self, user: str) -> dict[str, Any]:
         return await self.call("users.info", params={"user": user}, get=True)
+
+    async def auth_test(self) -> dict[str, Any]:
+        return await self.call("auth.test")
 
 
 def _classify(method: str, exc: SlackApiError) -> SlackCallFailed:

@@ -4,6 +4,9 @@ Both transports (HTTP interactivity and Socket Mode) hand a verified payload to 
 send back what it returns, within Slack's 3 seconds: slow work (users.info, views.open, the
 decision itself for a click) runs afterwards in the outbox's task group. A delivery Slack repeats
 is dropped here; a second click decides nothing because the service's compare-and-set says so.
+
+A click or modal that did not come from where the gateway put it (see `provenance`) is refused,
+told privately and audited; a payload of the wrong shape (see `payloads`) is refused as a whole.
 """
 
 from __future__ import annotations
@@ -22,20 +25,24 @@ from approvals.approvers import Approver
 from approvals.audit import Event
 from approvals.errors import AlreadyDecided, ApprovalError, InvalidDecision, NotAllowed, RequestNotFound
 from approvals.service import ApprovalService
-from approvals.views import DecisionOutcome
+from approvals.views import DecisionOutcome, RequestView
 from gateway.slack.client import SlackApi, SlackCallFailed
 from gateway.slack.identity import SlackIdentities
 from gateway.slack.messages import (
     ACTION_APPROVE,
     ACTION_REJECT,
+    ACTION_REVIEW,
     REASON_ACTION,
     REASON_BLOCK,
     REJECT_CALLBACK,
     Links,
     ModalContext,
+    approvable_in_slack,
     link,
     reject_modal,
 )
+from gateway.slack.payloads import check_shape
+from gateway.slack.provenance import Provenance
 from gateway.slack.worker import Job, Outbox
 
 log = logging.getLogger(__name__)
@@ -75,9 +82,14 @@ class SlackDecisions:
         self.outbox = outbox
         self.links = links
         self._seen: OrderedDict[str, None] = OrderedDict()
+        self.provenance = Provenance(service, api.bot_token)
 
     async def acknowledge(self, payload: dict[str, Any]) -> dict[str, Any] | None:
-        """Handle one verified interaction payload; return the body to acknowledge it with (None: empty 200)."""
+        """Handle one verified interaction payload; return the body to acknowledge it with (None: empty 200).
+
+        Raises MalformedPayload, before anything is decided, when the payload's shape is wrong.
+        """
+        check_shape(payload)
         key = delivery_key(payload)
         if key is not None:
             if key in self._seen:
@@ -90,6 +102,8 @@ class SlackDecisions:
         if kind == "block_actions":
             for action in payload.get("actions") or []:
                 action_id = action.get("action_id")
+                if action_id == ACTION_REVIEW:
+                    continue  # A link button: Slack has opened the inbox; nothing to decide.
                 if action_id in (ACTION_APPROVE, ACTION_REJECT) and isinstance(action.get("value"), str):
                     self.outbox.spawn(_bind(self._clicked, payload, action_id, action["value"]))
             return None
@@ -109,7 +123,31 @@ class SlackDecisions:
         channel = container.get("channel_id") or (payload.get("channel") or {}).get("id")
         where = _Where(user, channel)
         verdict = "approve" if action_id == ACTION_APPROVE else "reject"
-        approver = await self._approver(where, request_id, verdict)
+        try:
+            request = await self.provenance.with_message(request_id)
+        except ApprovalError as exc:
+            self._tell(where, f"Nothing was decided: {exc}.", None)
+            return
+        if not Provenance.from_its_message(container, request):
+            # The button's value names a request, but only the message posted for it may decide it.
+            await self._refuse_origin(
+                where,
+                request,
+                verdict,
+                "the click did not come from the message Countersign posted for this request",
+                {"container": {k: container.get(k) for k in ("type", "channel_id", "message_ts", "view_id")}},
+            )
+            return
+        if verdict == "approve" and not approvable_in_slack(request):
+            await self._refuse_origin(
+                where,
+                request,
+                verdict,
+                "its arguments do not fit in a Slack message, so it is approved only in the inbox",
+                {},
+            )
+            return
+        approver = await self._approver(where, request_id, verdict, _team_id(payload))
         if approver is None:
             return
         try:
@@ -118,8 +156,10 @@ class SlackDecisions:
                 self._after_approval(where, outcome)
             else:
                 view = await self.service.precheck(request_id, approver, "slack", "reject")
-                context = ModalContext(request_id, channel, container.get("message_ts"))
-                await self._open_modal(where, str(payload.get("trigger_id") or ""), reject_modal(view, context))
+                context = self.provenance.sealed(ModalContext(request_id, channel, container.get("message_ts")))
+                await self._open_modal(
+                    where, approver, str(payload.get("trigger_id") or ""), reject_modal(view, context)
+                )
         except ApprovalError as exc:
             self._refused(where, approver, exc)
 
@@ -127,12 +167,12 @@ class SlackDecisions:
         if not outcome.decided:
             self._tell(where, f"Your approval is recorded: {outcome.message}.", outcome.request.id)
 
-    async def _open_modal(self, where: _Where, trigger_id: str, view: dict[str, Any]) -> None:
+    async def _open_modal(self, where: _Where, approver: Approver, trigger_id: str, view: dict[str, Any]) -> None:
+        request_id = ModalContext.load(view["private_metadata"]).request_id
         # The trigger id lives about 3 seconds: one attempt now, not a retry later.
         try:
-            await self.api.open_view(trigger_id, view)
+            opened = await self.api.open_view(trigger_id, view)
         except SlackCallFailed as exc:
-            request_id = ModalContext.load(view["private_metadata"]).request_id
             await self._audit_failure("views.open", request_id, exc)
             self._tell(
                 where,
@@ -140,6 +180,8 @@ class SlackDecisions:
                 f"{link(self.links.request(request_id), 'inbox')} instead.",
                 request_id,
             )
+            return
+        await self.provenance.view_opened(request_id, (opened.get("view") or {}).get("id"), approver, where.user)
 
     # ---- the reject modal
 
@@ -154,7 +196,9 @@ class SlackDecisions:
         reason = str((values.get(REASON_ACTION) or {}).get("value") or "")
         where = _Where(_user_id(payload), context.channel)
         submission = _Submission()
-        self.outbox.spawn(_bind(self._reject, where, context.request_id, reason, submission))
+        self.outbox.spawn(
+            _bind(self._submitted_reason, where, context, view.get("id"), _team_id(payload), reason, submission)
+        )
         with anyio.move_on_after(SUBMIT_BUDGET):
             await submission.done.wait()
         if isinstance(submission.error, InvalidDecision):
@@ -162,8 +206,41 @@ class SlackDecisions:
         submission.closed = True
         return None
 
-    async def _reject(self, where: _Where, request_id: str, reason: str, submission: _Submission) -> None:
-        approver = await self._approver(where, request_id, "reject")
+    async def _submitted_reason(
+        self,
+        where: _Where,
+        context: ModalContext,
+        view_id: object,
+        team_id: object,
+        reason: str,
+        submission: _Submission,
+    ) -> None:
+        try:
+            request = await self.service.get(context.request_id)
+        except ApprovalError as exc:
+            submission.done.set()
+            self._tell(where, f"Nothing was decided: {exc}.", None)
+            return
+        if not self.provenance.seal_ok(context) or not await self.provenance.opened_for(
+            request.id, view_id, where.user
+        ):
+            submission.done.set()
+            # The channel in the metadata is not to be trusted here: answer where the request's message is.
+            where = _Where(where.user, request.slack_channel)
+            await self._refuse_origin(
+                where,
+                request,
+                "reject",
+                "the reason dialog was not one Countersign opened for this request",
+                {"view_id": view_id if isinstance(view_id, str) else None},
+            )
+            return
+        await self._reject(where, context.request_id, team_id, reason, submission)
+
+    async def _reject(
+        self, where: _Where, request_id: str, team_id: object, reason: str, submission: _Submission
+    ) -> None:
+        approver = await self._approver(where, request_id, "reject", team_id)
         if approver is None:
             submission.done.set()
             return
@@ -180,9 +257,9 @@ class SlackDecisions:
 
     # ---- who is clicking
 
-    async def _approver(self, where: _Where, request_id: str, verdict: str) -> Approver | None:
+    async def _approver(self, where: _Where, request_id: str, verdict: str, team_id: object) -> Approver | None:
         try:
-            approver = await self.identities.approver_for(where.user)
+            approver = await self.identities.approver_for(where.user, team_id)
         except SlackCallFailed as exc:
             await self._audit_failure("users.info", request_id, exc)
             self._tell(
@@ -219,6 +296,34 @@ class SlackDecisions:
             ":no_entry: You are not allowed to decide this request: your Slack account is not linked to a "
             "Countersign approver. Nothing was decided.",
             request_id,
+        )
+
+    async def _refuse_origin(
+        self, where: _Where, request: RequestView, verdict: str, why: str, detail: dict[str, Any]
+    ) -> None:
+        """Refuse an action that came from somewhere it may not: say so privately, and audit it."""
+        try:
+            await self.service.record(
+                Event(
+                    kind="decision.refused",
+                    outcome="refused",
+                    message=f"Slack user {where.user} tried to {verdict}, refused: {why}",
+                    agent=request.agent,
+                    tool=request.tool,
+                    upstream=request.upstream,
+                    request_id=request.id,
+                    actor=f"slack:{where.user}",
+                    channel="slack",
+                    detail={"why": why, **detail},
+                )
+            )
+        except ApprovalError as exc:
+            log.error("could not audit a refused Slack action on %s: %s", request.id, exc)
+        self._tell(
+            where,
+            f":no_entry: Nothing was decided: {why}. Decide in the "
+            f"{link(self.links.request(request.id), 'inbox')} or with the buttons of the request's own message.",
+            request.id,
         )
 
     def _refused(self, where: _Where, approver: Approver, exc: ApprovalError) -> None:
@@ -271,6 +376,11 @@ def _bind(function: Callable[..., Awaitable[None]], *args: Any) -> Job:
 
 def _user_id(payload: dict[str, Any]) -> str:
     return str((payload.get("user") or {}).get("id") or "")
+
+
+def _team_id(payload: dict[str, Any]) -> object:
+    """The workspace of the user who acted, as the payload says (None when it does not say)."""
+    return (payload.get("user") or {}).get("team_id")
 
 
 def delivery_key(payload: dict[str, Any]) -> str | None:

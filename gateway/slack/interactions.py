@@ -1,12 +1,12 @@
 """`POST /slack/interactions`: Slack's signed HTTP interactivity requests (button clicks, modal submissions).
 
 The signature is checked on the raw bytes before anything is parsed; a bad or stale one (outside
-Slack's 5-minute window) gets 401 and decides nothing.
+Slack's 5-minute window) gets 401 and decides nothing; a signed payload of the wrong shape gets 400
+and decides nothing.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -16,6 +16,9 @@ from slack_sdk.signature import SignatureVerifier
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from gateway import bounded_json
+from gateway.slack.payloads import MalformedPayload
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +45,7 @@ def verify(verifier: SignatureVerifier, body: bytes, timestamp: str | None, sign
 def parse_payload(body: bytes) -> dict[str, Any]:
     try:
         fields = parse_qs(body.decode("utf-8"), strict_parsing=True)
-        payload = json.loads(fields["payload"][0])
+        payload = bounded_json.loads(fields["payload"][0], max_bytes=MAX_BODY)
     except (UnicodeDecodeError, ValueError, KeyError) as exc:
         raise InvalidRequest(400, f"expected a form field `payload` holding JSON ({exc})") from None
     if not isinstance(payload, dict):
@@ -70,9 +73,14 @@ class InteractionEndpoint:
                 log.warning("refused a Slack interaction with a bad or stale signature from %s", _peer(request))
                 raise InvalidRequest(401, "invalid or stale Slack signature")
             payload = parse_payload(body)
+            try:
+                answer = await self.acknowledge(payload)
+            except MalformedPayload as exc:
+                # Signed, so Slack (or someone with the secret) sent it; still nothing in it is acted on.
+                log.warning("refused a signed Slack interaction of the wrong shape: %s", exc)
+                raise InvalidRequest(400, f"malformed interaction payload: {exc}") from None
         except InvalidRequest as exc:
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
-        answer = await self.acknowledge(payload)
         return JSONResponse(answer) if answer is not None else Response(status_code=200)
 
 

@@ -19,9 +19,12 @@ from approvals.states import Status
 from approvals.story import describe, who_decides
 from approvals.views import DecisionView, RequestView
 from gateway.results import summarize
+from gateway.text import mark_hidden
 
 ACTION_APPROVE = "countersign.approve"
 ACTION_REJECT = "countersign.reject"
+# A link button: Slack opens the URL and still sends a click, which decides nothing.
+ACTION_REVIEW = "countersign.review"
 ACTIONS_BLOCK = "countersign.actions"
 REJECT_CALLBACK = "countersign.reject_reason"
 REASON_BLOCK = "reason"
@@ -56,8 +59,12 @@ class Message:
 
 
 def escape(text: str) -> str:
-    """Make text inert in mrkdwn: no links, mentions or special commands can be formed from it."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    """Make text inert in mrkdwn: no links, mentions or special commands can be formed from it.
+
+    Invisible and bidi characters are shown as `⟨U+XXXX⟩` too, so what an approver reads is what
+    the text holds (see gateway.text).
+    """
+    return mark_hidden(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def inline_code(text: str) -> str:
@@ -109,7 +116,8 @@ def _mrkdwn(text: str) -> Block:
 
 
 def _plain(text: str, limit: int) -> Block:
-    # plain_text is never parsed for links or mentions; only its length needs watching.
+    # plain_text is never parsed for links or mentions; only hidden characters and its length need watching.
+    text = mark_hidden(text)
     return {"type": "plain_text", "text": text if len(text) <= limit else text[: limit - 1] + "…", "emoji": False}
 
 
@@ -148,10 +156,13 @@ def request_message(view: RequestView, decisions: Sequence[DecisionView], links:
         _mrkdwn(f"*Why it is held*\n{short(view.reason, 1000)}"),
         _mrkdwn(f"*Who may decide*\n{short(who_decides(view), 1000)}"),
     ]
-    arguments, truncated = code_block(pretty_arguments(view), ARGUMENTS_LIMIT)
+    arguments, truncated = arguments_block(view)
     arguments_text = f"*Arguments*\n{arguments}"
     if truncated:
-        arguments_text += f"\nTruncated — {link(links.request(view.id), 'see the full arguments')}."
+        arguments_text += (
+            f"\nTruncated — nobody can approve what they cannot read, so this call is approved only in the "
+            f"inbox: {link(links.request(view.id), 'see the full arguments')}."
+        )
     blocks: list[Block] = [
         _section(headline(view)),
         {"type": "section", "fields": fields},
@@ -173,7 +184,7 @@ def request_message(view: RequestView, decisions: Sequence[DecisionView], links:
         }
     )
     if view.status == Status.PENDING:
-        blocks.append(_buttons(view))
+        blocks.append(_buttons(view, approvable=not truncated, full_request=links.request(view.id)))
     return Message(fallback_text(view), blocks)
 
 
@@ -203,7 +214,36 @@ def result_summary(view: RequestView) -> str:
     return summarize(view.result, SUMMARY_LIMIT) or "(no output)"
 
 
-def _buttons(view: RequestView) -> Block:
+def arguments_block(view: RequestView) -> tuple[str, bool]:
+    """The arguments as the message shows them, and whether they had to be cut to fit."""
+    return code_block(pretty_arguments(view), ARGUMENTS_LIMIT)
+
+
+def approvable_in_slack(view: RequestView) -> bool:
+    """Whether the message shows every argument, the condition for offering (and honouring) Approve in Slack."""
+    return not arguments_block(view)[1]
+
+
+def _buttons(view: RequestView, *, approvable: bool, full_request: str) -> Block:
+    reject = {
+        "type": "button",
+        "action_id": ACTION_REJECT,
+        "text": {"type": "plain_text", "text": "Reject", "emoji": False},
+        "style": "danger",
+        "value": view.id,
+        "accessibility_label": f"Reject {view.tool}"[:75],
+    }
+    if not approvable:
+        # Arguments cut short (an `orderId` past the cut would be invisible): approving happens where
+        # they are shown in full. Rejecting needs no such care, so it stays.
+        review = {
+            "type": "button",
+            "action_id": ACTION_REVIEW,
+            "text": {"type": "plain_text", "text": "Review in the inbox", "emoji": False},
+            "url": full_request,
+            "accessibility_label": f"Review {view.tool} in the inbox"[:75],
+        }
+        return {"type": "actions", "block_id": ACTIONS_BLOCK, "elements": [review, reject]}
     return {
         "type": "actions",
         "block_id": ACTIONS_BLOCK,
@@ -222,14 +262,7 @@ def _buttons(view: RequestView) -> Block:
                 },
                 "accessibility_label": f"Approve {view.tool}"[:75],
             },
-            {
-                "type": "button",
-                "action_id": ACTION_REJECT,
-                "text": {"type": "plain_text", "text": "Reject", "emoji": False},
-                "style": "danger",
-                "value": view.id,
-                "accessibility_label": f"Reject {view.tool}"[:75],
-            },
+            reject,
         ],
     }
 
@@ -251,17 +284,25 @@ class ModalContext:
     request_id: str
     channel: str | None
     ts: str | None
+    # An HMAC over the three fields above, by the gateway's key (see gateway.slack.decisions).
+    seal: str = ""
 
     def dump(self) -> str:
-        return json.dumps({"r": self.request_id, "c": self.channel, "t": self.ts}, separators=(",", ":"))
+        data = {"r": self.request_id, "c": self.channel, "t": self.ts, "s": self.seal}
+        return json.dumps(data, separators=(",", ":"))
 
     @classmethod
     def load(cls, raw: str) -> ModalContext:
         data = json.loads(raw)
         if not isinstance(data, dict) or not isinstance(data.get("r"), str):
             raise ValueError("private_metadata does not name a request")
-        channel, ts = data.get("c"), data.get("t")
-        return cls(data["r"], channel if isinstance(channel, str) else None, ts if isinstance(ts, str) else None)
+        channel, ts, seal = data.get("c"), data.get("t"), data.get("s")
+        return cls(
+            data["r"],
+            channel if isinstance(channel, str) else None,
+            ts if isinstance(ts, str) else None,
+            seal if isinstance(seal, str) else "",
+        )
 
 
 def reject_modal(view: RequestView, context: ModalContext) -> Block:

@@ -17,6 +17,7 @@ from slack_sdk.socket_mode.response import SocketModeResponse
 
 from gateway.slack.client import SlackApi
 from gateway.slack.interactions import Acknowledge
+from gateway.slack.payloads import MalformedPayload
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ class SocketModeRunner:
         if request.type == "interactive":
             try:
                 payload = await self.acknowledge(request.payload)
+            except MalformedPayload as exc:
+                log.warning("ignored a Socket Mode interaction of the wrong shape: %s", exc)
             except Exception:
                 log.exception("handling a Socket Mode interaction failed")
         # Acknowledge every envelope, even ones we do not act on, or Slack delivers them again.

@@ -12,7 +12,7 @@ import io
 import json
 import time
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -43,6 +43,7 @@ OUTCOMES: dict[str, str] = {
     "approved": "approved",
     "rejected": "rejected",
     "refused": "decision refused",
+    "asked": "reason asked in Slack",
     "expired": "expired",
     "cancelled": "cancelled",
     "executing": "executing",
@@ -86,14 +87,18 @@ def parse_moment(text: str, *, end: bool) -> datetime | None:
         raise QueryError(f"{text!r} is not a date or time; use YYYY-MM-DD or YYYY-MM-DD HH:MM (UTC)") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    if end:
-        if len(text) == 10:
-            moment += timedelta(days=1)
-        elif len(text) <= 16:
-            moment += timedelta(minutes=1)
-        elif "." not in text:
-            moment += timedelta(seconds=1)
-    return moment.astimezone(UTC)
+    try:
+        if end:
+            if len(text) == 10:
+                moment += timedelta(days=1)
+            elif len(text) <= 16:
+                moment += timedelta(minutes=1)
+            elif "." not in text:
+                moment += timedelta(seconds=1)
+        return moment.astimezone(UTC)
+    except OverflowError:
+        # 9999-12-31 is a valid date, but the day after it (or its UTC time) is past what a datetime holds.
+        raise QueryError(f"{text!r} is beyond the last date this history can search (9999-12-30)") from None
 
 
 @dataclass(frozen=True)
@@ -210,15 +215,40 @@ class ChainStatus:
             return self.report, self.checked_at
 
 
-def _int(value: str | None) -> int | None:
-    if value is None or not value.strip().isdigit():
+# Sequence numbers are stored as 64-bit integers; a larger bound would overflow the database driver.
+MAX_SEQ = 2**63 - 1
+
+
+def page_bound(params: QueryParams, name: str) -> int | None:
+    """The `before`/`after` sequence number of a page link; QueryError when it is not one."""
+    value = params.get(name)
+    if value is None or not value.strip():
         return None
+    value = value.strip()
+    # Digits only, and few enough of them to compare before converting (int() of a huge string is slow).
+    if not value.isascii() or not value.isdigit() or len(value) > len(str(MAX_SEQ)) or int(value) > MAX_SEQ:
+        raise QueryError(f"{name}: {value[:40]!r} is not an event number (a whole number up to {MAX_SEQ})")
     return int(value)
 
 
+# Characters a spreadsheet reads as the start of a formula: the ASCII ones and their full-width forms,
+# which some spreadsheets fold to ASCII before parsing.
+_FORMULA_STARTS = frozenset("=+-@\uff1d\uff0b\uff0d\uff20")
+
+
 def _spreadsheet_safe(value: str) -> str:
-    # Agents write the arguments; a cell starting like a formula must not run in a spreadsheet.
-    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+    """A cell that no spreadsheet runs as a formula: a leading apostrophe on anything that could start one.
+
+    Agents write the arguments. Spreadsheets skip leading spaces, tabs and line breaks before
+    looking for `=`, so a cell is neutralised when it starts with whitespace or a control character
+    at all, or when its first visible character starts a formula.
+    """
+    if not value:
+        return value
+    first = value[0]
+    if first.isspace() or not first.isprintable() or value.lstrip()[:1] in _FORMULA_STARTS:
+        return "'" + value
+    return value
 
 
 def event_record(event: AuditEventView) -> dict[str, Any]:
@@ -236,8 +266,12 @@ class AuditViews:
 
     async def page(self, request: Request, viewer: Viewer) -> Response:
         query = AuditQuery.from_params(request.query_params)
-        before = _int(request.query_params.get("before"))
-        after = _int(request.query_params.get("after"))
+        before = after = None
+        try:
+            before = page_bound(request.query_params, "before")
+            after = page_bound(request.query_params, "after")
+        except QueryError as exc:
+            query = replace(query, errors=(*query.errors, str(exc)))
         facets = await self.facets.current()
         outcomes = dict(OUTCOMES)
         for outcome in facets.get("outcome", []):

@@ -37,6 +37,10 @@ CSRF_HEADER = "x-csrf-token"
 CSRF_FIELD = "csrf_token"
 _SALT = "countersign.web.session"
 _THROTTLE_WINDOW = 15 * 60.0
+# An address may fail this many times the per-account limit, across all names, before it is locked out.
+SPRAY_FACTOR = 3
+# The longest a failed sign-in is held before it is answered, however many came before it.
+MAX_FAILURE_DELAY = 30.0
 
 
 def _token() -> str:
@@ -153,6 +157,58 @@ class SignInThrottle:
     def forget(self, key: str) -> None:
         self._failures.pop(key, None)
 
+    def count(self, key: str) -> int:
+        """Failures of `key` within the window."""
+        return len(self._recent(key, self.clock()))
+
+
+class SignInGuard:
+    """Who may try a password now, and what a wrong one costs.
+
+    A lock-out keyed on the account alone lets anyone lock an approver out by failing on purpose. So
+    the lock-out is per account *and* source address (a guesser locks only themself out of that
+    account), plus per address across accounts at a higher count (spraying many names from one
+    place); the account itself is never locked, but every failure on it answers more slowly: the
+    delay doubles with each failure from the same source and with each failure beyond the limit
+    from anywhere, so guessing from many addresses slows down too while the owner can still sign in.
+    """
+
+    def __init__(
+        self,
+        max_failures: int,
+        base_delay: float,
+        *,
+        window: float = _THROTTLE_WINDOW,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_failures = max_failures
+        self.base_delay = base_delay
+        self.per_source = SignInThrottle(max_failures, window=window, clock=clock)
+        self.per_address = SignInThrottle(max_failures * SPRAY_FACTOR, window=window, clock=clock)
+        self.per_account = SignInThrottle(max_failures, window=window, clock=clock)
+
+    @staticmethod
+    def _keys(name: str, address: str) -> tuple[str, str, str]:
+        account = name.strip().lower()
+        return f"source:{account}|{address}", f"address:{address}", f"account:{account}"
+
+    def retry_after(self, name: str, address: str) -> float:
+        """Seconds until this address may try this name again; 0 when it may now."""
+        source, spray, _ = self._keys(name, address)
+        return max(self.per_source.retry_after([source]), self.per_address.retry_after([spray]))
+
+    def failed(self, name: str, address: str) -> float:
+        """Record a failure; return how long to wait before answering it."""
+        source, spray, account = self._keys(name, address)
+        self.per_source.failed([source])
+        self.per_address.failed([spray])
+        self.per_account.failed([account])
+        steps = max(self.per_source.count(source) - 1, self.per_account.count(account) - self.max_failures, 0)
+        return min(self.base_delay * float(2 ** min(steps, 16)), max(MAX_FAILURE_DELAY, self.base_delay))
+
+    def succeeded(self, name: str, address: str) -> None:
+        self.per_source.forget(self._keys(name, address)[0])
+
 
 class Authenticator:
     def __init__(self, settings: WebSettings, approvers: ApproverDirectory, *, secure_cookies: bool) -> None:
@@ -167,7 +223,7 @@ class Authenticator:
                 "random one, so web sessions end when this process restarts and are not shared between replicas"
             )
         self.codec = SessionCodec(secret, settings.session_max_age)
-        self.throttle = SignInThrottle(settings.max_failed_signins)
+        self.throttle = SignInGuard(settings.max_failed_signins, settings.failed_signin_delay)
         self.proxies = tuple(ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies)
         self._hasher = PasswordHasher()
         self._dummy_hash: str | None = None

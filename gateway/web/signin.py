@@ -45,29 +45,28 @@ class SignInViews:
                 status_code=403,
             )
         address = request.client.host if request.client else "unknown"
-        keys = (f"name:{name.lower()}", f"address:{address}")
-        wait = self.auth.throttle.retry_after(keys)
+        wait = self.auth.throttle.retry_after(name, address)
         if wait > 0:
             response = await self._render(
                 request,
                 session,
                 target=target,
                 name=name,
-                error=f"Too many failed sign-ins for this name or from this address. Try again in {span(wait)}.",
+                error=f"Too many failed sign-ins from this address. Try again in {span(wait)}.",
                 status_code=429,
             )
             response.headers["Retry-After"] = str(int(wait) + 1)
             return response
         approver = await self.auth.check_password(name, password) if name and password else None
         if approver is None:
-            self.auth.throttle.failed(keys)
+            delay = self.auth.throttle.failed(name, address)
             log.warning("web: failed sign-in for %r from %s", name, address)
-            # Each failure costs the guesser time; a lock-out follows after a few (see retry_after).
-            await anyio.sleep(self.web.settings.failed_signin_delay)
+            # Each failure costs the guesser more time; a lock-out of this address follows after a few.
+            await anyio.sleep(delay)
             return await self._render(
                 request, session, target=target, name=name, error="Wrong name or password.", status_code=401
             )
-        self.auth.throttle.forget(keys[0])
+        self.auth.throttle.succeeded(name, address)
         log.info("web: %s signed in from %s", approver.name, address)
         response = RedirectResponse(target, status_code=303)
         self.auth.set_cookie(response, Session.signed_in(approver), request)

@@ -20,6 +20,7 @@ from starlette.responses import HTMLResponse
 
 import gateway
 from gateway.context import number
+from gateway.text import mark_hidden
 
 
 def asset_dir(name: str) -> Path:
@@ -87,6 +88,7 @@ class Templates:
             lstrip_blocks=True,
         )
         self.env.filters.update(when=when, clock=clock, iso=iso, span=span, number=number, pretty_json=pretty_json)
+        self.env.filters["mark_hidden"] = mark_hidden
         self.env.globals["static_url"] = self.static_url
 
     def static_url(self, name: str) -> str:

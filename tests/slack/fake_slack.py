@@ -88,6 +88,7 @@ class User:
     id: str
     name: str
     email: str | None = None
+    team: str = TEAM  # another value: someone of another workspace, seen through a shared channel
 
 
 class FakeSlack:
@@ -261,7 +262,10 @@ class FakeSlack:
         if user is None:
             return {"ok": False, "error": "user_not_found"}
         profile = {"email": user.email} if user.email else {}
-        return {"ok": True, "user": {"id": user.id, "name": user.name, "deleted": False, "profile": profile}}
+        return {
+            "ok": True,
+            "user": {"id": user.id, "team_id": user.team, "name": user.name, "deleted": False, "profile": profile},
+        }
 
     def _conversations_info(self, args: dict[str, Any]) -> dict[str, Any]:
         channel = str(args.get("channel"))
@@ -357,9 +361,9 @@ class FakeSlack:
         stamp = f"{time.time():.6f}{next(self._ids)}"
         return {
             "type": "block_actions",
-            "user": {"id": user.id, "username": user.name, "name": user.name, "team_id": TEAM},
+            "user": {"id": user.id, "username": user.name, "name": user.name, "team_id": user.team},
             "api_app_id": "A0FAKE",
-            "team": {"id": TEAM, "domain": "countersign-test"},
+            "team": {"id": user.team, "domain": "countersign-test"},
             "container": {
                 "type": "message",
                 "message_ts": message.ts,
@@ -389,8 +393,8 @@ class FakeSlack:
         }
         return {
             "type": "view_submission",
-            "team": {"id": TEAM, "domain": "countersign-test"},
-            "user": {"id": user.id, "username": user.name, "name": user.name, "team_id": TEAM},
+            "team": {"id": user.team, "domain": "countersign-test"},
+            "user": {"id": user.id, "username": user.name, "name": user.name, "team_id": user.team},
             "api_app_id": "A0FAKE",
             "trigger_id": f"trigger-{next(self._ids)}",
             "view": {**view, "state": {"values": values}},

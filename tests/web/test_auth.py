@@ -73,7 +73,7 @@ async def test_signing_in_sets_a_signed_httponly_samesite_cookie_and_signing_out
             assert (await replay.get("/inbox")).status_code == 303
 
 
-async def test_a_wrong_password_is_refused_slowly_and_repeated_failures_lock_the_name_and_address(
+async def test_a_wrong_password_is_refused_slowly_and_repeated_failures_lock_out_their_address(
     tmp_path: Path, sqlite_url: str
 ) -> None:
     config = web_config(failed_signin_delay=0.3, max_failed_signins=3)
@@ -91,12 +91,15 @@ async def test_a_wrong_password_is_refused_slowly_and_repeated_failures_lock_the
         unknown = await attempt("mallory", "guess")
         assert unknown.status_code == 401 and "Wrong name or password." in unknown.text
         assert (await attempt("alice", "guess again")).status_code == 401
+        assert (await attempt("alice", "a third guess")).status_code == 401
 
         locked = await attempt("alice", PASSWORDS["alice"])
         assert locked.status_code == 429
         assert "Too many failed sign-ins" in locked.text
         assert int(locked.headers["retry-after"]) > 60
-        # The address is locked too, so spraying other names does not help.
+        # Spraying other names from the same address soon locks the address for every name.
+        for n in range(5):
+            assert (await attempt(f"someone{n}", "guess")).status_code == 401
         assert (await attempt("bob", PASSWORDS["bob"])).status_code == 429
         assert (await web.get("/inbox")).status_code == 303, "no attempt signed anyone in"
 
