@@ -28,6 +28,7 @@ from gateway.results import (
     status_result,
     text_of,
 )
+from gateway.schemas import admit_alternative
 from gateway.upstreams import Route, UpstreamSet
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ class CallHandler:
                 continue
             if tool.output_schema is not None and self._may_hold(tool.name):
                 # A held call may come back as a pending result; say so, or validating clients reject it.
-                widened = {"type": "object", "anyOf": [tool.output_schema, PENDING_SCHEMA]}
+                widened = admit_alternative(tool.output_schema, PENDING_SCHEMA)
                 tool = tool.model_copy(update={"output_schema": widened})
             tools.append(tool)
         return [*tools, *ours]
