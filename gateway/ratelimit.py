@@ -166,5 +166,5 @@ def _bucket_key(limit: Limit, *, grant: str, session: str) -> _BucketKey:
 
 
 def _format_wait(seconds: float) -> str:
-    whole = max(1, math.ceil(seconds))
-    return f"{whole} s" if whole < 120 else format_duration(whole)
+    # Whole seconds, rounded up: "try again in 0.3s" invites a retry that is still too early.
+    return format_duration(max(1, math.ceil(seconds)))

@@ -8,6 +8,7 @@ from typing import Any
 import mcp_types as types
 
 from approvals.views import RequestView
+from gateway.durations import format_duration
 
 STATUS_TOOL = "countersign_approval_status"
 WAIT_TOOL = "countersign_approval_wait"
@@ -40,7 +41,7 @@ def text_of(result: types.CallToolResult, limit: int = 300) -> str:
 
 def pending_result(view: RequestView, *, wait_seconds: float | None) -> types.CallToolResult:
     """Not an error: the call is parked, and the agent is told how to find out what became of it."""
-    wait = f"up to {int(wait_seconds)} s at a time" if wait_seconds else "until a decision"
+    wait = f"up to {format_duration(wait_seconds)} at a time" if wait_seconds else "until a decision"
     text = (
         f"[APPROVAL PENDING] This call needs human approval and is still waiting (request {view.id}); "
         f"it has not been executed. It expires at {view.expires_at:%Y-%m-%d %H:%M:%S} UTC. "

@@ -511,7 +511,7 @@ def test_the_eleventh_preview_in_a_minute_is_refused_until_the_window_rolls_over
     assert isinstance(eleventh, Refusal)
     assert eleventh.message == (
         "ibkr_preview_order: at most 10 calls per minute per agent (counter 'ibkr_preview_order_rate'); "
-        "try again in 50 s"
+        "try again in 50s"
     )
     assert isinstance(other_agent, Reservation)
     assert isinstance(after_window, Reservation)
@@ -950,11 +950,16 @@ def test_units_out_of_order_get_their_own_explanation() -> None:
 
 @pytest.mark.parametrize(
     ("seconds", "text"),
-    [(900, "15m"), (5400, "1h30m"), (30, "30s"), (0, "0s"), (86400, "1d"), (90061, "1d1h1m1s"), (90.5, "1m30.5s")],
+    [(900, "15m"), (5400, "1h 30m"), (30, "30s"), (0, "0s"), (86400, "1d"), (90061, "1d 1h 1m 1s"), (1.5, "1.5s")],
 )
 def test_a_duration_is_written_the_way_it_is_read(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
     assert parse_duration(format_duration(seconds)) == seconds
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(894.995, "14m 55s"), (899.6, "15m"), (59.96, "1m"), (0.04, "0s")])
+def test_a_duration_from_a_minute_up_is_written_in_whole_seconds(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
 
 
 def test_a_negative_duration_cannot_be_formatted() -> None:

@@ -66,7 +66,7 @@ def test_the_refusal_says_which_limit_and_when_to_try_again(limiter: RateLimiter
     assert refusal.retry_after == pytest.approx(42.0)
     assert refusal.message == (
         "ibkr_preview_order: at most 10 calls per minute per agent (counter 'ibkr_preview_order_rate'); "
-        "try again in 42 s"
+        "try again in 42s"
     )
 
 
@@ -87,7 +87,7 @@ def test_the_window_slides_so_each_slot_frees_a_full_window_after_it_was_taken(
 
     assert isinstance(almost, Refusal)
     assert almost.retry_after == pytest.approx(0.5)
-    assert almost.message.endswith("try again in 1 s")
+    assert almost.message.endswith("try again in 1s")
     assert isinstance(third, Reservation) and isinstance(fourth, Reservation)
     assert isinstance(fifth, Refusal)
     assert fifth.retry_after == pytest.approx(30.0)
