@@ -133,7 +133,7 @@ def add_init(sub: _Subparsers) -> None:
 
 def cmd_init(args: argparse.Namespace) -> int:
     from gateway.demo import command_name
-    from gateway.starter import new_api_token, starter_config, starter_policy
+    from gateway.starter import STARTER_POLICY_SUMMARY, new_api_token, starter_config, starter_policy
 
     folder = Path(args.dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -147,10 +147,9 @@ def cmd_init(args: argparse.Namespace) -> int:
         path.write_text(text)
         print(f"wrote {path}")
     print(f"approver alice's API token (shown once; the file keeps only its SHA-256): {api_token}")
-    print(
-        f"next: edit countersign.toml (upstreams, agents, approvers), then: {command_name()} serve --config "
-        f"{folder / 'countersign.toml'}"
-    )
+    config = folder / "countersign.toml"
+    print(f"{STARTER_POLICY_SUMMARY}: {command_name()} tools --config {config} shows what it does with each.")
+    print(f"next: edit countersign.toml (upstreams, agents, approvers), then: {command_name()} serve --config {config}")
     return 0
 
 

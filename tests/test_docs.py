@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import re
 from pathlib import Path
 
@@ -81,3 +82,79 @@ def test_the_readme_names_the_two_set_up_commands_near_the_top() -> None:
     assert "scripts/demo" in head and "scripts/test" in head
     for script in ("demo", "test"):
         assert (DOCS.parent / "scripts" / script).stat().st_mode & 0o111, f"scripts/{script} is not executable"
+
+
+# ---- audit event kinds
+
+CODE = [DOCS.parent / "approvals", DOCS.parent / "gateway"]
+
+
+def _parameters(trees: list[ast.Module]) -> dict[str, list[list[str]]]:
+    """Each function name defined in the code, with the parameters (in order, without self) of each
+    function of that name: a call is matched against all of them."""
+    found: dict[str, list[list[str]]] = {}
+    for tree in trees:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                names = [a.arg for a in (*node.args.posonlyargs, *node.args.args)]
+                found.setdefault(node.name, []).append([n for n in names if n not in ("self", "cls")])
+    return found
+
+
+def _texts(node: ast.expr) -> list[str]:
+    """The strings an expression can be: a literal, or an f-string's literal prefix followed by `*`
+    when the rest is computed (`f"request.{outcome}"` -> `request.*`), expanding `a if c else b`."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return [node.value]
+    if isinstance(node, ast.IfExp):
+        return _texts(node.body) + _texts(node.orelse)
+    if isinstance(node, ast.JoinedStr):
+        results = [""]
+        for part in node.values:
+            pieces = _texts(part.value) if isinstance(part, ast.FormattedValue) else _texts(part)
+            if not pieces:
+                return [r + "*" for r in results]
+            results = [r + p for r in results for p in pieces]
+        return results
+    return []
+
+
+def emitted_event_kinds() -> set[str]:
+    """Every audit event kind the code writes: strings given as an event's `kind` (by keyword or to a
+    parameter named `kind`), or as an `outcome` that names a kind (`policy.loaded`, passed on as one)."""
+    trees = [ast.parse(path.read_text(), str(path)) for folder in CODE for path in sorted(folder.rglob("*.py"))]
+    parameters = _parameters(trees)
+    kinds: set[str] = set()
+    for tree in trees:
+        for call in (n for n in ast.walk(tree) if isinstance(n, ast.Call)):
+            name = call.func.attr if isinstance(call.func, ast.Attribute) else getattr(call.func, "id", "")
+            bound = [pair for params in parameters.get(name, []) for pair in zip(params, call.args, strict=False)]
+            bound += [(k.arg, k.value) for k in call.keywords if k.arg]
+            for parameter, value in bound:
+                if parameter in ("kind", "outcome"):
+                    kinds.update(t for t in _texts(value) if re.fullmatch(r"[a-z]+\.[a-z_]+|[a-z]+\.\*", t))
+    return kinds
+
+
+def documented_event_kinds() -> set[str]:
+    table = [line for line in (DOCS / "audit.md").read_text().splitlines() if line.startswith("| `")]
+    return {kind for line in table for kind in re.findall(r"`([a-z]+\.[a-z_]+)`", line.split("|")[1])}
+
+
+def test_the_code_is_seen_to_emit_the_kinds_of_each_family() -> None:
+    kinds = emitted_event_kinds()
+    for kind in ("call.allowed", "call.hidden", "call.gateway", "request.detached", "policy.loaded", "slack.failed"):
+        assert kind in kinds, f"the scan of the code misses {kind}: {sorted(kinds)}"
+    assert "request.*" in kinds, "decisions and results are written as f'request.{...}'"
+
+
+def test_every_audit_event_kind_the_code_writes_is_in_the_table_in_docs_audit_md() -> None:
+    documented = documented_event_kinds()
+    emitted = emitted_event_kinds()
+    missing = sorted(k for k in emitted if not k.endswith("*") and k not in documented)
+    assert not missing, f"event kinds missing from the table in docs/audit.md: {missing}"
+    prefixes = [k[:-1] for k in emitted if k.endswith("*")]
+    for prefix in prefixes:
+        assert any(d.startswith(prefix) for d in documented), f"no {prefix}… kind in docs/audit.md"
+    stale = sorted(k for k in documented - emitted if not k.startswith(tuple(prefixes)))
+    assert not stale, f"docs/audit.md lists kinds the code never writes: {stale}"

@@ -193,3 +193,29 @@ def test_the_demo_banner_prints_commands_that_run_as_written(tmp_path: Path, mon
     # With the venv activated, the bare name is this very command.
     monkeypatch.setenv("PATH", str(script.parent))
     assert command_name() == "countersign"
+
+
+def test_init_says_what_the_starter_policy_does_with_tools_it_does_not_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.policy import load_policy
+    from gateway.tool_report import verdict
+
+    assert cli.main(["init", "--dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    comment = (tmp_path / "countersign.toml").read_text()
+    for text in (out, comment):
+        assert 'DENIES EVERY TOOL IT DOES NOT NAME ("default": "deny")'.lower() in text.lower()
+        assert "still listed to agents" in text
+    assert f"tools --config {tmp_path / 'countersign.toml'}" in out
+
+    # What the comment claims is what the written policy does.
+    policy = load_policy(tmp_path / "policy.json")
+    assert verdict(policy, "some_tool_nobody_named").action == "deny"
+    assert verdict(policy, "ibkr_global_cancel").action == "hide"
+    assert verdict(policy, "ibkr_cancel_order").action == "hold"
+    assert verdict(policy, "ibkr_get_open_orders").action in ("allow", "limited")
+    assert any(d.startswith("hold if args.dry_run eq false") for d in verdict(policy, "ibkr_place_order").depends)
+    assert any(
+        "at most 10 calls per minute per agent" in limit for limit in verdict(policy, "ibkr_preview_order").limits
+    )
