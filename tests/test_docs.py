@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ast
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -158,3 +159,35 @@ def test_every_audit_event_kind_the_code_writes_is_in_the_table_in_docs_audit_md
         assert any(d.startswith(prefix) for d in documented), f"no {prefix}… kind in docs/audit.md"
     stale = sorted(k for k in documented - emitted if not k.startswith(tuple(prefixes)))
     assert not stale, f"docs/audit.md lists kinds the code never writes: {stale}"
+
+
+# ---- the quickstart's commands run as written
+
+
+def quickstart_commands() -> list[list[str]]:
+    """The `.venv/bin/countersign …` lines of the quickstart's shell blocks, as argument lists."""
+    text = (DOCS / "quickstart.md").read_text()
+    blocks = re.findall(r"```sh\n(.*?)```", text, flags=re.DOTALL)
+    lines = [line.strip() for block in blocks for line in block.splitlines()]
+    return [shlex.split(line, comments=True)[1:] for line in lines if line.startswith(".venv/bin/countersign ")]
+
+
+def test_the_quickstart_names_the_command_where_scripts_demo_installs_it() -> None:
+    text = (DOCS / "quickstart.md").read_text()
+    blocks = "\n".join(re.findall(r"```sh\n(.*?)```", text, flags=re.DOTALL))
+    bare = [line for line in blocks.splitlines() if line.strip().startswith("countersign ")]
+    assert not bare, f"bare `countersign` is not on PATH after scripts/demo: {bare}"
+    assert ".venv/bin/countersign" in (DOCS.parent / "scripts" / "demo").read_text()
+    assert len(quickstart_commands()) >= 7
+
+
+def test_every_quickstart_command_parses_and_the_offline_ones_succeed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    for argv in quickstart_commands():
+        build_parser().parse_args(argv)  # an argparse error exits the test
+        if argv[0] in ("init", "policy"):
+            assert main(argv) == 0, f"countersign {' '.join(argv)}: {capsys.readouterr().err}"
