@@ -16,14 +16,16 @@ import os
 import sys
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.config import ConfigError, ServerSettings, Settings, load_settings
 from gateway.policy import PolicyError
 
 CONFIG_HELP = "configuration file (default: $COUNTERSIGN_CONFIG, else ./countersign.toml)"
 
-_Subparsers = Any  # argparse's _SubParsersAction, which typeshed does not export under a public name
+if TYPE_CHECKING:
+    # What add_subparsers() returns; argparse names it only privately and it is generic only in stubs.
+    _Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def config_path(given: str | None) -> str:
@@ -35,7 +37,9 @@ def _settings(path: str | None, *, only: Collection[str] | None = None, ignore: 
     return load_settings(config_path(path), only=only, ignore=ignore)
 
 
-def _command(sub: _Subparsers, name: str, help_text: str, func: Callable[[argparse.Namespace], int]) -> Any:
+def _command(
+    sub: _Subparsers, name: str, help_text: str, func: Callable[[argparse.Namespace], int]
+) -> argparse.ArgumentParser:
     parser = sub.add_parser(name, help=help_text, description=help_text[:1].upper() + help_text[1:] + ".")
     parser.set_defaults(func=func)
     return parser
@@ -424,7 +428,7 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: tuple[Callable[[_Subparsers], None], ...] = (
+COMMANDS: tuple[Callable[[_Subparsers], None], ...] = (  # the order of `countersign --help`
     add_serve,
     add_demo,
     add_paper_broker,
