@@ -100,7 +100,7 @@ class ChainReport:
 
     def describe(self) -> str:
         if self.ok:
-            head = f", head {self.head_hash[:16]}…" if self.head_hash else ""
+            head = f", head {self.head_hash}" if self.head_hash else ""
             return f"audit chain intact: {self.checked} events verified{head}"
         return (
             f"audit chain BROKEN at event #{self.first_broken_seq}: {self.problem} ({self.checked} verified before it)"

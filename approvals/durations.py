@@ -47,28 +47,23 @@ def parse_duration(value: str | int | float) -> float:
 
 
 def format_duration(seconds: float) -> str:
-    """The one way durations are shown to people, and read back by parse_duration.
+    """Seconds as people read them, in a form parse_duration reads back: "15m", "14m 55s", "1h 30m", "0.5s".
 
-    900 -> "15m", 5400 -> "1h 30m", 895.2 -> "14m 55s", 2.5 -> "2.5s". Beside minutes a fraction of a
-    second is noise, so from one minute up the value is rounded to whole seconds.
+    Every duration the gateway prints (progress messages, explain, Slack, rate-limit refusals) goes
+    through here, so one length always reads the same. From a minute up the seconds are rounded to
+    whole ones: "14m 55s", never "14m54.995s". Below a minute a tenth of a second is kept.
     """
     if isinstance(seconds, bool) or not math.isfinite(seconds) or seconds < 0:
         raise ValueError(f"cannot format {seconds!r} as a duration: expected a finite number >= 0")
-    if seconds >= 60:
-        whole, fraction = int(seconds + 0.5), 0.0
-    else:
-        whole = int(seconds)
-        fraction = round(seconds - whole, 1)
-        if fraction >= 1:
-            whole, fraction = whole + 1, 0.0
+    tenths = math.floor(seconds * 10 + 0.5)
+    if tenths < 600:
+        return f"{tenths // 10}s" if tenths % 10 == 0 else f"{tenths / 10:.1f}s"
+    whole = math.floor(seconds + 0.5)
     parts: list[str] = []
-    for unit in _UNIT_ORDER[:-1]:
+    for unit in _UNIT_ORDER:
         count, whole = divmod(whole, _UNIT_SECONDS[unit])
         if count:
             parts.append(f"{count}{unit}")
-    if whole or fraction or not parts:
-        secs = f"{whole + fraction:.1f}".rstrip("0").rstrip(".")
-        parts.append(f"{secs}s")
     return " ".join(parts)
 
 

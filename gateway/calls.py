@@ -21,6 +21,7 @@ from gateway.held import HeldCalls
 from gateway.policy_store import PolicyStore
 from gateway.ratelimit import RateLimiter, Refusal
 from gateway.results import PENDING_SCHEMA, STATUS_TOOL, WAIT_TOOL, gateway_tools, text_of
+from gateway.schemas import admit_alternative
 from gateway.upstreams import Upstreams
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ class CallHandler:
                 continue
             if tool.output_schema is not None and self._may_hold(tool.name):
                 # A held call may come back as a pending result; say so, or validating clients reject it.
-                widened = {"type": "object", "anyOf": [tool.output_schema, PENDING_SCHEMA]}
+                widened = admit_alternative(tool.output_schema, PENDING_SCHEMA)
                 tool = tool.model_copy(update={"output_schema": widened})
             tools.append(tool)
         return [*tools, *ours]

@@ -1,4 +1,10 @@
-"""The `countersign` command."""
+"""The `countersign` command.
+
+Each command is one `add_<command>` function that declares its arguments and one `cmd_<command>`
+function that runs it; `build_parser` lists the adders. Commands that read the configuration all
+find it the same way (`--config`, else `$COUNTERSIGN_CONFIG`, else `./countersign.toml`) and read
+only the sections and secrets they use.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +14,52 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.cli_db import add_db_commands, ready_to_serve
-from gateway.config import ConfigError, Settings, load_settings
+from gateway.config import ConfigError, ServerSettings, Settings, load_settings
 from gateway.policy import PolicyError
 
+CONFIG_HELP = "configuration file (default: $COUNTERSIGN_CONFIG, else ./countersign.toml)"
 
-def _settings(path: str | None, *, only: Collection[str] | None = None) -> Settings:
-    config = path or os.environ.get("COUNTERSIGN_CONFIG") or "countersign.toml"
-    return load_settings(config, only=only)
+if TYPE_CHECKING:
+    # What add_subparsers() returns; argparse names it only privately and it is generic only in stubs.
+    _Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
-# ---- serve / demo
+def config_path(given: str | None) -> str:
+    """The configuration file every command reads: --config, else $COUNTERSIGN_CONFIG, else ./countersign.toml."""
+    return given or os.environ.get("COUNTERSIGN_CONFIG") or "countersign.toml"
+
+
+def _settings(path: str | None, *, only: Collection[str] | None = None, ignore: Collection[str] = ()) -> Settings:
+    return load_settings(config_path(path), only=only, ignore=ignore)
+
+
+def _command(
+    sub: _Subparsers, name: str, help_text: str, func: Callable[[argparse.Namespace], int]
+) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=help_text, description=help_text[:1].upper() + help_text[1:] + ".")
+    parser.set_defaults(func=func)
+    return parser
+
+
+# ---- serve / demo / paper-broker / init
+
+
+def add_serve(sub: _Subparsers) -> None:
+    serve = _command(sub, "serve", "run the gateway: /mcp for agents, the approver API, /healthz", cmd_serve)
+    serve.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    serve.add_argument("--host", help="address to listen on (overrides [server] host)")
+    serve.add_argument("--port", type=int, help="port to listen on (overrides [server] port)")
+    serve.add_argument("--stdio", action="store_true", help="serve one MCP client on stdin/stdout")
+    serve.add_argument("--agent", help="with --stdio: the configured agent this client is")
+    serve.add_argument("--no-http", action="store_true", help="with --stdio: do not also serve the HTTP API")
+    serve.add_argument(
+        "--migrate", action="store_true", help="upgrade an older database schema first (under a lock: one replica)"
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -63,6 +100,18 @@ def _stdio_agent(settings: Settings, name: str | None) -> str:
     )
 
 
+def add_demo(sub: _Subparsers) -> None:
+    demo = _command(sub, "demo", "run the gateway in front of a paper broker with demo credentials", cmd_demo)
+    demo.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    demo.add_argument(
+        "--data-dir",
+        default="countersign-demo",
+        metavar="DIR",
+        help="where the demo keeps its database and policy (default ./countersign-demo)",
+    )
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import banner, demo_settings
     from gateway.serving import serve_http
@@ -75,14 +124,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(serve_http(settings))
 
 
-def cmd_paper_broker(args: argparse.Namespace) -> int:
-    from gateway.paper_broker import main as paper_main
+def add_paper_broker(sub: _Subparsers) -> None:
+    from gateway.paper_broker import DESCRIPTION, add_arguments
 
-    return paper_main(args.rest)
+    paper = _command(sub, "paper-broker", "run the paper-broker MCP server (stdio, or --http PORT)", cmd_paper_broker)
+    paper.description = DESCRIPTION
+    add_arguments(paper)
+
+
+def cmd_paper_broker(args: argparse.Namespace) -> int:
+    from gateway.paper_broker import run
+
+    return run(args)
+
+
+def add_init(sub: _Subparsers) -> None:
+    init = _command(sub, "init", "write a commented starter countersign.toml and policy.json", cmd_init)
+    init.add_argument("--dir", default=".", help="folder to write the two files to (default: the current folder)")
+    init.add_argument("--force", action="store_true", help="overwrite existing files")
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from gateway.starter import new_api_token, starter_config, starter_policy
+    from gateway.demo import command_name
+    from gateway.starter import STARTER_POLICY_SUMMARY, new_api_token, starter_config, starter_policy
 
     folder = Path(args.dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -96,14 +160,39 @@ def cmd_init(args: argparse.Namespace) -> int:
         path.write_text(text)
         print(f"wrote {path}")
     print(f"approver alice's API token (shown once; the file keeps only its SHA-256): {api_token}")
-    print(
-        "next: edit countersign.toml (upstreams, agents, approvers), then: countersign serve --config "
-        f"{folder / 'countersign.toml'}"
-    )
+    config = folder / "countersign.toml"
+    print(f"{STARTER_POLICY_SUMMARY}: {command_name()} tools --config {config} shows what it does with each.")
+    print(f"next: edit countersign.toml (upstreams, agents, approvers), then: {command_name()} serve --config {config}")
     return 0
 
 
 # ---- policy
+
+
+def add_policy(sub: _Subparsers) -> None:
+    policy = sub.add_parser("policy", help="check or explain a policy file", description="Check or explain a policy.")
+    commands = policy.add_subparsers(dest="policy_command", required=True, metavar="COMMAND")
+    check = _command(commands, "check", "validate a policy file; exit 1 on errors", cmd_policy_check)
+    check.add_argument("file", metavar="FILE", help="the policy document (JSON)")
+    check.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
+    check.add_argument(
+        "--tools",
+        metavar="FILE",
+        help="a JSON file with the upstream's tools/list result, to check rules against the input schemas",
+    )
+    explain = _command(
+        commands, "explain", "show the decision for one call and the rule that made it", cmd_policy_explain
+    )
+    explain.add_argument("file", metavar="FILE", help="the policy document (JSON)")
+    explain.add_argument("tool", metavar="TOOL", help="the tool name, as agents see it")
+    explain.add_argument(
+        "arguments", metavar="ARGS-JSON", nargs="?", default="{}", help="the call's arguments as a JSON object"
+    )
+    explain.add_argument(
+        "--tools",
+        metavar="FILE",
+        help="a JSON file with the upstream's tools/list result, to evaluate with the schema's defaults",
+    )
 
 
 def _tool_schemas(path: str | None) -> dict[str, dict[str, Any]] | int | None:
@@ -120,7 +209,7 @@ def _tool_schemas(path: str | None) -> dict[str, dict[str, Any]] | int | None:
 
 
 def cmd_policy_check(args: argparse.Namespace) -> int:
-    from gateway.policy import PolicyError, load_policy
+    from gateway.policy import load_policy
     from gateway.policy_report import lint_policy
 
     schemas = _tool_schemas(args.tools)
@@ -134,12 +223,17 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
     warnings = lint_policy(policy, schemas)
     for warning in warnings:
         print(f"warning: {args.file}: {warning.path}: {warning.message}", file=sys.stderr)
-    print(f"{args.file}: valid ({policy!r}){', with warnings' if warnings else ''}")
+    entries = len(policy.tools)
+    summary = (
+        f'default "{policy.default}", {entries} tool {"entry" if entries == 1 else "entries"}, '
+        f"{len(policy.hide)} hidden"
+    )
+    print(f"{args.file}: valid ({summary}){', with warnings' if warnings else ''}")
     return 1 if warnings and args.strict else 0
 
 
 def cmd_policy_explain(args: argparse.Namespace) -> int:
-    from gateway.policy import PolicyError, load_policy
+    from gateway.policy import load_policy
     from gateway.policy_report import explain
 
     schemas = _tool_schemas(args.tools)
@@ -162,7 +256,47 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- tools
+
+
+def add_tools(sub: _Subparsers) -> None:
+    tools = _command(
+        sub, "tools", "list the upstreams' tools, their annotations and what the policy does with each", cmd_tools
+    )
+    tools.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    tools.add_argument("--policy", metavar="FILE", help="judge by this policy file instead of the configured one")
+    tools.add_argument("--json", action="store_true", help="print JSON for machines instead of a table")
+
+
+def cmd_tools(args: argparse.Namespace) -> int:
+    from gateway.policy import load_policy
+    from gateway.tool_report import as_json, as_table, fetch_tools
+
+    # Connecting needs the upstreams (and their header secrets) and the policy; nothing else.
+    settings = _settings(args.config, only=("policy", "upstreams"))
+    policy = load_policy(args.policy or settings.policy_path)
+    if not settings.upstreams:
+        print(f"error: {settings.source}: upstreams: no upstream is configured", file=sys.stderr)
+        return 2
+    catalog = asyncio.run(fetch_tools(settings))
+    print(json.dumps(as_json(policy, catalog), indent=2) if args.json else as_table(policy, catalog))
+    return 1 if any(entry.error for entry in catalog) else 0
+
+
 # ---- audit
+
+
+def add_audit(sub: _Subparsers) -> None:
+    audit = sub.add_parser("audit", help="audit log tools", description="Audit log tools.")
+    commands = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
+    verify = _command(
+        commands,
+        "verify",
+        "verify the audit hash chain and print its head; report the first broken link",
+        cmd_audit_verify,
+    )
+    verify.add_argument("--config", metavar="FILE", help=f"read [server] database_url from this {CONFIG_HELP}")
+    verify.add_argument("--database-url", metavar="URL", help="the database to verify (instead of --config)")
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
@@ -172,6 +306,11 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
     # Only [server] is read: verifying needs the database, not the gateway's other secrets.
     url = args.database_url or _settings(args.config, only=("server",)).database_url
+    missing = _missing_sqlite_file(url)
+    if missing is not None:
+        # Opening it would create an empty database and report on that instead of the one meant.
+        print(f"error: no database file at {missing}", file=sys.stderr)
+        return 2
 
     async def run() -> audit.ChainReport | None:
         db = Database(url)
@@ -195,19 +334,64 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _missing_sqlite_file(url: str) -> Path | None:
+    """The file an SQLite URL names when that file does not exist; None for other databases."""
+    scheme, sep, rest = url.partition(":///")
+    if not sep or not scheme.startswith("sqlite"):
+        return None
+    path = rest.split("?", 1)[0]
+    if path in ("", ":memory:"):
+        return None
+    file = Path(path)
+    return None if file.exists() else file
+
+
 # ---- approvals (through the approver API, so decisions reach held calls at once)
+
+
+def add_approvals(sub: _Subparsers) -> None:
+    approvals = sub.add_parser(
+        "approvals", help="list, show, approve or reject held calls", description="Held calls, through the API."
+    )
+    actions = approvals.add_subparsers(dest="action", required=True, metavar="COMMAND")
+    for name, help_text in (
+        ("list", "list requests (pending by default)"),
+        ("show", "show one request with its arguments and timeline"),
+        ("approve", "approve a request"),
+        ("reject", "reject a request"),
+    ):
+        action = _command(actions, name, help_text, cmd_approvals)
+        action.add_argument(
+            "--url", help="gateway URL (default: $COUNTERSIGN_URL, else the configuration's public_url or host:port)"
+        )
+        action.add_argument("--token", help="approver API token (default: $COUNTERSIGN_API_TOKEN)")
+        action.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+        action.add_argument("--json", action="store_true", help="print the API's JSON")
+        if name == "list":
+            action.add_argument(
+                "--status", default="pending", help="pending (default), approved, executed, rejected, ..., or all"
+            )
+            action.add_argument("--limit", type=int, default=50, help="at most this many requests (default 50)")
+        else:
+            action.add_argument("id", metavar="ID", help="the request id (apr_…)")
+        if name in ("approve", "reject"):
+            action.add_argument("--reason", help="why (required to reject when the policy says so)")
+
+
+def _gateway_url(args: argparse.Namespace) -> str:
+    url: str | None = args.url or os.environ.get("COUNTERSIGN_URL")
+    if url:
+        return url
+    if args.config or os.environ.get("COUNTERSIGN_CONFIG") or Path(config_path(None)).is_file():
+        # Only the address is needed: not the database's, the agents' or the approvers' secrets.
+        return _settings(args.config, only=("server",), ignore=("server.database_url",)).server.base_url
+    return ServerSettings().base_url
 
 
 def cmd_approvals(args: argparse.Namespace) -> int:
     from gateway.api_client import ApiClient, ApiError, print_approval, print_table
 
-    url = args.url or os.environ.get("COUNTERSIGN_URL")
-    if not url:
-        url = (
-            _settings(args.config, only=("server",)).server.base_url
-            if (args.config or os.environ.get("COUNTERSIGN_CONFIG"))
-            else ("http://127.0.0.1:8080")
-        )
+    url = _gateway_url(args)
     token = args.token or os.environ.get("COUNTERSIGN_API_TOKEN")
     if not token:
         print("error: give an approver API token with --token or COUNTERSIGN_API_TOKEN", file=sys.stderr)
@@ -234,6 +418,41 @@ def cmd_approvals(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- slack
+
+
+def add_slack(sub: _Subparsers) -> None:
+    slack = sub.add_parser("slack", help="Slack set-up tools", description="Slack set-up tools.")
+    commands = slack.add_subparsers(dest="slack_command", required=True, metavar="COMMAND")
+    check = _command(commands, "check", "verify the Slack token, channel access and configuration", cmd_slack_check)
+    check.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+
+
+def cmd_slack_check(args: argparse.Namespace) -> int:
+    from gateway.slack.check import check, report
+
+    # Slack's own secrets, the address Slack calls, the policy's channels and the approvers' Slack
+    # identities; never the database, the upstreams' or agents' secrets or approvers' API tokens.
+    settings = _settings(
+        args.config,
+        only=("server", "policy", "slack", "approvers"),
+        ignore=("server.database_url", "approvers.api_token", "approvers.password_hash"),
+    )
+    text, code = report(asyncio.run(check(settings)))
+    print(text)
+    return code
+
+
+# ---- hash-password
+
+
+def add_hash_password(sub: _Subparsers) -> None:
+    hash_password = _command(
+        sub, "hash-password", "print an argon2 hash for an approver's password_hash", cmd_hash_password
+    )
+    hash_password.add_argument("--password", help="the password (prompted for when omitted)")
+
+
 def cmd_hash_password(args: argparse.Namespace) -> int:
     import getpass
 
@@ -247,105 +466,27 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---- slack
-
-
-def cmd_slack_check(args: argparse.Namespace) -> int:
-    from gateway.slack.check import check, report
-
-    settings = _settings(args.config)
-    text, code = report(asyncio.run(check(settings)))
-    print(text)
-    return code
+COMMANDS: tuple[Callable[[_Subparsers], None], ...] = (  # the order of `countersign --help`
+    add_serve,
+    add_demo,
+    add_paper_broker,
+    add_init,
+    add_policy,
+    add_tools,
+    add_audit,
+    add_approvals,
+    add_slack,
+    add_db_commands,
+    add_hash_password,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="countersign", description="Approval gateway for AI agents' MCP tool calls.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    serve = sub.add_parser("serve", help="run the gateway")
-    serve.add_argument("--config", help="configuration file (default: $COUNTERSIGN_CONFIG or ./countersign.toml)")
-    serve.add_argument("--host", help="override [server] host")
-    serve.add_argument("--port", type=int, help="override [server] port")
-    serve.add_argument("--stdio", action="store_true", help="serve one MCP client on stdin/stdout")
-    serve.add_argument("--agent", help="with --stdio: the configured agent this client is")
-    serve.add_argument("--no-http", action="store_true", help="with --stdio: do not also serve the HTTP API")
-    serve.add_argument("--migrate", action="store_true", help="upgrade an older database schema first (one replica)")
-    serve.set_defaults(func=cmd_serve)
-
-    demo = sub.add_parser("demo", help="run the gateway in front of a paper broker with demo credentials")
-    demo.add_argument("--port", type=int, default=8080)
-    demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--data-dir", default="countersign-demo", help="where the demo keeps its database and policy")
-    demo.set_defaults(func=cmd_demo)
-
-    paper = sub.add_parser(
-        "paper-broker", help="run the paper-broker MCP server (stdio, or --http PORT)", add_help=False
-    )
-    paper.add_argument("rest", nargs=argparse.REMAINDER)
-    paper.set_defaults(func=cmd_paper_broker)
-
-    init = sub.add_parser("init", help="write a commented starter countersign.toml and policy.json")
-    init.add_argument("--dir", default=".")
-    init.add_argument("--force", action="store_true", help="overwrite existing files")
-    init.set_defaults(func=cmd_init)
-
-    policy = sub.add_parser("policy", help="check or explain a policy file").add_subparsers(
-        dest="policy_command", required=True
-    )
-    check = policy.add_parser("check", help="validate a policy file; exit 1 on errors")
-    check.add_argument("file")
-    check.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
-    tools_help = "a JSON file with the upstream's tools/list result, to check rules against the input schemas"
-    check.add_argument("--tools", metavar="FILE", help=tools_help)
-    check.set_defaults(func=cmd_policy_check)
-    explain = policy.add_parser("explain", help="show the decision for one call and the rule that made it")
-    explain.add_argument("file")
-    explain.add_argument("tool")
-    explain.add_argument("arguments", metavar="ARGS-JSON", nargs="?", default="{}")
-    defaults_help = "a JSON file with the upstream's tools/list result, to evaluate with the schema's defaults"
-    explain.add_argument("--tools", metavar="FILE", help=defaults_help)
-    explain.set_defaults(func=cmd_policy_explain)
-
-    audit = sub.add_parser("audit", help="audit log tools").add_subparsers(dest="audit_command", required=True)
-    verify = audit.add_parser("verify", help="verify the audit hash chain; report the first broken link")
-    verify.add_argument("--config")
-    verify.add_argument("--database-url", help="database URL (instead of --config)")
-    verify.set_defaults(func=cmd_audit_verify)
-
-    approvals = sub.add_parser("approvals", help="list, show, approve or reject held calls")
-    actions = approvals.add_subparsers(dest="action", required=True)
-    for name, help_text in (
-        ("list", "list requests"),
-        ("show", "show one request"),
-        ("approve", "approve a request"),
-        ("reject", "reject a request"),
-    ):
-        action = actions.add_parser(name, help=help_text)
-        action.add_argument("--url", help="gateway URL (default: $COUNTERSIGN_URL, the config's public_url)")
-        action.add_argument("--token", help="approver API token (default: $COUNTERSIGN_API_TOKEN)")
-        action.add_argument("--config")
-        action.add_argument("--json", action="store_true", help="print the API's JSON")
-        if name == "list":
-            action.add_argument("--status", default="pending", help="pending (default), approved, ..., or all")
-            action.add_argument("--limit", type=int, default=50)
-        else:
-            action.add_argument("id")
-        if name in ("approve", "reject"):
-            action.add_argument("--reason", help="why (required to reject when the policy says so)")
-        action.set_defaults(func=cmd_approvals)
-
-    slack = sub.add_parser("slack", help="Slack set-up tools").add_subparsers(dest="slack_command", required=True)
-    slack_check = slack.add_parser("check", help="verify the Slack token, channel access and configuration")
-    slack_check.add_argument("--config", help="configuration file (default: $COUNTERSIGN_CONFIG or ./countersign.toml)")
-    slack_check.set_defaults(func=cmd_slack_check)
-
-    add_db_commands(sub)
-
-    hash_password = sub.add_parser("hash-password", help="print an argon2 hash for an approver's password_hash")
-    hash_password.add_argument("--password", help="the password (prompted for when omitted)")
-    hash_password.set_defaults(func=cmd_hash_password)
+    for add in COMMANDS:
+        add(sub)
     return parser
 
 

@@ -394,11 +394,14 @@ def load_settings(
     *,
     environ: Mapping[str, str] | None = None,
     only: Collection[str] | None = None,
+    ignore: Collection[str] = (),
 ) -> Settings:
     """Read and validate a configuration file.
 
-    `only` keeps just those top-level sections (the rest take their defaults), for commands such as
-    `countersign approvals` that need the server's address but not the gateway's secrets.
+    `only` keeps just those top-level sections (the rest take their defaults), and `ignore` drops
+    single keys (`"server.database_url"`, `"approvers.api_token"`: in every block of an array of
+    tables), for commands such as `countersign approvals` that need the server's address but not
+    the secrets of the gateway's other parts: a variable those keys name need not be set.
     """
     file = Path(path)
     try:
@@ -411,4 +414,10 @@ def load_settings(
         raise ConfigError(str(file), "", f"not valid TOML: {exc}") from None
     if only is not None:
         data = {key: value for key, value in data.items() if key in only}
+    for dotted in ignore:
+        section, _, key = dotted.partition(".")
+        tables = data.get(section)
+        for table in tables if isinstance(tables, list) else [tables]:
+            if isinstance(table, dict):
+                table.pop(key, None)
     return parse_settings(data, source=str(file), base_dir=str(file.resolve().parent), environ=environ)

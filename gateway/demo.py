@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -94,8 +96,25 @@ def demo_settings(data_dir: Path, *, host: str = "127.0.0.1", port: int = 8080) 
     )
 
 
-def banner(settings: Settings) -> str:
+def command_name() -> str:
+    """How to run this same `countersign` from the current folder, for commands printed to copy.
+
+    After `scripts/demo` the command lives in ./.venv/bin, which is not on PATH: a bare
+    `countersign` there would fail, or run another installation.
+    """
+    script = Path(sys.executable).parent / "countersign"
+    on_path = shutil.which("countersign")
+    if on_path is not None and script.exists() and Path(on_path).resolve() == script.resolve():
+        return "countersign"
+    if script.exists():
+        relative = os.path.relpath(script)
+        return relative if not relative.startswith("..") else str(script)
+    return f"{sys.executable} -m gateway.cli"
+
+
+def banner(settings: Settings, command: str | None = None) -> str:
     base = settings.server.base_url
+    command = command or command_name()
     return "\n".join(
         [
             "Countersign demo — the gateway in front of a paper broker (no real money).",
@@ -105,7 +124,7 @@ def banner(settings: Settings) -> str:
             f"  Health           {base}/healthz",
             f"  Policy           {settings.policy_path}",
             'Try: an agent calls ibkr_cancel_order {"orderId": 1001, "confirm": true}; it waits until you run',
-            f"  countersign approvals list --url {base} --token {DEMO_APPROVER_TOKEN}",
-            f"  countersign approvals approve <id> --url {base} --token {DEMO_APPROVER_TOKEN}",
+            f"  {command} approvals list --url {base} --token {DEMO_APPROVER_TOKEN}",
+            f"  {command} approvals approve <id> --url {base} --token {DEMO_APPROVER_TOKEN}",
         ]
     )

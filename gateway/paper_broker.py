@@ -33,6 +33,7 @@ from gateway.paper_book import BrokerError, PaperBook, invalid_argument, order_s
 __all__ = [
     "BrokerError",
     "PaperBook",
+    "add_arguments",
     "build_http_app",
     "build_server",
     "main",
@@ -42,6 +43,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+DESCRIPTION = "Serve an in-memory IBKR paper account with the IBKR MCP server's tools (stdio unless --http)."
 
 # -- argument parsing -----------------------------------------------------------------------------
 
@@ -522,11 +525,8 @@ async def serve_http(
         raise
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="paper-broker",
-        description="Serve an in-memory IBKR paper account with the IBKR MCP server's tools.",
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `countersign paper-broker` and `python -m gateway.paper_broker`, defined once."""
     parser.add_argument("--http", type=int, metavar="PORT", help="serve streamable HTTP at /mcp on PORT")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind with --http (default 127.0.0.1)")
     parser.add_argument(
@@ -534,7 +534,9 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="answer acting tools with TRADING_DISABLED, as the real server does by default",
     )
-    options = parser.parse_args(argv)
+
+
+def run(options: argparse.Namespace) -> int:
     book = PaperBook(trading_enabled=not options.no_trading)
     try:
         if options.http is None:
@@ -545,6 +547,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="paper-broker", description=DESCRIPTION)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -166,4 +166,5 @@ def _bucket_key(limit: Limit, *, grant: str, session: str) -> _BucketKey:
 
 
 def _format_wait(seconds: float) -> str:
+    # Whole seconds, rounded up: "try again in 0.3s" invites a retry that is still too early.
     return format_duration(max(1, math.ceil(seconds)))

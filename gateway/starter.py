@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import sys
 
 from approvals.approvers import token_digest
 from gateway.demo import DEMO_POLICY
@@ -23,6 +24,11 @@ progress_interval = "5s"    # how often a held call reports that it is still wai
 
 [policy]
 file = "policy.json"        # reloaded on change and on SIGHUP; an invalid file is refused
+# The starter policy.json is written for the IBKR MCP server: it allows its reads, limits previews
+# to 10 a minute, holds ibkr_cancel_order and live ibkr_place_order calls for approval, hides
+# ibkr_global_cancel, and DENIES EVERY TOOL IT DOES NOT NAME ("default": "deny"). A denied tool is
+# still listed to agents (their calls to it are refused); only "hide" removes a tool from the list.
+# To see each upstream tool and what the policy does with it: countersign tools --config THIS_FILE
 
 # One block per MCP server behind the gateway: `command` (stdio) or `url` (streamable HTTP).
 [[upstreams]]
@@ -33,7 +39,7 @@ url = "http://127.0.0.1:8000/mcp"
 
 # [[upstreams]]
 # name = "paper"
-# command = ["countersign", "paper-broker"]
+# command = ["{python}", "-m", "gateway.paper_broker"]   # the paper broker from this installation
 
 # Agents authenticate to /mcp with `Authorization: Bearer <token>`.
 [[agents]]
@@ -64,8 +70,17 @@ def new_api_token() -> str:
 
 def starter_config(api_token: str | None = None) -> str:
     """The starter file; it holds only the digest of the first approver's API token, never the token."""
-    return STARTER_CONFIG.format(api_token_sha256=token_digest(api_token or new_api_token()))
+    return STARTER_CONFIG.format(
+        api_token_sha256=token_digest(api_token or new_api_token()), python=sys.executable.replace("\\", "/")
+    )
 
 
 def starter_policy() -> str:
     return json.dumps(DEMO_POLICY, indent=2) + "\n"
+
+
+# What `countersign init` says about the policy it wrote; JSON has no comments to say it in.
+STARTER_POLICY_SUMMARY = (
+    'policy.json denies every tool it does not name ("default": "deny"); denied tools are still '
+    'listed to agents, only "hide" removes them. Adjust it to your upstreams\' tools'
+)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -103,3 +105,123 @@ def test_the_policy_reference_leads_with_the_demo_policy_and_it_has_no_rule_an_a
         assert policy.evaluate("ibkr_place_order", call).action == "deny", call
     assert policy.evaluate("ibkr_place_order", {"order": {}, "dry_run": True}).action == "deny"
     assert policy.evaluate("ibkr_place_order", {"order": {"totalQuantity": 10}, "dry_run": True}).action == "allow"
+
+
+# ---- audit event kinds
+
+CODE = [DOCS.parent / "approvals", DOCS.parent / "gateway"]
+
+
+def _parameters(trees: list[ast.Module]) -> dict[str, list[list[str]]]:
+    """Each function name defined in the code, with the parameters (in order, without self) of each
+    function of that name: a call is matched against all of them."""
+    found: dict[str, list[list[str]]] = {}
+    for tree in trees:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                names = [a.arg for a in (*node.args.posonlyargs, *node.args.args)]
+                found.setdefault(node.name, []).append([n for n in names if n not in ("self", "cls")])
+    return found
+
+
+_CONSTANTS: dict[str, str] = {}
+
+
+def _texts(node: ast.expr) -> list[str]:
+    """The strings an expression can be: a literal, or an f-string's literal prefix followed by `*`
+    when the rest is computed (`f"request.{outcome}"` -> `request.*`), expanding `a if c else b`."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return [node.value]
+    if isinstance(node, ast.Name) and node.id in _CONSTANTS:
+        return [_CONSTANTS[node.id]]
+    if isinstance(node, ast.IfExp):
+        return _texts(node.body) + _texts(node.orelse)
+    if isinstance(node, ast.JoinedStr):
+        results = [""]
+        for part in node.values:
+            pieces = _texts(part.value) if isinstance(part, ast.FormattedValue) else _texts(part)
+            if not pieces:
+                return [r + "*" for r in results]
+            results = [r + p for r in results for p in pieces]
+        return results
+    return []
+
+
+def emitted_event_kinds() -> set[str]:
+    """Every audit event kind the code writes: strings given as an event's `kind` (by keyword or to a
+    parameter named `kind`), or as an `outcome` that names a kind (`policy.loaded`, passed on as one)."""
+    trees = [ast.parse(path.read_text(), str(path)) for folder in CODE for path in sorted(folder.rglob("*.py"))]
+    parameters = _parameters(trees)
+    # Module-level string constants (`MODAL_OPENED = "decision.reason_asked"`) passed as a kind.
+    for tree in trees:
+        for node in tree.body:
+            value = node.value if isinstance(node, ast.Assign) else None
+            if isinstance(value, ast.Constant) and isinstance(value.value, str):
+                assert isinstance(node, ast.Assign)
+                _CONSTANTS.update({t.id: value.value for t in node.targets if isinstance(t, ast.Name)})
+    kinds: set[str] = set()
+    for tree in trees:
+        for call in (n for n in ast.walk(tree) if isinstance(n, ast.Call)):
+            name = call.func.attr if isinstance(call.func, ast.Attribute) else getattr(call.func, "id", "")
+            bound = [pair for params in parameters.get(name, []) for pair in zip(params, call.args, strict=False)]
+            bound += [(k.arg, k.value) for k in call.keywords if k.arg]
+            for parameter, value in bound:
+                if parameter in ("kind", "outcome"):
+                    kinds.update(t for t in _texts(value) if re.fullmatch(r"[a-z]+\.[a-z_]+|[a-z]+\.\*", t))
+    return kinds
+
+
+def documented_event_kinds() -> set[str]:
+    table = [line for line in (DOCS / "audit.md").read_text().splitlines() if line.startswith("| `")]
+    return {kind for line in table for kind in re.findall(r"`([a-z]+\.[a-z_]+)`", line.split("|")[1])}
+
+
+def test_the_code_is_seen_to_emit_the_kinds_of_each_family() -> None:
+    kinds = emitted_event_kinds()
+    for kind in ("call.allowed", "call.hidden", "call.gateway", "request.detached", "policy.loaded", "slack.failed"):
+        assert kind in kinds, f"the scan of the code misses {kind}: {sorted(kinds)}"
+    assert "request.*" in kinds, "decisions and results are written as f'request.{...}'"
+
+
+def test_every_audit_event_kind_the_code_writes_is_in_the_table_in_docs_audit_md() -> None:
+    documented = documented_event_kinds()
+    emitted = emitted_event_kinds()
+    missing = sorted(k for k in emitted if not k.endswith("*") and k not in documented)
+    assert not missing, f"event kinds missing from the table in docs/audit.md: {missing}"
+    prefixes = [k[:-1] for k in emitted if k.endswith("*")]
+    for prefix in prefixes:
+        assert any(d.startswith(prefix) for d in documented), f"no {prefix}… kind in docs/audit.md"
+    stale = sorted(k for k in documented - emitted if not k.startswith(tuple(prefixes)))
+    assert not stale, f"docs/audit.md lists kinds the code never writes: {stale}"
+
+
+# ---- the quickstart's commands run as written
+
+
+def quickstart_commands() -> list[list[str]]:
+    """The `.venv/bin/countersign …` lines of the quickstart's shell blocks, as argument lists."""
+    text = (DOCS / "quickstart.md").read_text()
+    blocks = re.findall(r"```sh\n(.*?)```", text, flags=re.DOTALL)
+    lines = [line.strip() for block in blocks for line in block.splitlines()]
+    return [shlex.split(line, comments=True)[1:] for line in lines if line.startswith(".venv/bin/countersign ")]
+
+
+def test_the_quickstart_names_the_command_where_scripts_demo_installs_it() -> None:
+    text = (DOCS / "quickstart.md").read_text()
+    blocks = "\n".join(re.findall(r"```sh\n(.*?)```", text, flags=re.DOTALL))
+    bare = [line for line in blocks.splitlines() if line.strip().startswith("countersign ")]
+    assert not bare, f"bare `countersign` is not on PATH after scripts/demo: {bare}"
+    assert ".venv/bin/countersign" in (DOCS.parent / "scripts" / "demo").read_text()
+    assert len(quickstart_commands()) >= 7
+
+
+def test_every_quickstart_command_parses_and_the_offline_ones_succeed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    for argv in quickstart_commands():
+        build_parser().parse_args(argv)  # an argparse error exits the test
+        if argv[0] in ("init", "policy"):
+            assert main(argv) == 0, f"countersign {' '.join(argv)}: {capsys.readouterr().err}"

@@ -20,6 +20,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from approvals.audit import Event
+from approvals.durations import format_duration
 from approvals.errors import ApprovalError
 from approvals.service import ApprovalService
 from gateway.config import SlackSettings
@@ -173,7 +174,7 @@ def _failed(what: str, request_id: str | None, exc: SlackCallFailed, delay: floa
     return Event(
         kind="slack.failed",
         outcome="retrying",
-        message=f"Slack {what} failed ({exc.error}); retrying in {delay:.1f}s, up to {attempts} attempts. "
+        message=f"Slack {what} failed ({exc.error}); retrying in {format_duration(delay)}, up to {attempts} attempts. "
         "The request stays decidable in the web inbox and the API.",
         request_id=request_id,
         channel="slack",

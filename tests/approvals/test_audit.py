@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -73,6 +74,15 @@ async def test_an_intact_chain_verifies_and_reports_how_many_events_it_checked(
 
     assert code == 0, output
     assert "audit chain intact: 5 events verified" in output
+    # The whole head hash, to keep outside the database: a shortened one could not catch a truncation.
+    head = output.split(", head ", 1)[1].split()[0]
+    db = Database(database_url)
+    try:
+        async with db.read() as conn:
+            last = (await conn.execute(select(EVENTS.c.hash).order_by(EVENTS.c.seq.desc()).limit(1))).scalar_one()
+    finally:
+        await db.dispose()
+    assert head == last and len(head) == 64
 
 
 async def test_a_row_whose_message_was_edited_is_named_by_its_sequence_number(
@@ -146,6 +156,7 @@ async def test_verify_finds_the_database_through_the_config_file_without_the_gat
 async def test_verifying_a_database_without_an_audit_log_is_a_clear_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    sqlite3.connect(tmp_path / "empty.db").close()
     url = f"sqlite:///{tmp_path / 'empty.db'}"
 
     code, output = await countersign(capsys, ["audit", "verify", "--database-url", url])
@@ -153,6 +164,17 @@ async def test_verifying_a_database_without_an_audit_log_is_a_clear_error(
     assert code == 2, output
     assert "no audit log" in output
     assert "Traceback" not in output
+
+
+async def test_verifying_a_database_file_that_does_not_exist_says_so_and_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "typo.db"
+
+    code, output = await countersign(capsys, ["audit", "verify", "--database-url", f"sqlite:///{missing}"])
+
+    assert (code, output.strip()) == (2, f"error: no database file at {missing}")
+    assert not missing.exists()
 
 
 async def test_verifying_an_unreachable_database_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
