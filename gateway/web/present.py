@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from markupsafe import Markup, escape
+
 from approvals.views import AuditEventView
 
 FieldKind = Literal["text", "code", "time", "block"]
@@ -73,6 +75,12 @@ def humane(moment: datetime, now: datetime) -> str:
 def exact(moment: datetime) -> str:
     """The full time, to the millisecond, for a title attribute."""
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
+
+
+def soft_breaks(text: str) -> Markup:
+    """Escaped text that may wrap after a dot and before a bracket: a rule like
+    tools["ibkr_cancel_order"].require_approval[0] wraps between its parts, not inside a word."""
+    return Markup(str(escape(text)).replace(".", ".<wbr>").replace("[", "<wbr>["))
 
 
 def compact_json(text: str | None) -> str:

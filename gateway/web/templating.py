@@ -117,6 +117,7 @@ class Templates:
             humane=present.humane,
             exact=present.exact,
             compact_json=present.compact_json,
+            soft_breaks=present.soft_breaks,
             readable_json=present.readable_json,
             result_parts=present.result_parts,
             describe_event=present.describe_event,

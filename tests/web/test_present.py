@@ -16,6 +16,7 @@ from gateway.web.present import (
     humane,
     readable_json,
     result_parts,
+    soft_breaks,
 )
 
 NOW = datetime(2026, 11, 30, 10, 42, 7, 250_000, tzinfo=UTC)
@@ -56,6 +57,7 @@ def test_times_read_as_people_say_them_with_the_exact_time_kept_for_the_title() 
 def test_arguments_on_one_line_break_between_values_not_inside_them() -> None:
     assert compact_json('{"confirm":true,"orderId":1004}') == '{"confirm": true, "orderId": 1004}'
     assert compact_json("not json") == "not json"
+    assert soft_breaks('t["a<b>"].r[0]') == "t<wbr>[&#34;a&lt;b&gt;&#34;].<wbr>r<wbr>[0]"
 
 
 def test_a_string_with_line_breaks_is_shown_on_several_lines_not_with_a_literal_backslash_n() -> None:
