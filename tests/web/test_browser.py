@@ -146,6 +146,8 @@ async def test_a_rejection_reaches_the_agent_and_a_second_browser_is_told_it_was
             await notice.get_by_text("Already rejected by alice at").wait_for()
             assert "not recorded" in await notice.inner_text()
             assert "Rejected" in await bob_card.locator(".badge").inner_text()
+            # Bob's page still cannot poll, and says so.
+            await bob.locator("#flash").get_by_text("Cannot reach the gateway").wait_for()
             await screenshot(bob, "inbox-already-decided")
 
         result = box["result"]
@@ -284,7 +286,7 @@ async def test_the_inbox_request_and_audit_pages_fit_a_laptop_and_a_phone_and_re
                 if viewport is LAPTOP:
                     instrument = card.locator(".order-facts strong").first
                     assert await instrument.evaluate("el => el.getClientRects().length") == 1, "instrument wraps"
-                await screenshot(page, "inbox-held-cancel" if viewport is LAPTOP else "inbox-phone")
+                await screenshot(page, "inbox-held-cancel" if viewport is LAPTOP else "inbox-phone", full_page=True)
 
                 await page.goto(f"/approvals/{held['id']}")
                 await page.locator(".order").get_by_text("protective stop").wait_for()
@@ -314,6 +316,9 @@ async def test_the_inbox_request_and_audit_pages_fit_a_laptop_and_a_phone_and_re
                     first = rows.first
                     assert await first.locator(".time-cell .moment").evaluate("el => el.getClientRects().length") == 1
                     assert await _word_lines(rows.filter(has_text="1004").locator(".args-cell code"), "orderId") == 1
+                if viewport is PHONE:
+                    # The phone's picture shows the events, not the filter form above them.
+                    await page.locator("#result-count").evaluate("el => el.scrollIntoView({block: 'start'})")
                 await screenshot(page, f"audit{suffix}", full_page=viewport is LAPTOP)
                 assert watch.errors == [] and watch.dialogs == []
             await h.api().post(f"/api/approvals/{held['id']}/reject", json={"reason": "pictures taken"})
