@@ -33,12 +33,13 @@ LABELS: dict[str, str] = {
 }
 CODE_KEYS = frozenset({"rule", "method", "operation"})
 
-# A message longer than this, or one that starts like JSON, is an excerpt of a result rather than a sentence.
-_SENTENCE_LIMIT = 160
-HEADLINES: dict[str, str] = {
-    "executed": "Executed; the upstream answered.",
-    "failed": "The upstream reported an error.",
+# Executed and failed events carry the upstream's own words (or data) as their message: the page says
+# what happened, and quotes a short answer or folds a long one away.
+ANSWERED: dict[str, str] = {
+    "executed": "Executed; the upstream answered",
+    "failed": "The upstream reported an error",
 }
+_SHORT_ANSWER = 120
 
 
 def ago(moment: datetime, now: datetime) -> str:
@@ -209,10 +210,15 @@ class EventSummary:
 
 def describe_event(event: AuditEventView) -> EventSummary:
     message = event.message.strip()
+    looks_like_data = message[:1] in ("{", "[")
+    lead = ANSWERED.get(event.outcome)
     excerpt: str | None = None
-    if message[:1] in ("{", "[") or len(message) > _SENTENCE_LIMIT:
-        excerpt = message
-        headline = HEADLINES.get(event.outcome, f"{event.outcome.capitalize()}.")
+    if lead is not None and message in ("", event.outcome):
+        headline = f"{lead}."
+    elif lead is not None and not looks_like_data and len(message) <= _SHORT_ANSWER:
+        headline = f"{lead}: {message}"
+    elif lead is not None or looks_like_data:
+        headline, excerpt = f"{lead or event.outcome.capitalize()}.", message
     else:
         headline = message
     return EventSummary(headline, tuple(detail_fields(event.detail, message)), excerpt)

@@ -121,3 +121,10 @@ def test_an_audit_event_reads_as_a_sentence_with_labelled_details_and_no_repeats
 
     failed = describe_event(event("boom: " + "y" * 300, "failed", error="boom: " + "y" * 150 + "…"))
     assert failed.headline == "The upstream reported an error." and failed.fields == ()
+    short = describe_event(event("order not found", "failed", error="order not found"))
+    assert short.headline == "The upstream reported an error: order not found" and short.fields == ()
+    assert short.excerpt is None
+
+    # A long sentence from the gateway itself is still a sentence, not an excerpt.
+    slack = "Slack post failed (ratelimited); retrying in 1.0s, up to 5 attempts. " * 3
+    assert describe_event(event(slack, "retrying", operation="post")).headline == slack.strip()
