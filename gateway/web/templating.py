@@ -110,9 +110,12 @@ class Templates:
             lstrip_blocks=True,
         )
         self.env.filters.update(
-            when=when_element, clock=clock, iso=iso, span=span, number=number, pretty_json=pretty_json
-        )
-        self.env.filters.update(
+            when=when_element,
+            clock=clock,
+            iso=iso,
+            span=span,
+            number=number,
+            pretty_json=pretty_json,
             ago=present.ago,
             humane=present.humane,
             exact=present.exact,
