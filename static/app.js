@@ -21,8 +21,27 @@
     return s + "s";
   }
 
+  // The same words as gateway/web/present.py's ago().
+  function ago(ms) {
+    var seconds = Math.trunc(ms / 1000), future = seconds < 0, amount;
+    seconds = Math.abs(seconds);
+    if (seconds < 10) return "just now";
+    if (seconds < 60) amount = seconds + " s";
+    else if (seconds < 3600) amount = Math.floor(seconds / 60) + " min";
+    else if (seconds < 86400) amount = Math.floor(seconds / 3600) + " h";
+    else {
+      var days = Math.floor(seconds / 86400);
+      amount = days + (days === 1 ? " day" : " days");
+    }
+    return future ? "in " + amount : amount + " ago";
+  }
+
   function tick() {
     var t = now();
+    document.querySelectorAll("[data-ago]").forEach(function (el) {
+      var at = Date.parse(el.getAttribute("data-ago"));
+      if (isFinite(at)) el.textContent = ago(t - at);
+    });
     document.querySelectorAll("[data-since]").forEach(function (el) {
       var at = Date.parse(el.getAttribute("data-since"));
       if (isFinite(at)) el.textContent = span(t - at);
@@ -44,7 +63,12 @@
     if (big) {
       big.textContent = String(n);
       big.setAttribute("aria-label", n + " waiting");
+      big.hidden = n === 0;
     }
+    var heading = document.getElementById("pending-title");
+    if (heading) heading.textContent = n ? "Waiting for a decision" : "Inbox";
+    var decidedNote = document.getElementById("decided-note");
+    if (decidedNote) decidedNote.hidden = !cards.querySelector('[data-status]:not([data-status="pending"])');
     var nav = document.getElementById("nav-count");
     if (nav) {
       nav.textContent = String(n);

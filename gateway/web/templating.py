@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from markupsafe import Markup
 from starlette.background import BackgroundTask
 from starlette.responses import HTMLResponse
 
 import gateway
 from gateway.context import number
 from gateway.text import mark_hidden
+from gateway.web import present
 
 
 def asset_dir(name: str) -> Path:
@@ -38,6 +40,19 @@ def when(moment: datetime | None) -> str:
     if moment is None:
         return "—"
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@jinja2.pass_context
+def when_element(context: jinja2.runtime.Context, moment: datetime | None) -> str:
+    """The `when` filter: a humane time (10:42:07 UTC, or with the day when not today) whose title is exact."""
+    if moment is None:
+        return "—"
+    now = context.get("clock")
+    if not isinstance(now, datetime):
+        now = datetime.now(UTC)
+    return Markup('<time datetime="{}" title="{}">{}</time>').format(
+        iso(moment), present.exact(moment), present.humane(moment, now)
+    )
 
 
 def clock(moment: datetime) -> str:
@@ -87,8 +102,23 @@ class Templates:
             trim_blocks=True,
             lstrip_blocks=True,
         )
-        self.env.filters.update(when=when, clock=clock, iso=iso, span=span, number=number, pretty_json=pretty_json)
-        self.env.filters["mark_hidden"] = mark_hidden
+        self.env.filters.update(
+            when=when_element,
+            clock=clock,
+            iso=iso,
+            span=span,
+            number=number,
+            pretty_json=pretty_json,
+            ago=present.ago,
+            humane=present.humane,
+            exact=present.exact,
+            compact_json=present.compact_json,
+            soft_breaks=present.soft_breaks,
+            readable_json=present.readable_json,
+            result_parts=present.result_parts,
+            describe_event=present.describe_event,
+            mark_hidden=mark_hidden,
+        )
         self.env.globals["static_url"] = self.static_url
 
     def static_url(self, name: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -116,6 +117,71 @@ async def screenshot(page: Page, name: str, *, full_page: bool = False) -> None:
     if os.environ.get("COUNTERSIGN_SCREENSHOTS") != "1":
         return
     DOCS_IMG.mkdir(parents=True, exist_ok=True)
-    # Let the clocks tick once so the picture shows live values rather than the server's first render.
-    await page.wait_for_timeout(1100)
+    await settled(page)
     await page.screenshot(path=str(DOCS_IMG / f"{name}.png"), full_page=full_page)
+
+
+_SETTLED = """async () => {
+  await document.fonts.ready;
+  const deadline = performance.now() + 10000;
+  while (document.querySelector(".htmx-request")) {
+    if (performance.now() > deadline) throw new Error("an htmx request is still in flight after 10 s");
+    await new Promise((resolve) => requestAnimationFrame(resolve));
+  }
+}"""
+
+
+async def settled(page: Page) -> None:
+    """Fonts loaded and no htmx request in flight, so a picture or a measurement shows the page at rest.
+
+    The wait runs inside the page as a function: a string predicate (wait_for_function) would need eval,
+    which the pages' Content-Security-Policy forbids.
+    """
+    await page.evaluate(_SETTLED)
+
+
+async def title_is(page: Page, pattern: str) -> None:
+    """Wait until the tab title matches `pattern` (a regular expression), without eval (see `settled`)."""
+    from playwright.async_api import expect
+
+    await expect(page).to_have_title(re.compile(pattern))
+
+
+# What a page must fit into: the viewport, and for each element the nearest of these boxes around it.
+CONTAINERS = ".card, .panel, .order, .table-wrap, .events tr, .empty, .notice, pre, .topbar, .decide, .fields"
+
+_OVERFLOWS = """(containers) => {
+  const width = window.innerWidth;
+  const found = [];
+  const describe = (el) => el.tagName.toLowerCase() + (el.id ? "#" + el.id : "") +
+    [...el.classList].map((c) => "." + c).join("") + ` "${(el.textContent || "").trim().slice(0, 40)}"`;
+  const root = document.documentElement;
+  if (root.scrollWidth > width) found.push(`the page is ${root.scrollWidth} px wide in a ${width} px viewport`);
+  for (const el of document.body.querySelectorAll("*")) {
+    if (el.closest(".visually-hidden, .skip-link, datalist, script, [hidden]")) continue;
+    const style = getComputedStyle(el);
+    const box = el.getBoundingClientRect();
+    if (style.display === "none" || style.visibility === "hidden" || (box.width === 0 && box.height === 0)) continue;
+    const at = `${Math.round(box.left)}..${Math.round(box.right)}`;
+    if (box.left < -1 || box.right > width + 1) found.push(`${describe(el)} spans ${at}, outside the viewport`);
+    const container = el.parentElement && el.parentElement.closest(containers);
+    if (container) {
+      const outer = container.getBoundingClientRect();
+      if (box.left < outer.left - 1 || box.right > outer.right + 1) {
+        found.push(`${describe(el)} spans ${at}, outside ${describe(container)} ` +
+          `(${Math.round(outer.left)}..${Math.round(outer.right)})`);
+      }
+    }
+    if (["auto", "scroll"].includes(style.overflowX) && el.scrollWidth > el.clientWidth + 1) {
+      found.push(`${describe(el)} scrolls sideways (${el.scrollWidth} px in ${el.clientWidth})`);
+    }
+  }
+  return found;
+}"""
+
+
+async def overflows(page: Page) -> list[str]:
+    """Every element that sticks out of the viewport or of its card or panel, or scrolls sideways."""
+    await settled(page)
+    found: list[str] = await page.evaluate(_OVERFLOWS, CONTAINERS)
+    return found
