@@ -15,12 +15,12 @@ from typing import Any
 
 import anyio
 from sqlalchemy import event, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from approvals import migrations
+from approvals.database_url import parse_database_url
 from approvals.errors import StoreUnavailable
 from approvals.migrations import SchemaOutdated, SchemaState
 
@@ -30,29 +30,19 @@ _SCHEMA_LOCK_KEY = 0x0C5_5C4E3A
 
 
 def normalise_url(url: str) -> str:
-    """Accept the plain URLs people paste (postgres://, postgresql://, sqlite:///) and pick async drivers."""
-    if url.startswith("postgres://"):
-        url = "postgresql://" + url[len("postgres://") :]
-    parsed = make_url(url)
-    driver = parsed.drivername
-    if driver in ("postgresql", "postgresql+psycopg2", "postgresql+psycopg"):
-        parsed = parsed.set(drivername="postgresql+asyncpg")
-    elif driver in ("sqlite", "sqlite+pysqlite"):
-        parsed = parsed.set(drivername="sqlite+aiosqlite")
-    elif driver not in ("postgresql+asyncpg", "sqlite+aiosqlite"):
-        raise ValueError(f"unsupported database URL scheme {driver!r}; use sqlite:/// or postgresql://")
-    return parsed.render_as_string(hide_password=False)
+    """The URL with the async driver the gateway uses; ValueError for a URL it cannot use."""
+    return parse_database_url(url).url
 
 
 class Database:
     def __init__(self, url: str, *, echo: bool = False) -> None:
-        self.url = normalise_url(url)
-        self.is_sqlite = self.url.startswith("sqlite")
+        parsed = parse_database_url(url)
+        self.url = parsed.url
+        self.is_sqlite = parsed.is_sqlite
         self._write_lock = anyio.Lock()
+        if parsed.sqlite_file is not None:
+            Path(parsed.sqlite_file).expanduser().parent.mkdir(parents=True, exist_ok=True)
         if self.is_sqlite:
-            database = make_url(self.url).database
-            if database and database != ":memory:":
-                Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
             connect_args: dict[str, Any] = {"timeout": 30}
             self.engine: AsyncEngine = create_async_engine(self.url, echo=echo, connect_args=connect_args)
             self._write_engine = create_async_engine(self.url, echo=echo, connect_args=connect_args)

@@ -19,6 +19,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from approvals.approvers import token_digest
+from gateway.bearer import BearerProblem, bearer_token
 from gateway.config import DEV_AGENT_NAME
 from gateway.mcp_server import AGENT_KEY, DISCONNECTED_KEY
 
@@ -34,15 +35,12 @@ class AgentAuth:
         self.agents = dict(agents)
         self.dev_mode = dev_mode
 
-    def identify(self, authorization: str | None) -> str | None:
+    def identify(self, token: str | None) -> str | None:
         if self.dev_mode and not self.agents:
             return DEV_AGENT
-        if not authorization:
+        if token is None:
             return DEV_AGENT if self.dev_mode else None
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            return None
-        digest = token_digest(token.strip())
+        digest = token_digest(token)
         found = None
         for known, name in self.agents.items():
             if hmac.compare_digest(known, digest):
@@ -54,16 +52,17 @@ class AgentAuth:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        if sum(1 for k, _ in scope["headers"] if k.lower() == b"authorization") > 1:
-            # The dict above keeps the last copy, the approver API the first, a proxy either: refuse both.
-            await _unauthorized(send, "send exactly one Authorization header")
+        try:
+            token = bearer_token(scope["headers"])
+        except BearerProblem as problem:
+            await _unauthorized(send, f"{problem} (an agent's token)")
             return
-        agent = self.identify(headers.get("authorization"))
+        agent = self.identify(token)
         if agent is None:
             await _unauthorized(
                 send,
                 "missing or unknown bearer token"
-                if "authorization" not in headers
+                if token is None
                 else "the bearer token is not valid for any configured agent",
             )
             return

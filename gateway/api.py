@@ -18,6 +18,7 @@ from approvals.story import describe
 from approvals.views import AuditEventView, DecisionOutcome, RequestView
 from gateway import bounded_json
 from gateway.api_client import CHANNEL_HEADER
+from gateway.bearer import BearerProblem, bearer_token
 
 # A decision's body holds one reason; a reason is a sentence or two, never this much.
 MAX_DECISION_BODY = 64 * 1024
@@ -83,15 +84,13 @@ def _approver(request: Request) -> Approver:
 
 def approver_from_headers(request: Request) -> Approver:
     """The approver whose API token the request carries; HTTPException 401 otherwise."""
-    if len(request.headers.getlist("authorization")) > 1:
-        # Proxies and frameworks disagree on which copy counts (the first, the last, both joined),
-        # so a request that carries two is refused rather than read one way here and another there.
-        raise HTTPException(401, "send exactly one Authorization header")
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    try:
+        token = bearer_token(request.scope["headers"])
+    except BearerProblem as problem:
+        raise HTTPException(401, f"{problem} (an approver's API token)") from None
+    if token is None:
         raise HTTPException(401, "send an approver's API token as 'Authorization: Bearer <token>'")
-    approver = _service(request).approvers.by_api_token(token.strip())
+    approver = _service(request).approvers.by_api_token(token)
     if approver is None:
         raise HTTPException(401, "the API token does not belong to any configured approver")
     return approver

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from approvals.approvers import Approver, token_digest
+from approvals.database_url import parse_database_url
 from approvals.durations import parse_duration
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -25,10 +26,6 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _NAME = r"^[A-Za-z0-9_.-]+$"
 _APPROVER_NAME = r"^[^\s,]+$"
 _SHA256 = r"^[0-9a-f]{64}$"
-_DATABASE_SCHEMES = frozenset(
-    {"sqlite", "sqlite+aiosqlite", "sqlite+pysqlite", "postgres", "postgresql", "postgresql+asyncpg"}
-    | {"postgresql+psycopg", "postgresql+psycopg2"}
-)
 # What each pattern means, for people editing TOML rather than reading regular expressions.
 _PATTERN_HELP = {
     _NAME: "use only letters, digits, '_', '.' and '-'",
@@ -75,11 +72,7 @@ class ServerSettings(_Section):
     @field_validator("database_url")
     @classmethod
     def _known_database(cls, url: str) -> str:
-        scheme = url.partition("://")[0]
-        if scheme not in _DATABASE_SCHEMES or "://" not in url:
-            raise ValueError(
-                "expected a SQLite or PostgreSQL URL such as sqlite:///countersign.db or postgresql://user@host/dbname"
-            )
+        parse_database_url(url)  # raises ValueError saying what is accepted
         return url
 
     @model_validator(mode="after")
@@ -305,14 +298,8 @@ class Settings(_Section):
 
     @property
     def database_url(self) -> str:
-        url = self.server.database_url
-        prefix = next((p for p in ("sqlite+aiosqlite:///", "sqlite:///") if url.startswith(p)), None)
-        if prefix is None:
-            return url
-        rest = url[len(prefix) :]
-        if rest.startswith("/") or rest == ":memory:":
-            return url
-        return prefix + str(self.resolve(rest))
+        """The configured database, a relative SQLite path taken relative to the configuration file."""
+        return parse_database_url(self.server.database_url).resolved(Path(self.base_dir)).written
 
 
 def _expand(value: Any, path: str, source: str, environ: Mapping[str, str]) -> Any:

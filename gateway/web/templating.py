@@ -20,6 +20,7 @@ from starlette.background import BackgroundTask
 from starlette.responses import HTMLResponse
 
 import gateway
+from approvals.durations import format_duration
 from gateway.context import number
 from gateway.text import mark_hidden
 from gateway.web import present
@@ -64,20 +65,10 @@ def iso(moment: datetime) -> str:
 
 
 def span(seconds: float) -> str:
-    """A short human duration: 45s, 3m 12s, 1h 05m, 2d 3h."""
+    """A duration on a page, written the way the agent and Slack write it (approvals.durations)."""
     if not math.isfinite(seconds):
         return "—"
-    total = max(0, int(seconds))
-    days, rest = divmod(total, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d {hours}h"
-    if hours:
-        return f"{hours}h {minutes:02d}m"
-    if minutes:
-        return f"{minutes}m {secs:02d}s"
-    return f"{secs}s"
+    return format_duration(max(0.0, round(seconds)))
 
 
 def pretty_json(value: Any) -> str:

@@ -109,7 +109,7 @@ def test_csv_cells_that_a_spreadsheet_would_run_are_defused() -> None:
 
 
 def test_display_helpers() -> None:
-    assert span(5) == "5s" and span(192) == "3m 12s" and span(3900) == "1h 05m" and span(90000) == "1d 1h"
+    assert span(5) == "5s" and span(192) == "3m 12s" and span(3900) == "1h 5m" and span(90000) == "1d 1h"
     assert pretty_json('{"a":[1]}') == '{\n  "a": [\n    1\n  ]\n}'
     assert pretty_json("not json <b>") == "not json <b>"
 
