@@ -273,9 +273,18 @@ async def test_an_approved_call_goes_to_its_stored_upstream_even_when_another_no
         await c.service.approve(approval_id, ALICE, "api")
         c.upstreams.upstreams.reverse()  # "other" now wins the name in the catalog
         assert c.upstreams.route("cancel_order").upstream.name == "other"  # type: ignore[union-attr]
+        # The policy changes too: cancels are now allowed outright, with no hold bound. The approved
+        # request was made under the old one and keeps what it was given.
+        edited = policy()
+        edited["tools"]["cancel_order"] = {}
+        (c.gateway.settings.policy_path).write_text(json.dumps(edited))
+        assert await c.gateway.policies.reload("test")
+        assert c.gateway.policies.current.evaluate("cancel_order", CANCEL).action == "allow"
         result = await agent.call_tool("countersign_approval_wait", {"approval_id": approval_id})
     assert text(result) == "cancelled 1001 on paper"
     assert other.calls == [] and paper.calls == [("cancel_order", CANCEL)]
+    executed = await c.service.get(approval_id)
+    assert (executed.upstream, executed.upstream_tool, executed.max_hold_seconds) == ("paper", "cancel_order", 0.1)
 
 
 async def test_an_approved_call_whose_upstream_is_gone_is_refused_never_rerouted(tmp_path: Path) -> None:
