@@ -80,7 +80,7 @@ def exact(moment: datetime) -> str:
 
 def soft_breaks(text: str) -> Markup:
     """Escaped text that may wrap after a dot and before a bracket: a rule like
-    tools["ibkr_cancel_order"].require_approval[0] wraps between its parts, not inside a word."""
+    tools["cancel_order"].require_approval[0] wraps between its parts, not inside a word."""
     return Markup(str(escape(text)).replace(".", ".<wbr>").replace("[", "<wbr>["))
 
 
