@@ -94,3 +94,17 @@ def test_modules_stay_small() -> None:
 def test_each_module_imports_on_its_own(module: str) -> None:
     done = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_the_approval_channels_know_no_upstreams_tools() -> None:
+    # What a request is about reaches the web and Slack through the context lookups, never by tool name.
+    places = [ROOT / "gateway" / "web", ROOT / "gateway" / "slack", ROOT / "templates"]
+    named = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for place in places
+        for path in sorted(place.rglob("*"))
+        if path.suffix in (".py", ".html")
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if "ibkr_" in line
+    ]
+    assert named == []
