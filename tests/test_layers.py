@@ -25,6 +25,8 @@ def modules() -> dict[str, Path]:
     found = {}
     for package in PACKAGES:
         for path in sorted((ROOT / package).rglob("*.py")):
+            if path.parent.name == "versions" or path.name == "env.py":
+                continue  # Alembic's scripts: run by Alembic inside a migration, not imported as modules
             parts = path.relative_to(ROOT).with_suffix("").parts
             name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
             found[name] = path

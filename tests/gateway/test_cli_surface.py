@@ -215,7 +215,7 @@ def test_init_says_what_the_starter_policy_does_with_tools_it_does_not_name(
     assert verdict(policy, "ibkr_global_cancel").action == "hide"
     assert verdict(policy, "ibkr_cancel_order").action == "hold"
     assert verdict(policy, "ibkr_get_open_orders").action in ("allow", "limited")
-    assert any(d.startswith("hold if args.dry_run eq false") for d in verdict(policy, "ibkr_place_order").depends)
+    assert any(d.startswith("hold if args.dry_run neq true") for d in verdict(policy, "ibkr_place_order").depends)
     assert any(
         "at most 10 calls per minute per agent" in limit for limit in verdict(policy, "ibkr_preview_order").limits
     )
