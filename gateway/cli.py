@@ -3,54 +3,37 @@
 Each command is one `add_<command>` function that declares its arguments and one `cmd_<command>`
 function that runs it; `build_parser` lists the adders. Commands that read the configuration all
 find it the same way (`--config`, else `$COUNTERSIGN_CONFIG`, else `./countersign.toml`) and read
-only the sections and secrets they use.
+only the sections and secrets they use. This module holds the registry (`COMMANDS`) and the commands
+that run a gateway; the others live in `gateway.cli_policy`, `gateway.cli_approvers` and `gateway.cli_db`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from gateway.cli_approvers import add_approvals, add_hash_password, add_slack
+from gateway.cli_common import CONFIG_HELP, command, read_settings
 from gateway.cli_db import add_db_commands, ready_to_serve
-from gateway.config import ConfigError, ServerSettings, Settings, load_settings
+from gateway.cli_policy import add_policy, add_tools
+from gateway.config import ConfigError, Settings
 from gateway.policy import PolicyError
 
-CONFIG_HELP = "configuration file (default: $COUNTERSIGN_CONFIG, else ./countersign.toml)"
-
 if TYPE_CHECKING:
-    # What add_subparsers() returns; argparse names it only privately and it is generic only in stubs.
-    _Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
-
-
-def config_path(given: str | None) -> str:
-    """The configuration file every command reads: --config, else $COUNTERSIGN_CONFIG, else ./countersign.toml."""
-    return given or os.environ.get("COUNTERSIGN_CONFIG") or "countersign.toml"
-
-
-def _settings(path: str | None, *, only: Collection[str] | None = None, ignore: Collection[str] = ()) -> Settings:
-    return load_settings(config_path(path), only=only, ignore=ignore)
-
-
-def _command(
-    sub: _Subparsers, name: str, help_text: str, func: Callable[[argparse.Namespace], int]
-) -> argparse.ArgumentParser:
-    parser = sub.add_parser(name, help=help_text, description=help_text[:1].upper() + help_text[1:] + ".")
-    parser.set_defaults(func=func)
-    return parser
+    from gateway.cli_common import Subparsers
 
 
 # ---- serve / demo / paper-broker / init
 
 
-def add_serve(sub: _Subparsers) -> None:
-    serve = _command(sub, "serve", "run the gateway: /mcp for agents, the approver API, /healthz", cmd_serve)
+def add_serve(sub: Subparsers) -> None:
+    serve = command(sub, "serve", "run the gateway: /mcp for agents, the approver API, /healthz", cmd_serve)
     serve.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
     serve.add_argument("--host", help="address to listen on (overrides [server] host)")
     serve.add_argument("--port", type=int, help="port to listen on (overrides [server] port)")
@@ -65,7 +48,7 @@ def add_serve(sub: _Subparsers) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.serving import serve_http, serve_stdio
 
-    settings = _settings(args.config)
+    settings = read_settings(args.config)
     if args.host or args.port is not None:
         server = settings.server.model_copy(update={k: v for k, v in (("host", args.host), ("port", args.port)) if v})
         settings = settings.model_copy(update={"server": server})
@@ -100,8 +83,8 @@ def _stdio_agent(settings: Settings, name: str | None) -> str:
     )
 
 
-def add_demo(sub: _Subparsers) -> None:
-    demo = _command(sub, "demo", "run the gateway in front of a paper broker with demo credentials", cmd_demo)
+def add_demo(sub: Subparsers) -> None:
+    demo = command(sub, "demo", "run the gateway in front of a paper broker with demo credentials", cmd_demo)
     demo.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
     demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     demo.add_argument(
@@ -124,10 +107,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(serve_http(settings))
 
 
-def add_paper_broker(sub: _Subparsers) -> None:
+def add_paper_broker(sub: Subparsers) -> None:
     from gateway.paper_broker import DESCRIPTION, add_arguments
 
-    paper = _command(sub, "paper-broker", "run the paper-broker MCP server (stdio, or --http PORT)", cmd_paper_broker)
+    paper = command(sub, "paper-broker", "run the paper-broker MCP server (stdio, or --http PORT)", cmd_paper_broker)
     paper.description = DESCRIPTION
     add_arguments(paper)
 
@@ -138,8 +121,8 @@ def cmd_paper_broker(args: argparse.Namespace) -> int:
     return run(args)
 
 
-def add_init(sub: _Subparsers) -> None:
-    init = _command(sub, "init", "write a commented starter countersign.toml and policy.json", cmd_init)
+def add_init(sub: Subparsers) -> None:
+    init = command(sub, "init", "write a commented starter countersign.toml and policy.json", cmd_init)
     init.add_argument("--dir", default=".", help="folder to write the two files to (default: the current folder)")
     init.add_argument("--force", action="store_true", help="overwrite existing files")
 
@@ -166,130 +149,13 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---- policy
-
-
-def add_policy(sub: _Subparsers) -> None:
-    policy = sub.add_parser("policy", help="check or explain a policy file", description="Check or explain a policy.")
-    commands = policy.add_subparsers(dest="policy_command", required=True, metavar="COMMAND")
-    check = _command(commands, "check", "validate a policy file; exit 1 on errors", cmd_policy_check)
-    check.add_argument("file", metavar="FILE", help="the policy document (JSON)")
-    check.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
-    check.add_argument(
-        "--tools",
-        metavar="FILE",
-        help="a JSON file with the upstream's tools/list result, to check rules against the input schemas",
-    )
-    explain = _command(
-        commands, "explain", "show the decision for one call and the rule that made it", cmd_policy_explain
-    )
-    explain.add_argument("file", metavar="FILE", help="the policy document (JSON)")
-    explain.add_argument("tool", metavar="TOOL", help="the tool name, as agents see it")
-    explain.add_argument(
-        "arguments", metavar="ARGS-JSON", nargs="?", default="{}", help="the call's arguments as a JSON object"
-    )
-    explain.add_argument(
-        "--tools",
-        metavar="FILE",
-        help="a JSON file with the upstream's tools/list result, to evaluate with the schema's defaults",
-    )
-
-
-def _tool_schemas(path: str | None) -> dict[str, dict[str, Any]] | int | None:
-    """The input schemas in a --tools file, None without one, or exit code 2 for a file that cannot be read."""
-    from gateway.policy_report import load_tool_schemas
-
-    if path is None:
-        return None
-    try:
-        return load_tool_schemas(path)
-    except (OSError, ValueError) as exc:
-        print(f"error: --tools {path}: {exc}", file=sys.stderr)
-        return 2
-
-
-def cmd_policy_check(args: argparse.Namespace) -> int:
-    from gateway.policy import load_policy
-    from gateway.policy_report import lint_policy
-
-    schemas = _tool_schemas(args.tools)
-    if isinstance(schemas, int):
-        return schemas
-    try:
-        policy = load_policy(args.file)
-    except PolicyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    warnings = lint_policy(policy, schemas)
-    for warning in warnings:
-        print(f"warning: {args.file}: {warning.path}: {warning.message}", file=sys.stderr)
-    entries = len(policy.tools)
-    summary = (
-        f'default "{policy.default}", {entries} tool {"entry" if entries == 1 else "entries"}, '
-        f"{len(policy.hide)} hidden"
-    )
-    print(f"{args.file}: valid ({summary}){', with warnings' if warnings else ''}")
-    return 1 if warnings and args.strict else 0
-
-
-def cmd_policy_explain(args: argparse.Namespace) -> int:
-    from gateway.policy import load_policy
-    from gateway.policy_report import explain
-
-    schemas = _tool_schemas(args.tools)
-    if isinstance(schemas, int):
-        return schemas
-    try:
-        policy = load_policy(args.file)
-    except PolicyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    try:
-        arguments = json.loads(args.arguments)
-    except ValueError as exc:
-        print(f"error: ARGS-JSON is not valid JSON: {exc}", file=sys.stderr)
-        return 2
-    if not isinstance(arguments, dict):
-        print("error: ARGS-JSON must be a JSON object, e.g. '{\"orderId\": 1001}'", file=sys.stderr)
-        return 2
-    print(explain(policy, args.tool, arguments, (schemas or {}).get(args.tool)))
-    return 0
-
-
-# ---- tools
-
-
-def add_tools(sub: _Subparsers) -> None:
-    tools = _command(
-        sub, "tools", "list the upstreams' tools, their annotations and what the policy does with each", cmd_tools
-    )
-    tools.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
-    tools.add_argument("--policy", metavar="FILE", help="judge by this policy file instead of the configured one")
-    tools.add_argument("--json", action="store_true", help="print JSON for machines instead of a table")
-
-
-def cmd_tools(args: argparse.Namespace) -> int:
-    from gateway.policy import load_policy
-    from gateway.tool_report import as_json, as_table, fetch_tools
-
-    # Connecting needs the upstreams (and their header secrets) and the policy; nothing else.
-    settings = _settings(args.config, only=("policy", "upstreams"))
-    policy = load_policy(args.policy or settings.policy_path)
-    if not settings.upstreams:
-        print(f"error: {settings.source}: upstreams: no upstream is configured", file=sys.stderr)
-        return 2
-    catalog = asyncio.run(fetch_tools(settings))
-    print(json.dumps(as_json(policy, catalog), indent=2) if args.json else as_table(policy, catalog))
-    return 1 if any(entry.error for entry in catalog) else 0
-
-
 # ---- audit
 
 
-def add_audit(sub: _Subparsers) -> None:
+def add_audit(sub: Subparsers) -> None:
     audit = sub.add_parser("audit", help="audit log tools", description="Audit log tools.")
     commands = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
-    verify = _command(
+    verify = command(
         commands,
         "verify",
         "verify the audit hash chain and print its head; report the first broken link",
@@ -305,7 +171,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     from approvals.errors import StoreUnavailable
 
     # Only [server] is read: verifying needs the database, not the gateway's other secrets.
-    url = args.database_url or _settings(args.config, only=("server",)).database_url
+    url = args.database_url or read_settings(args.config, only=("server",)).database_url
     missing = _missing_sqlite_file(url)
     if missing is not None:
         # Opening it would create an empty database and report on that instead of the one meant.
@@ -346,127 +212,7 @@ def _missing_sqlite_file(url: str) -> Path | None:
     return None if file.exists() else file
 
 
-# ---- approvals (through the approver API, so decisions reach held calls at once)
-
-
-def add_approvals(sub: _Subparsers) -> None:
-    approvals = sub.add_parser(
-        "approvals", help="list, show, approve or reject held calls", description="Held calls, through the API."
-    )
-    actions = approvals.add_subparsers(dest="action", required=True, metavar="COMMAND")
-    for name, help_text in (
-        ("list", "list requests (pending by default)"),
-        ("show", "show one request with its arguments and timeline"),
-        ("approve", "approve a request"),
-        ("reject", "reject a request"),
-    ):
-        action = _command(actions, name, help_text, cmd_approvals)
-        action.add_argument(
-            "--url", help="gateway URL (default: $COUNTERSIGN_URL, else the configuration's public_url or host:port)"
-        )
-        action.add_argument("--token", help="approver API token (default: $COUNTERSIGN_API_TOKEN)")
-        action.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
-        action.add_argument("--json", action="store_true", help="print the API's JSON")
-        if name == "list":
-            action.add_argument(
-                "--status", default="pending", help="pending (default), approved, executed, rejected, ..., or all"
-            )
-            action.add_argument("--limit", type=int, default=50, help="at most this many requests (default 50)")
-        else:
-            action.add_argument("id", metavar="ID", help="the request id (apr_…)")
-        if name in ("approve", "reject"):
-            action.add_argument("--reason", help="why (required to reject when the policy says so)")
-
-
-def _gateway_url(args: argparse.Namespace) -> str:
-    url: str | None = args.url or os.environ.get("COUNTERSIGN_URL")
-    if url:
-        return url
-    if args.config or os.environ.get("COUNTERSIGN_CONFIG") or Path(config_path(None)).is_file():
-        # Only the address is needed: not the database's, the agents' or the approvers' secrets.
-        return _settings(args.config, only=("server",), ignore=("server.database_url",)).server.base_url
-    return ServerSettings().base_url
-
-
-def cmd_approvals(args: argparse.Namespace) -> int:
-    from gateway.api_client import ApiClient, ApiError, print_approval, print_table
-
-    url = _gateway_url(args)
-    token = args.token or os.environ.get("COUNTERSIGN_API_TOKEN")
-    if not token:
-        print("error: give an approver API token with --token or COUNTERSIGN_API_TOKEN", file=sys.stderr)
-        return 2
-    client = ApiClient(url, token)
-    try:
-        if args.action == "list":
-            status = None if args.status == "all" else args.status
-            data = client.get("/api/approvals", {"status": status, "limit": str(args.limit)})
-            if args.json:
-                print(json.dumps(data, indent=2))
-            else:
-                print_table(data["approvals"])
-        elif args.action == "show":
-            data = client.get(f"/api/approvals/{args.id}")
-            print(json.dumps(data, indent=2) if args.json else print_approval(data))
-        else:
-            body: dict[str, Any] = {"reason": args.reason} if args.reason else {}
-            data = client.post(f"/api/approvals/{args.id}/{args.action}", body)
-            print(json.dumps(data, indent=2) if args.json else data["message"])
-    except ApiError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-# ---- slack
-
-
-def add_slack(sub: _Subparsers) -> None:
-    slack = sub.add_parser("slack", help="Slack set-up tools", description="Slack set-up tools.")
-    commands = slack.add_subparsers(dest="slack_command", required=True, metavar="COMMAND")
-    check = _command(commands, "check", "verify the Slack token, channel access and configuration", cmd_slack_check)
-    check.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
-
-
-def cmd_slack_check(args: argparse.Namespace) -> int:
-    from gateway.slack.check import check, report
-
-    # Slack's own secrets, the address Slack calls, the policy's channels and the approvers' Slack
-    # identities; never the database, the upstreams' or agents' secrets or approvers' API tokens.
-    settings = _settings(
-        args.config,
-        only=("server", "policy", "slack", "approvers"),
-        ignore=("server.database_url", "approvers.api_token", "approvers.password_hash"),
-    )
-    text, code = report(asyncio.run(check(settings)))
-    print(text)
-    return code
-
-
-# ---- hash-password
-
-
-def add_hash_password(sub: _Subparsers) -> None:
-    hash_password = _command(
-        sub, "hash-password", "print an argon2 hash for an approver's password_hash", cmd_hash_password
-    )
-    hash_password.add_argument("--password", help="the password (prompted for when omitted)")
-
-
-def cmd_hash_password(args: argparse.Namespace) -> int:
-    import getpass
-
-    from argon2 import PasswordHasher
-
-    password = args.password if args.password is not None else getpass.getpass("password: ")
-    if not password:
-        print("error: the password is empty", file=sys.stderr)
-        return 2
-    print(PasswordHasher().hash(password))
-    return 0
-
-
-COMMANDS: tuple[Callable[[_Subparsers], None], ...] = (  # the order of `countersign --help`
+COMMANDS: tuple[Callable[[Subparsers], None], ...] = (  # the order of `countersign --help`
     add_serve,
     add_demo,
     add_paper_broker,

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from approvals.durations import format_duration
-from gateway.policy import HOLD_WHEN_ABSENT, ApprovalSettings, Limit, Policy, ToolPolicy, is_glob, tool_where
+from gateway.policy_model import HOLD_WHEN_ABSENT, ApprovalSettings, Limit, Policy, ToolPolicy, is_glob, tool_where
 
 _ASKS_FOR_A_HUMAN = re.compile(r"\b(approv\w*|human|review\w*|sign[- ]?off|four[- ]eyes)\b", re.IGNORECASE)
 

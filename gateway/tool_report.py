@@ -16,7 +16,7 @@ import anyio
 import mcp_types as types
 
 from gateway.config import Settings
-from gateway.policy import Limit, Policy, Rule, tool_where
+from gateway.policy_model import Limit, Policy, Rule, tool_where
 from gateway.results import STATUS_TOOL, WAIT_TOOL
 from gateway.upstreams import UpstreamSet
 

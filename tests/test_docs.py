@@ -63,16 +63,16 @@ def test_every_cli_command_is_documented() -> None:
 
 
 def test_every_policy_field_and_op_is_documented() -> None:
-    from gateway import policy
+    from gateway import policy_document, policy_model
 
     text = (DOCS / "policy.md").read_text()
     names = {
-        *policy._TOP_LEVEL_KEYS,
-        *policy._TOOL_KEYS,
-        *policy._APPROVAL_KEYS,
-        *policy._LIMIT_KEYS,
-        *policy._CONDITION_KEYS,
-        *policy.OPS,
+        *policy_document._TOP_LEVEL_KEYS,
+        *policy_document._TOOL_KEYS,
+        *policy_document._APPROVAL_KEYS,
+        *policy_document._LIMIT_KEYS,
+        *policy_document._CONDITION_KEYS,
+        *policy_model.OPS,
     }
     missing = sorted(name for name in names if f"`{name}`" not in text)
     assert not missing, f"policy fields/ops missing from docs/policy.md: {missing}"

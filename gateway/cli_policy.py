@@ -1,0 +1,136 @@
+"""`countersign policy check|explain` and `countersign tools`: what a policy file says, and does to each tool.
+
+Registered in `gateway.cli.COMMANDS`; heavy imports are deferred, as there, so the CLI starts quickly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import TYPE_CHECKING, Any
+
+from gateway.cli_common import CONFIG_HELP, command, read_settings
+from gateway.policy import PolicyError
+
+if TYPE_CHECKING:
+    import argparse
+
+    from gateway.cli_common import Subparsers
+
+
+# ---- policy
+
+
+def add_policy(sub: Subparsers) -> None:
+    policy = sub.add_parser("policy", help="check or explain a policy file", description="Check or explain a policy.")
+    commands = policy.add_subparsers(dest="policy_command", required=True, metavar="COMMAND")
+    check = command(commands, "check", "validate a policy file; exit 1 on errors", cmd_policy_check)
+    check.add_argument("file", metavar="FILE", help="the policy document (JSON)")
+    check.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
+    check.add_argument(
+        "--tools",
+        metavar="FILE",
+        help="a JSON file with the upstream's tools/list result, to check rules against the input schemas",
+    )
+    explain = command(
+        commands, "explain", "show the decision for one call and the rule that made it", cmd_policy_explain
+    )
+    explain.add_argument("file", metavar="FILE", help="the policy document (JSON)")
+    explain.add_argument("tool", metavar="TOOL", help="the tool name, as agents see it")
+    explain.add_argument(
+        "arguments", metavar="ARGS-JSON", nargs="?", default="{}", help="the call's arguments as a JSON object"
+    )
+    explain.add_argument(
+        "--tools",
+        metavar="FILE",
+        help="a JSON file with the upstream's tools/list result, to evaluate with the schema's defaults",
+    )
+
+
+def _tool_schemas(path: str | None) -> dict[str, dict[str, Any]] | int | None:
+    """The input schemas in a --tools file, None without one, or exit code 2 for a file that cannot be read."""
+    from gateway.policy_report import load_tool_schemas
+
+    if path is None:
+        return None
+    try:
+        return load_tool_schemas(path)
+    except (OSError, ValueError) as exc:
+        print(f"error: --tools {path}: {exc}", file=sys.stderr)
+        return 2
+
+
+def cmd_policy_check(args: argparse.Namespace) -> int:
+    from gateway.policy import load_policy
+    from gateway.policy_report import lint_policy
+
+    schemas = _tool_schemas(args.tools)
+    if isinstance(schemas, int):
+        return schemas
+    try:
+        policy = load_policy(args.file)
+    except PolicyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    warnings = lint_policy(policy, schemas)
+    for warning in warnings:
+        print(f"warning: {args.file}: {warning.path}: {warning.message}", file=sys.stderr)
+    entries = len(policy.tools)
+    summary = (
+        f'default "{policy.default}", {entries} tool {"entry" if entries == 1 else "entries"}, '
+        f"{len(policy.hide)} hidden"
+    )
+    print(f"{args.file}: valid ({summary}){', with warnings' if warnings else ''}")
+    return 1 if warnings and args.strict else 0
+
+
+def cmd_policy_explain(args: argparse.Namespace) -> int:
+    from gateway.policy import load_policy
+    from gateway.policy_report import explain
+
+    schemas = _tool_schemas(args.tools)
+    if isinstance(schemas, int):
+        return schemas
+    try:
+        policy = load_policy(args.file)
+    except PolicyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        arguments = json.loads(args.arguments)
+    except ValueError as exc:
+        print(f"error: ARGS-JSON is not valid JSON: {exc}", file=sys.stderr)
+        return 2
+    if not isinstance(arguments, dict):
+        print("error: ARGS-JSON must be a JSON object, e.g. '{\"orderId\": 1001}'", file=sys.stderr)
+        return 2
+    print(explain(policy, args.tool, arguments, (schemas or {}).get(args.tool)))
+    return 0
+
+
+# ---- tools
+
+
+def add_tools(sub: Subparsers) -> None:
+    tools = command(
+        sub, "tools", "list the upstreams' tools, their annotations and what the policy does with each", cmd_tools
+    )
+    tools.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    tools.add_argument("--policy", metavar="FILE", help="judge by this policy file instead of the configured one")
+    tools.add_argument("--json", action="store_true", help="print JSON for machines instead of a table")
+
+
+def cmd_tools(args: argparse.Namespace) -> int:
+    from gateway.policy import load_policy
+    from gateway.tool_report import as_json, as_table, fetch_tools
+
+    # Connecting needs the upstreams (and their header secrets) and the policy; nothing else.
+    settings = read_settings(args.config, only=("policy", "upstreams"))
+    policy = load_policy(args.policy or settings.policy_path)
+    if not settings.upstreams:
+        print(f"error: {settings.source}: upstreams: no upstream is configured", file=sys.stderr)
+        return 2
+    catalog = asyncio.run(fetch_tools(settings))
+    print(json.dumps(as_json(policy, catalog), indent=2) if args.json else as_table(policy, catalog))
+    return 1 if any(entry.error for entry in catalog) else 0

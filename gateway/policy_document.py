@@ -1,0 +1,297 @@
+"""Read and validate a policy document into a `Policy`, naming the first bad field by its path.
+
+The keys listed here are the whole format; docs/policy.md documents each one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final, cast
+
+from approvals.durations import parse_duration
+from gateway.policy_model import (
+    CHANNELS,
+    OPS,
+    ORDERING,
+    SCOPES,
+    WINDOW_SECONDS,
+    ApprovalSettings,
+    Condition,
+    Default,
+    Limit,
+    Policy,
+    Rule,
+    Scope,
+    ToolPolicy,
+    Window,
+    is_number,
+    json_type,
+    tool_where,
+)
+
+_TOP_LEVEL_KEYS: Final = ("version", "default", "hide", "all_tools", "tools")
+_TOOL_KEYS: Final = ("deny_if", "require", "limits", "require_approval", "approval")
+_LIMIT_KEYS: Final = ("counter", "window", "max", "scope")
+_CONDITION_KEYS: Final = ("path", "op", "value")
+_APPROVAL_KEYS: Final = (
+    "timeout",
+    "approvers",
+    "quorum",
+    "channels",
+    "slack_channel",
+    "reject_reason",
+    "max_hold",
+    "pickup_window",
+    "run_unattended",
+    "on_cancel",
+)
+
+
+class PolicyError(Exception):
+    """A document that does not validate; ``path`` points at the bad field."""
+
+    def __init__(self, source: str, path: str, message: str) -> None:
+        super().__init__(f"{source}: {path}: {message}")
+        self.source = source
+        self.path = path
+        self.message = message
+
+
+def parse_policy(document: object, source: str = "<policy>") -> Policy:
+    """Validate a decoded document; raise PolicyError naming the first bad field."""
+    return _Parser(source).document(document)
+
+
+def load_policy(path: str | os.PathLike[str]) -> Policy:
+    source = os.fspath(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError(source, "$", f"cannot read the file: {exc}") from exc
+    try:
+        document = json.loads(text, object_pairs_hook=_refuse_duplicate_keys, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as exc:
+        raise PolicyError(source, "$", f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from exc
+    except ValueError as exc:
+        raise PolicyError(source, "$", f"invalid JSON: {exc}") from exc
+    return parse_policy(document, source)
+
+
+class _Parser:
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, path: str, message: str) -> PolicyError:
+        return PolicyError(self.source, path, message)
+
+    def document(self, document: object) -> Policy:
+        top = self.mapping(document, "$", _TOP_LEVEL_KEYS, root=True)
+        if "version" not in top:
+            raise self.fail("version", 'missing; a policy starts with "version": "1"')
+        if top["version"] != "1" or not isinstance(top["version"], str):
+            raise self.fail("version", f'unsupported version {top["version"]!r}; only "1" is recognised')
+        if "default" not in top:
+            raise self.fail("default", 'missing; expected "allow" or "deny"')
+        default = top["default"]
+        if default not in ("allow", "deny") or not isinstance(default, str):
+            raise self.fail("default", f'expected "allow" or "deny", not {default!r}')
+
+        hide = self.strings(top.get("hide", []), "hide")
+        all_tools = self.tool_policy(top.get("all_tools", {}), "all_tools", "all_tools")
+        tools_doc = self.mapping(top.get("tools", {}), "tools", None)
+        tools = {key: self.tool_policy(body, key, tool_where(key)) for key, body in tools_doc.items()}
+        return Policy(source=self.source, default=cast(Default, default), hide=hide, tools=tools, all_tools=all_tools)
+
+    def mapping(
+        self, value: object, path: str, allowed: Sequence[str] | None, *, root: bool = False
+    ) -> Mapping[str, Any]:
+        if not isinstance(value, Mapping):
+            raise self.fail(path, f"expected an object, not {json_type(value)}")
+        for key in value:
+            if not isinstance(key, str) or not key:
+                raise self.fail(path, f"keys must be non-empty strings, not {key!r}")
+            if allowed is not None and key not in allowed:
+                where = key if root else f"{path}.{key}"
+                raise self.fail(where, f"unknown key '{key}'; expected one of {', '.join(allowed)}")
+        return value
+
+    def sequence(self, value: object, path: str) -> Sequence[Any]:
+        if not isinstance(value, list | tuple):
+            raise self.fail(path, f"expected a list, not {json_type(value)}")
+        return value
+
+    def strings(self, value: object, path: str, *, unique: bool = False) -> tuple[str, ...]:
+        items = self.sequence(value, path)
+        for index, item in enumerate(items):
+            if not isinstance(item, str) or not item:
+                raise self.fail(f"{path}[{index}]", f"expected a non-empty string, not {item!r}")
+            # A repeated approver would let one person count twice towards a quorum.
+            if unique and item in items[:index]:
+                raise self.fail(f"{path}[{index}]", f"{item!r} is listed more than once")
+        return tuple(items)
+
+    def tool_policy(self, value: object, key: str, where: str) -> ToolPolicy:
+        body = self.mapping(value, where, _TOOL_KEYS)
+        approval = body.get("approval")
+        return ToolPolicy(
+            key=key,
+            deny_if=self.rules(body.get("deny_if", []), f"{where}.deny_if", "on_deny"),
+            require=self.rules(body.get("require", []), f"{where}.require", "on_deny"),
+            limits=tuple(
+                self.limit(item, f"{where}.limits[{index}]")
+                for index, item in enumerate(self.sequence(body.get("limits", []), f"{where}.limits"))
+            ),
+            require_approval=self.rules(body.get("require_approval", []), f"{where}.require_approval", "reason"),
+            approval=None if approval is None else self.approval(approval, f"{where}.approval"),
+        )
+
+    def rules(self, value: object, path: str, message_key: str) -> tuple[Rule, ...]:
+        rules: list[Rule] = []
+        for index, item in enumerate(self.sequence(value, path)):
+            where = f"{path}[{index}]"
+            body = self.mapping(item, where, ("conditions", message_key))
+            conditions = tuple(
+                self.condition(raw, f"{where}.conditions[{n}]")
+                for n, raw in enumerate(self.sequence(body.get("conditions", []), f"{where}.conditions"))
+            )
+            message = body.get(message_key, _default_message(path.rsplit(".", 1)[-1], where))
+            if not isinstance(message, str) or not message.strip():
+                raise self.fail(f"{where}.{message_key}", f"expected a non-empty string, not {message!r}")
+            rules.append(Rule(conditions, message, where))
+        return tuple(rules)
+
+    def condition(self, value: object, where: str) -> Condition:
+        body = self.mapping(value, where, _CONDITION_KEYS)
+        path = body.get("path")
+        if not isinstance(path, str) or not re.fullmatch(r"args(\.[^.]+)+", path):
+            raise self.fail(f"{where}.path", f"expected 'args.<field>' such as 'args.order.quantity', not {path!r}")
+        op = body.get("op")
+        if op not in OPS:
+            raise self.fail(f"{where}.op", f"unknown op {op!r}; expected one of {', '.join(OPS)}")
+        if "value" not in body:
+            if op != "exists":
+                raise self.fail(f"{where}.value", f"missing; op '{op}' compares against a value")
+            return Condition(path, op, True)
+        expected = body["value"]
+        bad = _check_value(op, expected)
+        if bad:
+            raise self.fail(f"{where}.value", bad)
+        return Condition(path, op, tuple(expected) if op in ("in", "not_in") else expected)
+
+    def limit(self, value: object, where: str) -> Limit:
+        body = self.mapping(value, where, _LIMIT_KEYS)
+        for required in ("counter", "window", "max"):
+            if required not in body:
+                raise self.fail(f"{where}.{required}", "missing")
+        counter, window, maximum = body["counter"], body["window"], body["max"]
+        scope = body.get("scope", "grant")
+        if not isinstance(counter, str) or not counter:
+            raise self.fail(f"{where}.counter", f"expected a non-empty string, not {counter!r}")
+        if not isinstance(window, str) or window not in WINDOW_SECONDS:
+            raise self.fail(f"{where}.window", f"expected one of {', '.join(WINDOW_SECONDS)}, not {window!r}")
+        if isinstance(maximum, bool) or not isinstance(maximum, int) or maximum < 1:
+            raise self.fail(f"{where}.max", f"expected a whole number >= 1, not {maximum!r}")
+        if scope not in SCOPES:
+            raise self.fail(f"{where}.scope", f"expected one of {', '.join(SCOPES)}, not {scope!r}")
+        return Limit(counter, cast(Window, window), maximum, cast(Scope, scope), where)
+
+    def approval(self, value: object, where: str) -> ApprovalSettings:
+        body = self.mapping(value, where, _APPROVAL_KEYS)
+        settings = ApprovalSettings()
+        timeout = self.duration(body, "timeout", where)
+        approvers = self.strings(body.get("approvers", []), f"{where}.approvers", unique=True)
+        for index, name in enumerate(approvers):
+            if name.startswith("group:") and not name[len("group:") :]:
+                raise self.fail(f"{where}.approvers[{index}]", "'group:' needs a group name after the colon")
+        quorum = body.get("quorum", settings.quorum)
+        if isinstance(quorum, bool) or not isinstance(quorum, int) or quorum < 1:
+            raise self.fail(f"{where}.quorum", f"expected a whole number >= 1, not {quorum!r}")
+        channels = self.strings(body.get("channels", list(settings.channels)), f"{where}.channels", unique=True)
+        if not channels:
+            raise self.fail(f"{where}.channels", f"needs at least one of {', '.join(CHANNELS)}")
+        for index, channel in enumerate(channels):
+            if channel not in CHANNELS:
+                raise self.fail(
+                    f"{where}.channels[{index}]",
+                    f"unknown channel {channel!r}; expected {', '.join(CHANNELS)}",
+                )
+        slack_channel = body.get("slack_channel")
+        if slack_channel is not None and (not isinstance(slack_channel, str) or not slack_channel):
+            raise self.fail(f"{where}.slack_channel", f"expected a non-empty string, not {slack_channel!r}")
+        reject_reason = body.get("reject_reason", "optional")
+        if reject_reason not in ("required", "optional") or not isinstance(reject_reason, str):
+            raise self.fail(f"{where}.reject_reason", f'expected "required" or "optional", not {reject_reason!r}')
+        run_unattended = body.get("run_unattended", False)
+        if not isinstance(run_unattended, bool):
+            raise self.fail(f"{where}.run_unattended", f"expected true or false, not {run_unattended!r}")
+        on_cancel = body.get("on_cancel", "withdraw")
+        if on_cancel not in ("withdraw", "keep") or not isinstance(on_cancel, str):
+            raise self.fail(f"{where}.on_cancel", f'expected "withdraw" or "keep", not {on_cancel!r}')
+        pickup = self.duration(body, "pickup_window", where)
+        return ApprovalSettings(
+            timeout_seconds=settings.timeout_seconds if timeout is None else timeout,
+            approvers=approvers,
+            quorum=quorum,
+            channels=channels,
+            slack_channel=slack_channel,
+            reject_reason_required=reject_reason == "required",
+            max_hold_seconds=self.duration(body, "max_hold", where),
+            pickup_seconds=settings.pickup_seconds if pickup is None else pickup,
+            run_unattended=run_unattended,
+            keep_on_cancel=on_cancel == "keep",
+        )
+
+    def duration(self, body: Mapping[str, Any], key: str, where: str) -> float | None:
+        if key not in body:
+            return None
+        try:
+            seconds = parse_duration(body[key])
+        except ValueError as exc:
+            raise self.fail(f"{where}.{key}", str(exc)) from None
+        if seconds <= 0:
+            raise self.fail(f"{where}.{key}", "must be longer than zero")
+        return seconds
+
+
+def _check_value(op: str, value: Any) -> str | None:
+    """Why ``value`` cannot work with ``op``, or None. Checked at load so a typo never reaches a live call."""
+    if op in ("in", "not_in") and not isinstance(value, list | tuple):
+        return f"op '{op}' needs a list of values, not {json_type(value)}"
+    if op in ORDERING and not (is_number(value) or isinstance(value, str)):
+        return f"op '{op}' needs a number or a string, not {json_type(value)}"
+    if op == "exists" and not isinstance(value, bool):
+        return f"op 'exists' needs true or false, not {value!r}"
+    if op == "regex":
+        if not isinstance(value, str):
+            return f"op 'regex' needs a pattern string, not {json_type(value)}"
+        try:
+            re.compile(value)
+        except re.error as exc:
+            return f"invalid regular expression {value!r}: {exc}"
+    return None
+
+
+def _default_message(kind: str, where: str) -> str:
+    if kind == "require_approval":
+        return f"approval required by policy rule {where}"
+    if kind == "require":
+        return f"the call does not meet policy rule {where}"
+    return f"denied by policy rule {where}"
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json.loads would silently keep the last duplicate; in a policy that can hide a rule from review.
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"key {key!r} appears twice in one object")
+        result[key] = value
+    return result
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
