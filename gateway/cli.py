@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from approvals.database_url import parse_database_url
 from gateway.cli_approvers import add_approvals, add_hash_password, add_slack
 from gateway.cli_common import CONFIG_HELP, command, read_settings
 from gateway.cli_db import add_db_commands, ready_to_serve
@@ -202,14 +203,8 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 def _missing_sqlite_file(url: str) -> Path | None:
     """The file an SQLite URL names when that file does not exist; None for other databases."""
-    scheme, sep, rest = url.partition(":///")
-    if not sep or not scheme.startswith("sqlite"):
-        return None
-    path = rest.split("?", 1)[0]
-    if path in ("", ":memory:"):
-        return None
-    file = Path(path)
-    return None if file.exists() else file
+    file = parse_database_url(url).sqlite_file
+    return None if file is None or Path(file).exists() else Path(file)
 
 
 COMMANDS: tuple[Callable[[Subparsers], None], ...] = (  # the order of `countersign --help`

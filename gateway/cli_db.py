@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from typing import TYPE_CHECKING
+
+from gateway.cli_common import CONFIG_HELP, config_path
 
 if TYPE_CHECKING:
     from approvals.migrations import SchemaState
@@ -24,7 +25,7 @@ def add_db_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     upgrade = db.add_parser("upgrade", help="migrate the database schema to this version's (back it up first)")
     current = db.add_parser("current", help="print the database's schema revision and whether it is this version's")
     for parser in (upgrade, current):
-        parser.add_argument("--config", help="configuration file (default: $COUNTERSIGN_CONFIG or ./countersign.toml)")
+        parser.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
         parser.add_argument("--database-url", help="database URL (instead of --config)")
     upgrade.set_defaults(func=cmd_db_upgrade)
     current.set_defaults(func=cmd_db_current)
@@ -36,8 +37,7 @@ def _database_url(args: argparse.Namespace) -> str:
     if args.database_url:
         return str(args.database_url)
     # Only [server] is read: the schema needs the database, not the gateway's other secrets.
-    config = args.config or os.environ.get("COUNTERSIGN_CONFIG") or "countersign.toml"
-    return load_settings(config, only=("server",)).database_url
+    return load_settings(config_path(args.config), only=("server",)).database_url
 
 
 async def _prepare(url: str, *, migrate: bool) -> SchemaState:
