@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 from typing import Any
 
 import anyio
@@ -58,19 +59,36 @@ class HeldCalls:
         progress_interval: float,
         inbox_url: str,
         agent_max_hold: dict[str, float] | None = None,
+        default_max_hold: float = math.inf,
     ) -> None:
         self.service = service
         self.upstreams = upstreams
         self.progress_interval = progress_interval
         self.inbox_url = inbox_url
+        # Each agent's own bound (math.inf: "none", its client waits), and the bound of everyone else.
         self.agent_max_hold = dict(agent_max_hold or {})
+        self.default_max_hold = default_max_hold
         # Quota taken by held calls whose agent stopped waiting: returned when the request ends unexecuted.
         self._parked: dict[str, Reservation] = {}
         self._tasks: TaskGroup | None = None
 
+    def request_bound(self, agent: str, tool_bound: float | None) -> float | None:
+        """The hold bound a new request stores (None: no bound), fixed when it is made.
+
+        The tool's `approval.max_hold` and the agent's `max_hold` each override the server's
+        `default_max_hold`; when both are set the shorter wins ("none", math.inf, never wins).
+        """
+        explicit = [v for v in (tool_bound, self.agent_max_hold.get(agent)) if v is not None]
+        bound = min(explicit) if explicit else self.default_max_hold
+        return None if math.isinf(bound) else bound
+
     def hold_limit(self, agent: str, view: RequestView, asked: float | None = None) -> float | None:
         """How long this agent may be held on this request: the agent's cap, the request's own, and what it asked."""
-        limits = [v for v in (self.agent_max_hold.get(agent), view.max_hold_seconds, asked) if v is not None]
+        limits = [
+            v
+            for v in (self.agent_max_hold.get(agent), view.max_hold_seconds, asked)
+            if v is not None and not math.isinf(v)
+        ]
         return min(limits) if limits else None
 
     # ---- the loop

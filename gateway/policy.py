@@ -21,7 +21,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, Literal, cast, get_args
 
-from approvals.durations import parse_duration
+from approvals.durations import parse_duration, parse_hold_bound
 from gateway.arguments import with_defaults
 
 Op = Literal["eq", "neq", "in", "not_in", "lt", "lte", "gt", "gte", "regex", "contains", "exists"]
@@ -164,7 +164,8 @@ class ApprovalSettings:
     channels: tuple[str, ...] = ("web", "slack")
     slack_channel: str | None = None
     reject_reason_required: bool = False
-    # How long the agent's call is held open before it returns a "still pending" result (None: until decided).
+    # How long the agent's call is held open before it returns a "still pending" result. None: not set here
+    # (the agent's `max_hold`, else [server] default_max_hold, applies); math.inf ("none"): no bound.
     max_hold_seconds: float | None = None
     # After approval, how long an agent that stopped waiting has to come back for the result.
     pickup_seconds: float = 600.0
@@ -458,11 +459,22 @@ class _Parser:
             channels=channels,
             slack_channel=slack_channel,
             reject_reason_required=reject_reason == "required",
-            max_hold_seconds=self.duration(body, "max_hold", where),
+            max_hold_seconds=self.hold_bound(body, where),
             pickup_seconds=settings.pickup_seconds if pickup is None else pickup,
             run_unattended=run_unattended,
             keep_on_cancel=on_cancel == "keep",
         )
+
+    def hold_bound(self, body: Mapping[str, Any], where: str) -> float | None:
+        if "max_hold" not in body:
+            return None
+        value = body["max_hold"]
+        try:
+            if isinstance(value, bool) or not isinstance(value, str | int | float):
+                raise ValueError(f'expected a duration such as "50s", or "none" for no bound, not {value!r}')
+            return parse_hold_bound(value)
+        except ValueError as exc:
+            raise self.fail(f"{where}.max_hold", str(exc)) from None
 
     def duration(self, body: Mapping[str, Any], key: str, where: str) -> float | None:
         if key not in body:
