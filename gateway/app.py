@@ -148,7 +148,10 @@ class Gateway:
 
     def asgi(self, *, lifespan: bool = True) -> Starlette:
         mcp_endpoint = AgentAuth(
-            StreamableHTTPASGIApp(self.session_manager), self.agent_tokens(), dev_mode=self.settings.server.dev_mode
+            StreamableHTTPASGIApp(self.session_manager),
+            self.agent_tokens(),
+            dev_mode=self.settings.server.dev_mode,
+            keepalive_interval=self.settings.server.keepalive_interval,
         )
 
         @asynccontextmanager
