@@ -31,7 +31,7 @@ from approvals.service import ApprovalService, arguments_digest
 from approvals.states import Status
 from approvals.story import clock_time, ending, who_decides
 from approvals.views import RequestView
-from gateway.caller import Caller, ProgressLine, race_gone
+from gateway.caller import CONNECTION_CLOSED, Caller, Departure, ProgressLine, race_gone
 from gateway.errors import CallRefused, Tag
 from gateway.ratelimit import Reservation
 from gateway.results import STATUS_TOOL, WAIT_TOOL, pending_result, status_result, stored_result, text_of
@@ -109,7 +109,7 @@ class HeldCalls:
                 if view.status == Status.PENDING:
                     step = await self._wait_for_decision(view, caller, progress, deadline)
                     if step is _Stop.GONE:
-                        await self._detach(view.id, "the agent's connection dropped")
+                        await self._detach(view.id, CONNECTION_CLOSED)
                         raise CallRefused(Tag.APPROVAL_DETACHED, "the connection closed; the request is still pending.")
                     if step is _Stop.HOLD_LIMIT:
                         why = "held as long as the agent can wait; it was told to check back"
@@ -290,12 +290,20 @@ class HeldCalls:
     # ---- the agent leaving, and quota
 
     async def _leave(self, view: RequestView, caller: Caller) -> None:
-        """The agent's call ended early: withdraw on an explicit cancel (unless the request keeps), else detach."""
+        """The agent's call ended early: withdraw on an explicit cancel (unless the request keeps), else detach.
+
+        The audit message says which it was: a client that gave up on its own timeout, a connection
+        that closed, or a cancel (kept pending when the policy says `on_cancel = "keep"`).
+        """
         try:
-            if not view.keep_on_cancel and await caller.withdrew():
-                await self.service.withdraw(view.id, "the agent cancelled the call")
+            left = await caller.how_it_left()
+            if left.kind is Departure.CANCELLED and not view.keep_on_cancel:
+                await self.service.withdraw(view.id, left.describe())
             else:
-                await self.service.detach(view.id, "the agent stopped waiting (connection closed or client timeout)")
+                why = left.describe()
+                if left.kind is Departure.CANCELLED:
+                    why += "; the policy keeps the request pending"
+                await self.service.detach(view.id, why)
         except ApprovalError as exc:
             log.error("could not record that the agent of %s stopped waiting: %s", view.id, exc)
 
