@@ -71,3 +71,20 @@ def _checked(seconds: float, original: object) -> float:
     if not math.isfinite(seconds) or seconds < 0:
         raise ValueError(f"invalid duration {original!r}: must be a finite number of seconds >= 0")
     return seconds
+
+
+# How a hold bound says "no bound": a held call then waits until the request is decided or expires.
+NO_BOUND: Final[str] = "none"
+
+
+def parse_hold_bound(value: str | int | float) -> float:
+    """A `max_hold` setting in seconds: a duration longer than zero, or "none" (math.inf: no bound)."""
+    if isinstance(value, str) and value.strip().lower() == NO_BOUND:
+        return math.inf
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        raise ValueError(f'{exc}; or "{NO_BOUND}" for no bound') from None
+    if seconds <= 0:
+        raise ValueError(f'a hold bound must be longer than zero; write "{NO_BOUND}" to hold without a bound')
+    return seconds

@@ -1,8 +1,16 @@
-"""ASGI wrapper for /mcp: authenticate the agent by bearer token, and notice when its POST goes away.
+"""ASGI wrapper for /mcp: authenticate the agent by bearer token, notice when its POST goes away,
+and keep a held call's response stream from going quiet.
 
 A 2025-era client whose TCP connection drops without a cancel does not cancel the handler, so
 for those POSTs we keep listening for `http.disconnect` after the body and flag it in the scope;
 the held call reads the flag and withdraws the request rather than forward it for nobody.
+
+Keep-alive: a client's read timeout (httpx's default is 5 s) fires when no byte arrives for that
+long, and a held call without a progress token sends nothing while it waits. On a 2025-era SSE
+response we send an SSE comment (`: keep-alive`, which every SSE parser skips) whenever the stream
+has been silent for `keepalive_interval`. The 2026-era transport sends no headers until its handler
+emits something or its own ping interval passes, then pings at that interval; the SDK's only knob
+for that is the module-level `_SSE_PING_INTERVAL`, which `use_modern_ping_interval` sets.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import logging
 from collections.abc import Mapping
 
 import anyio
+from mcp.server import _streamable_http_modern
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
@@ -27,13 +36,36 @@ log = logging.getLogger(__name__)
 
 DEV_AGENT = DEV_AGENT_NAME
 
+KEEPALIVE_COMMENT = b": keep-alive\r\n\r\n"
+
+
+def use_modern_ping_interval(seconds: float) -> None:
+    """How long a 2026-era response may stay silent: before its SSE headers, and between pings after them.
+
+    The 2.3 SDK reads this module global on every request and offers no other setting; it is
+    process-wide. The SDK's default is 15 s, over httpx's default 5 s read timeout.
+    """
+    if not hasattr(_streamable_http_modern, "_SSE_PING_INTERVAL"):
+        raise RuntimeError("this mcp SDK has no _SSE_PING_INTERVAL: 2026-era keep-alive needs a new hook")
+    _streamable_http_modern._SSE_PING_INTERVAL = seconds
+
 
 class AgentAuth:
-    def __init__(self, app: ASGIApp, agents: Mapping[str, str], *, dev_mode: bool = False) -> None:
-        """`agents` maps token SHA-256 digests to agent names."""
+    def __init__(
+        self,
+        app: ASGIApp,
+        agents: Mapping[str, str],
+        *,
+        dev_mode: bool = False,
+        keepalive_interval: float | None = None,
+    ) -> None:
+        """`agents` maps token SHA-256 digests to agent names; `keepalive_interval` None sends no keep-alives."""
         self.app = app
         self.agents = dict(agents)
         self.dev_mode = dev_mode
+        self.keepalive_interval = keepalive_interval
+        if keepalive_interval is not None:
+            use_modern_ping_interval(keepalive_interval)
 
     def identify(self, token: str | None) -> str | None:
         if self.dev_mode and not self.agents:
@@ -102,10 +134,54 @@ class AgentAuth:
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(watch)
+            app_send = send
+            if self.keepalive_interval is not None:
+                kept_alive = _KeptAlive(send, self.keepalive_interval, gone)
+                tg.start_soon(kept_alive.run)
+                app_send = kept_alive
             try:
-                await self.app(scope, app_receive, send)
+                await self.app(scope, app_receive, app_send)
             finally:
                 tg.cancel_scope.cancel()
+
+
+class _KeptAlive:
+    """An ASGI `send` that adds an SSE comment whenever an open event stream has been silent for `interval`."""
+
+    def __init__(self, send: Send, interval: float, gone: anyio.Event) -> None:
+        self._send = send
+        self._interval = interval
+        self._gone = gone
+        self._lock = anyio.Lock()
+        self._streaming = anyio.Event()
+        self._ended = False
+        self._last = anyio.current_time()
+
+    async def __call__(self, message: Message) -> None:
+        async with self._lock:
+            if message["type"] == "http.response.start":
+                headers = {k.lower(): v for k, v in message.get("headers", [])}
+                if headers.get(b"content-type", b"").startswith(b"text/event-stream"):
+                    self._streaming.set()
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                self._ended = True
+            await self._send(message)
+            self._last = anyio.current_time()
+
+    async def run(self) -> None:
+        await self._streaming.wait()
+        while True:
+            await anyio.sleep(max(self._last + self._interval - anyio.current_time(), 0.0))
+            async with self._lock:
+                if self._ended or self._gone.is_set():
+                    return
+                if anyio.current_time() - self._last < self._interval:
+                    continue
+                try:
+                    await self._send({"type": "http.response.body", "body": KEEPALIVE_COMMENT, "more_body": True})
+                except OSError:
+                    return  # the connection is gone; the disconnect watcher tells the held call
+                self._last = anyio.current_time()
 
 
 async def _unauthorized(send: Send, why: str) -> None:

@@ -51,11 +51,14 @@ class ApiClient:
 
 
 def print_table(approvals: list[dict[str, Any]]) -> None:
+    """One row per request, and under it the request's summary: where it stands, in the words every channel uses."""
     if not approvals:
         print("no requests")
         return
     rows = [("ID", "STATUS", "TOOL", "AGENT", "EXPIRES (UTC)", "ARGUMENTS")]
+    summaries = [""]
     for a in approvals:
+        summaries.append(a.get("summary") or "")
         arguments = json.dumps(a["arguments"], separators=(",", ":"))
         rows.append(
             (
@@ -68,13 +71,16 @@ def print_table(approvals: list[dict[str, Any]]) -> None:
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
+    for row, summary in zip(rows, summaries, strict=True):
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        if summary:
+            print(f"  {summary}")
 
 
 def print_approval(a: dict[str, Any]) -> str:
     lines = [
         f"{a['id']}  {a['status'].upper()}",
+        *([f"  now        {a['summary']}"] if a.get("summary") else []),
         f"  tool       {a['tool']} (upstream {a['upstream']}: {a['upstream_tool']})",
         f"  agent      {a['agent']}{'' if a['agent_waiting'] else ' (not waiting)'}",
         f"  why held   {a['reason']}  [{a['rule']}]",
@@ -94,3 +100,9 @@ def print_approval(a: dict[str, Any]) -> str:
     for event in a.get("events", []):
         lines.append(f"  {event['at'][:19].replace('T', ' ')}  {event['kind']:<20} {event['message']}")
     return "\n".join(lines)
+
+
+def print_decision(outcome: dict[str, Any]) -> str:
+    """What a decision did, then where the request stands now (an approved call may wait for its agent)."""
+    summary = (outcome.get("approval") or {}).get("summary")
+    return outcome["message"] if not summary else f"{outcome['message']}\n{summary}"

@@ -72,6 +72,7 @@ class Gateway:
             progress_interval=settings.server.progress_interval,
             inbox_url=f"{settings.server.base_url}/inbox",
             agent_max_hold={a.name: a.max_hold for a in settings.agents if a.max_hold is not None},
+            default_max_hold=settings.server.default_max_hold,
         )
         self.calls = CallHandler(
             service=self.service, policies=self.policies, upstreams=self.upstreams, limiter=self.limiter, held=self.held
@@ -147,7 +148,10 @@ class Gateway:
 
     def asgi(self, *, lifespan: bool = True) -> Starlette:
         mcp_endpoint = AgentAuth(
-            StreamableHTTPASGIApp(self.session_manager), self.agent_tokens(), dev_mode=self.settings.server.dev_mode
+            StreamableHTTPASGIApp(self.session_manager),
+            self.agent_tokens(),
+            dev_mode=self.settings.server.dev_mode,
+            keepalive_interval=self.settings.server.keepalive_interval,
         )
 
         @asynccontextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -21,6 +22,32 @@ Progress = Callable[[float, float | None, str | None], Awaitable[None]]
 _TIMEOUT_REASON = re.compile(r"time[sd]?\s*out|timeout", re.IGNORECASE)
 
 
+# What the audit log says when the agent's HTTP connection went away without a cancel.
+CONNECTION_CLOSED = "the agent's connection closed"
+
+
+class Departure(enum.Enum):
+    TIMED_OUT = "timed_out"  # the client gave up on its own timeout and said so in its cancel: it may come back
+    CLOSED = "closed"  # the connection went away without a cancel: it may come back
+    CANCELLED = "cancelled"  # the client cancelled on purpose: a withdrawal
+
+
+@dataclass(frozen=True)
+class Left:
+    """How an agent's call ended early, and the client's own words when it sent a cancel."""
+
+    kind: Departure
+    reason: str = ""
+
+    def describe(self) -> str:
+        said = f" ({self.reason})" if self.reason else ""
+        if self.kind is Departure.TIMED_OUT:
+            return f"the agent's client gave up waiting{said}"
+        if self.kind is Departure.CLOSED:
+            return CONNECTION_CLOSED
+        return f"the agent cancelled the call{said}"
+
+
 @dataclass(frozen=True)
 class Caller:
     """Who is calling, and how to tell that they went away or withdrew."""
@@ -35,12 +62,13 @@ class Caller:
     def gone(self) -> bool:
         return self.disconnected is not None and self.disconnected.is_set()
 
-    async def withdrew(self) -> bool:
-        """True when the agent cancelled on purpose; False when it dropped or timed out (it may come back)."""
-        if self.cancel_reason is None:
-            return False
-        reason = await self.cancel_reason()
-        return reason is not None and not _TIMEOUT_REASON.search(reason)
+    async def how_it_left(self) -> Left:
+        """Why the call ended early: a cancel on the client's timeout, a closed connection, or a withdrawal."""
+        reason = None if self.cancel_reason is None else await self.cancel_reason()
+        if reason is None:
+            return Left(Departure.CLOSED)
+        reason = " ".join(reason.split())[:200]
+        return Left(Departure.TIMED_OUT if _TIMEOUT_REASON.search(reason) else Departure.CANCELLED, reason)
 
 
 class ProgressLine:

@@ -148,7 +148,7 @@ class CallHandler:
                     slack_channel=approval.slack_channel,
                     pickup_seconds=approval.pickup_seconds,
                     run_unattended=approval.run_unattended,
-                    max_hold_seconds=approval.max_hold_seconds,
+                    max_hold_seconds=self.held.request_bound(caller.agent, approval.max_hold_seconds),
                     keep_on_cancel=approval.keep_on_cancel,
                 )
             )

@@ -64,7 +64,7 @@ def _gateway_url(args: argparse.Namespace) -> str:
 
 
 def cmd_approvals(args: argparse.Namespace) -> int:
-    from gateway.api_client import ApiClient, ApiError, print_approval, print_table
+    from gateway.api_client import ApiClient, ApiError, print_approval, print_decision, print_table
 
     url = _gateway_url(args)
     token = args.token or os.environ.get("COUNTERSIGN_API_TOKEN")
@@ -86,7 +86,7 @@ def cmd_approvals(args: argparse.Namespace) -> int:
         else:
             body: dict[str, Any] = {"reason": args.reason} if args.reason else {}
             data = client.post(f"/api/approvals/{args.id}/{args.action}", body)
-            print(json.dumps(data, indent=2) if args.json else data["message"])
+            print(json.dumps(data, indent=2) if args.json else print_decision(data))
     except ApiError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

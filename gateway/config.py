@@ -19,7 +19,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 
 from approvals.approvers import Approver, token_digest
 from approvals.database_url import parse_database_url
-from approvals.durations import parse_duration
+from approvals.durations import parse_duration, parse_hold_bound
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -56,6 +56,19 @@ def _seconds(value: object) -> float:
     return parse_duration(value)
 
 
+def _hold_bound(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError('expected a duration such as 50, "50s" or "5m", or "none" for no bound')
+    return parse_hold_bound(value)
+
+
+# A held call returns [APPROVAL PENDING] after this long unless the agent or the tool says otherwise:
+# under the 60 s at which the TypeScript SDK, the MCP Inspector and many desktop clients give up.
+DEFAULT_MAX_HOLD = 50.0
+# Bytes on a held call's open response at least this often, under httpx's default 5 s read timeout.
+DEFAULT_KEEPALIVE_INTERVAL = 2.0
+
+
 class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -63,11 +76,16 @@ class ServerSettings(_Section):
     public_url: str = ""
     progress_interval: float = 5.0
     poll_interval: float = 1.0
+    # The hold bound of agents and tools that set no `max_hold` (math.inf, written "none": no bound).
+    default_max_hold: float = DEFAULT_MAX_HOLD
+    # How often an SSE comment goes out on an open HTTP response that has sent nothing else.
+    keepalive_interval: float = Field(default=DEFAULT_KEEPALIVE_INTERVAL, gt=0)
     allowed_hosts: tuple[str, ...] = ()
     # No agent tokens: every caller is the agent "dev". For local experiments only; logged loudly.
     dev_mode: bool = False
 
-    _durations = field_validator("progress_interval", "poll_interval", mode="before")(_seconds)
+    _durations = field_validator("progress_interval", "poll_interval", "keepalive_interval", mode="before")(_seconds)
+    _bounds = field_validator("default_max_hold", mode="before")(_hold_bound)
 
     @field_validator("database_url")
     @classmethod
@@ -144,9 +162,10 @@ class AgentSettings(_Section):
     token: str | None = Field(default=None, repr=False)
     token_sha256: str | None = Field(default=None, pattern=_SHA256)
     # The longest this agent's client waits on one call; held calls return a pending result before it.
+    # None: [server] default_max_hold applies; math.inf (written "none"): this agent's client waits.
     max_hold: float | None = None
 
-    _durations = field_validator("max_hold", mode="before")(_seconds)
+    _bounds = field_validator("max_hold", mode="before")(_hold_bound)
 
     @model_validator(mode="after")
     def _one_token(self) -> AgentSettings:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 from typing import Any
 
 import anyio
@@ -30,7 +31,7 @@ from approvals.service import ApprovalService, arguments_digest
 from approvals.states import Status
 from approvals.story import clock_time, ending, who_decides
 from approvals.views import RequestView
-from gateway.caller import Caller, ProgressLine, race_gone
+from gateway.caller import CONNECTION_CLOSED, Caller, Departure, ProgressLine, race_gone
 from gateway.errors import CallRefused, Tag
 from gateway.ratelimit import Reservation
 from gateway.results import STATUS_TOOL, WAIT_TOOL, pending_result, status_result, stored_result, text_of
@@ -58,19 +59,36 @@ class HeldCalls:
         progress_interval: float,
         inbox_url: str,
         agent_max_hold: dict[str, float] | None = None,
+        default_max_hold: float = math.inf,
     ) -> None:
         self.service = service
         self.upstreams = upstreams
         self.progress_interval = progress_interval
         self.inbox_url = inbox_url
+        # Each agent's own bound (math.inf: "none", its client waits), and the bound of everyone else.
         self.agent_max_hold = dict(agent_max_hold or {})
+        self.default_max_hold = default_max_hold
         # Quota taken by held calls whose agent stopped waiting: returned when the request ends unexecuted.
         self._parked: dict[str, Reservation] = {}
         self._tasks: TaskGroup | None = None
 
+    def request_bound(self, agent: str, tool_bound: float | None) -> float | None:
+        """The hold bound a new request stores (None: no bound), fixed when it is made.
+
+        The tool's `approval.max_hold` and the agent's `max_hold` each override the server's
+        `default_max_hold`; when both are set the shorter wins ("none", math.inf, never wins).
+        """
+        explicit = [v for v in (tool_bound, self.agent_max_hold.get(agent)) if v is not None]
+        bound = min(explicit) if explicit else self.default_max_hold
+        return None if math.isinf(bound) else bound
+
     def hold_limit(self, agent: str, view: RequestView, asked: float | None = None) -> float | None:
         """How long this agent may be held on this request: the agent's cap, the request's own, and what it asked."""
-        limits = [v for v in (self.agent_max_hold.get(agent), view.max_hold_seconds, asked) if v is not None]
+        limits = [
+            v
+            for v in (self.agent_max_hold.get(agent), view.max_hold_seconds, asked)
+            if v is not None and not math.isinf(v)
+        ]
         return min(limits) if limits else None
 
     # ---- the loop
@@ -91,7 +109,7 @@ class HeldCalls:
                 if view.status == Status.PENDING:
                     step = await self._wait_for_decision(view, caller, progress, deadline)
                     if step is _Stop.GONE:
-                        await self._detach(view.id, "the agent's connection dropped")
+                        await self._detach(view.id, CONNECTION_CLOSED)
                         raise CallRefused(Tag.APPROVAL_DETACHED, "the connection closed; the request is still pending.")
                     if step is _Stop.HOLD_LIMIT:
                         why = "held as long as the agent can wait; it was told to check back"
@@ -272,12 +290,20 @@ class HeldCalls:
     # ---- the agent leaving, and quota
 
     async def _leave(self, view: RequestView, caller: Caller) -> None:
-        """The agent's call ended early: withdraw on an explicit cancel (unless the request keeps), else detach."""
+        """The agent's call ended early: withdraw on an explicit cancel (unless the request keeps), else detach.
+
+        The audit message says which it was: a client that gave up on its own timeout, a connection
+        that closed, or a cancel (kept pending when the policy says `on_cancel = "keep"`).
+        """
         try:
-            if not view.keep_on_cancel and await caller.withdrew():
-                await self.service.withdraw(view.id, "the agent cancelled the call")
+            left = await caller.how_it_left()
+            if left.kind is Departure.CANCELLED and not view.keep_on_cancel:
+                await self.service.withdraw(view.id, left.describe())
             else:
-                await self.service.detach(view.id, "the agent stopped waiting (connection closed or client timeout)")
+                why = left.describe()
+                if left.kind is Departure.CANCELLED:
+                    why += "; the policy keeps the request pending"
+                await self.service.detach(view.id, why)
         except ApprovalError as exc:
             log.error("could not record that the agent of %s stopped waiting: %s", view.id, exc)
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, cast
 
-from approvals.durations import parse_duration
+from approvals.durations import parse_duration, parse_hold_bound
 from gateway.policy_model import (
     CHANNELS,
     OPS,
@@ -239,11 +239,22 @@ class _Parser:
             channels=channels,
             slack_channel=slack_channel,
             reject_reason_required=reject_reason == "required",
-            max_hold_seconds=self.duration(body, "max_hold", where),
+            max_hold_seconds=self.hold_bound(body, where),
             pickup_seconds=settings.pickup_seconds if pickup is None else pickup,
             run_unattended=run_unattended,
             keep_on_cancel=on_cancel == "keep",
         )
+
+    def hold_bound(self, body: Mapping[str, Any], where: str) -> float | None:
+        if "max_hold" not in body:
+            return None
+        value = body["max_hold"]
+        try:
+            if isinstance(value, bool) or not isinstance(value, str | int | float):
+                raise ValueError(f'expected a duration such as "50s", or "none" for no bound, not {value!r}')
+            return parse_hold_bound(value)
+        except ValueError as exc:
+            raise self.fail(f"{where}.max_hold", str(exc)) from None
 
     def duration(self, body: Mapping[str, Any], key: str, where: str) -> float | None:
         if key not in body:

@@ -130,7 +130,8 @@ class ApprovalSettings:
     channels: tuple[str, ...] = ("web", "slack")
     slack_channel: str | None = None
     reject_reason_required: bool = False
-    # How long the agent's call is held open before it returns a "still pending" result (None: until decided).
+    # How long the agent's call is held open before it returns a "still pending" result. None: not set here
+    # (the agent's `max_hold`, else [server] default_max_hold, applies); math.inf ("none"): no bound.
     max_hold_seconds: float | None = None
     # After approval, how long an agent that stopped waiting has to come back for the result.
     pickup_seconds: float = 600.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -136,7 +137,11 @@ def _describe_approval(approval: ApprovalSettings) -> Iterator[str]:
     if approval.slack_channel:
         yield f"  slack channel: {approval.slack_channel}"
     yield f"  reject reason: {'required' if approval.reject_reason_required else 'optional'}"
-    if approval.max_hold_seconds is not None:
+    if approval.max_hold_seconds is None:
+        yield "  max hold: the agent's max_hold, else the server's default_max_hold"
+    elif math.isinf(approval.max_hold_seconds):
+        yield "  max hold: none (the call is held until it is decided or expires)"
+    else:
         yield f"  max hold: {format_duration(approval.max_hold_seconds)} (then the call returns a pending result)"
     yield f"  pick-up window: {format_duration(approval.pickup_seconds)}"
     yield f"  after approval: {'runs at once' if approval.run_unattended else 'runs when the agent is there'}"

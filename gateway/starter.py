@@ -21,6 +21,7 @@ port = 8080
 database_url = "sqlite:///countersign.db"
 public_url = "http://127.0.0.1:8080"   # how approvers reach this gateway (links in Slack and progress)
 progress_interval = "5s"    # how often a held call reports that it is still waiting
+default_max_hold = "50s"    # then a held call returns [APPROVAL PENDING], before 60 s clients give up
 
 [policy]
 file = "policy.json"        # reloaded on change and on SIGHUP; an invalid file is refused

@@ -59,14 +59,17 @@ async def test_approvals_list_show_and_approve_release_the_waiting_agents_call(t
         async with held_call(h, "ibkr_cancel_order", CANCEL) as (request, outcome):
             code, out, err = await run_beside_server(["approvals", "list", *connect])
             assert code == 0, err
-            header, row = out.splitlines()
+            header, row, summary = out.splitlines()
             assert header.split() == ["ID", "STATUS", "TOOL", "AGENT", "EXPIRES", "(UTC)", "ARGUMENTS"]
             assert row.split()[:4] == [request["id"], "pending", "ibkr_cancel_order", "alpha"]
             assert '{"confirm":true,"orderId":1001}' in row
+            assert summary.strip() == request["summary"]
+            assert summary.strip().startswith("Waiting for approval by group:traders until ")
 
             code, out, err = await run_beside_server(["approvals", "show", request["id"], *connect])
             assert code == 0, err
             assert out.startswith(f"{request['id']}  PENDING")
+            assert f"now        {request['summary']}" in out
             assert "why held   Cancelling a live order needs a human." in out
             assert "approvers  group:traders (quorum 1)" in out
             assert '"orderId": 1001' in out
@@ -76,7 +79,9 @@ async def test_approvals_list_show_and_approve_release_the_waiting_agents_call(t
                 ["approvals", "approve", request["id"], "--reason", "checked with the desk", *connect]
             )
             assert code == 0, err
-            assert out.strip() == "approved by alice: checked with the desk"
+            decided, now = out.strip().splitlines()
+            assert decided == "approved by alice: checked with the desk"
+            assert now == "Approved by alice; forwarding it to paper for the waiting agent."
 
         result = outcome["result"]
         assert not result.is_error, text(result)
@@ -91,6 +96,37 @@ async def test_approvals_list_show_and_approve_release_the_waiting_agents_call(t
         assert (listed["id"], listed["status"], listed["decided_by"]) == (request["id"], "executed", "alice")
 
 
+async def test_approvals_show_list_and_approve_say_when_an_approved_call_waits_for_its_agent(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    document = json.loads(json.dumps(DEMO_POLICY))
+    document["tools"]["ibkr_cancel_order"]["approval"]["max_hold"] = "0.5s"
+    async with running_gateway(tmp_path, sqlite_url, policy=document) as h, h.agent() as agent:
+        connect = ["--url", h.base_url, "--token", ALICE_TOKEN]
+        pending = await agent.call_tool("ibkr_cancel_order", CANCEL)
+        assert text(pending).startswith("[APPROVAL PENDING]"), text(pending)
+        [request] = await h.pending()
+        assert request["agent_waiting"] is False
+
+        code, out, err = await run_beside_server(["approvals", "approve", request["id"], *connect])
+        assert code == 0, err
+        decided, now = out.strip().splitlines()
+        assert decided == "approved by alice"
+        assert now.startswith("Approved by alice; it runs when the agent comes back, until ")
+        assert now.endswith(" UTC.")
+
+        code, out, err = await run_beside_server(["approvals", "show", request["id"], *connect])
+        assert code == 0, err
+        assert out.startswith(f"{request['id']}  APPROVED\n  now        {now}\n")
+
+        code, out, err = await run_beside_server(["approvals", "list", "--status", "approved", *connect])
+        assert code == 0, err
+        _, row, summary = out.splitlines()
+        assert row.split()[:2] == [request["id"], "approved"]
+        assert summary.strip() == now
+        assert h.book.cancel_calls == 0, "nothing ran: the agent is away"
+
+
 async def test_approvals_reject_reads_the_url_and_token_from_the_environment_and_tells_the_agent_why(
     tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -102,7 +138,9 @@ async def test_approvals_reject_reads_the_url_and_token_from_the_environment_and
                 ["approvals", "reject", request["id"], "--reason", "that order protects a position"]
             )
             assert code == 0, err
-            assert out.strip() == "rejected by bob: that order protects a position"
+            decided, now = out.strip().splitlines()
+            assert decided == "rejected by bob: that order protects a position"
+            assert now == "Rejected by bob: that order protects a position. The call was not executed."
 
         assert (
             text(outcome["result"])

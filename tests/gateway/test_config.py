@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import textwrap
 from pathlib import Path
 
@@ -110,6 +111,33 @@ def test_every_documented_key_is_read_and_secrets_come_from_the_environment(tmp_
     assert slack.enabled
 
 
+def test_held_calls_are_bounded_by_default_under_a_60_second_client_and_none_lifts_the_bound(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, '[[agents]]\nname = "bot"\ntoken = "long-enough"\n'), environ={})
+    # The shipped defaults: a pending result at 50 s, before the 60 s at which common clients give up,
+    # and a keep-alive byte every 2 s, under httpx's default 5 s read timeout.
+    assert (settings.server.default_max_hold, settings.server.keepalive_interval) == (50.0, 2.0)
+    assert settings.agents[0].max_hold is None  # not set: the server's default applies
+
+    text = """\
+        [server]
+        default_max_hold = "None"
+        keepalive_interval = "1.5s"
+
+        [[agents]]
+        name = "patient"
+        token = "long-enough"
+        max_hold = "none"
+
+        [[agents]]
+        name = "hasty"
+        token = "long-enough-too"
+        max_hold = "20s"
+        """
+    settings = load_settings(write(tmp_path, text), environ={})
+    assert (settings.server.default_max_hold, settings.server.keepalive_interval) == (math.inf, 1.5)
+    assert [a.max_hold for a in settings.agents] == [math.inf, 20.0]
+
+
 def test_secrets_never_appear_in_the_printed_settings(tmp_path: Path) -> None:
     settings = load_settings(write(tmp_path, FULL_CONFIG), environ=ENV)
     printed = repr(settings)
@@ -138,6 +166,10 @@ def test_slack_secrets_left_out_of_the_file_are_read_from_the_well_known_variabl
         ('[server]\ndatabase_url = "mysql://db/countersign"\n', "server.database_url", "SQLite or PostgreSQL"),
         ('[server]\ndatabase_url = "countersign.db"\n', "server.database_url", "sqlite:///countersign.db"),
         ('[server]\nprogress_interval = "soon"\n', "server.progress_interval", "invalid duration"),
+        ('[server]\ndefault_max_hold = "forever"\n', "server.default_max_hold", '"none" for no bound'),
+        ("[server]\ndefault_max_hold = 0\n", "server.default_max_hold", 'write "none"'),
+        ("[server]\nkeepalive_interval = 0\n", "server.keepalive_interval", "greater than 0"),
+        ('[[agents]]\nname = "bot"\ntoken = "long-enough"\nmax_hold = false\n', "agents[0].max_hold", '"none"'),
         (
             '[[upstreams]]\nname = "ibkr"\nurl = "http://x/mcp"\ncommand = ["ibkr-mcp"]\n',
             "upstreams[0]",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -1086,6 +1087,7 @@ def test_explain_a_hold_shows_the_rule_limits_and_approval_settings() -> None:
         "  quorum: 1",
         "  channels: slack, web",
         "  reject reason: optional",
+        "  max hold: the agent's max_hold, else the server's default_max_hold",
         "  pick-up window: 10m",
         "  after approval: runs when the agent is there",
         "  agent cancel: withdraws the request",
@@ -1192,10 +1194,17 @@ def test_approval_settings_for_agents_that_cannot_wait_are_read_and_checked() ->
     assert approval is not None
     assert (approval.max_hold_seconds, approval.pickup_seconds) == (50.0, 120.0)
     assert approval.run_unattended and approval.keep_on_cancel
+    unbounded = make_policy(
+        {"t": {"require_approval": [{"conditions": [], "reason": "r"}], "approval": {"max_hold": "none"}}}
+    )
+    held = unbounded.evaluate("t", {}).approval
+    assert held is not None and held.max_hold_seconds == math.inf
     for key, value, path in (
         ("on_cancel", "drop", 'tools["t"].approval.on_cancel'),
         ("run_unattended", "yes", 'tools["t"].approval.run_unattended'),
         ("max_hold", "soon", 'tools["t"].approval.max_hold'),
+        ("max_hold", 0, 'tools["t"].approval.max_hold'),
+        ("max_hold", True, 'tools["t"].approval.max_hold'),
     ):
         with pytest.raises(PolicyError) as raised:
             make_policy({"t": {"require_approval": [], "approval": {key: value}}})
