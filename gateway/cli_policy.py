@@ -11,7 +11,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from gateway.cli_common import CONFIG_HELP, command, read_settings
-from gateway.policy import PolicyError
+from gateway.policy import Policy, PolicyError
 
 if TYPE_CHECKING:
     import argparse
@@ -61,18 +61,27 @@ def _tool_schemas(path: str | None) -> dict[str, dict[str, Any]] | int | None:
         return 2
 
 
-def cmd_policy_check(args: argparse.Namespace) -> int:
+def _policy_and_schemas(args: argparse.Namespace) -> tuple[Policy, dict[str, dict[str, Any]] | None] | int:
+    """The policy FILE and the --tools schemas, or the exit code after saying what was wrong."""
     from gateway.policy import load_policy
-    from gateway.policy_report import lint_policy
 
     schemas = _tool_schemas(args.tools)
     if isinstance(schemas, int):
         return schemas
     try:
-        policy = load_policy(args.file)
+        return load_policy(args.file), schemas
     except PolicyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+def cmd_policy_check(args: argparse.Namespace) -> int:
+    from gateway.policy_report import lint_policy
+
+    loaded = _policy_and_schemas(args)
+    if isinstance(loaded, int):
+        return loaded
+    policy, schemas = loaded
     warnings = lint_policy(policy, schemas)
     for warning in warnings:
         print(f"warning: {args.file}: {warning.path}: {warning.message}", file=sys.stderr)
@@ -86,17 +95,12 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
 
 
 def cmd_policy_explain(args: argparse.Namespace) -> int:
-    from gateway.policy import load_policy
     from gateway.policy_report import explain
 
-    schemas = _tool_schemas(args.tools)
-    if isinstance(schemas, int):
-        return schemas
-    try:
-        policy = load_policy(args.file)
-    except PolicyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    loaded = _policy_and_schemas(args)
+    if isinstance(loaded, int):
+        return loaded
+    policy, schemas = loaded
     try:
         arguments = json.loads(args.arguments)
     except ValueError as exc:
