@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
@@ -355,7 +355,7 @@ class ApprovalService(RequestReads):
     # ---- internals
 
     @asynccontextmanager
-    async def _write(self) -> Any:
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
         """A write transaction whose changes the feed reads as soon as it has committed."""
         async with self.db.write() as conn:
             yield conn
