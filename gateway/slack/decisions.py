@@ -276,19 +276,8 @@ class SlackDecisions:
     async def _refuse_stranger(self, where: _Where, request_id: str, verdict: str) -> None:
         try:
             view = await self.service.get(request_id)
-            await self.service.record(
-                Event(
-                    kind="decision.refused",
-                    outcome="refused",
-                    message=f"Slack user {where.user} tried to {verdict} but is not a configured approver",
-                    agent=view.agent,
-                    tool=view.tool,
-                    upstream=view.upstream,
-                    request_id=request_id,
-                    actor=f"slack:{where.user}",
-                    channel="slack",
-                )
-            )
+            message = f"Slack user {where.user} tried to {verdict} but is not a configured approver"
+            await self._audit_refusal(where, view, message, {})
         except ApprovalError as exc:
             log.error("could not audit a refused Slack click on %s: %s", request_id, exc)
         self._tell(
@@ -298,25 +287,30 @@ class SlackDecisions:
             request_id,
         )
 
+    async def _audit_refusal(self, where: _Where, request: RequestView, message: str, detail: dict[str, Any]) -> None:
+        """The audit event for a Slack action that decided nothing; the actor is the Slack user."""
+        await self.service.record(
+            Event(
+                kind="decision.refused",
+                outcome="refused",
+                message=message,
+                agent=request.agent,
+                tool=request.tool,
+                upstream=request.upstream,
+                request_id=request.id,
+                actor=f"slack:{where.user}",
+                channel="slack",
+                detail=detail,
+            )
+        )
+
     async def _refuse_origin(
         self, where: _Where, request: RequestView, verdict: str, why: str, detail: dict[str, Any]
     ) -> None:
         """Refuse an action that came from somewhere it may not: say so privately, and audit it."""
         try:
-            await self.service.record(
-                Event(
-                    kind="decision.refused",
-                    outcome="refused",
-                    message=f"Slack user {where.user} tried to {verdict}, refused: {why}",
-                    agent=request.agent,
-                    tool=request.tool,
-                    upstream=request.upstream,
-                    request_id=request.id,
-                    actor=f"slack:{where.user}",
-                    channel="slack",
-                    detail={"why": why, **detail},
-                )
-            )
+            message = f"Slack user {where.user} tried to {verdict}, refused: {why}"
+            await self._audit_refusal(where, request, message, {"why": why, **detail})
         except ApprovalError as exc:
             log.error("could not audit a refused Slack action on %s: %s", request.id, exc)
         self._tell(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -25,8 +25,7 @@ from approvals.service import ApprovalService
 from approvals.states import EndReason, Status
 from approvals.views import NewRequest, RequestView
 from tests.factories import held_cancel
-
-START = datetime(2026, 3, 2, 14, 30, tzinfo=UTC)
+from tests.gateway.fakes import START, MovableClock
 
 ALICE = Approver("alice", groups=("traders",))
 BOB = Approver("bob", groups=("traders",))
@@ -34,20 +33,6 @@ CAROL = Approver("carol", groups=("ops",))
 APPROVERS = ApproverDirectory([ALICE, BOB, CAROL])
 
 CANCEL_1001 = {"orderId": 1001, "confirm": True}
-
-
-class MovableClock:
-    """A clock that stands still until the test moves it."""
-
-    def __init__(self, now: datetime = START) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> datetime:
-        self.now += timedelta(seconds=seconds)
-        return self.now
 
 
 def new_request(
