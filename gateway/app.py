@@ -9,7 +9,12 @@ from urllib.parse import urlsplit
 
 import anyio
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
-from mcp.server.subscriptions import InMemorySubscriptionBus, ToolsListChanged
+from mcp.server.subscriptions import (
+    InMemorySubscriptionBus,
+    PromptsListChanged,
+    ResourcesListChanged,
+    ToolsListChanged,
+)
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -34,6 +39,7 @@ from gateway.mcp_server import build_server
 from gateway.order_context import OrderContext
 from gateway.policy_store import PolicyStore
 from gateway.ratelimit import RateLimiter
+from gateway.relay import build_relay
 from gateway.upstreams import Upstreams, UpstreamSet
 from gateway.web import WebChannel
 
@@ -78,7 +84,8 @@ class Gateway:
             service=self.service, policies=self.policies, upstreams=self.upstreams, limiter=self.limiter, held=self.held
         )
         self.events = InMemorySubscriptionBus()
-        self.mcp = build_server(self.calls, self.events, stdio_agent=stdio_agent)
+        self.relay = build_relay(self.upstreams, self.policies, self.service, self.events)
+        self.mcp = build_server(self.calls, self.events, stdio_agent=stdio_agent, relay=self.relay)
         self.session_manager = StreamableHTTPSessionManager(
             app=self.mcp, json_response=False, stateless=False, security_settings=self._transport_security()
         )
@@ -114,6 +121,8 @@ class Gateway:
 
     async def _tools_changed(self) -> None:
         await self.events.publish(ToolsListChanged())
+        await self.events.publish(PromptsListChanged())
+        await self.events.publish(ResourcesListChanged())
 
     @asynccontextmanager
     async def running(self, *, serve_http: bool = True) -> AsyncIterator[Gateway]:
@@ -130,6 +139,7 @@ class Gateway:
                     tg.start_soon(self.policies.watch)
                 tg.start_soon(self.timeouts.run)
                 tg.start_soon(self.held.run)
+                tg.start_soon(self.relay.subscriptions.run)
                 tg.start_soon(self.feed.run)
                 for channel in self.channels:
                     tg.start_soon(channel.run)

@@ -16,6 +16,7 @@ from approvals.errors import ApprovalError, StoreUnavailable
 from gateway.caller import Caller
 from gateway.calls import CallHandler
 from gateway.errors import CallRefused, Tag, instructions
+from gateway.relay_server import Relay, RelayServer
 from gateway.results import gateway_tools
 
 log = logging.getLogger(__name__)
@@ -84,11 +85,14 @@ def _cancel_requested(ctx: ServerRequestContext[Any, Any]) -> anyio.Event | None
     return event if isinstance(event, anyio.Event) else None
 
 
-def build_server(handler: CallHandler, bus: SubscriptionBus, *, stdio_agent: str | None = None) -> Server[Any]:
+def build_server(
+    handler: CallHandler, bus: SubscriptionBus, *, stdio_agent: str | None = None, relay: Relay | None = None
+) -> Server[Any]:
     """`stdio_agent` names the agent for a process that serves one client over stdio.
 
     2026-era clients that listen for `tools/list_changed` hear it through `bus` whenever an
-    upstream's catalog or the policy changes what they may see.
+    upstream's catalog or the policy changes what they may see. `relay` adds the upstreams'
+    prompts, resources and completions (`gateway.relay_server`).
     """
     cancels = CancelLog()
 
@@ -130,7 +134,7 @@ def build_server(handler: CallHandler, bus: SubscriptionBus, *, stdio_agent: str
         # Asked on every 2026-era tools/call: a lookup, not a rebuild of the catalog.
         return gateway_schemas.get(name) or handler.upstreams.input_schema(name)
 
-    server: Server[Any] = Server(
+    server = RelayServer(
         "countersign",
         version=_version(),
         title="Countersign approval gateway",
@@ -141,6 +145,11 @@ def build_server(handler: CallHandler, bus: SubscriptionBus, *, stdio_agent: str
         on_subscriptions_listen=ListenHandler(bus),
     )
     server.middleware.append(cancels.middleware)
+    if relay is not None:
+        server.catalog = relay.catalog
+        relay.install(server, lambda ctx: caller_of(ctx).agent)
+        listen = relay.subscriptions.listen(ListenHandler(bus))
+        server.add_request_handler("subscriptions/listen", types.SubscriptionsListenRequestParams, listen)
     return server
 
 

@@ -32,8 +32,9 @@ from gateway.policy_model import (
     json_type,
     tool_where,
 )
+from gateway.policy_reads import READ_KEYS, ReadKind, ReadPolicy
 
-_TOP_LEVEL_KEYS: Final = ("version", "default", "hide", "all_tools", "tools")
+_TOP_LEVEL_KEYS: Final = ("version", "default", "hide", "all_tools", "tools", "prompts", "resources")
 _TOOL_KEYS: Final = ("deny_if", "require", "limits", "require_approval", "approval")
 _LIMIT_KEYS: Final = ("counter", "window", "max", "scope")
 _CONDITION_KEYS: Final = ("path", "op", "value")
@@ -104,7 +105,28 @@ class _Parser:
         all_tools = self.tool_policy(top.get("all_tools", {}), "all_tools", "all_tools")
         tools_doc = self.mapping(top.get("tools", {}), "tools", None)
         tools = {key: self.tool_policy(body, key, tool_where(key)) for key, body in tools_doc.items()}
-        return Policy(source=self.source, default=cast(Default, default), hide=hide, tools=tools, all_tools=all_tools)
+        return Policy(
+            source=self.source,
+            default=cast(Default, default),
+            hide=hide,
+            tools=tools,
+            all_tools=all_tools,
+            prompts=self.read_policy(top.get("prompts", {}), "prompts", cast(Default, default)),
+            resources=self.read_policy(top.get("resources", {}), "resources", cast(Default, default)),
+        )
+
+    def read_policy(self, value: object, kind: ReadKind, inherited: Default) -> ReadPolicy:
+        body = self.mapping(value, kind, READ_KEYS)
+        default = body.get("default", inherited)
+        if default not in ("allow", "deny") or not isinstance(default, str):
+            raise self.fail(f"{kind}.default", f'expected "allow" or "deny", not {default!r}')
+        return ReadPolicy(
+            kind,
+            cast(Default, default),
+            allow=self.strings(body.get("allow", []), f"{kind}.allow"),
+            deny=self.strings(body.get("deny", []), f"{kind}.deny"),
+            hide=self.strings(body.get("hide", []), f"{kind}.hide"),
+        )
 
     def mapping(
         self, value: object, path: str, allowed: Sequence[str] | None, *, root: bool = False

@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Any, Final, Literal, get_args
 
 from gateway.arguments import with_defaults
+from gateway.policy_reads import ReadPolicy
 
 Op = Literal["eq", "neq", "in", "not_in", "lt", "lte", "gt", "gte", "regex", "contains", "exists"]
 Window = Literal["second", "minute", "hour", "day"]
@@ -173,6 +174,8 @@ class Policy:
     hide: tuple[str, ...]
     tools: Mapping[str, ToolPolicy]
     all_tools: ToolPolicy
+    prompts: ReadPolicy
+    resources: ReadPolicy
 
     def __init__(
         self,
@@ -182,12 +185,17 @@ class Policy:
         hide: Sequence[str] = (),
         tools: Mapping[str, ToolPolicy] | None = None,
         all_tools: ToolPolicy | None = None,
+        prompts: ReadPolicy | None = None,
+        resources: ReadPolicy | None = None,
     ) -> None:
         self.source = source
         self.default = default
         self.hide = tuple(hide)
         self.tools = MappingProxyType(dict(tools or {}))
         self.all_tools = all_tools or ToolPolicy(key="all_tools")
+        # Without their own block, prompts and resources follow the document's default.
+        self.prompts = prompts or ReadPolicy("prompts", default)
+        self.resources = resources or ReadPolicy("resources", default)
         # Longest pattern first is "most specific wins"; sorted() is stable, so ties keep document order.
         self._globs = sorted((key for key in self.tools if is_glob(key)), key=len, reverse=True)
 

@@ -11,7 +11,7 @@ import random
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import anyio
 import httpx2
@@ -24,12 +24,19 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from gateway.config import UpstreamSettings
 from gateway.errors import Tag
+from gateway.relay_catalog import Offer, RelayUnavailable, UpstreamHooks, list_offer
 
 log = logging.getLogger(__name__)
 
 
 _PING_SECONDS = 15.0
 _MAX_BACKOFF = 30.0
+T = TypeVar("T")
+_LIST_CHANGED = (
+    types.ToolListChangedNotification,
+    types.PromptListChangedNotification,
+    types.ResourceListChangedNotification,
+)
 
 
 class Forwarder(Protocol):
@@ -81,6 +88,8 @@ class Upstream:
         self.state = "connecting"
         self.last_error: str | None = None
         self.tools: tuple[types.Tool, ...] = ()
+        self.offer = Offer()
+        self.hooks = UpstreamHooks()
         self.protocol_version: str | None = None
         self._on_catalog = on_catalog
         self._client: Client | None = None
@@ -91,6 +100,10 @@ class Upstream:
     @property
     def ready(self) -> bool:
         return self.state == "ready" and self._client is not None
+
+    @property
+    def prefix(self) -> str:
+        return self.settings.prefix
 
     # ---- the connection task
 
@@ -142,7 +155,13 @@ class Upstream:
                 httpx2.AsyncClient(headers=dict(s.headers), timeout=httpx2.Timeout(30.0, read=s.call_timeout + 30))
             )
             target = streamable_http_client(s.url, http_client=http)
-        client = Client(target, message_handler=self._on_message, read_timeout_seconds=s.call_timeout, cache=None)
+        client = Client(
+            target,
+            message_handler=self._on_message,
+            read_timeout_seconds=s.call_timeout,
+            cache=None,
+            **self.hooks.client_options(),
+        )
         await stack.enter_async_context(client)
         self.protocol_version = client.protocol_version
         return client
@@ -157,12 +176,13 @@ class Upstream:
             if not cursor:
                 break
         self.tools = tuple(tools)
+        self.offer = await list_offer(client)
         await self._on_catalog()
 
     async def _supervise(self, client: Client) -> None:
         async with anyio.create_task_group() as tg:
             caps = client.server_capabilities
-            if client.protocol_version in MODERN_PROTOCOL_VERSIONS and caps.tools and caps.tools.list_changed:
+            if client.protocol_version in MODERN_PROTOCOL_VERSIONS and _announces_changes(caps):
                 tg.start_soon(self._listen, client)
             while not self._broken.is_set():
                 with anyio.move_on_after(_PING_SECONDS):
@@ -185,7 +205,9 @@ class Upstream:
 
     async def _listen(self, client: Client) -> None:
         try:
-            async with client.listen(tools_list_changed=True) as subscription:
+            async with client.listen(
+                tools_list_changed=True, prompts_list_changed=True, resources_list_changed=True
+            ) as subscription:
                 async for _event in subscription:
                     self._relist.set()
         except Exception as exc:
@@ -195,8 +217,46 @@ class Upstream:
         if isinstance(message, Exception):
             log.info("upstream %s: transport error: %s", self.name, _describe(message))
             return
-        if isinstance(message, types.ToolListChangedNotification):
+        if isinstance(
+            message,
+            types.ToolListChangedNotification
+            | types.PromptListChangedNotification
+            | types.ResourceListChangedNotification,
+        ):
             self._relist.set()
+        elif isinstance(message, types.ResourceUpdatedNotification):
+            await self.hooks.resource_updated(message.params.uri)
+
+    def live_client(self) -> Client:
+        """The connected client, for a long-lived stream (a resource subscription); RelayUnavailable when down."""
+        if self._client is None or self.state != "ready":
+            raise RelayUnavailable(f"upstream '{self.name}' is not connected")
+        return self._client
+
+    async def relay(self, what: str, request: Callable[[Client], Awaitable[T]]) -> T:
+        """Send one prompt, resource or completion request; RelayUnavailable when it cannot get an answer.
+
+        An error the upstream answers with (`MCPError`) is passed on as it is.
+        """
+        client = self._client
+        if client is None or self.state != "ready":
+            raise RelayUnavailable(f"upstream '{self.name}' is not connected; {what} was not sent")
+        timeout = self.settings.call_timeout
+        try:
+            with anyio.fail_after(timeout):
+                return await request(client)
+        except TimeoutError:
+            raise RelayUnavailable(f"upstream '{self.name}' did not answer {what} within {timeout:g}s") from None
+        except MCPError as exc:
+            if exc.code == types.CONNECTION_CLOSED:
+                self.last_error = exc.message
+                self._broken.set()
+                raise RelayUnavailable(f"upstream '{self.name}' failed {what}: {exc.message}") from exc
+            raise
+        except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+            self.last_error = _describe(exc)
+            self._broken.set()
+            raise RelayUnavailable(f"upstream '{self.name}' failed {what}: {self.last_error}") from exc
 
     # ---- calls
 
@@ -309,6 +369,10 @@ class UpstreamSet:
             }
             for u in self.upstreams
         ]
+
+
+def _announces_changes(caps: types.ServerCapabilities) -> bool:
+    return any(cap is not None and bool(cap.list_changed) for cap in (caps.tools, caps.prompts, caps.resources))
 
 
 async def _first(*waits: Callable[[], Awaitable[None]]) -> None:

@@ -1,0 +1,46 @@
+"""A gateway in front of the tests' relay upstream (`relay_upstream.py`, over stdio), served on loopback."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from gateway.app import Gateway
+from gateway.config import parse_settings
+from tests.harness import base_config, serve_asgi, write_policy
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def relay_upstream(name: str = "memo", *, legacy: bool = False, prefix: str = "") -> dict[str, Any]:
+    command = [sys.executable, "-m", "tests.gateway.relay_upstream", *(["--legacy"] if legacy else [])]
+    return {"name": name, "command": command, "cwd": str(REPO), "prefix": prefix, "connect_timeout": "20s"}
+
+
+@asynccontextmanager
+async def relay_gateway(
+    tmp_path: Path,
+    database_url: str,
+    policy: Mapping[str, Any],
+    upstreams: list[dict[str, Any]] | None = None,
+    **server: Any,
+) -> AsyncIterator[tuple[str, Gateway]]:
+    data = base_config(
+        database_url=database_url,
+        policy_file=write_policy(tmp_path / "policy.json", policy),
+        upstream_url="http://unused",
+        **server,
+    )
+    data["upstreams"] = upstreams or [relay_upstream()]
+    gateway = Gateway(parse_settings(data, source="<test>", base_dir=str(tmp_path), environ={}))
+    async with serve_asgi(gateway.asgi()) as base_url:
+        assert await gateway.upstreams.wait_connected(30), gateway.upstreams.status()
+        yield base_url, gateway
+
+
+async def audit_rows(gateway: Gateway, *kinds: str) -> list[Any]:
+    """The audit rows of these kinds, oldest first."""
+    return [event for event in await gateway.service.history.events(limit=1000) if event.kind in kinds]
