@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -84,6 +85,10 @@ class UpstreamHooks:
 
     async def resource_updated(self, uri: str) -> None:
         return None
+
+    def serving(self) -> AbstractAsyncContextManager[None]:
+        """Entered around each tools/call sent to the upstream."""
+        return nullcontext()
 
 
 class RelayUnavailable(Exception):

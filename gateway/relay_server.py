@@ -26,6 +26,7 @@ from gateway.policy_reads import ReadDecision, ReadPolicy
 from gateway.policy_store import PolicyStore
 from gateway.relay_catalog import Catalog, RelayUnavailable, Target, dump
 from gateway.relay_subscriptions import Subscriptions
+from gateway.relay_traffic import Traffic
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +66,18 @@ class Relay:
     """Handlers for prompts, resources, subscriptions, completion and log levels, installed on the gateway's server."""
 
     def __init__(
-        self, catalog: Catalog, policies: PolicyStore, service: ApprovalService, subscriptions: Subscriptions
+        self,
+        catalog: Catalog,
+        policies: PolicyStore,
+        service: ApprovalService,
+        subscriptions: Subscriptions,
+        traffic: Traffic,
     ) -> None:
         self.catalog = catalog
         self.policies = policies
         self.service = service
         self.subscriptions = subscriptions
+        self.traffic = traffic
 
     def install(self, server: Server[Any], agent_of: AgentOf) -> None:
         def handler(fn: Callable[[Ctx, Any, str], Awaitable[Any]]) -> Callable[[Ctx, Any], Awaitable[Any]]:
@@ -88,6 +95,9 @@ class Relay:
         add("resources/subscribe", types.SubscribeRequestParams, handler(self.subscribe))
         add("resources/unsubscribe", types.UnsubscribeRequestParams, handler(self.unsubscribe))
         add("completion/complete", types.CompleteRequestParams, handler(self.complete))
+        add("logging/setLevel", types.SetLevelRequestParams, self.traffic.set_level)
+        self.traffic.agent_of = agent_of
+        server.middleware.append(self.traffic.middleware)
 
     # ---- listings
 

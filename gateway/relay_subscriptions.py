@@ -22,7 +22,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from starlette.requests import Request
 
 from gateway.policy_store import PolicyStore
-from gateway.relay_catalog import Catalog, RelayUnavailable, Target, UpstreamHooks
+from gateway.relay_catalog import Catalog, RelayUnavailable, Target
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +48,6 @@ class Subscriptions:
                 await anyio.sleep_forever()
             finally:
                 self._tasks = None
-
-    def hooks(self, upstream: Any) -> UpstreamHooks:
-        subscriptions = self
-
-        class Hooks(UpstreamHooks):
-            async def resource_updated(self, uri: str) -> None:
-                await subscriptions.updated(upstream.prefix + uri)
-
-        return Hooks()
 
     # ---- 2025-era agents
 

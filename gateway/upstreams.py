@@ -273,7 +273,10 @@ class Upstream:
         timeout = self.settings.call_timeout
         try:
             with anyio.fail_after(timeout):
-                return await client.call_tool(tool, arguments, read_timeout_seconds=timeout, progress_callback=progress)
+                async with self.hooks.serving():
+                    return await client.call_tool(
+                        tool, arguments, read_timeout_seconds=timeout, progress_callback=progress
+                    )
         except TimeoutError:
             return Tag.UPSTREAM_TIMEOUT.result(
                 f"upstream '{self.name}' did not answer {tool} within {timeout:g}s; the outcome is unknown."

@@ -22,6 +22,7 @@ from mcp.server.stdio import stdio_server
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 Ctx = ServerRequestContext[Any, Any]
+CallOutcome = types.CallToolResult | types.InputRequiredResult
 
 NOTES = {"monday": "buy milk", "tuesday": "call the bank"}
 SECRET = "the vault code is 0000"
@@ -105,10 +106,7 @@ def build() -> Server[Any]:
         return types.EmptyResult()
 
     async def complete(ctx: Ctx, params: types.CompleteRequestParams) -> types.CompleteResult:
-        if isinstance(params.ref, types.PromptReference):
-            pool = ["Alice", "Alfred", "Bob"]
-        else:
-            pool = list(NOTES)
+        pool = ["Alice", "Alfred", "Bob"] if isinstance(params.ref, types.PromptReference) else list(NOTES)
         values = [v for v in pool if v.startswith(params.argument.value)]
         return types.CompleteResult(completion=types.Completion(values=values, total=len(values), has_more=False))
 
@@ -118,7 +116,7 @@ def build() -> Server[Any]:
     async def list_tools(ctx: Ctx, params: Any) -> types.ListToolsResult:
         return types.ListToolsResult(tools=TOOLS)
 
-    async def call_tool(ctx: Ctx, params: types.CallToolRequestParams) -> types.CallToolResult | types.InputRequiredResult:
+    async def call_tool(ctx: Ctx, params: types.CallToolRequestParams) -> CallOutcome:
         arguments = params.arguments or {}
         if params.name == "chatty":
             await ctx.session.send_log_message(  # type: ignore[deprecated]

@@ -97,29 +97,29 @@ async def test_an_upstream_prefix_namespaces_prompts_and_resources_and_completio
     tmp_path: Path, mode: str
 ) -> None:
     upstreams = [relay_upstream("memo", prefix="memo.")]
-    async with relay_gateway(
-        tmp_path, f"sqlite:///{tmp_path / 'gw.db'}", {"version": "1", "default": "allow"}, upstreams
-    ) as (
-        base,
-        _,
+    allow_all = {"version": "1", "default": "allow"}
+    async with (
+        relay_gateway(tmp_path, f"sqlite:///{tmp_path / 'gw.db'}", allow_all, upstreams) as (base, _),
+        agent_client(base, mode=mode) as agent,
     ):
-        async with agent_client(base, mode=mode) as agent:
-            assert "memo.greet" in [p.name for p in (await agent.list_prompts()).prompts]
-            assert "memo.memo://notes/monday" in [r.uri for r in (await agent.list_resources()).resources]
-            read = await agent.read_resource("memo.memo://notes/tuesday")
-            assert read.contents[0].uri == "memo.memo://notes/tuesday"
-            assert (await agent.get_prompt("memo.greet", {"name": "Bo"})).messages[0].content.text == "Hello, Bo!"  # type: ignore[union-attr]
+        assert "memo.greet" in [p.name for p in (await agent.list_prompts()).prompts]
+        assert "memo.memo://notes/monday" in [r.uri for r in (await agent.list_resources()).resources]
+        read = await agent.read_resource("memo.memo://notes/tuesday")
+        assert read.contents[0].uri == "memo.memo://notes/tuesday"
+        assert (await agent.get_prompt("memo.greet", {"name": "Bo"})).messages[0].content.text == "Hello, Bo!"  # type: ignore[union-attr]
 
-            ref = types.PromptReference(type="ref/prompt", name="memo.greet")
-            assert (await agent.complete(ref, {"name": "name", "value": "Al"})).completion.values == ["Alice", "Alfred"]
-            template = types.ResourceTemplateReference(type="ref/resource", uri="memo.memo://notes/{day}")
-            assert (await agent.complete(template, {"name": "day", "value": "t"})).completion.values == ["tuesday"]
+        ref = types.PromptReference(type="ref/prompt", name="memo.greet")
+        assert (await agent.complete(ref, {"name": "name", "value": "Al"})).completion.values == ["Alice", "Alfred"]
+        template = types.ResourceTemplateReference(type="ref/resource", uri="memo.memo://notes/{day}")
+        assert (await agent.complete(template, {"name": "day", "value": "t"})).completion.values == ["tuesday"]
 
 
 async def test_a_default_deny_policy_refuses_prompts_and_resources_it_does_not_allow(tmp_path: Path) -> None:
     policy = {"version": "1", "default": "deny", "prompts": {"allow": ["greet"]}}
-    async with relay_gateway(tmp_path, f"sqlite:///{tmp_path / 'gw.db'}", policy) as (base, _):
-        async with agent_client(base) as agent:
-            assert (await agent.get_prompt("greet", {"name": "A"})).messages
-            with pytest.raises(MCPError, match="default deny"):
-                await agent.read_resource("memo://notes/monday")
+    async with (
+        relay_gateway(tmp_path, f"sqlite:///{tmp_path / 'gw.db'}", policy) as (base, _),
+        agent_client(base) as agent,
+    ):
+        assert (await agent.get_prompt("greet", {"name": "A"})).messages
+        with pytest.raises(MCPError, match="default deny"):
+            await agent.read_resource("memo://notes/monday")
