@@ -118,7 +118,7 @@ class Relay:
     # ---- fetching
 
     async def get_prompt(self, ctx: Ctx, params: types.GetPromptRequestParams, agent: str) -> types.GetPromptResult:
-        audit = _Audit(self.service, "prompt.get", agent, params.name, params.arguments)
+        audit = _Audit(self.service, kind="prompt.get", agent=agent, name=params.name, arguments=params.arguments)
         target = await self._admit(audit, self.policies.current.prompts, params.name, self.catalog.prompt(params.name))
         arguments = params.arguments
 
@@ -133,7 +133,7 @@ class Relay:
     async def read_resource(
         self, ctx: Ctx, params: types.ReadResourceRequestParams, agent: str
     ) -> types.ReadResourceResult:
-        audit = _Audit(self.service, "resource.read", agent, params.uri)
+        audit = _Audit(self.service, kind="resource.read", agent=agent, name=params.uri)
         target = await self._admit(
             audit, self.policies.current.resources, params.uri, self.catalog.resource(params.uri)
         )
@@ -151,7 +151,7 @@ class Relay:
         return result
 
     async def subscribe(self, ctx: Ctx, params: types.SubscribeRequestParams, agent: str) -> types.EmptyResult:
-        audit = _Audit(self.service, "resource.subscribe", agent, params.uri)
+        audit = _Audit(self.service, kind="resource.subscribe", agent=agent, name=params.uri)
         target = await self._admit(
             audit, self.policies.current.resources, params.uri, self.catalog.resource(params.uri)
         )
@@ -171,13 +171,13 @@ class Relay:
         ref = params.ref
         policy = self.policies.current
         if isinstance(ref, types.PromptReference):
-            audit = _Audit(self.service, "prompt.complete", agent, ref.name, quiet=True)
+            audit = _Audit(self.service, kind="prompt.complete", agent=agent, name=ref.name, quiet=True)
             target = await self._admit(audit, policy.prompts, ref.name, self.catalog.prompt(ref.name))
             own_ref: types.PromptReference | types.ResourceTemplateReference = ref.model_copy(
                 update={"name": target.name}
             )
         else:
-            audit = _Audit(self.service, "resource.complete", agent, ref.uri, quiet=True)
+            audit = _Audit(self.service, kind="resource.complete", agent=agent, name=ref.uri, quiet=True)
             found = self.catalog.template(ref.uri) or self.catalog.resource(ref.uri)
             target = await self._admit(audit, policy.resources, ref.uri, found)
             own_ref = ref.model_copy(update={"uri": target.name})

@@ -8,6 +8,7 @@ import mcp_types as types
 import pytest
 from mcp import MCPError
 
+from gateway.policy import PolicyError, parse_policy
 from tests.gateway.relay_harness import audit_rows, relay_gateway, relay_upstream
 from tests.harness import agent_client
 
@@ -123,3 +124,20 @@ async def test_a_default_deny_policy_refuses_prompts_and_resources_it_does_not_a
         assert (await agent.get_prompt("greet", {"name": "A"})).messages
         with pytest.raises(MCPError, match="default deny"):
             await agent.read_resource("memo://notes/monday")
+
+
+@pytest.mark.parametrize(
+    ("block", "path", "words"),
+    [
+        ({"prompts": {"allow": "greet"}}, "prompts.allow", "expected a list"),
+        ({"resources": {"show": []}}, "resources.show", "unknown key 'show'"),
+        ({"resources": {"default": "hold"}}, "resources.default", 'expected "allow" or "deny"'),
+        ({"prompts": {"hide": [""]}}, "prompts.hide[0]", "non-empty string"),
+    ],
+)
+def test_a_bad_prompts_or_resources_block_is_refused_naming_the_field(
+    block: dict[str, object], path: str, words: str
+) -> None:
+    with pytest.raises(PolicyError) as refused:
+        parse_policy({"version": "1", "default": "allow", **block})
+    assert refused.value.path == path and words in refused.value.message
