@@ -163,6 +163,11 @@ class Process:
             self.popen.send_signal(signal.SIGKILL)
             self.popen.wait(10)
 
+    def terminate(self) -> None:
+        if self.alive:
+            assert self.popen is not None
+            self.popen.terminate()
+
     def stop(self) -> None:
         if self.alive:
             assert self.popen is not None
@@ -291,7 +296,10 @@ class Cluster:
             raise
 
     def stop(self) -> None:
-        for process in (self.haproxy, *self.replicas, self.broker):
+        processes = (self.haproxy, *self.replicas, self.broker)
+        for process in processes:  # all at once: each may take a few seconds to drain
+            process.terminate()
+        for process in processes:
             process.stop()
 
     def kill(self, name: str) -> None:
