@@ -78,9 +78,15 @@ class ClusterError(RuntimeError):
     """A part of the cluster did not start or answer; the message ends with the logs that say why."""
 
 
+def haproxy_binary() -> str | None:
+    # Debian puts it in /usr/sbin, which is not on every PATH.
+    found = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
+    return found
+
+
 def haproxy_problem() -> str | None:
     """None when HAProxy can be run here; otherwise why not (a skip reason)."""
-    if shutil.which("haproxy") is None:
+    if haproxy_binary() is None:
         return "haproxy is not installed (Debian: apt-get install haproxy)"
     return None
 
@@ -252,7 +258,7 @@ class Cluster:
         ]
         self.haproxy = Process(
             "haproxy",
-            ["haproxy", "-db", "-f", str(HAPROXY_CONFIG)],
+            [haproxy_binary() or "haproxy", "-db", "-f", str(HAPROXY_CONFIG)],
             workdir / "haproxy.log",
             env={
                 "COUNTERSIGN_LISTEN": f"127.0.0.1:{self.port}",
@@ -322,7 +328,7 @@ class Cluster:
         port = free_port()
         balancer = Process(
             "haproxy (other configuration)",
-            ["haproxy", "-db", "-f", str(path)],
+            [haproxy_binary() or "haproxy", "-db", "-f", str(path)],
             path.with_suffix(".log"),
             env={**self.haproxy.env, "COUNTERSIGN_LISTEN": f"127.0.0.1:{port}"},
         )
