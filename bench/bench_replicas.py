@@ -69,7 +69,7 @@ async def one_round(cluster: Cluster, mode: str, batch: int) -> tuple[list[float
 
     async def agent(order: int) -> None:
         try:
-            async with cluster.agent(mode=mode, seen=holders[order]) as client:
+            async with cluster.agent(mode=mode, calls_seen=holders[order]) as client:
                 result: types.CallToolResult | BaseException = await client.call_tool(
                     HELD_TOOL, {"orderId": order, "confirm": True}
                 )
@@ -89,7 +89,7 @@ async def one_round(cluster: Cluster, mode: str, batch: int) -> tuple[list[float
             # People approve at moments unrelated to the replicas' clocks: without this, each approval
             # would follow the previous result, which arrives just after a poll, and meet the worst phase.
             await anyio.sleep(random.uniform(0, 1))
-            holder = holders[order][-1]
+            holder = holders[order][0]
             approver = cluster.replica(next(name for name in REPLICAS if name != holder))
             async with cluster.api(via=approver.url) as api:
                 sent = time.perf_counter()

@@ -222,6 +222,17 @@ def _get(url: str, token: str | None = None, timeout: float = 2.0) -> tuple[int,
         return exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read()
 
 
+def _method(request: httpx2.Request) -> str | None:
+    """The JSON-RPC method an MCP POST carries (None for anything else)."""
+    if request.method != "POST":
+        return None
+    try:
+        body = json.loads(request.content)
+    except ValueError:
+        return None
+    return body.get("method") if isinstance(body, dict) else None
+
+
 # ---- the cluster
 
 
@@ -413,16 +424,24 @@ class Cluster:
         via: str | None = None,
         read_timeout: float = 60.0,
         seen: list[str] | None = None,
+        calls_seen: list[str] | None = None,
     ) -> AsyncIterator[Client]:
         """A real MCP client through the balancer (or `via` a replica's URL).
 
         mode: "legacy" (the 2025-11-25 handshake era, with an Mcp-Session-Id) or "auto" (the
-        sessionless 2026-07-28 era). `seen` collects the replica that answered each response.
+        sessionless 2026-07-28 era). `seen` collects the replica that answered each response,
+        `calls_seen` the replica that answered each `tools/call` (as soon as its headers arrive,
+        so while a held call is still open).
         """
 
         async def note(response: httpx2.Response) -> None:
-            if seen is not None and REPLICA_HEADER in response.headers:
-                seen.append(response.headers[REPLICA_HEADER])
+            replica = response.headers.get(REPLICA_HEADER)
+            if replica is None:
+                return
+            if seen is not None:
+                seen.append(replica)
+            if calls_seen is not None and _method(response.request) == "tools/call":
+                calls_seen.append(replica)
 
         async with (
             httpx2.AsyncClient(
