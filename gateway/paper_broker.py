@@ -15,6 +15,9 @@ import asyncio
 import json
 import logging
 from collections.abc import Mapping
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -59,8 +62,21 @@ def _result(payload: dict[str, Any], *, is_error: bool = False) -> types.CallToo
     )
 
 
-def build_server(book: PaperBook | None = None, *, name: str = "paper-broker") -> Server[Any]:
-    """The low-level MCP server for `book` (a freshly seeded one when omitted)."""
+def _append_to_ledger(ledger: Path, tool: str, arguments: Mapping[str, Any]) -> None:
+    line = {"at": datetime.now(UTC).isoformat(), "tool": tool, "arguments": dict(arguments)}
+    with ledger.open("a", encoding="utf-8") as out:
+        out.write(json.dumps(line, sort_keys=True) + "\n")
+
+
+def build_server(
+    book: PaperBook | None = None, *, name: str = "paper-broker", ledger: Path | None = None
+) -> Server[Any]:
+    """The low-level MCP server for `book` (a freshly seeded one when omitted).
+
+    With `ledger`, every tool call is also appended to that file as one JSON line, before it runs:
+    several processes sharing this broker can then count what reached it (say, that an approved
+    cancel was executed once however many gateway replicas saw the approval).
+    """
     book = book if book is not None else PaperBook()
     listing = types.ListToolsResult(tools=[spec.tool for spec in TOOLS])
 
@@ -72,6 +88,8 @@ def build_server(book: PaperBook | None = None, *, name: str = "paper-broker") -
     async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
         arguments = dict(params.arguments or {})
         book.calls.append((params.name, arguments))
+        if ledger is not None:
+            _append_to_ledger(ledger, params.name, arguments)
         spec = TOOLS_BY_NAME.get(params.name)
         if spec is None:
             raise MCPError(types.INVALID_PARAMS, f"Unknown tool: {params.name}")
@@ -102,19 +120,19 @@ def build_server(book: PaperBook | None = None, *, name: str = "paper-broker") -
 # -- transports -----------------------------------------------------------------------------------
 
 
-async def serve_stdio(book: PaperBook | None = None) -> None:
-    server = build_server(book)
+async def serve_stdio(book: PaperBook | None = None, ledger: Path | None = None) -> None:
+    server = build_server(book, ledger=ledger)
     async with stdio_server() as (read_stream, write_stream):
         await server.run(read_stream, write_stream, server.create_initialization_options())
 
 
-def build_http_app(book: PaperBook | None = None, *, host: str = "127.0.0.1") -> Starlette:
+def build_http_app(book: PaperBook | None = None, *, host: str = "127.0.0.1", ledger: Path | None = None) -> Starlette:
     """Streamable HTTP at /mcp, stateless with JSON responses like the real server, plus GET /health."""
 
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "broker": "paper"})
 
-    return build_server(book).streamable_http_app(
+    return build_server(book, ledger=ledger).streamable_http_app(
         stateless_http=True,
         json_response=True,
         host=host,
@@ -139,10 +157,11 @@ async def serve_http(
     book: PaperBook | None = None,
     *,
     ready: asyncio.Event | None = None,
+    ledger: Path | None = None,
 ) -> None:
     """Serve until cancelled (or interrupted); `ready` is set once the port accepts connections."""
     config = uvicorn.Config(
-        build_http_app(book, host=host),
+        build_http_app(book, host=host, ledger=ledger),
         host=host,
         port=port,
         log_level="warning",
@@ -170,16 +189,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="answer acting tools with TRADING_DISABLED, as the real server does by default",
     )
+    parser.add_argument(
+        "--ledger",
+        type=Path,
+        metavar="FILE",
+        help="also append every tool call to FILE, one JSON line each (tool, arguments, time)",
+    )
 
 
 def run(options: argparse.Namespace) -> int:
     book = PaperBook(trading_enabled=not options.no_trading)
     try:
         if options.http is None:
-            anyio.run(serve_stdio, book)
+            anyio.run(serve_stdio, book, options.ledger)
         else:
             print(f"paper broker: http://{options.host}:{options.http}/mcp", flush=True)
-            anyio.run(serve_http, options.http, options.host, book)
+            anyio.run(partial(serve_http, options.http, options.host, book, ledger=options.ledger))
     except KeyboardInterrupt:
         return 130
     return 0

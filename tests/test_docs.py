@@ -225,3 +225,19 @@ def test_every_quickstart_command_parses_and_the_offline_ones_succeed(
         build_parser().parse_args(argv)  # an argparse error exits the test
         if argv[0] in ("init", "policy"):
             assert main(argv) == 0, f"countersign {' '.join(argv)}: {capsys.readouterr().err}"
+
+
+# ---- the deployment guide shows the load balancer configuration the replica tests run
+
+
+def test_the_deployment_guide_shows_the_haproxy_configuration_the_replica_tests_run_verbatim() -> None:
+    shipped = (DOCS.parent / "deploy" / "haproxy.cfg").read_text()
+    guide = (DOCS / "deploy.md").read_text()
+    shown = re.findall(r"```haproxy\n(.*?)```", guide, flags=re.DOTALL)
+    assert shown == [shipped], "docs/deploy.md must include deploy/haproxy.cfg, unchanged, in one haproxy block"
+    from tests.replicas.cluster import HAPROXY_CONFIG, REPLICAS
+
+    assert DOCS.parent / "deploy" / "haproxy.cfg" == HAPROXY_CONFIG
+    assert re.findall(r"^\s*server (\S+)", shipped, flags=re.MULTILINE) == list(REPLICAS)
+    readme = (DOCS.parent / "README.md").read_text()
+    assert "(docs/deploy.md)" in readme

@@ -363,9 +363,14 @@ async def test_an_unknown_contract_is_reported_as_not_qualified_like_the_real_se
 
 
 @pytest.mark.slow
-async def test_the_broker_serves_over_stdio_as_a_subprocess() -> None:
+async def test_the_broker_serves_over_stdio_as_a_subprocess_and_writes_every_call_to_its_ledger(
+    tmp_path: Path,
+) -> None:
+    ledger = tmp_path / "ledger.jsonl"
     params = mcp.StdioServerParameters(
-        command=sys.executable, args=["-m", "gateway.paper_broker", "--no-trading"], cwd=str(REPO_ROOT)
+        command=sys.executable,
+        args=["-m", "gateway.paper_broker", "--no-trading", "--ledger", str(ledger)],
+        cwd=str(REPO_ROOT),
     )
     async with mcp.Client(params) as client:
         names = {tool.name for tool in (await client.list_tools()).tools}
@@ -375,6 +380,12 @@ async def test_the_broker_serves_over_stdio_as_a_subprocess() -> None:
     assert "ibkr_cancel_order" in names
     assert 1001 in open_order_ids(orders)
     assert error_type(cancel) == "TRADING_DISABLED"
+    # Every call that reached the broker, refused or not, in order; listing tools is not a call.
+    lines = [json.loads(line) for line in ledger.read_text().splitlines()]
+    assert [(line["tool"], line["arguments"]) for line in lines] == [
+        ("ibkr_get_open_orders", {}),
+        ("ibkr_cancel_order", {"orderId": 1001, "confirm": True}),
+    ]
 
 
 def free_port() -> int:
