@@ -31,9 +31,9 @@ def held_cancel_policy() -> dict[str, Any]:
 
 
 async def test_a_thousand_held_calls_from_one_agent_are_capped_and_another_agents_call_still_parks_and_is_found(
-    tmp_path: Path, sqlite_url: str
+    tmp_path: Path, database_url: str
 ) -> None:
-    async with running_gateway(tmp_path, sqlite_url, policy=held_cancel_policy(), config=web_config()) as h:
+    async with running_gateway(tmp_path, database_url, policy=held_cancel_policy(), config=web_config()) as h:
         outcomes: Counter[str] = Counter()
         async with h.agent() as alpha:
             for n in range(1000):
