@@ -9,12 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx2
 import mcp_types as types
 import pytest
 
-from tests.conftest import PG_ADMIN_URL
+from tests.gateway.test_lifecycle import database_unreachable
 from tests.harness import ALICE_TOKEN, Harness, running_gateway
 
 
@@ -93,20 +92,6 @@ async def test_a_database_file_deleted_replaced_or_read_only_is_unhealthy_and_al
             undo(db)
 
 
-async def cut_off(database_url: str) -> None:
-    """No new connections to the test's database, and the open ones terminated: the database is down."""
-    name = database_url.rsplit("/", 1)[1]
-    admin = await asyncpg.connect(PG_ADMIN_URL)
-    try:
-        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
-        await admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
-            name,
-        )
-    finally:
-        await admin.close()
-
-
 DRY_RUN_ORDER = {
     "contract": {"symbol": "AAPL", "secType": "STK", "exchange": "SMART", "currency": "USD"},
     "order": {"action": "BUY", "totalQuantity": 10, "orderType": "MKT"},
@@ -119,15 +104,14 @@ async def test_with_the_database_down_an_allowed_call_is_refused_and_never_reach
 ) -> None:
     async with running_gateway(tmp_path, postgres_url) as h, h.agent() as agent:
         assert not (await agent.call_tool("ibkr_place_order", DRY_RUN_ORDER)).is_error
-        await cut_off(postgres_url)
-
-        for tool, arguments in (("ibkr_place_order", DRY_RUN_ORDER), ("ibkr_get_open_orders", {})):
-            before = len(forwarded(h, tool))
-            result = await agent.call_tool(tool, arguments)
-            assert text(result).startswith("[AUDIT UNAVAILABLE] "), text(result)
-            assert len(forwarded(h, tool)) == before, f"{tool} reached the upstream unaudited"
-        health = await h.api().get("/healthz")
-        assert health.status_code == 503 and health.json()["database"] != "ok"
+        async with database_unreachable(postgres_url):
+            for tool, arguments in (("ibkr_place_order", DRY_RUN_ORDER), ("ibkr_get_open_orders", {})):
+                before = len(forwarded(h, tool))
+                result = await agent.call_tool(tool, arguments)
+                assert text(result).startswith("[AUDIT UNAVAILABLE] "), text(result)
+                assert len(forwarded(h, tool)) == before, f"{tool} reached the upstream unaudited"
+            health = await h.api().get("/healthz")
+            assert health.status_code == 503 and health.json()["database"] != "ok"
 
 
 async def test_allow_read_only_lets_only_tools_annotated_read_only_through_while_the_audit_log_is_down(
@@ -137,12 +121,11 @@ async def test_allow_read_only_lets_only_tools_annotated_read_only_through_while
         running_gateway(tmp_path, postgres_url, server={"audit_unavailable": "allow_read_only"}) as h,
         h.agent() as agent,
     ):
-        await cut_off(postgres_url)
-
-        # The paper broker annotates its get_* tools readOnlyHint: true, and ibkr_place_order false.
-        before = len(forwarded(h, "ibkr_get_open_orders"))
-        assert not (await agent.call_tool("ibkr_get_open_orders", {})).is_error
-        assert len(forwarded(h, "ibkr_get_open_orders")) == before + 1
-        refused = await agent.call_tool("ibkr_place_order", DRY_RUN_ORDER)
-        assert text(refused).startswith("[AUDIT UNAVAILABLE] "), text(refused)
+        async with database_unreachable(postgres_url):
+            # The paper broker annotates its get_* tools readOnlyHint: true, and ibkr_place_order false.
+            before = len(forwarded(h, "ibkr_get_open_orders"))
+            assert not (await agent.call_tool("ibkr_get_open_orders", {})).is_error
+            assert len(forwarded(h, "ibkr_get_open_orders")) == before + 1
+            refused = await agent.call_tool("ibkr_place_order", DRY_RUN_ORDER)
+            assert text(refused).startswith("[AUDIT UNAVAILABLE] "), text(refused)
         assert forwarded(h, "ibkr_place_order") == []
