@@ -21,6 +21,7 @@ from sqlalchemy.pool import NullPool
 
 from approvals import migrations
 from approvals.database_url import parse_database_url
+from approvals.db_file import SqliteFile
 from approvals.errors import StoreUnavailable
 from approvals.migrations import SchemaOutdated, SchemaState
 
@@ -40,8 +41,11 @@ class Database:
         self.url = parsed.url
         self.is_sqlite = parsed.is_sqlite
         self._write_lock = anyio.Lock()
+        self.file: SqliteFile | None = None
         if parsed.sqlite_file is not None:
-            Path(parsed.sqlite_file).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            path = Path(parsed.sqlite_file).expanduser()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = SqliteFile(path)
         if self.is_sqlite:
             connect_args: dict[str, Any] = {"timeout": 30}
             self.engine: AsyncEngine = create_async_engine(self.url, echo=echo, connect_args=connect_args)
@@ -64,6 +68,8 @@ class Database:
         """
         async with self.guard(), self.schema_transaction() as conn:
             prepared = await conn.run_sync(migrations.prepare, migrate)
+        if self.file is not None:
+            self.file.pin()
         # Raised after the commit, so a pre-Alembic database stays stamped as what it is.
         if not prepared.at_head:
             assert prepared.current is not None
@@ -123,6 +129,7 @@ class Database:
         """A write transaction holding the audit-chain lock; commits on success, rolls back on error."""
         with _uncancelled():
             async with self._write_lock, self.guard():
+                self._check_file()
                 conn = await self._open(self._write_engine)
                 try:
                     async with conn.begin():
@@ -131,6 +138,11 @@ class Database:
                         yield conn
                 finally:
                     await conn.close()
+
+    def _check_file(self) -> None:
+        problem = None if self.file is None else self.file.problem()
+        if problem is not None:
+            raise StoreUnavailable(problem)
 
     @staticmethod
     async def _open(engine: AsyncEngine) -> AsyncConnection:
@@ -155,6 +167,32 @@ class Database:
     async def ping(self) -> None:
         async with self.read() as conn:
             await conn.execute(text("SELECT 1"))
+
+    async def probe_write(self) -> None:
+        """Prove that a write would succeed now, or raise StoreUnavailable saying why not.
+
+        Reading proves little: a database that answers reads may be read-only (a replica, a
+        read-only file or mount), or an SQLite file may have been deleted or replaced under the
+        open connection. So the file is checked and a row is written in a transaction that is
+        rolled back. It takes the write lock (SQLite: BEGIN IMMEDIATE) but not the audit chain's.
+        """
+        with _uncancelled():
+            async with self._write_lock, self.guard():
+                self._check_file()
+                conn = await self._open(self._write_engine)
+                try:
+                    transaction = await conn.begin()
+                    try:
+                        await conn.execute(text(f"UPDATE {migrations.VERSION_TABLE} SET version_num = version_num"))
+                    except SQLAlchemyError as exc:
+                        # Not only connectivity: "read-only database", "read-only transaction" are outages here too.
+                        raise StoreUnavailable(
+                            f"the database cannot be written: {getattr(exc, 'orig', None) or exc}"
+                        ) from exc
+                    finally:
+                        await transaction.rollback()
+                finally:
+                    await conn.close()
 
 
 def _uncancelled() -> anyio.CancelScope:

@@ -58,6 +58,15 @@ class ArgumentsChanged(ApprovalError):
     """The arguments about to be forwarded are not the ones that were approved."""
 
 
+class TooManyPending(ApprovalError):
+    """The agent already has as many requests waiting for a decision as one agent may have."""
+
+    def __init__(self, agent: str, limit: int) -> None:
+        super().__init__(f"agent {agent!r} already has {limit} requests waiting for a decision")
+        self.agent = agent
+        self.limit = limit
+
+
 class StoreUnavailable(ApprovalError):
     """The database could not be reached; callers must fail closed."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from approvals import audit
@@ -42,6 +42,19 @@ class RequestReads:
         async with self.db.read() as conn:
             rows = (await conn.execute(query.limit(limit))).mappings().all()
         return [RequestView.from_row(r) for r in rows]
+
+    async def pending_by_agent(self) -> dict[str, int]:
+        """How many requests each agent has waiting for a decision, most first: one flooding agent stands out."""
+        count = func.count().label("n")
+        query = (
+            select(_requests.c.agent, count)
+            .where(_requests.c.status == Status.PENDING.value)
+            .group_by(_requests.c.agent)
+            .order_by(count.desc(), _requests.c.agent)
+        )
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query)).all()
+        return {str(agent): int(n) for agent, n in rows}
 
     async def requests_by_ids(self, ids: Collection[str]) -> list[RequestView]:
         """The requests among `ids` that exist, in no particular order."""
@@ -99,3 +112,9 @@ async def approvals_of(conn: AsyncConnection, request_id: str) -> list[str]:
         .order_by(_decisions.c.id)
     )
     return list(dict.fromkeys((await conn.execute(query)).scalars()))
+
+
+async def pending_of(conn: AsyncConnection, agent: str) -> int:
+    """How many of the agent's requests wait for a decision."""
+    query = select(func.count()).where(_requests.c.agent == agent, _requests.c.status == Status.PENDING.value)
+    return int((await conn.execute(query)).scalar_one())

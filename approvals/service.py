@@ -31,11 +31,12 @@ from approvals.errors import (
     InvalidDecision,
     InvalidTransition,
     NotAllowed,
+    TooManyPending,
 )
 from approvals.feed import ChangeFeed
 from approvals.history import AuditHistory
 from approvals.models import ApprovalRequest, Decision
-from approvals.reads import RequestReads, approvals_of, load
+from approvals.reads import RequestReads, approvals_of, load, pending_of
 from approvals.states import END_REASONS, EndReason, Status, can_transition
 from approvals.story import describe, ending
 from approvals.views import DecisionOutcome, NewRequest, RequestView
@@ -91,7 +92,8 @@ class ApprovalService(RequestReads):
         async with self._write() as conn:
             await audit.append(conn, event, self.clock())
 
-    async def create(self, new: NewRequest) -> RequestView:
+    async def create(self, new: NewRequest, *, max_pending: int | None = None) -> RequestView:
+        """Park a call; TooManyPending when the agent has `max_pending` pending (counted in the serialised write)."""
         now = self.clock()
         arguments_json = canonical_json(dict(new.arguments))
         row: dict[str, Any] = {
@@ -108,6 +110,8 @@ class ApprovalService(RequestReads):
             "agent_waiting": True,
         }
         async with self._write() as conn:
+            if max_pending is not None and await pending_of(conn, new.agent) >= max_pending:
+                raise TooManyPending(new.agent, max_pending)
             await conn.execute(insert(_requests).values(**row))
             view = await load(conn, row["id"])
             await audit.append(

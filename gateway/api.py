@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from approvals.approvers import Approver
+from approvals.bulk import BulkRejection, reject_pending_of
 from approvals.errors import AlreadyDecided, InvalidDecision, NotAllowed, RequestNotFound, StoreUnavailable
 from approvals.service import ApprovalService
 from approvals.states import Status
@@ -109,10 +110,12 @@ async def list_approvals(request: Request) -> JSONResponse:
         limit = max(1, min(int(request.query_params.get("limit", "100")), 1000))
     except ValueError:
         return _error(400, "bad_request", "limit must be a whole number")
-    views = await _service(request).list_requests(
-        statuses=statuses, agent=request.query_params.get("agent"), limit=limit
+    service = _service(request)
+    views = await service.list_requests(statuses=statuses, agent=request.query_params.get("agent"), limit=limit)
+    # Every agent's pending count, whatever the filter: a request drowned by another agent's flood is found by agent.
+    return JSONResponse(
+        {"approvals": [request_json(v) for v in views], "pending_by_agent": await service.pending_by_agent()}
     )
-    return JSONResponse({"approvals": [request_json(v) for v in views]})
 
 
 async def show_approval(request: Request) -> JSONResponse:
@@ -177,6 +180,37 @@ async def reject(request: Request) -> JSONResponse:
     reason = await _decision_body(request)
     outcome = await _service(request).reject(request.path_params["request_id"], approver, _channel(request), reason)
     return JSONResponse(outcome_json(outcome))
+
+
+async def reject_agent(request: Request) -> JSONResponse:
+    """Reject every pending request of one agent; each one as a single rejection would be (approvals.bulk)."""
+    approver = _approver(request)
+    raw = await _bounded_body(request)
+    try:
+        data = bounded_json.loads(raw, max_bytes=MAX_DECISION_BODY) if raw.strip() else None
+    except ValueError as exc:
+        raise HTTPException(400, f"the body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise HTTPException(400, 'the body must be a JSON object such as {"agent": "NAME", "reason": "..."}')
+    unknown = sorted(set(data) - {"agent", "reason"})
+    if unknown:
+        raise HTTPException(400, f'unknown key {unknown[0]!r}; the body takes "agent" and "reason"')
+    agent, reason = data.get("agent"), data.get("reason")
+    if not isinstance(agent, str) or not agent.strip():
+        raise HTTPException(400, "agent must name the agent whose pending requests to reject")
+    if reason is not None and not isinstance(reason, str):
+        raise HTTPException(400, "reason must be a string")
+    outcome = await reject_pending_of(_service(request), agent.strip(), approver, _channel(request), reason)
+    return JSONResponse(bulk_json(outcome))
+
+
+def bulk_json(outcome: BulkRejection) -> dict[str, Any]:
+    return {
+        "agent": outcome.agent,
+        "rejected": outcome.rejected,
+        "refused": [{"id": r.request_id, "detail": r.why} for r in outcome.refused],
+        "message": outcome.message,
+    }
 
 
 async def audit_events(request: Request) -> JSONResponse:
@@ -249,6 +283,7 @@ EXCEPTION_HANDLERS = {
 
 ROUTES = [
     Route("/api/approvals", list_approvals, methods=["GET"]),
+    Route("/api/approvals/reject", reject_agent, methods=["POST"]),
     Route("/api/approvals/{request_id}", show_approval, methods=["GET"]),
     Route("/api/approvals/{request_id}/approve", approve, methods=["POST"]),
     Route("/api/approvals/{request_id}/reject", reject, methods=["POST"]),

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
 import anyio
-from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
+from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
 from mcp.server.subscriptions import (
     InMemorySubscriptionBus,
     PromptsListChanged,
@@ -40,6 +40,7 @@ from gateway.order_context import OrderContext
 from gateway.policy_store import PolicyStore
 from gateway.ratelimit import RateLimiter
 from gateway.relay import build_relay
+from gateway.sessions import AgentSessions, SessionCap
 from gateway.upstreams import Upstreams, UpstreamSet
 from gateway.web import WebChannel
 
@@ -81,13 +82,24 @@ class Gateway:
             default_max_hold=settings.server.default_max_hold,
         )
         self.calls = CallHandler(
-            service=self.service, policies=self.policies, upstreams=self.upstreams, limiter=self.limiter, held=self.held
+            service=self.service,
+            policies=self.policies,
+            upstreams=self.upstreams,
+            limiter=self.limiter,
+            held=self.held,
+            agent_limits=settings.agent_limits,
+            audit_unavailable=settings.server.audit_unavailable,
         )
         self.events = InMemorySubscriptionBus()
         self.relay = build_relay(self.upstreams, self.policies, self.service, self.events)
         self.mcp = build_server(self.calls, self.events, stdio_agent=stdio_agent, relay=self.relay)
-        self.session_manager = StreamableHTTPSessionManager(
-            app=self.mcp, json_response=False, stateless=False, security_settings=self._transport_security()
+        self.session_manager = AgentSessions(
+            self.mcp,
+            per_agent=settings.agent_limits.max_sessions_per_agent,
+            agents=len(settings.agents),
+            json_response=False,
+            stateless=False,
+            security_settings=self._transport_security(),
         )
         self.lookups = OrderContext(GatewayReads(self.service, self.policies, self.upstreams))
         self.channels = build_channels(ChannelContext(settings, self.service, self.approvers, self.lookups))
@@ -158,7 +170,7 @@ class Gateway:
 
     def asgi(self, *, lifespan: bool = True) -> Starlette:
         mcp_endpoint = AgentAuth(
-            StreamableHTTPASGIApp(self.session_manager),
+            SessionCap(StreamableHTTPASGIApp(self.session_manager), self.session_manager),
             self.agent_tokens(),
             dev_mode=self.settings.server.dev_mode,
             keepalive_interval=self.settings.server.keepalive_interval,
@@ -185,7 +197,7 @@ class Gateway:
         return app
 
     async def _health(self, request: Request) -> JSONResponse:
-        return await health(request, ping=self.db.ping, upstreams=self.upstreams.status())
+        return await health(request, probe=self.db.probe_write, upstreams=self.upstreams.status())
 
 
 def build_channels(context: ChannelContext) -> list[Channel]:

@@ -29,7 +29,9 @@ from jsonschema.validators import Draft202012Validator, validator_for
 from approvals.audit import Event, canonical_json
 from gateway.errors import Tag
 
-MAX_TOOL_NAME_CHARS: Final = 200
+# The length MCP's tool-naming guidance allows (1 to 128 characters).
+MAX_TOOL_NAME_CHARS: Final = 128
+# The default of `[agent_limits] max_argument_bytes`.
 MAX_ARGUMENTS_BYTES: Final = 256 * 1024
 MAX_DEPTH: Final = 64
 
@@ -116,6 +118,7 @@ def check_call(
     input_schema: Mapping[str, Any] | None,
     *,
     cache: SchemaCache = _SCHEMAS,
+    max_bytes: int = MAX_ARGUMENTS_BYTES,
 ) -> InvalidArguments | None:
     """Why this call must be refused before the policy sees it, or None when it may go on.
 
@@ -129,10 +132,8 @@ def check_call(
     if problem is not None:
         return problem
     size = len(json.dumps(arguments, ensure_ascii=False, separators=(",", ":")).encode())
-    if size > MAX_ARGUMENTS_BYTES:
-        return InvalidArguments(
-            "$", f"the arguments are {size} bytes of JSON; at most {MAX_ARGUMENTS_BYTES} bytes are accepted"
-        )
+    if size > max_bytes:
+        return InvalidArguments("$", f"the arguments are {size} bytes of JSON; at most {max_bytes} bytes are accepted")
     if input_schema is None:
         return None
     validator = cache.validator(input_schema)

@@ -11,18 +11,20 @@ from typing import Any
 import mcp_types as types
 
 from approvals.audit import Event, canonical_json
-from approvals.errors import ApprovalError
+from approvals.errors import ApprovalError, TooManyPending
 from approvals.service import ApprovalService, arguments_digest
 from approvals.views import NewRequest
 from gateway.arguments import check_call
 from gateway.caller import Caller, Progress, ProgressLine
+from gateway.config_limits import AgentLimitSettings
 from gateway.errors import CallRefused, Tag
+from gateway.fair_share import COUNTED, RefusalBudget
 from gateway.held import HeldCalls
 from gateway.policy_store import PolicyStore
-from gateway.ratelimit import RateLimiter, Refusal
+from gateway.ratelimit import RateLimiter, Refusal, Reservation
 from gateway.results import PENDING_SCHEMA, STATUS_TOOL, WAIT_TOOL, gateway_tools, text_of
 from gateway.schemas import admit_alternative
-from gateway.upstreams import Upstreams
+from gateway.upstreams import Route, Upstreams
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +40,17 @@ class CallHandler:
         upstreams: Upstreams,
         limiter: RateLimiter,
         held: HeldCalls,
+        agent_limits: AgentLimitSettings | None = None,
+        audit_unavailable: str = "refuse",
     ) -> None:
         self.service = service
         self.policies = policies
         self.upstreams = upstreams
         self.limiter = limiter
         self.held = held
+        self.agent_limits = agent_limits or AgentLimitSettings()
+        self.refusals = RefusalBudget(self.agent_limits.max_refusals_per_agent, self.agent_limits.refusal_window)
+        self.audit_unavailable = audit_unavailable
 
     # ---- the catalog
 
@@ -73,10 +80,29 @@ class CallHandler:
         self, caller: Caller, tool: str, arguments: dict[str, Any], progress: Progress | None = None
     ) -> types.CallToolResult:
         """The result for the agent; a refusal raises CallRefused, which the MCP server turns into its result."""
-        line = ProgressLine(progress)
+        wait = self.refusals.wait(caller.agent)
+        if wait is not None:
+            # Past its refusal budget the agent is refused before anything is parsed or stored (gateway.fair_share).
+            message = self.refusals.message(wait)
+            if self.refusals.first_of_block(caller.agent, wait):
+                detail = {"limit": "refusals", "retry_after": round(wait, 1)}
+                await self._audit(
+                    Event(kind="call.limited", outcome="limited", message=message, agent=caller.agent, detail=detail)
+                )
+            raise CallRefused(Tag.RATE_LIMITED, message)
+        try:
+            return await self._call(caller, tool, arguments, ProgressLine(progress))
+        except CallRefused as refusal:
+            if refusal.tag in COUNTED:
+                self.refusals.note(caller.agent)
+            raise
+
+    async def _call(
+        self, caller: Caller, tool: str, arguments: dict[str, Any], line: ProgressLine
+    ) -> types.CallToolResult:
         # Hidden tools are checked without their schema, so a refusal never shows that the tool exists.
         schema = None if self.policies.current.is_hidden(tool) else self.upstreams.input_schema(tool)
-        invalid = check_call(tool, arguments, schema)
+        invalid = check_call(tool, arguments, schema, max_bytes=self.agent_limits.max_argument_bytes)
         if invalid is not None:
             await self._audit(invalid.event(caller.agent, tool, arguments))
             raise CallRefused(Tag.INVALID_ARGUMENTS, invalid.message)
@@ -87,8 +113,8 @@ class CallHandler:
         upstream_name = route.upstream.name if route else None
         arguments_json = canonical_json(arguments)
 
-        async def audit(kind: str, outcome: str, message: str, **detail: Any) -> None:
-            event = Event(
+        def event(kind: str, outcome: str, message: str, **detail: Any) -> Event:
+            return Event(
                 kind=kind,
                 outcome=outcome,
                 message=message,
@@ -98,7 +124,9 @@ class CallHandler:
                 arguments=arguments_json,
                 detail={"rule": evaluation.rule, **detail},
             )
-            await self._audit(event)
+
+        async def audit(kind: str, outcome: str, message: str, **detail: Any) -> None:
+            await self._audit(event(kind, outcome, message, **detail))
 
         if evaluation.action in ("hidden", "deny"):
             await audit(f"call.{'hidden' if evaluation.action == 'hidden' else 'denied'}", "denied", evaluation.message)
@@ -120,11 +148,11 @@ class CallHandler:
             raise CallRefused(Tag.RATE_LIMITED, reservation.message)
 
         if evaluation.action == "allow":
+            await self._record_before_forwarding(event("call.allowed", "allowed", "forwarded"), route, reservation)
             result = await route.upstream.call(route.upstream_tool, arguments, line.relay)
             if result.is_error:
                 reservation.release()
-            outcome = "failed" if result.is_error else "allowed"
-            await audit("call.allowed", outcome, text_of(result, 200) if result.is_error else "forwarded")
+                await audit("call.failed", "failed", text_of(result, 200))
             return result
 
         approval = evaluation.approval
@@ -150,8 +178,18 @@ class CallHandler:
                     run_unattended=approval.run_unattended,
                     max_hold_seconds=self.held.request_bound(caller.agent, approval.max_hold_seconds),
                     keep_on_cancel=approval.keep_on_cancel,
-                )
+                ),
+                max_pending=self.agent_limits.max_pending_per_agent,
             )
+        except TooManyPending as exc:
+            reservation.release()
+            message = (
+                f"you already have {exc.limit} requests waiting for approval, the most one agent may have "
+                "(agent_limits.max_pending_per_agent); this call was not executed or parked. Wait for those "
+                "to be decided (countersign_approval_wait) before asking for more"
+            )
+            await audit("call.limited", "limited", message, limit="pending")
+            raise CallRefused(Tag.RATE_LIMITED, message) from exc
         except Exception as exc:
             # Whatever failed, the call is not parked, so it is refused: fail closed.
             reservation.release()
@@ -165,6 +203,24 @@ class CallHandler:
             ) from exc
         hold_limit = self.held.hold_limit(caller.agent, request)
         return await self.held.follow(request, caller, line, hold_limit=hold_limit, reservation=reservation)
+
+    async def _record_before_forwarding(self, event: Event, route: Route, reservation: Reservation) -> None:
+        """An allowed call is audited before it is forwarded: a call the gateway cannot record does not run."""
+        try:
+            await self.service.record(event)
+        except Exception as exc:
+            if self.audit_unavailable == "allow_read_only" and route.read_only:
+                log.warning("audit log unavailable, forwarding read-only %s unrecorded: %s", event.tool, exc)
+                return
+            reservation.release()
+            log.error(
+                "audit log unavailable, refusing %s: %s", event.tool, exc, exc_info=not isinstance(exc, ApprovalError)
+            )
+            raise CallRefused(
+                Tag.AUDIT_UNAVAILABLE,
+                "the gateway cannot write its audit log now, and it runs no call it cannot record; the call was "
+                "not executed. Try again later",
+            ) from exc
 
     async def _audit(self, event: Event) -> None:
         # Often runs after the call was forwarded: an audit failure must never turn a result the

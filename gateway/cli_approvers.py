@@ -47,6 +47,12 @@ def add_approvals(sub: Subparsers) -> None:
                 "--status", default="pending", help="pending (default), approved, executed, rejected, ..., or all"
             )
             action.add_argument("--limit", type=int, default=50, help="at most this many requests (default 50)")
+            action.add_argument("--agent", metavar="NAME", help="only this agent's requests")
+        elif name == "reject":
+            action.add_argument("id", metavar="ID", nargs="?", help="the request id (apr_…); or give --agent")
+            action.add_argument(
+                "--agent", metavar="NAME", help="instead of ID: reject every pending request of this agent, one by one"
+            )
         else:
             action.add_argument("id", metavar="ID", help="the request id (apr_…)")
         if name in ("approve", "reject"):
@@ -75,7 +81,7 @@ def cmd_approvals(args: argparse.Namespace) -> int:
     try:
         if args.action == "list":
             status = None if args.status == "all" else args.status
-            data = client.get("/api/approvals", {"status": status, "limit": str(args.limit)})
+            data = client.get("/api/approvals", {"status": status, "limit": str(args.limit), "agent": args.agent})
             if args.json:
                 print(json.dumps(data, indent=2))
             else:
@@ -83,6 +89,19 @@ def cmd_approvals(args: argparse.Namespace) -> int:
         elif args.action == "show":
             data = client.get(f"/api/approvals/{args.id}")
             print(json.dumps(data, indent=2) if args.json else print_approval(data))
+        elif args.action == "reject" and (args.id is None) == (args.agent is None):
+            print("error: give a request ID or --agent NAME (not both)", file=sys.stderr)
+            return 2
+        elif args.action == "reject" and args.agent is not None:
+            data = client.post("/api/approvals/reject", {"agent": args.agent, "reason": args.reason})
+            if args.json:
+                print(json.dumps(data, indent=2))
+            else:
+                print(data["message"])
+                for refused in data["refused"]:
+                    print(f"  not rejected: {refused['id']}: {refused['detail']}")
+            if data["refused"]:
+                return 1
         else:
             body: dict[str, Any] = {"reason": args.reason} if args.reason else {}
             data = client.post(f"/api/approvals/{args.id}/{args.action}", body)

@@ -14,12 +14,15 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from approvals.approvers import Approver, token_digest
 from approvals.database_url import parse_database_url
-from approvals.durations import parse_duration, parse_hold_bound
+from gateway.config_base import Section as _Section
+from gateway.config_base import hold_bound as _hold_bound
+from gateway.config_base import seconds as _seconds
+from gateway.config_limits import AgentLimitSettings
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -46,22 +49,6 @@ class ConfigError(Exception):
         self.message = message
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _seconds(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ValueError("expected a duration such as 30, '30s', '5m' or '1h'")
-    return parse_duration(value)
-
-
-def _hold_bound(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ValueError('expected a duration such as 50, "50s" or "5m", or "none" for no bound')
-    return parse_hold_bound(value)
-
-
 # A held call returns [APPROVAL PENDING] after this long unless the agent or the tool says otherwise:
 # under the 60 s at which the TypeScript SDK, the MCP Inspector and many desktop clients give up.
 DEFAULT_MAX_HOLD = 50.0
@@ -83,6 +70,9 @@ class ServerSettings(_Section):
     allowed_hosts: tuple[str, ...] = ()
     # No agent tokens: every caller is the agent "dev". For local experiments only; logged loudly.
     dev_mode: bool = False
+    # When the audit log cannot be written: refuse every call, or let tools whose upstream marks them
+    # read-only (annotation readOnlyHint) through unrecorded.
+    audit_unavailable: Literal["refuse", "allow_read_only"] = "refuse"
 
     _durations = field_validator("progress_interval", "poll_interval", "keepalive_interval", mode="before")(_seconds)
     _bounds = field_validator("default_max_hold", mode="before")(_hold_bound)
@@ -271,6 +261,7 @@ class Settings(_Section):
     approvers: tuple[ApproverSettings, ...] = ()
     slack: SlackSettings = Field(default_factory=SlackSettings)
     web: WebSettings = Field(default_factory=WebSettings)
+    agent_limits: AgentLimitSettings = Field(default_factory=AgentLimitSettings)
     source: str = Field(default="<settings>", exclude=True)
     base_dir: str = Field(default=".", exclude=True)
 

@@ -25,6 +25,7 @@ class Tag(StrEnum):
     APPROVAL_CANCELLED = "APPROVAL CANCELLED"
     APPROVAL_DETACHED = "APPROVAL DETACHED"
     APPROVAL_UNAVAILABLE = "APPROVAL UNAVAILABLE"
+    AUDIT_UNAVAILABLE = "AUDIT UNAVAILABLE"
     UPSTREAM_UNAVAILABLE = "UPSTREAM UNAVAILABLE"
     UPSTREAM_TIMEOUT = "UPSTREAM TIMEOUT"
     UPSTREAM_ERROR = "UPSTREAM ERROR"
@@ -48,7 +49,11 @@ class Tag(StrEnum):
 
 _MEANINGS: dict[Tag, str] = {
     Tag.POLICY_DENIED: "the policy forbids this call; it was not executed. Do not retry it.",
-    Tag.RATE_LIMITED: "too many calls of this kind; it was not executed. Retry after the time it names.",
+    Tag.RATE_LIMITED: (
+        "too many calls of this kind, too many refused calls, or too many requests waiting for approval; it was "
+        "not executed. The text names the limit: retry after the time it names, or once your waiting requests "
+        "are decided."
+    ),
     Tag.UNKNOWN_TOOL: "no such tool is offered through this gateway.",
     Tag.INVALID_ARGUMENTS: "the arguments do not fit the tool; it was not executed. Fix the field it names.",
     Tag.NOT_FOUND: "you have no approval request with that id.",
@@ -61,6 +66,10 @@ _MEANINGS: dict[Tag, str] = {
     Tag.APPROVAL_CANCELLED: "the request was withdrawn; the call was not executed.",
     Tag.APPROVAL_DETACHED: "you stopped waiting; the request is still open. Repeat the call or wait on it.",
     Tag.APPROVAL_UNAVAILABLE: "the approval queue could not be reached; the call was not executed. Try again later.",
+    Tag.AUDIT_UNAVAILABLE: (
+        "the gateway cannot write its audit log, and it runs no call it cannot record; the call was not "
+        "executed. Try again later."
+    ),
     Tag.UPSTREAM_UNAVAILABLE: "the server behind the tool is not reachable now; the call was not executed.",
     Tag.UPSTREAM_TIMEOUT: "the server behind the tool did not answer in time; the outcome is unknown.",
     Tag.UPSTREAM_ERROR: "the server behind the tool failed the call.",

@@ -1,7 +1,10 @@
 """`GET /healthz`: a status anyone may read, and the details only for an approver.
 
 Load balancers and uptime checks call it without credentials and need only `status` (and the
-HTTP code: 503 when the database does not answer). The details (each upstream's name, URL state
+HTTP code: 503 when the database cannot be written). The database check is a write probe
+(`Database.probe_write`): a file deleted, replaced or made read-only under the running gateway,
+or a database that answers reads but refuses writes, is unhealthy, because every call would be
+refused for want of an audit log. The details (each upstream's name, URL state
 and last error, the database's error text) describe the deployment to whoever asks, so they are
 shown only to a caller with an approver's API token.
 """
@@ -20,11 +23,11 @@ from gateway.api import approver_from_headers
 
 
 async def health(
-    request: Request, *, ping: Callable[[], Awaitable[None]], upstreams: Sequence[dict[str, Any]]
+    request: Request, *, probe: Callable[[], Awaitable[None]], upstreams: Sequence[dict[str, Any]]
 ) -> JSONResponse:
     body: dict[str, Any] = {"status": "ok", "upstreams": list(upstreams)}
     try:
-        await ping()
+        await probe()
         body["database"] = "ok"
     except StoreUnavailable as exc:
         body.update(status="degraded", database=str(exc))

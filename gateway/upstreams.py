@@ -57,6 +57,8 @@ class Route:
     upstream: Forwarder
     upstream_tool: str
     input_schema: dict[str, Any]
+    # The upstream's own readOnlyHint annotation: only `server.audit_unavailable = "allow_read_only"` reads it.
+    read_only: bool = False
 
 
 class Upstreams(Protocol):
@@ -330,7 +332,8 @@ class UpstreamSet:
                         routes[name].upstream.name,
                     )
                     continue
-                routes[name] = Route(upstream, tool.name, tool.input_schema)
+                read_only = bool(tool.annotations and tool.annotations.read_only_hint)
+                routes[name] = Route(upstream, tool.name, tool.input_schema, read_only)
                 tools.append(tool if name == tool.name else tool.model_copy(update={"name": name}))
         self._routes = routes
         self._tools = tools

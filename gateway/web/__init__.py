@@ -16,6 +16,7 @@ from approvals.feed import ChangeListener
 from gateway.channels import ChannelContext
 from gateway.web.audit_views import AuditViews
 from gateway.web.auth import Authenticator
+from gateway.web.bulk import BulkViews
 from gateway.web.inbox import InboxViews
 from gateway.web.pages import WebContext
 from gateway.web.security import SecurityHeaders
@@ -42,6 +43,7 @@ class WebChannel:
         self.signin = SignInViews(self.context)
         self.inbox = InboxViews(self.context, context.lookups)
         self.audit = AuditViews(self.context)
+        self.bulk = BulkViews(self.context)
 
     def routes(self) -> list[BaseRoute]:
         guard = self.context.signed_in
@@ -54,6 +56,8 @@ class WebChannel:
             Route("/inbox", guard(inbox.inbox), methods=["GET"]),
             Route("/inbox/cards", guard(inbox.cards), methods=["GET"]),
             Route("/inbox/cards/{request_id}", guard(inbox.one_card), methods=["GET"]),
+            Route("/inbox/reject-agent", guard(self.bulk.confirm), methods=["GET"]),
+            Route("/inbox/reject-agent", guard(self.bulk.reject), methods=["POST"]),
             Route("/approvals/{request_id}", guard(inbox.request_page), methods=["GET"]),
             Route("/approvals/{request_id}/detail", guard(inbox.detail), methods=["GET"]),
             Route("/approvals/{request_id}/context", guard(inbox.context), methods=["GET"]),

@@ -116,6 +116,10 @@ class Card:
         return self.context.result_summary(self.request) or summarize(self.request.result, 200) or None
 
 
+def agent_filter(request: Request) -> str | None:
+    return request.query_params.get("agent", "").strip()[:200] or None
+
+
 def asks_web(request: RequestView) -> bool:
     return "web" in request.channels
 
@@ -165,25 +169,32 @@ class InboxViews:
 
     # ---- the inbox
 
-    async def pending(self) -> list[RequestView]:
-        """What the inbox shows: pending requests whose policy asks approvers on the web, soonest expiry first."""
-        pending = await self.service.list_requests(statuses={Status.PENDING}, limit=_INBOX_LIMIT)
+    async def pending(self, agent: str | None = None) -> list[RequestView]:
+        """What the inbox shows: pending requests whose policy asks approvers on the web, soonest expiry first.
+
+        `agent` shows one agent's only: how a request is found when another agent floods the inbox.
+        """
+        pending = await self.service.list_requests(statuses={Status.PENDING}, agent=agent, limit=_INBOX_LIMIT)
         return [r for r in pending if asks_web(r)]
 
     async def inbox(self, request: Request, viewer: Viewer) -> Response:
-        pending = await self.pending()
+        agent = agent_filter(request)
+        pending = await self.pending(agent)
         cards = [await self.card(r, viewer, "inbox") for r in pending]
-        return await self.web.page(
-            "inbox.html",
-            viewer,
-            {"cards": cards, "pending": len(pending), "active": "inbox", "truncated": len(pending) >= _INBOX_LIMIT},
-            pending_count=len(pending),
-        )
+        context = {
+            "cards": cards,
+            "pending": len(pending),
+            "active": "inbox",
+            "truncated": len(pending) >= _INBOX_LIMIT,
+            "agent": agent,
+            "by_agent": await self.service.pending_by_agent(),
+        }
+        return await self.web.page("inbox.html", viewer, context, pending_count=None if agent else len(pending))
 
     async def cards(self, request: Request, viewer: Viewer) -> Response:
         """The list, re-rendered only when a request is waiting that the page does not show yet."""
         shown = {i for i in request.query_params.getlist("shown") if i}
-        pending = await self.pending()
+        pending = await self.pending(agent_filter(request))
         if {r.id for r in pending} <= shown:
             return Response(status_code=204)
         # Decided cards stay where they were, showing their outcome, until the page is reloaded.

@@ -123,7 +123,8 @@ async def test_pending_requests_are_listed_and_shown_with_their_arguments_and_hi
         api = h.api(CAROL_TOKEN)  # anyone configured may read, even one who may not decide
         listing = (await api.get("/api/approvals", params={"status": "pending"})).json()["approvals"]
         assert [a["id"] for a in listing] == [request["id"]]
-        assert (await api.get("/api/approvals", params={"status": "executed"})).json() == {"approvals": []}
+        executed = (await api.get("/api/approvals", params={"status": "executed"})).json()
+        assert executed == {"approvals": [], "pending_by_agent": {"alpha": 1}}
 
         shown = await api.get(f"/api/approvals/{request['id']}")
         assert shown.status_code == 200

@@ -472,10 +472,13 @@ async def database_unreachable(url: str) -> AsyncIterator[None]:
 
 
 @pytest.mark.postgres
-async def test_with_the_database_down_critical_calls_fail_closed_while_reads_still_work(
+async def test_with_the_database_down_critical_calls_fail_closed_while_reads_pass_where_configured(
     tmp_path: Path, postgres_url: str
 ) -> None:
-    async with running_gateway(tmp_path, postgres_url) as h, h.agent() as agent:
+    # By default every call is refused when it cannot be audited (tests/security/test_database_health.py);
+    # allow_read_only lets the broker's read-only tools through.
+    server = {"audit_unavailable": "allow_read_only"}
+    async with running_gateway(tmp_path, postgres_url, server=server) as h, h.agent() as agent:
         assert not (await agent.call_tool("ibkr_get_open_orders", {})).is_error
 
         async with database_unreachable(postgres_url):
