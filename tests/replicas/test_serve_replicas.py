@@ -44,12 +44,12 @@ def policy(**approval: Any) -> dict[str, Any]:
 
 @asynccontextmanager
 async def replicas(
-    tmp_path: Path, postgres_url: str, document: dict[str, Any], count: int = 3
+    tmp_path: Path, postgres_url: str, document: dict[str, Any], count: int = 3, **server: Any
 ) -> AsyncIterator[list[Served]]:
     (tmp_path / "policy.json").write_text(json.dumps(document))
     async with serve_asgi(build_http_app(PaperBook())) as broker_url:
         config = {
-            "server": {"database_url": postgres_url, "progress_interval": "1s"},
+            "server": {"database_url": postgres_url, "progress_interval": "1s", **server},
             "policy": {"file": str(tmp_path / "policy.json")},
             "upstreams": [{"name": "paper", "url": f"{broker_url}/mcp", "connect_timeout": "10s"}],
             "agents": [{"name": "alpha", "token": AGENT_TOKEN}],
@@ -72,6 +72,18 @@ async def database(url: str) -> AsyncIterator[Database]:
         await db.dispose()
 
 
+async def first_pending(api: httpx2.AsyncClient) -> str:
+    found: list[str] = []
+
+    async def pending() -> bool:
+        body = (await api.get("/api/approvals", params={"status": "pending"})).json()
+        found.extend(r["id"] for r in body["approvals"])
+        return bool(found)
+
+    await wait_for(pending, within=20)
+    return found[0]
+
+
 async def held_on(replica: Served, api: httpx2.AsyncClient, tg: anyio.abc.TaskGroup) -> str:
     """An agent's cancel held on `replica`; its id. The agent is left waiting (it dies with the replica)."""
 
@@ -82,15 +94,7 @@ async def held_on(replica: Served, api: httpx2.AsyncClient, tg: anyio.abc.TaskGr
                 await client.call_tool("ibkr_cancel_order", CANCEL)
 
     tg.start_soon(agent)
-    found: list[str] = []
-
-    async def pending() -> bool:
-        body = (await api.get("/api/approvals", params={"status": "pending"})).json()
-        found.extend(r["id"] for r in body["approvals"])
-        return bool(found)
-
-    await wait_for(pending, within=20)
-    return found[0]
+    return await first_pending(api)
 
 
 async def expiry_of(db: Database, request_id: str) -> tuple[dict[str, Any], list[datetime]]:
@@ -184,3 +188,37 @@ async def test_signing_out_on_one_replica_process_ends_the_session_on_the_others
                 replay.cookies.set("countersign_session", cookie)
                 assert (await replay.get("/inbox")).status_code == 303, "signed out everywhere at once"
         assert PASSWORDS["alice"] not in a.log_text()
+
+
+async def test_a_decision_on_one_replica_reaches_the_agent_held_on_another_without_waiting_for_a_poll(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    # The replicas read the database on their own only every 30 s: anything faster came by notification.
+    async with (
+        replicas(tmp_path, postgres_url, policy(), count=2, poll_interval="30s") as (a, b),
+        httpx2.AsyncClient(base_url=b.url, headers={"Authorization": f"Bearer {ALICE_TOKEN}"}) as api,
+        agent_client(a.url) as agent,
+    ):
+        latencies = []
+        # The working order is cancelled (approved); the next two are turned down, which ends a hold just the same.
+        for order_id, verdict in ((1001, "approve"), (1003, "reject"), (1004, "reject")):
+            box: dict[str, Any] = {}
+            async with anyio.create_task_group() as tg:
+
+                async def call(order: int = order_id, out: dict[str, Any] = box) -> None:
+                    out["result"] = await agent.call_tool("ibkr_cancel_order", {"orderId": order, "confirm": True})
+                    out["at"] = anyio.current_time()
+
+                tg.start_soon(call)
+                request_id = await first_pending(api)
+                sent = anyio.current_time()
+                decided = await api.post(f"/api/approvals/{request_id}/{verdict}", json={"reason": "bench"})
+                assert decided.status_code == 200, decided.text
+            result = box["result"]
+            if verdict == "approve":
+                assert not result.is_error and result.structured_content["orderId"] == 1001, result
+            else:
+                assert result.content[0].text.startswith("[APPROVAL REJECTED]"), result
+            latencies.append(box["at"] - sent)
+        print("decision on B -> result on A:", ", ".join(f"{s * 1000:.0f} ms" for s in latencies))
+        assert max(latencies) < 3.0, latencies
