@@ -124,3 +124,31 @@ async def test_an_upstream_that_failed_its_first_attempt_is_named_and_its_tools_
                 assert text(unknown).startswith("[UNKNOWN TOOL]")
             kinds = [e.kind for e in await gateway.service.history.events(limit=50)]
             assert "call.unavailable" in kinds
+
+
+async def test_an_upstream_still_connecting_after_the_startup_timeout_does_not_keep_agents_waiting(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    policy_file = write_policy(tmp_path / "policy.json", {"version": "1", "default": "allow"})
+    # A process that never answers the MCP handshake: its first attempt lasts its whole connect_timeout.
+    silent = [sys.executable, "-c", "import time; time.sleep(120)"]
+    async with serve_asgi(build_http_app(PaperBook())) as broker_url:
+        data = base_config(database_url=sqlite_url, policy_file=policy_file, upstream_url=f"{broker_url}/mcp")
+        data["upstreams"].append({"name": "slow", "command": silent, "prefix": "slow_", "connect_timeout": "60s"})
+        data["server"]["startup_timeout"] = "1s"
+        settings = parse_settings(data, source="<test>", base_dir=str(tmp_path), environ={})
+        gateway = Gateway(settings)
+        async with serve_asgi(gateway.asgi()) as url, httpx2.AsyncClient(base_url=url, timeout=10) as http:
+            # Start-up settles after the 1 s bound, long before the silent upstream's 60 s attempt ends.
+            await wait_for(lambda: gateway.readiness.started.is_set(), within=10)
+            slow = gateway.upstreams.get("slow")
+            assert slow is not None and not slow.attempted.is_set()
+            await wait_for(lambda: gateway.upstreams.get("paper").ready, within=15)  # type: ignore[union-attr]
+            async with agent_client(url) as agent:
+                served = await agent.call_tool("ibkr_get_open_orders", {})
+                waiting = await agent.call_tool("slow_anything", {})
+            assert not served.is_error, text(served)
+            assert text(waiting).startswith("[UPSTREAM UNAVAILABLE]"), text(waiting)
+            ready = await http.get("/readyz")
+            assert ready.status_code == 200
+            assert ready.json()["upstreams"] == {"connecting": 1, "ready": 1}
