@@ -25,8 +25,9 @@ from gateway.web.templating import Templates
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Request, Viewer], Awaitable[Response]]
-_STORE_DOWN = "The database cannot be reached right now. Nothing was decided; try again in a moment."
 Endpoint = Callable[[Request], Awaitable[Response]]
+
+_STORE_DOWN = "The database cannot be reached right now. Nothing was decided; try again in a moment."
 
 
 def is_htmx(request: Request) -> bool:
