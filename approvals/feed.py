@@ -3,10 +3,12 @@
 Each transition (and each decision that does not decide yet, such as one approval of two) writes
 an audit event in the same transaction as the change itself. Those events are numbered in commit
 order, so they *are* the feed: a process reads the events after its cursor and hands each one to
-its listeners. The process that made a change pokes its own feed so it reads at once; every other
-process notices within one poll interval. Side effects (quota returned, Slack kept true, timers
-armed, unattended runs started) hang off this feed, never off the code path that made the change,
-so they happen whichever process or replica made it.
+its listeners. The process that made a change pokes its own feed so it reads at once. On
+PostgreSQL every other process is woken by a notification sent when the change commits
+(`approvals.notify`), and still reads every few seconds as a safety net; on SQLite (one host,
+usually one process) other processes notice within one poll interval. Side effects (quota
+returned, Slack kept true, timers armed, unattended runs started) hang off this feed, never off
+the code path that made the change, so they happen whichever process or replica made it.
 
 Delivery is at least once per process: a listener whose effect reaches outside the process (a
 Slack message, an upstream call) guards it with a compare-and-set in the database.
@@ -21,7 +23,9 @@ from typing import Protocol
 
 import anyio
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from approvals import notify
 from approvals.db import Database
 from approvals.models import ApprovalRequest, AuditEvent
 from approvals.states import Status
@@ -34,6 +38,8 @@ _requests = ApprovalRequest.__table__  # type: ignore[attr-defined]
 
 # How many events one read takes; a backlog is worked through in batches of this size.
 _BATCH = 500
+# While notifications arrive, the feed still reads at least this often on its own: a safety net only.
+SAFETY_POLL = 5.0
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,11 @@ class ChangeFeed:
         self.db = db
         # Changes made by other processes are read at this interval (changes made here: at once).
         self.poll_interval = poll_interval
+        # PostgreSQL: woken by notifications (see approvals.notify); None on SQLite.
+        self.notifications = (
+            None if db.is_sqlite else notify.Listener(notify.listen_dsn(db.url), self.poke, self._listening)
+        )
+        self._notified = False
         self._listeners: list[ChangeListener] = []
         self._cursor: int | None = None
         self._poked = anyio.Event()
@@ -75,8 +86,22 @@ class ChangeFeed:
         self._listeners.append(listener)
 
     def poke(self) -> None:
-        """A change was just committed in this process: read the feed now rather than at the next poll."""
+        """A change was just committed (here, or elsewhere and notified): read the feed now, not at the next poll."""
         self._poked.set()
+
+    async def announce(self, conn: AsyncConnection) -> None:
+        """Inside a write transaction that changes a request: wake every other process when it commits."""
+        if self.notifications is not None:
+            await notify.announce(conn)
+
+    @property
+    def interval(self) -> float:
+        """How long the feed waits for a wake-up before reading anyway."""
+        return max(self.poll_interval, SAFETY_POLL) if self._notified else self.poll_interval
+
+    def _listening(self, up: bool) -> None:
+        self._notified = up
+        self._poked.set()  # re-time the current wait to the new interval
 
     async def start(self) -> None:
         """Begin at the current end of the log: what happened before this process started is not replayed."""
@@ -87,15 +112,18 @@ class ChangeFeed:
         """Deliver changes for the life of the process."""
         if self._cursor is None:
             await self.start()
-        while True:
-            with anyio.move_on_after(self.poll_interval):
-                await self._poked.wait()
-            self._poked = anyio.Event()
-            try:
-                while await self.deliver() == _BATCH:
-                    pass
-            except Exception as exc:  # the store may be down: waiters fail closed on their own deadlines
-                log.warning("could not read the change feed: %s", exc)
+        async with anyio.create_task_group() as tg:
+            if self.notifications is not None:
+                tg.start_soon(self.notifications.run)
+            while True:
+                with anyio.move_on_after(self.interval):
+                    await self._poked.wait()
+                self._poked = anyio.Event()
+                try:
+                    while await self.deliver() == _BATCH:
+                        pass
+                except Exception as exc:  # the store may be down: waiters fail closed on their own deadlines
+                    log.warning("could not read the change feed: %s", exc)
 
     async def deliver(self) -> int:
         """Read the next batch of changes and hand each to every listener. Returns how many were read."""

@@ -102,3 +102,23 @@ class AuditEvent(SQLModel, table=True):
     detail: str = Field(sa_column=Column(Text, nullable=False))
     prev_hash: str = Field(max_length=64)
     hash: str = Field(max_length=64)
+
+
+class WebSession(SQLModel, table=True):
+    """A signed-in web session, kept where every replica reads it, so ending it ends it everywhere at once.
+
+    The browser's cookie holds only the signed session id; `id` here is that id's SHA-256, so a
+    copy of this table signs nobody in.
+    """
+
+    __tablename__ = "web_session"
+
+    id: str = Field(primary_key=True, max_length=64)
+    approver: str = Field(index=True)
+    # A fingerprint of the approver's password hash at sign-in: a new password ends the session.
+    credential: str | None = Field(default=None, max_length=64)
+    created_at: datetime = _ts()
+    expires_at: datetime = _ts()
+    ended_at: datetime | None = _ts(nullable=True)
+    # "signed out", "password changed", "approver removed"; None while it stands.
+    ended_because: str | None = Field(default=None, max_length=32)

@@ -89,7 +89,8 @@ class ApprovalService(RequestReads):
 
     async def record(self, event: Event) -> None:
         """Audit something that changes no request (a call allowed, denied or limited; a refusal)."""
-        async with self._write() as conn:
+        # Only request events are changes to a request; a call allowed or refused wakes nobody else.
+        async with self._write(announce=event.kind.startswith("request.")) as conn:
             await audit.append(conn, event, self.clock())
 
     async def create(self, new: NewRequest, *, max_pending: int | None = None) -> RequestView:
@@ -359,10 +360,12 @@ class ApprovalService(RequestReads):
     # ---- internals
 
     @asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
-        """A write transaction whose changes the feed reads as soon as it has committed."""
+    async def _write(self, *, announce: bool = True) -> AsyncIterator[AsyncConnection]:
+        """A write transaction whose changes every process's feed reads as soon as it has committed."""
         async with self.db.write() as conn:
             yield conn
+            if announce:
+                await self.feed.announce(conn)
         self.feed.poke()
 
     async def _cas(

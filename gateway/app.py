@@ -39,6 +39,7 @@ from gateway.mcp_server import build_server
 from gateway.order_context import OrderContext
 from gateway.policy_store import PolicyStore
 from gateway.ratelimit import RateLimiter
+from gateway.readiness import Readiness
 from gateway.relay import build_relay
 from gateway.sessions import AgentSessions, SessionCap
 from gateway.upstreams import Upstreams, UpstreamSet
@@ -73,6 +74,7 @@ class Gateway:
         self.policies = PolicyStore(settings.policy_path)
         self.upstreams: Upstreams = upstreams or UpstreamSet(settings.upstreams)
         self.limiter = RateLimiter()
+        self.readiness = Readiness(self.db, self.upstreams, settings.server.startup_timeout)
         self.held = HeldCalls(
             self.service,
             self.upstreams,
@@ -147,6 +149,7 @@ class Gateway:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self.upstreams.run)
+                tg.start_soon(self.readiness.settle)
                 if self.settings.policy.watch:
                     tg.start_soon(self.policies.watch)
                 tg.start_soon(self.timeouts.run)
@@ -169,11 +172,13 @@ class Gateway:
         return {agent.digest: agent.name for agent in self.settings.agents}
 
     def asgi(self, *, lifespan: bool = True) -> Starlette:
-        mcp_endpoint = AgentAuth(
-            SessionCap(StreamableHTTPASGIApp(self.session_manager), self.session_manager),
-            self.agent_tokens(),
-            dev_mode=self.settings.server.dev_mode,
-            keepalive_interval=self.settings.server.keepalive_interval,
+        mcp_endpoint = self.readiness.gate(
+            AgentAuth(
+                SessionCap(StreamableHTTPASGIApp(self.session_manager), self.session_manager),
+                self.agent_tokens(),
+                dev_mode=self.settings.server.dev_mode,
+                keepalive_interval=self.settings.server.keepalive_interval,
+            )
         )
 
         @asynccontextmanager
@@ -185,6 +190,7 @@ class Gateway:
             routes=[
                 Route("/mcp", mcp_endpoint, methods=["GET", "POST", "DELETE"]),
                 Route("/healthz", self._health, methods=["GET"]),
+                Route("/readyz", self.readiness.endpoint, methods=["GET"]),
                 *api.ROUTES,
                 *(route for channel in self.channels for route in channel.routes()),
             ],

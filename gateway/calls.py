@@ -132,6 +132,15 @@ class CallHandler:
             await audit(f"call.{'hidden' if evaluation.action == 'hidden' else 'denied'}", "denied", evaluation.message)
             raise CallRefused(Tag.POLICY_DENIED, evaluation.message)
         if route is None:
+            connecting = self.upstreams.connecting_for(tool)
+            if connecting:
+                names = " and ".join(f"'{name}'" for name in connecting)
+                message = (
+                    f"no tool named '{tool}' is known yet: upstream {names} has not connected since the gateway "
+                    "started; the call was not executed. Try again in a few seconds."
+                )
+                await audit("call.unavailable", "failed", message)
+                raise CallRefused(Tag.UPSTREAM_UNAVAILABLE, message)
             message = f"no tool named '{tool}' is available through this gateway"
             await audit("call.unknown", "denied", message)
             raise CallRefused(Tag.UNKNOWN_TOOL, message)

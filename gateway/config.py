@@ -63,6 +63,8 @@ class ServerSettings(_Section):
     public_url: str = ""
     progress_interval: float = 5.0
     poll_interval: float = 1.0
+    # How long a starting gateway keeps /mcp waiting for its upstreams' first connection attempts.
+    startup_timeout: float = 30.0
     # The hold bound of agents and tools that set no `max_hold` (math.inf, written "none": no bound).
     default_max_hold: float = DEFAULT_MAX_HOLD
     # How often an SSE comment goes out on an open HTTP response that has sent nothing else.
@@ -74,7 +76,9 @@ class ServerSettings(_Section):
     # read-only (annotation readOnlyHint) through unrecorded.
     audit_unavailable: Literal["refuse", "allow_read_only"] = "refuse"
 
-    _durations = field_validator("progress_interval", "poll_interval", "keepalive_interval", mode="before")(_seconds)
+    _durations = field_validator(
+        "progress_interval", "poll_interval", "startup_timeout", "keepalive_interval", mode="before"
+    )(_seconds)
     _bounds = field_validator("default_max_hold", mode="before")(_hold_bound)
 
     @field_validator("database_url")

@@ -73,7 +73,7 @@ async def serve_stdio(settings: Settings, agent: str, *, with_http: bool = True)
             else:
                 # Another gateway on this database already serves the API; its decisions reach us through it.
                 log.info("port %s is in use; serving stdio only", settings.server.port)
-        await gateway.upstreams.wait_connected(settings.upstreams[0].connect_timeout if settings.upstreams else 0)
+        await gateway.readiness.wait()
         await gateway.mcp.run(read, write, gateway.mcp.create_initialization_options())
         tg.cancel_scope.cancel()
     return 0

@@ -2,6 +2,11 @@
 
 Each upstream runs in its own task that owns its client. A call to an upstream that is down
 gets an error result at once, never a hang; the task reconnects with exponential backoff.
+
+An upstream's tools stay in the catalog while it reconnects (their calls answer `[UPSTREAM
+UNAVAILABLE]`). Before an upstream has listed its tools once, nobody knows its tools: a call to a
+name no upstream offers is then put down to that upstream (`connecting_for`, matched by its
+`prefix` when it has one) and answered `[UPSTREAM UNAVAILABLE]` rather than `[UNKNOWN TOOL]`.
 """
 
 from __future__ import annotations
@@ -70,6 +75,10 @@ class Upstreams(Protocol):
 
     async def wait_connected(self, within: float) -> bool: ...
 
+    async def wait_attempted(self, within: float) -> bool: ...
+
+    def connecting_for(self, name: str) -> list[str]: ...
+
     def tools(self) -> list[types.Tool]: ...
 
     def route(self, name: str) -> Route | None: ...
@@ -98,6 +107,9 @@ class Upstream:
         self._broken = anyio.Event()
         self._relist = anyio.Event()
         self.connected = anyio.Event()
+        # The first connection attempt has ended, connected or not; and whether the tools were ever listed.
+        self.attempted = anyio.Event()
+        self.listed_once = False
 
     @property
     def ready(self) -> bool:
@@ -125,6 +137,7 @@ class Upstream:
             except Exception as exc:  # a failing upstream must never take the gateway down
                 self.last_error = _describe(exc)
                 log.warning("upstream %s: %s; reconnecting in %.1fs", self.name, self.last_error, delay)
+                self.attempted.set()
             finally:
                 self._client = None
                 self.state = "down"
@@ -139,8 +152,10 @@ class Upstream:
             self._client = client
             self.state = "ready"
             self.last_error = None
+            self.listed_once = True
             listed.set()
             self.connected.set()
+            self.attempted.set()
             log.info("upstream %s: connected (%s), %d tools", self.name, self.protocol_version, len(self.tools))
             await self._supervise(client)
 
@@ -318,6 +333,18 @@ class UpstreamSet:
             return True
         return False
 
+    async def wait_attempted(self, within: float) -> bool:
+        """Wait until every upstream's first connection attempt has ended (either way); False after `within`."""
+        with anyio.move_on_after(within):
+            for upstream in self.upstreams:
+                await upstream.attempted.wait()
+            return True
+        return False
+
+    def connecting_for(self, name: str) -> list[str]:
+        """The upstreams that may offer `name` but have not listed their tools since the gateway started."""
+        return [u.name for u in self.upstreams if not u.listed_once and name.startswith(u.settings.prefix)]
+
     async def _rebuild(self) -> None:
         routes: dict[str, Route] = {}
         tools: list[types.Tool] = []
@@ -369,6 +396,9 @@ class UpstreamSet:
             {
                 "name": u.name,
                 "state": u.state,
+                "first_attempt": ("connected" if u.listed_once else "failed")
+                if u.attempted.is_set()
+                else "in progress",
                 "tools": len(u.tools),
                 "protocol": u.protocol_version,
                 "last_error": u.last_error,

@@ -6,12 +6,15 @@ It acts on requests only through the approval service, like every other channel.
 
 from __future__ import annotations
 
+import logging
+
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from approvals.errors import ApprovalError
 from approvals.feed import ChangeListener
 from gateway.channels import ChannelContext
 from gateway.web.audit_views import AuditViews
@@ -20,10 +23,13 @@ from gateway.web.bulk import BulkViews
 from gateway.web.inbox import InboxViews
 from gateway.web.pages import WebContext
 from gateway.web.security import SecurityHeaders
+from gateway.web.sessions import SessionStore
 from gateway.web.signin import SignInViews
 from gateway.web.templating import Templates, asset_dir
 
 __all__ = ["WebChannel"]
+
+log = logging.getLogger(__name__)
 
 # Path prefixes the web channel owns; its security headers apply to these (and to "/").
 PREFIXES = ("/signin", "/signout", "/inbox", "/approvals", "/audit", "/static")
@@ -37,7 +43,10 @@ class WebChannel:
         self.static_dir = asset_dir("static")
         templates = Templates(asset_dir("templates"), self.static_dir)
         auth = Authenticator(
-            settings.web, context.approvers, secure_cookies=settings.server.base_url.startswith("https://")
+            settings.web,
+            context.approvers,
+            SessionStore(context.service.db, context.service.clock),
+            secure_cookies=settings.server.base_url.startswith("https://"),
         )
         self.context = WebContext(service=context.service, settings=settings.web, templates=templates, auth=auth)
         self.signin = SignInViews(self.context)
@@ -77,7 +86,11 @@ class WebChannel:
         return []
 
     async def run(self) -> None:
-        """Nothing runs in the background: pages poll the service, which works across replicas."""
+        """At start, end the sessions this configuration no longer admits; pages poll the service."""
+        try:
+            await self.context.auth.sessions.end_stale(self.context.auth.approvers)
+        except ApprovalError as exc:  # each request still checks the approver against this configuration
+            log.warning("web: could not end the sessions of removed approvers or changed passwords: %s", exc)
 
 
 async def _home(request: Request) -> Response:

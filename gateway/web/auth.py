@@ -1,15 +1,14 @@
-"""Who is looking at the page: signed session cookies, CSRF tokens, password checks with throttling,
-and the trusted header of an SSO proxy.
+"""Who is looking at the page: sessions, CSRF tokens, password checks with throttling, and the
+trusted header of an SSO proxy.
 
-The session lives entirely in a signed cookie (no table), so any replica sharing the secret can
-read it. What a cookie cannot do by itself is die early: sign-out revokes the session id in this
-process, and a session also ends when the approver's password hash changes or the approver is
-removed from the configuration.
+The cookie holds only a signed session id; whose session it is, and whether it still stands, is
+in the database (`gateway.web.sessions`), read on every request by whichever replica serves it.
+Signing out ends it there, for every replica at once. The CSRF token is derived from the session
+id with the secret, so it needs no storage and changes whenever the id does (at every sign-in).
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import ipaddress
 import logging
@@ -18,24 +17,25 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import anyio.to_thread
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.requests import Request
 from starlette.responses import Response
 
 from approvals.approvers import Approver, ApproverDirectory
 from gateway.config import WebSettings
+from gateway.web.sessions import SessionCodec, SessionStore, credential_key
+
+__all__ = ["Authenticator", "Session", "SessionCodec", "SignInGuard", "SignInThrottle", "Viewer", "credential_key"]
 
 log = logging.getLogger(__name__)
 
 SESSION_COOKIE = "countersign_session"
 CSRF_HEADER = "x-csrf-token"
 CSRF_FIELD = "csrf_token"
-_SALT = "countersign.web.session"
 _THROTTLE_WINDOW = 15 * 60.0
 # An address may fail this many times the per-account limit, across all names, before it is locked out.
 SPRAY_FACTOR = 3
@@ -47,28 +47,14 @@ def _token() -> str:
     return secrets.token_urlsafe(24)
 
 
-def credential_key(approver: Approver) -> str | None:
-    """A fingerprint of the approver's password hash: a new password ends the sessions made with the old one."""
-    if not approver.password_hash:
-        return None
-    return hashlib.sha256(approver.password_hash.encode()).hexdigest()[:16]
-
-
 @dataclass(frozen=True)
 class Session:
+    """A visitor's session: its id and CSRF token, and whose it is (None before signing in)."""
+
     sid: str
     csrf: str
     approver: str | None = None
     key: str | None = None
-
-    @classmethod
-    def anonymous(cls) -> Session:
-        return cls(sid=_token(), csrf=_token())
-
-    @classmethod
-    def signed_in(cls, approver: Approver) -> Session:
-        # A new id and CSRF token on every sign-in, so nothing planted before it survives (session fixation).
-        return cls(sid=_token(), csrf=_token(), approver=approver.name, key=credential_key(approver))
 
 
 @dataclass(frozen=True)
@@ -86,32 +72,6 @@ class Viewer:
     @property
     def csrf(self) -> str:
         return self.session.csrf
-
-
-class SessionCodec:
-    def __init__(self, secret: str, max_age: float) -> None:
-        self.max_age = max_age
-        self._serializer = URLSafeTimedSerializer(secret, salt=_SALT)
-
-    def dumps(self, session: Session) -> str:
-        return self._serializer.dumps({"s": session.sid, "c": session.csrf, "a": session.approver, "k": session.key})
-
-    def loads(self, raw: str) -> Session | None:
-        try:
-            data: Any = self._serializer.loads(raw, max_age=int(self.max_age))
-        except BadSignature:  # also SignatureExpired
-            return None
-        if not isinstance(data, dict):
-            return None
-        sid, csrf, approver, key = data.get("s"), data.get("c"), data.get("a"), data.get("k")
-        if not isinstance(sid, str) or not isinstance(csrf, str):
-            return None
-        return Session(
-            sid=sid,
-            csrf=csrf,
-            approver=approver if isinstance(approver, str) else None,
-            key=key if isinstance(key, str) else None,
-        )
 
 
 class SignInThrottle:
@@ -211,9 +171,12 @@ class SignInGuard:
 
 
 class Authenticator:
-    def __init__(self, settings: WebSettings, approvers: ApproverDirectory, *, secure_cookies: bool) -> None:
+    def __init__(
+        self, settings: WebSettings, approvers: ApproverDirectory, sessions: SessionStore, *, secure_cookies: bool
+    ) -> None:
         self.settings = settings
         self.approvers = approvers
+        self.sessions = sessions
         self.secure_cookies = secure_cookies
         secret = settings.session_secret
         if not secret:
@@ -223,27 +186,47 @@ class Authenticator:
                 "random one, so web sessions end when this process restarts and are not shared between replicas"
             )
         self.codec = SessionCodec(secret, settings.session_max_age)
+        self._csrf_key = hmac.digest(secret.encode(), b"countersign.web.csrf", "sha256")
         self.throttle = SignInGuard(settings.max_failed_signins, settings.failed_signin_delay)
         self.proxies = tuple(ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies)
         self._hasher = PasswordHasher()
         self._dummy_hash: str | None = None
-        self._revoked: dict[str, float] = {}
 
     # ---- sessions
 
-    def read_session(self, request: Request) -> Session | None:
+    def _session(self, sid: str, approver: str | None = None, key: str | None = None) -> Session:
+        csrf = hmac.new(self._csrf_key, sid.encode(), "sha256").hexdigest()
+        return Session(sid=sid, csrf=csrf, approver=approver, key=key)
+
+    def anonymous(self) -> Session:
+        return self._session(_token())
+
+    async def read_session(self, request: Request) -> Session | None:
+        """The visitor's session; None without a valid cookie or when the session has ended (on any replica).
+
+        Raises StoreUnavailable when the database cannot say: a page then fails closed.
+        """
         raw = request.cookies.get(SESSION_COOKIE)
-        if not raw:
+        sid = self.codec.loads(raw) if raw else None
+        if sid is None:
             return None
-        session = self.codec.loads(raw)
-        if session is None or session.sid in self._revoked:
+        stored = await self.sessions.find(sid)
+        if stored is None:
+            return self._session(sid)
+        if not stored.standing:
             return None
+        return self._session(sid, stored.approver, stored.credential)
+
+    async def sign_in(self, approver: Approver) -> Session:
+        # A new id (so a new CSRF token) on every sign-in: nothing planted before it survives (session fixation).
+        session = self._session(_token(), approver.name, credential_key(approver))
+        await self.sessions.open(session.sid, approver, self.settings.session_max_age)
         return session
 
     def set_cookie(self, response: Response, session: Session, request: Request) -> None:
         response.set_cookie(
             SESSION_COOKIE,
-            self.codec.dumps(session),
+            self.codec.dumps(session.sid),
             max_age=int(self.settings.session_max_age),
             path="/",
             httponly=True,
@@ -262,10 +245,8 @@ class Authenticator:
             secure=self.secure_cookies or request.url.scheme == "https",
         )
 
-    def revoke(self, session: Session) -> None:
-        now = time.monotonic()
-        self._revoked = {sid: until for sid, until in self._revoked.items() if until > now}
-        self._revoked[session.sid] = now + self.settings.session_max_age
+    async def revoke(self, session: Session) -> None:
+        await self.sessions.end(session.sid, "signed out")
 
     # ---- identity
 

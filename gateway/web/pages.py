@@ -19,13 +19,15 @@ from approvals.errors import RequestNotFound, StoreUnavailable
 from approvals.service import ApprovalService
 from approvals.states import Status
 from gateway.config import WebSettings
-from gateway.web.auth import Authenticator, Session, Viewer
+from gateway.web.auth import Authenticator, Viewer
 from gateway.web.templating import Templates
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Request, Viewer], Awaitable[Response]]
 Endpoint = Callable[[Request], Awaitable[Response]]
+
+_STORE_DOWN = "The database cannot be reached right now. Nothing was decided; try again in a moment."
 
 
 def is_htmx(request: Request) -> bool:
@@ -114,10 +116,15 @@ class WebContext:
         """Wrap a view: a signed-in approver is required, and a POST must carry the session's CSRF token."""
 
         async def endpoint(request: Request) -> Response:
-            session = self.auth.read_session(request)
+            try:
+                session = await self.auth.read_session(request)
+            except StoreUnavailable as exc:
+                # Whether the session still stands cannot be checked: fail closed, sign nobody in.
+                log.warning("web: cannot check the session: %s", exc)
+                return await self.error(request, 503, "The approval store is unavailable", _STORE_DOWN)
             fresh = session is None
             if session is None:
-                session = Session.anonymous()
+                session = self.auth.anonymous()
             approver, problem = self.auth.from_proxy(request)
             via = "proxy"
             if approver is None and problem is None:
@@ -138,13 +145,7 @@ class WebContext:
                 return await self.error(request, 404, "No such request", str(exc), viewer)
             except StoreUnavailable as exc:
                 log.warning("web: %s", exc)
-                return await self.error(
-                    request,
-                    503,
-                    "The approval store is unavailable",
-                    "The database cannot be reached right now. Nothing was decided; try again in a moment.",
-                    viewer,
-                )
+                return await self.error(request, 503, "The approval store is unavailable", _STORE_DOWN, viewer)
             if fresh:
                 # Proxy-authenticated viewers still need a cookie: it carries their CSRF token.
                 self.auth.set_cookie(response, session, request)

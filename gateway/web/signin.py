@@ -8,6 +8,7 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from approvals.errors import StoreUnavailable
 from gateway.web.auth import Session, Viewer
 from gateway.web.pages import WebContext, local_path
 from gateway.web.templating import span
@@ -21,16 +22,35 @@ class SignInViews:
         self.auth = web.auth
 
     async def form(self, request: Request) -> Response:
+        try:
+            return await self._form(request)
+        except StoreUnavailable as exc:
+            return await self._store_down(request, exc)
+
+    async def submit(self, request: Request) -> Response:
+        try:
+            return await self._submit(request)
+        except StoreUnavailable as exc:
+            return await self._store_down(request, exc)
+
+    async def _store_down(self, request: Request, exc: StoreUnavailable) -> Response:
+        # Nobody can be signed in (or their session checked) without the database: fail closed.
+        log.warning("web: sign-in unavailable: %s", exc)
+        return await self.web.error(
+            request, 503, "The approval store is unavailable", "Signing in needs the database; try again in a moment."
+        )
+
+    async def _form(self, request: Request) -> Response:
         target = local_path(request.query_params.get("next"))
-        session = self.auth.read_session(request)
+        session = await self.auth.read_session(request)
         proxied, problem = self.auth.from_proxy(request)
         if proxied is not None or (session is not None and self.auth.from_session(session) is not None):
             return RedirectResponse(target, status_code=303)
         notice = "You have signed out." if request.query_params.get("signed_out") else None
         return await self._render(request, session, target=target, notice=notice, error=problem)
 
-    async def submit(self, request: Request) -> Response:
-        session = self.auth.read_session(request)
+    async def _submit(self, request: Request) -> Response:
+        session = await self.auth.read_session(request)
         form = await request.form()
         name = str(form.get("name") or "").strip()
         password = str(form.get("password") or "")
@@ -69,11 +89,11 @@ class SignInViews:
         self.auth.throttle.succeeded(name, address)
         log.info("web: %s signed in from %s", approver.name, address)
         response = RedirectResponse(target, status_code=303)
-        self.auth.set_cookie(response, Session.signed_in(approver), request)
+        self.auth.set_cookie(response, await self.auth.sign_in(approver), request)
         return response
 
     async def signout(self, request: Request, viewer: Viewer) -> Response:
-        self.auth.revoke(viewer.session)
+        await self.auth.revoke(viewer.session)
         log.info("web: %s signed out", viewer.name)
         response = RedirectResponse("/signin?signed_out=1", status_code=303)
         self.auth.clear_cookie(response, request)
@@ -91,7 +111,7 @@ class SignInViews:
         status_code: int = 200,
     ) -> Response:
         fresh = session is None
-        session = session or Session.anonymous()
+        session = session or self.auth.anonymous()
         response = self.web.render(
             "signin.html",
             None,

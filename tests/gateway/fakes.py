@@ -69,6 +69,12 @@ class FakeUpstreams:
     async def wait_connected(self, within: float) -> bool:
         return True
 
+    async def wait_attempted(self, within: float) -> bool:
+        return True
+
+    def connecting_for(self, name: str) -> list[str]:
+        return []
+
     def _routes(self) -> dict[str, Route]:
         routes: dict[str, Route] = {}
         for upstream in self.upstreams:

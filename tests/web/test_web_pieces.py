@@ -9,11 +9,14 @@ import pytest
 from argon2 import PasswordHasher
 
 from approvals.approvers import Approver, ApproverDirectory
+from approvals.db import Database
+from approvals.service import utcnow
 from gateway.config import ConfigError, WebSettings, parse_settings
 from gateway.web.audit_views import QueryError, _spreadsheet_safe, parse_moment
-from gateway.web.auth import Authenticator, Session, SessionCodec, SignInThrottle
+from gateway.web.auth import Authenticator, Session, SessionCodec, SignInThrottle, credential_key
 from gateway.web.pages import local_path
 from gateway.web.security import SecurityHeaders
+from gateway.web.sessions import SessionStore
 from gateway.web.templating import asset_dir, pretty_json, span
 
 SECRET = "x" * 40
@@ -38,31 +41,35 @@ def test_web_settings_are_checked_when_the_file_is_read() -> None:
     assert SECRET not in repr(from_env.web)
 
 
-def test_a_session_cookie_round_trips_and_expires() -> None:
+def test_a_session_cookie_holds_only_the_signed_id_and_expires() -> None:
     codec = SessionCodec(SECRET, max_age=3600)
-    session = Session(sid="s", csrf="c", approver="alice", key="k")
-    assert codec.loads(codec.dumps(session)) == session
-    assert SessionCodec("y" * 40, 3600).loads(codec.dumps(session)) is None
-    assert SessionCodec(SECRET, max_age=-1).loads(codec.dumps(session)) is None
+    cookie = codec.dumps("the-session-id")
+    assert codec.loads(cookie) == "the-session-id"
+    assert "alice" not in cookie
+    assert SessionCodec("y" * 40, 3600).loads(cookie) is None
+    assert SessionCodec(SECRET, max_age=-1).loads(cookie) is None
     assert codec.loads("garbage") is None
 
 
-def test_a_session_ends_when_the_approvers_password_changes_or_they_are_removed() -> None:
+def test_a_session_is_not_this_configurations_when_the_approvers_password_changed_or_they_were_removed() -> None:
     hasher = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1)
     alice = Approver("alice", password_hash=hasher.hash("one"))
-    session = Session.signed_in(alice)
-    auth = Authenticator(WebSettings(session_secret=SECRET), ApproverDirectory([alice]), secure_cookies=False)
+    session = Session(sid="s", csrf="c", approver="alice", key=credential_key(alice))
+    store = SessionStore(Database("sqlite://"), utcnow)
+    auth = Authenticator(WebSettings(session_secret=SECRET), ApproverDirectory([alice]), store, secure_cookies=False)
     assert auth.from_session(session) == alice
     changed = Approver("alice", password_hash=hasher.hash("two"))
     for directory in (ApproverDirectory([changed]), ApproverDirectory([])):
-        later = Authenticator(WebSettings(session_secret=SECRET), directory, secure_cookies=False)
+        later = Authenticator(WebSettings(session_secret=SECRET), directory, store, secure_cookies=False)
         assert later.from_session(session) is None
 
 
 async def test_checking_a_password_needs_the_right_one_and_a_configured_hash() -> None:
     hasher = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1)
     directory = ApproverDirectory([Approver("alice", password_hash=hasher.hash("right")), Approver("apionly")])
-    auth = Authenticator(WebSettings(session_secret=SECRET), directory, secure_cookies=False)
+    auth = Authenticator(
+        WebSettings(session_secret=SECRET), directory, SessionStore(Database("sqlite://"), utcnow), secure_cookies=False
+    )
     assert (await auth.check_password("alice", "right")) is not None
     assert await auth.check_password("alice", "wrong") is None
     assert await auth.check_password("apionly", "") is None
