@@ -132,6 +132,23 @@ class Database:
                 finally:
                     await conn.close()
 
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction for tables outside the audit chain (quota slots, the outbox): no chain lock.
+
+        Such writes must not queue behind every audit append of every replica. Their own races are
+        settled by the statements themselves (conditional updates, row or advisory locks). SQLite
+        still takes its one write lock up front, as every writer there must.
+        """
+        with _uncancelled():
+            async with self._write_lock if self.is_sqlite else _no_lock(), self.guard():
+                conn = await self._open(self._write_engine)
+                try:
+                    async with conn.begin():
+                        yield conn
+                finally:
+                    await conn.close()
+
     @staticmethod
     async def _open(engine: AsyncEngine) -> AsyncConnection:
         """Connect; any failure to get a connection at all (refused, unknown database, bad credentials) is an outage."""
@@ -155,6 +172,11 @@ class Database:
     async def ping(self) -> None:
         async with self.read() as conn:
             await conn.execute(text("SELECT 1"))
+
+
+@asynccontextmanager
+async def _no_lock() -> AsyncIterator[None]:
+    yield
 
 
 def _uncancelled() -> anyio.CancelScope:

@@ -34,6 +34,7 @@ from gateway.mcp_server import build_server
 from gateway.order_context import OrderContext
 from gateway.policy_store import PolicyStore
 from gateway.ratelimit import RateLimiter
+from gateway.shared_quotas import SharedQuotas
 from gateway.upstreams import Upstreams, UpstreamSet
 from gateway.web import WebChannel
 
@@ -65,10 +66,12 @@ class Gateway:
         self.timeouts = TimeoutScheduler(self.service)
         self.policies = PolicyStore(settings.policy_path)
         self.upstreams: Upstreams = upstreams or UpstreamSet(settings.upstreams)
-        self.limiter = RateLimiter()
+        # On PostgreSQL every replica counts the same quota; a single gateway on SQLite counts in memory.
+        self.limiter = RateLimiter(store=None if self.db.is_sqlite else SharedQuotas(self.db))
         self.held = HeldCalls(
             self.service,
             self.upstreams,
+            limiter=self.limiter,
             progress_interval=settings.server.progress_interval,
             inbox_url=f"{settings.server.base_url}/inbox",
             agent_max_hold={a.name: a.max_hold for a in settings.agents if a.max_hold is not None},

@@ -114,7 +114,7 @@ class CallHandler:
                 # The same call again: wait for the request already made instead of asking twice.
                 return await self.held.reattach(existing, caller, line, "repeated the call")
 
-        reservation = self.limiter.reserve(tool, evaluation.limits, grant=caller.agent, session=caller.session)
+        reservation = await self.limiter.reserve(tool, evaluation.limits, grant=caller.agent, session=caller.session)
         if isinstance(reservation, Refusal):
             await audit("call.limited", "limited", reservation.message, retry_after=round(reservation.retry_after, 1))
             raise CallRefused(Tag.RATE_LIMITED, reservation.message)
@@ -122,7 +122,7 @@ class CallHandler:
         if evaluation.action == "allow":
             result = await route.upstream.call(route.upstream_tool, arguments, line.relay)
             if result.is_error:
-                reservation.release()
+                await reservation.release()
             outcome = "failed" if result.is_error else "allowed"
             await audit("call.allowed", outcome, text_of(result, 200) if result.is_error else "forwarded")
             return result
@@ -154,7 +154,7 @@ class CallHandler:
             )
         except Exception as exc:
             # Whatever failed, the call is not parked, so it is refused: fail closed.
-            reservation.release()
+            await reservation.release()
             log.error(
                 "cannot park %s for approval, refusing it: %s", tool, exc, exc_info=not isinstance(exc, ApprovalError)
             )
