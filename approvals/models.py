@@ -53,8 +53,6 @@ class ApprovalRequest(SQLModel, table=True):
     result: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     slack_ts: str | None = None
-    # The newest change whose Slack update some process has claimed: each change is shown by one process.
-    slack_synced_seq: int | None = None
     # Set by whichever process wins the right to send the reminder, so it is sent once.
     reminded_at: datetime | None = _ts(nullable=True)
 
@@ -121,7 +119,8 @@ class OutboxItem(SQLModel, table=True):
     kind: str = Field(primary_key=True, max_length=16)
     wanted_seq: int = Field(sa_column=Column(BigInteger, nullable=False))
     done_seq: int = Field(sa_column=Column(BigInteger, nullable=False))
-    due_at: datetime = _ts()
+    # When the work may start; None while there is nothing to do (so the due index holds only live work).
+    due_at: datetime | None = _ts(nullable=True)
     lease_token: str | None = Field(default=None, max_length=32)
     lease_until: datetime | None = _ts(nullable=True)
     # Bumped by a replica that wrote to the channel after losing its lease: the holder's work is then redone.

@@ -30,7 +30,7 @@ def upgrade() -> None:
         sa.Column("kind", sa.String(length=16), nullable=False),
         sa.Column("wanted_seq", sa.BigInteger(), nullable=False),
         sa.Column("done_seq", sa.BigInteger(), nullable=False),
-        sa.Column("due_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("due_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("lease_token", sa.String(length=32), nullable=True),
         sa.Column("lease_until", sa.DateTime(timezone=True), nullable=True),
         sa.Column("fence", sa.Integer(), nullable=False),
@@ -55,9 +55,13 @@ def upgrade() -> None:
     op.create_index("ix_quota_slot_bucket", "quota_slot", ["counter", "scope", "scope_key", "taken_at"])
     op.create_index("ix_quota_slot_reservation", "quota_slot", ["reservation"])
     op.create_index("ix_quota_slot_request_id", "quota_slot", ["request_id"])
+    with op.batch_alter_table("approval_request") as batch:
+        batch.drop_column("slack_synced_seq")
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("approval_request") as batch:
+        batch.add_column(sa.Column("slack_synced_seq", sa.Integer(), nullable=True))
     op.drop_index("ix_quota_slot_request_id", table_name="quota_slot")
     op.drop_index("ix_quota_slot_reservation", table_name="quota_slot")
     op.drop_index("ix_quota_slot_bucket", table_name="quota_slot")
