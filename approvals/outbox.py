@@ -166,12 +166,13 @@ class ChannelOutbox:
             await conn.execute(update(_items).where(*self._held(claim)).values(**self._done_values(claim)))
 
     async def record_post(
-        self, claim: Claim, slack_channel: str, ts: str, *, shown: str, followup: Followup | None
+        self, claim: Claim, slack_channel: str, ts: str, *, shown: str | None, followup: Followup | None
     ) -> bool:
         """Record the message posted for the request, with the claim and its follow-up, in one transaction.
 
-        False when another message was recorded first (a holder that lost its lease posted too):
-        the caller's message is the duplicate.
+        `shown` None: the message was found rather than posted now, showing some earlier state; the
+        item is let go undone, to be shown anew. False when another message was recorded first (a
+        holder that lost its lease posted too): the caller's message is the duplicate.
         """
         async with self.db.transaction() as conn:
             recorded = await conn.execute(
@@ -181,7 +182,14 @@ class ChannelOutbox:
             )
             if recorded.rowcount != 1:
                 return False
-            await self._complete(conn, claim, shown)
+            if shown is None:
+                await conn.execute(
+                    update(_items)
+                    .where(*self._held(claim))
+                    .values(lease_token=None, lease_until=None, attempted_at=None)
+                )
+            else:
+                await self._complete(conn, claim, shown)
             if followup is not None:
                 await self._schedule(conn, claim.channel, claim.request_id, followup.kind, followup.due_at)
         return True

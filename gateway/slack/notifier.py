@@ -196,20 +196,22 @@ class _Job:
                 await k.api.update_message(view.slack_channel, view.slack_ts, message.text, message.blocks)
             await k.items.complete(claim, shown=shown)
             return
-        if view.status != Status.PENDING:
-            # Decided before Slack ever showed it: nothing left to decide there, so no message.
-            await k.items.complete(claim, shown=None)
-            return
         channel = view.slack_channel or k.default_channel
         marker = Marker(view.id, MESSAGE)
+        # A post already attempted may be there (its poster died before recording it): it is then shown anew.
         ts = await self._already_posted(channel, marker)
+        posted: str | None = None
         if ts is None:
+            if view.status != Status.PENDING:
+                # Decided before Slack ever showed it: nothing left to decide there, so no message.
+                await k.items.complete(claim, shown=None)
+                return
             self.attempted = await k.items.attempting(claim)
-            posted = await k.api.post_message(channel, message.text, message.blocks, marker=marker)
-            channel, ts = str(posted["channel"]), str(posted["ts"])
-        when = k.reminder_time(view)
+            answer = await k.api.post_message(channel, message.text, message.blocks, marker=marker)
+            channel, ts, posted = str(answer["channel"]), str(answer["ts"]), shown
+        when = k.reminder_time(view) if view.status == Status.PENDING else None
         followup = None if when is None else Followup(REMINDER, when)
-        if not await k.items.record_post(claim, channel, ts, shown=shown, followup=followup):
+        if not await k.items.record_post(claim, channel, ts, shown=posted, followup=followup):
             # Another replica's message was recorded first (it lost its lease to us mid-post): ours goes.
             log.warning("request %s was posted to Slack twice; deleting the second message", view.id)
             await _quietly(k.api.delete_message(channel, ts))
