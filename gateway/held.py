@@ -322,11 +322,8 @@ class HeldCalls:
             log.error("could not record that %s was not forwarded: %s", request_id, exc)
 
     async def _settle(self, view: RequestView, reservation: Reservation | None) -> None:
-        """The quota a held call took: returned if it ended unexecuted, kept if it ran, parked while undecided.
-
-        A parked reservation is left with the request, in the limiter's store: whichever process or
-        replica hears that the request ended unexecuted gives it back (`request_changed`).
-        """
+        """The quota a held call took: returned if it ended unexecuted, kept if it ran, parked while undecided
+        (left with the request: whichever replica hears that it ended unexecuted gives it back)."""
         if reservation is None:
             return
         try:

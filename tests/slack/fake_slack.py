@@ -28,7 +28,7 @@ APP_TOKEN = "xapp-fake-app-token"
 SIGNING_SECRET = "fake-signing-secret"
 TEAM = "T0COUNTER"
 APPROVALS = "C0APPROVALS"
-SCOPES = "chat:write,users:read,users:read.email,channels:read,groups:read"
+SCOPES = "chat:write,users:read,users:read.email,channels:read,groups:read,channels:history,groups:history"
 
 
 @dataclass
