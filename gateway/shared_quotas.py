@@ -10,22 +10,30 @@ other. Giving back, parking and giving back parked slots are single statements.
 
 Times are the replicas' wall clocks (seconds since the epoch), like every deadline the gateway
 stores: replicas are expected to keep them in step (NTP).
+
+While the database does not answer, a replica counts in its own memory instead (each replica
+then allows the quota on its own, as a single gateway would): calls that need no approval keep
+working through an outage, still limited. Giving slots back never fails a call: a slot that
+cannot be given back stays counted until its window passes (fewer calls, never more).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Final
 
-from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy import Executable, delete, func, insert, select, text, update
 
 from approvals.db import Database
+from approvals.errors import StoreUnavailable
 from approvals.models import QuotaSlot
 from gateway.policy import Limit
 from gateway.ratelimit import (
     SWEEP_INTERVAL,
     BucketKey,
+    MemoryQuotas,
     Refusal,
     distinct_buckets,
     longest_wait,
@@ -33,7 +41,11 @@ from gateway.ratelimit import (
     refusal_for,
 )
 
+log = logging.getLogger(__name__)
+
 _slots = QuotaSlot.__table__  # type: ignore[attr-defined]
+# Reservations counted in memory during an outage carry this prefix, so they are given back there.
+_LOCAL: Final = "local-"
 # The advisory locks of quota buckets: (this class, hash of the bucket), apart from every one-key lock.
 _LOCK_CLASS: Final = 0x0C5A
 # No window is longer than a day: older slots can never count again.
@@ -49,8 +61,24 @@ class SharedQuotas:
         self.db = db
         self._clock = clock
         self._last_sweep = clock()
+        self._fallback = MemoryQuotas(clock)
+        self._degraded = False
 
     async def take(self, tool: str, wanted: Sequence[tuple[Limit, BucketKey]]) -> str | Refusal:
+        try:
+            taken = await self._take(tool, wanted)
+        except StoreUnavailable as exc:
+            if not self._degraded:
+                log.warning("quotas: %s; counting in this replica's memory until it answers", exc)
+                self._degraded = True
+            local = await self._fallback.take(tool, wanted)
+            return local if isinstance(local, Refusal) else _LOCAL + local
+        if self._degraded:
+            log.warning("quotas: the database answers again; counting there")
+            self._degraded = False
+        return taken
+
+    async def _take(self, tool: str, wanted: Sequence[tuple[Limit, BucketKey]]) -> str | Refusal:
         ident = new_reservation_id()
         buckets = distinct_buckets(wanted)
         if not buckets:
@@ -102,16 +130,27 @@ class SharedQuotas:
         return ident
 
     async def give_back(self, reservation: str) -> None:
-        async with self.db.transaction() as conn:
-            await conn.execute(delete(_slots).where(_slots.c.reservation == reservation))
+        if reservation.startswith(_LOCAL):
+            await self._fallback.give_back(reservation.removeprefix(_LOCAL))
+            return
+        await self._quietly(delete(_slots).where(_slots.c.reservation == reservation))
 
     async def park(self, reservation: str, request_id: str) -> None:
-        async with self.db.transaction() as conn:
-            await conn.execute(update(_slots).where(_slots.c.reservation == reservation).values(request_id=request_id))
+        if reservation.startswith(_LOCAL):
+            await self._fallback.park(reservation.removeprefix(_LOCAL), request_id)
+            return
+        await self._quietly(update(_slots).where(_slots.c.reservation == reservation).values(request_id=request_id))
 
     async def give_back_parked(self, request_id: str) -> None:
-        async with self.db.transaction() as conn:
-            await conn.execute(delete(_slots).where(_slots.c.request_id == request_id))
+        await self._fallback.give_back_parked(request_id)
+        await self._quietly(delete(_slots).where(_slots.c.request_id == request_id))
+
+    async def _quietly(self, statement: Executable) -> None:
+        try:
+            async with self.db.transaction() as conn:
+                await conn.execute(statement)
+        except StoreUnavailable as exc:
+            log.warning("quotas: could not give back or park a slot (%s); it counts until its window passes", exc)
 
     async def usage(self, counter: str, scope_key: str) -> int:
         now = self._clock()
@@ -132,5 +171,4 @@ class SharedQuotas:
         if now - self._last_sweep < SWEEP_INTERVAL:
             return
         self._last_sweep = now
-        async with self.db.transaction() as conn:
-            await conn.execute(delete(_slots).where(_slots.c.taken_at <= now - _LONGEST_WINDOW))
+        await self._quietly(delete(_slots).where(_slots.c.taken_at <= now - _LONGEST_WINDOW))
