@@ -144,6 +144,24 @@ class Database:
         if problem is not None:
             raise StoreUnavailable(problem)
 
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction for tables outside the audit chain (quota slots, the outbox): no chain lock.
+
+        Such writes must not queue behind every audit append of every replica. Their own races are
+        settled by the statements themselves (conditional updates, row or advisory locks). SQLite
+        still takes its one write lock up front, as every writer there must.
+        """
+        with _uncancelled():
+            async with self._write_lock if self.is_sqlite else _no_lock(), self.guard():
+                self._check_file()
+                conn = await self._open(self._write_engine)
+                try:
+                    async with conn.begin():
+                        yield conn
+                finally:
+                    await conn.close()
+
     @staticmethod
     async def _open(engine: AsyncEngine) -> AsyncConnection:
         """Connect; any failure to get a connection at all (refused, unknown database, bad credentials) is an outage."""
@@ -193,6 +211,11 @@ class Database:
                         await transaction.rollback()
                 finally:
                     await conn.close()
+
+
+@asynccontextmanager
+async def _no_lock() -> AsyncIterator[None]:
+    yield
 
 
 def _uncancelled() -> anyio.CancelScope:

@@ -1,10 +1,10 @@
-"""Tables: approval requests, decisions and the hash-chained audit log."""
+"""Tables: approval requests, decisions, the hash-chained audit log, the channels' outbox and quota slots."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Column, DateTime, Index, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Column, DateTime, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -53,8 +53,6 @@ class ApprovalRequest(SQLModel, table=True):
     result: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     slack_ts: str | None = None
-    # The newest change whose Slack update some process has claimed: each change is shown by one process.
-    slack_synced_seq: int | None = None
     # Set by whichever process wins the right to send the reminder, so it is sent once.
     reminded_at: datetime | None = _ts(nullable=True)
 
@@ -122,3 +120,53 @@ class WebSession(SQLModel, table=True):
     ended_at: datetime | None = _ts(nullable=True)
     # "signed out", "password changed", "approver removed"; None while it stands.
     ended_because: str | None = Field(default=None, max_length=32)
+
+
+class OutboxItem(SQLModel, table=True):
+    """Work a channel owes one request (its message kept true, its reminder), claimed by one replica at a time.
+
+    `wanted_seq` is the newest change the channel must show, `done_seq` the newest it has shown; the
+    item is due while `done_seq < wanted_seq` and `due_at` has come. A replica claims it by writing a
+    fresh `lease_token` and `lease_until`; when that replica dies the lease runs out and another one
+    takes the item over. See approvals/outbox.py.
+    """
+
+    __tablename__ = "channel_outbox"
+    __table_args__ = (Index("ix_channel_outbox_due", "channel", "due_at"),)
+
+    channel: str = Field(primary_key=True, max_length=32)
+    request_id: str = Field(primary_key=True, max_length=64, foreign_key="approval_request.id")
+    kind: str = Field(primary_key=True, max_length=16)
+    wanted_seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+    done_seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+    # When the work may start; None while there is nothing to do (so the due index holds only live work).
+    due_at: datetime | None = _ts(nullable=True)
+    lease_token: str | None = Field(default=None, max_length=32)
+    lease_until: datetime | None = _ts(nullable=True)
+    # Bumped by a replica that wrote to the channel after losing its lease: the holder's work is then redone.
+    fence: int = 0
+    # A digest of what the channel shows now, so a change that alters nothing visible costs no call.
+    shown: str | None = Field(default=None, max_length=64)
+    # When a post went out whose answer was not recorded (the poster may have died): look before posting again.
+    attempted_at: datetime | None = _ts(nullable=True)
+
+
+class QuotaSlot(SQLModel, table=True):
+    """One call counted against one quota bucket, shared by every replica (PostgreSQL; see gateway/shared_quotas.py).
+
+    Times are seconds since the epoch, the way the limiter counts them.
+    """
+
+    __tablename__ = "quota_slot"
+    __table_args__ = (Index("ix_quota_slot_bucket", "counter", "scope", "scope_key", "taken_at"),)
+
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
+    counter: str
+    scope: str = Field(max_length=16)
+    scope_key: str
+    taken_at: float
+    # The longest window of the limits that took it: it counts as held (`usage`) that long.
+    window_seconds: float
+    reservation: str = Field(index=True, max_length=32)
+    # Set while the call that took it is parked on a request: given back if the request ends unexecuted.
+    request_id: str | None = Field(default=None, index=True, max_length=64)

@@ -325,19 +325,6 @@ class ApprovalService(RequestReads):
                 update(_requests).where(_requests.c.id == request_id).values(slack_channel=channel, slack_ts=ts)
             )
 
-    async def claim_slack_sync(self, request_id: str, seq: int) -> bool:
-        """Win the right to show change `seq` of this request on Slack; every process hears it, one shows it."""
-        async with self.db.write() as conn:
-            claimed = await conn.execute(
-                update(_requests)
-                .where(
-                    _requests.c.id == request_id,
-                    (_requests.c.slack_synced_seq.is_(None)) | (_requests.c.slack_synced_seq < seq),
-                )
-                .values(slack_synced_seq=seq)
-            )
-        return bool(claimed.rowcount == 1)
-
     async def claim_reminder(self, request_id: str) -> RequestView | None:
         """Win the right to send this pending request's one reminder; None when it is not due or already sent."""
         now = self.clock()

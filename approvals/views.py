@@ -85,7 +85,6 @@ class RequestView:
     result_json: str | None
     error: str | None
     slack_ts: str | None
-    slack_synced_seq: int | None
     reminded_at: datetime | None
 
     @property

@@ -42,6 +42,7 @@ from gateway.ratelimit import RateLimiter
 from gateway.readiness import Readiness
 from gateway.relay import build_relay
 from gateway.sessions import AgentSessions, SessionCap
+from gateway.shared_quotas import SharedQuotas
 from gateway.upstreams import Upstreams, UpstreamSet
 from gateway.web import WebChannel
 
@@ -73,11 +74,13 @@ class Gateway:
         self.timeouts = TimeoutScheduler(self.service)
         self.policies = PolicyStore(settings.policy_path)
         self.upstreams: Upstreams = upstreams or UpstreamSet(settings.upstreams)
-        self.limiter = RateLimiter()
+        # On PostgreSQL every replica counts the same quota; a single gateway on SQLite counts in memory.
+        self.limiter = RateLimiter(store=None if self.db.is_sqlite else SharedQuotas(self.db))
         self.readiness = Readiness(self.db, self.upstreams, settings.server.startup_timeout)
         self.held = HeldCalls(
             self.service,
             self.upstreams,
+            limiter=self.limiter,
             progress_interval=settings.server.progress_interval,
             inbox_url=f"{settings.server.base_url}/inbox",
             agent_max_hold={a.name: a.max_hold for a in settings.agents if a.max_hold is not None},

@@ -151,7 +151,7 @@ class CallHandler:
                 # The same call again: wait for the request already made instead of asking twice.
                 return await self.held.reattach(existing, caller, line, "repeated the call")
 
-        reservation = self.limiter.reserve(tool, evaluation.limits, grant=caller.agent, session=caller.session)
+        reservation = await self.limiter.reserve(tool, evaluation.limits, grant=caller.agent, session=caller.session)
         if isinstance(reservation, Refusal):
             await audit("call.limited", "limited", reservation.message, retry_after=round(reservation.retry_after, 1))
             raise CallRefused(Tag.RATE_LIMITED, reservation.message)
@@ -160,7 +160,7 @@ class CallHandler:
             await self._record_before_forwarding(event("call.allowed", "allowed", "forwarded"), route, reservation)
             result = await route.upstream.call(route.upstream_tool, arguments, line.relay)
             if result.is_error:
-                reservation.release()
+                await reservation.release()
                 await audit("call.failed", "failed", text_of(result, 200))
             return result
 
@@ -191,7 +191,7 @@ class CallHandler:
                 max_pending=self.agent_limits.max_pending_per_agent,
             )
         except TooManyPending as exc:
-            reservation.release()
+            await reservation.release()
             message = (
                 f"you already have {exc.limit} requests waiting for approval, the most one agent may have "
                 "(agent_limits.max_pending_per_agent); this call was not executed or parked. Wait for those "
@@ -201,7 +201,7 @@ class CallHandler:
             raise CallRefused(Tag.RATE_LIMITED, message) from exc
         except Exception as exc:
             # Whatever failed, the call is not parked, so it is refused: fail closed.
-            reservation.release()
+            await reservation.release()
             log.error(
                 "cannot park %s for approval, refusing it: %s", tool, exc, exc_info=not isinstance(exc, ApprovalError)
             )
@@ -221,7 +221,7 @@ class CallHandler:
             if self.audit_unavailable == "allow_read_only" and route.read_only:
                 log.warning("audit log unavailable, forwarding read-only %s unrecorded: %s", event.tool, exc)
                 return
-            reservation.release()
+            await reservation.release()
             log.error(
                 "audit log unavailable, refusing %s: %s", event.tool, exc, exc_info=not isinstance(exc, ApprovalError)
             )

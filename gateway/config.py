@@ -209,10 +209,21 @@ class SlackSettings(_Section):
     retry_initial: float = 1.0
     retry_max: float = 60.0
     max_attempts: int = Field(default=8, ge=1)
+    # How long one replica holds a message's work before another may take it over (renewed while it works).
+    lease: float = 30.0
 
-    _durations = field_validator("reminder_before", "request_timeout", "retry_initial", "retry_max", mode="before")(
-        _seconds
-    )
+    _durations = field_validator(
+        "reminder_before", "request_timeout", "retry_initial", "retry_max", "lease", mode="before"
+    )(_seconds)
+
+    @model_validator(mode="after")
+    def _lease_outlasts_a_call(self) -> SlackSettings:
+        if self.lease <= 2 * self.request_timeout:
+            raise ValueError(
+                f"`lease` ({self.lease:g}s) must be more than twice `request_timeout` ({self.request_timeout:g}s): "
+                "a replica renews its lease between Slack calls, and must not lose it during one"
+            )
+        return self
 
     @property
     def enabled(self) -> bool:

@@ -33,7 +33,7 @@ from approvals.story import clock_time, ending, who_decides
 from approvals.views import RequestView
 from gateway.caller import CONNECTION_CLOSED, Caller, Departure, ProgressLine, race_gone
 from gateway.errors import CallRefused, Tag
-from gateway.ratelimit import Reservation
+from gateway.ratelimit import RateLimiter, Reservation
 from gateway.results import STATUS_TOOL, WAIT_TOOL, pending_result, status_result, stored_result, text_of
 from gateway.upstreams import Upstreams
 
@@ -56,6 +56,7 @@ class HeldCalls:
         service: ApprovalService,
         upstreams: Upstreams,
         *,
+        limiter: RateLimiter,
         progress_interval: float,
         inbox_url: str,
         agent_max_hold: dict[str, float] | None = None,
@@ -63,13 +64,12 @@ class HeldCalls:
     ) -> None:
         self.service = service
         self.upstreams = upstreams
+        self.limiter = limiter
         self.progress_interval = progress_interval
         self.inbox_url = inbox_url
         # Each agent's own bound (math.inf: "none", its client waits), and the bound of everyone else.
         self.agent_max_hold = dict(agent_max_hold or {})
         self.default_max_hold = default_max_hold
-        # Quota taken by held calls whose agent stopped waiting: returned when the request ends unexecuted.
-        self._parked: dict[str, Reservation] = {}
         self._tasks: TaskGroup | None = None
 
     def request_bound(self, agent: str, tool_bound: float | None) -> float | None:
@@ -131,7 +131,8 @@ class HeldCalls:
                 else:
                     return answer(view)
         finally:
-            self._settle(view, reservation)
+            with anyio.CancelScope(shield=True):
+                await self._settle(view, reservation)
 
     # ---- waiting for a decision
 
@@ -320,14 +321,22 @@ class HeldCalls:
         except ApprovalError as exc:
             log.error("could not record that %s was not forwarded: %s", request_id, exc)
 
-    def _settle(self, view: RequestView, reservation: Reservation | None) -> None:
-        """The quota a held call took: returned if it ended unexecuted, kept if it ran, parked while undecided."""
+    async def _settle(self, view: RequestView, reservation: Reservation | None) -> None:
+        """The quota a held call took: returned if it ended unexecuted, kept if it ran, parked while undecided
+        (left with the request: whichever replica hears that it ended unexecuted gives it back)."""
         if reservation is None:
             return
-        if view.status in (Status.PENDING, Status.APPROVED):
-            self._parked[view.id] = reservation
-        elif view.status in _NOT_RUN:
-            reservation.release()
+        try:
+            if view.status in (Status.PENDING, Status.APPROVED):
+                await reservation.park(view.id)
+                # It may have ended while we parked, and every listener heard that before the park: look again.
+                if (await self.service.get(view.id)).status in _NOT_RUN:
+                    await reservation.release()
+            elif view.status in _NOT_RUN:
+                await reservation.release()
+        except Exception as exc:
+            # The slots then stay counted until their window passes: fewer calls, never more.
+            log.error("could not settle the quota of %s: %s", view.id, exc, exc_info=not isinstance(exc, ApprovalError))
 
     # ---- the change feed: parked quota, unattended runs
 
@@ -346,10 +355,11 @@ class HeldCalls:
 
     async def request_changed(self, change: Change) -> None:
         view = change.request
-        if view.is_terminal:
-            reservation = self._parked.pop(view.id, None)
-            if reservation is not None and view.status in _NOT_RUN:
-                reservation.release()
+        if view.status in _NOT_RUN:
+            try:
+                await self.limiter.release_parked(view.id)
+            except Exception as exc:
+                log.error("could not give back the quota parked on %s: %s", view.id, exc)
         self._maybe_unattended(view)
 
     def _maybe_unattended(self, view: RequestView) -> None:

@@ -15,6 +15,7 @@ from starlette.routing import BaseRoute
 
 from approvals.approvers import ApproverDirectory
 from approvals.feed import Change, ChangeListener
+from approvals.outbox import ChannelOutbox
 from approvals.service import ApprovalService
 from gateway.channels import ChannelContext
 from gateway.config import ConfigError, Settings
@@ -65,10 +66,12 @@ class SlackChannel:
             service,
             self.api,
             self.outbox,
+            ChannelOutbox(service.db, clock=service.clock, lease=slack.lease),
             links,
             default_channel=slack.channel or "",
             reminder_before=slack.reminder_before,
             clock=service.clock,
+            poll_interval=settings.server.poll_interval,
         )
         self.decisions = SlackDecisions(service, SlackIdentities(approvers, self.api), self.api, self.outbox, links)
         self.socket: SocketModeRunner | None = None
@@ -91,15 +94,12 @@ class SlackChannel:
             group.start_soon(self.outbox.run)
             if self.socket is not None:
                 group.start_soon(self.socket.run)
-            try:
-                await self.messages.resume()
-            except Exception:
-                log.exception("could not look for pending requests that Slack has not shown yet")
+            group.start_soon(self.messages.run)
 
     async def request_changed(self, change: Change) -> None:
-        # Only hands work to the outbox: a listener must never hold up the feed. Every process hears every
-        # change; the one that claims it shows it (MessageKeeper.changed), so a message is posted once.
-        self.messages.changed(change)
+        # Notes the work in the database and nudges this replica's worker: a listener must never hold up
+        # the feed. Every replica hears every change; the one that claims the work shows it.
+        await self.messages.changed(change)
 
 
 def build(context: ChannelContext) -> SlackChannel | None:

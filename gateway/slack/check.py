@@ -17,6 +17,8 @@ Level = Literal["ok", "warn", "fail"]
 # The bot token's scopes for posting and updating messages, and for matching approvers by email.
 NEEDED_SCOPES = ("chat:write",)
 EMAIL_SCOPES = ("users:read", "users:read.email")
+# With several replicas, to find a message posted by a replica that died before recording it.
+HISTORY_SCOPES = ("channels:history", "groups:history")
 
 _HINTS = {
     "invalid_auth": "the token is not valid: copy the Bot User OAuth Token (xoxb-…) again from OAuth & Permissions",
@@ -126,7 +128,18 @@ def _scopes(headers: Mapping[str, Any], settings: Settings) -> list[Finding]:
                 f"the bot token lacks {', '.join(missing)}: add under OAuth & Permissions, then reinstall the app",
             )
         ]
-    return [Finding("ok", "scopes", ", ".join(sorted(granted)))]
+    findings = [Finding("ok", "scopes", ", ".join(sorted(granted)))]
+    lacking = [s for s in HISTORY_SCOPES if s not in granted]
+    if lacking:
+        findings.append(
+            Finding(
+                "warn",
+                "scopes",
+                f"the bot token lacks {', '.join(lacking)}: with several replicas, a message posted by a replica "
+                "that died before recording it cannot be found again and is posted twice",
+            )
+        )
+    return findings
 
 
 async def _channel(api: SlackApi, channel: str) -> Finding:

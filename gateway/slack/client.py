@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -14,11 +16,33 @@ from slack_sdk.web.async_client import AsyncWebClient
 from gateway.config import SlackSettings
 
 DEFAULT_API_URL = "https://slack.com/api/"
+MARKER_EVENT = "countersign_request"
+# How many pages of history a look for a lost post reads (200 messages each) before giving up.
+_HISTORY_PAGES = 5
+
+log = logging.getLogger(__name__)
 
 # Slack's own "try again" answers; every other `ok: false` error (bad channel, bad token, ...) is permanent.
 _TRANSIENT_ERRORS = frozenset(
     {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout", "team_added_to_org"}
 )
+
+
+@dataclass(frozen=True)
+class Marker:
+    """Message metadata naming the request and the kind of message, so a lost post can be found again."""
+
+    request_id: str
+    kind: str
+
+    def metadata(self) -> dict[str, Any]:
+        return {"event_type": MARKER_EVENT, "event_payload": {"request_id": self.request_id, "kind": self.kind}}
+
+    def matches(self, metadata: Any) -> bool:
+        if not isinstance(metadata, dict) or metadata.get("event_type") != MARKER_EVENT:
+            return False
+        payload = metadata.get("event_payload")
+        return isinstance(payload, dict) and payload == {"request_id": self.request_id, "kind": self.kind}
 
 
 class SlackCallFailed(Exception):
@@ -96,7 +120,13 @@ class SlackApi:
         return data, response.headers or {}
 
     async def post_message(
-        self, channel: str, text: str, blocks: Sequence[Mapping[str, Any]] | None = None, thread_ts: str | None = None
+        self,
+        channel: str,
+        text: str,
+        blocks: Sequence[Mapping[str, Any]] | None = None,
+        thread_ts: str | None = None,
+        *,
+        marker: Marker | None = None,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "channel": channel,
@@ -110,7 +140,45 @@ class SlackApi:
             body["blocks"] = list(blocks)
         if thread_ts is not None:
             body["thread_ts"] = thread_ts
+        if marker is not None:
+            body["metadata"] = marker.metadata()
         return await self.call("chat.postMessage", json=body)
+
+    async def delete_message(self, channel: str, ts: str) -> dict[str, Any]:
+        return await self.call("chat.delete", json={"channel": channel, "ts": ts})
+
+    async def find_posted(
+        self, channel: str, marker: Marker, *, since: float, thread_ts: str | None = None
+    ) -> str | None:
+        """The ts of a message posted with `marker` in `channel` (or in the thread) since `since`; None if none.
+
+        Needs the history scopes (`channels:history`, `groups:history`). Without them, or when the
+        channel cannot be read, it says it cannot tell (None, logged): the caller posts again.
+        """
+        method = "conversations.history" if thread_ts is None else "conversations.replies"
+        params: dict[str, Any] = {
+            "channel": channel,
+            "oldest": f"{max(since, 0.0):.6f}",
+            "include_all_metadata": "true",
+            "limit": 200,
+            "ts": thread_ts,
+        }
+        for _ in range(_HISTORY_PAGES):
+            try:
+                page = await self.call(method, params=params, get=True)
+            except SlackCallFailed as exc:
+                if exc.retryable:
+                    raise
+                log.warning("cannot look in %s for a message already posted (%s); posting again", channel, exc)
+                return None
+            for message in page.get("messages") or []:
+                if isinstance(message, dict) and marker.matches(message.get("metadata")):
+                    return str(message["ts"])
+            cursor = (page.get("response_metadata") or {}).get("next_cursor")
+            if not cursor:
+                return None
+            params["cursor"] = cursor
+        return None
 
     async def update_message(
         self, channel: str, ts: str, text: str, blocks: Sequence[Mapping[str, Any]]

@@ -1,27 +1,43 @@
-"""One Slack message per held request, kept showing the request's state whoever changed it.
+"""One Slack message per held request, kept showing the request's state whoever changed it, posted once.
 
-Every change only schedules a sync of that request (through the outbox, off the decision path).
-A sync reads the request as it is now, posts the message if there is none yet, and otherwise
-updates it when what it would show differs from what it shows.
+The work lives in the database (`approvals.outbox`), not in the process that made a change: every
+replica hears every change and marks the request's message as owing it; one replica claims the
+item, reads the request as it is now, posts the message if there is none yet (and records it in
+the same transaction that completes the claim) or updates it when what it would show differs
+from what it shows. A replica that dies mid-way leaves a lease that runs out; another replica
+claims the item and carries on. Reminders are items of their own, due before the request expires.
+
+A post that Slack accepted but whose answer was lost with its replica is found again before
+posting anew: posts carry metadata naming the request (`Marker`), and the replica that takes over
+a post already attempted looks for it in the channel's history. See docs/slack.md, "Replicas".
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from functools import partial
 
+import anyio
+from anyio.abc import TaskGroup
+
+from approvals.errors import ApprovalError
 from approvals.feed import Change
+from approvals.outbox import MESSAGE, REMINDER, ChannelOutbox, Claim, Followup
 from approvals.service import ApprovalService
 from approvals.states import Status
 from approvals.views import RequestView
-from gateway.slack.client import SlackApi
+from gateway.slack.client import Marker, SlackApi, SlackCallFailed
 from gateway.slack.messages import Links, reminder_text, request_message
 from gateway.slack.worker import Outbox
 
 log = logging.getLogger(__name__)
+
+CHANNEL = "slack"
+# How far before a lost post's recorded attempt its look-up starts: the replicas' and Slack's clocks differ a little.
+_CLOCK_MARGIN = 60.0
 
 
 def wants_slack(view: RequestView) -> bool:
@@ -34,102 +50,201 @@ class MessageKeeper:
         service: ApprovalService,
         api: SlackApi,
         outbox: Outbox,
+        items: ChannelOutbox,
         links: Links,
         *,
         default_channel: str,
         reminder_before: float | None,
         clock: Callable[[], datetime],
+        poll_interval: float,
     ) -> None:
         self.service = service
         self.api = api
         self.outbox = outbox
+        self.items = items
         self.links = links
         self.default_channel = default_channel
         self.reminder_before = reminder_before
         self.clock = clock
-        # What each live message shows, so a change that alters nothing visible costs no API call.
-        self._shown: dict[str, str] = {}
-        # Per request: the newest change heard, and the newest this process won the right to show.
-        self._heard: dict[str, int] = {}
-        self._won: dict[str, int] = {}
+        self.poll_interval = poll_interval
+        self._nudged: set[tuple[str, str]] = set()
+        self._busy: set[tuple[str, str]] = set()
+        self._wake = anyio.Event()
+        self._tasks: TaskGroup | None = None
 
-    def changed(self, change: Change) -> None:
-        """Every process hears every change; the one that claims it in the database shows it on Slack."""
+    async def changed(self, change: Change) -> None:
+        """Every replica hears every change; each says the message owes it, and one replica shows it."""
         view = change.request
         if not wants_slack(view):
             return
-        self._heard[view.id] = max(self._heard.get(view.id, 0), change.seq)
-        self.outbox.keyed(f"message:{view.id}", "message", view.id, lambda: self._show_latest(view.id))
+        try:
+            await self.items.want(CHANNEL, view.id, MESSAGE, change.seq)
+        except ApprovalError as exc:
+            # Another replica records it, or this one at its next start (`resume`).
+            log.warning("could not note change %d of %s for Slack: %s", change.seq, view.id, exc)
+            return
+        self._nudge(view.id, MESSAGE)
 
-    async def _show_latest(self, request_id: str) -> None:
-        seq = self._heard.get(request_id, 0)
-        # Claimed once per change, outside the retries: a retry of our own claim must not lose to itself.
-        if self._won.get(request_id) != seq:
-            if not await self.service.claim_slack_sync(request_id, seq):
-                return
-            self._won[request_id] = seq
-        await self.sync(request_id)
+    def _nudge(self, request_id: str, kind: str) -> None:
+        self._nudged.add((request_id, kind))
+        self._wake.set()
 
-    async def resume(self, *, settle: float = 10.0) -> None:
-        """On start: post requests that are pending but never reached Slack (e.g. Slack was down at a restart)."""
-        cutoff = self.clock() - timedelta(seconds=settle)
-        for view in await self.service.list_requests(statuses={Status.PENDING}, limit=1000):
+    async def run(self) -> None:
+        """Claim and do due work for the life of the process: nudged by changes, and a poll for the rest."""
+        async with anyio.create_task_group() as tasks:
+            self._tasks = tasks
+            try:
+                await self.resume()
+            except ApprovalError as exc:
+                log.warning("could not look for requests that Slack has not shown yet: %s", exc)
+            scanned = anyio.current_time()
+            while True:
+                with anyio.move_on_after(max(scanned + self.poll_interval - anyio.current_time(), 0)):
+                    await self._wake.wait()
+                self._wake = anyio.Event()
+                wanted, self._nudged = self._nudged, set()
+                if anyio.current_time() >= scanned + self.poll_interval:
+                    # Reminders come due, and leases of replicas that died run out, without anyone saying so.
+                    scanned = anyio.current_time()
+                    try:
+                        wanted.update(await self.items.due(CHANNEL))
+                    except ApprovalError as exc:
+                        log.warning("could not read the Slack outbox: %s", exc)
+                for key in wanted - self._busy:
+                    self._busy.add(key)
+                    tasks.start_soon(self._work, *key)
+
+    async def resume(self) -> None:
+        """On start: owe a showing to every open request (it may have changed while no replica ran)."""
+        open_requests = {Status.PENDING, Status.APPROVED, Status.EXECUTING}
+        for view in await self.service.list_requests(statuses=open_requests, limit=1000):
             if not wants_slack(view):
                 continue
-            if view.slack_ts is None:
-                # Recent ones may still be on their way out of another process; leave those to it. Older
-                # ones are a repair: whoever claimed the post did not make it, so sync past the claims.
-                if view.created_at < cutoff:
-                    self.outbox.keyed(f"message:{view.id}", "message", view.id, partial(self.sync, view.id))
-            elif view.reminded_at is None:
-                # Every process arms it; the database lets one of them send it.
-                self._schedule_reminder(view)
+            # Nothing is posted or updated unless it differs from what Slack shows (recorded with the item).
+            await self.items.want(CHANNEL, view.id, MESSAGE)
+            if view.status == Status.PENDING and view.slack_ts is not None and view.reminded_at is None:
+                await self._schedule_reminder(view)
+            self._nudge(view.id, MESSAGE)
 
-    async def sync(self, request_id: str) -> None:
-        view = await self.service.get(request_id)
-        message = request_message(view, await self.service.decisions(request_id), self.links)
-        fingerprint = json.dumps(message.blocks, sort_keys=True)
-        if view.slack_ts is None or view.slack_channel is None:
+    async def _work(self, request_id: str, kind: str) -> None:
+        try:
+            while (claim := await self.items.claim(CHANNEL, request_id, kind)) is not None:
+                job = _Job(self, claim)
+                async with anyio.create_task_group() as keep:
+                    keep.start_soon(self._keep_lease, claim)
+                    done = await self.outbox.attempt(kind, request_id, job.run)
+                    keep.cancel_scope.cancel()
+                if job.store_error is not None:
+                    # The lease runs out and this replica, or another, claims the item again.
+                    raise job.store_error
+                if not done:
+                    await self.items.give_up(claim)
+        except ApprovalError as exc:
+            log.warning("Slack %s of %s: the outbox is unreachable (%s); another try follows", kind, request_id, exc)
+        finally:
+            self._busy.discard((request_id, kind))
+
+    async def _keep_lease(self, claim: Claim) -> None:
+        while True:
+            await anyio.sleep(self.items.lease.total_seconds() / 3)
+            try:
+                if not await self.items.renew(claim):
+                    log.warning("lost the lease on the Slack %s of %s", claim.kind, claim.request_id)
+                    return
+            except ApprovalError as exc:
+                log.warning("could not renew the lease on the Slack %s of %s: %s", claim.kind, claim.request_id, exc)
+
+    async def _schedule_reminder(self, view: RequestView) -> None:
+        when = self.reminder_time(view)
+        if when is not None:
+            await self.items.schedule(CHANNEL, view.id, REMINDER, when)
+
+    def reminder_time(self, view: RequestView) -> datetime | None:
+        if self.reminder_before is None:
+            return None
+        when = view.expires_at - timedelta(seconds=self.reminder_before)
+        return when if when > self.clock() else None
+
+
+class _Job:
+    """One claimed item, tried (and retried) by the outbox until it succeeds or fails for good."""
+
+    def __init__(self, keeper: MessageKeeper, claim: Claim) -> None:
+        self.keeper = keeper
+        self.claim = claim
+        # When a post of ours may have reached Slack without its answer reaching us (a replica's, or this retry's).
+        self.attempted = claim.attempted_at
+        self.store_error: ApprovalError | None = None
+
+    async def run(self) -> None:
+        try:
+            if self.claim.kind == REMINDER:
+                await self._remind()
+            else:
+                await self._show()
+        except ApprovalError as exc:
+            # Not Slack's failure: not worth the Slack retries, and never a reason to give the change up.
+            self.store_error = exc
+
+    async def _show(self) -> None:
+        k, claim = self.keeper, self.claim
+        view = await k.service.get(claim.request_id)
+        message = request_message(view, await k.service.decisions(claim.request_id), k.links)
+        shown = hashlib.sha256(json.dumps(message.blocks, sort_keys=True).encode()).hexdigest()
+        if view.slack_ts is not None and view.slack_channel is not None:
+            if claim.shown != shown:
+                await k.api.update_message(view.slack_channel, view.slack_ts, message.text, message.blocks)
+            await k.items.complete(claim, shown=shown)
+            return
+        channel = view.slack_channel or k.default_channel
+        marker = Marker(view.id, MESSAGE)
+        # A post already attempted may be there (its poster died before recording it): it is then shown anew.
+        ts = await self._already_posted(channel, marker)
+        posted: str | None = None
+        if ts is None:
             if view.status != Status.PENDING:
                 # Decided before Slack ever showed it: nothing left to decide there, so no message.
+                await k.items.complete(claim, shown=None)
                 return
-            channel = view.slack_channel or self.default_channel
-            posted = await self.api.post_message(channel, message.text, message.blocks)
-            await self.service.set_slack_ts(request_id, str(posted["channel"]), str(posted["ts"]))
-            self._shown[request_id] = fingerprint
-            self._schedule_reminder(view)
-            return
-        if self._shown.get(request_id) == fingerprint:
-            return
-        await self.api.update_message(view.slack_channel, view.slack_ts, message.text, message.blocks)
-        if view.is_terminal:
-            self._shown.pop(request_id, None)
-            self._heard.pop(request_id, None)
-            self._won.pop(request_id, None)
-        else:
-            self._shown[request_id] = fingerprint
+            self.attempted = await k.items.attempting(claim)
+            answer = await k.api.post_message(channel, message.text, message.blocks, marker=marker)
+            channel, ts, posted = str(answer["channel"]), str(answer["ts"]), shown
+        when = k.reminder_time(view) if view.status == Status.PENDING else None
+        followup = None if when is None else Followup(REMINDER, when)
+        if not await k.items.record_post(claim, channel, ts, shown=posted, followup=followup):
+            # Another replica's message was recorded first (it lost its lease to us mid-post): ours goes.
+            log.warning("request %s was posted to Slack twice; deleting the second message", view.id)
+            await _quietly(k.api.delete_message(channel, ts))
+            await k.items.release(claim)
 
-    def _schedule_reminder(self, view: RequestView) -> None:
-        if self.reminder_before is None:
-            return
-        when = view.expires_at - timedelta(seconds=self.reminder_before)
-        now = self.clock()
-        if when <= now:
-            return
-        self.outbox.at(when, "reminder", view.id, lambda: self.remind(view.id), now)
-
-    async def remind(self, request_id: str) -> None:
-        view = await self.service.get(request_id)
+    async def _remind(self) -> None:
+        k, claim = self.keeper, self.claim
+        view = await k.service.get(claim.request_id)
         if view.status != Status.PENDING or view.slack_ts is None or view.slack_channel is None:
-            return
-        # Every process that knows the message arms the reminder; the one that wins this compare-and-set
-        # sends it, once. The post itself is retried apart from the claim, so a Slack hiccup loses nothing.
-        if await self.service.claim_reminder(request_id) is None:
+            await k.items.complete(claim, shown=None)
             return
         channel, ts = view.slack_channel, view.slack_ts
-        text = reminder_text(view, (view.expires_at - self.clock()).total_seconds(), self.links)
+        marker = Marker(view.id, REMINDER)
+        if await self._already_posted(channel, marker, thread_ts=ts) is None:
+            text = reminder_text(view, (view.expires_at - k.clock()).total_seconds(), k.links)
+            self.attempted = await k.items.attempting(claim)
+            await k.api.post_message(channel, text, thread_ts=ts, marker=marker)
+        # Records `reminded_at` and the audit event; None when the request left `pending` meanwhile.
+        await k.service.claim_reminder(view.id)
+        await k.items.complete(claim, shown=None)
 
-        async def post() -> None:
-            await self.api.post_message(channel, text, thread_ts=ts)
+    async def _already_posted(self, channel: str, marker: Marker, *, thread_ts: str | None = None) -> str | None:
+        if self.attempted is None:
+            return None
+        since = self.attempted.timestamp() - _CLOCK_MARGIN
+        found = await self.keeper.api.find_posted(channel, marker, since=since, thread_ts=thread_ts)
+        if found is not None:
+            log.info("found the Slack %s of %s that a previous attempt posted", marker.kind, marker.request_id)
+        return found
 
-        self.outbox.once("reminder", request_id, post)
+
+async def _quietly(call: Awaitable[object]) -> None:
+    try:
+        await call
+    except SlackCallFailed as exc:
+        log.warning("Slack clean-up failed: %s", exc)

@@ -3,8 +3,8 @@
 A job is an async callable that raises `SlackCallFailed` when Slack did not do it. The outbox
 runs it with retries (doubling backoff, `Retry-After` honoured for everyone after a 429), records
 the first failure, a give-up and a recovery in the audit history, and never raises to the caller.
-Keyed jobs coalesce: while the job for a key runs, new requests for that key collapse into one
-more run afterwards, so a request's message is written by one task at a time, from its latest state.
+Which replica does a request's message work, and when, is the database's business
+(`approvals.outbox`, driven by `notifier.MessageKeeper`); this runs the Slack calls themselves.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import logging
 import random
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import anyio
@@ -54,8 +53,6 @@ class Outbox:
         self._limiter = anyio.CapacityLimiter(concurrency)
         self._group: TaskGroup | None = None
         self._backlog: list[Job] = []
-        self._running: set[str] = set()
-        self._again: set[str] = set()
         self._not_before = 0.0
 
     async def run(self) -> None:
@@ -69,14 +66,6 @@ class Outbox:
                 await anyio.sleep_forever()
             finally:
                 self._group = None
-
-    def keyed(self, key: str, what: str, request_id: str | None, job: Job) -> None:
-        """Run `job` for `key` now, or once more after the run in progress for that key."""
-        if key in self._running:
-            self._again.add(key)
-            return
-        self._running.add(key)
-        self._start(lambda: self._keyed(key, what, request_id, job))
 
     def spawn(self, job: Job) -> None:
         """Run `job` once in the background, without retries (work that must happen now or not at all)."""
@@ -92,40 +81,25 @@ class Outbox:
     def once(self, what: str, request_id: str | None, job: Job) -> None:
         self._start(lambda: self._attempts(what, request_id, job))
 
-    def at(self, when: datetime, what: str, request_id: str | None, job: Job, now: datetime) -> None:
-        delay = max(0.0, (when - now).total_seconds())
-
-        async def later() -> None:
-            await anyio.sleep(delay)
-            await self._attempts(what, request_id, job)
-
-        self._start(later)
-
     def _start(self, job: Job) -> None:
         if self._group is None:
             self._backlog.append(job)
         else:
             self._group.start_soon(job)
 
-    async def _keyed(self, key: str, what: str, request_id: str | None, job: Job) -> None:
+    async def attempt(self, what: str, request_id: str | None, job: Job) -> bool:
+        """Run `job` here and now with retries; True once it succeeded, False when it failed for good."""
         try:
-            while True:
-                self._again.discard(key)
-                await self._attempts(what, request_id, job)
-                if key not in self._again:
-                    return
-        finally:
-            self._running.discard(key)
-            self._again.discard(key)
-
-    async def _attempts(self, what: str, request_id: str | None, job: Job) -> None:
-        try:
-            await self._with_retries(what, request_id, job)
+            return await self._with_retries(what, request_id, job)
         except Exception:
             # A bug in one job must not take the outbox (and with it every other message) down.
             log.exception("Slack job %s for %s crashed", what, request_id)
+            return False
 
-    async def _with_retries(self, what: str, request_id: str | None, job: Job) -> None:
+    async def _attempts(self, what: str, request_id: str | None, job: Job) -> None:
+        await self.attempt(what, request_id, job)
+
+    async def _with_retries(self, what: str, request_id: str | None, job: Job) -> bool:
         failures = 0
         while True:
             wait = self._not_before - anyio.current_time()
@@ -139,7 +113,7 @@ class Outbox:
                 if not exc.retryable or failures >= self.retry.attempts:
                     log.error("Slack %s for %s failed for good: %s", what, request_id, exc)
                     await self._audit(_gave_up(what, request_id, exc, failures))
-                    return
+                    return False
                 delay = self.retry.delay(failures)
                 if exc.retry_after is not None:
                     # Slack rate-limits per app and method: everyone waits, not just this job.
@@ -161,7 +135,7 @@ class Outbox:
                         detail={"operation": what, "attempts": failures + 1},
                     )
                 )
-            return
+            return True
 
     async def _audit(self, event: Event) -> None:
         try:

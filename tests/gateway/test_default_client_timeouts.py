@@ -18,6 +18,7 @@ from mcp.client.streamable_http import streamable_http_client
 from gateway.config import DEFAULT_MAX_HOLD, ServerSettings
 from gateway.demo import DEMO_POLICY
 from gateway.held import HeldCalls
+from gateway.ratelimit import RateLimiter
 from tests.conftest import skip_unless_present
 from tests.gateway.test_lifecycle import RawLegacySession
 from tests.gateway.test_typescript_client import _problem as node_problem
@@ -77,6 +78,7 @@ def test_a_request_stores_the_bound_of_its_tool_and_agent_else_the_default(
     held = HeldCalls(
         service=None,  # type: ignore[arg-type]  # request_bound consults the settings only
         upstreams=None,  # type: ignore[arg-type]
+        limiter=RateLimiter(),
         progress_interval=5.0,
         inbox_url="",
         agent_max_hold={} if agent is None else {"alpha": agent},

@@ -706,19 +706,19 @@ def test_the_policylayer_preview_document_allows_previews_under_its_limit(folder
 
 
 @pytest.mark.parametrize("folder", policy_dirs())
-def test_the_eleventh_preview_in_a_minute_is_refused_until_the_window_rolls_over(folder: Path) -> None:
+async def test_the_eleventh_preview_in_a_minute_is_refused_until_the_window_rolls_over(folder: Path) -> None:
     policy = load_policy(folder / PREVIEW)
     clock = FakeClock()
     limiter = RateLimiter(clock=clock)
     limits = policy.evaluate("ibkr_preview_order", {}).limits
 
     for _ in range(10):
-        assert isinstance(limiter.reserve("ibkr_preview_order", limits, grant="bot", session="s1"), Reservation)
+        assert isinstance(await limiter.reserve("ibkr_preview_order", limits, grant="bot", session="s1"), Reservation)
         clock.now += 1
-    eleventh = limiter.reserve("ibkr_preview_order", limits, grant="bot", session="s1")
-    other_agent = limiter.reserve("ibkr_preview_order", limits, grant="other-bot", session="s2")
+    eleventh = await limiter.reserve("ibkr_preview_order", limits, grant="bot", session="s1")
+    other_agent = await limiter.reserve("ibkr_preview_order", limits, grant="other-bot", session="s2")
     clock.now += 50  # 60 s after the first preview
-    after_window = limiter.reserve("ibkr_preview_order", limits, grant="bot", session="s1")
+    after_window = await limiter.reserve("ibkr_preview_order", limits, grant="bot", session="s1")
 
     assert isinstance(eleventh, Refusal)
     assert eleventh.message == (

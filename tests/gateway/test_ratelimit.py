@@ -1,14 +1,22 @@
-"""Sliding-window reservations: all-or-nothing, scoped, shared by counter name, given back on release."""
+"""Sliding-window reservations: all-or-nothing, scoped, shared by counter name, given back on release.
+
+Every behaviour is checked against both stores: this process's memory (a gateway on SQLite) and
+PostgreSQL, where every replica counts the same slots.
+"""
 
 from __future__ import annotations
 
-import threading
+from collections.abc import AsyncIterator
 from typing import Literal
 
+import anyio
 import pytest
 
+from approvals.db import Database
 from gateway.policy import Limit
-from gateway.ratelimit import RateLimiter, Refusal, Reservation
+from gateway.ratelimit import MemoryQuotas, RateLimiter, Refusal, Reservation
+from gateway.shared_quotas import SharedQuotas
+from tests.conftest import _PG_PROBLEM, _create_pg_database, _drop_pg_database, pg_url, skip_unless_present
 
 
 class FakeClock:
@@ -33,34 +41,58 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+@pytest.fixture(params=["memory", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def limiter(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncIterator[RateLimiter]:
+    if request.param == "memory":
+        yield RateLimiter(clock=clock)
+        return
+    skip_unless_present("postgres", _PG_PROBLEM)
+    name = await _create_pg_database()
+    db = Database(pg_url(name))
+    try:
+        await db.create_schema()
+        yield RateLimiter(store=SharedQuotas(db, clock=clock))
+    finally:
+        await db.dispose()
+        await _drop_pg_database(name)
+
+
 @pytest.fixture
-def limiter(clock: FakeClock) -> RateLimiter:
-    return RateLimiter(clock=clock)
+def memory(clock: FakeClock) -> RateLimiter:
+    """The in-memory store alone, for what only it has (its buckets)."""
+    return RateLimiter(store=MemoryQuotas(clock))
 
 
-def reserve(limiter: RateLimiter, *limits: Limit, grant: str = "bot", session: str = "s1") -> Reservation | Refusal:
-    return limiter.reserve("tool", limits, grant=grant, session=session)
+def buckets(limiter: RateLimiter) -> int:
+    assert isinstance(limiter.store, MemoryQuotas)
+    return limiter.store.bucket_count
 
 
-def test_a_limit_admits_max_calls_in_its_window_and_refuses_the_next(limiter: RateLimiter) -> None:
+async def reserve(
+    limiter: RateLimiter, *limits: Limit, grant: str = "bot", session: str = "s1"
+) -> Reservation | Refusal:
+    return await limiter.reserve("tool", limits, grant=grant, session=session)
+
+
+async def test_a_limit_admits_max_calls_in_its_window_and_refuses_the_next(limiter: RateLimiter) -> None:
     rate = per("rate", 3)
 
-    granted = [reserve(limiter, rate) for _ in range(3)]
-    fourth = reserve(limiter, rate)
+    granted = [await reserve(limiter, rate) for _ in range(3)]
+    fourth = await reserve(limiter, rate)
 
     assert all(isinstance(r, Reservation) for r in granted)
     assert isinstance(fourth, Refusal)
     assert fourth.limit == rate
-    assert limiter.usage("rate", "bot") == 3
+    assert await limiter.usage("rate", "bot") == 3
 
 
-def test_the_refusal_says_which_limit_and_when_to_try_again(limiter: RateLimiter, clock: FakeClock) -> None:
+async def test_the_refusal_says_which_limit_and_when_to_try_again(limiter: RateLimiter, clock: FakeClock) -> None:
     rate = Limit("ibkr_preview_order_rate", "minute", 10, "grant", 'tools["ibkr_preview_order"].limits[0]')
     for _ in range(10):
-        assert isinstance(limiter.reserve("ibkr_preview_order", [rate], grant="bot", session="s"), Reservation)
+        assert isinstance(await limiter.reserve("ibkr_preview_order", [rate], grant="bot", session="s"), Reservation)
     clock.now += 18
 
-    refusal = limiter.reserve("ibkr_preview_order", [rate], grant="bot", session="s")
+    refusal = await limiter.reserve("ibkr_preview_order", [rate], grant="bot", session="s")
 
     assert isinstance(refusal, Refusal)
     assert refusal.retry_after == pytest.approx(42.0)
@@ -70,20 +102,20 @@ def test_the_refusal_says_which_limit_and_when_to_try_again(limiter: RateLimiter
     )
 
 
-def test_the_window_slides_so_each_slot_frees_a_full_window_after_it_was_taken(
+async def test_the_window_slides_so_each_slot_frees_a_full_window_after_it_was_taken(
     limiter: RateLimiter, clock: FakeClock
 ) -> None:
     rate = per("rate", 4)
     for _ in range(2):
-        reserve(limiter, rate)
+        await reserve(limiter, rate)
     clock.now += 30
     for _ in range(2):
-        reserve(limiter, rate)
+        await reserve(limiter, rate)
     clock.now += 29.5
 
-    almost = reserve(limiter, rate)
+    almost = await reserve(limiter, rate)
     clock.now += 0.5  # the first two slots are now exactly 60 s old
-    third, fourth, fifth = (reserve(limiter, rate) for _ in range(3))
+    third, fourth, fifth = [await reserve(limiter, rate) for _ in range(3)]
 
     assert isinstance(almost, Refusal)
     assert almost.retry_after == pytest.approx(0.5)
@@ -94,151 +126,151 @@ def test_the_window_slides_so_each_slot_frees_a_full_window_after_it_was_taken(
 
 
 @pytest.mark.parametrize(("window", "seconds"), [("second", 1), ("minute", 60), ("hour", 3600), ("day", 86400)])
-def test_every_window_size_rolls_over_at_its_length(
+async def test_every_window_size_rolls_over_at_its_length(
     limiter: RateLimiter, clock: FakeClock, window: Literal["second", "minute", "hour", "day"], seconds: int
 ) -> None:
     once = per("once", 1, window=window)
-    reserve(limiter, once)
+    await reserve(limiter, once)
 
     clock.now += seconds - 0.001
-    too_soon = reserve(limiter, once)
+    too_soon = await reserve(limiter, once)
     clock.now += 0.001
-    on_time = reserve(limiter, once)
+    on_time = await reserve(limiter, once)
 
     assert isinstance(too_soon, Refusal)
     assert isinstance(on_time, Reservation)
 
 
-def test_a_long_wait_is_written_as_a_duration(limiter: RateLimiter) -> None:
-    reserve(limiter, per("daily", 1, window="day"))
+async def test_a_long_wait_is_written_as_a_duration(limiter: RateLimiter) -> None:
+    await reserve(limiter, per("daily", 1, window="day"))
 
-    refusal = reserve(limiter, per("daily", 1, window="day"))
+    refusal = await reserve(limiter, per("daily", 1, window="day"))
 
     assert isinstance(refusal, Refusal)
     assert refusal.message.endswith("per day per agent (counter 'daily'); try again in 1d")
 
 
-def test_releasing_a_reservation_gives_the_quota_back(limiter: RateLimiter) -> None:
+async def test_releasing_a_reservation_gives_the_quota_back(limiter: RateLimiter) -> None:
     rate = per("rate", 2)
-    first = reserve(limiter, rate)
-    reserve(limiter, rate)
-    assert isinstance(reserve(limiter, rate), Refusal)
+    first = await reserve(limiter, rate)
+    await reserve(limiter, rate)
+    assert isinstance(await reserve(limiter, rate), Refusal)
     assert isinstance(first, Reservation)
 
-    first.release()
+    await first.release()
 
-    assert limiter.usage("rate", "bot") == 1
-    assert isinstance(reserve(limiter, rate), Reservation)
+    assert await limiter.usage("rate", "bot") == 1
+    assert isinstance(await reserve(limiter, rate), Reservation)
 
 
-def test_releasing_twice_gives_back_only_once(limiter: RateLimiter) -> None:
+async def test_releasing_twice_gives_back_only_once(limiter: RateLimiter) -> None:
     rate = per("rate", 5)
-    reservations = [reserve(limiter, rate) for _ in range(3)]
+    reservations = [await reserve(limiter, rate) for _ in range(3)]
     first = reservations[0]
     assert isinstance(first, Reservation)
 
-    first.release()
-    first.release()
+    await first.release()
+    await first.release()
 
-    assert limiter.usage("rate", "bot") == 2
+    assert await limiter.usage("rate", "bot") == 2
 
 
-def test_releasing_frees_the_callers_own_slot_not_an_older_one(limiter: RateLimiter, clock: FakeClock) -> None:
+async def test_releasing_frees_the_callers_own_slot_not_an_older_one(limiter: RateLimiter, clock: FakeClock) -> None:
     rate = per("rate", 2)
-    reserve(limiter, rate)
+    await reserve(limiter, rate)
     clock.now += 40
-    second = reserve(limiter, rate)
+    second = await reserve(limiter, rate)
     assert isinstance(second, Reservation)
 
-    second.release()
+    await second.release()
     clock.now += 20  # the first slot expires now; had release removed it instead, the count would be wrong
 
-    assert limiter.usage("rate", "bot") == 0
-    assert all(isinstance(reserve(limiter, rate), Reservation) for _ in range(2))
+    assert await limiter.usage("rate", "bot") == 0
+    assert all([isinstance(await reserve(limiter, rate), Reservation) for _ in range(2)])
 
 
-def test_a_reservation_is_all_or_nothing(limiter: RateLimiter) -> None:
+async def test_a_reservation_is_all_or_nothing(limiter: RateLimiter) -> None:
     roomy = per("roomy", 100)
     full = per("full", 1)
-    reserve(limiter, full)
+    await reserve(limiter, full)
 
-    refused = reserve(limiter, roomy, full)
+    refused = await reserve(limiter, roomy, full)
 
     assert isinstance(refused, Refusal)
     assert refused.limit == full
-    assert limiter.usage("roomy", "bot") == 0
-    assert limiter.usage("full", "bot") == 1
+    assert await limiter.usage("roomy", "bot") == 0
+    assert await limiter.usage("full", "bot") == 1
 
 
-def test_with_several_limits_exhausted_the_refusal_reports_the_longest_wait(
+async def test_with_several_limits_exhausted_the_refusal_reports_the_longest_wait(
     limiter: RateLimiter, clock: FakeClock
 ) -> None:
     per_minute = per("minute", 1)
     per_hour = per("hour", 1, window="hour")
-    reserve(limiter, per_minute, per_hour)
+    await reserve(limiter, per_minute, per_hour)
     clock.now += 10
 
-    refused = reserve(limiter, per_minute, per_hour)
+    refused = await reserve(limiter, per_minute, per_hour)
 
     assert isinstance(refused, Refusal)
     assert refused.limit == per_hour
     assert refused.retry_after == pytest.approx(3590.0)
 
 
-def test_grant_scope_counts_each_agent_separately(limiter: RateLimiter) -> None:
+async def test_grant_scope_counts_each_agent_separately(limiter: RateLimiter) -> None:
     rate = per("rate", 1, scope="grant")
 
-    assert isinstance(reserve(limiter, rate, grant="alice-bot", session="s1"), Reservation)
-    assert isinstance(reserve(limiter, rate, grant="bob-bot", session="s1"), Reservation)
-    assert isinstance(reserve(limiter, rate, grant="alice-bot", session="s2"), Refusal)
+    assert isinstance(await reserve(limiter, rate, grant="alice-bot", session="s1"), Reservation)
+    assert isinstance(await reserve(limiter, rate, grant="bob-bot", session="s1"), Reservation)
+    assert isinstance(await reserve(limiter, rate, grant="alice-bot", session="s2"), Refusal)
 
 
-def test_session_scope_counts_each_session_separately(limiter: RateLimiter) -> None:
+async def test_session_scope_counts_each_session_separately(limiter: RateLimiter) -> None:
     rate = per("rate", 1, scope="session")
 
-    assert isinstance(reserve(limiter, rate, grant="bot", session="s1"), Reservation)
-    assert isinstance(reserve(limiter, rate, grant="bot", session="s2"), Reservation)
-    assert isinstance(reserve(limiter, rate, grant="other", session="s1"), Refusal)
-    assert limiter.usage("rate", "s1") == 1
+    assert isinstance(await reserve(limiter, rate, grant="bot", session="s1"), Reservation)
+    assert isinstance(await reserve(limiter, rate, grant="bot", session="s2"), Reservation)
+    assert isinstance(await reserve(limiter, rate, grant="other", session="s1"), Refusal)
+    assert await limiter.usage("rate", "s1") == 1
 
 
-def test_global_scope_is_one_bucket_for_everyone(limiter: RateLimiter) -> None:
+async def test_global_scope_is_one_bucket_for_everyone(limiter: RateLimiter) -> None:
     rate = per("rate", 2, scope="global")
 
-    reserve(limiter, rate, grant="a", session="s1")
-    reserve(limiter, rate, grant="b", session="s2")
-    refused = reserve(limiter, rate, grant="c", session="s3")
+    await reserve(limiter, rate, grant="a", session="s1")
+    await reserve(limiter, rate, grant="b", session="s2")
+    refused = await reserve(limiter, rate, grant="c", session="s3")
 
     assert isinstance(refused, Refusal)
     assert "across all agents" in refused.message
-    assert limiter.usage("rate", "global") == 2
+    assert await limiter.usage("rate", "global") == 2
 
 
-def test_the_same_counter_on_two_tools_shares_one_quota(limiter: RateLimiter) -> None:
+async def test_the_same_counter_on_two_tools_shares_one_quota(limiter: RateLimiter) -> None:
     on_place = Limit("orders", "minute", 2, "grant", 'tools["ibkr_place_order"].limits[0]')
     on_modify = Limit("orders", "minute", 2, "grant", 'tools["ibkr_modify_order"].limits[0]')
 
-    limiter.reserve("ibkr_place_order", [on_place], grant="bot", session="s")
-    limiter.reserve("ibkr_modify_order", [on_modify], grant="bot", session="s")
-    refused = limiter.reserve("ibkr_place_order", [on_place], grant="bot", session="s")
+    await limiter.reserve("ibkr_place_order", [on_place], grant="bot", session="s")
+    await limiter.reserve("ibkr_modify_order", [on_modify], grant="bot", session="s")
+    refused = await limiter.reserve("ibkr_place_order", [on_place], grant="bot", session="s")
 
     assert isinstance(refused, Refusal)
-    assert limiter.usage("orders", "bot") == 2
+    assert await limiter.usage("orders", "bot") == 2
 
 
-def test_a_counter_shared_by_limits_with_different_windows_checks_each_against_its_own_window(
+async def test_a_counter_shared_by_limits_with_different_windows_checks_each_against_its_own_window(
     limiter: RateLimiter, clock: FakeClock
 ) -> None:
     burst = Limit("orders", "minute", 2, "grant", 'tools["a"].limits[0]')
     hourly = Limit("orders", "hour", 3, "grant", 'tools["b"].limits[0]')
-    reserve(limiter, hourly)
-    reserve(limiter, burst)
-    assert isinstance(reserve(limiter, burst), Refusal)
+    await reserve(limiter, hourly)
+    await reserve(limiter, burst)
+    assert isinstance(await reserve(limiter, burst), Refusal)
     clock.now += 60
 
     # The bucket keeps an hour of history for `hourly`, but `burst` only looks at the last minute.
-    third = reserve(limiter, burst)
-    fourth = reserve(limiter, hourly)
+    third = await reserve(limiter, burst)
+    fourth = await reserve(limiter, hourly)
 
     assert isinstance(third, Reservation)
     assert isinstance(fourth, Refusal)
@@ -246,90 +278,83 @@ def test_a_counter_shared_by_limits_with_different_windows_checks_each_against_i
     assert fourth.retry_after == pytest.approx(3540.0)
 
 
-def test_a_longer_window_still_counts_slots_older_than_the_shorter_window(
+async def test_a_longer_window_still_counts_slots_older_than_the_shorter_window(
     limiter: RateLimiter, clock: FakeClock
 ) -> None:
     burst = Limit("orders", "minute", 5, "grant", 'tools["a"].limits[0]')
     hourly = Limit("orders", "hour", 3, "grant", 'tools["b"].limits[0]')
-    reserve(limiter, burst)
-    reserve(limiter, burst)
+    await reserve(limiter, burst)
+    await reserve(limiter, burst)
     clock.now += 90
 
-    first = reserve(limiter, hourly)
-    second = reserve(limiter, hourly)
+    first = await reserve(limiter, hourly)
+    second = await reserve(limiter, hourly)
 
     assert isinstance(first, Reservation)
     assert isinstance(second, Refusal)
 
 
-def test_a_counter_named_twice_for_one_call_takes_one_slot(limiter: RateLimiter) -> None:
+async def test_a_counter_named_twice_for_one_call_takes_one_slot(limiter: RateLimiter) -> None:
     from_all_tools = Limit("all", "minute", 2, "grant", "all_tools.limits[0]")
     from_the_tool = Limit("all", "minute", 2, "grant", 'tools["t"].limits[0]')
 
-    first = reserve(limiter, from_all_tools, from_the_tool)
-    second = reserve(limiter, from_all_tools, from_the_tool)
+    first = await reserve(limiter, from_all_tools, from_the_tool)
+    second = await reserve(limiter, from_all_tools, from_the_tool)
 
     assert isinstance(first, Reservation) and isinstance(second, Reservation)
-    assert limiter.usage("all", "bot") == 2
+    assert await limiter.usage("all", "bot") == 2
 
 
-def test_a_call_without_limits_always_gets_an_empty_reservation(limiter: RateLimiter) -> None:
-    reservation = reserve(limiter)
+async def test_a_call_without_limits_always_gets_an_empty_reservation(memory: RateLimiter) -> None:
+    reservation = await reserve(memory)
 
     assert isinstance(reservation, Reservation)
-    reservation.release()
-    assert limiter.bucket_count == 0
+    await reservation.release()
+    assert buckets(memory) == 0
 
 
-def test_buckets_of_agents_that_went_quiet_are_dropped(limiter: RateLimiter, clock: FakeClock) -> None:
+async def test_buckets_of_agents_that_went_quiet_are_dropped(memory: RateLimiter, clock: FakeClock) -> None:
     for n in range(50):
-        reserve(limiter, per("rate", 5, scope="session"), session=f"session-{n}")
-    assert limiter.bucket_count == 50
+        await reserve(memory, per("rate", 5, scope="session"), session=f"session-{n}")
+    assert buckets(memory) == 50
 
     clock.now += 61
-    reserve(limiter, per("rate", 5, scope="session"), session="fresh")
+    await reserve(memory, per("rate", 5, scope="session"), session="fresh")
 
-    assert limiter.bucket_count == 1
+    assert buckets(memory) == 1
 
 
-def test_a_released_reservation_leaves_no_empty_bucket_behind(limiter: RateLimiter) -> None:
-    reservation = reserve(limiter, per("a", 1), per("b", 1, scope="global"))
+async def test_a_released_reservation_leaves_no_empty_bucket_behind(memory: RateLimiter) -> None:
+    reservation = await reserve(memory, per("a", 1), per("b", 1, scope="global"))
     assert isinstance(reservation, Reservation)
-    assert limiter.bucket_count == 2
+    assert buckets(memory) == 2
 
-    reservation.release()
+    await reservation.release()
 
-    assert limiter.bucket_count == 0
+    assert buckets(memory) == 0
 
 
-def test_a_bucket_never_holds_more_slots_than_its_limit_allows(limiter: RateLimiter, clock: FakeClock) -> None:
+async def test_a_bucket_never_holds_more_slots_than_its_limit_allows(limiter: RateLimiter, clock: FakeClock) -> None:
     rate = per("rate", 3)
     for _ in range(1000):
-        reserve(limiter, rate)
+        await reserve(limiter, rate)
         clock.now += 0.5
 
-    assert limiter.usage("rate", "bot") <= 3
+    assert await limiter.usage("rate", "bot") <= 3
 
 
-def test_concurrent_reservations_never_exceed_the_limit(limiter: RateLimiter) -> None:
+async def test_concurrent_reservations_never_exceed_the_limit(limiter: RateLimiter) -> None:
     rate = per("rate", 50)
     results: list[Reservation | Refusal] = []
-    results_lock = threading.Lock()
-    start = threading.Barrier(8)
 
-    def hammer() -> None:
-        start.wait()
+    async def hammer() -> None:
         for _ in range(25):
-            result = reserve(limiter, rate)
-            with results_lock:
-                results.append(result)
+            results.append(await reserve(limiter, rate))
 
-    threads = [threading.Thread(target=hammer) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=10)
+    async with anyio.create_task_group() as tg:
+        for _ in range(8):
+            tg.start_soon(hammer)
 
     assert len(results) == 200
     assert sum(isinstance(r, Reservation) for r in results) == 50
-    assert limiter.usage("rate", "bot") == 50
+    assert await limiter.usage("rate", "bot") == 50

@@ -28,7 +28,7 @@ APP_TOKEN = "xapp-fake-app-token"
 SIGNING_SECRET = "fake-signing-secret"
 TEAM = "T0COUNTER"
 APPROVALS = "C0APPROVALS"
-SCOPES = "chat:write,users:read,users:read.email,channels:read,groups:read"
+SCOPES = "chat:write,users:read,users:read.email,channels:read,groups:read,channels:history,groups:history"
 
 
 @dataclass
@@ -48,6 +48,12 @@ class Failure:
 
 
 @dataclass
+class Slow:
+    delay: float
+    times: int = 1
+
+
+@dataclass
 class Message:
     channel: str
     ts: str
@@ -55,6 +61,7 @@ class Message:
     blocks: list[dict[str, Any]]
     thread_ts: str | None = None
     versions: list[list[dict[str, Any]]] = field(default_factory=list)
+    metadata: dict[str, Any] | None = None
 
     def block_text(self) -> str:
         """All mrkdwn/plain text in the blocks, as Slack would render it before formatting."""
@@ -100,6 +107,9 @@ class FakeSlack:
         self.views: list[dict[str, Any]] = []
         self.ephemerals: list[dict[str, Any]] = []
         self.failures: dict[str, list[Failure]] = {}
+        # Calls that succeed (the message exists at once) but whose answer comes `delay` seconds late.
+        self.slowdowns: dict[str, list[Slow]] = {}
+        self.deleted: list[Message] = []
         self.connection_opens = 0
         self.links_dialled = 0
         self.sockets: list[web.WebSocketResponse] = []
@@ -163,8 +173,13 @@ class FakeSlack:
         """The next `times` calls of `method` ("*": any) fail: HTTP `status`, or `ok: false` with `error`."""
         self.failures.setdefault(method, []).append(Failure(status, error, retry_after, times, delay))
 
+    def slow(self, method: str, delay: float, *, times: int = 1) -> None:
+        """The next `times` calls of `method` do what they ask at once, and answer `delay` seconds later."""
+        self.slowdowns.setdefault(method, []).append(Slow(delay, times))
+
     def heal(self) -> None:
         self.failures.clear()
+        self.slowdowns.clear()
 
     def _notify(self) -> None:
         self._changed.set()
@@ -191,7 +206,16 @@ class FakeSlack:
                 if failure.delay:
                     await anyio.sleep(failure.delay)
                 return self._failure(failure)
-            return self._answer(method, args, token)
+            answer = self._answer(method, args, token)
+            slowdowns = self.slowdowns.get(method)
+            if slowdowns:
+                slow = slowdowns[0]
+                slow.times -= 1
+                if slow.times <= 0:
+                    slowdowns.pop(0)
+                self._notify()
+                await anyio.sleep(slow.delay)
+            return answer
         finally:
             self._notify()
 
@@ -230,9 +254,12 @@ class FakeSlack:
         channel = self._channel_id(str(args.get("channel")))
         if channel is None:
             return {"ok": False, "error": "channel_not_found"}
-        ts = f"1700000000.{next(self._ts):06d}"
+        # Real seconds, so `oldest` in a history read means what it means on Slack.
+        ts = f"{int(time.time())}.{next(self._ts):06d}"
         blocks = list(args.get("blocks") or [])
-        message = Message(channel, ts, str(args.get("text", "")), blocks, args.get("thread_ts"), [blocks])
+        message = Message(
+            channel, ts, str(args.get("text", "")), blocks, args.get("thread_ts"), [blocks], args.get("metadata")
+        )
         self.messages[(channel, ts)] = message
         return {"ok": True, "channel": channel, "ts": ts, "message": {"ts": ts, "text": message.text}}
 
@@ -244,6 +271,51 @@ class FakeSlack:
         message.text = str(args.get("text", ""))
         message.versions.append(message.blocks)
         return {"ok": True, "channel": message.channel, "ts": message.ts}
+
+    def _chat_delete(self, args: dict[str, Any]) -> dict[str, Any]:
+        message = self.messages.pop((str(args.get("channel")), str(args.get("ts"))), None)
+        if message is None:
+            return {"ok": False, "error": "message_not_found"}
+        self.deleted.append(message)
+        return {"ok": True, "channel": message.channel, "ts": message.ts}
+
+    def _history(self, args: dict[str, Any], keep: Callable[[Message], bool]) -> dict[str, Any]:
+        channel = self._channel_id(str(args.get("channel")))
+        if channel is None:
+            return {"ok": False, "error": "channel_not_found"}
+        oldest = float(args.get("oldest") or 0)
+        found = sorted(
+            (m for m in self.messages.values() if m.channel == channel and float(m.ts) > oldest and keep(m)),
+            key=lambda m: float(m.ts),
+            reverse=True,  # newest first, as Slack answers
+        )
+        with_metadata = str(args.get("include_all_metadata")).lower() == "true"
+        listed = [
+            {
+                "type": "message",
+                "ts": m.ts,
+                "text": m.text,
+                **({"metadata": m.metadata} if with_metadata and m.metadata else {}),
+            }
+            for m in found
+        ]
+        return {"ok": True, "messages": listed, "has_more": False, "response_metadata": {"next_cursor": ""}}
+
+    def _conversations_history(self, args: dict[str, Any]) -> dict[str, Any]:
+        return self._history(args, lambda m: m.thread_ts is None)
+
+    def _conversations_replies(self, args: dict[str, Any]) -> dict[str, Any]:
+        parent = str(args.get("ts"))
+        return self._history(args, lambda m: m.ts == parent or m.thread_ts == parent)
+
+    def top_level_posts(self, request_id: str) -> list[Call]:
+        """The chat.postMessage calls that posted request `request_id`'s message (not its reminders)."""
+        return [
+            c
+            for c in self.calls_to("chat.postMessage")
+            if "thread_ts" not in c.args
+            and (c.args.get("metadata") or {}).get("event_payload", {}).get("request_id") == request_id
+        ]
 
     def _chat_postEphemeral(self, args: dict[str, Any]) -> dict[str, Any]:
         self.ephemerals.append(args)

@@ -122,7 +122,7 @@ def test_every_slack_setting_is_documented() -> None:
 def test_the_app_manifests_ask_for_what_the_gateway_uses(manifest: str, socket: bool) -> None:
     text = (DOCS / manifest).read_text()
     assert manifest in (DOCS / "slack.md").read_text()
-    for scope in ("chat:write", "users:read", "users:read.email"):
+    for scope in ("chat:write", "users:read", "users:read.email", "channels:history", "groups:history"):
         assert re.search(rf"^\s+- {re.escape(scope)}$", text, re.MULTILINE), scope
     assert f"socket_mode_enabled: {'true' if socket else 'false'}" in text
     assert re.search(r"interactivity:\n\s+is_enabled: true", text)

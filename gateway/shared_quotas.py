@@ -1,0 +1,174 @@
+"""Quotas every replica counts alike: the limiter's slots in PostgreSQL.
+
+A reservation is one short transaction. It takes a transaction-scoped advisory lock per bucket
+(in one order, so two reservations never wait on each other in a circle), reads each limit's
+window, and inserts its slots only if every limit has room. Reservations of the same bucket are
+thereby serialised across all replicas, and nothing is read, decided and written back without
+that lock held: there is no window in which two replicas both see the ninth slot and both take
+the tenth. Reservations of different buckets (other agents, other counters) never wait for each
+other. Giving back, parking and giving back parked slots are single statements.
+
+Times are the replicas' wall clocks (seconds since the epoch), like every deadline the gateway
+stores: replicas are expected to keep them in step (NTP).
+
+While the database does not answer, a replica counts in its own memory instead (each replica
+then allows the quota on its own, as a single gateway would): calls that need no approval keep
+working through an outage, still limited. Giving slots back never fails a call: a slot that
+cannot be given back stays counted until its window passes (fewer calls, never more).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Final
+
+from sqlalchemy import Executable, delete, func, insert, select, text, update
+
+from approvals.db import Database
+from approvals.errors import StoreUnavailable
+from approvals.models import QuotaSlot
+from gateway.policy import Limit
+from gateway.ratelimit import (
+    SWEEP_INTERVAL,
+    BucketKey,
+    MemoryQuotas,
+    Refusal,
+    distinct_buckets,
+    longest_wait,
+    new_reservation_id,
+    refusal_for,
+)
+
+log = logging.getLogger(__name__)
+
+_slots = QuotaSlot.__table__  # type: ignore[attr-defined]
+# Reservations counted in memory during an outage carry this prefix, so they are given back there.
+_LOCAL: Final = "local-"
+# The advisory locks of quota buckets: (this class, hash of the bucket), apart from every one-key lock.
+_LOCK_CLASS: Final = 0x0C5A
+# No window is longer than a day: older slots can never count again.
+_LONGEST_WINDOW: Final = 86_400.0
+
+
+class SharedQuotas:
+    """The `QuotaStore` of replicas on one PostgreSQL database."""
+
+    def __init__(self, db: Database, clock: Callable[[], float] = time.time) -> None:
+        if db.is_sqlite:
+            raise ValueError("shared quotas need PostgreSQL; a gateway on SQLite keeps them in memory")
+        self.db = db
+        self._clock = clock
+        self._last_sweep = clock()
+        self._fallback = MemoryQuotas(clock)
+        self._degraded = False
+
+    async def take(self, tool: str, wanted: Sequence[tuple[Limit, BucketKey]]) -> str | Refusal:
+        try:
+            taken = await self._take(tool, wanted)
+        except StoreUnavailable as exc:
+            if not self._degraded:
+                log.warning("quotas: %s; counting in this replica's memory until it answers", exc)
+                self._degraded = True
+            local = await self._fallback.take(tool, wanted)
+            return local if isinstance(local, Refusal) else _LOCAL + local
+        if self._degraded:
+            log.warning("quotas: the database answers again; counting there")
+            self._degraded = False
+        return taken
+
+    async def _take(self, tool: str, wanted: Sequence[tuple[Limit, BucketKey]]) -> str | Refusal:
+        ident = new_reservation_id()
+        buckets = distinct_buckets(wanted)
+        if not buckets:
+            return ident
+        async with self.db.transaction() as conn:
+            for key in sorted(buckets):
+                await conn.execute(
+                    text("SELECT pg_advisory_xact_lock(:space, hashtext(:bucket))"),
+                    {"space": _LOCK_CLASS, "bucket": "\x1f".join(key)},
+                )
+            # Read the clock once the locks are ours: a reservation that waited must not stamp the past.
+            now = self._clock()
+            refusals = []
+            for limit, (counter, scope, scope_key) in wanted:
+                newest = (
+                    await conn.execute(
+                        select(_slots.c.taken_at)
+                        .where(
+                            _slots.c.counter == counter,
+                            _slots.c.scope == scope,
+                            _slots.c.scope_key == scope_key,
+                            _slots.c.taken_at > now - limit.window_seconds,
+                        )
+                        .order_by(_slots.c.taken_at.desc())
+                        .limit(limit.max)
+                    )
+                ).scalars()
+                refusal = refusal_for(tool, limit, sorted(newest), now)
+                if refusal is not None:
+                    refusals.append(refusal)
+            if refusals:
+                return longest_wait(refusals)
+            windows: dict[BucketKey, float] = {}
+            for limit, key in wanted:
+                windows[key] = max(windows.get(key, 0.0), limit.window_seconds)
+            rows = [
+                {
+                    "counter": counter,
+                    "scope": scope,
+                    "scope_key": scope_key,
+                    "taken_at": now,
+                    "window_seconds": windows[(counter, scope, scope_key)],
+                    "reservation": ident,
+                }
+                for counter, scope, scope_key in buckets
+            ]
+            await conn.execute(insert(_slots), rows)
+        await self._sweep(now)
+        return ident
+
+    async def give_back(self, reservation: str) -> None:
+        if reservation.startswith(_LOCAL):
+            await self._fallback.give_back(reservation.removeprefix(_LOCAL))
+            return
+        await self._quietly(delete(_slots).where(_slots.c.reservation == reservation))
+
+    async def park(self, reservation: str, request_id: str) -> None:
+        if reservation.startswith(_LOCAL):
+            await self._fallback.park(reservation.removeprefix(_LOCAL), request_id)
+            return
+        await self._quietly(update(_slots).where(_slots.c.reservation == reservation).values(request_id=request_id))
+
+    async def give_back_parked(self, request_id: str) -> None:
+        await self._fallback.give_back_parked(request_id)
+        await self._quietly(delete(_slots).where(_slots.c.request_id == request_id))
+
+    async def _quietly(self, statement: Executable) -> None:
+        try:
+            async with self.db.transaction() as conn:
+                await conn.execute(statement)
+        except StoreUnavailable as exc:
+            log.warning("quotas: could not give back or park a slot (%s); it counts until its window passes", exc)
+
+    async def usage(self, counter: str, scope_key: str) -> int:
+        now = self._clock()
+        async with self.db.read() as conn:
+            count = await conn.execute(
+                select(func.count())
+                .select_from(_slots)
+                .where(
+                    _slots.c.counter == counter,
+                    _slots.c.scope_key == scope_key,
+                    _slots.c.taken_at + _slots.c.window_seconds > now,
+                )
+            )
+            return int(count.scalar_one())
+
+    async def _sweep(self, now: float) -> None:
+        # Slots of agents and sessions that went away would otherwise stay forever. Any replica may do it.
+        if now - self._last_sweep < SWEEP_INTERVAL:
+            return
+        self._last_sweep = now
+        await self._quietly(delete(_slots).where(_slots.c.taken_at <= now - _LONGEST_WINDOW))
