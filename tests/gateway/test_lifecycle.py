@@ -456,6 +456,8 @@ async def database_unreachable(url: str) -> AsyncIterator[None]:
     """Rename the database away (after cutting its connections) so nothing can reach it; rename it back."""
     name = url.rsplit("/", 1)[1]
     away = f"{name}_away"
+    # Refuse new connections first, so reconnecting pools and listeners cannot win the race below.
+    await _admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
     with anyio.fail_after(10):
         while True:
             await _admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name)
@@ -469,6 +471,7 @@ async def database_unreachable(url: str) -> AsyncIterator[None]:
         yield
     finally:
         await _admin(f'ALTER DATABASE "{away}" RENAME TO "{name}"')
+        await _admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
 
 
 @pytest.mark.postgres
