@@ -247,9 +247,11 @@ class ApprovalService(RequestReads):
             await audit.append(conn, _event(view, "request.detached", "detached", why), now)
         return view
 
-    async def withdraw(self, request_id: str, why: str) -> bool:
-        """The agent withdrew its call. Never undoes an execution that has begun."""
+    async def withdraw(self, request_id: str, why: str, *, policy: Mapping[str, str] | None = None) -> bool:
+        """The agent withdrew its call, or a `policy` change denies it now (`why`, its rule's message, is kept
+        as the request's `error` for the story). Never undoes an execution that has begun."""
         now = self.clock()
+        because, note = (EndReason.WITHDRAWN, None) if policy is None else (EndReason.POLICY_WITHDRAWN, why)
         async with self._write() as conn:
             current = await load(conn, request_id)
             moved = await self._cas(
@@ -258,12 +260,16 @@ class ApprovalService(RequestReads):
                 {Status.PENDING, Status.APPROVED},
                 Status.CANCELLED,
                 now,
-                ended_because=EndReason.WITHDRAWN.value,
+                ended_because=because.value,
                 agent_waiting=False,
+                error=note,
             )
             if moved is None:
                 return False
-            await audit.append(conn, _event(moved, "request.cancelled", "cancelled", why), now)
+            text = why if policy is None else ending(moved)
+            await audit.append(
+                conn, _event(moved, "request.cancelled", "cancelled", text, detail=dict(policy or {})), now
+            )
         return True
 
     async def begin_execution(self, request_id: str, arguments_sha256: str) -> RequestView:

@@ -34,6 +34,8 @@ def headline(view: RequestView) -> str:
         return "Not picked up"
     if view.ended_because == EndReason.WITHDRAWN:
         return "Withdrawn"
+    if view.ended_because == EndReason.POLICY_WITHDRAWN:
+        return "Withdrawn by policy"
     return {
         Status.PENDING: "Waiting",
         Status.APPROVED: "Approved",
@@ -85,4 +87,13 @@ def ending(view: RequestView) -> str:
     if because == EndReason.WITHDRAWN:
         after = f" after approval by {view.decided_by}" if view.decided_by else ""
         return f"Withdrawn by the agent{after}; {NOT_EXECUTED}."
+    if because == EndReason.POLICY_WITHDRAWN:
+        return policy_withdrawn(view)
     return f"Ended as {view.status.value}."
+
+
+def policy_withdrawn(view: RequestView) -> str:
+    """A policy change denies or hides the call now; the rule's message is kept in the request's `error`."""
+    rule = (view.error or "the policy no longer allows it").rstrip(".")
+    after = f" after approval by {view.decided_by}" if view.decided_by else ""
+    return f"Withdrawn by a policy change{after}: {rule}. {NOT_EXECUTED[0].upper()}{NOT_EXECUTED[1:]}."
