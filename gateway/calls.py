@@ -19,6 +19,7 @@ from gateway.caller import Caller, Progress, ProgressLine
 from gateway.errors import CallRefused, Tag
 from gateway.held import HeldCalls
 from gateway.policy_store import PolicyStore
+from gateway.policy_withdrawal import PolicyWithdrawals
 from gateway.ratelimit import RateLimiter, Refusal
 from gateway.results import PENDING_SCHEMA, STATUS_TOOL, WAIT_TOOL, gateway_tools, text_of
 from gateway.schemas import admit_alternative
@@ -38,12 +39,14 @@ class CallHandler:
         upstreams: Upstreams,
         limiter: RateLimiter,
         held: HeldCalls,
+        withdrawals: PolicyWithdrawals,
     ) -> None:
         self.service = service
         self.policies = policies
         self.upstreams = upstreams
         self.limiter = limiter
         self.held = held
+        self.withdrawals = withdrawals
 
     # ---- the catalog
 
@@ -82,7 +85,8 @@ class CallHandler:
             raise CallRefused(Tag.INVALID_ARGUMENTS, invalid.message)
         if tool in (STATUS_TOOL, WAIT_TOOL):
             return await self.held.gateway_tool(caller, tool, arguments, line)
-        evaluation = self.policies.current.evaluate(tool, arguments, schema)
+        policy = self.policies.current
+        evaluation = policy.evaluate(tool, arguments, schema)
         route = self.upstreams.route(tool)
         upstream_name = route.upstream.name if route else None
         arguments_json = canonical_json(arguments)
@@ -163,6 +167,13 @@ class CallHandler:
                 "this call needs human approval but the approval queue cannot be reached; the call was not "
                 "executed. Try again later.",
             ) from exc
+        if self.policies.current is not policy:
+            # The policy changed while the call was being parked, perhaps after the reload's sweep had looked.
+            try:
+                if await self.withdrawals.withdraw_if_refused(request):
+                    request = await self.service.get(request.id)
+            except ApprovalError as exc:  # it is judged again before it could start
+                log.error("could not judge %s by the new policy: %s", request.id, exc)
         hold_limit = self.held.hold_limit(caller.agent, request)
         return await self.held.follow(request, caller, line, hold_limit=hold_limit, reservation=reservation)
 
