@@ -11,7 +11,14 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from approvals.approvers import Approver
-from approvals.errors import AlreadyDecided, InvalidDecision, NotAllowed, RequestNotFound, StoreUnavailable
+from approvals.errors import (
+    AlreadyDecided,
+    InvalidDecision,
+    NotAllowed,
+    RequestNotFound,
+    StoreUnavailable,
+    Unreadable,
+)
 from approvals.service import ApprovalService
 from approvals.states import Status
 from approvals.story import describe
@@ -32,7 +39,7 @@ def request_json(view: RequestView) -> dict[str, Any]:
         "upstream": view.upstream,
         "upstream_tool": view.upstream_tool,
         "agent": view.agent,
-        "arguments": view.arguments,
+        "arguments": view.arguments_shown,
         "arguments_sha256": view.arguments_sha256,
         "rule": view.rule,
         "reason": view.reason,
@@ -50,6 +57,7 @@ def request_json(view: RequestView) -> dict[str, Any]:
         "agent_waiting": view.agent_waiting,
         "result": view.result,
         "error": view.error,
+        "damage": list(view.damage),
     }
 
 
@@ -223,6 +231,10 @@ async def invalid_decision(request: Request, exc: Exception) -> JSONResponse:
     return _error(400, "bad_request", str(exc))
 
 
+async def unreadable(request: Request, exc: Exception) -> JSONResponse:
+    return _error(422, "unreadable", str(exc))
+
+
 async def store_unavailable(request: Request, exc: Exception) -> JSONResponse:
     return _error(503, "unavailable", str(exc))
 
@@ -244,6 +256,7 @@ EXCEPTION_HANDLERS = {
     AlreadyDecided: already_decided,
     InvalidDecision: invalid_decision,
     StoreUnavailable: store_unavailable,
+    Unreadable: unreadable,
     HTTPException: http_error,
 }
 

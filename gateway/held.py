@@ -30,7 +30,7 @@ from approvals.errors import AlreadyDecided, ApprovalError, RequestNotFound, Sto
 from approvals.feed import Change
 from approvals.service import ApprovalService, arguments_digest
 from approvals.states import EndReason, Status
-from approvals.story import clock_time, ending, who_decides
+from approvals.story import clock_time, describe, ending, who_decides
 from approvals.views import RequestView
 from gateway.caller import CONNECTION_CLOSED, Caller, Departure, ProgressLine, race_gone
 from gateway.errors import CallRefused, Tag
@@ -422,6 +422,8 @@ class _LeftBeforeForwarding(Exception):
 
 def answer(view: RequestView) -> types.CallToolResult:
     """What the agent gets for a request that has ended."""
+    if view.damage:  # its record cannot be read: say so rather than guess what became of the call
+        raise CallRefused(Tag.APPROVAL_UNAVAILABLE, describe(view), {"approval_id": view.id})
     if view.status in (Status.EXECUTED, Status.FAILED):
         return stored_result(view)
     tag = {

@@ -42,6 +42,8 @@ class PolicyWithdrawals:
         request names does not offer the tool, only argument-free refusals (hidden, default deny) apply;
         the rest is judged before the call would start, when that upstream must be connected anyway.
         """
+        if view.damage:
+            return None  # a request whose record cannot be read is never approved or run anyway
         name = self.upstreams.catalog_name(view.upstream, view.upstream_tool)
         schema = self.upstreams.input_schema(name) if name is not None else None
         arguments: dict[str, Any] = view.arguments
