@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict
 from typing import Any
 
@@ -26,6 +27,8 @@ from approvals.views import AuditEventView, DecisionOutcome, RequestView
 from gateway import bounded_json
 from gateway.api_client import CHANNEL_HEADER
 from gateway.bearer import BearerProblem, bearer_token
+
+log = logging.getLogger(__name__)
 
 # A decision's body holds one reason; a reason is a sentence or two, never this much.
 MAX_DECISION_BODY = 64 * 1024
@@ -177,14 +180,25 @@ async def approve(request: Request) -> JSONResponse:
     approver = _approver(request)
     reason = await _decision_body(request)
     outcome = await _service(request).approve(request.path_params["request_id"], approver, _channel(request), reason)
-    return JSONResponse(outcome_json(outcome))
+    return decided(outcome)
 
 
 async def reject(request: Request) -> JSONResponse:
     approver = _approver(request)
     reason = await _decision_body(request)
     outcome = await _service(request).reject(request.path_params["request_id"], approver, _channel(request), reason)
-    return JSONResponse(outcome_json(outcome))
+    return decided(outcome)
+
+
+def decided(outcome: DecisionOutcome) -> JSONResponse:
+    """The answer to a decision that has committed: it reports success even if the request cannot be shown."""
+    try:
+        return JSONResponse(outcome_json(outcome))
+    except Exception:
+        log.exception("decision on %s recorded, but the request could not be shown", outcome.request.id)
+        view = outcome.request
+        brief = {"id": view.id, "status": view.status.value, "decided_by": view.decided_by}
+        return JSONResponse({"approval": brief, "decided": outcome.decided, "message": outcome.message})
 
 
 async def audit_events(request: Request) -> JSONResponse:

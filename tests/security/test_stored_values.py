@@ -1,5 +1,8 @@
 """Every surface answers for every request the database can hold; a committed decision is reported as done.
 
+Also found: a decision that had committed was answered with a 500 when showing the request afterwards
+failed, so the approver believed nothing was decided.
+
 Findings: one request whose stored arguments held a non-finite number made `GET /api/approvals`,
 `show`, `approve` and `reject` answer 500 for everyone (while the decision was in fact committed),
 until the request left the newest 100. The rows below are written straight into the database, as
@@ -16,12 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+import pytest
 from sqlalchemy import insert
 
 from approvals.db import Database
 from approvals.models import ApprovalRequest, AuditEvent
+from gateway import api as api_module
+from gateway.web import WebChannel
 from tests.gateway.test_cli import run_beside_server
-from tests.harness import ALICE_TOKEN, Harness
+from tests.harness import ALICE_TOKEN, Harness, held_call
 from tests.security.support import gateway_with_slack
 from tests.web.support import browser_client, csrf_of, sign_in
 
@@ -220,3 +226,44 @@ async def test_every_surface_answers_for_every_request_the_database_can_hold(tmp
         slack_pending = ["apr_non_finite", "apr_huge_integer", "apr_deep", "apr_lone_surrogates", "apr_not_json"]
         slack_pending += ["apr_not_an_object"]
         await slack.wait_until(lambda: len(slack.calls_to("chat.postMessage")) >= len(slack_pending), within=20)
+
+
+# ---- a decision that committed is reported as done
+
+
+async def test_a_committed_decision_is_reported_as_done_even_when_showing_it_fails(
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("drawing the request failed")
+
+    cancel = {"orderId": 1001, "confirm": True}
+    async with gateway_with_slack(tmp_path, sqlite_url) as (h, _):
+        # The approver API: the decision commits, then turning the request into JSON fails.
+        async with held_call(h, "ibkr_cancel_order", cancel) as (request, box):
+            with monkeypatch.context() as patch:
+                patch.setattr(api_module, "request_json", broken)
+                approved = await h.api().post(f"/api/approvals/{request['id']}/approve")
+            assert approved.status_code == 200, approved.text
+            assert approved.json()["decided"] is True
+            assert approved.json()["approval"] == {"id": request["id"], "status": "approved", "decided_by": "alice"}
+        assert not box["result"].is_error
+
+        # The web inbox: the decision commits, then drawing the card fails.
+        web = next(c for c in h.gateway.channels if isinstance(c, WebChannel))
+        async with (
+            held_call(h, "ibkr_cancel_order", {**cancel, "orderId": 1002}) as (request, box),
+            browser_client(h.base_url) as browser,
+        ):
+            csrf = await sign_in(browser, "bob")
+            sha = (await h.api().get(f"/api/approvals/{request['id']}")).json()["arguments_sha256"]
+            with monkeypatch.context() as patch:
+                patch.setattr(web.inbox, "card", broken)
+                rejected = await browser.post(
+                    f"/approvals/{request['id']}/reject",
+                    data={"csrf_token": csrf, "reason": "not now", "sha": sha},
+                    headers={"HX-Request": "true"},
+                )
+            assert rejected.status_code == 200, rejected.text
+            assert "Rejected by you" in rejected.text and "reload it" in rejected.text
+        assert box["result"].is_error and "[APPROVAL REJECTED]" in box["result"].content[0].text
