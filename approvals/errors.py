@@ -73,3 +73,7 @@ class StoreUnavailable(ApprovalError):
 
 class InvalidTransition(ApprovalError):
     """A use case asked for a transition the state table does not allow: a bug, refused rather than written."""
+
+
+class Unreadable(ApprovalError):
+    """A value stored in the database is not what it must be (not finite JSON, an unknown state): never acted on."""

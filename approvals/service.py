@@ -162,6 +162,8 @@ class ApprovalService(RequestReads):
         reason = (reason or "").strip() or None
         # Checking who may decide needs no write lock; only a refusal is written (to the audit log).
         current = await self.precheck(request_id, approver, channel, verdict)
+        if verdict == "approve" and current.damage:
+            raise InvalidDecision(describe(current))
         if verdict == "reject" and reason is None and current.reject_reason_required:
             raise InvalidDecision("the policy for this tool requires a reason to reject")
         now = self.clock()
@@ -252,23 +254,21 @@ class ApprovalService(RequestReads):
             await audit.append(conn, _event(view, "request.detached", "detached", why), now)
         return view
 
-    async def withdraw(self, request_id: str, why: str) -> bool:
-        """The agent withdrew its call. Never undoes an execution that has begun."""
+    async def withdraw(self, request_id: str, why: str, *, policy: Mapping[str, str] | None = None) -> bool:
+        """The agent withdrew its call, or a `policy` change denies it now (`why`, its rule's message, is kept
+        as the request's `error` for the story). Never undoes an execution that has begun."""
         now = self.clock()
+        because, note = (EndReason.WITHDRAWN, None) if policy is None else (EndReason.POLICY_WITHDRAWN, why)
+        values = {"ended_because": because.value, "agent_waiting": False, "error": note}
         async with self._write() as conn:
             current = await load(conn, request_id)
-            moved = await self._cas(
-                conn,
-                current,
-                {Status.PENDING, Status.APPROVED},
-                Status.CANCELLED,
-                now,
-                ended_because=EndReason.WITHDRAWN.value,
-                agent_waiting=False,
-            )
+            moved = await self._cas(conn, current, {Status.PENDING, Status.APPROVED}, Status.CANCELLED, now, **values)
             if moved is None:
                 return False
-            await audit.append(conn, _event(moved, "request.cancelled", "cancelled", why), now)
+            text = why if policy is None else ending(moved)
+            await audit.append(
+                conn, _event(moved, "request.cancelled", "cancelled", text, detail=dict(policy or {})), now
+            )
         return True
 
     async def begin_execution(self, request_id: str, arguments_sha256: str) -> RequestView:
@@ -276,8 +276,8 @@ class ApprovalService(RequestReads):
         now = self.clock()
         async with self._write() as conn:
             current = await load(conn, request_id)
-            if current.arguments_sha256 != arguments_sha256:
-                raise ArgumentsChanged(f"request {request_id}: the arguments differ from the approved ones")
+            if current.arguments_sha256 != arguments_sha256 or current.damage:
+                raise ArgumentsChanged(f"request {request_id}: not the approved arguments, or unreadable ones")
             moved = await self._cas(conn, current, {Status.APPROVED}, Status.EXECUTING, now)
             if moved is None:
                 raise _already(current)

@@ -44,6 +44,8 @@ class EndReason(StrEnum):
     TIMED_OUT = "timed_out"  # nobody decided before the request expired
     NOT_PICKED_UP = "not_picked_up"  # approved, but the agent never came back for it within the pick-up window
     WITHDRAWN = "withdrawn"  # the agent cancelled its call
+    # A policy change now denies or hides the call, before it ran (the request's `error` holds the rule's message).
+    POLICY_WITHDRAWN = "policy_withdrawn"
 
 
 # The end reasons each terminal state can have.
@@ -52,7 +54,7 @@ END_REASONS: Mapping[Status, frozenset[EndReason]] = {
     Status.FAILED: frozenset({EndReason.FAILED}),
     Status.REJECTED: frozenset({EndReason.REJECTED}),
     Status.EXPIRED: frozenset({EndReason.TIMED_OUT, EndReason.NOT_PICKED_UP}),
-    Status.CANCELLED: frozenset({EndReason.WITHDRAWN}),
+    Status.CANCELLED: frozenset({EndReason.WITHDRAWN, EndReason.POLICY_WITHDRAWN}),
 }
 
 

@@ -28,12 +28,16 @@ def clock_time(view: RequestView, which: str) -> str:
 
 def headline(view: RequestView) -> str:
     """A word or two for a badge: "Waiting", "Approved", "Executed", "Not picked up", ..."""
+    if view.damage:
+        return "Unreadable"
     if view.status == Status.APPROVED and not view.agent_waiting and not view.run_unattended:
         return "Approved, agent away"
     if view.ended_because == EndReason.NOT_PICKED_UP:
         return "Not picked up"
     if view.ended_because == EndReason.WITHDRAWN:
         return "Withdrawn"
+    if view.ended_because == EndReason.POLICY_WITHDRAWN:
+        return "Withdrawn by policy"
     return {
         Status.PENDING: "Waiting",
         Status.APPROVED: "Approved",
@@ -48,6 +52,8 @@ def headline(view: RequestView) -> str:
 
 def describe(view: RequestView) -> str:
     """Where the request stands, or how it ended, in one or two sentences."""
+    if view.damage:
+        return damaged(view)
     if view.is_terminal:
         return ending(view)
     approved = f"Approved by {view.decided_by}"
@@ -67,6 +73,8 @@ def describe(view: RequestView) -> str:
 
 def ending(view: RequestView) -> str:
     """How a request ended, for everyone: the agent (after its tag), approvers, the API and the audit log."""
+    if view.damage:
+        return damaged(view)
     because = view.ended_because
     approved_by = view.decided_by or "an approver"
     if because == EndReason.EXECUTED:
@@ -85,4 +93,21 @@ def ending(view: RequestView) -> str:
     if because == EndReason.WITHDRAWN:
         after = f" after approval by {view.decided_by}" if view.decided_by else ""
         return f"Withdrawn by the agent{after}; {NOT_EXECUTED}."
+    if because == EndReason.POLICY_WITHDRAWN:
+        return policy_withdrawn(view)
     return f"Ended as {view.status.value}."
+
+
+def policy_withdrawn(view: RequestView) -> str:
+    """A policy change denies or hides the call now; the rule's message is kept in the request's `error`."""
+    rule = (view.error or "the policy no longer allows it").rstrip(".")
+    after = f" after approval by {view.decided_by}" if view.decided_by else ""
+    return f"Withdrawn by a policy change{after}: {rule}. {NOT_EXECUTED[0].upper()}{NOT_EXECUTED[1:]}."
+
+
+def damaged(view: RequestView) -> str:
+    """A request whose stored record cannot be read (approvals.stored): what is wrong, and that it never runs."""
+    what = "; ".join(view.damage)
+    if view.status == Status.PENDING:
+        return f"Its stored record cannot be read ({what}): it can be rejected, but never approved or run."
+    return f"Its stored record cannot be read ({what}); it is shown as stored and is never run."

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any
 
+from approvals import stored
 from approvals.audit import as_utc
+from approvals.errors import Unreadable
 from approvals.states import TERMINAL, EndReason, Status
 
 
@@ -45,13 +46,20 @@ class DecisionView:
     at: datetime
 
 
-def _tuple(text: str) -> tuple[str, ...]:
-    return tuple(json.loads(text))
+def _names(text: str) -> tuple[str, ...]:
+    names = stored.strict(text, "the list")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise Unreadable("it is not a JSON list of names")
+    return tuple(names)
 
 
 @dataclass(frozen=True)
 class RequestView:
-    """One approval request as stored. The fields are listed here once; `from_row` maps them from the columns."""
+    """One approval request as stored. The fields are listed here once; `from_row` maps them from the columns.
+
+    `damage` says what of the row cannot be read (see `approvals.stored`): such a request is shown to
+    everyone, as stored, and may be rejected, but it is never approved or run.
+    """
 
     id: str
     upstream: str
@@ -86,18 +94,28 @@ class RequestView:
     error: str | None
     slack_ts: str | None
     reminded_at: datetime | None
+    damage: tuple[str, ...] = ()
 
     @property
     def arguments(self) -> dict[str, Any]:
-        loaded: dict[str, Any] = json.loads(self.arguments_json)
+        """The arguments exactly as approved, to carry out; Unreadable unless they are a finite JSON object."""
+        loaded = stored.strict(self.arguments_json, f"the arguments of request {self.id}")
+        if not isinstance(loaded, dict):
+            raise Unreadable(f"the arguments of request {self.id} are not a JSON object")
         return loaded
 
     @property
+    def arguments_shown(self) -> Any:
+        """The arguments for people to read: always serialisable, odd values marked (approvals.stored)."""
+        return stored.shown(self.arguments_json)
+
+    @property
     def result(self) -> dict[str, Any] | None:
+        """The upstream's recorded result, for people to read (always serialisable)."""
         if self.result_json is None:
             return None
-        loaded: dict[str, Any] = json.loads(self.result_json)
-        return loaded
+        loaded = stored.shown(self.result_json)
+        return loaded if isinstance(loaded, dict) else {"stored": loaded}
 
     @property
     def pickup_deadline(self) -> datetime | None:
@@ -118,19 +136,35 @@ class RequestView:
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> RequestView:
         values: dict[str, Any] = {}
+        damage: list[str] = []
         for name in _REQUEST_FIELDS:
             raw = row[_COLUMN_OF.get(name, name)]
             load = _LOAD.get(name)
-            values[name] = raw if raw is None or load is None else load(raw)
-        return cls(**values)
+            try:
+                values[name] = raw if raw is None or load is None else load(raw)
+            except (Unreadable, ValueError) as exc:
+                # Shown as what this version can make of it; the damage keeps it from being approved or run.
+                values[name] = _UNREADABLE[name]
+                known = name in ("status", "ended_because")
+                damage.append(f"its {name} {raw!r} is unknown here" if known else f"its {name} cannot be read: {exc}")
+        try:
+            if not isinstance(stored.strict(values["arguments_json"], "its arguments"), dict):
+                damage.append("its arguments are not a JSON object")
+            if values["result_json"] is not None:
+                stored.strict(values["result_json"], "its result")
+        except Unreadable as exc:
+            damage.append(str(exc))
+        return cls(**values, damage=tuple(damage))
 
 
-_REQUEST_FIELDS = tuple(f.name for f in fields(RequestView))
+_REQUEST_FIELDS = tuple(f.name for f in fields(RequestView) if f.name != "damage")
+# What a field that cannot be read becomes. An unknown status reads as failed: it ended, and nothing acts on it.
+_UNREADABLE: dict[str, Any] = {"approvers": (), "channels": (), "status": Status.FAILED, "ended_because": None}
 # Where a field's column has another name, and how a column's value becomes the field's (None stays None).
 _COLUMN_OF = {"arguments_json": "arguments", "result_json": "result"}
 _LOAD: dict[str, Callable[[Any], Any]] = {
-    "approvers": _tuple,
-    "channels": _tuple,
+    "approvers": _names,
+    "channels": _names,
     "reject_reason_required": bool,
     "run_unattended": bool,
     "keep_on_cancel": bool,
@@ -185,6 +219,11 @@ class AuditEventView:
             channel=row["channel"],
             message=row["message"],
             arguments=row["arguments"],
-            detail=json.loads(row["detail"]),
+            detail=_detail(row["detail"]),
             hash=row["hash"],
         )
+
+
+def _detail(text: str) -> dict[str, Any]:
+    shown = stored.shown(text)
+    return shown if isinstance(shown, dict) else {"stored": shown}

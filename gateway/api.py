@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict
 from typing import Any
 
@@ -12,7 +13,14 @@ from starlette.routing import Route
 
 from approvals.approvers import Approver
 from approvals.bulk import BulkRejection, reject_pending_of
-from approvals.errors import AlreadyDecided, InvalidDecision, NotAllowed, RequestNotFound, StoreUnavailable
+from approvals.errors import (
+    AlreadyDecided,
+    InvalidDecision,
+    NotAllowed,
+    RequestNotFound,
+    StoreUnavailable,
+    Unreadable,
+)
 from approvals.service import ApprovalService
 from approvals.states import Status
 from approvals.story import describe
@@ -20,6 +28,8 @@ from approvals.views import AuditEventView, DecisionOutcome, RequestView
 from gateway import bounded_json
 from gateway.api_client import CHANNEL_HEADER
 from gateway.bearer import BearerProblem, bearer_token
+
+log = logging.getLogger(__name__)
 
 # A decision's body holds one reason; a reason is a sentence or two, never this much.
 MAX_DECISION_BODY = 64 * 1024
@@ -33,7 +43,7 @@ def request_json(view: RequestView) -> dict[str, Any]:
         "upstream": view.upstream,
         "upstream_tool": view.upstream_tool,
         "agent": view.agent,
-        "arguments": view.arguments,
+        "arguments": view.arguments_shown,
         "arguments_sha256": view.arguments_sha256,
         "rule": view.rule,
         "reason": view.reason,
@@ -51,6 +61,7 @@ def request_json(view: RequestView) -> dict[str, Any]:
         "agent_waiting": view.agent_waiting,
         "result": view.result,
         "error": view.error,
+        "damage": list(view.damage),
     }
 
 
@@ -172,14 +183,25 @@ async def approve(request: Request) -> JSONResponse:
     approver = _approver(request)
     reason = await _decision_body(request)
     outcome = await _service(request).approve(request.path_params["request_id"], approver, _channel(request), reason)
-    return JSONResponse(outcome_json(outcome))
+    return decided(outcome)
 
 
 async def reject(request: Request) -> JSONResponse:
     approver = _approver(request)
     reason = await _decision_body(request)
     outcome = await _service(request).reject(request.path_params["request_id"], approver, _channel(request), reason)
-    return JSONResponse(outcome_json(outcome))
+    return decided(outcome)
+
+
+def decided(outcome: DecisionOutcome) -> JSONResponse:
+    """The answer to a decision that has committed: it reports success even if the request cannot be shown."""
+    try:
+        return JSONResponse(outcome_json(outcome))
+    except Exception:
+        log.exception("decision on %s recorded, but the request could not be shown", outcome.request.id)
+        view = outcome.request
+        brief = {"id": view.id, "status": view.status.value, "decided_by": view.decided_by}
+        return JSONResponse({"approval": brief, "decided": outcome.decided, "message": outcome.message})
 
 
 async def reject_agent(request: Request) -> JSONResponse:
@@ -257,6 +279,10 @@ async def invalid_decision(request: Request, exc: Exception) -> JSONResponse:
     return _error(400, "bad_request", str(exc))
 
 
+async def unreadable(request: Request, exc: Exception) -> JSONResponse:
+    return _error(422, "unreadable", str(exc))
+
+
 async def store_unavailable(request: Request, exc: Exception) -> JSONResponse:
     return _error(503, "unavailable", str(exc))
 
@@ -278,6 +304,7 @@ EXCEPTION_HANDLERS = {
     AlreadyDecided: already_decided,
     InvalidDecision: invalid_decision,
     StoreUnavailable: store_unavailable,
+    Unreadable: unreadable,
     HTTPException: http_error,
 }
 

@@ -24,6 +24,7 @@ from starlette.routing import Route
 from approvals.approvers import ApproverDirectory
 from approvals.audit import Event
 from approvals.db import Database
+from approvals.errors import ApprovalError
 from approvals.feed import ChangeFeed
 from approvals.service import ApprovalService, Clock, utcnow
 from approvals.timeouts import TimeoutScheduler
@@ -38,6 +39,7 @@ from gateway.held import HeldCalls
 from gateway.mcp_server import build_server
 from gateway.order_context import OrderContext
 from gateway.policy_store import PolicyStore
+from gateway.policy_withdrawal import PolicyWithdrawals
 from gateway.ratelimit import RateLimiter
 from gateway.readiness import Readiness
 from gateway.relay import build_relay
@@ -47,6 +49,9 @@ from gateway.upstreams import Upstreams, UpstreamSet
 from gateway.web import WebChannel
 
 log = logging.getLogger(__name__)
+
+# How long a starting process waits for its upstreams' catalogs before judging open requests without them.
+_CATALOG_WAIT_SECONDS = 30.0
 
 
 class Gateway:
@@ -77,6 +82,7 @@ class Gateway:
         # On PostgreSQL every replica counts the same quota; a single gateway on SQLite counts in memory.
         self.limiter = RateLimiter(store=None if self.db.is_sqlite else SharedQuotas(self.db))
         self.readiness = Readiness(self.db, self.upstreams, settings.server.startup_timeout)
+        self.withdrawals = PolicyWithdrawals(self.service, self.policies, self.upstreams)
         self.held = HeldCalls(
             self.service,
             self.upstreams,
@@ -85,6 +91,7 @@ class Gateway:
             inbox_url=f"{settings.server.base_url}/inbox",
             agent_max_hold={a.name: a.max_hold for a in settings.agents if a.max_hold is not None},
             default_max_hold=settings.server.default_max_hold,
+            vet=self.withdrawals.withdraw_if_refused,
         )
         self.calls = CallHandler(
             service=self.service,
@@ -94,6 +101,7 @@ class Gateway:
             held=self.held,
             agent_limits=settings.agent_limits,
             audit_unavailable=settings.server.audit_unavailable,
+            withdrawals=self.withdrawals,
         )
         self.events = InMemorySubscriptionBus()
         self.relay = build_relay(self.upstreams, self.policies, self.service, self.events)
@@ -132,9 +140,22 @@ class Gateway:
         )
 
     async def _policy_reloaded(self, outcome: str, message: str) -> None:
-        await self.service.record(Event(kind=outcome, outcome=outcome.split(".")[1], message=message))
+        identity = {"policy_version": self.policies.version}
+        await self.service.record(Event(kind=outcome, outcome=outcome.split(".")[1], message=message, detail=identity))
         if outcome == "policy.loaded":
             await self._tools_changed()
+            await self.withdrawals.sweep("policy reloaded")
+
+    async def _withdraw_on_start(self) -> None:
+        """Apply the policy this process starts with to the open requests, once the catalog is known.
+
+        Another replica (or this one, before a restart) may have parked them under an older policy.
+        """
+        await self.upstreams.wait_connected(_CATALOG_WAIT_SECONDS)
+        try:
+            await self.withdrawals.sweep("started")
+        except ApprovalError as exc:
+            log.error("could not apply the policy to the open requests at start: %s", exc)
 
     async def _tools_changed(self) -> None:
         await self.events.publish(ToolsListChanged())
@@ -155,6 +176,7 @@ class Gateway:
                 tg.start_soon(self.readiness.settle)
                 if self.settings.policy.watch:
                     tg.start_soon(self.policies.watch)
+                tg.start_soon(self._withdraw_on_start)
                 tg.start_soon(self.timeouts.run)
                 tg.start_soon(self.held.run)
                 tg.start_soon(self.relay.subscriptions.run)

@@ -21,6 +21,7 @@ from gateway.errors import CallRefused, Tag
 from gateway.fair_share import COUNTED, RefusalBudget
 from gateway.held import HeldCalls
 from gateway.policy_store import PolicyStore
+from gateway.policy_withdrawal import PolicyWithdrawals
 from gateway.ratelimit import RateLimiter, Refusal, Reservation
 from gateway.results import PENDING_SCHEMA, STATUS_TOOL, WAIT_TOOL, gateway_tools, text_of
 from gateway.schemas import admit_alternative
@@ -40,6 +41,7 @@ class CallHandler:
         upstreams: Upstreams,
         limiter: RateLimiter,
         held: HeldCalls,
+        withdrawals: PolicyWithdrawals,
         agent_limits: AgentLimitSettings | None = None,
         audit_unavailable: str = "refuse",
     ) -> None:
@@ -48,6 +50,7 @@ class CallHandler:
         self.upstreams = upstreams
         self.limiter = limiter
         self.held = held
+        self.withdrawals = withdrawals
         self.agent_limits = agent_limits or AgentLimitSettings()
         self.refusals = RefusalBudget(self.agent_limits.max_refusals_per_agent, self.agent_limits.refusal_window)
         self.audit_unavailable = audit_unavailable
@@ -108,7 +111,8 @@ class CallHandler:
             raise CallRefused(Tag.INVALID_ARGUMENTS, invalid.message)
         if tool in (STATUS_TOOL, WAIT_TOOL):
             return await self.held.gateway_tool(caller, tool, arguments, line)
-        evaluation = self.policies.current.evaluate(tool, arguments, schema)
+        policy = self.policies.current
+        evaluation = policy.evaluate(tool, arguments, schema)
         route = self.upstreams.route(tool)
         upstream_name = route.upstream.name if route else None
         arguments_json = canonical_json(arguments)
@@ -210,6 +214,13 @@ class CallHandler:
                 "this call needs human approval but the approval queue cannot be reached; the call was not "
                 "executed. Try again later.",
             ) from exc
+        if self.policies.current is not policy:
+            # The policy changed while the call was being parked, perhaps after the reload's sweep had looked.
+            try:
+                if await self.withdrawals.withdraw_if_refused(request):
+                    request = await self.service.get(request.id)
+            except ApprovalError as exc:  # it is judged again before it could start
+                log.error("could not judge %s by the new policy: %s", request.id, exc)
         hold_limit = self.held.hold_limit(caller.agent, request)
         return await self.held.follow(request, caller, line, hold_limit=hold_limit, reservation=reservation)
 

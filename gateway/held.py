@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -28,8 +29,8 @@ from approvals.durations import format_duration
 from approvals.errors import AlreadyDecided, ApprovalError, RequestNotFound, StoreUnavailable
 from approvals.feed import Change
 from approvals.service import ApprovalService, arguments_digest
-from approvals.states import Status
-from approvals.story import clock_time, ending, who_decides
+from approvals.states import EndReason, Status
+from approvals.story import clock_time, describe, ending, who_decides
 from approvals.views import RequestView
 from gateway.caller import CONNECTION_CLOSED, Caller, Departure, ProgressLine, race_gone
 from gateway.errors import CallRefused, Tag
@@ -61,8 +62,11 @@ class HeldCalls:
         inbox_url: str,
         agent_max_hold: dict[str, float] | None = None,
         default_max_hold: float = math.inf,
+        vet: Callable[[RequestView], Awaitable[bool]] | None = None,
     ) -> None:
         self.service = service
+        # Withdraws an approved request the policy in force refuses (True if it did), just before it would start.
+        self.vet = vet
         self.upstreams = upstreams
         self.limiter = limiter
         self.progress_interval = progress_interval
@@ -247,6 +251,8 @@ class HeldCalls:
                 f"was not executed and was not sent anywhere else. It stays approved until "
                 f"{clock_time(view, 'pickup')}: call again to run it.",
             )
+        if self.vet is not None and await self.vet(view):
+            return await self.service.get(view.id)
         if caller is not None and caller.gone:
             await self._detach(view.id, "the agent went away before the approved call started")
             raise CallRefused(Tag.APPROVAL_DETACHED, _NOT_FORWARDED)
@@ -426,12 +432,16 @@ class _LeftBeforeForwarding(Exception):
 
 def answer(view: RequestView) -> types.CallToolResult:
     """What the agent gets for a request that has ended."""
+    if view.damage:  # its record cannot be read: say so rather than guess what became of the call
+        raise CallRefused(Tag.APPROVAL_UNAVAILABLE, describe(view), {"approval_id": view.id})
     if view.status in (Status.EXECUTED, Status.FAILED):
         return stored_result(view)
     tag = {
         Status.REJECTED: Tag.APPROVAL_REJECTED,
         Status.EXPIRED: Tag.APPROVAL_EXPIRED,
-        Status.CANCELLED: Tag.APPROVAL_CANCELLED,
+        Status.CANCELLED: Tag.POLICY_DENIED
+        if view.ended_because == EndReason.POLICY_WITHDRAWN
+        else Tag.APPROVAL_CANCELLED,
     }[view.status]
     structured: dict[str, Any] = {"status": view.status.value, "approval_id": view.id}
     if view.status == Status.REJECTED:

@@ -47,7 +47,8 @@ class OrderContext:
 
     async def lookup(self, request: RequestView) -> RequestContext:
         now = datetime.now(UTC)
-        order_id = _order_id(request.arguments.get("orderId"))
+        arguments = request.arguments_shown
+        order_id = _order_id(arguments.get("orderId") if isinstance(arguments, dict) else None)
         if order_id is None:
             return RequestContext(
                 "The order", now, problem="The call names no valid orderId, so there is no order to show."

@@ -1,10 +1,12 @@
 """The policy in force, and reloading it on SIGHUP or when its file changes.
 
-A new document that does not validate is refused and the old policy stays in force.
+A new document that does not validate is refused and the old policy stays in force. Each policy
+loaded is known by its version, the SHA-256 of the file's bytes, which the audit log records.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -22,11 +24,20 @@ log = logging.getLogger(__name__)
 ReloadListener = Callable[[str, str], Awaitable[None]]  # (outcome, message)
 
 
+def policy_version(path: Path) -> str:
+    """The SHA-256 of the policy file's bytes ("unreadable" if it went away since it was loaded)."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return "unreadable"
+
+
 class PolicyStore:
     def __init__(self, path: Path, *, watch_seconds: float = 1.0) -> None:
         self.path = path
         self.watch_seconds = watch_seconds
         self.current: Policy = load_policy(path)
+        self.version = policy_version(path)
         self._mtime = self._stat()
         self.listeners: list[ReloadListener] = []
         for warning in lint_policy(self.current):
@@ -48,9 +59,9 @@ class PolicyStore:
             log.error("policy reload (%s) refused, the previous policy stays in force: %s", why, exc)
             await self._tell("policy.rejected", f"reload ({why}) refused, previous policy kept: {exc}")
             return False
-        self.current = policy
-        log.info("policy reloaded (%s) from %s", why, self.path)
-        await self._tell("policy.loaded", f"policy reloaded ({why}) from {self.path.name}")
+        self.current, self.version = policy, policy_version(self.path)
+        log.info("policy reloaded (%s) from %s, version %s", why, self.path, self.version[:12])
+        await self._tell("policy.loaded", f"policy reloaded ({why}) from {self.path.name}, version {self.version[:12]}")
         return True
 
     async def _tell(self, outcome: str, message: str) -> None:

@@ -84,7 +84,7 @@ def status_result(view: RequestView) -> types.CallToolResult:
         "approval_id": view.id,
         "status": view.status.value,
         "tool": view.tool,
-        "arguments": view.arguments,
+        "arguments": view.arguments_shown,
         "created_at": view.created_at.isoformat(),
         "expires_at": view.expires_at.isoformat(),
         "decided_by": view.decided_by,
@@ -96,7 +96,7 @@ def status_result(view: RequestView) -> types.CallToolResult:
     if view.pickup_deadline is not None:
         info["pickup_deadline"] = view.pickup_deadline.isoformat()
     if view.result_json is not None:
-        info["result"] = json.loads(view.result_json)
+        info["result"] = view.result
     if view.error is not None:
         info["error"] = view.error
     next_step = {

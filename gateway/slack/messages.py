@@ -108,7 +108,7 @@ def slack_date(moment: datetime) -> str:
 
 
 def pretty_arguments(view: RequestView) -> str:
-    return json.dumps(view.arguments, indent=2, ensure_ascii=False, sort_keys=True)
+    return json.dumps(view.arguments_shown, indent=2, ensure_ascii=False, sort_keys=True)
 
 
 def _mrkdwn(text: str) -> Block:

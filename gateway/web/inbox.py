@@ -10,13 +10,15 @@ decided here, and the service enforces the same rule again when a decision arriv
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
+from markupsafe import escape
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from approvals.approvers import may_decide
 from approvals.errors import AlreadyDecided, InvalidDecision, NotAllowed
@@ -31,6 +33,9 @@ from gateway.web.templating import clock, when
 
 View = Literal["inbox", "detail"]
 _INBOX_LIMIT = 500
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -234,7 +239,7 @@ class InboxViews:
         seen_digest = str(form.get("sha") or "")
         current = await self.service.get(request_id)
         status_code = 200
-        notice: Notice | None
+        notice: Notice
         if seen_digest != current.arguments_sha256:
             # The page that was clicked showed other arguments than the request holds: decide nothing.
             notice = Notice("error", "These are not the arguments you were shown; nothing was decided.")
@@ -252,6 +257,19 @@ class InboxViews:
                 notice, status_code = Notice("error", f"You may not decide this request: {exc.why}."), 403
             except InvalidDecision as exc:
                 notice, status_code = Notice("error", f"Not recorded: {exc}."), 422
+        try:
+            return await self._after_decision(request, viewer, request_id, view, notice, status_code)
+        except Exception:
+            if status_code != 200:
+                raise
+            # The decision has committed: say so, even though the page around it could not be drawn.
+            log.exception("decision on %s recorded, but the page could not be drawn", request_id)
+            text = f"{notice.text} (The page could not be refreshed; reload it to see the request.)"
+            return HTMLResponse(f'<p class="notice info" role="status">{escape(text)}</p>')
+
+    async def _after_decision(
+        self, request: Request, viewer: Viewer, request_id: str, view: View, notice: Notice, status_code: int
+    ) -> Response:
         latest = await self.service.get(request_id)
         if not is_htmx(request) and status_code == 200:
             # Without JavaScript the form posts normally; show the request page with its new state.

@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from markupsafe import Markup, escape
 
+from approvals import stored
+from approvals.errors import Unreadable
 from approvals.views import AuditEventView
 
 FieldKind = Literal["text", "code", "time", "block"]
@@ -88,10 +90,9 @@ def compact_json(text: str | None) -> str:
     """JSON on one line with a space after each comma and colon, so it wraps between values, not inside them."""
     if text is None:
         return ""
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return text
+    value = stored.shown(text)
+    if isinstance(value, str):
+        return value
     return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
 
 
@@ -179,8 +180,8 @@ def result_parts(result: Mapping[str, Any] | None) -> list[ResultPart]:
 
 def _json_or_none(text: str) -> Any:
     try:
-        return json.loads(text)
-    except ValueError:
+        return stored.strict(text, "the text")
+    except Unreadable:
         return None
 
 

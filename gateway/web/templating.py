@@ -20,6 +20,7 @@ from starlette.background import BackgroundTask
 from starlette.responses import HTMLResponse
 
 import gateway
+from approvals import stored
 from approvals.durations import format_duration
 from gateway.context import number
 from gateway.text import mark_hidden
@@ -72,13 +73,12 @@ def span(seconds: float) -> str:
 
 
 def pretty_json(value: Any) -> str:
-    """Indented JSON for display; a string that is not JSON is shown as it is."""
+    """Indented JSON for display; stored text is read safely (approvals.stored), and text that is not JSON is
+    shown as it is."""
     if isinstance(value, str):
-        text = value
-        try:
-            value = json.loads(text)
-        except ValueError:
-            return text
+        value = stored.shown(value)
+        if isinstance(value, str):
+            return value
     return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False, default=str)
 
 
