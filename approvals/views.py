@@ -87,6 +87,9 @@ class RequestView:
     slack_ts: str | None
     slack_synced_seq: int | None
     reminded_at: datetime | None
+    open_key: str | None
+    executing_by: str | None
+    lease_until: datetime | None
 
     @property
     def arguments(self) -> dict[str, Any]:
@@ -138,7 +141,7 @@ _LOAD: dict[str, Callable[[Any], Any]] = {
     "agent_waiting": bool,
     "status": Status,
     "ended_because": EndReason,
-    **{name: as_utc for name in ("created_at", "expires_at", "status_changed_at", "reminded_at")},
+    **{name: as_utc for name in ("created_at", "expires_at", "status_changed_at", "reminded_at", "lease_until")},
 }
 
 

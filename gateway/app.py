@@ -20,8 +20,9 @@ from approvals.approvers import ApproverDirectory
 from approvals.audit import Event
 from approvals.db import Database
 from approvals.feed import ChangeFeed
-from approvals.service import ApprovalService, Clock, utcnow
+from approvals.service import ApprovalService, utcnow
 from approvals.timeouts import TimeoutScheduler
+from approvals.transitions import Clock
 from gateway import api, slack
 from gateway.agent_auth import AgentAuth
 from gateway.calls import CallHandler
@@ -62,7 +63,8 @@ class Gateway:
         self.approvers = ApproverDirectory(a.to_approver() for a in settings.approvers)
         self.feed = ChangeFeed(self.db, poll_interval=settings.server.poll_interval)
         self.service = ApprovalService(self.db, self.approvers, clock=clock or utcnow, feed=self.feed)
-        self.timeouts = TimeoutScheduler(self.service)
+        # Leases are checked twice per lease, so a dead process's execution ends within about 1.5 leases.
+        self.timeouts = TimeoutScheduler(self.service, lease_check_seconds=settings.server.execution_lease / 2)
         self.policies = PolicyStore(settings.policy_path)
         self.upstreams: Upstreams = upstreams or UpstreamSet(settings.upstreams)
         self.limiter = RateLimiter()
@@ -73,9 +75,15 @@ class Gateway:
             inbox_url=f"{settings.server.base_url}/inbox",
             agent_max_hold={a.name: a.max_hold for a in settings.agents if a.max_hold is not None},
             default_max_hold=settings.server.default_max_hold,
+            execution_lease=settings.server.execution_lease,
         )
         self.calls = CallHandler(
-            service=self.service, policies=self.policies, upstreams=self.upstreams, limiter=self.limiter, held=self.held
+            service=self.service,
+            policies=self.policies,
+            upstreams=self.upstreams,
+            limiter=self.limiter,
+            held=self.held,
+            repeat_window=settings.server.repeat_window,
         )
         self.events = InMemorySubscriptionBus()
         self.mcp = build_server(self.calls, self.events, stdio_agent=stdio_agent)

@@ -67,6 +67,9 @@ def _hold_bound(value: object) -> float:
 DEFAULT_MAX_HOLD = 50.0
 # Bytes on a held call's open response at least this often, under httpx's default 5 s read timeout.
 DEFAULT_KEEPALIVE_INTERVAL = 2.0
+# A process renews its execution leases three times per lease; a lapsed one means that process stopped.
+DEFAULT_EXECUTION_LEASE = 15.0
+DEFAULT_REPEAT_WINDOW = 600.0
 
 
 class ServerSettings(_Section):
@@ -83,8 +86,14 @@ class ServerSettings(_Section):
     allowed_hosts: tuple[str, ...] = ()
     # No agent tokens: every caller is the agent "dev". For local experiments only; logged loudly.
     dev_mode: bool = False
+    # How long an execution holds without its process renewing it; a lapsed one ends as outcome unknown.
+    execution_lease: float = Field(default=DEFAULT_EXECUTION_LEASE, gt=0)
+    # How long after a request ends an identical call gets its outcome again instead of a new request.
+    repeat_window: float = Field(default=DEFAULT_REPEAT_WINDOW, ge=0)
 
-    _durations = field_validator("progress_interval", "poll_interval", "keepalive_interval", mode="before")(_seconds)
+    _durations = field_validator(
+        "progress_interval", "poll_interval", "keepalive_interval", "execution_lease", "repeat_window", mode="before"
+    )(_seconds)
     _bounds = field_validator("default_max_hold", mode="before")(_hold_bound)
 
     @field_validator("database_url")

@@ -25,6 +25,7 @@ class Tag(StrEnum):
     APPROVAL_CANCELLED = "APPROVAL CANCELLED"
     APPROVAL_DETACHED = "APPROVAL DETACHED"
     APPROVAL_UNAVAILABLE = "APPROVAL UNAVAILABLE"
+    OUTCOME_UNKNOWN = "OUTCOME UNKNOWN"
     UPSTREAM_UNAVAILABLE = "UPSTREAM UNAVAILABLE"
     UPSTREAM_TIMEOUT = "UPSTREAM TIMEOUT"
     UPSTREAM_ERROR = "UPSTREAM ERROR"
@@ -61,6 +62,10 @@ _MEANINGS: dict[Tag, str] = {
     Tag.APPROVAL_CANCELLED: "the request was withdrawn; the call was not executed.",
     Tag.APPROVAL_DETACHED: "you stopped waiting; the request is still open. Repeat the call or wait on it.",
     Tag.APPROVAL_UNAVAILABLE: "the approval queue could not be reached; the call was not executed. Try again later.",
+    Tag.OUTCOME_UNKNOWN: (
+        "the approved call was being executed when the gateway stopped: it may or may not have run. Check its "
+        "effect (e.g. the order's status) before doing it again; repeating the identical call does not run it again."
+    ),
     Tag.UPSTREAM_UNAVAILABLE: "the server behind the tool is not reachable now; the call was not executed.",
     Tag.UPSTREAM_TIMEOUT: "the server behind the tool did not answer in time; the outcome is unknown.",
     Tag.UPSTREAM_ERROR: "the server behind the tool failed the call.",
