@@ -23,6 +23,7 @@ from anyio.abc import TaskGroup
 from approvals.errors import AlreadyDecided, ApprovalError
 from approvals.service import ApprovalService
 from approvals.views import RequestView
+from gateway import faults
 from gateway.caller import ProgressLine
 from gateway.results import text_of
 from gateway.upstreams import Forwarder
@@ -75,9 +76,11 @@ class Executions:
     async def begin(self, view: RequestView, arguments_sha256: str) -> RequestView | None:
         """Win the right to forward `view` (approved -> executing); None when someone else moved it first."""
         try:
-            return await self.service.begin_execution(view.id, arguments_sha256, owner=self.owner, lease=self.lease)
+            started = await self.service.begin_execution(view.id, arguments_sha256, owner=self.owner, lease=self.lease)
         except AlreadyDecided:
             return None
+        faults.reached("after_begin")
+        return started
 
     async def forward(self, started: RequestView, upstream: Forwarder, progress: ProgressLine) -> Run:
         """Forward the started call and record its outcome, in a task that outlives whoever waits for it."""
@@ -97,6 +100,7 @@ class Executions:
                 tg.start_soon(self._keep_lease, view)
                 result = await upstream.call(view.upstream_tool, view.arguments, run.relay)
                 tg.cancel_scope.cancel()
+            faults.reached("after_forward")
             summary = text_of(result, 200)
             recorded = view
             try:
@@ -107,6 +111,7 @@ class Executions:
                     error=summary if result.is_error else None,
                     summary=summary or "executed",
                 )
+                faults.reached("after_finish")
             except ApprovalError as exc:
                 # The upstream ran it: the agent gets the result regardless, or it would retry a call that ran.
                 # Unrecorded, the request's lease runs out and it ends as outcome unknown.

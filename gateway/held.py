@@ -31,6 +31,7 @@ from approvals.service import ApprovalService, arguments_digest
 from approvals.states import Status
 from approvals.story import clock_time, who_decides
 from approvals.views import RequestView
+from gateway import faults
 from gateway.caller import CONNECTION_CLOSED, Caller, Departure, ProgressLine, race_gone
 from gateway.config import DEFAULT_EXECUTION_LEASE
 from gateway.errors import CallRefused, Tag
@@ -260,6 +261,7 @@ class HeldCalls:
             raise CallRefused(Tag.APPROVAL_DETACHED, _NOT_FORWARDED)
         started: RequestView | None = None
         try:
+            faults.reached("before_begin")
             started = await self.executions.begin(view, arguments_digest(view.arguments_json))
             if started is None:
                 # Another waiter (a re-attached call, the wait tool, another replica) started or ended it first.
