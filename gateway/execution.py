@@ -89,11 +89,16 @@ class Executions:
             self._tasks.start_soon(self._see_through, run, upstream)
         else:
             # Not running as a whole gateway (a component under test): see it through in the caller's task.
-            with anyio.CancelScope(shield=True):
-                await self._see_through(run, upstream)
+            await self._see_through(run, upstream)
         return run
 
     async def _see_through(self, run: Run, upstream: Forwarder) -> None:
+        # Shielded: a gateway shutting down waits for the upstream's answer (bounded by its call timeout) and
+        # records it, rather than leave the request to end as outcome unknown.
+        with anyio.CancelScope(shield=True):
+            await self._forward_and_record(run, upstream)
+
+    async def _forward_and_record(self, run: Run, upstream: Forwarder) -> None:
         view = run.request
         try:
             async with anyio.create_task_group() as tg:
