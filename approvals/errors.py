@@ -50,6 +50,14 @@ class AlreadyDecided(ApprovalError):
         self.summary = summary
 
 
+class AlreadyOpen(ApprovalError):
+    """The same call (agent, tool, arguments) already has an open request: join it, never make a second."""
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(f"this call already has an open request, {request_id}")
+        self.request_id = request_id
+
+
 class InvalidDecision(ApprovalError):
     """The decision itself is malformed, e.g. a missing reason where one is required."""
 

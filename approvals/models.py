@@ -55,6 +55,13 @@ class ApprovalRequest(SQLModel, table=True):
     slack_ts: str | None = None
     # Set by whichever process wins the right to send the reminder, so it is sent once.
     reminded_at: datetime | None = _ts(nullable=True)
+    # The call's identity (agent, tool, arguments digest) while the request is open (approvals.states.OPEN),
+    # NULL once it ends: the unique index lets one open request exist per call, however many arrive at once.
+    open_key: str | None = Field(default=None, max_length=64, unique=True, index=True)
+    # Which gateway process began the execution, and until when its lease holds: it renews the lease while
+    # it waits for the upstream, so a request whose lease ran out was left behind by a process that died.
+    executing_by: str | None = Field(default=None, max_length=200)
+    lease_until: datetime | None = _ts(nullable=True)
 
 
 class Decision(SQLModel, table=True):

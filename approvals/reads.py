@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection
+from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -12,11 +13,14 @@ from approvals.db import Database
 from approvals.errors import RequestNotFound
 from approvals.feed import ChangeFeed
 from approvals.models import ApprovalRequest, Decision
-from approvals.states import Status
+from approvals.states import OPEN, TERMINAL, Status
 from approvals.views import DecisionView, RequestView
 
 _requests = ApprovalRequest.__table__  # type: ignore[attr-defined]
 _decisions = Decision.__table__  # type: ignore[attr-defined]
+
+# The ends a repeat of the call gets again within the repeat window: everything but the agent's own withdrawal.
+REPEATED = TERMINAL - {Status.CANCELLED}
 
 
 class RequestReads:
@@ -73,19 +77,31 @@ class RequestReads:
         ]
 
     async def find_open(self, agent: str, tool: str, arguments_sha256: str) -> RequestView | None:
-        """The agent's pending or approved-but-not-started request for exactly this call, to re-attach to."""
+        """The agent's open request (pending, approved or executing) for exactly this call, to re-attach to."""
+        async with self.db.read() as conn:
+            return await _open_request(conn, agent, tool, arguments_sha256)
+
+    async def find_repeat(
+        self, agent: str, tool: str, arguments_sha256: str, *, ended_since: datetime
+    ) -> RequestView | None:
+        """The request a repeat of this call belongs to: its open one, or else the newest that ended at or after
+        `ended_since` other than by the agent's own withdrawal (a repeat gets that outcome again)."""
         query = (
             select(_requests)
             .where(
                 _requests.c.agent == agent,
                 _requests.c.tool == tool,
                 _requests.c.arguments_sha256 == arguments_sha256,
-                _requests.c.status.in_([Status.PENDING.value, Status.APPROVED.value]),
+                _requests.c.status.in_([s.value for s in REPEATED]),
+                _requests.c.status_changed_at >= ended_since,
             )
-            .order_by(_requests.c.created_at.asc())
+            .order_by(_requests.c.status_changed_at.desc())
             .limit(1)
         )
         async with self.db.read() as conn:
+            found = await _open_request(conn, agent, tool, arguments_sha256)
+            if found is not None:
+                return found
             row = (await conn.execute(query)).mappings().first()
         return None if row is None else RequestView.from_row(row)
 
@@ -96,6 +112,22 @@ class RequestReads:
     async def wait_for_change(self, request_id: str, seen: Status, within: float) -> RequestView:
         """Return as soon as the request leaves `seen` (whichever process moved it), or after `within` seconds."""
         return await self.feed.wait_for_change(request_id, seen, within, self.get)
+
+
+async def _open_request(conn: AsyncConnection, agent: str, tool: str, arguments_sha256: str) -> RequestView | None:
+    query = (
+        select(_requests)
+        .where(
+            _requests.c.agent == agent,
+            _requests.c.tool == tool,
+            _requests.c.arguments_sha256 == arguments_sha256,
+            _requests.c.status.in_([s.value for s in OPEN]),
+        )
+        .order_by(_requests.c.created_at.asc())
+        .limit(1)
+    )
+    row = (await conn.execute(query)).mappings().first()
+    return None if row is None else RequestView.from_row(row)
 
 
 async def load(conn: AsyncConnection, request_id: str) -> RequestView:

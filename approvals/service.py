@@ -11,39 +11,31 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import insert, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from approvals import audit
 from approvals.approvers import Approver, ApproverDirectory, may_decide
 from approvals.audit import Event, canonical_json
 from approvals.db import Database
-from approvals.errors import (
-    AlreadyDecided,
-    ArgumentsChanged,
-    InvalidDecision,
-    InvalidTransition,
-    NotAllowed,
-    TooManyPending,
-)
+from approvals.errors import AlreadyOpen, InvalidDecision, NotAllowed, TooManyPending
+from approvals.execution import ExecutionCases
 from approvals.feed import ChangeFeed
 from approvals.history import AuditHistory
 from approvals.models import ApprovalRequest, Decision
 from approvals.reads import RequestReads, approvals_of, load, pending_of
-from approvals.states import END_REASONS, EndReason, Status, can_transition
+from approvals.states import EndReason, Status
 from approvals.story import describe, ending
+from approvals.transitions import Clock, already, request_event
 from approvals.views import DecisionOutcome, NewRequest, RequestView
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], datetime]
 _requests = ApprovalRequest.__table__  # type: ignore[attr-defined]
 _decisions = Decision.__table__  # type: ignore[attr-defined]
 
@@ -64,11 +56,16 @@ def arguments_digest(arguments_json: str) -> str:
     return hashlib.sha256(arguments_json.encode()).hexdigest()
 
 
+def open_key(agent: str, tool: str, arguments_sha256: str) -> str:
+    """The identity of a call, held by its one open request (approval_request.open_key; migration 0003)."""
+    return hashlib.sha256(canonical_json([agent, tool, arguments_sha256]).encode()).hexdigest()
+
+
 def channel_may_decide(view: RequestView, channel: str) -> bool:
     return channel in ALWAYS_DECIDES or channel in view.channels
 
 
-class ApprovalService(RequestReads):
+class ApprovalService(ExecutionCases, RequestReads):
     """The use cases that change requests; reading them is `RequestReads`."""
 
     def __init__(
@@ -94,14 +91,17 @@ class ApprovalService(RequestReads):
             await audit.append(conn, event, self.clock())
 
     async def create(self, new: NewRequest, *, max_pending: int | None = None) -> RequestView:
-        """Park a call; TooManyPending when the agent has `max_pending` pending (counted in the serialised write)."""
+        """Park a call. Raises AlreadyOpen when the same call has an open request (it arrived at the same time),
+        TooManyPending when the agent has `max_pending` pending (counted in the serialised write)."""
         now = self.clock()
         arguments_json = canonical_json(dict(new.arguments))
+        digest = arguments_digest(arguments_json)
         row: dict[str, Any] = {
             **asdict(new),
             "id": new_request_id(),
             "arguments": arguments_json,
-            "arguments_sha256": arguments_digest(arguments_json),
+            "arguments_sha256": digest,
+            "open_key": open_key(new.agent, new.tool, digest),
             "approvers": canonical_json(list(new.approvers)),
             "channels": canonical_json(list(new.channels)),
             "created_at": now,
@@ -110,23 +110,22 @@ class ApprovalService(RequestReads):
             "status_changed_at": now,
             "agent_waiting": True,
         }
-        async with self._write() as conn:
-            if max_pending is not None and await pending_of(conn, new.agent) >= max_pending:
-                raise TooManyPending(new.agent, max_pending)
-            await conn.execute(insert(_requests).values(**row))
-            view = await load(conn, row["id"])
-            await audit.append(
-                conn,
-                _event(
-                    view,
-                    "request.created",
-                    "held",
-                    f"held for approval: {new.reason}",
-                    arguments=arguments_json,
-                    detail={"rule": new.rule, "expires_at": view.expires_at.isoformat(), "quorum": new.quorum},
-                ),
-                now,
-            )
+        try:
+            async with self._write() as conn:
+                if max_pending is not None and await pending_of(conn, new.agent) >= max_pending:
+                    raise TooManyPending(new.agent, max_pending)
+                await conn.execute(insert(_requests).values(**row))
+                view = await load(conn, row["id"])
+                text = f"held for approval: {new.reason}"
+                detail = {"rule": new.rule, "expires_at": view.expires_at.isoformat(), "quorum": new.quorum}
+                created = request_event(view, "request.created", "held", text, arguments=arguments_json, detail=detail)
+                await audit.append(conn, created, now)
+        except IntegrityError as exc:
+            # The unique open key: an identical call won the race to park. Its request is the one to join.
+            existing = await self.find_open(new.agent, new.tool, digest)
+            if existing is None:
+                raise
+            raise AlreadyOpen(existing.id) from exc
         return view
 
     async def approve(
@@ -153,7 +152,7 @@ class ApprovalService(RequestReads):
             await self.record(_refusal(current, approver, channel, verdict, why))
             raise NotAllowed(approver.name, request_id, why)
         if current.status != Status.PENDING:
-            raise _already(current)
+            raise already(current)
         return current
 
     async def _decide(
@@ -203,7 +202,7 @@ class ApprovalService(RequestReads):
                     latest.quorum,
                     f"{approver.name} has already approved; {len(approvals_now)} of {latest.quorum} approvals",
                 )
-            raise _already(latest) from None
+            raise already(latest) from None
 
     async def expire(self, request_id: str) -> bool:
         """Time ran out: a pending request's decision time, or an approved one's pick-up window.
@@ -224,7 +223,7 @@ class ApprovalService(RequestReads):
             )
             if moved is None:
                 return False
-            await audit.append(conn, _event(moved, "request.expired", "expired", ending(moved)), now)
+            await audit.append(conn, request_event(moved, "request.expired", "expired", ending(moved)), now)
         return True
 
     async def attach(self, request_id: str, agent: str, how: str) -> RequestView:
@@ -239,7 +238,7 @@ class ApprovalService(RequestReads):
             text = f"{agent} is waiting for the decision again ({how})"
             if current.agent_waiting:
                 text = f"{agent} is also waiting for this request ({how})"
-            await audit.append(conn, _event(view, "request.attached", "attached", text), now)
+            await audit.append(conn, request_event(view, "request.attached", "attached", text), now)
         return view
 
     async def detach(self, request_id: str, why: str) -> RequestView | None:
@@ -251,7 +250,7 @@ class ApprovalService(RequestReads):
                 return None
             await conn.execute(update(_requests).where(_requests.c.id == request_id).values(agent_waiting=False))
             view = await load(conn, request_id)
-            await audit.append(conn, _event(view, "request.detached", "detached", why), now)
+            await audit.append(conn, request_event(view, "request.detached", "detached", why), now)
         return view
 
     async def withdraw(self, request_id: str, why: str, *, policy: Mapping[str, str] | None = None) -> bool:
@@ -259,65 +258,25 @@ class ApprovalService(RequestReads):
         as the request's `error` for the story). Never undoes an execution that has begun."""
         now = self.clock()
         because, note = (EndReason.WITHDRAWN, None) if policy is None else (EndReason.POLICY_WITHDRAWN, why)
-        values = {"ended_because": because.value, "agent_waiting": False, "error": note}
-        async with self._write() as conn:
-            current = await load(conn, request_id)
-            moved = await self._cas(conn, current, {Status.PENDING, Status.APPROVED}, Status.CANCELLED, now, **values)
-            if moved is None:
-                return False
-            text = why if policy is None else ending(moved)
-            await audit.append(
-                conn, _event(moved, "request.cancelled", "cancelled", text, detail=dict(policy or {})), now
-            )
-        return True
-
-    async def begin_execution(self, request_id: str, arguments_sha256: str) -> RequestView:
-        """approved -> executing, only for exactly the approved arguments. Raises unless this caller won."""
-        now = self.clock()
-        async with self._write() as conn:
-            current = await load(conn, request_id)
-            if current.arguments_sha256 != arguments_sha256 or current.damage:
-                raise ArgumentsChanged(f"request {request_id}: not the approved arguments, or unreadable ones")
-            moved = await self._cas(conn, current, {Status.APPROVED}, Status.EXECUTING, now)
-            if moved is None:
-                raise _already(current)
-            text = f"forwarding {current.upstream_tool} to upstream {current.upstream}"
-            await audit.append(conn, _event(moved, "request.executing", "executing", text), now)
-        return moved
-
-    async def abandon_start(self, request_id: str, why: str) -> bool:
-        """executing -> approved: the start was recorded but nothing was forwarded. The approval stands."""
-        now = self.clock()
-        async with self._write() as conn:
-            current = await load(conn, request_id)
-            moved = await self._cas(conn, current, {Status.EXECUTING}, Status.APPROVED, now, agent_waiting=False)
-            if moved is None:
-                return False
-            await audit.append(conn, _event(moved, "request.start_abandoned", "approved", why), now)
-        return True
-
-    async def finish_execution(
-        self, request_id: str, *, ok: bool, result: Mapping[str, Any] | None, error: str | None, summary: str
-    ) -> RequestView:
-        now = self.clock()
-        new, because = (Status.EXECUTED, EndReason.EXECUTED) if ok else (Status.FAILED, EndReason.FAILED)
         async with self._write() as conn:
             current = await load(conn, request_id)
             moved = await self._cas(
                 conn,
                 current,
-                {Status.EXECUTING},
-                new,
+                {Status.PENDING, Status.APPROVED},
+                Status.CANCELLED,
                 now,
-                result=None if result is None else canonical_json(dict(result)),
-                error=error,
                 ended_because=because.value,
+                agent_waiting=False,
+                error=note,
             )
             if moved is None:
-                raise _already(current)
-            detail = {"error": error} if error else {}
-            await audit.append(conn, _event(moved, f"request.{new.value}", new.value, summary, detail=detail), now)
-        return moved
+                return False
+            text = why if policy is None else ending(moved)
+            await audit.append(
+                conn, request_event(moved, "request.cancelled", "cancelled", text, detail=dict(policy or {})), now
+            )
+        return True
 
     async def set_slack_ts(self, request_id: str, channel: str, ts: str) -> None:
         async with self.db.write() as conn:
@@ -341,87 +300,21 @@ class ApprovalService(RequestReads):
             if claimed.rowcount != 1:
                 return None
             view = await load(conn, request_id)
-            await audit.append(conn, _event(view, "request.reminded", "reminded", "approvers reminded"), now)
+            await audit.append(conn, request_event(view, "request.reminded", "reminded", "approvers reminded"), now)
         return view
-
-    # ---- internals
-
-    @asynccontextmanager
-    async def _write(self, *, announce: bool = True) -> AsyncIterator[AsyncConnection]:
-        """A write transaction whose changes every process's feed reads as soon as it has committed."""
-        async with self.db.write() as conn:
-            yield conn
-            if announce:
-                await self.feed.announce(conn)
-        self.feed.poke()
-
-    async def _cas(
-        self,
-        conn: AsyncConnection,
-        current: RequestView,
-        old: Iterable[Status],
-        new: Status,
-        now: datetime,
-        **values: Any,
-    ) -> RequestView | None:
-        """Move `current` from one of `old` to `new` if nobody got there first; the moved request, or None."""
-        old = frozenset(old)
-        bad = sorted(o.value for o in old if not can_transition(o, new))
-        if bad:
-            raise InvalidTransition(f"{', '.join(bad)} -> {new.value} is not an allowed transition")
-        because = values.get("ended_because")
-        if (because is None) != (new not in END_REASONS) or (
-            because is not None and EndReason(because) not in END_REASONS[new]
-        ):
-            raise InvalidTransition(f"{new.value} cannot end because {because!r}")
-        result = await conn.execute(
-            update(_requests)
-            .where(_requests.c.id == current.id, _requests.c.status.in_([s.value for s in old]))
-            .values(status=new.value, status_changed_at=now, **values)
-        )
-        if result.rowcount != 1:
-            return None
-        return await load(conn, current.id)
-
-    async def _touch(self, conn: AsyncConnection, current: RequestView, status: Status) -> RequestView | None:
-        """The request as it is now, provided it is still in `status` (read inside the write transaction)."""
-        view = await load(conn, current.id)
-        return view if view.status == status else None
 
 
 class _Lost(Exception):
     """Our compare-and-set lost to a concurrent writer."""
 
 
-def _already(view: RequestView) -> AlreadyDecided:
-    by = None if view.status == Status.CANCELLED else view.decided_by
-    because = None if view.ended_because is None else view.ended_because.value
-    return AlreadyDecided(
-        view.id, view.status.value, by, view.status_changed_at, ended_because=because, summary=describe(view)
-    )
-
-
-def _event(view: RequestView, kind: str, outcome: str, message: str, **extra: Any) -> Event:
-    """An audit event about one request (the request's entry in the change feed)."""
-    return Event(
-        kind=kind,
-        outcome=outcome,
-        message=message,
-        agent=view.agent,
-        tool=view.tool,
-        upstream=view.upstream,
-        request_id=view.id,
-        **extra,
-    )
-
-
 def _refusal(view: RequestView, approver: Approver, channel: str, verdict: str, why: str) -> Event:
     text = f"{approver.name} tried to {verdict} through {channel}, refused: {why}"
-    return _event(view, "decision.refused", "refused", text, actor=approver.name, channel=channel)
+    return request_event(view, "decision.refused", "refused", text, actor=approver.name, channel=channel)
 
 
 def _decision_event(
     view: RequestView, approver: Approver, channel: str, outcome: str, reason: str | None, text: str
 ) -> Event:
     detail = {"reason": reason} if reason else {}
-    return _event(view, f"request.{outcome}", outcome, text, actor=approver.name, channel=channel, detail=detail)
+    return request_event(view, f"request.{outcome}", outcome, text, actor=approver.name, channel=channel, detail=detail)

@@ -15,6 +15,14 @@ class Status(StrEnum):
     REJECTED = "rejected"
     EXPIRED = "expired"
     CANCELLED = "cancelled"
+    # The gateway running the call stopped (crashed, was killed) after execution began and before its
+    # outcome was recorded: the upstream may or may not have run it. An end state, never retried.
+    OUTCOME_UNKNOWN = "outcome_unknown"
+
+
+# The states in which a request is the one open request for its call (agent, tool, arguments): a repeat
+# of the call joins it, and the database lets no second one exist (approval_request.open_key).
+OPEN: frozenset[Status] = frozenset({Status.PENDING, Status.APPROVED, Status.EXECUTING})
 
 
 TRANSITIONS: Mapping[Status, frozenset[Status]] = {
@@ -24,11 +32,13 @@ TRANSITIONS: Mapping[Status, frozenset[Status]] = {
     Status.APPROVED: frozenset({Status.EXECUTING, Status.CANCELLED, Status.EXPIRED}),
     # executing -> approved only when the start is abandoned before anything was forwarded (the agent left
     # in between): the approval stands and the call can still be picked up, and it still runs at most once.
-    Status.EXECUTING: frozenset({Status.EXECUTED, Status.FAILED, Status.APPROVED}),
+    # executing -> outcome_unknown when whoever began the execution stopped renewing its lease (it died):
+    # nobody can say whether the upstream ran it, so it is neither retried nor reported as not run.
+    Status.EXECUTING: frozenset({Status.EXECUTED, Status.FAILED, Status.APPROVED, Status.OUTCOME_UNKNOWN}),
 }
 
 TERMINAL: frozenset[Status] = frozenset(
-    {Status.EXECUTED, Status.FAILED, Status.REJECTED, Status.EXPIRED, Status.CANCELLED}
+    {Status.EXECUTED, Status.FAILED, Status.REJECTED, Status.EXPIRED, Status.CANCELLED, Status.OUTCOME_UNKNOWN}
 )
 
 
@@ -46,6 +56,7 @@ class EndReason(StrEnum):
     WITHDRAWN = "withdrawn"  # the agent cancelled its call
     # A policy change now denies or hides the call, before it ran (the request's `error` holds the rule's message).
     POLICY_WITHDRAWN = "policy_withdrawn"
+    INTERRUPTED = "interrupted"  # the gateway executing it stopped before recording what the upstream did
 
 
 # The end reasons each terminal state can have.
@@ -55,6 +66,7 @@ END_REASONS: Mapping[Status, frozenset[EndReason]] = {
     Status.REJECTED: frozenset({EndReason.REJECTED}),
     Status.EXPIRED: frozenset({EndReason.TIMED_OUT, EndReason.NOT_PICKED_UP}),
     Status.CANCELLED: frozenset({EndReason.WITHDRAWN, EndReason.POLICY_WITHDRAWN}),
+    Status.OUTCOME_UNKNOWN: frozenset({EndReason.INTERRUPTED}),
 }
 
 

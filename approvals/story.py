@@ -47,6 +47,7 @@ def headline(view: RequestView) -> str:
         Status.REJECTED: "Rejected",
         Status.EXPIRED: "Expired",
         Status.CANCELLED: "Withdrawn",
+        Status.OUTCOME_UNKNOWN: "Outcome unknown",
     }[view.status]
 
 
@@ -90,6 +91,11 @@ def ending(view: RequestView) -> str:
     if because == EndReason.NOT_PICKED_UP:
         window = format_duration(view.pickup_seconds)
         return f"Approved by {approved_by}, but the agent did not come back for it within {window}; {NOT_EXECUTED}."
+    if because == EndReason.INTERRUPTED:
+        return (
+            f"Approved by {approved_by}, but the gateway stopped while executing it, so whether {view.upstream} "
+            f"carried out {view.tool} is unknown. Check before trying it again: it is not retried."
+        )
     if because == EndReason.WITHDRAWN:
         after = f" after approval by {view.decided_by}" if view.decided_by else ""
         return f"Withdrawn by the agent{after}; {NOT_EXECUTED}."

@@ -5,6 +5,9 @@ came back for it expires when its pick-up window closes, unexecuted.
 
 Every job ends in `ApprovalService.expire`, a compare-and-set, so a job that fires twice, late,
 or on two replicas at once is harmless. The sweep catches what a replica that died had armed.
+
+The same scheduler ends executions whose process died: on start and every `lease_check_seconds`
+it ends requests whose execution lease ran out as `outcome_unknown` (approvals.execution).
 """
 
 from __future__ import annotations
@@ -24,11 +27,17 @@ from approvals.views import RequestView
 
 log = logging.getLogger(__name__)
 
+# What the scheduler posts to `run`: a request id (its deadline passed), None (sweep), or this (check leases).
+_LEASES = "\x00leases"
+
 
 class TimeoutScheduler:
-    def __init__(self, service: ApprovalService, *, sweep_seconds: float = 30.0) -> None:
+    def __init__(
+        self, service: ApprovalService, *, sweep_seconds: float = 30.0, lease_check_seconds: float = 5.0
+    ) -> None:
         self.service = service
         self.sweep_seconds = sweep_seconds
+        self.lease_check_seconds = lease_check_seconds
         self._scheduler = AsyncIOScheduler(timezone="UTC", job_defaults={"misfire_grace_time": None, "coalesce": True})
         # APScheduler runs each job as a task of its own, outside the gateway's task group. Its jobs only
         # post what is due here; `run` does the database work, so shutting down never leaves a write behind.
@@ -40,6 +49,15 @@ class TimeoutScheduler:
         self._scheduler.add_job(
             self._post, "interval", args=[None], seconds=self.sweep_seconds, id="sweep", replace_existing=True
         )
+        self._scheduler.add_job(
+            self._post,
+            "interval",
+            args=[_LEASES],
+            seconds=self.lease_check_seconds,
+            id="leases",
+            replace_existing=True,
+        )
+        await self.end_lapsed()
         overdue, running = await self._split()
         for request in overdue:
             await self._expire(request.id)
@@ -54,6 +72,8 @@ class TimeoutScheduler:
         async for request_id in self._due:
             if request_id is None:
                 await self.sweep()
+            elif request_id == _LEASES:
+                await self.end_lapsed()
             else:
                 await self._expire(request_id)
 
@@ -92,6 +112,30 @@ class TimeoutScheduler:
         for request in overdue:
             expired += await self._expire(request.id)
         return expired
+
+    async def end_lapsed(self) -> int:
+        """End as outcome unknown every execution whose process stopped renewing its lease. Returns how many."""
+        try:
+            lapsed = await self.service.lapsed_executions()
+        except ApprovalError as exc:
+            log.warning("could not look for executions left behind: %s", exc)
+            return 0
+        ended = 0
+        for request in lapsed:
+            try:
+                moved = await self.service.end_lapsed(request.id)
+            except ApprovalError as exc:
+                log.warning("could not end %s as outcome unknown yet: %s", request.id, exc)
+                continue
+            if moved is not None:
+                ended += 1
+                log.warning(
+                    "request %s (%s) was left executing by %s; its outcome is unknown",
+                    moved.id,
+                    moved.tool,
+                    moved.executing_by or "a gateway process that has stopped",
+                )
+        return ended
 
     async def request_changed(self, change: Change) -> None:
         request = change.request

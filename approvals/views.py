@@ -94,6 +94,9 @@ class RequestView:
     error: str | None
     slack_ts: str | None
     reminded_at: datetime | None
+    open_key: str | None
+    executing_by: str | None
+    lease_until: datetime | None
     damage: tuple[str, ...] = ()
 
     @property
@@ -171,7 +174,7 @@ _LOAD: dict[str, Callable[[Any], Any]] = {
     "agent_waiting": bool,
     "status": Status,
     "ended_because": EndReason,
-    **{name: as_utc for name in ("created_at", "expires_at", "status_changed_at", "reminded_at")},
+    **{name: as_utc for name in ("created_at", "expires_at", "status_changed_at", "reminded_at", "lease_until")},
 }
 
 

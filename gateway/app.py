@@ -26,8 +26,9 @@ from approvals.audit import Event
 from approvals.db import Database
 from approvals.errors import ApprovalError
 from approvals.feed import ChangeFeed
-from approvals.service import ApprovalService, Clock, utcnow
+from approvals.service import ApprovalService, utcnow
 from approvals.timeouts import TimeoutScheduler
+from approvals.transitions import Clock
 from gateway import api, slack
 from gateway.agent_auth import AgentAuth
 from gateway.calls import CallHandler
@@ -76,7 +77,8 @@ class Gateway:
         self.approvers = ApproverDirectory(a.to_approver() for a in settings.approvers)
         self.feed = ChangeFeed(self.db, poll_interval=settings.server.poll_interval)
         self.service = ApprovalService(self.db, self.approvers, clock=clock or utcnow, feed=self.feed)
-        self.timeouts = TimeoutScheduler(self.service)
+        # Leases are checked twice per lease, so a dead process's execution ends within about 1.5 leases.
+        self.timeouts = TimeoutScheduler(self.service, lease_check_seconds=settings.server.execution_lease / 2)
         self.policies = PolicyStore(settings.policy_path)
         self.upstreams: Upstreams = upstreams or UpstreamSet(settings.upstreams)
         # On PostgreSQL every replica counts the same quota; a single gateway on SQLite counts in memory.
@@ -92,6 +94,7 @@ class Gateway:
             agent_max_hold={a.name: a.max_hold for a in settings.agents if a.max_hold is not None},
             default_max_hold=settings.server.default_max_hold,
             vet=self.withdrawals.withdraw_if_refused,
+            execution_lease=settings.server.execution_lease,
         )
         self.calls = CallHandler(
             service=self.service,
@@ -102,6 +105,7 @@ class Gateway:
             agent_limits=settings.agent_limits,
             audit_unavailable=settings.server.audit_unavailable,
             withdrawals=self.withdrawals,
+            repeat_window=settings.server.repeat_window,
         )
         self.events = InMemorySubscriptionBus()
         self.relay = build_relay(self.upstreams, self.policies, self.service, self.events)

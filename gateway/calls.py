@@ -6,16 +6,19 @@ Held calls are handed to `gateway.held.HeldCalls`, which owns them from then on.
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import Any
 
 import mcp_types as types
 
 from approvals.audit import Event, canonical_json
-from approvals.errors import ApprovalError, TooManyPending
+from approvals.durations import format_duration
+from approvals.errors import AlreadyOpen, ApprovalError, TooManyPending
 from approvals.service import ApprovalService, arguments_digest
-from approvals.views import NewRequest
+from approvals.views import NewRequest, RequestView
 from gateway.arguments import check_call
 from gateway.caller import Caller, Progress, ProgressLine
+from gateway.config import DEFAULT_REPEAT_WINDOW
 from gateway.config_limits import AgentLimitSettings
 from gateway.errors import CallRefused, Tag
 from gateway.fair_share import COUNTED, RefusalBudget
@@ -23,7 +26,7 @@ from gateway.held import HeldCalls
 from gateway.policy_store import PolicyStore
 from gateway.policy_withdrawal import PolicyWithdrawals
 from gateway.ratelimit import RateLimiter, Refusal, Reservation
-from gateway.results import PENDING_SCHEMA, STATUS_TOOL, WAIT_TOOL, gateway_tools, text_of
+from gateway.results import PENDING_SCHEMA, STATUS_TOOL, WAIT_TOOL, answer, gateway_tools, text_of
 from gateway.schemas import admit_alternative
 from gateway.upstreams import Route, Upstreams
 
@@ -44,6 +47,7 @@ class CallHandler:
         withdrawals: PolicyWithdrawals,
         agent_limits: AgentLimitSettings | None = None,
         audit_unavailable: str = "refuse",
+        repeat_window: float = DEFAULT_REPEAT_WINDOW,
     ) -> None:
         self.service = service
         self.policies = policies
@@ -54,6 +58,7 @@ class CallHandler:
         self.agent_limits = agent_limits or AgentLimitSettings()
         self.refusals = RefusalBudget(self.agent_limits.max_refusals_per_agent, self.agent_limits.refusal_window)
         self.audit_unavailable = audit_unavailable
+        self.repeat_window = repeat_window
 
     # ---- the catalog
 
@@ -150,10 +155,13 @@ class CallHandler:
             raise CallRefused(Tag.UNKNOWN_TOOL, message)
 
         if evaluation.action == "hold":
-            existing = await self.service.find_open(caller.agent, tool, arguments_digest(arguments_json))
-            if existing is not None:
-                # The same call again: wait for the request already made instead of asking twice.
-                return await self.held.reattach(existing, caller, line, "repeated the call")
+            since = self.service.clock() - timedelta(seconds=self.repeat_window)
+            earlier = await self.service.find_repeat(
+                caller.agent, tool, arguments_digest(arguments_json), ended_since=since
+            )
+            if earlier is not None:
+                # The same call again: its open request, or the outcome of the one that just ended; never a second.
+                return await self._repeat(earlier, caller, line)
 
         reservation = await self.limiter.reserve(tool, evaluation.limits, grant=caller.agent, session=caller.session)
         if isinstance(reservation, Refusal):
@@ -203,6 +211,10 @@ class CallHandler:
             )
             await audit("call.limited", "limited", message, limit="pending")
             raise CallRefused(Tag.RATE_LIMITED, message) from exc
+        except AlreadyOpen as exc:
+            # An identical call parked it a moment before this one (the database keeps one open request per call).
+            await reservation.release()
+            return await self._repeat(await self.service.get(exc.request_id), caller, line)
         except Exception as exc:
             # Whatever failed, the call is not parked, so it is refused: fail closed.
             await reservation.release()
@@ -241,6 +253,29 @@ class CallHandler:
                 "the gateway cannot write its audit log now, and it runs no call it cannot record; the call was "
                 "not executed. Try again later",
             ) from exc
+
+    async def _repeat(self, earlier: RequestView, caller: Caller, line: ProgressLine) -> types.CallToolResult:
+        """A repeat of a call that has a request: wait on it while it is open, else get how it ended again."""
+        if not earlier.is_terminal:
+            return await self.held.reattach(earlier, caller, line, "repeated the call")
+        until = earlier.status_changed_at + timedelta(seconds=self.repeat_window)
+        note = (
+            f" (This is request {earlier.id} again: an identical call gets its outcome until {until:%H:%M:%S} UTC"
+            " instead of a new request.)"
+        )
+        message = f"repeated within {format_duration(self.repeat_window)} of its end: answered as {earlier.status}"
+        event = Event(
+            kind="call.repeated",
+            outcome="repeated",
+            message=message,
+            agent=caller.agent,
+            tool=earlier.tool,
+            upstream=earlier.upstream,
+            request_id=earlier.id,
+            arguments=earlier.arguments_json,
+        )
+        await self._audit(event)
+        return answer(earlier, note)
 
     async def _audit(self, event: Event) -> None:
         # Often runs after the call was forwarded: an audit failure must never turn a result the

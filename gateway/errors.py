@@ -26,6 +26,7 @@ class Tag(StrEnum):
     APPROVAL_DETACHED = "APPROVAL DETACHED"
     APPROVAL_UNAVAILABLE = "APPROVAL UNAVAILABLE"
     AUDIT_UNAVAILABLE = "AUDIT UNAVAILABLE"
+    OUTCOME_UNKNOWN = "OUTCOME UNKNOWN"
     UPSTREAM_UNAVAILABLE = "UPSTREAM UNAVAILABLE"
     UPSTREAM_TIMEOUT = "UPSTREAM TIMEOUT"
     UPSTREAM_ERROR = "UPSTREAM ERROR"
@@ -69,6 +70,10 @@ _MEANINGS: dict[Tag, str] = {
     Tag.AUDIT_UNAVAILABLE: (
         "the gateway cannot write its audit log, and it runs no call it cannot record; the call was not "
         "executed. Try again later."
+    ),
+    Tag.OUTCOME_UNKNOWN: (
+        "the approved call was being executed when the gateway stopped: it may or may not have run. Check its "
+        "effect (e.g. the order's status) before doing it again; repeating the identical call does not run it again."
     ),
     Tag.UPSTREAM_UNAVAILABLE: "the server behind the tool is not reachable now; the call was not executed.",
     Tag.UPSTREAM_TIMEOUT: "the server behind the tool did not answer in time; the outcome is unknown.",

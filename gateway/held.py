@@ -26,16 +26,19 @@ from anyio.abc import TaskGroup
 
 from approvals.audit import Event, canonical_json
 from approvals.durations import format_duration
-from approvals.errors import AlreadyDecided, ApprovalError, RequestNotFound, StoreUnavailable
+from approvals.errors import ApprovalError, RequestNotFound, StoreUnavailable
 from approvals.feed import Change
 from approvals.service import ApprovalService, arguments_digest
-from approvals.states import EndReason, Status
-from approvals.story import clock_time, describe, ending, who_decides
+from approvals.states import Status
+from approvals.story import clock_time, who_decides
 from approvals.views import RequestView
+from gateway import faults
 from gateway.caller import CONNECTION_CLOSED, Caller, Departure, ProgressLine, race_gone
+from gateway.config import DEFAULT_EXECUTION_LEASE
 from gateway.errors import CallRefused, Tag
+from gateway.execution import Executions
 from gateway.ratelimit import RateLimiter, Reservation
-from gateway.results import STATUS_TOOL, WAIT_TOOL, pending_result, status_result, stored_result, text_of
+from gateway.results import STATUS_TOOL, WAIT_TOOL, answer, pending_result, status_result
 from gateway.upstreams import Upstreams
 
 log = logging.getLogger(__name__)
@@ -63,12 +66,15 @@ class HeldCalls:
         agent_max_hold: dict[str, float] | None = None,
         default_max_hold: float = math.inf,
         vet: Callable[[RequestView], Awaitable[bool]] | None = None,
+        execution_lease: float = DEFAULT_EXECUTION_LEASE,
     ) -> None:
         self.service = service
         # Withdraws an approved request the policy in force refuses (True if it did), just before it would start.
         self.vet = vet
         self.upstreams = upstreams
         self.limiter = limiter
+        self.executions = Executions(service, lease=execution_lease)
+
         self.progress_interval = progress_interval
         self.inbox_url = inbox_url
         # Each agent's own bound (math.inf: "none", its client waits), and the bound of everyone else.
@@ -122,7 +128,7 @@ class HeldCalls:
                     assert isinstance(step, RequestView)
                     view = step
                 elif view.status == Status.APPROVED:
-                    ran = await self._execute(view, caller, progress)
+                    ran = await self._execute(view, caller, progress, deadline)
                     if isinstance(ran, tuple):
                         view, result = ran
                         return result
@@ -239,9 +245,13 @@ class HeldCalls:
     # ---- executing exactly once
 
     async def _execute(
-        self, view: RequestView, caller: Caller | None, progress: ProgressLine
+        self, view: RequestView, caller: Caller | None, progress: ProgressLine, deadline: float | None
     ) -> tuple[RequestView, types.CallToolResult] | RequestView:
-        """Start and forward the approved call; or, when someone else started it first, the request as it is now."""
+        """Start and forward the approved call; or, when someone else started it first, the request as it is now.
+
+        The execution is seen through in a task of its own: when the agent's wait ends first (its hold
+        limit), it gets the request as it is now (executing) and can wait again for the result.
+        """
         upstream = self.upstreams.get(view.upstream)
         if upstream is None or not upstream.ready:
             state = "is not configured any more" if upstream is None else "is not connected right now"
@@ -258,9 +268,9 @@ class HeldCalls:
             raise CallRefused(Tag.APPROVAL_DETACHED, _NOT_FORWARDED)
         started: RequestView | None = None
         try:
-            try:
-                started = await self.service.begin_execution(view.id, arguments_digest(view.arguments_json))
-            except AlreadyDecided:
+            faults.reached("before_begin")
+            started = await self.executions.begin(view, arguments_digest(view.arguments_json))
+            if started is None:
                 # Another waiter (a re-attached call, the wait tool, another replica) started or ended it first.
                 return await self.service.get(view.id)
             if caller is not None and caller.gone:
@@ -276,23 +286,15 @@ class HeldCalls:
                 if caller is not None:
                     await self._leave(view, caller)
             raise
-        # Once forwarded, see the call through and record its outcome even if the agent cancels meanwhile,
-        # so the request never stays `executing` with the upstream's answer lost. The call timeout bounds this.
-        with anyio.CancelScope(shield=True):
-            result = await upstream.call(view.upstream_tool, view.arguments, progress.relay)
-            summary = text_of(result, 200)
-            try:
-                started = await self.service.finish_execution(
-                    view.id,
-                    ok=not result.is_error,
-                    result=result.model_dump(mode="json", by_alias=True, exclude_none=True),
-                    error=summary if result.is_error else None,
-                    summary=summary or "executed",
-                )
-            except ApprovalError as exc:
-                # The upstream ran it: the agent gets the result regardless, or it would retry a call that ran.
-                log.error("executed %s but could not record its result: %s", view.id, exc)
-        return started, result
+        run = await self.executions.forward(started, upstream, progress)
+        try:
+            within = None if deadline is None else max(deadline - anyio.current_time(), 0.0)
+            outcome = await run.result(within)
+        finally:
+            run.progress = None  # whatever happens next, this agent is no longer listening
+        if outcome is not None:
+            return outcome
+        return started if not run.done.is_set() else await self.service.get(view.id)
 
     # ---- the agent leaving, and quota
 
@@ -349,6 +351,7 @@ class HeldCalls:
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:
             self._tasks = tg
+            tg.start_soon(self.executions.run)
             try:
                 for view in await self.service.list_requests(statuses={Status.APPROVED}, limit=10_000):
                     self._maybe_unattended(view)
@@ -428,22 +431,3 @@ class HeldCalls:
 
 class _LeftBeforeForwarding(Exception):
     """The agent left while the start was being recorded: never forward for nobody."""
-
-
-def answer(view: RequestView) -> types.CallToolResult:
-    """What the agent gets for a request that has ended."""
-    if view.damage:  # its record cannot be read: say so rather than guess what became of the call
-        raise CallRefused(Tag.APPROVAL_UNAVAILABLE, describe(view), {"approval_id": view.id})
-    if view.status in (Status.EXECUTED, Status.FAILED):
-        return stored_result(view)
-    tag = {
-        Status.REJECTED: Tag.APPROVAL_REJECTED,
-        Status.EXPIRED: Tag.APPROVAL_EXPIRED,
-        Status.CANCELLED: Tag.POLICY_DENIED
-        if view.ended_because == EndReason.POLICY_WITHDRAWN
-        else Tag.APPROVAL_CANCELLED,
-    }[view.status]
-    structured: dict[str, Any] = {"status": view.status.value, "approval_id": view.id}
-    if view.status == Status.REJECTED:
-        structured.update(decided_by=view.decided_by, reason=view.decision_reason)
-    raise CallRefused(tag, ending(view), structured)

@@ -9,10 +9,10 @@ from typing import Any
 import mcp_types as types
 
 from approvals.durations import format_duration
-from approvals.states import Status
-from approvals.story import describe
+from approvals.states import EndReason, Status
+from approvals.story import describe, ending
 from approvals.views import RequestView
-from gateway.errors import Tag
+from gateway.errors import CallRefused, Tag
 
 STATUS_TOOL = "countersign_approval_status"
 WAIT_TOOL = "countersign_approval_wait"
@@ -62,10 +62,35 @@ def pending_result(view: RequestView, *, wait_seconds: float | None) -> types.Ca
         f"{where} It expires at {view.expires_at:%Y-%m-%d %H:%M:%S} UTC. "
         f'To get the outcome, call {WAIT_TOOL} with {{"approval_id": "{view.id}"}} — it waits {wait} and '
         f"returns the tool's result once approved — or {STATUS_TOOL} to check without waiting. "
-        "Repeating this exact call also waits for the same request; it never creates a second one."
+        "Repeating this exact call joins this same request while it is open and, for a while after it ends, "
+        "gets its outcome again instead of asking anew."
     )
     structured = {"status": view.status.value, "approval_id": view.id, "expires_at": view.expires_at.isoformat()}
     return Tag.APPROVAL_PENDING.result(text, structured)
+
+
+# The tag an agent reads for a request that ended without a result of the upstream's.
+_ENDED: dict[Status, Tag] = {
+    Status.REJECTED: Tag.APPROVAL_REJECTED,
+    Status.EXPIRED: Tag.APPROVAL_EXPIRED,
+    Status.CANCELLED: Tag.APPROVAL_CANCELLED,
+    Status.OUTCOME_UNKNOWN: Tag.OUTCOME_UNKNOWN,
+}
+
+
+def answer(view: RequestView, note: str = "") -> types.CallToolResult:
+    """What the agent gets for a request that has ended: the stored result, or its ending under its tag."""
+    if view.damage:  # its record cannot be read: say so rather than guess what became of the call
+        raise CallRefused(Tag.APPROVAL_UNAVAILABLE, describe(view), {"approval_id": view.id})
+    if view.status in (Status.EXECUTED, Status.FAILED):
+        return stored_result(view)
+    structured: dict[str, Any] = {"status": view.status.value, "approval_id": view.id}
+    if view.status == Status.REJECTED:
+        structured.update(decided_by=view.decided_by, reason=view.decision_reason)
+    tag = _ENDED[view.status]
+    if view.ended_because == EndReason.POLICY_WITHDRAWN:
+        tag = Tag.POLICY_DENIED
+    raise CallRefused(tag, ending(view) + note, structured)
 
 
 def stored_result(view: RequestView) -> types.CallToolResult:
@@ -106,6 +131,7 @@ def status_result(view: RequestView) -> types.CallToolResult:
         Status.EXECUTED: "Its result is included.",
         Status.FAILED: "The error is included.",
         Status.REJECTED: "Do not retry it.",
+        Status.OUTCOME_UNKNOWN: "Check whether it took effect before doing it again; it is not retried.",
     }.get(view.status, "")
     text = f"Request {view.id} ({view.tool}) is {view.status.value}. {describe(view)} {next_step}".rstrip()
     return types.CallToolResult(content=[types.TextContent(type="text", text=text)], structured_content=info)
@@ -122,7 +148,8 @@ def gateway_tools() -> list[types.Tool]:
             title="Approval status",
             description=(
                 "Read what became of one of your tool calls that was held for human approval: pending, approved, "
-                "rejected (with who and why), expired, cancelled, executed (with the tool's result) or failed. "
+                "rejected (with who and why), expired, cancelled, executed (with the tool's result), failed, or "
+                "outcome_unknown (the gateway stopped while executing it: it may or may not have run). "
                 "Does not wait and does not run anything."
             ),
             input_schema={
@@ -139,8 +166,8 @@ def gateway_tools() -> list[types.Tool]:
             description=(
                 "Wait for a human to decide one of your held tool calls. If it is approved, the call is executed "
                 "(once) and the tool's real result is returned; if it was already executed, its stored result is "
-                "returned. If it is rejected or expires you are told so. If nobody decides within the wait, a "
-                "pending result comes back and you may call this tool again."
+                "returned. If it is rejected or expires you are told so. If nothing is settled within the wait (nobody "
+                "decided, or it is still executing), a pending result comes back and you may call this tool again."
             ),
             input_schema={
                 "type": "object",

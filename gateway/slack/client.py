@@ -13,7 +13,7 @@ import anyio
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from gateway.config import SlackSettings
+from gateway.config_channels import SlackSettings
 
 DEFAULT_API_URL = "https://slack.com/api/"
 MARKER_EVENT = "countersign_request"

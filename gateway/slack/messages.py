@@ -134,6 +134,7 @@ _HEADLINES: dict[Status, str] = {
     Status.REJECTED: ":x: *Rejected*",
     Status.EXPIRED: ":alarm_clock: *Expired*",
     Status.CANCELLED: ":no_entry_sign: *Cancelled*",
+    Status.OUTCOME_UNKNOWN: ":grey_question: *Approved — outcome unknown*",
 }
 
 

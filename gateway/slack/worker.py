@@ -22,7 +22,7 @@ from approvals.audit import Event
 from approvals.durations import format_duration
 from approvals.errors import ApprovalError
 from approvals.service import ApprovalService
-from gateway.config import SlackSettings
+from gateway.config_channels import SlackSettings
 from gateway.slack.client import SlackCallFailed
 
 log = logging.getLogger(__name__)

@@ -49,6 +49,8 @@ OUTCOMES: dict[str, str] = {
     "executing": "executing",
     "executed": "executed",
     "failed": "failed",
+    "outcome_unknown": "outcome unknown",
+    "repeated": "repeated call",
 }
 
 EXPORT_COLUMNS = (

@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from approvals.approvers import Approver, ApproverDirectory
-from gateway.config import WebSettings
+from gateway.config_channels import WebSettings
 from gateway.web.sessions import SessionCodec, SessionStore, credential_key
 
 __all__ = ["Authenticator", "Session", "SessionCodec", "SignInGuard", "SignInThrottle", "Viewer", "credential_key"]

@@ -18,7 +18,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from approvals.errors import RequestNotFound, StoreUnavailable
 from approvals.service import ApprovalService
 from approvals.states import Status
-from gateway.config import WebSettings
+from gateway.config_channels import WebSettings
 from gateway.web.auth import Authenticator, Viewer
 from gateway.web.templating import Templates
 

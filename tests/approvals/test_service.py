@@ -15,6 +15,7 @@ from approvals.audit import canonical_json
 from approvals.db import Database
 from approvals.errors import (
     AlreadyDecided,
+    AlreadyOpen,
     ApprovalError,
     ArgumentsChanged,
     InvalidDecision,
@@ -96,7 +97,10 @@ async def test_a_new_request_is_pending_with_canonical_arguments_their_hash_and_
     assert request.agent_waiting
     assert await env.service.get(request.id) == request
     assert await env.kinds(request.id) == ["request.created"]
-    assert (await env.service.create(new_request())).id != request.id
+    # The same call while this request is open is refused (the one open request per call); another call is new.
+    with pytest.raises(AlreadyOpen):
+        await env.service.create(new_request(arguments={"confirm": True, "orderId": 1001}))
+    assert (await env.service.create(new_request(arguments={"orderId": 1002, "confirm": True}))).id != request.id
 
 
 # ---- approve and quorum
@@ -489,7 +493,7 @@ async def test_an_approver_named_individually_may_decide_and_an_empty_list_admit
         await env.service.approve(named.id, ALICE, "web")
     assert (await env.service.approve(named.id, BOB, "web")).request.status == Status.APPROVED
 
-    anyone = await env.service.create(new_request(approvers=()))
+    anyone = await env.service.create(new_request(approvers=(), arguments={"orderId": 1002, "confirm": True}))
     outcome = await env.service.approve(anyone.id, CAROL, "api")
     assert outcome.request.status == Status.APPROVED
     assert outcome.request.decided_by == "carol"

@@ -326,7 +326,7 @@ def break_method(c: Core, name: str, *, after: int = 0) -> None:
     setattr(c.service, name, method)
 
 
-@pytest.mark.parametrize("method", ["find_open", "create"])
+@pytest.mark.parametrize("method", ["find_repeat", "create"])
 async def test_a_store_failure_before_a_call_is_parked_fails_closed_with_a_tag(tmp_path: Path, method: str) -> None:
     async with core(tmp_path) as c, c.agent() as agent:
         break_method(c, method)
@@ -357,8 +357,8 @@ async def test_a_store_failure_after_losing_the_start_to_someone_else_is_a_tagge
         await c.service.approve(approval_id, ALICE, "api")
         real_begin = c.service.begin_execution
 
-        async def lose_the_start(request_id: str, digest: str) -> RequestView:
-            await real_begin(request_id, digest)  # another replica wins the compare-and-set
+        async def lose_the_start(request_id: str, digest: str, **owner_and_lease: Any) -> RequestView:
+            await real_begin(request_id, digest, **owner_and_lease)  # another replica wins the compare-and-set
             break_method(c, "get")
             raise AlreadyDecided(request_id, "executing", "alice", None)
 

@@ -263,8 +263,8 @@ async def test_an_agent_whose_connection_drops_mid_wait_is_detached_and_nothing_
 # ---- (d) a restart with pending requests
 
 
-def restart_request(timeout_seconds: float) -> NewRequest:
-    return held_cancel(timeout_seconds=timeout_seconds)
+def restart_request(timeout_seconds: float, order: int = 1001) -> NewRequest:
+    return held_cancel(timeout_seconds=timeout_seconds, arguments={"orderId": order, "confirm": True})
 
 
 async def test_a_fresh_gateway_expires_overdue_requests_at_start_and_rearms_the_rest(
@@ -275,7 +275,7 @@ async def test_a_fresh_gateway_expires_overdue_requests_at_start_and_rearms_the_
         await db.create_schema()
         earlier = datetime.now(UTC) - timedelta(minutes=10)
         overdue = await ApprovalService(db, ApproverDirectory([]), clock=lambda: earlier).create(restart_request(60))
-        waiting = await ApprovalService(db, ApproverDirectory([])).create(restart_request(2.5))
+        waiting = await ApprovalService(db, ApproverDirectory([])).create(restart_request(2.5, order=1002))
     finally:
         await db.dispose()
 
@@ -663,14 +663,14 @@ async def test_an_agent_cancelling_as_its_approved_call_starts_lapses_the_approv
         real_begin = service.begin_execution
         entered, cancelled = anyio.Event(), anyio.Event()
 
-        async def slow_begin(request_id: str, arguments_sha256: str) -> RequestView:
+        async def slow_begin(request_id: str, arguments_sha256: str, **owner_and_lease: Any) -> RequestView:
             entered.set()
             try:
                 await anyio.Event().wait()
             except anyio.get_cancelled_exc_class():
                 cancelled.set()
                 raise
-            return await real_begin(request_id, arguments_sha256)
+            return await real_begin(request_id, arguments_sha256, **owner_and_lease)
 
         service.begin_execution = slow_begin  # type: ignore[method-assign]
         call_scope = anyio.CancelScope()

@@ -69,8 +69,9 @@ async def test_a_held_calls_quota_returns_when_the_other_gateway_rejects_it(tmp_
             response = await b.api().post(f"/api/approvals/{request['id']}/reject", json={"reason": "not now"})
             assert response.status_code == 200
         assert text(box["result"]).startswith("[APPROVAL REJECTED] Rejected by alice: not now.")
-        # The quota of one cancel an hour came back: the next cancel is held again, not rate limited.
-        async with held_call(a, "ibkr_cancel_order", CANCEL) as (again, box):
+        # The quota of one cancel an hour came back: the next cancel is held again, not rate limited. (Another
+        # order: the identical call would get its rejection again, within the repeat window.)
+        async with held_call(a, "ibkr_cancel_order", {**CANCEL, "orderId": 1002}) as (again, box):
             await b.api().post(f"/api/approvals/{again['id']}/reject", json={"reason": "still no"})
         assert text(box["result"]).startswith("[APPROVAL REJECTED] Rejected by alice: still no.")
     assert a.book.cancel_calls == 0

@@ -12,7 +12,8 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.cli import main
-from gateway.config import ConfigError, SlackSettings, parse_settings
+from gateway.config import ConfigError, parse_settings
+from gateway.config_channels import SlackSettings
 from tests.slack.fake_slack import APP_TOKEN, BOT_TOKEN, SIGNING_SECRET, FakeSlack
 from tests.slack.stack import BOB, cancel_policy
 

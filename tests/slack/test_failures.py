@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -162,7 +163,7 @@ async def test_on_start_pending_requests_that_never_reached_slack_are_posted(tmp
     earlier = ApprovalService(db, ApproverDirectory([]), clock=lambda: utcnow() - timedelta(minutes=1))
     new = NewRequest("paper", "ibkr_cancel_order", "ibkr_cancel_order", CANCEL, "alpha", "rule", "held", 900)
     stranded = await earlier.create(new)
-    decided = await earlier.create(new)
+    decided = await earlier.create(replace(new, arguments={**CANCEL, "orderId": 1002}))
     await earlier.withdraw(decided.id, "the agent went away")
     try:
         async with fake.serving(), anyio.create_task_group() as tg:

@@ -11,7 +11,8 @@ from argon2 import PasswordHasher
 from approvals.approvers import Approver, ApproverDirectory
 from approvals.db import Database
 from approvals.service import utcnow
-from gateway.config import ConfigError, WebSettings, parse_settings
+from gateway.config import ConfigError, parse_settings
+from gateway.config_channels import WebSettings
 from gateway.web.audit_views import QueryError, _spreadsheet_safe, parse_moment
 from gateway.web.auth import Authenticator, Session, SessionCodec, SignInThrottle, credential_key
 from gateway.web.pages import local_path

@@ -8,7 +8,7 @@
   PostgreSQL (SQLite, a single gateway, keeps them in memory; the table is there but unused).
 
 Revision ID: 0007
-Revises: 0002
+Revises: 0006
 """
 
 from __future__ import annotations

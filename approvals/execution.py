@@ -1,0 +1,161 @@
+"""Executing an approved call exactly once, and saying so when nobody can tell whether it ran.
+
+`begin_execution` is the compare-and-set (approved -> executing) that lets one caller forward the
+call; it records which gateway process won (`executing_by`) and a lease (`lease_until`). The
+winner renews the lease while it waits for the upstream (`renew_lease`) and ends the request with
+the upstream's answer (`finish_execution`).
+
+A process that dies in between (kill -9, a crash, the machine gone) stops renewing. A request
+whose lease has run out is ended by any process as `outcome_unknown` (`end_lapsed`): the upstream
+may or may not have run the call, so it is neither forwarded again nor reported as not executed.
+A lease rather than "on start-up, end whatever is executing": a replica that starts cannot tell
+its own dead predecessor from another replica that is alive and waiting on a slow upstream, but
+a live process keeps its lease fresh however slow the upstream is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import or_, select, update
+
+from approvals import audit
+from approvals.audit import canonical_json
+from approvals.errors import ArgumentsChanged
+from approvals.models import ApprovalRequest
+from approvals.reads import load
+from approvals.states import EndReason, Status
+from approvals.story import ending
+from approvals.transitions import Transitions, already, request_event
+from approvals.views import RequestView
+
+_requests = ApprovalRequest.__table__  # type: ignore[attr-defined]
+
+
+class ExecutionCases(Transitions):
+    async def begin_execution(
+        self, request_id: str, arguments_sha256: str, *, owner: str = "", lease: float = 60.0
+    ) -> RequestView:
+        """approved -> executing, only for exactly the approved arguments. Raises unless this caller won.
+
+        `owner` names the process (shown in the audit log); the lease runs `lease` seconds from now.
+        """
+        now = self.clock()
+        async with self._write() as conn:
+            current = await load(conn, request_id)
+            if current.arguments_sha256 != arguments_sha256 or current.damage:
+                raise ArgumentsChanged(f"request {request_id}: not the approved arguments, or unreadable ones")
+            moved = await self._cas(
+                conn,
+                current,
+                {Status.APPROVED},
+                Status.EXECUTING,
+                now,
+                executing_by=owner or None,
+                lease_until=now + timedelta(seconds=lease),
+            )
+            if moved is None:
+                raise already(current)
+            text = f"forwarding {current.upstream_tool} to upstream {current.upstream}"
+            detail = {"by": owner} if owner else {}
+            await audit.append(conn, request_event(moved, "request.executing", "executing", text, detail=detail), now)
+        return moved
+
+    async def renew_lease(self, request_id: str, owner: str, lease: float) -> bool:
+        """Keep this process's hold on an execution; False when it has lost it (the request moved on)."""
+        now = self.clock()
+        # No audit event: a renewal changes nothing anyone acts on, and would flood the change feed.
+        async with self.db.write() as conn:
+            renewed = await conn.execute(
+                update(_requests)
+                .where(
+                    _requests.c.id == request_id,
+                    _requests.c.status == Status.EXECUTING.value,
+                    _requests.c.executing_by == owner,
+                )
+                .values(lease_until=now + timedelta(seconds=lease))
+            )
+        return bool(renewed.rowcount == 1)
+
+    async def abandon_start(self, request_id: str, why: str) -> bool:
+        """executing -> approved: the start was recorded but nothing was forwarded. The approval stands."""
+        now = self.clock()
+        async with self._write() as conn:
+            current = await load(conn, request_id)
+            moved = await self._cas(conn, current, {Status.EXECUTING}, Status.APPROVED, now, agent_waiting=False)
+            if moved is None:
+                return False
+            await audit.append(conn, request_event(moved, "request.start_abandoned", "approved", why), now)
+        return True
+
+    async def finish_execution(
+        self, request_id: str, *, ok: bool, result: Mapping[str, Any] | None, error: str | None, summary: str
+    ) -> RequestView:
+        """executing -> executed or failed, with the upstream's answer.
+
+        If the request was ended as outcome unknown meanwhile (this process lost its lease: it stalled
+        longer than the lease), the end stands, and the late answer is written to the audit log.
+        """
+        now = self.clock()
+        new, because = (Status.EXECUTED, EndReason.EXECUTED) if ok else (Status.FAILED, EndReason.FAILED)
+        async with self._write() as conn:
+            current = await load(conn, request_id)
+            moved = await self._cas(
+                conn,
+                current,
+                {Status.EXECUTING},
+                new,
+                now,
+                result=None if result is None else canonical_json(dict(result)),
+                error=error,
+                ended_because=because.value,
+            )
+            detail = {"error": error} if error else {}
+            if moved is None:
+                if current.status == Status.OUTCOME_UNKNOWN:
+                    text = f"the upstream answered after the request was ended as outcome unknown: {summary}"
+                    late = request_event(current, "request.answered_late", new.value, text, detail=detail)
+                    await audit.append(conn, late, now)
+                raise already(current)
+            await audit.append(
+                conn, request_event(moved, f"request.{new.value}", new.value, summary, detail=detail), now
+            )
+        return moved
+
+    async def lapsed_executions(self) -> list[RequestView]:
+        """Requests executing whose lease has run out (or that have none): their process stopped."""
+        now = self.clock()
+        query = select(_requests).where(
+            _requests.c.status == Status.EXECUTING.value,
+            or_(_requests.c.lease_until.is_(None), _requests.c.lease_until < now),
+        )
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [RequestView.from_row(row) for row in rows]
+
+    async def end_lapsed(self, request_id: str) -> RequestView | None:
+        """executing -> outcome_unknown, if its lease has run out; the ended request, or None."""
+        now = self.clock()
+        async with self._write() as conn:
+            current = await load(conn, request_id)
+            lapsed = or_(_requests.c.lease_until.is_(None), _requests.c.lease_until < now)
+            moved = await self._cas(
+                conn,
+                current,
+                {Status.EXECUTING},
+                Status.OUTCOME_UNKNOWN,
+                now,
+                only_if=lapsed,
+                ended_because=EndReason.INTERRUPTED.value,
+                agent_waiting=False,
+            )
+            if moved is None:
+                return None
+            by = f" ({current.executing_by})" if current.executing_by else ""
+            detail = {"by": current.executing_by} if current.executing_by else {}
+            text = f"the gateway process executing it{by} stopped before recording the outcome. {ending(moved)}"
+            event = request_event(moved, "request.outcome_unknown", "outcome_unknown", text, detail=detail)
+            await audit.append(conn, event, now)
+        return moved
