@@ -26,21 +26,27 @@ from approvals.approvers import Approver, ApproverDirectory, may_decide
 from approvals.audit import Event, canonical_json
 from approvals.db import Database
 from approvals.errors import (
-    AlreadyDecided,
     ArgumentsChanged,
     InvalidDecision,
     InvalidTransition,
     NotAllowed,
 )
+from approvals.evidence import not_as_approved
 from approvals.feed import ChangeFeed
 from approvals.history import AuditHistory
 from approvals.models import ApprovalRequest, Decision
 from approvals.reads import RequestReads, approvals_of, load
+from approvals.request_events import already_decided as _already
+from approvals.request_events import bound_to as _bound_to
+from approvals.request_events import decision_event as _decision_event
+from approvals.request_events import refusal_event as _refusal
+from approvals.request_events import request_event as _event
 from approvals.states import END_REASONS, EndReason, Status, can_transition
-from approvals.story import describe, ending
+from approvals.story import ending
 from approvals.views import DecisionOutcome, NewRequest, RequestView
 
 log = logging.getLogger(__name__)
+# The event builders (approvals.request_events) go by short private names here, as they always have.
 
 Clock = Callable[[], datetime]
 _requests = ApprovalRequest.__table__  # type: ignore[attr-defined]
@@ -118,7 +124,12 @@ class ApprovalService(RequestReads):
                     "held",
                     f"held for approval: {new.reason}",
                     arguments=arguments_json,
-                    detail={"rule": new.rule, "expires_at": view.expires_at.isoformat(), "quorum": new.quorum},
+                    detail={
+                        "rule": new.rule,
+                        "expires_at": view.expires_at.isoformat(),
+                        "quorum": new.quorum,
+                        **_bound_to(view),
+                    },
                 ),
                 now,
             )
@@ -163,6 +174,7 @@ class ApprovalService(RequestReads):
         try:
             async with self._write() as conn:
                 decision = {"approver": approver.name, "channel": channel, "verdict": verdict, "reason": reason}
+                decision["policy_version"] = current.policy_version
                 await conn.execute(insert(_decisions).values(request_id=request_id, at=now, **decision))
                 approvals = await approvals_of(conn, request_id)
                 if verdict == "approve" and len(approvals) < current.quorum:
@@ -267,18 +279,34 @@ class ApprovalService(RequestReads):
         return True
 
     async def begin_execution(self, request_id: str, arguments_sha256: str) -> RequestView:
-        """approved -> executing, only for exactly the approved arguments. Raises unless this caller won."""
+        """approved -> executing, only for exactly what the audit chain says was approved. Raises unless this won.
+
+        `arguments_sha256` is the digest of the arguments the caller will forward. When the stored
+        request disagrees with the chain (`approvals.evidence`), it ends failed instead, never runs,
+        and ArgumentsChanged says why.
+        """
         now = self.clock()
         async with self._write() as conn:
             current = await load(conn, request_id)
-            if current.arguments_sha256 != arguments_sha256:
-                raise ArgumentsChanged(f"request {request_id}: the arguments differ from the approved ones")
-            moved = await self._cas(conn, current, {Status.APPROVED}, Status.EXECUTING, now)
-            if moved is None:
+            if current.status != Status.APPROVED:
                 raise _already(current)
-            text = f"forwarding {current.upstream_tool} to upstream {current.upstream}"
-            await audit.append(conn, _event(moved, "request.executing", "executing", text), now)
-        return moved
+            problem = await not_as_approved(conn, current, arguments_sha256)
+            if problem is None:
+                moved = await self._cas(conn, current, {Status.APPROVED}, Status.EXECUTING, now)
+                if moved is None:
+                    raise _already(current)
+                text = f"forwarding {current.upstream_tool} to upstream {current.upstream}"
+                event = _event(moved, "request.executing", "executing", text, detail=_bound_to(moved))
+                await audit.append(conn, event, now)
+                return moved
+            ended = {"error": problem, "ended_because": EndReason.NOT_AS_APPROVED.value, "agent_waiting": False}
+            refused = await self._cas(conn, current, {Status.APPROVED}, Status.FAILED, now, **ended)
+            if refused is None:
+                raise _already(current)
+            detail = {"error": problem, **_bound_to(current)}
+            await audit.append(conn, _event(refused, "request.failed", "failed", ending(refused), detail=detail), now)
+        log.error("refused to execute %s: %s", request_id, problem)
+        raise ArgumentsChanged(f"request {request_id} was not executed: {problem}")
 
     async def abandon_start(self, request_id: str, why: str) -> bool:
         """executing -> approved: the start was recorded but nothing was forwarded. The approval stands."""
@@ -288,7 +316,8 @@ class ApprovalService(RequestReads):
             moved = await self._cas(conn, current, {Status.EXECUTING}, Status.APPROVED, now, agent_waiting=False)
             if moved is None:
                 return False
-            await audit.append(conn, _event(moved, "request.start_abandoned", "approved", why), now)
+            window = {"pickup_until": moved.deadline.isoformat()}
+            await audit.append(conn, _event(moved, "request.start_abandoned", "approved", why, detail=window), now)
         return True
 
     async def finish_execution(
@@ -397,37 +426,3 @@ class ApprovalService(RequestReads):
 
 class _Lost(Exception):
     """Our compare-and-set lost to a concurrent writer."""
-
-
-def _already(view: RequestView) -> AlreadyDecided:
-    by = None if view.status == Status.CANCELLED else view.decided_by
-    because = None if view.ended_because is None else view.ended_because.value
-    return AlreadyDecided(
-        view.id, view.status.value, by, view.status_changed_at, ended_because=because, summary=describe(view)
-    )
-
-
-def _event(view: RequestView, kind: str, outcome: str, message: str, **extra: Any) -> Event:
-    """An audit event about one request (the request's entry in the change feed)."""
-    return Event(
-        kind=kind,
-        outcome=outcome,
-        message=message,
-        agent=view.agent,
-        tool=view.tool,
-        upstream=view.upstream,
-        request_id=view.id,
-        **extra,
-    )
-
-
-def _refusal(view: RequestView, approver: Approver, channel: str, verdict: str, why: str) -> Event:
-    text = f"{approver.name} tried to {verdict} through {channel}, refused: {why}"
-    return _event(view, "decision.refused", "refused", text, actor=approver.name, channel=channel)
-
-
-def _decision_event(
-    view: RequestView, approver: Approver, channel: str, outcome: str, reason: str | None, text: str
-) -> Event:
-    detail = {"reason": reason} if reason else {}
-    return _event(view, f"request.{outcome}", outcome, text, actor=approver.name, channel=channel, detail=detail)

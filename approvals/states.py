@@ -21,7 +21,9 @@ TRANSITIONS: Mapping[Status, frozenset[Status]] = {
     Status.PENDING: frozenset({Status.APPROVED, Status.REJECTED, Status.EXPIRED, Status.CANCELLED}),
     # An approved call is forwarded only for an agent that is still there to receive the result;
     # if the agent went away before execution began, the approval lapses instead of running blind.
-    Status.APPROVED: frozenset({Status.EXECUTING, Status.CANCELLED, Status.EXPIRED}),
+    # approved -> failed only when the stored request no longer matches what the audit chain recorded
+    # for it (its arguments, policy version or approval were changed in the database): never run.
+    Status.APPROVED: frozenset({Status.EXECUTING, Status.CANCELLED, Status.EXPIRED, Status.FAILED}),
     # executing -> approved only when the start is abandoned before anything was forwarded (the agent left
     # in between): the approval stands and the call can still be picked up, and it still runs at most once.
     Status.EXECUTING: frozenset({Status.EXECUTED, Status.FAILED, Status.APPROVED}),
@@ -44,12 +46,13 @@ class EndReason(StrEnum):
     TIMED_OUT = "timed_out"  # nobody decided before the request expired
     NOT_PICKED_UP = "not_picked_up"  # approved, but the agent never came back for it within the pick-up window
     WITHDRAWN = "withdrawn"  # the agent cancelled its call
+    NOT_AS_APPROVED = "not_as_approved"  # the stored request differs from what the audit chain says was approved
 
 
 # The end reasons each terminal state can have.
 END_REASONS: Mapping[Status, frozenset[EndReason]] = {
     Status.EXECUTED: frozenset({EndReason.EXECUTED}),
-    Status.FAILED: frozenset({EndReason.FAILED}),
+    Status.FAILED: frozenset({EndReason.FAILED, EndReason.NOT_AS_APPROVED}),
     Status.REJECTED: frozenset({EndReason.REJECTED}),
     Status.EXPIRED: frozenset({EndReason.TIMED_OUT, EndReason.NOT_PICKED_UP}),
     Status.CANCELLED: frozenset({EndReason.WITHDRAWN}),

@@ -34,6 +34,8 @@ class NewRequest:
     run_unattended: bool = False
     max_hold_seconds: float | None = None
     keep_on_cancel: bool = False
+    # The content hash of the policy that held the call: the approval is bound to it.
+    policy_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,7 @@ class RequestView:
     slack_ts: str | None
     slack_synced_seq: int | None
     reminded_at: datetime | None
+    policy_version: str | None
 
     @property
     def arguments(self) -> dict[str, Any]:

@@ -82,7 +82,8 @@ class CallHandler:
             raise CallRefused(Tag.INVALID_ARGUMENTS, invalid.message)
         if tool in (STATUS_TOOL, WAIT_TOOL):
             return await self.held.gateway_tool(caller, tool, arguments, line)
-        evaluation = self.policies.current.evaluate(tool, arguments, schema)
+        policy = self.policies.current
+        evaluation = policy.evaluate(tool, arguments, schema)
         route = self.upstreams.route(tool)
         upstream_name = route.upstream.name if route else None
         arguments_json = canonical_json(arguments)
@@ -96,7 +97,7 @@ class CallHandler:
                 tool=tool,
                 upstream=upstream_name,
                 arguments=arguments_json,
-                detail={"rule": evaluation.rule, **detail},
+                detail={"rule": evaluation.rule, "policy_version": policy.version, **detail},
             )
             await self._audit(event)
 
@@ -150,6 +151,7 @@ class CallHandler:
                     run_unattended=approval.run_unattended,
                     max_hold_seconds=self.held.request_bound(caller.agent, approval.max_hold_seconds),
                     keep_on_cancel=approval.keep_on_cancel,
+                    policy_version=policy.version,
                 )
             )
         except Exception as exc:

@@ -20,6 +20,8 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 from approvals.approvers import Approver, token_digest
 from approvals.database_url import parse_database_url
 from approvals.durations import parse_duration, parse_hold_bound
+from gateway.audit_settings import KEY_ENV as AUDIT_KEY_ENV
+from gateway.audit_settings import AuditSettings
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -271,6 +273,7 @@ class Settings(_Section):
     approvers: tuple[ApproverSettings, ...] = ()
     slack: SlackSettings = Field(default_factory=SlackSettings)
     web: WebSettings = Field(default_factory=WebSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
     source: str = Field(default="<settings>", exclude=True)
     base_dir: str = Field(default=".", exclude=True)
 
@@ -370,6 +373,9 @@ def parse_settings(
     web = expanded.setdefault("web", {})
     if isinstance(web, dict) and "session_secret" not in web and env.get("COUNTERSIGN_SESSION_SECRET"):
         web["session_secret"] = env["COUNTERSIGN_SESSION_SECRET"]
+    audit = expanded.setdefault("audit", {})
+    if isinstance(audit, dict) and "key" not in audit and env.get(AUDIT_KEY_ENV):
+        audit["key"] = env[AUDIT_KEY_ENV]
     try:
         return Settings.model_validate({**expanded, "source": source, "base_dir": base_dir})
     except ValidationError as exc:

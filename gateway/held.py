@@ -25,7 +25,7 @@ from anyio.abc import TaskGroup
 
 from approvals.audit import Event, canonical_json
 from approvals.durations import format_duration
-from approvals.errors import AlreadyDecided, ApprovalError, RequestNotFound, StoreUnavailable
+from approvals.errors import AlreadyDecided, ApprovalError, ArgumentsChanged, RequestNotFound, StoreUnavailable
 from approvals.feed import Change
 from approvals.service import ApprovalService, arguments_digest
 from approvals.states import Status
@@ -253,8 +253,9 @@ class HeldCalls:
         try:
             try:
                 started = await self.service.begin_execution(view.id, arguments_digest(view.arguments_json))
-            except AlreadyDecided:
-                # Another waiter (a re-attached call, the wait tool, another replica) started or ended it first.
+            except (AlreadyDecided, ArgumentsChanged):
+                # Another waiter (a re-attached call, the wait tool, another replica) started or ended it first;
+                # or the stored request is not what the audit chain says was approved, and it ended failed.
                 return await self.service.get(view.id)
             if caller is not None and caller.gone:
                 raise _LeftBeforeForwarding()

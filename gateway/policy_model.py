@@ -173,6 +173,7 @@ class Policy:
     hide: tuple[str, ...]
     tools: Mapping[str, ToolPolicy]
     all_tools: ToolPolicy
+    version: str
 
     def __init__(
         self,
@@ -182,8 +183,11 @@ class Policy:
         hide: Sequence[str] = (),
         tools: Mapping[str, ToolPolicy] | None = None,
         all_tools: ToolPolicy | None = None,
+        version: str = "",
     ) -> None:
         self.source = source
+        # The content hash of the document: every request and policy decision records it.
+        self.version = version
         self.default = default
         self.hide = tuple(hide)
         self.tools = MappingProxyType(dict(tools or {}))

@@ -9,7 +9,7 @@ from typing import Any
 import mcp_types as types
 
 from approvals.durations import format_duration
-from approvals.states import Status
+from approvals.states import EndReason, Status
 from approvals.story import describe
 from approvals.views import RequestView
 from gateway.errors import Tag
@@ -70,6 +70,9 @@ def pending_result(view: RequestView, *, wait_seconds: float | None) -> types.Ca
 
 def stored_result(view: RequestView) -> types.CallToolResult:
     """The upstream's result of an executed (or failed) request, exactly as it was recorded."""
+    if view.ended_because == EndReason.NOT_AS_APPROVED:
+        # Nothing was forwarded: the gateway refused, the upstream never saw it.
+        return Tag.GATEWAY_ERROR.result(describe(view), {"status": view.status.value, "approval_id": view.id})
     if view.result_json is None:
         return Tag.UPSTREAM_ERROR.result(
             f"request {view.id}: {view.error or 'no result was recorded'}",
