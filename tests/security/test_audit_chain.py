@@ -198,6 +198,9 @@ async def test_an_edited_decision_does_not_verify(tmp_path: Path, database_url: 
         # Someone else takes the credit (or the blame): the decision row now names bob.
         await sql(database_url, "UPDATE approval_decision SET approver = 'bob'")
         code, output = await verify(h)
+        # The approver API's check says the same.
+        checked = await h.api().get("/api/audit/verify")
+        assert checked.status_code == 409 and checked.json()["tables"] is True, checked.text
 
     assert code == 1, output
     assert f"decision #1 (bob approve on {request['id']} via api) matches no decision event in the chain" in output
