@@ -316,3 +316,38 @@ async def test_the_gateway_refuses_to_start_on_a_rolled_back_audit_log_unless_to
     assert code == 0 and "3 events verified" in output, output
     # And from now on it starts as usual.
     await _serve_once(config, port)
+
+
+async def test_a_keyed_log_is_neither_verified_nor_extended_without_its_key(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running_gateway(tmp_path, database_url) as h:
+        await traffic(h, 2)
+        key_file = audit_files(h.settings).key_file
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    with bound_socket() as sock:
+        config = _config(tmp_path, database_url, sock.getsockname()[1])
+
+    # Another key (a replica configured apart, or a forger's own) is refused before anything is written.
+    monkeypatch.setenv("COUNTERSIGN_AUDIT_KEY", "a-different-key-of-at-least-32-characters")
+    code, output = await countersign("serve", "--config", str(config))
+    assert code == 2, output
+    assert "the newest audit event (#5) was not written with the audit key from [audit] key or" in output
+    code, output = await countersign("audit", "verify", "--config", str(config))
+    assert code == 1 and "do not match its MAC" in output, output
+
+    # No key at all: the key file is gone.
+    monkeypatch.delenv("COUNTERSIGN_AUDIT_KEY")
+    key = key_file.read_bytes()
+    key_file.unlink()
+    code, output = await countersign("serve", "--config", str(config))
+    assert code == 2, output
+    assert "the audit log is keyed, but no audit key is configured" in output and str(key_file) in output
+    assert not key_file.exists(), "no new key is made up for a log that is keyed already"
+    code, output = await countersign("audit", "verify", "--config", str(config))
+    assert code == 2, output
+    assert "the audit chain is keyed from event #1 on and no audit key was given" in output
+
+    key_file.write_bytes(key)
+    code, output = await countersign("audit", "verify", "--config", str(config))
+    assert code == 0 and "5 events verified" in output, output
