@@ -2,11 +2,13 @@
 
 The chain's events are keyed (approvals.audit): the key comes from `[audit] key` (or
 COUNTERSIGN_AUDIT_KEY), else from a key file, generated with 0600 permissions on a first start
-so the demo needs no set-up. A gateway also keeps the newest head it has seen in a small state
-file outside the database; on start it refuses a database whose chain does not hold that head
-(emptied, replaced or restored from an older backup) unless told to accept it, which is audited.
-The head is written to the log at start, at stop and every `head_interval`, so it can be kept
-elsewhere and given to `countersign audit verify --expect-head`.
+beside an SQLite database (so the demo needs no set-up) or where `[audit] key_file` says; a
+shared database (PostgreSQL) needs one of them configured, since replicas must share the key.
+A gateway also keeps the newest head it has seen in a small state file outside the database;
+on start it refuses a database whose chain does not hold that head (emptied, replaced or
+restored from an older backup) unless told to accept it, which is audited. The head is written
+to the log at start, at stop and every `head_interval`, so it can be kept elsewhere and given
+to `countersign audit verify --expect-head`.
 """
 
 from __future__ import annotations
@@ -152,6 +154,13 @@ async def open_chain(
             raise AuditStartRefused(
                 f"the audit log is keyed, but no audit key is configured ([audit] key or {KEY_ENV}) and the key "
                 f"file {files.key_file} does not exist: restore the key file or configure the key"
+            )
+        if parse_database_url(settings.database_url).sqlite_file is None and not settings.audit.key_file:
+            # Replicas of a shared database would each make up a key of their own: the chain needs one.
+            raise AuditStartRefused(
+                f"no audit key is configured: with a shared database every replica must use the same key. Set "
+                f"[audit] key (or {KEY_ENV}) to a secret of at least {MIN_KEY_LENGTH} characters, or [audit] "
+                "key_file to a file the replicas share (generated there if it does not exist)"
             )
         key, source = _generate_key(files.key_file), f"the key file {files.key_file}"
     if newest_row is not None and newest_row["keyed"] and not audit.authentic(newest_row, key):

@@ -36,7 +36,7 @@ from tests.harness import ALICE_TOKEN, Harness, bound_socket, held_call, running
 EVENTS = AuditEvent.__table__  # type: ignore[attr-defined]
 CANCEL_1001 = {"orderId": 1001, "confirm": True}
 # The head goes to the log and the state file every 15 minutes by default; here, at once.
-PUBLISH_OFTEN = {"audit": {"head_interval": "0.1s"}}
+PUBLISH_OFTEN = {"audit": {"key_file": "countersign.audit-key", "head_interval": "0.1s"}}
 Rows = list[dict[str, Any]]
 
 
@@ -255,6 +255,7 @@ def _config(tmp_path: Path, database_url: str, port: int) -> Path:
     config = tmp_path / "countersign.toml"
     config.write_text(
         f'[server]\ndatabase_url = "{database_url}"\nport = {port}\n\n[policy]\nfile = "policy.json"\nwatch = false\n'
+        '\n[audit]\nkey_file = "countersign.audit-key"\n'
     )
     return config
 
@@ -351,3 +352,19 @@ async def test_a_keyed_log_is_neither_verified_nor_extended_without_its_key(
     key_file.write_bytes(key)
     code, output = await countersign("audit", "verify", "--config", str(config))
     assert code == 0 and "5 events verified" in output, output
+
+
+async def test_a_shared_database_does_not_start_without_a_key_its_replicas_share(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    # Each replica making up a key of its own would write one chain under several keys.
+    config = tmp_path / "countersign.toml"
+    (tmp_path / "policy.json").write_text('{"version": "1", "default": "deny"}')
+    config.write_text(f'[server]\ndatabase_url = "{postgres_url}"\n\n[policy]\nfile = "policy.json"\n')
+
+    code, output = await countersign("serve", "--config", str(config))
+
+    assert code == 2, output
+    assert "no audit key is configured: with a shared database every replica must use the same key" in output
+    assert "[audit] key (or COUNTERSIGN_AUDIT_KEY)" in output
+    assert not (tmp_path / "countersign.audit-key").exists()
