@@ -1,10 +1,17 @@
-"""The hash-chained audit log: appending inside a write transaction, and verifying the chain."""
+"""The hash-chained audit log: appending inside a write transaction, and verifying the chain.
+
+Each event's hash covers its contents and the previous event's hash. Events are keyed: the hash
+is an HMAC-SHA256 under the audit key, so someone who can write to the database but does not
+hold the key can neither edit an event nor rehash the chain after it. Events written before the
+chain was keyed (an older version) keep their plain SHA-256 and verify as they always did.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -12,10 +19,18 @@ from typing import Any
 from sqlalchemy import func, insert, inspect, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from approvals.errors import ApprovalError
 from approvals.models import AuditEvent
 
 GENESIS = "0" * 64
+# Where `Database.write()` puts the audit key on the connection, so every append is keyed by whoever
+# writes: no writer can forget the key, and one without it cannot extend a keyed chain.
+CHAIN_KEY = "countersign.audit_key"
 _table = AuditEvent.__table__  # type: ignore[attr-defined]
+
+
+class ChainKeyMissing(ApprovalError):
+    """The chain is keyed and there is no key to check or extend it with."""
 
 
 def canonical_json(value: Any) -> str:
@@ -45,7 +60,7 @@ class Event:
     detail: Mapping[str, Any] = field(default_factory=dict)
 
 
-def _row_digest(row: Mapping[Any, Any]) -> str:
+def _material(row: Mapping[Any, Any]) -> bytes:
     material = {
         "seq": row["seq"],
         "at": as_utc(row["at"]).isoformat(timespec="microseconds"),
@@ -62,12 +77,38 @@ def _row_digest(row: Mapping[Any, Any]) -> str:
         "detail": row["detail"],
         "prev_hash": row["prev_hash"],
     }
-    return hashlib.sha256(canonical_json(material).encode()).hexdigest()
+    if row.get("keyed"):
+        # Part of what the MAC covers, so a keyed row cannot be passed off as an unkeyed one.
+        material["keyed"] = True
+    return canonical_json(material).encode()
+
+
+def row_digest(row: Mapping[Any, Any], key: bytes | None) -> str:
+    """The hash a row must carry: HMAC-SHA256 under `key` for a keyed row, plain SHA-256 for one made before."""
+    if row.get("keyed"):
+        if key is None:
+            raise ChainKeyMissing("this audit event is keyed and no audit key was given")
+        return hmac.new(key, _material(row), hashlib.sha256).hexdigest()
+    return hashlib.sha256(_material(row)).hexdigest()
+
+
+def authentic(row: Mapping[Any, Any], key: bytes | None) -> bool:
+    """Whether the row's contents match its own hash (its place in the chain is `verify`'s business)."""
+    try:
+        return hmac.compare_digest(row_digest(row, key), row["hash"])
+    except ChainKeyMissing:
+        return False
 
 
 async def append(conn: AsyncConnection, event: Event, at: datetime) -> int:
-    """Append one event. Must run inside `Database.write()`, which serialises appends."""
-    last = (await conn.execute(select(_table.c.seq, _table.c.hash).order_by(_table.c.seq.desc()).limit(1))).first()
+    """Append one event. Must run inside `Database.write()`, which serialises appends and supplies the key."""
+    key: bytes | None = conn.info.get(CHAIN_KEY)
+    last = (
+        await conn.execute(select(_table.c.seq, _table.c.hash, _table.c.keyed).order_by(_table.c.seq.desc()).limit(1))
+    ).first()
+    if last is not None and last.keyed and key is None:
+        # An unkeyed row after keyed ones would read as a forgery; refuse rather than break the chain.
+        raise ChainKeyMissing("the audit chain is keyed and this process has no audit key: nothing was written")
     seq = 1 if last is None else last.seq + 1
     row: dict[str, Any] = {
         "seq": seq,
@@ -84,10 +125,34 @@ async def append(conn: AsyncConnection, event: Event, at: datetime) -> int:
         "arguments": event.arguments,
         "detail": canonical_json(dict(event.detail)),
         "prev_hash": GENESIS if last is None else last.hash,
+        "keyed": key is not None,
     }
-    row["hash"] = _row_digest(row)
+    row["hash"] = row_digest(row, key)
     await conn.execute(insert(_table).values(**row))
     return seq
+
+
+@dataclass(frozen=True)
+class Head:
+    """The newest event of a chain: what to keep outside the database to detect a truncation or a rollback."""
+
+    seq: int
+    hash: str
+
+    def __str__(self) -> str:
+        return f"#{self.seq} {self.hash}"
+
+    @classmethod
+    def parse(cls, text: str) -> tuple[int | None, str]:
+        """`HASH`, `SEQ:HASH` or `#SEQ HASH` (as `verify` prints it): the sequence number (None: any) and hash."""
+        cleaned = text.strip().lstrip("#").replace(" ", ":")
+        seq_text, _, digest = cleaned.rpartition(":")
+        digest = digest.lower()
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise ValueError(f"expected a head hash of 64 hexadecimal digits (optionally SEQ:HASH), not {text!r}")
+        if seq_text and not seq_text.isdigit():
+            raise ValueError(f"expected the head as SEQ:HASH with a whole number SEQ, not {text!r}")
+        return (int(seq_text) if seq_text else None), digest
 
 
 @dataclass(frozen=True)
@@ -97,14 +162,32 @@ class ChainReport:
     first_broken_seq: int | None = None
     problem: str | None = None
     head_hash: str | None = None
+    head_seq: int | None = None
+    # The first keyed event (None: none is); events before it are checked by their plain SHA-256 only.
+    keyed_from: int | None = None
+    # The chain holds keyed events and no key was given: nothing after them could be checked.
+    key_missing: bool = False
+    # The chain holds, but the request or decision tables disagree with it (`approvals.evidence`).
+    tables: bool = False
 
     def describe(self) -> str:
-        if self.ok:
-            head = f", head {self.head_hash}" if self.head_hash else ""
-            return f"audit chain intact: {self.checked} events verified{head}"
-        return (
-            f"audit chain BROKEN at event #{self.first_broken_seq}: {self.problem} ({self.checked} verified before it)"
-        )
+        if self.tables:
+            return f"audit log BROKEN: {self.problem} (the chain's {self.checked} events verify; the tables do not)"
+        if not self.ok:
+            where = f" at event #{self.first_broken_seq}" if self.first_broken_seq is not None else ""
+            return f"audit chain BROKEN{where}: {self.problem} ({self.checked} verified before it)"
+        if self.head_seq is None:
+            return "audit chain intact: 0 events"
+        text = f"audit chain intact: {self.checked} events verified, head #{self.head_seq} {self.head_hash}"
+        if self.keyed_from is None:
+            return text + "; no event is keyed (checked by plain SHA-256 only)"
+        if self.keyed_from > 1:
+            return text + f"; events #1-#{self.keyed_from - 1} predate the audit key (checked by plain SHA-256)"
+        return text
+
+
+def broken(checked: int, seq: int | None, problem: str, **extra: Any) -> ChainReport:
+    return ChainReport(False, checked, seq, problem, **extra)
 
 
 async def _rows(conn: AsyncConnection, batch: int = 2000) -> AsyncIterator[Mapping[Any, Any]]:
@@ -119,29 +202,84 @@ async def _rows(conn: AsyncConnection, batch: int = 2000) -> AsyncIterator[Mappi
         after = rows[-1]["seq"]
 
 
-async def verify(conn: AsyncConnection) -> ChainReport:
-    """Walk the chain from the first event and report the first link that does not hold."""
+async def verify(
+    conn: AsyncConnection,
+    key: bytes | None,
+    *,
+    expect: tuple[int | None, str] | None = None,
+    each: Callable[[Mapping[Any, Any]], None] | None = None,
+) -> ChainReport:
+    """Walk the chain from the first event and report the first link that does not hold.
+
+    With `key`, every event from the first keyed one on must carry a valid MAC, and a chain with
+    events but none keyed is broken (rewritten without the key, or never written by a gateway
+    holding it). `expect` is a head seen earlier, (seq or None, hash): it must still be in the
+    chain, or events were removed from its end. `each` sees every row that verified.
+    """
     expected_prev = GENESIS
     expected_seq = 1
     checked = 0
+    keyed_from: int | None = None
+    found_expected = expect is None
     async for row in _rows(conn):
-        if row["seq"] != expected_seq:
-            return ChainReport(
-                False,
-                checked,
-                expected_seq,
-                f"event #{expected_seq} is missing (next present is #{row['seq']})",
-            )
+        seq = row["seq"]
+        if seq != expected_seq:
+            return broken(checked, expected_seq, f"event #{expected_seq} is missing (next present is #{seq})")
         if row["prev_hash"] != expected_prev:
-            return ChainReport(
-                False, checked, row["seq"], "its prev_hash does not match the hash of the event before it"
+            return broken(checked, seq, "its prev_hash does not match the hash of the event before it")
+        if row["keyed"]:
+            if key is None:
+                problem = "it is keyed (HMAC) and no audit key was given; give the key to check the rest"
+                return broken(checked, seq, problem, key_missing=True)
+            keyed_from = keyed_from or seq
+        elif keyed_from is not None:
+            return broken(checked, seq, f"it is not keyed, but the chain is keyed from event #{keyed_from}")
+        if not authentic(row, key):
+            what = (
+                "its contents do not match its MAC (the row was altered, or the audit key is not the one it was "
+                "written with)"
+                if row["keyed"]
+                else "its contents do not match its hash (the row was altered)"
             )
-        if _row_digest(row) != row["hash"]:
-            return ChainReport(False, checked, row["seq"], "its contents do not match its hash (the row was altered)")
+            return broken(checked, seq, what)
+        if expect is not None and row["hash"] == expect[1] and expect[0] in (None, seq):
+            found_expected = True
+        if each is not None:
+            each(row)
         expected_prev = row["hash"]
         expected_seq += 1
         checked += 1
-    return ChainReport(True, checked, head_hash=None if checked == 0 else expected_prev)
+    head = None if checked == 0 else Head(expected_seq - 1, expected_prev)
+    if key is not None and head is not None and keyed_from is None:
+        problem = (
+            "no event is keyed with the audit key: the log was rewritten without the key, or never written with it"
+        )
+        return broken(checked, None, problem)
+    if not found_expected:
+        assert expect is not None
+        where = f"#{expect[0]} " if expect[0] is not None else ""
+        ends = f"#{head.seq}" if head else "nothing (it is empty)"
+        problem = (
+            f"the expected head {where}{expect[1]} is not in the chain, which ends at {ends}: "
+            "events were removed from its end, or it was rewritten"
+        )
+        return broken(checked, None, problem)
+    return ChainReport(
+        True,
+        checked,
+        head_hash=None if head is None else head.hash,
+        head_seq=None if head is None else head.seq,
+        keyed_from=keyed_from,
+    )
+
+
+async def head(conn: AsyncConnection) -> Head | None:
+    row = (await conn.execute(select(_table.c.seq, _table.c.hash).order_by(_table.c.seq.desc()).limit(1))).first()
+    return None if row is None else Head(row.seq, row.hash)
+
+
+async def event_at(conn: AsyncConnection, seq: int) -> Mapping[Any, Any] | None:
+    return (await conn.execute(select(_table).where(_table.c.seq == seq))).mappings().first()
 
 
 async def exists(conn: AsyncConnection) -> bool:

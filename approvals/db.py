@@ -1,9 +1,10 @@
 """The database: an async engine for SQLite (default) or PostgreSQL, serialised write transactions, the schema.
 
-Every write also appends to the hash-chained audit log, and a chain only stays a chain when
-appends are serialised. PostgreSQL takes a transaction-scoped advisory lock (good across
-replicas); SQLite takes its write lock up front with BEGIN IMMEDIATE, and an in-process lock
-keeps this process's writers from queueing inside SQLite's busy handler.
+Every write also appends to the hash-chained audit log, keyed with the database's audit key,
+and a chain only stays a chain when appends are serialised. PostgreSQL takes a
+transaction-scoped advisory lock (good across replicas); SQLite takes its write lock up front
+with BEGIN IMMEDIATE, and an in-process lock keeps this process's writers from queueing inside
+SQLite's busy handler.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import NullPool
 
 from approvals import migrations
+from approvals.audit import CHAIN_KEY
 from approvals.database_url import parse_database_url
 from approvals.db_file import SqliteFile
 from approvals.errors import StoreUnavailable
@@ -36,9 +38,11 @@ def normalise_url(url: str) -> str:
 
 
 class Database:
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(self, url: str, *, echo: bool = False, audit_key: bytes | None = None) -> None:
         parsed = parse_database_url(url)
         self.url = parsed.url
+        # The key every audit event written through `write()` is keyed with (None: unkeyed, as before 0004).
+        self.audit_key = audit_key
         self.is_sqlite = parsed.is_sqlite
         self._write_lock = anyio.Lock()
         self.file: SqliteFile | None = None
@@ -135,6 +139,7 @@ class Database:
                     async with conn.begin():
                         if not self.is_sqlite:
                             await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _AUDIT_LOCK_KEY})
+                        conn.info[CHAIN_KEY] = self.audit_key
                         yield conn
                 finally:
                     await conn.close()

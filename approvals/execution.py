@@ -15,6 +15,7 @@ a live process keeps its lease fresh however slow the upstream is.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
@@ -24,13 +25,16 @@ from sqlalchemy import or_, select, update
 from approvals import audit
 from approvals.audit import canonical_json
 from approvals.errors import ArgumentsChanged
+from approvals.evidence import not_as_approved
 from approvals.models import ApprovalRequest
 from approvals.reads import load
+from approvals.request_events import bound_to
 from approvals.states import EndReason, Status
 from approvals.story import ending
 from approvals.transitions import Transitions, already, request_event
 from approvals.views import RequestView
 
+log = logging.getLogger(__name__)
 _requests = ApprovalRequest.__table__  # type: ignore[attr-defined]
 
 
@@ -38,30 +42,56 @@ class ExecutionCases(Transitions):
     async def begin_execution(
         self, request_id: str, arguments_sha256: str, *, owner: str = "", lease: float = 60.0
     ) -> RequestView:
-        """approved -> executing, only for exactly the approved arguments. Raises unless this caller won.
+        """approved -> executing, only for exactly what the audit chain says was approved. Raises unless this won.
 
-        `owner` names the process (shown in the audit log); the lease runs `lease` seconds from now.
+        `arguments_sha256` is the digest of the arguments the caller will forward. When the stored
+        request disagrees with the chain (`approvals.evidence`), it ends failed instead, never runs,
+        and ArgumentsChanged says why. `owner` names the process (shown in the audit log); the lease
+        runs `lease` seconds from now.
         """
         now = self.clock()
         async with self._write() as conn:
             current = await load(conn, request_id)
-            if current.arguments_sha256 != arguments_sha256 or current.damage:
-                raise ArgumentsChanged(f"request {request_id}: not the approved arguments, or unreadable ones")
-            moved = await self._cas(
+            if current.status != Status.APPROVED:
+                raise already(current)
+            problem = "its stored record cannot be read" if current.damage else None
+            problem = problem or await not_as_approved(conn, current, arguments_sha256)
+            if problem is None:
+                moved = await self._cas(
+                    conn,
+                    current,
+                    {Status.APPROVED},
+                    Status.EXECUTING,
+                    now,
+                    executing_by=owner or None,
+                    lease_until=now + timedelta(seconds=lease),
+                )
+                if moved is None:
+                    raise already(current)
+                text = f"forwarding {current.upstream_tool} to upstream {current.upstream}"
+                detail = {**bound_to(moved), **({"by": owner} if owner else {})}
+                await audit.append(
+                    conn, request_event(moved, "request.executing", "executing", text, detail=detail), now
+                )
+                return moved
+            refused = await self._cas(
                 conn,
                 current,
                 {Status.APPROVED},
-                Status.EXECUTING,
+                Status.FAILED,
                 now,
-                executing_by=owner or None,
-                lease_until=now + timedelta(seconds=lease),
+                error=problem,
+                ended_because=EndReason.NOT_AS_APPROVED.value,
+                agent_waiting=False,
             )
-            if moved is None:
+            if refused is None:
                 raise already(current)
-            text = f"forwarding {current.upstream_tool} to upstream {current.upstream}"
-            detail = {"by": owner} if owner else {}
-            await audit.append(conn, request_event(moved, "request.executing", "executing", text, detail=detail), now)
-        return moved
+            detail = {"error": problem, **bound_to(current)}
+            await audit.append(
+                conn, request_event(refused, "request.failed", "failed", ending(refused), detail=detail), now
+            )
+        log.error("refused to execute %s: %s", request_id, problem)
+        raise ArgumentsChanged(f"request {request_id} was not executed: {problem}")
 
     async def renew_lease(self, request_id: str, owner: str, lease: float) -> bool:
         """Keep this process's hold on an execution; False when it has lost it (the request moved on)."""
@@ -87,7 +117,9 @@ class ExecutionCases(Transitions):
             moved = await self._cas(conn, current, {Status.EXECUTING}, Status.APPROVED, now, agent_waiting=False)
             if moved is None:
                 return False
-            await audit.append(conn, request_event(moved, "request.start_abandoned", "approved", why), now)
+            window = {"pickup_until": moved.deadline.isoformat()}
+            event = request_event(moved, "request.start_abandoned", "approved", why, detail=window)
+            await audit.append(conn, event, now)
         return True
 
     async def finish_execution(

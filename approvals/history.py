@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 
 from approvals import audit
 from approvals.db import Database
+from approvals.evidence import verify_log
 from approvals.models import AuditEvent
 from approvals.views import AuditEventView
 
@@ -27,9 +28,10 @@ class AuditHistory:
             rows = (await conn.execute(query.order_by(_events.c.seq.desc()).limit(limit))).mappings().all()
         return [AuditEventView.from_row(r) for r in reversed(rows)]
 
-    async def verify(self) -> audit.ChainReport:
+    async def verify(self, *, expect: tuple[int | None, str] | None = None) -> audit.ChainReport:
+        """The chain checked under the database's audit key, and the tables held against it."""
         async with self.db.read() as conn:
-            return await audit.verify(conn)
+            return await verify_log(conn, self.db.audit_key, expect=expect)
 
     async def search_events(
         self,

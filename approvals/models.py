@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Column, DateTime, Index, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, Column, DateTime, Index, Text, UniqueConstraint, false
 from sqlmodel import Field, SQLModel
 
 
@@ -62,6 +62,8 @@ class ApprovalRequest(SQLModel, table=True):
     # it waits for the upstream, so a request whose lease ran out was left behind by a process that died.
     executing_by: str | None = Field(default=None, max_length=200)
     lease_until: datetime | None = _ts(nullable=True)
+    # The content hash of the policy that held the call (None: made before policies were versioned).
+    policy_version: str | None = Field(default=None, max_length=64)
 
 
 class Decision(SQLModel, table=True):
@@ -75,10 +77,16 @@ class Decision(SQLModel, table=True):
     verdict: str  # approve | reject
     reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     at: datetime = _ts()
+    # The version of the policy under which the request was held: what this decision was made under.
+    policy_version: str | None = Field(default=None, max_length=64)
 
 
 class AuditEvent(SQLModel, table=True):
-    """One append-only row per call and per transition. `hash` covers the row and `prev_hash`."""
+    """One append-only row per call and per transition. `hash` covers the row and `prev_hash`.
+
+    `keyed` rows are hashed with HMAC-SHA256 under the audit key, so only a holder of the key can
+    rewrite them; rows written before the chain was keyed keep their plain SHA-256.
+    """
 
     __tablename__ = "audit_event"
     # The audit page filters on one of these columns and pages by `seq`, newest first: an index on
@@ -107,6 +115,7 @@ class AuditEvent(SQLModel, table=True):
     detail: str = Field(sa_column=Column(Text, nullable=False))
     prev_hash: str = Field(max_length=64)
     hash: str = Field(max_length=64)
+    keyed: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, server_default=false()))
 
 
 class WebSession(SQLModel, table=True):

@@ -29,6 +29,7 @@ from approvals.feed import ChangeFeed
 from approvals.history import AuditHistory
 from approvals.models import ApprovalRequest, Decision
 from approvals.reads import RequestReads, approvals_of, load, pending_of
+from approvals.request_events import bound_to, decision_event, refusal_event
 from approvals.states import EndReason, Status
 from approvals.story import describe, ending
 from approvals.transitions import Clock, already, request_event
@@ -117,7 +118,12 @@ class ApprovalService(ExecutionCases, RequestReads):
                 await conn.execute(insert(_requests).values(**row))
                 view = await load(conn, row["id"])
                 text = f"held for approval: {new.reason}"
-                detail = {"rule": new.rule, "expires_at": view.expires_at.isoformat(), "quorum": new.quorum}
+                detail = {
+                    "rule": new.rule,
+                    "expires_at": view.expires_at.isoformat(),
+                    "quorum": new.quorum,
+                    **bound_to(view),
+                }
                 created = request_event(view, "request.created", "held", text, arguments=arguments_json, detail=detail)
                 await audit.append(conn, created, now)
         except IntegrityError as exc:
@@ -149,7 +155,7 @@ class ApprovalService(ExecutionCases, RequestReads):
         elif not may_decide(approver, current.approvers):
             why = "not among the approvers this request allows"
         if why is not None:
-            await self.record(_refusal(current, approver, channel, verdict, why))
+            await self.record(refusal_event(current, approver, channel, verdict, why))
             raise NotAllowed(approver.name, request_id, why)
         if current.status != Status.PENDING:
             raise already(current)
@@ -169,6 +175,7 @@ class ApprovalService(ExecutionCases, RequestReads):
         try:
             async with self._write() as conn:
                 decision = {"approver": approver.name, "channel": channel, "verdict": verdict, "reason": reason}
+                decision["policy_version"] = current.policy_version
                 await conn.execute(insert(_decisions).values(request_id=request_id, at=now, **decision))
                 approvals = await approvals_of(conn, request_id)
                 if verdict == "approve" and len(approvals) < current.quorum:
@@ -177,7 +184,7 @@ class ApprovalService(ExecutionCases, RequestReads):
                     moved = await self._touch(conn, current, Status.PENDING)
                     if moved is None:
                         raise _Lost()
-                    await audit.append(conn, _decision_event(moved, approver, channel, "approval", reason, text), now)
+                    await audit.append(conn, decision_event(moved, approver, channel, "approval", reason, text), now)
                     progress = f"{len(approvals)} of {current.quorum} approvals"
                     return DecisionOutcome(moved, len(approvals), current.quorum, progress)
                 new = Status.APPROVED if verdict == "approve" else Status.REJECTED
@@ -189,7 +196,7 @@ class ApprovalService(ExecutionCases, RequestReads):
                 if moved is None:
                     raise _Lost()
                 text = f"{new.value} by {by}" + (f": {reason}" if reason else "")
-                await audit.append(conn, _decision_event(moved, approver, channel, new.value, reason, text), now)
+                await audit.append(conn, decision_event(moved, approver, channel, new.value, reason, text), now)
                 return DecisionOutcome(moved, len(approvals), current.quorum, text)
         except (_Lost, IntegrityError):
             # Someone else moved the request (or this approver already voted) between our read and write.
@@ -306,15 +313,3 @@ class ApprovalService(ExecutionCases, RequestReads):
 
 class _Lost(Exception):
     """Our compare-and-set lost to a concurrent writer."""
-
-
-def _refusal(view: RequestView, approver: Approver, channel: str, verdict: str, why: str) -> Event:
-    text = f"{approver.name} tried to {verdict} through {channel}, refused: {why}"
-    return request_event(view, "decision.refused", "refused", text, actor=approver.name, channel=channel)
-
-
-def _decision_event(
-    view: RequestView, approver: Approver, channel: str, outcome: str, reason: str | None, text: str
-) -> Event:
-    detail = {"reason": reason} if reason else {}
-    return request_event(view, f"request.{outcome}", outcome, text, actor=approver.name, channel=channel, detail=detail)

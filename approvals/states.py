@@ -29,7 +29,9 @@ TRANSITIONS: Mapping[Status, frozenset[Status]] = {
     Status.PENDING: frozenset({Status.APPROVED, Status.REJECTED, Status.EXPIRED, Status.CANCELLED}),
     # An approved call is forwarded only for an agent that is still there to receive the result;
     # if the agent went away before execution began, the approval lapses instead of running blind.
-    Status.APPROVED: frozenset({Status.EXECUTING, Status.CANCELLED, Status.EXPIRED}),
+    # approved -> failed only when the stored request no longer matches what the audit chain recorded
+    # for it (its arguments, policy version or approval were changed in the database): never run.
+    Status.APPROVED: frozenset({Status.EXECUTING, Status.CANCELLED, Status.EXPIRED, Status.FAILED}),
     # executing -> approved only when the start is abandoned before anything was forwarded (the agent left
     # in between): the approval stands and the call can still be picked up, and it still runs at most once.
     # executing -> outcome_unknown when whoever began the execution stopped renewing its lease (it died):
@@ -57,12 +59,13 @@ class EndReason(StrEnum):
     # A policy change now denies or hides the call, before it ran (the request's `error` holds the rule's message).
     POLICY_WITHDRAWN = "policy_withdrawn"
     INTERRUPTED = "interrupted"  # the gateway executing it stopped before recording what the upstream did
+    NOT_AS_APPROVED = "not_as_approved"  # the stored request differs from what the audit chain says was approved
 
 
 # The end reasons each terminal state can have.
 END_REASONS: Mapping[Status, frozenset[EndReason]] = {
     Status.EXECUTED: frozenset({EndReason.EXECUTED}),
-    Status.FAILED: frozenset({EndReason.FAILED}),
+    Status.FAILED: frozenset({EndReason.FAILED, EndReason.NOT_AS_APPROVED}),
     Status.REJECTED: frozenset({EndReason.REJECTED}),
     Status.EXPIRED: frozenset({EndReason.TIMED_OUT, EndReason.NOT_PICKED_UP}),
     Status.CANCELLED: frozenset({EndReason.WITHDRAWN, EndReason.POLICY_WITHDRAWN}),

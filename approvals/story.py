@@ -99,6 +99,11 @@ def ending(view: RequestView) -> str:
     if because == EndReason.WITHDRAWN:
         after = f" after approval by {view.decided_by}" if view.decided_by else ""
         return f"Withdrawn by the agent{after}; {NOT_EXECUTED}."
+    if because == EndReason.NOT_AS_APPROVED:
+        return (
+            f"Approved by {approved_by}, but the request stored in the database no longer matches what the audit "
+            f"log recorded for it ({view.error or 'no detail'}); {NOT_EXECUTED}."
+        )
     if because == EndReason.POLICY_WITHDRAWN:
         return policy_withdrawn(view)
     return f"Ended as {view.status.value}."

@@ -14,15 +14,17 @@ from typing import Any
 from sqlalchemy import ColumnElement, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from approvals.audit import Event
 from approvals.db import Database
-from approvals.errors import AlreadyDecided, InvalidTransition
+from approvals.errors import InvalidTransition
 from approvals.feed import ChangeFeed
 from approvals.models import ApprovalRequest
 from approvals.reads import load
+from approvals.request_events import already_decided as already
+from approvals.request_events import request_event
 from approvals.states import END_REASONS, OPEN, EndReason, Status, can_transition
-from approvals.story import describe
 from approvals.views import RequestView
+
+__all__ = ["Clock", "Transitions", "already", "request_event"]
 
 Clock = Callable[[], datetime]
 _requests = ApprovalRequest.__table__  # type: ignore[attr-defined]
@@ -81,25 +83,3 @@ class Transitions:
         """The request as it is now, provided it is still in `status` (read inside the write transaction)."""
         view = await load(conn, current.id)
         return view if view.status == status else None
-
-
-def already(view: RequestView) -> AlreadyDecided:
-    by = None if view.status == Status.CANCELLED else view.decided_by
-    because = None if view.ended_because is None else view.ended_because.value
-    return AlreadyDecided(
-        view.id, view.status.value, by, view.status_changed_at, ended_because=because, summary=describe(view)
-    )
-
-
-def request_event(view: RequestView, kind: str, outcome: str, message: str, **extra: Any) -> Event:
-    """An audit event about one request (the request's entry in the change feed)."""
-    return Event(
-        kind=kind,
-        outcome=outcome,
-        message=message,
-        agent=view.agent,
-        tool=view.tool,
-        upstream=view.upstream,
-        request_id=view.id,
-        **extra,
-    )

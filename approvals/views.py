@@ -35,6 +35,8 @@ class NewRequest:
     run_unattended: bool = False
     max_hold_seconds: float | None = None
     keep_on_cancel: bool = False
+    # The content hash of the policy that held the call: the approval is bound to it.
+    policy_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,7 @@ class RequestView:
     open_key: str | None
     executing_by: str | None
     lease_until: datetime | None
+    policy_version: str | None
     damage: tuple[str, ...] = ()
 
     @property

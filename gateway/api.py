@@ -47,6 +47,7 @@ def request_json(view: RequestView) -> dict[str, Any]:
         "arguments_sha256": view.arguments_sha256,
         "rule": view.rule,
         "reason": view.reason,
+        "policy_version": view.policy_version,
         "approvers": list(view.approvers),
         "quorum": view.quorum,
         "channels": list(view.channels),

@@ -31,6 +31,7 @@ from approvals.timeouts import TimeoutScheduler
 from approvals.transitions import Clock
 from gateway import api, slack
 from gateway.agent_auth import AgentAuth
+from gateway.audit_keeper import open_chain, publish_head, publish_heads
 from gateway.calls import CallHandler
 from gateway.channels import Channel, ChannelContext
 from gateway.config import Settings
@@ -71,8 +72,10 @@ class Gateway:
         clock: Clock | None = None,
         database: Database | None = None,
         upstreams: Upstreams | None = None,
+        accept_audit_rollback: bool = False,
     ) -> None:
         self.settings = settings
+        self.accept_audit_rollback = accept_audit_rollback
         self.db = database or Database(settings.database_url)
         self.approvers = ApproverDirectory(a.to_approver() for a in settings.approvers)
         self.feed = ChangeFeed(self.db, poll_interval=settings.server.poll_interval)
@@ -171,6 +174,8 @@ class Gateway:
         if self.settings.server.dev_mode:
             log.warning("DEV MODE: /mcp accepts calls without an agent token; every caller is the agent 'dev'")
         await self.db.create_schema()
+        # Before anything is written: the chain's key, and a database that holds the newest head seen.
+        await open_chain(self.settings, self.db, accept_rollback=self.accept_audit_rollback, clock=self.service.clock)
         await self.feed.start()
         expired, armed = await self.timeouts.start()
         log.info("approval queue ready: %d pending request(s) re-armed, %d overdue expired", armed, expired)
@@ -185,6 +190,7 @@ class Gateway:
                 tg.start_soon(self.held.run)
                 tg.start_soon(self.relay.subscriptions.run)
                 tg.start_soon(self.feed.run)
+                tg.start_soon(publish_heads, self.settings, self.db)
                 for channel in self.channels:
                     tg.start_soon(channel.run)
                 if serve_http:
@@ -195,7 +201,12 @@ class Gateway:
                 tg.cancel_scope.cancel()
         finally:
             self.timeouts.shutdown()
-            await self.db.dispose()
+            with anyio.CancelScope(shield=True):
+                try:
+                    await publish_head(self.settings, self.db, "at stop")
+                except Exception as exc:
+                    log.warning("could not read the audit head to publish it: %s", exc)
+                await self.db.dispose()
 
     def agent_tokens(self) -> dict[str, str]:
         return {agent.digest: agent.name for agent in self.settings.agents}

@@ -131,7 +131,7 @@ class CallHandler:
                 tool=tool,
                 upstream=upstream_name,
                 arguments=arguments_json,
-                detail={"rule": evaluation.rule, **detail},
+                detail={"rule": evaluation.rule, "policy_version": policy.version, **detail},
             )
 
         async def audit(kind: str, outcome: str, message: str, **detail: Any) -> None:
@@ -199,6 +199,7 @@ class CallHandler:
                     run_unattended=approval.run_unattended,
                     max_hold_seconds=self.held.request_bound(caller.agent, approval.max_hold_seconds),
                     keep_on_cancel=approval.keep_on_cancel,
+                    policy_version=policy.version,
                 ),
                 max_pending=self.agent_limits.max_pending_per_agent,
             )

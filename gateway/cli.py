@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from approvals.database_url import parse_database_url
 from gateway.cli_approvers import add_approvals, add_hash_password, add_slack
+from gateway.cli_audit import ACCEPT_ROLLBACK_HELP, add_audit, audit_ready
 from gateway.cli_common import CONFIG_HELP, command, read_settings
 from gateway.cli_db import add_db_commands, ready_to_serve
 from gateway.cli_policy import add_policy, add_tools
@@ -44,6 +44,7 @@ def add_serve(sub: Subparsers) -> None:
     serve.add_argument(
         "--migrate", action="store_true", help="upgrade an older database schema first (under a lock: one replica)"
     )
+    serve.add_argument("--accept-audit-rollback", action="store_true", help=ACCEPT_ROLLBACK_HELP)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -55,10 +56,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings = settings.model_copy(update={"server": server})
     if (code := ready_to_serve(settings.database_url, migrate=args.migrate, config=args.config)) != 0:
         return code
+    accept = args.accept_audit_rollback
+    if (code := audit_ready(settings, accept_rollback=accept)) != 0:
+        return code
     if args.stdio:
         agent = _stdio_agent(settings, args.agent)
-        return asyncio.run(serve_stdio(settings, agent, with_http=not args.no_http))
-    return asyncio.run(serve_http(settings))
+        return asyncio.run(serve_stdio(settings, agent, with_http=not args.no_http, accept_audit_rollback=accept))
+    return asyncio.run(serve_http(settings, accept_audit_rollback=accept))
 
 
 def _stdio_agent(settings: Settings, name: str | None) -> str:
@@ -94,6 +98,7 @@ def add_demo(sub: Subparsers) -> None:
         metavar="DIR",
         help="where the demo keeps its database and policy (default ./countersign-demo)",
     )
+    demo.add_argument("--accept-audit-rollback", action="store_true", help=ACCEPT_ROLLBACK_HELP)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -105,7 +110,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     # The demo's database is disposable and has no config to name in a message: upgrade it without asking.
     if (code := ready_to_serve(settings.database_url, migrate=True, config=None)) != 0:
         return code
-    return asyncio.run(serve_http(settings))
+    accept = args.accept_audit_rollback
+    if (code := audit_ready(settings, accept_rollback=accept)) != 0:
+        return code
+    return asyncio.run(serve_http(settings, accept_audit_rollback=accept))
 
 
 def add_paper_broker(sub: Subparsers) -> None:
@@ -148,63 +156,6 @@ def cmd_init(args: argparse.Namespace) -> int:
     print(f"{STARTER_POLICY_SUMMARY}: {command_name()} tools --config {config} shows what it does with each.")
     print(f"next: edit countersign.toml (upstreams, agents, approvers), then: {command_name()} serve --config {config}")
     return 0
-
-
-# ---- audit
-
-
-def add_audit(sub: Subparsers) -> None:
-    audit = sub.add_parser("audit", help="audit log tools", description="Audit log tools.")
-    commands = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
-    verify = command(
-        commands,
-        "verify",
-        "verify the audit hash chain and print its head; report the first broken link",
-        cmd_audit_verify,
-    )
-    verify.add_argument("--config", metavar="FILE", help=f"read [server] database_url from this {CONFIG_HELP}")
-    verify.add_argument("--database-url", metavar="URL", help="the database to verify (instead of --config)")
-
-
-def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from approvals import audit
-    from approvals.db import Database
-    from approvals.errors import StoreUnavailable
-
-    # Only [server] is read: verifying needs the database, not the gateway's other secrets.
-    url = args.database_url or read_settings(args.config, only=("server",)).database_url
-    missing = _missing_sqlite_file(url)
-    if missing is not None:
-        # Opening it would create an empty database and report on that instead of the one meant.
-        print(f"error: no database file at {missing}", file=sys.stderr)
-        return 2
-
-    async def run() -> audit.ChainReport | None:
-        db = Database(url)
-        try:
-            async with db.read() as conn:
-                if not await audit.exists(conn):
-                    return None
-                return await audit.verify(conn)
-        finally:
-            await db.dispose()
-
-    try:
-        report = asyncio.run(run())
-    except StoreUnavailable as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if report is None:
-        print("error: this database holds no audit log (no gateway has run against it)", file=sys.stderr)
-        return 2
-    print(report.describe())
-    return 0 if report.ok else 1
-
-
-def _missing_sqlite_file(url: str) -> Path | None:
-    """The file an SQLite URL names when that file does not exist; None for other databases."""
-    file = parse_database_url(url).sqlite_file
-    return None if file is None or Path(file).exists() else Path(file)
 
 
 COMMANDS: tuple[Callable[[Subparsers], None], ...] = (  # the order of `countersign --help`

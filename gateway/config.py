@@ -19,6 +19,8 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 
 from approvals.approvers import Approver, token_digest
 from approvals.database_url import parse_database_url
+from gateway.audit_settings import KEY_ENV as AUDIT_KEY_ENV
+from gateway.audit_settings import AuditSettings
 from gateway.config_base import Section as _Section
 from gateway.config_base import hold_bound as _hold_bound
 from gateway.config_base import seconds as _seconds
@@ -218,6 +220,7 @@ class Settings(_Section):
     slack: SlackSettings = Field(default_factory=SlackSettings)
     web: WebSettings = Field(default_factory=WebSettings)
     agent_limits: AgentLimitSettings = Field(default_factory=AgentLimitSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
     source: str = Field(default="<settings>", exclude=True)
     base_dir: str = Field(default=".", exclude=True)
 
@@ -317,6 +320,9 @@ def parse_settings(
     web = expanded.setdefault("web", {})
     if isinstance(web, dict) and "session_secret" not in web and env.get("COUNTERSIGN_SESSION_SECRET"):
         web["session_secret"] = env["COUNTERSIGN_SESSION_SECRET"]
+    audit = expanded.setdefault("audit", {})
+    if isinstance(audit, dict) and "key" not in audit and env.get(AUDIT_KEY_ENV):
+        audit["key"] = env[AUDIT_KEY_ENV]
     try:
         return Settings.model_validate({**expanded, "source": source, "base_dir": base_dir})
     except ValidationError as exc:

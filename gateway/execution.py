@@ -20,7 +20,7 @@ import anyio
 import mcp_types as types
 from anyio.abc import TaskGroup
 
-from approvals.errors import AlreadyDecided, ApprovalError
+from approvals.errors import AlreadyDecided, ApprovalError, ArgumentsChanged
 from approvals.service import ApprovalService
 from approvals.views import RequestView
 from gateway import faults
@@ -77,7 +77,9 @@ class Executions:
         """Win the right to forward `view` (approved -> executing); None when someone else moved it first."""
         try:
             started = await self.service.begin_execution(view.id, arguments_sha256, owner=self.owner, lease=self.lease)
-        except AlreadyDecided:
+        except (AlreadyDecided, ArgumentsChanged):
+            # Someone else moved it first; or the stored request is not what the audit chain says was approved,
+            # and it ended failed without being forwarded.
             return None
         faults.reached("after_begin")
         return started

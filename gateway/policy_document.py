@@ -5,6 +5,7 @@ The keys listed here are the whole format; docs/policy.md documents each one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -62,15 +63,24 @@ class PolicyError(Exception):
         self.message = message
 
 
-def parse_policy(document: object, source: str = "<policy>") -> Policy:
-    """Validate a decoded document; raise PolicyError naming the first bad field."""
-    return _Parser(source).document(document)
+def parse_policy(document: object, source: str = "<policy>", *, version: str | None = None) -> Policy:
+    """Validate a decoded document; raise PolicyError naming the first bad field.
+
+    `version` is the content hash requests record (load_policy gives the file's SHA-256); by
+    default, the SHA-256 of the document's canonical JSON.
+    """
+    if version is None:
+        canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+        version = hashlib.sha256(canonical.encode()).hexdigest()
+    return _Parser(source, version).document(document)
 
 
 def load_policy(path: str | os.PathLike[str]) -> Policy:
+    """Read and validate a policy file; its version is the SHA-256 of the file (as `sha256sum` prints it)."""
     source = os.fspath(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        raw = Path(path).read_bytes()
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise PolicyError(source, "$", f"cannot read the file: {exc}") from exc
     try:
@@ -79,12 +89,13 @@ def load_policy(path: str | os.PathLike[str]) -> Policy:
         raise PolicyError(source, "$", f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from exc
     except ValueError as exc:
         raise PolicyError(source, "$", f"invalid JSON: {exc}") from exc
-    return parse_policy(document, source)
+    return parse_policy(document, source, version=hashlib.sha256(raw).hexdigest())
 
 
 class _Parser:
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, version: str) -> None:
         self.source = source
+        self.version = version
 
     def fail(self, path: str, message: str) -> PolicyError:
         return PolicyError(self.source, path, message)
@@ -113,6 +124,7 @@ class _Parser:
             all_tools=all_tools,
             prompts=self.read_policy(top.get("prompts", {}), "prompts", cast(Default, default)),
             resources=self.read_policy(top.get("resources", {}), "resources", cast(Default, default)),
+            version=self.version,
         )
 
     def read_policy(self, value: object, kind: ReadKind, inherited: Default) -> ReadPolicy:

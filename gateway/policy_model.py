@@ -176,6 +176,7 @@ class Policy:
     all_tools: ToolPolicy
     prompts: ReadPolicy
     resources: ReadPolicy
+    version: str
 
     def __init__(
         self,
@@ -187,8 +188,11 @@ class Policy:
         all_tools: ToolPolicy | None = None,
         prompts: ReadPolicy | None = None,
         resources: ReadPolicy | None = None,
+        version: str = "",
     ) -> None:
         self.source = source
+        # The content hash of the document: every request and policy decision records it.
+        self.version = version
         self.default = default
         self.hide = tuple(hide)
         self.tools = MappingProxyType(dict(tools or {}))

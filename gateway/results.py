@@ -95,6 +95,9 @@ def answer(view: RequestView, note: str = "") -> types.CallToolResult:
 
 def stored_result(view: RequestView) -> types.CallToolResult:
     """The upstream's result of an executed (or failed) request, exactly as it was recorded."""
+    if view.ended_because == EndReason.NOT_AS_APPROVED:
+        # Nothing was forwarded: the gateway refused, the upstream never saw it.
+        return Tag.GATEWAY_ERROR.result(describe(view), {"status": view.status.value, "approval_id": view.id})
     if view.result_json is None:
         return Tag.UPSTREAM_ERROR.result(
             f"request {view.id}: {view.error or 'no result was recorded'}",

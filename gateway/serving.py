@@ -41,8 +41,8 @@ def _uvicorn(
     return uvicorn.Server(config)
 
 
-async def serve_http(settings: Settings) -> int:
-    gateway = Gateway(settings)
+async def serve_http(settings: Settings, *, accept_audit_rollback: bool = False) -> int:
+    gateway = Gateway(settings, accept_audit_rollback=accept_audit_rollback)
     await _uvicorn(gateway.asgi(), settings, lifespan="on").serve()
     return 0
 
@@ -57,8 +57,10 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-async def serve_stdio(settings: Settings, agent: str, *, with_http: bool = True) -> int:
-    gateway = Gateway(settings, stdio_agent=agent)
+async def serve_stdio(
+    settings: Settings, agent: str, *, with_http: bool = True, accept_audit_rollback: bool = False
+) -> int:
+    gateway = Gateway(settings, stdio_agent=agent, accept_audit_rollback=accept_audit_rollback)
     # stdout is the MCP channel: claim it first (the SDK diverts stray writes to stderr while it is held),
     # so nothing logged while upstreams connect or the HTTP API answers can corrupt it.
     async with (

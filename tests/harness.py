@@ -100,6 +100,8 @@ def base_config(
     return {
         "server": {"database_url": database_url, "progress_interval": 0.2, "poll_interval": 0.2, **server},
         "policy": {"file": str(policy_file), "watch": True},
+        # Where the gateway keeps (and on its first start makes) its audit key; replicas in one test share it.
+        "audit": {"key_file": "countersign.audit-key"},
         "upstreams": [{"name": "paper", "url": upstream_url, "call_timeout": "20s", "connect_timeout": "10s"}],
         "agents": [
             {"name": "alpha", "token": AGENT_TOKEN},

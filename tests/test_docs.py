@@ -121,6 +121,11 @@ def _parameters(trees: list[ast.Module]) -> dict[str, list[list[str]]]:
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                 names = [a.arg for a in (*node.args.posonlyargs, *node.args.args)]
                 found.setdefault(node.name, []).append([n for n in names if n not in ("self", "cls")])
+    # A function imported under another name (`from m import request_event as _event`) is called by that name.
+    aliases = [a for tree in trees for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names]
+    for alias in aliases:
+        if alias.asname and alias.name in found:
+            found.setdefault(alias.asname, []).extend(found[alias.name])
     return found
 
 

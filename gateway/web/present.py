@@ -18,7 +18,7 @@ from approvals import stored
 from approvals.errors import Unreadable
 from approvals.views import AuditEventView
 
-FieldKind = Literal["text", "code", "time", "block"]
+FieldKind = Literal["text", "code", "time", "block", "digest"]
 
 # Detail keys the gateway writes, with the words a person reads. Other keys are shown with their
 # underscores turned into spaces, so a new kind of event still reads sensibly.
@@ -32,8 +32,13 @@ LABELS: dict[str, str] = {
     "method": "Slack method",
     "attempts": "Attempts",
     "retry_after": "Retry after (s)",
+    "arguments_sha256": "Arguments SHA-256",
+    "policy_version": "Policy version",
+    "pickup_until": "Pick up by",
 }
 CODE_KEYS = frozenset({"rule", "method", "operation"})
+# Hashes: shown shortened, the whole value on hover (the JSON and CSV exports have it whole).
+DIGEST_KEYS = frozenset({"arguments_sha256", "policy_version", "expected_hash"})
 
 # Executed and failed events carry the upstream's own words (or data) as their message: the page says
 # what happened, and quotes a short answer or folds a long one away.
@@ -235,7 +240,9 @@ def detail_fields(detail: Mapping[str, Any], message: str = "") -> list[Field]:
             continue
         label = LABELS.get(key, key.replace("_", " ").capitalize())
         moment = _moment(value)
-        if moment is not None:
+        if key in DIGEST_KEYS and isinstance(value, str):
+            fields.append(Field(label, value, "digest"))
+        elif moment is not None:
             fields.append(Field(label, exact(moment), "time", moment))
         elif isinstance(value, bool):
             fields.append(Field(label, "yes" if value else "no"))

@@ -25,6 +25,7 @@ from approvals.db import Database
 from approvals.service import ApprovalService
 from approvals.states import Status
 from gateway import cli
+from gateway.audit_keeper import audit_files
 from tests.fixtures.make_revision_one import SQLITE_FIXTURE
 from tests.fixtures.revision_one import expected_rows, load_into, rows_in, upgraded
 from tests.harness import running_gateway
@@ -67,7 +68,10 @@ async def test_a_database_made_before_migrations_upgrades_to_head_with_every_row
     assert await rows_in(database_url) == upgraded(fixture)
     code, out, _ = await run("audit", "verify", "--database-url", database_url)
     assert code == 0
-    assert out.strip() == f"audit chain intact: {events} events verified, head {head_hash}"
+    assert out.strip() == (
+        f"audit chain intact: {events} events verified, head #{events} {head_hash}; "
+        "no event is keyed (checked by plain SHA-256 only)"
+    )
 
     # The upgraded database is one the service works on: the half-approved quorum request completes.
     db = Database(database_url)
@@ -121,6 +125,8 @@ async def test_a_gateway_serves_a_database_made_before_migrations_once_it_is_upg
     assert (await run("db", "upgrade", "--database-url", database_url))[0] == 0
     pending = {r["id"] for r in expected_rows()["approval_request"] if r["status"] == "pending"}
     async with running_gateway(tmp_path, database_url) as h:
+        # From its start on, the gateway keys the events it appends (the older ones stay as they were).
+        key_file = audit_files(h.settings).key_file
         served = {r.id: r for r in await h.service.list_requests(limit=100)}
         assert pending <= set(served)
         # The gateway re-arms the old rows' timeouts at start and expires those already past due.
@@ -130,8 +136,10 @@ async def test_a_gateway_serves_a_database_made_before_migrations_once_it_is_upg
             assert request.status == (Status.EXPIRED if overdue else Status.PENDING), request
     code, out, _ = await run("db", "current", "--database-url", database_url)
     assert (code, out.strip()) == (0, f"{migrations.head()} (head)")
-    code, out, _ = await run("audit", "verify", "--database-url", database_url)
+    code, out, _ = await run("audit", "verify", "--database-url", database_url, "--key-file", str(key_file))
     assert code == 0 and out.startswith("audit chain intact"), out
+    events = len(expected_rows()["audit_event"])
+    assert f"events #1-#{events} predate the audit key" in out
 
 
 def _differences(conn: Connection) -> list[object]:

@@ -298,8 +298,11 @@ async def test_begin_execution_refuses_arguments_that_differ_from_the_approved_o
     with pytest.raises(ArgumentsChanged):
         await env.service.begin_execution(request.id, sha256_of({"orderId": 1004, "confirm": True}))
 
-    assert (await env.service.get(request.id)).status == Status.APPROVED
-    assert await env.kinds(request.id) == ["request.created", "request.approved"]
+    # Never run: the request ends failed, saying it is not what was approved, and the chain says so too.
+    ended = await env.service.get(request.id)
+    assert (ended.status, ended.ended_because) == (Status.FAILED, EndReason.NOT_AS_APPROVED)
+    assert "not those recorded when the request was created" in (ended.error or "")
+    assert await env.kinds(request.id) == ["request.created", "request.approved", "request.failed"]
 
 
 async def test_begin_execution_starts_an_approved_call_once_and_refuses_a_second_start(env: Env) -> None:

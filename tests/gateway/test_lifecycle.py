@@ -615,7 +615,7 @@ async def test_an_approval_that_lands_as_the_agent_disconnects_is_never_forwarde
         session = RawLegacySession(h.base_url)
         await session.open(http)
         # A second replica decides, so the decision reaches the held call by polling, as across processes.
-        replica_db = Database(sqlite_url)
+        replica_db = Database(sqlite_url, audit_key=h.gateway.db.audit_key)  # replicas share the audit key
         replica = ApprovalService(replica_db, h.gateway.approvers)
         alice = h.gateway.approvers.get("alice")
         assert alice is not None

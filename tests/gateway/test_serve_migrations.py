@@ -67,6 +67,9 @@ def next_release(tmp_path: Path) -> Path:
     return build
 
 
+AUDIT_KEY = "the-replicas-shared-audit-key-0123456789"
+
+
 def write_config(folder: Path, database_url: str, port: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "policy.json").write_text('{"version": "1", "default": "deny", "tools": {}}')
@@ -74,6 +77,8 @@ def write_config(folder: Path, database_url: str, port: int) -> Path:
     config.write_text(
         f'[server]\nhost = "127.0.0.1"\nport = {port}\ndatabase_url = "{database_url}"\n'
         f'[policy]\nfile = "policy.json"\n[[agents]]\nname = "alpha"\ntoken = "{AGENT_TOKEN}"\n'
+        # Replicas of one database share one audit key.
+        f'[audit]\nkey = "{AUDIT_KEY}"\n'
     )
     return config
 
@@ -204,7 +209,7 @@ async def test_serve_refuses_an_older_schema_and_serve_migrate_upgrades_it_once_
 
     assert_kept(upgraded(expected_rows()), await rows_in(database_url))
     assert await release_notes(database_url) == {"migrated"}
-    code, out, _ = await run_this("audit", "verify", "--database-url", database_url)
+    code, out, _ = await run_this("audit", "verify", "--config", str(configs[0]))
     assert code == 0 and out.startswith("audit chain intact"), out
 
     # And this version, older than the database now, refuses it rather than guessing.

@@ -252,7 +252,11 @@ async def test_the_audit_page_filters_and_exports_what_the_agent_and_the_approve
         exported = await (await download_info.value).path()
         records = list(csv.DictReader(io.StringIO(await anyio.Path(exported).read_text())))
         assert [(r["outcome"], r["actor"], r["request_id"]) for r in records] == [("rejected", "alice", request["id"])]
-        assert json.loads(records[0]["detail"]) == {"reason": "wrong account"}
+        detail = json.loads(records[0]["detail"])
+        # The reason, and what the decision is bound to: the arguments' digest and the policy version.
+        assert detail["reason"] == "wrong account"
+        assert detail["arguments_sha256"] == request["arguments_sha256"]
+        assert detail["policy_version"] == request["policy_version"]
 
         async with page.expect_download() as download_info:
             await page.locator("#export-json").click()
