@@ -31,6 +31,7 @@ from gateway.context import GatewayReads
 from gateway.health import health
 from gateway.held import HeldCalls
 from gateway.mcp_server import build_server
+from gateway.metrics import GatewayMetrics, metrics_endpoint
 from gateway.order_context import OrderContext
 from gateway.policy_store import PolicyStore
 from gateway.ratelimit import RateLimiter
@@ -84,6 +85,7 @@ class Gateway:
         )
         self.lookups = OrderContext(GatewayReads(self.service, self.policies, self.upstreams))
         self.channels = build_channels(ChannelContext(settings, self.service, self.approvers, self.lookups))
+        self.metrics = GatewayMetrics(self.db, tools=self._tool_names, upstreams=self.upstreams.status)
 
         # The wiring: who hears what.
         self.feed.subscribe(self.timeouts)
@@ -112,6 +114,9 @@ class Gateway:
         if outcome == "policy.loaded":
             await self._tools_changed()
 
+    def _tool_names(self) -> list[str]:
+        return [tool.name for tool in self.calls.visible_tools()]
+
     async def _tools_changed(self) -> None:
         await self.events.publish(ToolsListChanged())
 
@@ -121,6 +126,7 @@ class Gateway:
             log.warning("DEV MODE: /mcp accepts calls without an agent token; every caller is the agent 'dev'")
         await self.db.create_schema()
         await self.feed.start()
+        await self.metrics.start()
         expired, armed = await self.timeouts.start()
         log.info("approval queue ready: %d pending request(s) re-armed, %d overdue expired", armed, expired)
         try:
@@ -163,6 +169,7 @@ class Gateway:
             routes=[
                 Route("/mcp", mcp_endpoint, methods=["GET", "POST", "DELETE"]),
                 Route("/healthz", self._health, methods=["GET"]),
+                Route("/metrics", metrics_endpoint(self.metrics, self.settings.server.metrics_token), methods=["GET"]),
                 *api.ROUTES,
                 *(route for channel in self.channels for route in channel.routes()),
             ],

@@ -81,6 +81,8 @@ class ServerSettings(_Section):
     # How often an SSE comment goes out on an open HTTP response that has sent nothing else.
     keepalive_interval: float = Field(default=DEFAULT_KEEPALIVE_INTERVAL, gt=0)
     allowed_hosts: tuple[str, ...] = ()
+    # When set, /metrics answers only `Authorization: Bearer <metrics_token>`.
+    metrics_token: str | None = Field(default=None, repr=False)
     # No agent tokens: every caller is the agent "dev". For local experiments only; logged loudly.
     dev_mode: bool = False
 

@@ -87,6 +87,7 @@ class Upstream:
         self._broken = anyio.Event()
         self._relist = anyio.Event()
         self.connected = anyio.Event()
+        self.reconnects = 0
 
     @property
     def ready(self) -> bool:
@@ -116,6 +117,7 @@ class Upstream:
                 self.connected = anyio.Event()
             await anyio.sleep(delay * (0.8 + 0.4 * random.random()))
             delay = min(delay * 2, _MAX_BACKOFF)
+            self.reconnects += 1
 
     async def _session(self, listed: anyio.Event) -> None:
         async with AsyncExitStack() as stack:
@@ -306,6 +308,7 @@ class UpstreamSet:
                 "tools": len(u.tools),
                 "protocol": u.protocol_version,
                 "last_error": u.last_error,
+                "reconnects": u.reconnects,
             }
             for u in self.upstreams
         ]
