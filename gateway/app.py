@@ -30,6 +30,7 @@ from gateway.config import Settings
 from gateway.context import GatewayReads
 from gateway.health import health
 from gateway.held import HeldCalls
+from gateway.jwt_auth import jwt_options, metadata_routes
 from gateway.mcp_server import build_server
 from gateway.metrics import GatewayMetrics, metrics_endpoint
 from gateway.order_context import OrderContext
@@ -158,6 +159,7 @@ class Gateway:
             self.agent_tokens(),
             dev_mode=self.settings.server.dev_mode,
             keepalive_interval=self.settings.server.keepalive_interval,
+            **jwt_options(self.settings),
         )
 
         @asynccontextmanager
@@ -169,6 +171,7 @@ class Gateway:
             routes=[
                 Route("/mcp", mcp_endpoint, methods=["GET", "POST", "DELETE"]),
                 Route("/healthz", self._health, methods=["GET"]),
+                *metadata_routes(self.settings),
                 Route("/metrics", metrics_endpoint(self.metrics, self.settings.server.metrics_token), methods=["GET"]),
                 *api.ROUTES,
                 *(route for channel in self.channels for route in channel.routes()),

@@ -20,6 +20,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 from approvals.approvers import Approver, token_digest
 from approvals.database_url import parse_database_url
 from approvals.durations import parse_duration, parse_hold_bound
+from gateway.jwt_settings import JwtSettings
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -270,6 +271,7 @@ class Settings(_Section):
     policy: PolicySettings = Field(default_factory=PolicySettings)
     upstreams: tuple[UpstreamSettings, ...] = ()
     agents: tuple[AgentSettings, ...] = ()
+    agent_jwt: JwtSettings | None = None
     approvers: tuple[ApproverSettings, ...] = ()
     slack: SlackSettings = Field(default_factory=SlackSettings)
     web: WebSettings = Field(default_factory=WebSettings)
