@@ -70,7 +70,7 @@ def _inspector(t: Target) -> str:
 
 
 def _python(t: Target) -> str:
-    token = repr(t.token) if t.token else f"os.environ['{TOKEN_VARIABLE}']"
+    token = json.dumps(t.token) if t.token else f'os.environ["{TOKEN_VARIABLE}"]'
     return f"""import asyncio
 import os
 
@@ -80,13 +80,13 @@ from mcp.client.streamable_http import streamable_http_client
 
 
 async def main() -> None:
-    headers = {{"Authorization": f"Bearer {{{token}}}"}}
+    headers = {{"Authorization": "Bearer " + {token}}}
     # A held call waits for a human; Countersign keeps its response alive with a byte every 2 s
     # (under httpx's default 5 s read timeout), and this leaves room for a slow proxy.
     timeout = httpx2.Timeout(30.0, read=60.0)
     async with (
         httpx2.AsyncClient(headers=headers, timeout=timeout) as http,
-        Client(streamable_http_client({t.url!r}, http_client=http)) as client,
+        Client(streamable_http_client({json.dumps(t.url)}, http_client=http)) as client,
     ):
         tools = await client.list_tools()
         print([tool.name for tool in tools.tools])

@@ -83,6 +83,9 @@ def test_connect_fills_in_the_configured_gateway_and_keeps_the_token_out_unless_
     vscode = json.loads(capsys.readouterr().out)
     assert vscode["servers"]["countersign"]["headers"]["Authorization"] == "Bearer alpha-secret-token"
 
+    assert main(["connect", "python", "--agent", "alpha", "--config", str(config), "--show-token"]) == 0
+    assert '"Bearer " + "alpha-secret-token"' in ast.unparse(ast.parse(capsys.readouterr().out)).replace("'", '"')
+
     assert main(["connect", "claude-desktop", "--agent", "bravo", "--config", str(config)]) == 0
     args = json.loads(capsys.readouterr().out)["mcpServers"]["countersign"]["args"]
     assert args[:4] == ["serve", "--stdio", "--agent", "bravo"] and args[5] == str(config.resolve())
