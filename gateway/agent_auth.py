@@ -30,6 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from approvals.approvers import token_digest
 from gateway.bearer import BearerProblem, bearer_token
 from gateway.config import DEV_AGENT_NAME
+from gateway.jwt_auth import JwtAgents, JwtRejected, looks_like_jwt
 from gateway.mcp_server import AGENT_KEY, DISCONNECTED_KEY
 
 log = logging.getLogger(__name__)
@@ -58,9 +59,17 @@ class AgentAuth:
         *,
         dev_mode: bool = False,
         keepalive_interval: float | None = None,
+        jwt_agents: JwtAgents | None = None,
+        resource_metadata: str | None = None,
     ) -> None:
-        """`agents` maps token SHA-256 digests to agent names; `keepalive_interval` None sends no keep-alives."""
+        """`agents` maps token SHA-256 digests to agent names; `keepalive_interval` None sends no keep-alives.
+
+        `jwt_agents` also accepts JWTs from an identity provider; `resource_metadata` is the URL of the
+        protected-resource metadata document a 401 points clients to.
+        """
         self.app = app
+        self.jwt_agents = jwt_agents
+        self.resource_metadata = resource_metadata
         self.agents = dict(agents)
         self.dev_mode = dev_mode
         self.keepalive_interval = keepalive_interval
@@ -87,15 +96,23 @@ class AgentAuth:
         try:
             token = bearer_token(scope["headers"])
         except BearerProblem as problem:
-            await _unauthorized(send, f"{problem} (an agent's token)")
+            await _unauthorized(send, f"{problem} (an agent's token)", self.resource_metadata, presented=True)
             return
         agent = self.identify(token)
+        if agent is None and token is not None and self.jwt_agents is not None and looks_like_jwt(token):
+            try:
+                agent = (await self.jwt_agents.identify(token)).name
+            except JwtRejected as rejected:
+                await _unauthorized(send, str(rejected), self.resource_metadata, presented=True)
+                return
         if agent is None:
             await _unauthorized(
                 send,
                 "missing or unknown bearer token"
                 if token is None
                 else "the bearer token is not valid for any configured agent",
+                self.resource_metadata,
+                presented=token is not None,
             )
             return
         scope[AGENT_KEY] = agent
@@ -184,15 +201,23 @@ class _KeptAlive:
                 self._last = anyio.current_time()
 
 
-async def _unauthorized(send: Send, why: str) -> None:
+async def _unauthorized(send: Send, why: str, metadata: str | None = None, *, presented: bool = True) -> None:
     body = json.dumps({"error": "unauthorized", "detail": why}).encode()
+    if metadata is None:
+        challenge = 'Bearer realm="countersign", error="invalid_token"'
+    else:
+        # Where clients discover the authorization server (RFC 9728); an error only when a token was sent (RFC 6750).
+        challenge = f'Bearer realm="countersign", resource_metadata="{metadata}"'
+        if presented:
+            challenge += ', error="invalid_token"'
+
     await send(
         {
             "type": "http.response.start",
             "status": 401,
             "headers": [
                 (b"content-type", b"application/json"),
-                (b"www-authenticate", b'Bearer realm="countersign", error="invalid_token"'),
+                (b"www-authenticate", challenge.encode("latin-1")),
                 (b"content-length", str(len(body)).encode()),
             ],
         }

@@ -38,7 +38,9 @@ from gateway.config import Settings
 from gateway.context import GatewayReads
 from gateway.health import health
 from gateway.held import HeldCalls
+from gateway.jwt_auth import jwt_options, metadata_routes
 from gateway.mcp_server import build_server
+from gateway.metrics import GatewayMetrics, metrics_endpoint
 from gateway.order_context import OrderContext
 from gateway.policy_store import PolicyStore
 from gateway.policy_withdrawal import PolicyWithdrawals
@@ -123,6 +125,7 @@ class Gateway:
         )
         self.lookups = OrderContext(GatewayReads(self.service, self.policies, self.upstreams))
         self.channels = build_channels(ChannelContext(settings, self.service, self.approvers, self.lookups))
+        self.metrics = GatewayMetrics(self.db, tools=self._tool_names, upstreams=self.upstreams.status)
 
         # The wiring: who hears what.
         self.feed.subscribe(self.timeouts)
@@ -164,6 +167,9 @@ class Gateway:
         except ApprovalError as exc:
             log.error("could not apply the policy to the open requests at start: %s", exc)
 
+    def _tool_names(self) -> list[str]:
+        return [tool.name for tool in self.calls.visible_tools()]
+
     async def _tools_changed(self) -> None:
         await self.events.publish(ToolsListChanged())
         await self.events.publish(PromptsListChanged())
@@ -177,6 +183,7 @@ class Gateway:
         # Before anything is written: the chain's key, and a database that holds the newest head seen.
         await open_chain(self.settings, self.db, accept_rollback=self.accept_audit_rollback, clock=self.service.clock)
         await self.feed.start()
+        await self.metrics.start()
         expired, armed = await self.timeouts.start()
         log.info("approval queue ready: %d pending request(s) re-armed, %d overdue expired", armed, expired)
         try:
@@ -218,6 +225,7 @@ class Gateway:
                 self.agent_tokens(),
                 dev_mode=self.settings.server.dev_mode,
                 keepalive_interval=self.settings.server.keepalive_interval,
+                **jwt_options(self.settings),
             )
         )
 
@@ -231,6 +239,8 @@ class Gateway:
                 Route("/mcp", mcp_endpoint, methods=["GET", "POST", "DELETE"]),
                 Route("/healthz", self._health, methods=["GET"]),
                 Route("/readyz", self.readiness.endpoint, methods=["GET"]),
+                *metadata_routes(self.settings),
+                Route("/metrics", metrics_endpoint(self.metrics, self.settings.server.metrics_token), methods=["GET"]),
                 *api.ROUTES,
                 *(route for channel in self.channels for route in channel.routes()),
             ],

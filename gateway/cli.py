@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from gateway.cli_approvers import add_approvals, add_hash_password, add_slack
 from gateway.cli_audit import ACCEPT_ROLLBACK_HELP, add_audit, audit_ready
 from gateway.cli_common import CONFIG_HELP, command, read_settings
+from gateway.cli_connect import add_connect
 from gateway.cli_db import add_db_commands, ready_to_serve
 from gateway.cli_policy import add_policy, add_tools
 from gateway.config import ConfigError, Settings
@@ -165,6 +166,7 @@ COMMANDS: tuple[Callable[[Subparsers], None], ...] = (  # the order of `counters
     add_init,
     add_policy,
     add_tools,
+    add_connect,
     add_audit,
     add_approvals,
     add_slack,

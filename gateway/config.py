@@ -26,6 +26,7 @@ from gateway.config_base import hold_bound as _hold_bound
 from gateway.config_base import seconds as _seconds
 from gateway.config_channels import SlackSettings, WebSettings
 from gateway.config_limits import AgentLimitSettings
+from gateway.jwt_settings import JwtSettings
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -76,6 +77,8 @@ class ServerSettings(_Section):
     # How often an SSE comment goes out on an open HTTP response that has sent nothing else.
     keepalive_interval: float = Field(default=DEFAULT_KEEPALIVE_INTERVAL, gt=0)
     allowed_hosts: tuple[str, ...] = ()
+    # When set, /metrics answers only `Authorization: Bearer <metrics_token>`.
+    metrics_token: str | None = Field(default=None, repr=False)
     # No agent tokens: every caller is the agent "dev". For local experiments only; logged loudly.
     dev_mode: bool = False
     # When the audit log cannot be written: refuse every call, or let tools whose upstream marks them
@@ -216,6 +219,7 @@ class Settings(_Section):
     policy: PolicySettings = Field(default_factory=PolicySettings)
     upstreams: tuple[UpstreamSettings, ...] = ()
     agents: tuple[AgentSettings, ...] = ()
+    agent_jwt: JwtSettings | None = None
     approvers: tuple[ApproverSettings, ...] = ()
     slack: SlackSettings = Field(default_factory=SlackSettings)
     web: WebSettings = Field(default_factory=WebSettings)

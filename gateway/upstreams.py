@@ -110,6 +110,7 @@ class Upstream:
         # The first connection attempt has ended, connected or not; and whether the tools were ever listed.
         self.attempted = anyio.Event()
         self.listed_once = False
+        self.reconnects = 0
 
     @property
     def ready(self) -> bool:
@@ -144,6 +145,7 @@ class Upstream:
                 self.connected = anyio.Event()
             await anyio.sleep(delay * (0.8 + 0.4 * random.random()))
             delay = min(delay * 2, _MAX_BACKOFF)
+            self.reconnects += 1
 
     async def _session(self, listed: anyio.Event) -> None:
         async with AsyncExitStack() as stack:
@@ -402,6 +404,7 @@ class UpstreamSet:
                 "tools": len(u.tools),
                 "protocol": u.protocol_version,
                 "last_error": u.last_error,
+                "reconnects": u.reconnects,
             }
             for u in self.upstreams
         ]
