@@ -37,10 +37,10 @@ def value(found: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str,
     return found.get((name, frozenset(labels.items())), 0.0)
 
 
-async def held(c: Core, agent: Any, *, wait: float, verdict: str) -> None:
+async def held(c: Core, agent: Any, *, wait: float, verdict: str, arguments: dict[str, Any] = CANCEL) -> None:
     async with anyio.create_task_group() as tg:
         box: dict[str, Any] = {}
-        await call_in_background(agent, tg, "cancel_order", CANCEL, box)
+        await call_in_background(agent, tg, "cancel_order", arguments, box)
         request = await c.pending()
         c.clock.advance(wait)
         if verdict == "approve":
@@ -57,7 +57,8 @@ async def test_a_scripted_run_shows_in_every_metric_family(tmp_path: Path) -> No
         await agent.call_tool("limited_read", {})  # limited
         await agent.call_tool("place_everything", {"id": "apr_should_never_be_a_label"})  # denied: not listed
         await held(c, agent, wait=30, verdict="approve")
-        await held(c, agent, wait=90, verdict="reject")
+        # Another order: the same call again would get the first one's outcome (the repeat window).
+        await held(c, agent, wait=90, verdict="reject", arguments={"orderId": 1002})
         # What the Slack outbox appends when a delivery fails, and when it gives up.
         await c.service.record(Event(kind="slack.failed", outcome="failed", message="slack: ratelimited"))
         await c.service.record(Event(kind="slack.gave_up", outcome="gave_up", message="slack: gave up"))

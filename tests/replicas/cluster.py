@@ -37,6 +37,8 @@ import httpx2
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
+from tests.audit_key import audit_section, verify_env
+
 REPO = Path(__file__).resolve().parents[2]
 HAPROXY_CONFIG = REPO / "deploy" / "haproxy.cfg"
 REPLICA_HEADER = "x-countersign-replica"
@@ -367,6 +369,7 @@ class Cluster:
         for name, group, token in approvers:
             lines += ["[[approvers]]", f'name = "{name}"', f'email = "{name}@example.com"', f'groups = ["{group}"]']
             lines += [f'api_token = "{token}"', ""]
+        lines += audit_section()
         self.config_path.write_text("\n".join(lines) + "\n" + self.extra_toml)
 
     # ---- looking
@@ -411,7 +414,15 @@ class Cluster:
     def audit_verify(self) -> subprocess.CompletedProcess[str]:
         """`countersign audit verify` on the cluster's database, as an operator runs it."""
         command = [sys.executable, "-m", "gateway.cli", "audit", "verify", "--database-url", self.database_url]
-        return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+        return subprocess.run(
+            command,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            env=verify_env(dict(os.environ)),
+        )
 
     # ---- clients
 
