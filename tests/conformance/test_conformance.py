@@ -38,6 +38,9 @@ def test_every_check_that_passes_directly_passes_through_countersign() -> None:
     # The suite's server scenarios pass in full against the upstream, and so through the gateway.
     assert (direct_failed, gateway_failed) == (0, 0)
     assert direct_ok == gateway_ok >= 44
+    # docs/relay.md prints these figures side by side.
+    figures = f"**{direct_ok} passed, 0 failed** | **{gateway_ok} passed, 0 failed** |"
+    assert figures in (ROOT / "docs" / "relay.md").read_text()
     for scenario in ("tools-call-elicitation", "tools-call-sampling", "prompts-get-with-args", "resources-subscribe"):
         assert re.search(rf"^{scenario}\s", done.stdout, re.M), f"{scenario} did not run"
 
