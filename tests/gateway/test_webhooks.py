@@ -23,7 +23,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway.app import Gateway
 from gateway.config import ConfigError, parse_settings
+from gateway.config_channels import WebhookSettings
 from gateway.webhooks.payload import signature
 from tests.gateway.test_two_gateways import cancel_with, feeds_caught_up, second
 from tests.harness import Harness, held_call, running_gateway, served, wait_for
@@ -158,6 +160,7 @@ async def test_a_receiver_that_fails_three_times_gets_the_event_once_and_each_fa
                 await h.api().post(f"/api/approvals/{request['id']}/reject", json={"reason": "no"})
             await settled(h)
             kinds = await audit_kinds(h, request["id"])
+    print("POSTS", [(p.event["id"], p.event["type"]) for p in hooks.posts])
     assert hooks.types() == ["request.created", "request.rejected"]
     assert [post.status for post in hooks.posts] == [503, 503, 503, 200, 200]
     assert len({post.body for post in hooks.posts[:4]}) == 1, "a retry sends the same event"
@@ -199,9 +202,7 @@ async def test_a_webhook_with_an_event_filter_gets_only_those_events(tmp_path: P
     assert hooks.types() == ["request.executed"]
 
 
-async def test_a_signature_made_with_another_secret_fails_the_documented_check(
-    tmp_path: Path, sqlite_url: str
-) -> None:
+async def test_a_signature_made_with_another_secret_fails_the_documented_check(tmp_path: Path, sqlite_url: str) -> None:
     verify = documented_verify()
     async with receiver() as hooks:
         async with running_gateway(tmp_path, sqlite_url, config={"webhooks": [webhook(hooks.url)]}) as h:
@@ -231,6 +232,33 @@ async def test_two_gateways_on_one_database_send_each_transition_once(tmp_path: 
                 await wait_for(lambda: len(hooks.posts) > 4)
     assert hooks.types() == EXECUTED
     assert len(hooks.posts) == 4
+
+
+async def test_transitions_made_while_no_gateway_with_the_webhook_ran_are_sent_when_one_starts(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    async def park(agent: Any, order: int) -> str:
+        pending = await agent.call_tool("ibkr_cancel_order", {"orderId": order, "confirm": True})
+        return str(pending.structured_content["approval_id"])
+
+    async with receiver() as hooks:
+        # Gateway A has no webhook; the agent does not wait, so requests stay pending without it.
+        async with running_gateway(tmp_path, sqlite_url, policy=cancel_with(max_hold="0.3s")) as a, a.agent() as agent:
+            first, second_ = await park(agent, 1001), await park(agent, 1002)
+            hooked = a.settings.model_copy(update={"webhooks": (WebhookSettings(**webhook(hooks.url)),)})
+            async with Gateway(hooked).running(serve_http=False):
+                await a.api().post(f"/api/approvals/{first}/reject", json={})
+                await wait_for(lambda: len(hooks.accepted) == 2, within=15)
+            # No gateway with the webhook runs now.
+            await a.api().post(f"/api/approvals/{second_}/reject", json={})
+            async with Gateway(hooked).running(serve_http=False):
+                await wait_for(lambda: len(hooks.accepted) == 4, within=15)
+    assert [(post.event["request"]["id"], post.event["type"]) for post in hooks.accepted] == [
+        (first, "request.created"),
+        (first, "request.rejected"),
+        (second_, "request.created"),
+        (second_, "request.rejected"),
+    ]
 
 
 def test_a_webhook_with_a_bad_url_short_secret_or_unknown_event_is_refused_naming_the_key() -> None:
