@@ -153,14 +153,15 @@ async def test_a_receiver_gets_one_signed_event_per_transition_of_an_approved_ca
 async def test_a_receiver_that_fails_three_times_gets_the_event_once_and_each_failure_is_audited(
     tmp_path: Path, sqlite_url: str
 ) -> None:
-    async with receiver(lambda post, index: 503 if index < 3 else 200) as hooks:
-        async with running_gateway(tmp_path, sqlite_url, config={"webhooks": [webhook(hooks.url)]}) as h:
-            async with held_call(h, "ibkr_cancel_order", CANCEL) as (request, _):
-                await wait_for(lambda: len(hooks.accepted) == 1, within=15)
-                await h.api().post(f"/api/approvals/{request['id']}/reject", json={"reason": "no"})
-            await settled(h)
-            kinds = await audit_kinds(h, request["id"])
-    print("POSTS", [(p.event["id"], p.event["type"]) for p in hooks.posts])
+    async with (
+        receiver(lambda post, index: 503 if index < 3 else 200) as hooks,
+        running_gateway(tmp_path, sqlite_url, config={"webhooks": [webhook(hooks.url)]}) as h,
+    ):
+        async with held_call(h, "ibkr_cancel_order", CANCEL) as (request, _):
+            await wait_for(lambda: len(hooks.accepted) == 1, within=15)
+            await h.api().post(f"/api/approvals/{request['id']}/reject", json={"reason": "no"})
+        await settled(h)
+        kinds = await audit_kinds(h, request["id"])
     assert hooks.types() == ["request.created", "request.rejected"]
     assert [post.status for post in hooks.posts] == [503, 503, 503, 200, 200]
     assert len({post.body for post in hooks.posts[:4]}) == 1, "a retry sends the same event"
@@ -177,13 +178,15 @@ async def test_an_event_the_receiver_refuses_is_given_up_audited_and_the_next_on
     def refuse_created(post: Received, index: int) -> int:
         return 410 if post.event["type"] == "request.created" else 200
 
-    async with receiver(refuse_created) as hooks:
-        async with running_gateway(tmp_path, sqlite_url, config={"webhooks": [webhook(hooks.url)]}) as h:
-            async with held_call(h, "ibkr_cancel_order", CANCEL) as (request, _):
-                await wait_for(lambda: len(hooks.posts) == 1, within=15)
-                await h.api().post(f"/api/approvals/{request['id']}/reject", json={})
-            await settled(h)
-            events = await h.service.history.events(request_id=request["id"])
+    async with (
+        receiver(refuse_created) as hooks,
+        running_gateway(tmp_path, sqlite_url, config={"webhooks": [webhook(hooks.url)]}) as h,
+    ):
+        async with held_call(h, "ibkr_cancel_order", CANCEL) as (request, _):
+            await wait_for(lambda: len(hooks.posts) == 1, within=15)
+            await h.api().post(f"/api/approvals/{request['id']}/reject", json={})
+        await settled(h)
+        events = await h.service.history.events(request_id=request["id"])
     assert [post.status for post in hooks.posts] == [410, 200], "a 410 is not retried"
     assert hooks.types() == ["request.rejected"]
     gave_up = [e for e in events if e.kind == "webhook.gave_up"]
@@ -204,11 +207,13 @@ async def test_a_webhook_with_an_event_filter_gets_only_those_events(tmp_path: P
 
 async def test_a_signature_made_with_another_secret_fails_the_documented_check(tmp_path: Path, sqlite_url: str) -> None:
     verify = documented_verify()
-    async with receiver() as hooks:
-        async with running_gateway(tmp_path, sqlite_url, config={"webhooks": [webhook(hooks.url)]}) as h:
-            async with held_call(h, "ibkr_cancel_order", CANCEL) as (request, _):
-                await wait_for(lambda: len(hooks.accepted) == 1, within=15)
-                await h.api().post(f"/api/approvals/{request['id']}/reject", json={})
+    async with (
+        receiver() as hooks,
+        running_gateway(tmp_path, sqlite_url, config={"webhooks": [webhook(hooks.url)]}) as h,
+        held_call(h, "ibkr_cancel_order", CANCEL) as (request, _),
+    ):
+        await wait_for(lambda: len(hooks.accepted) == 1, within=15)
+        await h.api().post(f"/api/approvals/{request['id']}/reject", json={})
     real = hooks.accepted[0]
     header = real.headers["countersign-signature"]
     assert verify(SECRET, header, real.body)
@@ -241,18 +246,21 @@ async def test_transitions_made_while_no_gateway_with_the_webhook_ran_are_sent_w
         pending = await agent.call_tool("ibkr_cancel_order", {"orderId": order, "confirm": True})
         return str(pending.structured_content["approval_id"])
 
-    async with receiver() as hooks:
-        # Gateway A has no webhook; the agent does not wait, so requests stay pending without it.
-        async with running_gateway(tmp_path, sqlite_url, policy=cancel_with(max_hold="0.3s")) as a, a.agent() as agent:
-            first, second_ = await park(agent, 1001), await park(agent, 1002)
-            hooked = a.settings.model_copy(update={"webhooks": (WebhookSettings(**webhook(hooks.url)),)})
-            async with Gateway(hooked).running(serve_http=False):
-                await a.api().post(f"/api/approvals/{first}/reject", json={})
-                await wait_for(lambda: len(hooks.accepted) == 2, within=15)
-            # No gateway with the webhook runs now.
-            await a.api().post(f"/api/approvals/{second_}/reject", json={})
-            async with Gateway(hooked).running(serve_http=False):
-                await wait_for(lambda: len(hooks.accepted) == 4, within=15)
+    # Gateway A has no webhook; the agent does not wait, so requests stay pending without it.
+    async with (
+        receiver() as hooks,
+        running_gateway(tmp_path, sqlite_url, policy=cancel_with(max_hold="0.3s")) as a,
+        a.agent() as agent,
+    ):
+        first, second_ = await park(agent, 1001), await park(agent, 1002)
+        hooked = a.settings.model_copy(update={"webhooks": (WebhookSettings(**webhook(hooks.url)),)})
+        async with Gateway(hooked).running(serve_http=False):
+            await a.api().post(f"/api/approvals/{first}/reject", json={})
+            await wait_for(lambda: len(hooks.accepted) == 2, within=15)
+        # No gateway with the webhook runs now.
+        await a.api().post(f"/api/approvals/{second_}/reject", json={})
+        async with Gateway(hooked).running(serve_http=False):
+            await wait_for(lambda: len(hooks.accepted) == 4, within=15)
     assert [(post.event["request"]["id"], post.event["type"]) for post in hooks.accepted] == [
         (first, "request.created"),
         (first, "request.rejected"),
