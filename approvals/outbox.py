@@ -17,6 +17,10 @@ A post whose answer was lost (the poster died between Slack accepting it and rec
 marked `attempted_at` before it goes out: whoever takes the item over looks for it before
 posting again. Recording the post (`record_post`) is one transaction with the request's
 `slack_channel`/`slack_ts` and the follow-up reminder, and keeps the first message recorded.
+
+A channel that must deliver every change rather than show the newest (webhooks) reads the range
+`done_seq` < seq <= `wanted_seq` of its claim (`Claim.done_seq`) and moves `done_seq` past each
+change as it delivers it (`progress`), so whoever takes the item over starts after the last one.
 """
 
 from __future__ import annotations

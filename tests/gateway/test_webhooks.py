@@ -166,11 +166,13 @@ async def test_a_receiver_that_fails_three_times_gets_the_event_once_and_each_fa
             await h.api().post(f"/api/approvals/{request['id']}/reject", json={"reason": "no"})
         await settled(h)
         kinds = await audit_kinds(h, request["id"])
+        metrics = (await h.api().get("/metrics")).text
     assert hooks.types() == ["request.created", "request.rejected"]
     assert [post.status for post in hooks.posts] == [503, 503, 503, 200, 200]
     assert len({post.body for post in hooks.posts[:4]}) == 1, "a retry sends the same event"
     assert kinds.count("webhook.failed") == 3
     assert "webhook.gave_up" not in kinds
+    assert 'countersign_channel_delivery_failures_total{channel="webhook",outcome="failed"} 3.0' in metrics
     rejected = hooks.accepted[1].event
     assert rejected["ended_because"] == "rejected"
     assert rejected["story"] == "Rejected by alice: no. The call was not executed."
