@@ -128,3 +128,25 @@ async def test_a_batch_that_cannot_be_written_refuses_every_call_in_it(tmp_path:
 
     texts = [" ".join(b.text for b in r.content if isinstance(b, types.TextContent)) for r in results]
     assert len(texts) == 10 and all(t.startswith("[AUDIT UNAVAILABLE]") for t in texts), texts
+
+
+async def test_replicas_recording_together_extend_one_chain(
+    tmp_path: Path, database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Two gateways on one database, each with its own connections and its own batches: replicas.
+    async with (
+        gateway_on(tmp_path, database_url, broker()) as first,
+        gateway_on(tmp_path, database_url, broker()) as second,
+    ):
+        async with anyio.create_task_group() as tg:
+            for gateway in (first, second):
+                for n in range(CALLS):
+                    event = Event(kind="call.allowed", outcome="allowed", message="forwarded", agent=f"a{n}")
+                    tg.start_soon(gateway.service.record, event)
+        sizes = [await batch_sizes(first), await batch_sizes(second)]
+
+    assert [s.events for s in sizes] == [CALLS, CALLS]
+    assert all(s.transactions < CALLS for s in sizes)
+    code, output = await verify(capsys, database_url, tmp_path)
+    assert code == 0, output
+    assert f"audit chain intact: {2 * CALLS} events verified" in output
