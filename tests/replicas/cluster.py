@@ -42,6 +42,7 @@ HAPROXY_CONFIG = REPO / "deploy" / "haproxy.cfg"
 REPLICA_HEADER = "x-countersign-replica"
 REPLICAS = ("replica-1", "replica-2", "replica-3")  # the server names in deploy/haproxy.cfg
 
+AUDIT_KEY = "replicas-audit-key-0123456789abcdef0123"
 AGENT_TOKEN = "agent-token-alpha"
 OTHER_AGENT_TOKEN = "agent-token-bravo"
 ALICE_TOKEN = "alice-api-token"
@@ -358,7 +359,9 @@ class Cluster:
         (self.workdir / "policy.json").write_text(json.dumps(self.policy, indent=2))
         server = {"host": "127.0.0.1", "database_url": self.database_url, **self.server}
         lines = ["[server]", *(f"{k} = {_toml(v)}" for k, v in server.items())]
-        lines += ["", "[policy]", 'file = "policy.json"', ""]
+        # Replicas sharing a database must share the audit key (they refuse to start without one).
+        lines += ["", "[audit]", f'key = "{AUDIT_KEY}"', ""]
+        lines += ["[policy]", 'file = "policy.json"', ""]
         lines += ["[[upstreams]]", 'name = "paper"', f'url = "http://127.0.0.1:{self.broker_port}/mcp"']
         lines += ['call_timeout = "20s"', 'connect_timeout = "10s"', ""]
         for name, token in (("alpha", AGENT_TOKEN), ("bravo", OTHER_AGENT_TOKEN)):
@@ -410,7 +413,7 @@ class Cluster:
 
     def audit_verify(self) -> subprocess.CompletedProcess[str]:
         """`countersign audit verify` on the cluster's database, as an operator runs it."""
-        command = [sys.executable, "-m", "gateway.cli", "audit", "verify", "--database-url", self.database_url]
+        command = [sys.executable, "-m", "gateway.cli", "audit", "verify", "--config", str(self.config_path)]
         return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
 
     # ---- clients
