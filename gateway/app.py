@@ -125,7 +125,9 @@ class Gateway:
         )
         self.lookups = OrderContext(GatewayReads(self.service, self.policies, self.upstreams))
         self.channels = build_channels(ChannelContext(settings, self.service, self.approvers, self.lookups))
-        self.metrics = GatewayMetrics(self.db, tools=self._tool_names, upstreams=self.upstreams.status)
+        self.metrics = GatewayMetrics(
+            self.db, tools=self._tool_names, upstreams=self.upstreams.status, batches=self.service.batches.sizes
+        )
 
         # The wiring: who hears what.
         self.feed.subscribe(self.timeouts)
