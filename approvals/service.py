@@ -29,7 +29,7 @@ from approvals.feed import ChangeFeed
 from approvals.history import AuditHistory
 from approvals.models import ApprovalRequest, Decision
 from approvals.reads import RequestReads, approvals_of, load, pending_of
-from approvals.request_events import bound_to, decision_event, refusal_event
+from approvals.request_events import bound_to, decision_event, refusal_event, shown_with
 from approvals.states import EndReason, Status
 from approvals.story import describe, ending
 from approvals.transitions import Clock, already, request_event
@@ -99,7 +99,8 @@ class ApprovalService(ExecutionCases, RequestReads):
         digest = arguments_digest(arguments_json)
         row: dict[str, Any] = {
             **asdict(new),
-            "id": new_request_id(),
+            "id": new.id or new_request_id(),
+            "context": canonical_json([item.as_json() for item in new.context]) if new.context else None,
             "arguments": arguments_json,
             "arguments_sha256": digest,
             "open_key": open_key(new.agent, new.tool, digest),
@@ -117,8 +118,13 @@ class ApprovalService(ExecutionCases, RequestReads):
                     raise TooManyPending(new.agent, max_pending)
                 await conn.execute(insert(_requests).values(**row))
                 view = await load(conn, row["id"])
-                text = f"held for approval: {new.reason}"
+                text = (
+                    f"held for approval: {new.title} ({new.reason})"
+                    if new.title
+                    else f"held for approval: {new.reason}"
+                )
                 detail = {
+                    **shown_with(new),
                     "rule": new.rule,
                     "expires_at": view.expires_at.isoformat(),
                     "quorum": new.quorum,
