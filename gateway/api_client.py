@@ -80,8 +80,8 @@ def print_table(approvals: list[dict[str, Any]]) -> None:
 def print_approval(a: dict[str, Any]) -> str:
     lines = [
         f"{a['id']}  {a['status'].upper()}",
-        *([f"  title      {a['title']}"] if a.get("title") else []),
         *([f"  now        {a['summary']}"] if a.get("summary") else []),
+        *([f"  title      {a['title']}"] if a.get("title") else []),
         f"  tool       {a['tool']} (upstream {a['upstream']}: {a['upstream_tool']})",
         f"  agent      {a['agent']}{'' if a['agent_waiting'] else ' (not waiting)'}",
         f"  why held   {a['reason']}  [{a['rule']}]",
