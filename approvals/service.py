@@ -9,6 +9,7 @@ exactly one of them wins. The audit event is also the change's entry in the chan
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import secrets
 from collections.abc import Mapping
@@ -100,7 +101,10 @@ class ApprovalService(ExecutionCases, RequestReads):
         row: dict[str, Any] = {
             **asdict(new),
             "id": new.id or new_request_id(),
-            "context": canonical_json([item.as_json() for item in new.context]) if new.context else None,
+            # Not canonical: the keys keep the order the policy's selection gave them, which is the order shown.
+            "context": json.dumps([i.as_json() for i in new.context], ensure_ascii=False, allow_nan=False)
+            if new.context
+            else None,
             "arguments": arguments_json,
             "arguments_sha256": digest,
             "open_key": open_key(new.agent, new.tool, digest),

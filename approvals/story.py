@@ -41,7 +41,11 @@ def context_lines(view: RequestView) -> list[tuple[str, str]]:
         if item.problem is not None:
             lines.append((item.name, f"context unavailable: {item.problem}"))
         elif isinstance(item.value, dict) and item.value:
-            lines.extend((f"{item.name} · {key}", fact_text(value)) for key, value in item.value.items())
+            # A field the selection found empty (a stop price on a limit order) says nothing: left out.
+            shown = [
+                (f"{item.name} · {key}", fact_text(value)) for key, value in item.value.items() if value is not None
+            ]
+            lines.extend(shown or [(item.name, "nothing found")])
         else:
             lines.append((item.name, fact_text(item.value)))
     return lines
