@@ -74,7 +74,7 @@ async def test_a_held_cancel_appears_without_a_reload_and_approving_it_returns_t
 
             await card.get_by_role("button", name="Approve").click()
             await card.locator(".result-summary").wait_for()
-            assert "\"symbol\": \"AAPL\"" in await card.locator(".result-summary").inner_text()
+            assert '"symbol": "AAPL"' in await card.locator(".result-summary").inner_text()
             assert "Executed" in await card.locator(".badge").inner_text()
             assert "Approved by alice and executed." in await card.locator(".story").inner_text()
             assert "Decided by alice via web" in await card.inner_text()
