@@ -92,3 +92,14 @@ def test_the_reason_argument_is_listed_and_required_only_when_the_policy_require
     assert required["required"] == ["path", "countersign_reason"]
     assert with_reason(schema, "optional")["required"] == ["path"]
     assert schema["required"] == ["path"], "the upstream's own schema is left as it was"
+
+
+def test_policy_check_warns_about_a_lookup_whose_tool_the_policy_does_not_allow_outright() -> None:
+    from gateway.policy_report import lint_policy
+
+    document = held({"context": [{"name": "file", "tool": "stat", "arguments": {"path": "{{ args.path }}"}}]})
+    [warning] = [w for w in lint_policy(parse_policy(document)) if ".context[" in w.path]
+    assert warning.path == 'tools["remove"].approval.context[0].tool'
+    assert "does not allow stat outright" in warning.message
+    document["tools"]["stat"] = {}
+    assert [w for w in lint_policy(parse_policy(document)) if ".context[" in w.path] == []
