@@ -256,7 +256,8 @@ class CallHandler:
         self, caller: Caller, tool: str, arguments: dict[str, Any]
     ) -> tuple[dict[str, Any], str | None]:
         """The arguments without the agent's reason, and the reason; the upstream never sees it."""
-        asks = self.policies.current.agent_reason(tool)
+        # The gateway's own tools are never held, so they never carry a reason, whatever all_tools says.
+        asks = None if tool in (STATUS_TOOL, WAIT_TOOL) else self.policies.current.agent_reason(tool)
         if asks is None:
             return arguments, None
         rest = {key: value for key, value in arguments.items() if key != REASON_ARGUMENT}
