@@ -234,8 +234,9 @@ async def test_the_audit_page_filters_and_exports_what_the_agent_and_the_approve
         await sign_in(page, "alice", PASSWORDS["alice"])
         await page.get_by_role("navigation", name="Main").get_by_role("link", name="Audit history").click()
         await page.locator(".chain-ok").get_by_text("Chain intact").wait_for()
-        assert "4 events verified" in await page.locator("#chain").inner_text()
-        assert "4 matching events" in await page.locator("#result-count").inner_text()
+        # The agent's two calls, the gateway's lookup of the order the cancel names, the request and its rejection.
+        assert "5 events verified" in await page.locator("#chain").inner_text()
+        assert "5 matching events" in await page.locator("#result-count").inner_text()
 
         await page.get_by_label("Tool").fill("ibkr_cancel_order")
         await page.get_by_label("Outcome").select_option("rejected")
