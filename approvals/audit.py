@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -102,6 +102,11 @@ def authentic(row: Mapping[Any, Any], key: bytes | None) -> bool:
 
 async def append(conn: AsyncConnection, event: Event, at: datetime) -> int:
     """Append one event. Must run inside `Database.write()`, which serialises appends and supplies the key."""
+    return (await append_many(conn, [(event, at)]))[-1]
+
+
+async def append_many(conn: AsyncConnection, events: Sequence[tuple[Event, datetime]]) -> list[int]:
+    """Append events in order after one read of the head: one insert, one place in the chain each."""
     key: bytes | None = conn.info.get(CHAIN_KEY)
     last = (
         await conn.execute(select(_table.c.seq, _table.c.hash, _table.c.keyed).order_by(_table.c.seq.desc()).limit(1))
@@ -109,8 +114,20 @@ async def append(conn: AsyncConnection, event: Event, at: datetime) -> int:
     if last is not None and last.keyed and key is None:
         # An unkeyed row after keyed ones would read as a forgery; refuse rather than break the chain.
         raise ChainKeyMissing("the audit chain is keyed and this process has no audit key: nothing was written")
-    seq = 1 if last is None else last.seq + 1
-    row: dict[str, Any] = {
+    seq, prev_hash = (0, GENESIS) if last is None else (last.seq, last.hash)
+    rows: list[dict[str, Any]] = []
+    for event, at in events:
+        seq += 1
+        row = _row(event, at, seq, prev_hash, keyed=key is not None)
+        row["hash"] = prev_hash = row_digest(row, key)
+        rows.append(row)
+    if rows:
+        await conn.execute(insert(_table), rows)
+    return [row["seq"] for row in rows]
+
+
+def _row(event: Event, at: datetime, seq: int, prev_hash: str, *, keyed: bool) -> dict[str, Any]:
+    return {
         "seq": seq,
         "at": as_utc(at),
         "kind": event.kind,
@@ -124,12 +141,9 @@ async def append(conn: AsyncConnection, event: Event, at: datetime) -> int:
         "message": event.message,
         "arguments": event.arguments,
         "detail": canonical_json(dict(event.detail)),
-        "prev_hash": GENESIS if last is None else last.hash,
-        "keyed": key is not None,
+        "prev_hash": prev_hash,
+        "keyed": keyed,
     }
-    row["hash"] = row_digest(row, key)
-    await conn.execute(insert(_table).values(**row))
-    return seq
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,10 @@ A post whose answer was lost (the poster died between Slack accepting it and rec
 marked `attempted_at` before it goes out: whoever takes the item over looks for it before
 posting again. Recording the post (`record_post`) is one transaction with the request's
 `slack_channel`/`slack_ts` and the follow-up reminder, and keeps the first message recorded.
+
+A channel that must deliver every change rather than show the newest (webhooks) reads the range
+`done_seq` < seq <= `wanted_seq` of its claim (`Claim.done_seq`) and moves `done_seq` past each
+change as it delivers it (`progress`), so whoever takes the item over starts after the last one.
 """
 
 from __future__ import annotations
@@ -54,6 +58,8 @@ class Claim:
     fence: int
     shown: str | None
     attempted_at: datetime | None
+    # The newest change already done when the claim was made (channels that deliver every change start after it).
+    done_seq: int = 0
 
 
 @dataclass(frozen=True)
@@ -127,14 +133,14 @@ class ChannelOutbox:
                 self._free(now),
             )
             .values(lease_token=token, lease_until=now + self.lease)
-            .returning(_items.c.wanted_seq, _items.c.fence, _items.c.shown, _items.c.attempted_at)
+            .returning(_items.c.wanted_seq, _items.c.done_seq, _items.c.fence, _items.c.shown, _items.c.attempted_at)
         )
         async with self.db.transaction() as conn:
             row = (await conn.execute(statement)).first()
         if row is None:
             return None
         attempted = None if row.attempted_at is None else as_utc(row.attempted_at)
-        return Claim(channel, request_id, kind, token, row.wanted_seq, row.fence, row.shown, attempted)
+        return Claim(channel, request_id, kind, token, row.wanted_seq, row.fence, row.shown, attempted, row.done_seq)
 
     async def renew(self, claim: Claim) -> bool:
         """Extend the lease; False when it is no longer ours."""
@@ -143,6 +149,22 @@ class ChannelOutbox:
                 update(_items).where(*self._held(claim)).values(lease_until=self.clock() + self.lease)
             )
         return bool(renewed.rowcount == 1)
+
+    async def progress(self, claim: Claim, seq: int) -> bool:
+        """Change `seq` is done, and the claim holds on for the next (channels that deliver every change)."""
+        async with self.db.transaction() as conn:
+            moved = await conn.execute(
+                update(_items)
+                .where(*self._held(claim))
+                .values(done_seq=self._greatest(_items.c.done_seq, seq), lease_until=self.clock() + self.lease)
+            )
+        return bool(moved.rowcount == 1)
+
+    async def high_water(self, channel: str) -> int:
+        """The newest change any item of the channel was ever asked for (0: none yet)."""
+        query = select(func.coalesce(func.max(_items.c.wanted_seq), 0)).where(_items.c.channel == channel)
+        async with self.db.read() as conn:
+            return int((await conn.execute(query)).scalar_one())
 
     async def attempting(self, claim: Claim) -> datetime:
         """A post is about to go out: whoever takes over after a crash must look for it first."""

@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from approvals import audit
 from approvals.approvers import Approver, ApproverDirectory, may_decide
 from approvals.audit import Event, canonical_json
+from approvals.audit_batch import AuditBatches
 from approvals.db import Database
 from approvals.errors import AlreadyOpen, InvalidDecision, NotAllowed, TooManyPending
 from approvals.execution import ExecutionCases
@@ -83,13 +84,21 @@ class ApprovalService(ExecutionCases, RequestReads):
         self.clock = clock
         self.feed = feed or ChangeFeed(db)
         self.history = AuditHistory(db)
+        self.batches = AuditBatches(db)
 
     # ---- writing
 
     async def record(self, event: Event) -> None:
-        """Audit something that changes no request (a call allowed, denied or limited; a refusal)."""
-        # Only request events are changes to a request; a call allowed or refused wakes nobody else.
-        async with self._write(announce=event.kind.startswith("request.")) as conn:
+        """Audit something that changes no request (a call allowed, denied or limited; a refusal).
+
+        Returns once the event is committed. Events recorded at the same time share write
+        transactions (`approvals.audit_batch`); a request event is a change and is written on its own.
+        """
+        if not event.kind.startswith("request."):
+            # A call allowed or refused wakes nobody: no feed to poke, no other process to notify.
+            await self.batches.append(event, self.clock())
+            return
+        async with self._write() as conn:
             await audit.append(conn, event, self.clock())
 
     async def create(self, new: NewRequest, *, max_pending: int | None = None) -> RequestView:

@@ -210,6 +210,8 @@ def gateway_config(
                 "poll_interval": poll_interval,
             },
         ),
+        # A shared database (PostgreSQL) needs a configured key; one for every backend keeps the runs alike.
+        ("[audit]", {"key": secrets.token_hex(32)}),
         ("[policy]", {"file": str(policy_file), "watch": True}),
         ("[[upstreams]]", {"name": "paper", "url": broker_url, "call_timeout": "60s", "connect_timeout": "20s"}),
         ("[[agents]]", {"name": "bench", "token": AGENT_TOKEN}),
@@ -349,6 +351,54 @@ async def passthrough(
         return PassthroughRun(
             mode, direct_times, via_times, cpu * 1000 / calls, direct.protocol_version, via.protocol_version, dropped
         )
+
+
+@dataclass
+class ThroughputRun:
+    mode: str
+    tasks: int
+    calls: int
+    direct_per_second: float
+    via_per_second: float
+    gateway_cpu_per_call_ms: float
+
+
+async def throughput(
+    direct_url: str, gateway_url: str, gateway: Proc, mode: str, tasks: int, per_task: int
+) -> ThroughputRun:
+    """`tasks` concurrent tasks on one client session each side, `per_task` calls each: calls per second."""
+    rates: dict[str, float] = {}
+    cpu_ms = 0.0
+    for side, url, token in (("direct", direct_url, None), ("via", gateway_url, AGENT_TOKEN)):
+        async with mcp_client(url, mode=mode, token=token, connections=tasks + 2) as client:
+            for _ in range(5):
+                await client.call_tool(READ_TOOL, {})
+
+            async def worker() -> None:
+                for _ in range(per_task):
+                    result = await client.call_tool(READ_TOOL, {})
+                    if result.is_error:
+                        raise RuntimeError(f"{READ_TOOL} failed under load: {short(text_of(result))}")
+
+            cpu0, started = gateway.cpu_seconds(), time.perf_counter()
+            async with anyio.create_task_group() as tg:
+                for _ in range(tasks):
+                    tg.start_soon(worker)
+            rates[side] = tasks * per_task / (time.perf_counter() - started)
+            if side == "via":
+                cpu_ms = (gateway.cpu_seconds() - cpu0) * 1000 / (tasks * per_task)
+    return ThroughputRun(mode, tasks, tasks * per_task, rates["direct"], rates["via"], cpu_ms)
+
+
+def report_throughput(run: ThroughputRun) -> list[str]:
+    return [
+        f"Throughput: {READ_TOOL}, {run.tasks} concurrent tasks on one session, {run.calls} calls per side; "
+        f"mode={run.mode}",
+        f"  {'direct to upstream':<34} {run.direct_per_second:9.0f} calls/s",
+        f"  {'through the gateway':<34} {run.via_per_second:9.0f} calls/s "
+        f"({run.via_per_second / run.direct_per_second:.2f} x direct)",
+        f"  {'gateway CPU per call':<34} {run.gateway_cpu_per_call_ms:.2f} ms",
+    ]
 
 
 # ---- 2. held calls
@@ -722,6 +772,11 @@ async def run(args: argparse.Namespace, workdir: Path, procs: list[Proc], databa
         emit(
             *report_passthrough(await passthrough(broker_url, gateway_url, gateway, mode, args.calls, args.warmup)), ""
         )
+    if args.tasks:
+        for mode in args.modes:
+            log(f"throughput, mode={mode}: {args.tasks} tasks x {args.task_calls} calls each way")
+            measured = await throughput(broker_url, gateway_url, gateway, mode, args.tasks, args.task_calls)
+            emit(*report_throughput(measured), "")
     if args.held:
         log(f"placing {args.held} working orders on the paper broker")
         order_ids = await place_orders(broker_url, args.held)
@@ -767,6 +822,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--calls", type=int, default=500, help="measured passthrough calls per side and mode (500)")
     parser.add_argument("--warmup", type=int, default=50, help="warm-up calls per side and mode (50)")
     parser.add_argument("--modes", default="legacy,auto", help="client modes for passthrough: legacy,auto")
+    parser.add_argument("--tasks", type=int, default=20, help="concurrent tasks for throughput, 0 to skip (20)")
+    parser.add_argument("--task-calls", type=int, default=100, help="calls per task for throughput (100)")
     parser.add_argument("--held", type=int, default=1000, help=f"calls held at once, 0 to skip, at most {MAX_HELD}")
     parser.add_argument("--held-mode", default="legacy", choices=["legacy", "auto"], help="client mode, held calls")
     parser.add_argument("--sessions", type=int, default=40, help="client sessions the held calls are spread over")
@@ -786,6 +843,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.calls, args.warmup, args.held = min(args.calls, 50), min(args.warmup, 10), min(args.held, 50)
+        args.task_calls = min(args.task_calls, 20)
         args.sessions, args.idle_seconds = min(args.sessions, 5), min(args.idle_seconds, 2.0)
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not 0 <= args.held <= MAX_HELD:

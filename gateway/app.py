@@ -29,7 +29,7 @@ from approvals.feed import ChangeFeed
 from approvals.service import ApprovalService, utcnow
 from approvals.timeouts import TimeoutScheduler
 from approvals.transitions import Clock
-from gateway import api, slack
+from gateway import api, slack, webhooks
 from gateway.agent_auth import AgentAuth
 from gateway.audit_keeper import open_chain, publish_head, publish_heads
 from gateway.calls import CallHandler
@@ -124,7 +124,9 @@ class Gateway:
             security_settings=self._transport_security(),
         )
         self.channels = build_channels(ChannelContext(settings, self.service, self.approvers))
-        self.metrics = GatewayMetrics(self.db, tools=self._tool_names, upstreams=self.upstreams.status)
+        self.metrics = GatewayMetrics(
+            self.db, tools=self._tool_names, upstreams=self.upstreams.status, batches=self.service.batches.sizes
+        )
 
         # The wiring: who hears what.
         self.feed.subscribe(self.timeouts)
@@ -256,13 +258,14 @@ class Gateway:
 
 
 def build_channels(context: ChannelContext) -> list[Channel]:
-    """The approval channels the settings turn on: the web inbox and Slack."""
+    """The channels the settings turn on: the web inbox, Slack and one per webhook."""
     channels: list[Channel] = []
     if context.settings.web.enabled:
         channels.append(WebChannel(context))
     slack_channel = slack.build(context)
     if slack_channel is not None:
         channels.append(slack_channel)
+    channels.extend(webhooks.build(context))
     return channels
 
 

@@ -16,6 +16,7 @@ from approvals.durations import format_duration
 from approvals.errors import AlreadyOpen, ApprovalError, TooManyPending
 from approvals.service import ApprovalService, arguments_digest, new_request_id
 from approvals.views import NewRequest, RequestView
+from gateway import tracing
 from gateway.arguments import check_call
 from gateway.caller import Caller, Progress, ProgressLine
 from gateway.config import DEFAULT_REPEAT_WINDOW
@@ -125,7 +126,9 @@ class CallHandler:
         if tool in (STATUS_TOOL, WAIT_TOOL):
             return await self.held.gateway_tool(caller, tool, arguments, line)
         policy = self.policies.current
-        evaluation = policy.evaluate(tool, arguments, schema)
+        with tracing.step("policy") as span:
+            evaluation = policy.evaluate(tool, arguments, schema)
+            span.set_attributes({"countersign.action": evaluation.action, "countersign.rule": evaluation.rule or ""})
         route = self.upstreams.route(tool)
         upstream_name = route.upstream.name if route else None
         arguments_json = canonical_json(arguments)
@@ -178,7 +181,8 @@ class CallHandler:
 
         if evaluation.action == "allow":
             await self._record_before_forwarding(event("call.allowed", "allowed", "forwarded"), route, reservation)
-            result = await route.upstream.call(route.upstream_tool, arguments, line.relay)
+            call = route.upstream.call(route.upstream_tool, arguments, line.relay)
+            result = await tracing.traced("upstream", call, upstream=route.upstream.name, tool=route.upstream_tool)
             if result.is_error:
                 await reservation.release()
                 await audit("call.failed", "failed", text_of(result, 200))
@@ -190,33 +194,36 @@ class CallHandler:
         # Before the request exists, so no channel announces it without what the approver needs (each bounded).
         shown = await self.context.gather(approval, HeldCall(request_id, caller.agent, route.upstream.name, arguments))
         try:
-            request = await self.service.create(
-                NewRequest(
-                    id=request_id,
-                    title=shown.title,
-                    agent_reason=agent_reason,
-                    context=shown.context,
-                    upstream=route.upstream.name,
-                    tool=tool,
-                    upstream_tool=route.upstream_tool,
-                    arguments=arguments,
-                    agent=caller.agent,
-                    session_id=caller.session,
-                    rule=evaluation.rule,
-                    reason=evaluation.message,
-                    timeout_seconds=approval.timeout_seconds,
-                    approvers=approval.approvers,
-                    quorum=approval.quorum,
-                    channels=approval.channels,
-                    reject_reason_required=approval.reject_reason_required,
-                    slack_channel=approval.slack_channel,
-                    pickup_seconds=approval.pickup_seconds,
-                    run_unattended=approval.run_unattended,
-                    max_hold_seconds=self.held.request_bound(caller.agent, approval.max_hold_seconds),
-                    keep_on_cancel=approval.keep_on_cancel,
-                    policy_version=policy.version,
+            request = await tracing.traced(
+                "hold",
+                self.service.create(
+                    NewRequest(
+                        id=request_id,
+                        title=shown.title,
+                        agent_reason=agent_reason,
+                        context=shown.context,
+                        upstream=route.upstream.name,
+                        tool=tool,
+                        upstream_tool=route.upstream_tool,
+                        arguments=arguments,
+                        agent=caller.agent,
+                        session_id=caller.session,
+                        rule=evaluation.rule,
+                        reason=evaluation.message,
+                        timeout_seconds=approval.timeout_seconds,
+                        approvers=approval.approvers,
+                        quorum=approval.quorum,
+                        channels=approval.channels,
+                        reject_reason_required=approval.reject_reason_required,
+                        slack_channel=approval.slack_channel,
+                        pickup_seconds=approval.pickup_seconds,
+                        run_unattended=approval.run_unattended,
+                        max_hold_seconds=self.held.request_bound(caller.agent, approval.max_hold_seconds),
+                        keep_on_cancel=approval.keep_on_cancel,
+                        policy_version=policy.version,
+                    ),
+                    max_pending=self.agent_limits.max_pending_per_agent,
                 ),
-                max_pending=self.agent_limits.max_pending_per_agent,
             )
         except TooManyPending as exc:
             await reservation.release()
@@ -249,6 +256,7 @@ class CallHandler:
                     request = await self.service.get(request.id)
             except ApprovalError as exc:  # it is judged again before it could start
                 log.error("could not judge %s by the new policy: %s", request.id, exc)
+        tracing.annotate(approval_id=request.id)
         hold_limit = self.held.hold_limit(caller.agent, request)
         return await self.held.follow(request, caller, line, hold_limit=hold_limit, reservation=reservation)
 

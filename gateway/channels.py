@@ -1,4 +1,4 @@
-"""Approval channels (web inbox, Slack): how they plug into the running gateway.
+"""Channels (web inbox, Slack, webhooks): how they plug into the running gateway.
 
 A channel contributes HTTP routes and middleware, may run a background task for the gateway's
 lifetime, and may hear every request change through the change feed (`listeners`). It is given

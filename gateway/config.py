@@ -24,7 +24,7 @@ from gateway.audit_settings import AuditSettings
 from gateway.config_base import Section as _Section
 from gateway.config_base import hold_bound as _hold_bound
 from gateway.config_base import seconds as _seconds
-from gateway.config_channels import SlackSettings, WebSettings
+from gateway.config_channels import SlackSettings, WebhookSettings, WebSettings
 from gateway.config_limits import AgentLimitSettings
 from gateway.jwt_settings import JwtSettings
 
@@ -223,6 +223,7 @@ class Settings(_Section):
     approvers: tuple[ApproverSettings, ...] = ()
     slack: SlackSettings = Field(default_factory=SlackSettings)
     web: WebSettings = Field(default_factory=WebSettings)
+    webhooks: tuple[WebhookSettings, ...] = ()
     agent_limits: AgentLimitSettings = Field(default_factory=AgentLimitSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     source: str = Field(default="<settings>", exclude=True)
@@ -234,6 +235,7 @@ class Settings(_Section):
             ("upstreams", [u.name for u in self.upstreams]),
             ("agents", [a.name for a in self.agents]),
             ("approvers", [a.name for a in self.approvers]),
+            ("webhooks", [w.name for w in self.webhooks]),
         ):
             seen: set[str] = set()
             for index, name in enumerate(names):

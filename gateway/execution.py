@@ -23,7 +23,7 @@ from anyio.abc import TaskGroup
 from approvals.errors import AlreadyDecided, ApprovalError, ArgumentsChanged
 from approvals.service import ApprovalService
 from approvals.views import RequestView
-from gateway import faults
+from gateway import faults, tracing
 from gateway.caller import ProgressLine
 from gateway.results import text_of
 from gateway.upstreams import Forwarder
@@ -105,7 +105,8 @@ class Executions:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._keep_lease, view)
-                result = await upstream.call(view.upstream_tool, view.arguments, run.relay)
+                call = upstream.call(view.upstream_tool, view.arguments, run.relay)
+                result = await tracing.traced("upstream", call, upstream=view.upstream, tool=view.upstream_tool)
                 tg.cancel_scope.cancel()
             faults.reached("after_forward")
             summary = text_of(result, 200)

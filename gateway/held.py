@@ -32,7 +32,7 @@ from approvals.service import ApprovalService, arguments_digest
 from approvals.states import Status
 from approvals.story import clock_time, who_decides
 from approvals.views import RequestView
-from gateway import faults
+from gateway import faults, tracing
 from gateway.caller import CONNECTION_CLOSED, Caller, Departure, ProgressLine, race_gone
 from gateway.config import DEFAULT_EXECUTION_LEASE
 from gateway.errors import CallRefused, Tag
@@ -117,7 +117,9 @@ class HeldCalls:
         try:
             while True:
                 if view.status == Status.PENDING:
-                    step = await self._wait_for_decision(view, caller, progress, deadline)
+                    step = await tracing.traced(
+                        "decision_wait", self._wait_for_decision(view, caller, progress, deadline)
+                    )
                     if step is _Stop.GONE:
                         await self._detach(view.id, CONNECTION_CLOSED)
                         raise CallRefused(Tag.APPROVAL_DETACHED, "the connection closed; the request is still pending.")

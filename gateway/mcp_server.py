@@ -13,11 +13,12 @@ from mcp.server.subscriptions import ListenHandler, SubscriptionBus
 from starlette.requests import Request
 
 from approvals.errors import ApprovalError, StoreUnavailable
+from gateway import tracing
 from gateway.caller import Caller
 from gateway.calls import CallHandler
 from gateway.errors import CallRefused, Tag, instructions
 from gateway.relay_server import Relay, RelayServer
-from gateway.results import gateway_tools
+from gateway.results import gateway_tools, text_of
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +124,12 @@ def build_server(
         async def progress(value: float, total: float | None, message: str | None) -> None:
             await ctx.session.report_progress(value, total, message)
 
+        headers = ctx.request.headers if isinstance(ctx.request, Request) else None
         try:
-            return await answer_call(handler, caller, params.name, dict(params.arguments or {}), progress)
+            with tracing.tool_call(params.name, caller.agent, meta=params.meta, headers=headers) as span:
+                result = await answer_call(handler, caller, params.name, dict(params.arguments or {}), progress)
+                tracing.outcome(span, result.is_error, text_of(result, 120))
+                return result
         finally:
             cancels.forget(ctx)
 

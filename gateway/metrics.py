@@ -23,7 +23,7 @@ from typing import Any
 import anyio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from starlette.requests import Request
@@ -52,6 +52,8 @@ _TERMINAL_KINDS = {f"request.{s.value}": s for s in TERMINAL}
 _OPEN = (Status.PENDING, Status.APPROVED, Status.EXECUTING)
 # Humans decide in seconds to hours; upstream calls take milliseconds to minutes.
 DECISION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0)
+# Events per group-committed audit transaction: 1 when idle, up to approvals.audit_batch.MAX_BATCH under load.
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 RESULT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
 
 
@@ -65,6 +67,7 @@ class GatewayMetrics:
         tools: Callable[[], Iterable[str]],
         upstreams: Callable[[], list[dict[str, Any]]],
         agents: Iterable[str] = (),
+        batches: Mapping[int, int] | None = None,
     ) -> None:
         self.db = db
         self._tools = tools
@@ -108,6 +111,8 @@ class GatewayMetrics:
             registry=r,
         )
         r.register(_UpstreamCollector(upstreams))
+        if batches is not None:
+            r.register(_BatchCollector(batches))
 
     async def start(self) -> None:
         """Count from the current end of the log on: what happened before this process started is not counted."""
@@ -229,6 +234,30 @@ class _UpstreamCollector(Collector):
             reconnects.add_metric([upstream["name"]], float(upstream.get("reconnects", 0)))
         yield up
         yield reconnects
+
+
+class _BatchCollector(Collector):
+    """This process's audit write transactions for events that change no request, by how many events each held.
+
+    Unlike the families above, this one is the process's own (how it wrote, not what happened), so it is
+    summed across replicas. Read from the writer's counts at scrape time: nothing is added to the call path.
+    """
+
+    def __init__(self, sizes: Mapping[int, int]) -> None:
+        self._sizes = sizes
+
+    def collect(self) -> Iterator[Metric]:
+        sizes = dict(self._sizes)
+        buckets = [
+            (str(float(bound)), float(sum(n for size, n in sizes.items() if size <= bound))) for bound in BATCH_BUCKETS
+        ]
+        buckets.append(("+Inf", float(sum(sizes.values()))))
+        yield HistogramMetricFamily(
+            "countersign_audit_batch_size",
+            "Events per audit write transaction of calls and refusals (group commit), in this process.",
+            buckets=buckets,
+            sum_value=float(sum(size * n for size, n in sizes.items())),
+        )
 
 
 def metrics_endpoint(metrics: GatewayMetrics, token: str | None) -> Callable[[Request], Any]:

@@ -11,6 +11,7 @@ import uvicorn
 from mcp.server.stdio import stdio_server
 from uvicorn.config import LOGGING_CONFIG
 
+from gateway import tracing
 from gateway.app import Gateway
 from gateway.config import ConfigError, Settings
 
@@ -42,6 +43,7 @@ def _uvicorn(
 
 
 async def serve_http(settings: Settings, *, accept_audit_rollback: bool = False) -> int:
+    tracing.configure()
     gateway = Gateway(settings, accept_audit_rollback=accept_audit_rollback)
     await _uvicorn(gateway.asgi(), settings, lifespan="on").serve()
     return 0
@@ -60,6 +62,7 @@ def _port_free(host: str, port: int) -> bool:
 async def serve_stdio(
     settings: Settings, agent: str, *, with_http: bool = True, accept_audit_rollback: bool = False
 ) -> int:
+    tracing.configure()
     gateway = Gateway(settings, stdio_agent=agent, accept_audit_rollback=accept_audit_rollback)
     # stdout is the MCP channel: claim it first (the SDK diverts stray writes to stderr while it is held),
     # so nothing logged while upstreams connect or the HTTP API answers can corrupt it.

@@ -35,7 +35,11 @@ _PG_PROBLEM = _pg_reachable()
 
 
 def skip_unless_present(kind: str, problem: str | None) -> None:
-    """Skip with the reason when a service is absent; in CI (COUNTERSIGN_REQUIRE names it) fail instead."""
+    """Skip with the reason when a service is absent; in CI (COUNTERSIGN_REQUIRE names it) fail instead.
+
+    Kinds: postgres, chromium, node (tests/node), node22 (the conformance suite in tests/conformance),
+    haproxy; `.ci/run` requires them all.
+    """
     if problem is None:
         return
     required = {k.strip() for k in os.environ.get("COUNTERSIGN_REQUIRE", "").split(",")}

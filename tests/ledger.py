@@ -28,6 +28,7 @@ from mcp.server.mcpserver import MCPServer
 
 from gateway.app import Gateway
 from gateway.config import parse_settings
+from tests.audit_key import audit_section, verify_env
 from tests.harness import ALICE_TOKEN, BOB_TOKEN, CAROL_TOKEN, base_config, bound_socket, serve_asgi, write_policy
 
 AGENT_TOKEN = "agent-token-alpha"
@@ -125,6 +126,7 @@ def write_config(
     for name, token, group in (("alice", ALICE_TOKEN, "traders"), ("bob", BOB_TOKEN, "traders")):
         lines += ["[[approvers]]", f'name = "{name}"', f'groups = ["{group}"]', f'api_token = "{token}"']
     lines += ["[[approvers]]", 'name = "carol"', 'groups = ["ops"]', f'api_token = "{CAROL_TOKEN}"']
+    lines += audit_section()
     config = folder / "countersign.toml"
     config.write_text("\n".join(lines) + "\n")
     return config
@@ -237,7 +239,7 @@ async def decide(url: str, request_id: str, verdict: str, token: str = ALICE_TOK
 async def audit_verify(database_url: str) -> tuple[int, str]:
     """`countersign audit verify` as a real command; its exit status and what it printed."""
     command = [sys.executable, "-m", "gateway.cli", "audit", "verify", "--database-url", database_url]
-    done = await anyio.run_process(command, check=False)
+    done = await anyio.run_process(command, check=False, env=verify_env(dict(os.environ)))
     return done.returncode, (done.stdout + done.stderr).decode()
 
 

@@ -37,10 +37,11 @@ def value(found: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str,
     return found.get((name, frozenset(labels.items())), 0.0)
 
 
-async def held(c: Core, agent: Any, *, wait: float, verdict: str) -> None:
+async def held(c: Core, agent: Any, *, wait: float, verdict: str, order: int) -> None:
     async with anyio.create_task_group() as tg:
         box: dict[str, Any] = {}
-        await call_in_background(agent, tg, "cancel_order", CANCEL, box)
+        # A distinct order each time: an identical call just after would be answered as a repeat, not held.
+        await call_in_background(agent, tg, "cancel_order", {**CANCEL, "orderId": order}, box)
         request = await c.pending()
         c.clock.advance(wait)
         if verdict == "approve":
@@ -56,8 +57,8 @@ async def test_a_scripted_run_shows_in_every_metric_family(tmp_path: Path) -> No
         await agent.call_tool("limited_read", {})  # allowed, and uses up the hour's one call
         await agent.call_tool("limited_read", {})  # limited
         await agent.call_tool("place_everything", {"id": "apr_should_never_be_a_label"})  # denied: not listed
-        await held(c, agent, wait=30, verdict="approve")
-        await held(c, agent, wait=90, verdict="reject")
+        await held(c, agent, wait=30, verdict="approve", order=101)
+        await held(c, agent, wait=90, verdict="reject", order=102)
         # What the Slack outbox appends when a delivery fails, and when it gives up.
         await c.service.record(Event(kind="slack.failed", outcome="failed", message="slack: ratelimited"))
         await c.service.record(Event(kind="slack.gave_up", outcome="gave_up", message="slack: gave up"))
@@ -110,6 +111,11 @@ async def test_a_scripted_run_shows_in_every_metric_family(tmp_path: Path) -> No
     # created, approved, executing, executed; created, rejected; created, rejected.
     assert value(after, appends, kind="request") >= 8
 
+    # One call at a time: every call event is written alone, at once (group commit never waits for company).
+    batches = "countersign_audit_batch_size"
+    assert value(after, f"{batches}_count") == value(after, f"{batches}_sum") >= 6
+    assert value(after, f"{batches}_bucket", le="1.0") == value(after, f"{batches}_count")
+
 
 async def _answer(text: str) -> Any:
     return text_result(text)
@@ -129,7 +135,7 @@ async def test_promtool_accepts_the_exposition(tmp_path: Path) -> None:
         pytest.skip("promtool is not installed (Debian package `prometheus`)")
     async with core(tmp_path) as c, c.agent() as agent:
         await agent.call_tool("get_orders", {})
-        await held(c, agent, wait=5, verdict="approve")
+        await held(c, agent, wait=5, verdict="approve", order=101)
         body = (await scrape(c)).content
     checked = await anyio.run_process([PROMTOOL, "check", "metrics"], input=body, check=False)
     assert checked.returncode == 0, checked.stdout.decode() + checked.stderr.decode()

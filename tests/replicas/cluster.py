@@ -37,6 +37,8 @@ import httpx2
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
+from tests.audit_key import audit_section
+
 REPO = Path(__file__).resolve().parents[2]
 HAPROXY_CONFIG = REPO / "deploy" / "haproxy.cfg"
 REPLICA_HEADER = "x-countersign-replica"
@@ -358,7 +360,8 @@ class Cluster:
         (self.workdir / "policy.json").write_text(json.dumps(self.policy, indent=2))
         server = {"host": "127.0.0.1", "database_url": self.database_url, **self.server}
         lines = ["[server]", *(f"{k} = {_toml(v)}" for k, v in server.items())]
-        lines += ["", "[policy]", 'file = "policy.json"', ""]
+        # Replicas sharing a database must share the audit key (they refuse to start without one).
+        lines += ["[policy]", 'file = "policy.json"', ""]
         lines += ["[[upstreams]]", 'name = "paper"', f'url = "http://127.0.0.1:{self.broker_port}/mcp"']
         lines += ['call_timeout = "20s"', 'connect_timeout = "10s"', ""]
         for name, token in (("alpha", AGENT_TOKEN), ("bravo", OTHER_AGENT_TOKEN)):
@@ -367,6 +370,7 @@ class Cluster:
         for name, group, token in approvers:
             lines += ["[[approvers]]", f'name = "{name}"', f'email = "{name}@example.com"', f'groups = ["{group}"]']
             lines += [f'api_token = "{token}"', ""]
+        lines += audit_section()
         self.config_path.write_text("\n".join(lines) + "\n" + self.extra_toml)
 
     # ---- looking
@@ -410,7 +414,7 @@ class Cluster:
 
     def audit_verify(self) -> subprocess.CompletedProcess[str]:
         """`countersign audit verify` on the cluster's database, as an operator runs it."""
-        command = [sys.executable, "-m", "gateway.cli", "audit", "verify", "--database-url", self.database_url]
+        command = [sys.executable, "-m", "gateway.cli", "audit", "verify", "--config", str(self.config_path)]
         return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
 
     # ---- clients

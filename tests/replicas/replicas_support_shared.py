@@ -24,6 +24,8 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
+from tests.audit_key import SHARED_AUDIT_KEY
+
 AGENT_TOKEN = "agent-token-alpha"
 ALICE_TOKEN = "alice-api-token"
 COUNTERSIGN = str(Path(sys.executable).parent / "countersign")
@@ -70,6 +72,9 @@ name = "alice"
 groups = ["traders"]
 api_token = "{ALICE_TOKEN}"
 slack_user = "U0ALICE"
+
+[audit]
+key = "{SHARED_AUDIT_KEY}"
 {extra}"""
 
 

@@ -70,9 +70,10 @@ async def test_a_change_committed_by_another_replica_reaches_the_feed_without_wa
 ) -> None:
     async with listening_feed(postgres_url) as (_, heard), other_replica(postgres_url) as other:
         latencies = []
-        for _ in range(20):
+        for n in range(20):
             started = time.monotonic()
-            request_id = (await other.create(held_cancel())).id
+            # A different order each time: one call has one open request at a time.
+            request_id = (await other.create(held_cancel(arguments={"orderId": 2000 + n}))).id
             await wait_for(lambda rid=request_id: heard.kinds(rid) == ["request.created"], within=5)
             latencies.append(heard.changes[-1][0] - started)
             await other.approve(request_id, ALICE, "api")
@@ -105,7 +106,8 @@ async def test_the_feed_listens_again_after_its_connection_is_killed_and_misses_
         admin = await asyncpg.connect(notify.listen_dsn(feed.db.url))
         try:
             killed = await admin.fetchval(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE application_name = $1 AND datname = current_database()",
                 notify.APPLICATION_NAME,
             )
             assert killed == 1
@@ -117,5 +119,5 @@ async def test_the_feed_listens_again_after_its_connection_is_killed_and_misses_
         await wait_for(lambda: listener.connections >= 2, within=10)
         # The reconnection itself makes the feed catch up from its cursor, long before its minute's poll.
         await wait_for(lambda: heard.kinds(request.id) == ["request.created"], within=5)
-        later = await other.create(held_cancel())
+        later = await other.create(held_cancel(arguments={"orderId": 1002}))
         await wait_for(lambda: heard.kinds(later.id) == ["request.created"], within=2)

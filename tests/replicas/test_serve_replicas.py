@@ -25,6 +25,7 @@ from approvals.models import ApprovalRequest, AuditEvent
 from gateway.demo import DEMO_POLICY
 from gateway.paper_book import PaperBook
 from gateway.paper_broker import build_http_app
+from tests.audit_key import SHARED_AUDIT_KEY
 from tests.harness import AGENT_TOKEN, ALICE_TOKEN, agent_client, serve_asgi, wait_for
 from tests.processes import Served, serving
 from tests.web.support import PASSWORDS, SESSION_SECRET, approvers, browser_client, csrf_of, sign_in
@@ -55,6 +56,7 @@ async def replicas(
             "agents": [{"name": "alpha", "token": AGENT_TOKEN}],
             "approvers": approvers(),
             "web": {"session_secret": SESSION_SECRET, "failed_signin_delay": 0},
+            "audit": {"key": SHARED_AUDIT_KEY},
         }
         with ExitStack() as stack:
             started = [stack.enter_context(serving(tmp_path, f"replica-{n}", config)) for n in range(count)]

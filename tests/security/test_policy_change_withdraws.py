@@ -19,6 +19,7 @@ import anyio
 import mcp_types as types
 
 from approvals.states import Status
+from tests.audit_key import SHARED_AUDIT_KEY
 from tests.harness import AGENT_TOKEN, Harness, held_call, running_gateway, wait_for
 from tests.security.support import gateway_with_slack, held_policy, message_for
 from tests.web.support import browser_client, sign_in
@@ -156,7 +157,8 @@ async def test_a_reload_that_loosens_leaves_every_parked_call_needing_its_decisi
 async def test_a_replica_starting_with_a_stricter_policy_withdraws_what_it_denies(
     tmp_path: Path, sqlite_url: str
 ) -> None:
-    config = {"agents": [{"name": "alpha", "token": AGENT_TOKEN, "max_hold": "1s"}]}
+    # Two gateways, one after the other, on one database: they share its audit key.
+    config = {"agents": [{"name": "alpha", "token": AGENT_TOKEN, "max_hold": "1s"}], "audit": {"key": SHARED_AUDIT_KEY}}
     for replica in ("one", "two"):
         (tmp_path / replica).mkdir()
     async with running_gateway(tmp_path / "one", sqlite_url, policy=held_policy(), config=config) as h:
