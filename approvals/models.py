@@ -64,6 +64,11 @@ class ApprovalRequest(SQLModel, table=True):
     lease_until: datetime | None = _ts(nullable=True)
     # The content hash of the policy that held the call (None: made before policies were versioned).
     policy_version: str | None = Field(default=None, max_length=64)
+    # What approvers are shown beside the arguments, fixed when the request is made: the policy's sentence for
+    # it, the agent's own reason, and the results of the policy's context lookups (a JSON list).
+    title: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    agent_reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    context: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
 
 
 class Decision(SQLModel, table=True):

@@ -14,7 +14,7 @@ from approvals.audit import Event
 from approvals.errors import AlreadyDecided
 from approvals.states import Status
 from approvals.story import describe
-from approvals.views import RequestView
+from approvals.views import NewRequest, RequestView
 
 
 def already_decided(view: RequestView) -> AlreadyDecided:
@@ -53,6 +53,18 @@ def decision_event(
         # The approval is bound to the arguments, the policy version and its pick-up window (evidence.py).
         detail["pickup_until"] = view.deadline.isoformat()
     return request_event(view, f"request.{outcome}", outcome, text, actor=approver.name, channel=channel, detail=detail)
+
+
+def shown_with(new: NewRequest) -> dict[str, Any]:
+    """What approvers are shown beside the arguments, recorded with the request's creation as they saw it."""
+    shown: dict[str, Any] = {}
+    if new.title is not None:
+        shown["title"] = new.title
+    if new.agent_reason is not None:
+        shown["agent_reason"] = new.agent_reason
+    if new.context:
+        shown["context"] = [item.as_json() for item in new.context]
+    return shown
 
 
 def bound_to(view: RequestView) -> dict[str, Any]:

@@ -9,6 +9,7 @@ exactly one of them wins. The audit event is also the change's entry in the chan
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import secrets
 from collections.abc import Mapping
@@ -30,7 +31,7 @@ from approvals.feed import ChangeFeed
 from approvals.history import AuditHistory
 from approvals.models import ApprovalRequest, Decision
 from approvals.reads import RequestReads, approvals_of, load, pending_of
-from approvals.request_events import bound_to, decision_event, refusal_event
+from approvals.request_events import bound_to, decision_event, refusal_event, shown_with
 from approvals.states import EndReason, Status
 from approvals.story import describe, ending
 from approvals.transitions import Clock, already, request_event
@@ -108,7 +109,11 @@ class ApprovalService(ExecutionCases, RequestReads):
         digest = arguments_digest(arguments_json)
         row: dict[str, Any] = {
             **asdict(new),
-            "id": new_request_id(),
+            "id": new.id or new_request_id(),
+            # Not canonical: the keys keep the order the policy's selection gave them, which is the order shown.
+            "context": json.dumps([i.as_json() for i in new.context], ensure_ascii=False, allow_nan=False)
+            if new.context
+            else None,
             "arguments": arguments_json,
             "arguments_sha256": digest,
             "open_key": open_key(new.agent, new.tool, digest),
@@ -126,8 +131,13 @@ class ApprovalService(ExecutionCases, RequestReads):
                     raise TooManyPending(new.agent, max_pending)
                 await conn.execute(insert(_requests).values(**row))
                 view = await load(conn, row["id"])
-                text = f"held for approval: {new.reason}"
+                text = (
+                    f"held for approval: {new.title} ({new.reason})"
+                    if new.title
+                    else f"held for approval: {new.reason}"
+                )
                 detail = {
+                    **shown_with(new),
                     "rule": new.rule,
                     "expires_at": view.expires_at.isoformat(),
                     "quorum": new.quorum,

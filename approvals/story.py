@@ -7,6 +7,9 @@ escapes it for its own medium.
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from approvals.durations import format_duration
 from approvals.states import EndReason, Status
 from approvals.views import RequestView
@@ -24,6 +27,41 @@ def clock_time(view: RequestView, which: str) -> str:
     moment = view.pickup_deadline if which == "pickup" else view.expires_at
     assert moment is not None
     return f"{moment:%H:%M:%S} UTC"
+
+
+def title(view: RequestView) -> str:
+    """What the call would do, as a sentence: the policy's summary for it, else a plain one naming the tool."""
+    return view.title or f"Call {view.tool} on {view.upstream}"
+
+
+def context_lines(view: RequestView) -> list[tuple[str, str]]:
+    """The looked-up facts as (label, text) pairs, the same in every channel; a failed lookup says why."""
+    lines: list[tuple[str, str]] = []
+    for item in view.context:
+        if item.problem is not None:
+            lines.append((item.name, f"context unavailable: {item.problem}"))
+        elif isinstance(item.value, dict) and item.value:
+            # A field the selection found empty (a stop price on a limit order) says nothing: left out.
+            shown = [
+                (f"{item.name} · {key}", fact_text(value)) for key, value in item.value.items() if value is not None
+            ]
+            lines.extend(shown or [(item.name, "nothing found")])
+        else:
+            lines.append((item.name, fact_text(item.value)))
+    return lines
+
+
+def fact_text(value: Any) -> str:
+    """A looked-up value as people read it: 100 not 100.0, nothing found as such, structures as compact JSON."""
+    if value is None:
+        return "nothing found"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float) and value.is_integer():
+        return f"{int(value)}"
+    if isinstance(value, str | int | float):
+        return str(value)
+    return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
 
 
 def headline(view: RequestView) -> str:

@@ -37,6 +37,25 @@ class NewRequest:
     keep_on_cancel: bool = False
     # The content hash of the policy that held the call: the approval is bound to it.
     policy_version: str | None = None
+    # What approvers are shown beside the arguments (the policy's sentence, the agent's reason, looked-up facts).
+    title: str | None = None
+    agent_reason: str | None = None
+    context: tuple[ContextItem, ...] = ()
+    # Chosen by the caller when something (a context lookup) must name the request before it exists.
+    id: str | None = None
+
+
+@dataclass(frozen=True)
+class ContextItem:
+    """One context lookup's outcome: the selected value, or why there is none."""
+
+    name: str
+    tool: str
+    value: Any = None
+    problem: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "tool": self.tool, "value": self.value, "problem": self.problem}
 
 
 @dataclass(frozen=True)
@@ -100,6 +119,9 @@ class RequestView:
     executing_by: str | None
     lease_until: datetime | None
     policy_version: str | None
+    title: str | None
+    agent_reason: str | None
+    context_json: str | None
     damage: tuple[str, ...] = ()
 
     @property
@@ -122,6 +144,24 @@ class RequestView:
             return None
         loaded = stored.shown(self.result_json)
         return loaded if isinstance(loaded, dict) else {"stored": loaded}
+
+    @property
+    def context(self) -> tuple[ContextItem, ...]:
+        """The context lookups' outcomes as stored, for people to read (never fails: odd entries are skipped)."""
+        loaded = stored.shown(self.context_json) if self.context_json else []
+        items = []
+        for entry in loaded if isinstance(loaded, list) else []:
+            if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+                problem = entry.get("problem")
+                items.append(
+                    ContextItem(
+                        entry["name"],
+                        str(entry.get("tool", "")),
+                        entry.get("value"),
+                        None if problem is None else str(problem),
+                    )
+                )
+        return tuple(items)
 
     @property
     def pickup_deadline(self) -> datetime | None:
@@ -167,7 +207,7 @@ _REQUEST_FIELDS = tuple(f.name for f in fields(RequestView) if f.name != "damage
 # What a field that cannot be read becomes. An unknown status reads as failed: it ended, and nothing acts on it.
 _UNREADABLE: dict[str, Any] = {"approvers": (), "channels": (), "status": Status.FAILED, "ended_because": None}
 # Where a field's column has another name, and how a column's value becomes the field's (None stays None).
-_COLUMN_OF = {"arguments_json": "arguments", "result_json": "result"}
+_COLUMN_OF = {"arguments_json": "arguments", "result_json": "result", "context_json": "context"}
 _LOAD: dict[str, Callable[[Any], Any]] = {
     "approvers": _names,
     "channels": _names,

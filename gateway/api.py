@@ -23,7 +23,7 @@ from approvals.errors import (
 )
 from approvals.service import ApprovalService
 from approvals.states import Status
-from approvals.story import describe
+from approvals.story import context_lines, describe, title
 from approvals.views import AuditEventView, DecisionOutcome, RequestView
 from gateway import bounded_json
 from gateway.api_client import CHANNEL_HEADER
@@ -39,6 +39,7 @@ def request_json(view: RequestView) -> dict[str, Any]:
     return {
         "id": view.id,
         "status": view.status.value,
+        "title": title(view),
         "tool": view.tool,
         "upstream": view.upstream,
         "upstream_tool": view.upstream_tool,
@@ -47,6 +48,9 @@ def request_json(view: RequestView) -> dict[str, Any]:
         "arguments_sha256": view.arguments_sha256,
         "rule": view.rule,
         "reason": view.reason,
+        "agent_reason": view.agent_reason,
+        "context": [item.as_json() for item in view.context],
+        "facts": [{"label": label, "text": text} for label, text in context_lines(view)],
         "policy_version": view.policy_version,
         "approvers": list(view.approvers),
         "quorum": view.quorum,

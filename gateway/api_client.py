@@ -81,9 +81,11 @@ def print_approval(a: dict[str, Any]) -> str:
     lines = [
         f"{a['id']}  {a['status'].upper()}",
         *([f"  now        {a['summary']}"] if a.get("summary") else []),
+        *([f"  title      {a['title']}"] if a.get("title") else []),
         f"  tool       {a['tool']} (upstream {a['upstream']}: {a['upstream_tool']})",
         f"  agent      {a['agent']}{'' if a['agent_waiting'] else ' (not waiting)'}",
         f"  why held   {a['reason']}  [{a['rule']}]",
+        *([f"  agent says {a['agent_reason']}"] if a.get("agent_reason") else []),
         f"  approvers  {', '.join(a['approvers']) or 'any approver'} (quorum {a['quorum']})",
         f"  created    {a['created_at']}",
         f"  expires    {a['expires_at']}",
@@ -93,6 +95,9 @@ def print_approval(a: dict[str, Any]) -> str:
             f"  decided    {a['status']} by {a['decided_by']} via {a['decided_via']}"
             + (f": {a['decision_reason']}" if a.get("decision_reason") else "")
         )
+    if a.get("facts"):
+        lines.append("  context (looked up when the request was made)")
+        lines.extend(f"    {fact['label']}: {fact['text']}" for fact in a["facts"])
     lines.append("  arguments")
     lines.extend("    " + line for line in json.dumps(a["arguments"], indent=2, sort_keys=True).splitlines())
     if a.get("error"):

@@ -35,13 +35,12 @@ from gateway.audit_keeper import open_chain, publish_head, publish_heads
 from gateway.calls import CallHandler
 from gateway.channels import Channel, ChannelContext
 from gateway.config import Settings
-from gateway.context import GatewayReads
+from gateway.context import ApprovalContext, GatewayReads
 from gateway.health import health
 from gateway.held import HeldCalls
 from gateway.jwt_auth import jwt_options, metadata_routes
 from gateway.mcp_server import build_server
 from gateway.metrics import GatewayMetrics, metrics_endpoint
-from gateway.order_context import OrderContext
 from gateway.policy_store import PolicyStore
 from gateway.policy_withdrawal import PolicyWithdrawals
 from gateway.ratelimit import RateLimiter
@@ -110,6 +109,7 @@ class Gateway:
             agent_limits=settings.agent_limits,
             audit_unavailable=settings.server.audit_unavailable,
             withdrawals=self.withdrawals,
+            context=ApprovalContext(GatewayReads(self.service, self.policies, self.upstreams)),
             repeat_window=settings.server.repeat_window,
         )
         self.events = InMemorySubscriptionBus()
@@ -123,8 +123,7 @@ class Gateway:
             stateless=False,
             security_settings=self._transport_security(),
         )
-        self.lookups = OrderContext(GatewayReads(self.service, self.policies, self.upstreams))
-        self.channels = build_channels(ChannelContext(settings, self.service, self.approvers, self.lookups))
+        self.channels = build_channels(ChannelContext(settings, self.service, self.approvers))
         self.metrics = GatewayMetrics(
             self.db, tools=self._tool_names, upstreams=self.upstreams.status, batches=self.service.batches.sizes
         )

@@ -14,16 +14,18 @@ import mcp_types as types
 from approvals.audit import Event, canonical_json
 from approvals.durations import format_duration
 from approvals.errors import AlreadyOpen, ApprovalError, TooManyPending
-from approvals.service import ApprovalService, arguments_digest
+from approvals.service import ApprovalService, arguments_digest, new_request_id
 from approvals.views import NewRequest, RequestView
 from gateway import tracing
 from gateway.arguments import check_call
 from gateway.caller import Caller, Progress, ProgressLine
 from gateway.config import DEFAULT_REPEAT_WINDOW
 from gateway.config_limits import AgentLimitSettings
+from gateway.context import ApprovalContext, HeldCall
 from gateway.errors import CallRefused, Tag
 from gateway.fair_share import COUNTED, RefusalBudget
 from gateway.held import HeldCalls
+from gateway.policy_context import REASON_ARGUMENT, REASON_LIMIT, with_reason
 from gateway.policy_store import PolicyStore
 from gateway.policy_withdrawal import PolicyWithdrawals
 from gateway.ratelimit import RateLimiter, Refusal, Reservation
@@ -46,6 +48,7 @@ class CallHandler:
         limiter: RateLimiter,
         held: HeldCalls,
         withdrawals: PolicyWithdrawals,
+        context: ApprovalContext | None = None,
         agent_limits: AgentLimitSettings | None = None,
         audit_unavailable: str = "refuse",
         repeat_window: float = DEFAULT_REPEAT_WINDOW,
@@ -56,6 +59,7 @@ class CallHandler:
         self.limiter = limiter
         self.held = held
         self.withdrawals = withdrawals
+        self.context = context or ApprovalContext(None)
         self.agent_limits = agent_limits or AgentLimitSettings()
         self.refusals = RefusalBudget(self.agent_limits.max_refusals_per_agent, self.agent_limits.refusal_window)
         self.audit_unavailable = audit_unavailable
@@ -75,6 +79,9 @@ class CallHandler:
                 # A held call may come back as a pending result; say so, or validating clients reject it.
                 widened = admit_alternative(tool.output_schema, PENDING_SCHEMA)
                 tool = tool.model_copy(update={"output_schema": widened})
+            asks = policy.agent_reason(tool.name)
+            if asks is not None:
+                tool = tool.model_copy(update={"input_schema": with_reason(tool.input_schema, asks)})
             tools.append(tool)
         return [*tools, *ours]
 
@@ -109,6 +116,7 @@ class CallHandler:
     async def _call(
         self, caller: Caller, tool: str, arguments: dict[str, Any], line: ProgressLine
     ) -> types.CallToolResult:
+        arguments, agent_reason = await self._take_reason(caller, tool, arguments)
         # Hidden tools are checked without their schema, so a refusal never shows that the tool exists.
         schema = None if self.policies.current.is_hidden(tool) else self.upstreams.input_schema(tool)
         invalid = check_call(tool, arguments, schema, max_bytes=self.agent_limits.max_argument_bytes)
@@ -182,11 +190,18 @@ class CallHandler:
 
         approval = evaluation.approval
         assert approval is not None
+        request_id = new_request_id()
+        # Before the request exists, so no channel announces it without what the approver needs (each bounded).
+        shown = await self.context.gather(approval, HeldCall(request_id, caller.agent, route.upstream.name, arguments))
         try:
             request = await tracing.traced(
                 "hold",
                 self.service.create(
                     NewRequest(
+                        id=request_id,
+                        title=shown.title,
+                        agent_reason=agent_reason,
+                        context=shown.context,
                         upstream=route.upstream.name,
                         tool=tool,
                         upstream_tool=route.upstream_tool,
@@ -244,6 +259,37 @@ class CallHandler:
         tracing.annotate(approval_id=request.id)
         hold_limit = self.held.hold_limit(caller.agent, request)
         return await self.held.follow(request, caller, line, hold_limit=hold_limit, reservation=reservation)
+
+    async def _take_reason(
+        self, caller: Caller, tool: str, arguments: dict[str, Any]
+    ) -> tuple[dict[str, Any], str | None]:
+        """The arguments without the agent's reason, and the reason; the upstream never sees it."""
+        # The gateway's own tools are never held, so they never carry a reason, whatever all_tools says.
+        asks = None if tool in (STATUS_TOOL, WAIT_TOOL) else self.policies.current.agent_reason(tool)
+        if asks is None:
+            return arguments, None
+        rest = {key: value for key, value in arguments.items() if key != REASON_ARGUMENT}
+        given = arguments.get(REASON_ARGUMENT)
+        problem = None
+        if given is None and asks == "required":
+            problem = f'this tool needs your reason: add "{REASON_ARGUMENT}", a sentence for the human who approves it'
+        elif given is not None and (not isinstance(given, str) or len(given) > REASON_LIMIT):
+            problem = f'"{REASON_ARGUMENT}" must be a string of at most {REASON_LIMIT} characters'
+        elif isinstance(given, str) and not given.strip() and asks == "required":
+            problem = f'"{REASON_ARGUMENT}" is empty: say in a sentence why you are making this call'
+        if problem is not None:
+            message = f"{problem}; the call was not executed"
+            event = Event(
+                kind="call.invalid",
+                outcome="denied",
+                message=message,
+                agent=caller.agent,
+                tool=tool,
+                arguments=canonical_json(rest),
+            )
+            await self._audit(event)
+            raise CallRefused(Tag.INVALID_ARGUMENTS, message)
+        return rest, (given.strip() or None) if isinstance(given, str) else None
 
     async def _record_before_forwarding(self, event: Event, route: Route, reservation: Reservation) -> None:
         """An allowed call is audited before it is forwarded: a call the gateway cannot record does not run."""

@@ -2,8 +2,8 @@
 
 A channel contributes HTTP routes and middleware, may run a background task for the gateway's
 lifetime, and may hear every request change through the change feed (`listeners`). It is given
-only what it uses — settings, the approval service, the approver directory and the context
-lookups — and acts on requests only through the approval service.
+only what it uses — settings, the approval service and the approver directory — and acts on
+requests only through the approval service.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from approvals.approvers import ApproverDirectory
 from approvals.feed import ChangeListener
 from approvals.service import ApprovalService
 from gateway.config import Settings
-from gateway.context import ContextLookup
 
 
 @dataclass(frozen=True)
@@ -26,7 +25,6 @@ class ChannelContext:
     settings: Settings
     service: ApprovalService
     approvers: ApproverDirectory
-    lookups: ContextLookup
 
 
 class Channel(Protocol):

@@ -1,26 +1,33 @@
-"""What an approver needs beside the arguments: facts looked up for a request, through the gateway's own rules.
+"""What an approver needs beside the arguments: facts the policy says to look up when a request is made.
 
-Channels show a request's context without knowing which tools produce it: they ask a
-`ContextLookup`, and render the `RequestContext` they get (a title, labelled facts, warnings, or
-the reason it could not be looked up). A lookup reads through `GatewayReads`, which calls an
-upstream tool only when the current policy allows that tool outright, under the gateway's own
-identity, and writes an audit row for each read — so what an approver saw is on the record.
+A tool's `approval.context` (gateway.policy_context) names read tools of the held call's upstream.
+`ApprovalContext.gather` calls them when the request is made, before anything announces it, each
+bounded by its own timeout and all at once, and renders the policy's `summary` over the arguments
+and what was found. The outcomes are stored on the request, so every channel, the API, the CLI
+and the audit show the same facts; a lookup that fails says why ("context unavailable: …") and
+never keeps the request from being made.
+
+Reads go through `GatewayReads`, which calls an upstream tool only when the current policy allows
+that tool outright, under the gateway's own identity, and writes a `call.lookup` audit row for each.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
+import jmespath
 import mcp_types as types
 
 from approvals.audit import Event, canonical_json
 from approvals.service import ApprovalService
-from approvals.views import RequestView
+from approvals.views import ContextItem
+from gateway.policy_context import ContextSpec, render_summary, resolve_arguments, select
+from gateway.policy_model import ApprovalSettings
 from gateway.policy_store import PolicyStore
 from gateway.results import text_of
 from gateway.upstreams import Upstreams
@@ -29,49 +36,26 @@ log = logging.getLogger(__name__)
 
 # The identity the gateway's own reads are audited under.
 GATEWAY_IDENTITY = "countersign"
+# The most a lookup's selected value may take on the request (canonical JSON), so a careless select stays readable.
+VALUE_LIMIT = 8192
 
 
 @dataclass(frozen=True)
-class Fact:
-    label: str
-    value: str
+class HeldCall:
+    """The call a request is being made for, and the id the request will have."""
+
+    request_id: str
+    agent: str
+    upstream: str
+    arguments: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
-class RequestContext:
-    """Facts about a request, as of `checked_at`; or `problem` saying why there are none."""
+class Shown:
+    """What approvers are shown beside the arguments: the looked-up facts and the policy's sentence."""
 
-    title: str
-    checked_at: datetime
-    facts: tuple[Fact, ...] = ()
-    warnings: tuple[str, ...] = ()
-    notes: tuple[str, ...] = ()
-    problem: str | None = None
-
-
-class ContextLookup(Protocol):
-    def applies(self, request: RequestView) -> bool:
-        """Whether this request has context worth looking up (the channel shows nothing otherwise)."""
-        ...
-
-    async def lookup(self, request: RequestView) -> RequestContext: ...
-
-    def result_summary(self, request: RequestView) -> str | None:
-        """One line about what an executed request did, in the tool's own terms; None to use the plain summary."""
-        ...
-
-
-class NoContext:
-    """For gateways with nothing to look up: every channel shows arguments only."""
-
-    def applies(self, request: RequestView) -> bool:
-        return False
-
-    async def lookup(self, request: RequestView) -> RequestContext:
-        raise LookupError("no context lookups are configured")
-
-    def result_summary(self, request: RequestView) -> str | None:
-        return None
+    context: tuple[ContextItem, ...] = ()
+    title: str | None = None
 
 
 @dataclass
@@ -88,45 +72,48 @@ class ReadFailed(Exception):
 class GatewayReads:
     """Calls read tools for context: only tools the policy allows outright, bounded in time, each read audited."""
 
-    def __init__(
-        self, service: ApprovalService, policies: PolicyStore, upstreams: Upstreams, *, timeout: float = 3.0
-    ) -> None:
+    def __init__(self, service: ApprovalService, policies: PolicyStore, upstreams: Upstreams) -> None:
         self.service = service
         self.policies = policies
         self.upstreams = upstreams
-        self.timeout = timeout
 
-    async def read(self, request: RequestView, upstream_tool: str, arguments: dict[str, Any]) -> types.CallToolResult:
-        """Call `upstream_tool` on the request's own upstream; raises ReadFailed with the reason when it cannot."""
-        name = self.upstreams.catalog_name(request.upstream, upstream_tool)
-        upstream = self.upstreams.get(request.upstream)
+    async def read(
+        self, call: HeldCall, upstream_tool: str, arguments: dict[str, Any], *, bound: float
+    ) -> types.CallToolResult:
+        """Call `upstream_tool` on the held call's upstream; raises ReadFailed with the reason when it cannot."""
+        name = self.upstreams.catalog_name(call.upstream, upstream_tool)
+        upstream = self.upstreams.get(call.upstream)
         if name is None or upstream is None:
-            raise ReadFailed(f"upstream '{request.upstream}' offers no {upstream_tool} tool right now")
+            raise ReadFailed(f"upstream '{call.upstream}' offers no {upstream_tool} tool right now")
         evaluation = self.policies.current.evaluate(name, arguments)
         event = Event(
             kind="call.lookup",
             outcome="allowed",
-            message=f"looked up {name} for request {request.id}",
+            message=f"looked up {name} for request {call.request_id}",
             agent=GATEWAY_IDENTITY,
             tool=name,
-            upstream=request.upstream,
-            request_id=request.id,
+            upstream=call.upstream,
+            request_id=call.request_id,
             actor=GATEWAY_IDENTITY,
             arguments=canonical_json(arguments),
-            detail={"rule": evaluation.rule, "for_agent": request.agent},
+            detail={"rule": evaluation.rule, "for_agent": call.agent},
         )
         if evaluation.action != "allow":
             await self._audit(event, "denied", f"lookup of {name} refused by policy: {evaluation.message}")
             raise ReadFailed(f"the policy does not allow the gateway to read {name} ({evaluation.message})")
         result: types.CallToolResult | None = None
-        with anyio.move_on_after(self.timeout):
-            result = await upstream.call(upstream_tool, arguments)
+        try:
+            with anyio.move_on_after(bound):
+                result = await upstream.call(upstream_tool, arguments)
+        except Exception as exc:  # a broken upstream is a failed lookup, never a failed request
+            await self._audit(event, "failed", f"lookup of {name} failed: {exc}")
+            raise ReadFailed(f"{name} could not be called: {exc}") from exc
         if result is None:
-            await self._audit(event, "failed", f"lookup of {name} timed out after {self.timeout:g}s")
-            raise ReadFailed(f"upstream '{request.upstream}' did not answer within {self.timeout:g}s")
+            await self._audit(event, "failed", f"lookup of {name} timed out after {bound:g}s")
+            raise ReadFailed(f"{name} did not answer within {bound:g}s")
         if result.is_error:
             await self._audit(event, "failed", f"lookup of {name} failed: {text_of(result, 200)}")
-            raise ReadFailed(text_of(result, 200))
+            raise ReadFailed(f"{name} answered with an error: {text_of(result, 200)}")
         await self._audit(event, "allowed", event.message)
         return result
 
@@ -137,10 +124,56 @@ class GatewayReads:
             log.error("could not audit a context lookup for %s: %s", event.request_id, exc)
 
 
-def number(value: Any) -> str:
-    """A quantity or price as a trader writes it: 50, 1,250, 395.5 (never 50.0)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return "—" if value is None else str(value)
-    if isinstance(value, float) and not value.is_integer():
-        return f"{value:,.4f}".rstrip("0").rstrip(".")
-    return f"{int(value):,}"
+class ApprovalContext:
+    """Runs a held tool's lookups and renders its summary, before the request is made."""
+
+    def __init__(self, reads: GatewayReads | None) -> None:
+        self.reads = reads
+
+    async def gather(self, approval: ApprovalSettings, call: HeldCall) -> Shown:
+        found: dict[str, ContextItem] = {}
+        if approval.context:
+            async with anyio.create_task_group() as group:
+                for spec in approval.context:
+                    group.start_soon(self._one, spec, call, found)
+        items = tuple(found[spec.name] for spec in approval.context)
+        title = None
+        if approval.summary is not None:
+            values = {item.name: item.value for item in items}
+            title = render_summary(approval.summary, call.arguments, values)
+        return Shown(items, title)
+
+    async def _one(self, spec: ContextSpec, call: HeldCall, found: dict[str, ContextItem]) -> None:
+        # Bounded here as well as in the read: the audit rows around it must not stretch the bound either.
+        with anyio.move_on_after(spec.timeout + 1.0):
+            found[spec.name] = await self._lookup(spec, call)
+            return
+        found[spec.name] = ContextItem(spec.name, spec.tool, problem=f"no answer within {spec.timeout:g}s")
+
+    async def _lookup(self, spec: ContextSpec, call: HeldCall) -> ContextItem:
+        if self.reads is None:
+            return ContextItem(spec.name, spec.tool, problem="this gateway makes no lookups")
+        try:
+            arguments = resolve_arguments(spec.arguments, call.arguments)
+            result = await self.reads.read(call, spec.tool, arguments, bound=spec.timeout)
+            value = select(spec, _content(result), call.arguments)
+            size = len(canonical_json(value))
+            if size > VALUE_LIMIT:
+                problem = f"what the policy selects is {size} bytes, more than {VALUE_LIMIT}; select less"
+                return ContextItem(spec.name, spec.tool, problem=problem)
+            return ContextItem(spec.name, spec.tool, value=value)
+        except ReadFailed as failed:
+            return ContextItem(spec.name, spec.tool, problem=failed.reason)
+        except jmespath.exceptions.JMESPathError as exc:
+            return ContextItem(spec.name, spec.tool, problem=f"the policy's selection does not apply: {exc}")
+
+
+def _content(result: types.CallToolResult) -> Any:
+    """What a selection reads: the structured result, else the text as JSON, else {"text": the text}."""
+    if result.structured_content is not None:
+        return result.structured_content
+    text = text_of(result, 1_000_000)
+    try:
+        return json.loads(text)
+    except ValueError:
+        return {"text": text}

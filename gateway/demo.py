@@ -20,6 +20,20 @@ DEMO_PASSWORD_HASH = "$argon2id$v=19$m=65536,t=3,p=4$KQlf3m+ewqoR3vk0rxkuow$Lf5o
 
 DEMO_SESSION_SECRET = "countersign-demo-only-session-secret-0123456789"
 
+# The order a cancel names, picked from the open orders; `{{ args.orderId }}` is the held call's orderId.
+CANCEL_ORDER_SELECT = (
+    "orders[?orderId == {{ args.orderId }}] | [0].{instrument: contract.symbol, side: action, "
+    "quantity: totalQuantity, type: orderType, limit: lmtPrice, stop: auxPrice, status: status, "
+    "filled: filledQuantity, parent: parentId, oca: ocaGroup}"
+)
+CANCEL_SUMMARY = (
+    "Cancel {% set o = context.order %}{% if o %}{{ o.side }} {{ o.quantity | int }} {{ o.instrument }} {{ o.type }}"
+    "{% if o.limit %} {{ '%.2f' | format(o.limit) }}{% endif %}{% if o.stop %} stop {{ '%.2f' | format(o.stop) }}"
+    "{% endif %}, {% endif %}order {{ args.orderId }}"
+    "{% if o and o.filled %} ({{ o.filled | int }} already filled){% endif %}"
+    "{% if o and o.type in ('STP', 'STP LMT', 'TRAIL') and (o.parent or o.oca) %} — a protective stop{% endif %}"
+)
+
 DEMO_POLICY: dict[str, Any] = {
     "version": "1",
     "default": "deny",
@@ -33,7 +47,23 @@ DEMO_POLICY: dict[str, Any] = {
         },
         "ibkr_cancel_order": {
             "require_approval": [{"conditions": [], "reason": "Cancelling a live order needs a human."}],
-            "approval": {"timeout": "15m", "approvers": ["group:traders"], "quorum": 1, "channels": ["web", "slack"]},
+            "approval": {
+                "timeout": "15m",
+                "approvers": ["group:traders"],
+                "quorum": 1,
+                "channels": ["web", "slack"],
+                # The order the cancel names, as the broker lists it when the request is made (docs/policy.md).
+                "context": [
+                    {
+                        "name": "order",
+                        "tool": "ibkr_get_open_orders",
+                        "arguments": {},
+                        "select": CANCEL_ORDER_SELECT,
+                        "timeout": "3s",
+                    }
+                ],
+                "summary": CANCEL_SUMMARY,
+            },
         },
         # Safe by construction (docs/policy.md, "Writing rules that cannot be skipped"): the quantity must
         # be present, so leaving it out cannot skip the deny_if, and a quantity that is not a number

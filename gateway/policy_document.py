@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Final, cast
 
 from approvals.durations import parse_duration, parse_hold_bound
+from gateway.policy_context import ContextSpec, parse_agent_reason, parse_lookups, parse_summary
 from gateway.policy_model import (
     CHANNELS,
     OPS,
@@ -50,6 +51,9 @@ _APPROVAL_KEYS: Final = (
     "pickup_window",
     "run_unattended",
     "on_cancel",
+    "context",
+    "summary",
+    "agent_reason",
 )
 
 
@@ -277,7 +281,19 @@ class _Parser:
             pickup_seconds=settings.pickup_seconds if pickup is None else pickup,
             run_unattended=run_unattended,
             keep_on_cancel=on_cancel == "keep",
+            context=self.lookups(body, where),
+            summary=None if "summary" not in body else parse_summary(body["summary"], f"{where}.summary", self.fail),
+            agent_reason=(
+                None
+                if "agent_reason" not in body
+                else parse_agent_reason(body["agent_reason"], f"{where}.agent_reason", self.fail)
+            ),
         )
+
+    def lookups(self, body: Mapping[str, Any], where: str) -> tuple[ContextSpec, ...]:
+        if "context" not in body:
+            return ()
+        return parse_lookups(body["context"], f"{where}.context", self.fail, _seconds)
 
     def hold_bound(self, body: Mapping[str, Any], where: str) -> float | None:
         if "max_hold" not in body:
@@ -340,3 +356,9 @@ def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _seconds(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError(f'expected a duration such as "2s", not {value!r}')
+    return parse_duration(value)

@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Any, Final, Literal, get_args
 
 from gateway.arguments import with_defaults
+from gateway.policy_context import AgentReason, ContextSpec
 from gateway.policy_reads import ReadPolicy
 
 Op = Literal["eq", "neq", "in", "not_in", "lt", "lte", "gt", "gte", "regex", "contains", "exists"]
@@ -140,6 +141,11 @@ class ApprovalSettings:
     run_unattended: bool = False
     # What an explicit cancel from the agent does: withdraw the request, or keep it pending.
     keep_on_cancel: bool = False
+    # What approvers are shown (gateway.policy_context): lookups run when the request is made, the sentence
+    # that titles it, and whether the agent states its reason ("optional" / "required"; None: not asked).
+    context: tuple[ContextSpec, ...] = ()
+    summary: str | None = None
+    agent_reason: AgentReason | None = None
 
 
 @dataclass(frozen=True)
@@ -252,6 +258,15 @@ class Policy:
                     approval = self._approval_for(listed)
                     return Evaluation("hold", rule.explained(arguments), rule.where, key, limits, approval)
         return Evaluation("allow", "", tool_where(key) if key else "default", key, limits, None)
+
+    def agent_reason(self, tool: str) -> AgentReason | None:
+        """Whether a call of `tool` that may be held carries the agent's reason (gateway.policy_context)."""
+        if self.is_hidden(tool):
+            return None
+        listed = self.tool_policy(tool)
+        if not (self.all_tools.require_approval or (listed and listed.require_approval)):
+            return None
+        return self._approval_for(listed).agent_reason
 
     def _approval_for(self, listed: ToolPolicy | None) -> ApprovalSettings:
         if listed is not None and listed.approval is not None:

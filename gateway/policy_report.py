@@ -100,6 +100,8 @@ def lint_policy(policy: Policy, schemas: Mapping[str, Mapping[str, Any]] | None 
                     )
                 )
 
+    warnings.extend(_unreadable_lookups(policy, layers))
+
     if policy.default == "allow" and not policy.hide and all(layer.is_empty for _, layer in layers):
         warnings.append(
             PolicyWarning("default", 'default is "allow" and there are no rules, so every tool call goes through')
@@ -126,6 +128,19 @@ def explain(
     if result.approval is not None:
         lines.extend(_describe_approval(result.approval))
     return "\n".join(lines)
+
+
+def _unreadable_lookups(policy: Policy, layers: list[tuple[str, ToolPolicy]]) -> Iterator[PolicyWarning]:
+    """A context lookup runs only when its tool is allowed outright; one this policy holds or denies never shows."""
+    for where, layer in layers:
+        for index, spec in enumerate(layer.approval.context if layer.approval else ()):
+            evaluation = policy.evaluate(spec.tool, {})
+            if evaluation.action != "allow":
+                yield PolicyWarning(
+                    f"{where}.approval.context[{index}].tool",
+                    f"this policy does not allow {spec.tool} outright ({evaluation.action}: {evaluation.message}), "
+                    "so the lookup will show as context unavailable; allow it (an upstream prefix included)",
+                )
 
 
 def _describe_approval(approval: ApprovalSettings) -> Iterator[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,14 +173,21 @@ async def running_gateway(
     book: PaperBook | None = None,
     config: Mapping[str, Any] | None = None,
     server: Mapping[str, Any] | None = None,
+    more_upstreams: Sequence[Mapping[str, Any]] = (),
+    broker_in_front: Callable[[Any], Any] | None = None,
 ) -> AsyncIterator[Harness]:
-    """The paper broker over HTTP and the gateway in front of it, both served on loopback."""
+    """The paper broker over HTTP and the gateway in front of it, both served on loopback.
+
+    `more_upstreams` are configured beside the broker; `broker_in_front` wraps the broker's ASGI app (a slow network).
+    """
     book = book or PaperBook()
     policy_file = write_policy(tmp_path / "policy.json", policy or DEMO_POLICY)
-    async with serve_asgi(build_http_app(book)) as broker_url:
+    broker = build_http_app(book)
+    async with serve_asgi(broker_in_front(broker) if broker_in_front else broker) as broker_url:
         data = base_config(
             database_url=database_url, policy_file=policy_file, upstream_url=f"{broker_url}/mcp", **(server or {})
         )
+        data["upstreams"] = [*data["upstreams"], *more_upstreams]
         for key, value in (config or {}).items():
             data[key] = value
         settings = parse_settings(data, source="<test>", base_dir=str(tmp_path), environ={})

@@ -16,7 +16,7 @@ from typing import Any
 
 from approvals.durations import format_duration
 from approvals.states import Status
-from approvals.story import describe, who_decides
+from approvals.story import context_lines, describe, title, who_decides
 from approvals.views import DecisionView, RequestView
 from gateway.results import summarize
 from gateway.text import mark_hidden
@@ -139,13 +139,16 @@ _HEADLINES: dict[Status, str] = {
 
 
 def headline(view: RequestView) -> str:
-    return f"{_HEADLINES[view.status]}: {inline_code(view.tool)} on {inline_code(view.upstream)}"
+    return (
+        f"{_HEADLINES[view.status]}: {short(title(view), 300)}\n"
+        f"{inline_code(view.tool)} on {inline_code(view.upstream)}"
+    )
 
 
 def fallback_text(view: RequestView) -> str:
     """The notification text (and what screen readers get); plain, escaped, no markup of ours."""
     state = "approval needed" if view.status == Status.PENDING else view.status.value
-    return escape(f"Countersign: {view.tool} from {view.agent}: {state}")
+    return escape(f"Countersign: {title(view)} ({view.tool} from {view.agent}): {state}")
 
 
 def request_message(view: RequestView, decisions: Sequence[DecisionView], links: Links) -> Message:
@@ -157,6 +160,8 @@ def request_message(view: RequestView, decisions: Sequence[DecisionView], links:
         _mrkdwn(f"*Why it is held*\n{short(view.reason, 1000)}"),
         _mrkdwn(f"*Who may decide*\n{short(who_decides(view), 1000)}"),
     ]
+    if view.agent_reason:
+        fields.append(_mrkdwn(f"*Agent's reason*\n{short(view.agent_reason, 1000)}"))
     arguments, truncated = arguments_block(view)
     arguments_text = f"*Arguments*\n{arguments}"
     if truncated:
@@ -167,6 +172,7 @@ def request_message(view: RequestView, decisions: Sequence[DecisionView], links:
     blocks: list[Block] = [
         _section(headline(view)),
         {"type": "section", "fields": fields},
+        *context_section(view),
         _section(arguments_text),
         _section(status_line(view, approvals)),
     ]
@@ -187,6 +193,15 @@ def request_message(view: RequestView, decisions: Sequence[DecisionView], links:
     if view.status == Status.PENDING:
         blocks.append(_buttons(view, approvable=not truncated, full_request=links.request(view.id)))
     return Message(fallback_text(view), blocks)
+
+
+def context_section(view: RequestView) -> list[Block]:
+    """The facts the policy's lookups found when the request was made, as the web card shows them."""
+    lines = context_lines(view)
+    if not lines:
+        return []
+    shown = "\n".join(f"• *{short(label, 100)}*: {short(text, 300)}" for label, text in lines[:20])
+    return [_section(f"*What this call would act on*\n{shown}"[:2900])]
 
 
 def status_line(view: RequestView, approvals: Sequence[str]) -> str:

@@ -50,7 +50,7 @@ class WebChannel:
         )
         self.context = WebContext(service=context.service, settings=settings.web, templates=templates, auth=auth)
         self.signin = SignInViews(self.context)
-        self.inbox = InboxViews(self.context, context.lookups)
+        self.inbox = InboxViews(self.context)
         self.audit = AuditViews(self.context)
         self.bulk = BulkViews(self.context)
 
@@ -69,7 +69,6 @@ class WebChannel:
             Route("/inbox/reject-agent", guard(self.bulk.reject), methods=["POST"]),
             Route("/approvals/{request_id}", guard(inbox.request_page), methods=["GET"]),
             Route("/approvals/{request_id}/detail", guard(inbox.detail), methods=["GET"]),
-            Route("/approvals/{request_id}/context", guard(inbox.context), methods=["GET"]),
             Route("/approvals/{request_id}/approve", guard(inbox.approve), methods=["POST"]),
             Route("/approvals/{request_id}/reject", guard(inbox.reject), methods=["POST"]),
             Route("/audit", guard(audit.page), methods=["GET"]),

@@ -23,9 +23,8 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from approvals.approvers import may_decide
 from approvals.errors import AlreadyDecided, InvalidDecision, NotAllowed
 from approvals.states import TERMINAL, Status
-from approvals.story import describe, headline
+from approvals.story import context_lines, describe, headline, title
 from approvals.views import AuditEventView, DecisionView, RequestView
-from gateway.context import ContextLookup
 from gateway.results import summarize
 from gateway.web.auth import Viewer
 from gateway.web.pages import WebContext, is_htmx
@@ -53,7 +52,6 @@ class Card:
     viewer: str
     may_decide: bool
     view: View
-    context: ContextLookup
     notice: Notice | None = None
 
     @property
@@ -97,8 +95,14 @@ class Card:
         return f"#detail-{self.id}" if self.view == "detail" else f"#req-{self.id}"
 
     @property
-    def has_context(self) -> bool:
-        return self.context.applies(self.request) and self.request.status in (Status.PENDING, Status.APPROVED)
+    def title(self) -> str:
+        """The policy's sentence for the call, or a plain one: the same title every channel shows."""
+        return title(self.request)
+
+    @property
+    def context_lines(self) -> list[tuple[str, str]]:
+        """The facts looked up when the request was made, as every channel shows them."""
+        return context_lines(self.request)
 
     @property
     def story(self) -> str:
@@ -118,7 +122,7 @@ class Card:
 
     @property
     def result_summary(self) -> str | None:
-        return self.context.result_summary(self.request) or summarize(self.request.result, 200) or None
+        return summarize(self.request.result, 200) or None
 
 
 def agent_filter(request: Request) -> str | None:
@@ -151,10 +155,9 @@ def already_text(exc: AlreadyDecided) -> str:
 
 
 class InboxViews:
-    def __init__(self, web: WebContext, lookups: ContextLookup) -> None:
+    def __init__(self, web: WebContext) -> None:
         self.web = web
         self.service = web.service
-        self.lookups = lookups
 
     async def card(self, request_view: RequestView, viewer: Viewer, view: View, notice: Notice | None = None) -> Card:
         if request_view.status == Status.PENDING and request_view.quorum <= 1:
@@ -168,7 +171,6 @@ class InboxViews:
             viewer=viewer.name,
             may_decide=may_decide(viewer.approver, request_view.approvers),
             view=view,
-            context=self.lookups,
             notice=notice,
         )
 
@@ -215,13 +217,6 @@ class InboxViews:
         if request.query_params.get("v") == card.version:
             return Response(status_code=204)
         return self.web.render("partials/card.html", viewer, {"card": card})
-
-    async def context(self, request: Request, viewer: Viewer) -> Response:
-        view = await self.service.get(request.path_params["request_id"])
-        if not self.lookups.applies(view):
-            return Response(status_code=204)
-        found = await self.lookups.lookup(view)
-        return self.web.render("partials/context.html", viewer, {"lookup": found, "request": view})
 
     # ---- deciding
 

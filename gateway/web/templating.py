@@ -22,7 +22,6 @@ from starlette.responses import HTMLResponse
 import gateway
 from approvals import stored
 from approvals.durations import format_duration
-from gateway.context import number
 from gateway.text import mark_hidden
 from gateway.web import present
 
@@ -139,3 +138,12 @@ class Templates:
         return HTMLResponse(
             self.render(name, context), status_code=status_code, headers=dict(headers or {}), background=background
         )
+
+
+def number(value: Any) -> str:
+    """A quantity or price as people write it: 50, 1,250, 395.5 (never 50.0)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "—" if value is None else str(value)
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:,.4f}".rstrip("0").rstrip(".")
+    return f"{int(value):,}"

@@ -115,6 +115,7 @@ async def test_repeating_the_same_call_attaches_to_the_pending_request(tmp_path:
         assert h.book.cancel_calls == 1
         kinds = [e["kind"] for e in (await request_body(h, approval_id))["events"]]
         assert kinds == [
+            "call.lookup",
             "request.created",
             "request.detached",
             "request.attached",

@@ -136,7 +136,17 @@ async def test_pending_requests_are_listed_and_shown_with_their_arguments_and_hi
         assert body["reason"] == "Cancelling a live order needs a human."
         assert body["approvers"] == ["group:traders"]
         assert body["decisions"] == []
-        assert [e["kind"] for e in body["events"]] == ["request.created"]
+        # The demo policy looks the order up before the request is made; the read is on the record.
+        assert [e["kind"] for e in body["events"]] == ["call.lookup", "request.created"]
+        assert body["title"] == "Cancel BUY 100 AAPL LMT 185.00, order 1001"
+        facts = {f["label"]: f["text"] for f in body["facts"]}
+        assert {k: facts[f"order · {k}"] for k in ("instrument", "side", "quantity", "limit", "status")} == {
+            "instrument": "AAPL",
+            "side": "BUY",
+            "quantity": "100",
+            "limit": "185",
+            "status": "Submitted",
+        }
         assert datetime.fromisoformat(body["expires_at"]) > datetime.fromisoformat(body["created_at"])
 
         await h.api().post(f"/api/approvals/{request['id']}/reject", json={"reason": "only looking"})

@@ -59,7 +59,7 @@ async def test_an_approved_cancel_returns_the_brokers_result_to_the_waiting_agen
         assert final["decided_by"] == "alice"
         assert final["result"]["structuredContent"]["orderId"] == 1001
         kinds = [e["kind"] for e in final["events"]]
-        assert kinds == ["request.created", "request.approved", "request.executing", "request.executed"]
+        assert kinds == ["call.lookup", "request.created", "request.approved", "request.executing", "request.executed"]
 
 
 @pytest.mark.parametrize("mode", ERAS)

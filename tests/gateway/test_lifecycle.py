@@ -153,7 +153,7 @@ async def test_an_explicit_cancel_withdraws_the_request_while_a_closed_2026_stre
         withdrawn = await wait_for_status(h, withdrawn_id, "cancelled")
         assert withdrawn["ended_because"] == "withdrawn"
         assert withdrawn["agent_waiting"] is False
-        assert [e["kind"] for e in withdrawn["events"]] == ["request.created", "request.cancelled"]
+        assert [e["kind"] for e in withdrawn["events"]] == ["call.lookup", "request.created", "request.cancelled"]
         late = await h.api().post(f"/api/approvals/{withdrawn_id}/approve", json={})
         assert late.status_code == 409, late.text
         assert late.json()["status"] == "cancelled"
@@ -166,7 +166,7 @@ async def test_an_explicit_cancel_withdraws_the_request_while_a_closed_2026_stre
         await wait_for(detached, within=10, interval=0.05)
         body = (await h.api().get(f"/api/approvals/{detached_id}")).json()
         assert body["status"] == "pending"
-        assert [e["kind"] for e in body["events"]] == ["request.created", "request.detached"]
+        assert [e["kind"] for e in body["events"]] == ["call.lookup", "request.created", "request.detached"]
         # Still decidable; approved, it waits for its agent to come back instead of running for nobody.
         assert (await h.api().post(f"/api/approvals/{detached_id}/approve", json={})).status_code == 200
         assert await status_of(h, detached_id) == "approved"
@@ -437,7 +437,7 @@ async def test_a_pending_request_survives_kill_9_of_the_gateway_and_can_still_be
             assert rejected.json()["approval"]["status"] == "rejected"
             assert await pending_ids(api) == []
             kinds = [e["kind"] for e in (await api.get(f"/api/approvals/{request_id}")).json()["events"]]
-            assert kinds == ["request.created", "request.rejected"]
+            assert kinds == ["call.lookup", "request.created", "request.rejected"]
 
 
 # ---- (f) the database goes away
@@ -691,7 +691,12 @@ async def test_an_agent_cancelling_as_its_approved_call_starts_lapses_the_approv
 
         lapsed = await wait_for_status(h, request["id"], "cancelled")
         assert lapsed["decided_by"] == "alice", "who approved stays on record"
-        assert [e["kind"] for e in lapsed["events"]] == ["request.created", "request.approved", "request.cancelled"]
+        assert [e["kind"] for e in lapsed["events"]] == [
+            "call.lookup",
+            "request.created",
+            "request.approved",
+            "request.cancelled",
+        ]
         assert forwarded_cancels(h) == []
         assert h.book.cancel_calls == 0
 

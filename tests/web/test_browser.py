@@ -66,7 +66,7 @@ async def test_a_held_cancel_appears_without_a_reload_and_approving_it_returns_t
             facts = await card.locator(".facts").inner_text()
             assert "alpha" in facts and "still waiting" in facts
             assert "Cancelling a live order needs a human." in facts
-            # The order being cancelled, looked up at the broker.
+            # The order being cancelled, looked up at the broker when the request was made.
             order = card.locator(".order")
             await order.get_by_text("AAPL").wait_for()
             assert "BUY" in await order.inner_text()
@@ -74,7 +74,7 @@ async def test_a_held_cancel_appears_without_a_reload_and_approving_it_returns_t
 
             await card.get_by_role("button", name="Approve").click()
             await card.locator(".result-summary").wait_for()
-            assert "Order 1001 is now Cancelled." in await card.locator(".result-summary").inner_text()
+            assert '"symbol": "AAPL"' in await card.locator(".result-summary").inner_text()
             assert "Executed" in await card.locator(".badge").inner_text()
             assert "Approved by alice and executed." in await card.locator(".story").inner_text()
             assert "Decided by alice via web" in await card.inner_text()
@@ -104,7 +104,7 @@ async def test_a_held_cancel_appears_without_a_reload_and_approving_it_returns_t
         await sign_in(phone, "alice", PASSWORDS["alice"])
         async with held_call(h, "ibkr_cancel_order", {"orderId": 1004, "confirm": True}) as (request, box):
             card = phone.locator(f"#req-{request['id']}")
-            await card.locator(".order").get_by_text("protective stop").wait_for()
+            await card.locator(".card-title").get_by_text("protective stop").wait_for()
             approve = await card.get_by_role("button", name="Approve").bounding_box()
             assert approve is not None and approve["width"] > PHONE["width"] * 0.7
             await card.get_by_label("Reason").fill("keep the stop")
@@ -234,8 +234,9 @@ async def test_the_audit_page_filters_and_exports_what_the_agent_and_the_approve
         await sign_in(page, "alice", PASSWORDS["alice"])
         await page.get_by_role("navigation", name="Main").get_by_role("link", name="Audit history").click()
         await page.locator(".chain-ok").get_by_text("Chain intact").wait_for()
-        assert "4 events verified" in await page.locator("#chain").inner_text()
-        assert "4 matching events" in await page.locator("#result-count").inner_text()
+        # The agent's two calls, the gateway's lookup of the order the cancel names, the request and its rejection.
+        assert "5 events verified" in await page.locator("#chain").inner_text()
+        assert "5 matching events" in await page.locator("#result-count").inner_text()
 
         await page.get_by_label("Tool").fill("ibkr_cancel_order")
         await page.get_by_label("Outcome").select_option("rejected")
@@ -292,15 +293,15 @@ async def test_the_inbox_request_and_audit_pages_fit_a_laptop_and_a_phone_and_re
                 width = f"at {viewport['width']} px"
 
                 card = page.locator(f"#req-{held['id']}")
-                await card.locator(".order").get_by_text("protective stop").wait_for()
+                await card.locator(".card-title").get_by_text("protective stop").wait_for()
                 assert await overflows(page) == [], f"the inbox {width}"
                 if viewport is LAPTOP:
-                    instrument = card.locator(".order-facts strong").first
+                    instrument = card.locator(".order-facts dd").first
                     assert await instrument.evaluate("el => el.getClientRects().length") == 1, "instrument wraps"
                 await screenshot(page, "inbox-held-cancel" if viewport is LAPTOP else "inbox-phone", full_page=True)
 
                 await page.goto(f"/approvals/{held['id']}")
-                await page.locator(".order").get_by_text("protective stop").wait_for()
+                await page.locator(".card-title").get_by_text("protective stop").wait_for()
                 timeline = await page.locator(".timeline").inner_text()
                 assert "Expires" in timeline and "Approvals needed" in timeline and "expires_at" not in timeline
                 assert await overflows(page) == [], f"the held request's page {width}"

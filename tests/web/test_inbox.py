@@ -165,8 +165,8 @@ async def test_the_request_page_shows_the_timeline_and_the_upstreams_result(tmp_
         page = await web.get(f"/approvals/{request['id']}")
         assert page.status_code == 200
         kinds = re.findall(r'<code class="kind">([a-z.]+)</code>', page.text)
-        assert kinds == ["request.created", "request.approved", "request.executing", "request.executed"]
-        assert "Order 1001 is now Cancelled." in page.text
+        assert kinds == ["call.lookup", "request.created", "request.approved", "request.executing", "request.executed"]
+        assert "Cancel BUY 100 AAPL LMT 185.00, order 1001" in page.text
         assert "Upstream result" in page.text and "&#34;symbol&#34;: &#34;AAPL&#34;" in page.text
         assert "flat by close" in page.text
         assert f'href="/audit?request={request["id"]}"' in page.text
@@ -189,33 +189,31 @@ async def test_the_request_page_shows_the_timeline_and_the_upstreams_result(tmp_
         assert "No such request" in missing.text
 
 
-async def test_a_cancel_card_shows_the_order_or_says_plainly_why_it_cannot(tmp_path: Path, sqlite_url: str) -> None:
+async def test_a_cancel_card_shows_the_order_as_looked_up_when_the_request_was_made(
+    tmp_path: Path, sqlite_url: str
+) -> None:
     async with running_gateway(tmp_path, sqlite_url, config=web_config()) as h, browser_client(h.base_url) as web:
         await sign_in(web, "alice")
-        stop = await h.service.create(replace(CANCEL, arguments={"orderId": 1004, "confirm": True}))
-        panel = (await web.get(f"/approvals/{stop.id}/context", headers=HX)).text
-        assert "MSFT" in panel and "SELL" in panel and "STP 395" in panel and "PreSubmitted" in panel
-        assert "parent order 1002" in panel and "OCA_1002" in panel
-        assert "protective stop" in panel and 'hx-trigger="every 15s"' in panel
-        # The lookup went through the gateway's own policy and is on the record, under the gateway's name.
-        [lookup] = [e for e in await h.service.history.events(request_id=stop.id) if e.kind == "call.lookup"]
-        assert (lookup.agent, lookup.actor, lookup.tool, lookup.outcome) == (
-            "countersign",
-            "countersign",
-            "ibkr_get_open_orders",
-            "allowed",
-        )
-        assert lookup.detail["rule"] == 'tools["ibkr_get_*"]' and lookup.detail["for_agent"] == CANCEL.agent
+        async with held_call(h, "ibkr_cancel_order", {"orderId": 1004, "confirm": True}) as (stop, _):
+            card = (await web.get("/inbox")).text
+            assert "Cancel SELL 50 MSFT STP stop 395.00, order 1004 — a protective stop" in card
+            assert "<dt>order · status</dt><dd>PreSubmitted</dd>" in card
+            assert "<dt>order · oca</dt><dd>OCA_1002</dd>" in card
+            # The lookup went through the gateway's own policy and is on the record, under the gateway's name.
+            [lookup] = [e for e in await h.service.history.events(request_id=stop["id"]) if e.kind == "call.lookup"]
+            assert (lookup.agent, lookup.actor, lookup.tool, lookup.outcome) == (
+                "countersign",
+                "countersign",
+                "ibkr_get_open_orders",
+                "allowed",
+            )
+            assert lookup.detail["rule"] == 'tools["ibkr_get_*"]' and lookup.detail["for_agent"] == "alpha"
+            await h.api().post(f"/api/approvals/{stop['id']}/reject", json={})
 
-        unknown = await h.service.create(replace(CANCEL, arguments={"orderId": 4242, "confirm": True}))
-        panel = (await web.get(f"/approvals/{unknown.id}/context", headers=HX)).text
-        assert "Order 4242 is not among the open orders" in panel
-        assert 'hx-trigger="every 3s"' in panel, "a failed lookup is retried soon"
-
-        h.gateway.upstreams.upstreams[0].state = "down"
-        h.gateway.lookups.ttl = 0
-        panel = (await web.get(f"/approvals/{stop.id}/context", headers=HX)).text
-        assert "Could not look up order 1004" in panel and "not connected" in panel
+        async with held_call(h, "ibkr_cancel_order", {"orderId": 4242, "confirm": True}) as (unknown, _):
+            card = (await web.get("/inbox")).text
+            assert "Cancel order 4242" in card and "<dt>order</dt><dd>nothing found</dd>" in card
+            await h.api().post(f"/api/approvals/{unknown['id']}/reject", json={})
 
 
 async def test_pages_carry_security_headers_and_the_api_is_left_alone(tmp_path: Path, sqlite_url: str) -> None:
