@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -18,6 +19,7 @@ from gateway.calls import CallHandler
 from gateway.errors import CallRefused, Tag, instructions
 from gateway.relay_server import Relay, RelayServer
 from gateway.results import gateway_tools
+from gateway.tasks import HeldTasks
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +147,7 @@ def build_server(
         on_subscriptions_listen=ListenHandler(bus),
     )
     server.middleware.append(cancels.middleware)
+    HeldTasks(handler, guarded).install(server, caller_of)
     if relay is not None:
         server.catalog = relay.catalog
         relay.install(server, lambda ctx: caller_of(ctx).agent)
@@ -156,14 +159,20 @@ def build_server(
 async def answer_call(
     handler: CallHandler, caller: Caller, tool: str, arguments: dict[str, Any], progress: Any
 ) -> types.CallToolResult:
-    """The one error boundary of a tool call: every outcome is a result the model can read.
+    return await guarded(caller, tool, lambda: handler.call(caller, tool, arguments, progress))
+
+
+async def guarded(
+    caller: Caller, tool: str, run: Callable[[], Awaitable[types.CallToolResult]]
+) -> types.CallToolResult:
+    """The one error boundary of a tool call (and of a task's result): every outcome is a result the model can read.
 
     A refusal becomes its tagged result; the approval store failing becomes [APPROVAL UNAVAILABLE];
     anything unexpected is logged and becomes a generic [GATEWAY ERROR] — never a JSON-RPC error,
     which many clients show as a crash rather than something the model can act on.
     """
     try:
-        return await handler.call(caller, tool, arguments, progress)
+        return await run()
     except CallRefused as refusal:
         return refusal.result()
     except StoreUnavailable as exc:
