@@ -16,9 +16,21 @@ import anyio
 import httpx2
 import pytest
 
+from gateway.app import Gateway
+from gateway.config import Settings, parse_settings
 from gateway.demo import DEMO_POLICY
+from gateway.paper_book import PaperBook
+from gateway.paper_broker import build_http_app
 from tests.gateway.task_client import TaskClient, TaskError
-from tests.harness import AGENT_TOKEN, OTHER_AGENT_TOKEN, Harness, running_gateway
+from tests.harness import (
+    AGENT_TOKEN,
+    OTHER_AGENT_TOKEN,
+    Harness,
+    base_config,
+    running_gateway,
+    serve_asgi,
+    write_policy,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
@@ -181,3 +193,40 @@ async def test_a_call_the_policy_answers_at_once_is_a_finished_task(tmp_path: Pa
         result = await agent.result(task["taskId"])
         assert result["isError"] and text(result).startswith("[POLICY DENIED]")
         assert await h.pending(0) == []
+
+
+@asynccontextmanager
+async def gateway_on(settings: Settings, book: PaperBook, policy_file: Path) -> AsyncIterator[Harness]:
+    """One gateway process's life: started on `settings`, stopped (its lifespan ended) when the block ends."""
+    gateway = Gateway(settings)
+    async with serve_asgi(gateway.asgi()) as base_url:
+        assert await gateway.upstreams.wait_connected(15)
+        harness = Harness(base_url, gateway, book, settings, policy_file)
+        try:
+            yield harness
+        finally:
+            await harness.close()
+
+
+async def test_a_task_pending_across_a_gateway_restart_is_approved_and_its_result_comes_through_the_new_one(
+    tmp_path: Path, database_url: str
+) -> None:
+    book = PaperBook()
+    policy_file = write_policy(tmp_path / "policy.json", DEMO_POLICY)
+    async with serve_asgi(build_http_app(book)) as broker_url:
+        config = base_config(database_url=database_url, policy_file=policy_file, upstream_url=f"{broker_url}/mcp")
+        settings = parse_settings(config, source="<test>", base_dir=str(tmp_path), environ={})
+
+        async with gateway_on(settings, book, policy_file) as first, tasks_client(first) as agent:
+            task_id = (await agent.call(CANCEL, ORDER))["task"]["taskId"]
+            assert (await agent.get(task_id))["status"] == "working"
+        # The first gateway is gone; the request, and so the task, is in the database.
+        async with gateway_on(settings, book, policy_file) as restarted, tasks_client(restarted) as agent:
+            assert (await agent.get(task_id))["status"] == "working"
+            response = await restarted.api().post(f"/api/approvals/{task_id}/approve", json={})
+            assert response.status_code == 200, response.text
+            await until_status(agent, task_id, "completed")
+            result = await agent.result(task_id)
+            assert not result.get("isError") and "1001" in text(result)
+            assert (await agent.result(task_id)) == result
+    assert book.cancel_calls == 1
