@@ -97,6 +97,7 @@ def build_server(
     prompts, resources and completions (`gateway.relay_server`).
     """
     cancels = CancelLog()
+    tasks = HeldTasks(handler, guarded)
 
     def caller_of(ctx: ServerRequestContext[Any, Any]) -> Caller:
         request = ctx.request
@@ -121,6 +122,8 @@ def build_server(
         ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
         caller = caller_of(ctx)
+        if tasks.wanted(ctx, params):
+            return await tasks.create_2026(caller, params)
 
         async def progress(value: float, total: float | None, message: str | None) -> None:
             await ctx.session.report_progress(value, total, message)
@@ -147,7 +150,7 @@ def build_server(
         on_subscriptions_listen=ListenHandler(bus),
     )
     server.middleware.append(cancels.middleware)
-    HeldTasks(handler, guarded).install(server, caller_of)
+    tasks.install(server, caller_of)
     if relay is not None:
         server.catalog = relay.catalog
         relay.install(server, lambda ctx: caller_of(ctx).agent)

@@ -31,6 +31,8 @@ from gateway.relay_traffic import Traffic
 
 log = logging.getLogger(__name__)
 
+TASKS_EXTENSION = "io.modelcontextprotocol/tasks"
+
 Ctx = ServerRequestContext[Any, Any]
 AgentOf = Callable[[Ctx], str]
 R = TypeVar("R")
@@ -61,6 +63,8 @@ class RelayServer(Server[Any]):
                 ),
             )
             caps = caps.model_copy(update={"tasks": tasks})
+        elif "tasks/get" in self._request_handlers:  # 2026: the tasks extension (gateway.tasks)
+            caps = caps.model_copy(update={"extensions": {**(caps.extensions or {}), TASKS_EXTENSION: {}}})
         catalog = self.catalog
         if catalog is None:
             return caps

@@ -19,6 +19,13 @@ lives until its request's approval timeout, pick-up window and `repeat_window` h
 
 A call the policy answers at once (allowed, denied) is answered with a task that is already
 finished; such a task has no request row, so it is kept in this process for `repeat_window`.
+
+Protocol 2026-07-28 has tasks as an extension (`io.modelcontextprotocol/tasks`, SEP-2663): the
+client declares it per request and the server decides. A call the policy holds is answered with
+`resultType: "task"` (the same request as the task); one answered at once gets its plain result.
+`tasks/get` carries the final result once the task has completed (a tool result, `isError` or
+not: nothing here is a JSON-RPC failure), `tasks/cancel` and `tasks/update` are acknowledged,
+and `tasks/result` and `tasks/list` do not exist.
 """
 
 from __future__ import annotations
@@ -34,13 +41,14 @@ import mcp_types as types
 from mcp import MCPError
 from mcp.server import Server
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from mcp_types import CLIENT_CAPABILITIES_META_KEY
 from mcp_types.jsonrpc import INVALID_PARAMS, METHOD_NOT_FOUND
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from approvals.audit import Event
 from approvals.errors import RequestNotFound
 from approvals.states import EndReason, Status
-from approvals.story import clock_time, who_decides
+from approvals.story import clock_time, describe, who_decides
 from approvals.views import RequestView
 from gateway.caller import Caller, ProgressLine, TaskSlot
 from gateway.calls import CallHandler
@@ -52,6 +60,8 @@ CallerOf = Callable[[Ctx], Caller]
 Guard = Callable[[Caller, str, Callable[[], Awaitable[types.CallToolResult]]], Awaitable[types.CallToolResult]]
 
 RELATED_TASK = "io.modelcontextprotocol/related-task"
+EXTENSION = "io.modelcontextprotocol/tasks"
+MISSING_CAPABILITY = -32021
 POLL_INTERVAL_MS = 1000
 # Finished tasks of calls answered at once, kept in memory: at most this many per process.
 _ANSWERED_MAX = 1000
@@ -94,6 +104,7 @@ def task_of(view: RequestView, retention: float) -> types.Task:
         message = _text(result)
         if view.status == Status.EXECUTED and not result.is_error:
             status = "completed"
+            message = describe(view)  # the result itself is what tasks/result (or a 2026 tasks/get) returns
         elif view.status == Status.CANCELLED and view.ended_because == EndReason.WITHDRAWN:
             status = "cancelled"
         else:
@@ -142,17 +153,37 @@ class HeldTasks:
                 return await call_next(ctx)  # not a task tool: answered as a plain call
             return await self.create(caller_of(ctx), params)
 
-        def era(handler: Callable[[Ctx, Any], Awaitable[types.Result]]) -> Any:
-            async def served(ctx: Ctx, params: Any) -> types.Result:
-                if _modern(ctx):
+        def era(
+            handler: Callable[[Ctx, Any], Awaitable[Any]], modern: Callable[[Ctx, Any], Awaitable[Any]] | None
+        ) -> Any:
+            async def served(ctx: Ctx, params: Any) -> Any:
+                if not _modern(ctx):
+                    return await handler(ctx, params)
+                if modern is None:  # tasks/result and tasks/list do not exist in the 2026 extension
                     raise MCPError(code=METHOD_NOT_FOUND, message="Method not found", data=ctx.method)
-                return await handler(ctx, params)
+                if not declared(ctx):
+                    data: dict[str, Any] = {"requiredCapabilities": {"extensions": {EXTENSION: {}}}}
+                    raise MCPError(code=MISSING_CAPABILITY, message="Missing required client capability", data=data)
+                return await modern(ctx, params)
 
             return served
 
         async def get(ctx: Ctx, params: types.GetTaskRequestParams) -> types.GetTaskResult:
             task = await self.get(caller_of(ctx), params.task_id)
             return types.GetTaskResult(**task.model_dump())
+
+        async def get_2026(ctx: Ctx, params: types.GetTaskRequestParams) -> dict[str, Any]:
+            return detailed(await self._current(caller_of(ctx), params.task_id, "tasks/get"), self.retention)
+
+        async def cancel_2026(ctx: Ctx, params: types.CancelTaskRequestParams) -> dict[str, Any]:
+            view = await self._own(caller_of(ctx), params.task_id, "tasks/cancel")
+            if view.status in (Status.PENDING, Status.APPROVED):
+                await self.service.withdraw(view.id, "the agent cancelled the task")
+            return {}  # an acknowledgement: a task that already ran or ended stays as it is
+
+        async def update_2026(ctx: Ctx, params: _UpdateParams) -> dict[str, Any]:
+            await self._own(caller_of(ctx), params.task_id, "tasks/update")
+            return {}  # a held call never asks the agent for input: there is nothing to answer
 
         async def result(ctx: Ctx, params: types.GetTaskPayloadRequestParams) -> types.CallToolResult:
             return await self.result(caller_of(ctx), params.task_id)
@@ -165,10 +196,25 @@ class HeldTasks:
             return types.ListTasksResult(tasks=await self.list(caller_of(ctx)))
 
         server.middleware.append(create)
-        server.add_request_handler("tasks/get", types.GetTaskRequestParams, era(get))
-        server.add_request_handler("tasks/result", types.GetTaskPayloadRequestParams, era(result))
-        server.add_request_handler("tasks/cancel", types.CancelTaskRequestParams, era(cancel))
-        server.add_request_handler("tasks/list", types.PaginatedRequestParams, era(listed))
+        server.add_request_handler("tasks/get", types.GetTaskRequestParams, era(get, get_2026))
+        server.add_request_handler("tasks/result", types.GetTaskPayloadRequestParams, era(result, None))
+        server.add_request_handler("tasks/cancel", types.CancelTaskRequestParams, era(cancel, cancel_2026))
+        server.add_request_handler("tasks/list", types.PaginatedRequestParams, era(listed, None))
+        server.add_request_handler("tasks/update", _UpdateParams, era(_no_method, update_2026))
+
+    def wanted(self, ctx: Ctx, params: types.CallToolRequestParams) -> bool:
+        """A 2026-era call the gateway answers with a task if it is held (the client declared the extension)."""
+        return _modern(ctx) and declared(ctx) and self.handler.may_hold(params.name)
+
+    async def create_2026(self, caller: Caller, params: types.CallToolRequestParams) -> types.CallToolResult | Any:
+        """A held call as `resultType: "task"`; a call answered at once as its plain result."""
+        slot = TaskSlot()
+        tasked = replace(caller, task=slot)
+        arguments = dict(params.arguments or {})
+        result = await self.guard(tasked, params.name, lambda: self.handler.call(tasked, params.name, arguments, None))
+        if slot.request_id is None:
+            return result
+        return {"resultType": "task", **detailed(await self.service.get(slot.request_id), self.retention)}
 
     # ---- the methods
 
@@ -188,10 +234,14 @@ class HeldTasks:
         if answered is not None:
             await self._audit(caller, "tasks/get", task_id, None)
             return answered.task
-        view = await self._own(caller, task_id, "tasks/get")
+        return task_of(await self._current(caller, task_id, "tasks/get"), self.retention)
+
+    async def _current(self, caller: Caller, task_id: str, method: str) -> RequestView:
+        """The caller's task as it is now; an approved one is started, since its agent is asking after it."""
+        view = await self._own(caller, task_id, method)
         if view.status == Status.APPROVED and self.held.run_approved(view, asked=True):
             view = await self.service.get(view.id)
-        return task_of(view, self.retention)
+        return view
 
     async def result(self, caller: Caller, task_id: str) -> types.CallToolResult:
         answered = self._answered_task(caller, task_id)
@@ -285,6 +335,41 @@ class HeldTasks:
         if answered is None or answered.agent != caller.agent or answered.until <= time.monotonic():
             return None
         return answered
+
+
+def detailed(view: RequestView, retention: float) -> dict[str, Any]:
+    """The request as a 2026-era task (SEP-2663): an ended one carries its result, which every ending has."""
+    task = task_of(view, retention)
+    out: dict[str, Any] = {
+        "taskId": task.task_id,
+        "status": task.status,
+        "statusMessage": task.status_message,
+        "createdAt": task.created_at,
+        "lastUpdatedAt": task.last_updated_at,
+        "ttlMs": task.ttl,
+        "pollIntervalMs": task.poll_interval,
+    }
+    if task.status in ("completed", "failed"):
+        # A rejection or an expiry is a tool result the model reads (isError), not a JSON-RPC failure.
+        out.update(status="completed", result=_wire(outcome(view)))
+    return out
+
+
+class _UpdateParams(types.RequestParams):
+    task_id: str
+    input_responses: dict[str, Any] | None = None
+
+
+async def _no_method(ctx: Ctx, params: Any) -> Any:
+    raise MCPError(code=METHOD_NOT_FOUND, message="Method not found", data=ctx.method)
+
+
+def declared(ctx: Ctx) -> bool:
+    """Whether the client declared the 2026 tasks extension on this request."""
+    meta = (ctx.params or {}).get("_meta")
+    capabilities = meta.get(CLIENT_CAPABILITIES_META_KEY) if isinstance(meta, dict) else None
+    extensions = capabilities.get("extensions") if isinstance(capabilities, dict) else None
+    return isinstance(extensions, dict) and EXTENSION in extensions
 
 
 def _ends(view: RequestView, retention: float) -> datetime:

@@ -92,3 +92,50 @@ def _answer(response: httpx2.Response) -> dict[str, Any]:
         raise TaskError(message["error"])
     result: dict[str, Any] = message["result"]
     return result
+
+
+MODERN = "2026-07-28"
+EXTENSION = "io.modelcontextprotocol/tasks"
+
+
+class ModernTaskClient:
+    """A sessionless 2026-07-28 client, spoken by hand, that declares the tasks extension (SEP-2663) when told to."""
+
+    def __init__(self, http: httpx2.AsyncClient, base_url: str, token: str, *, declare: bool = True) -> None:
+        self.http = http
+        self.url = f"{base_url}/mcp"
+        self.token = token
+        self.declare = declare
+        self._ids = itertools.count(1)
+
+    async def request(self, method: str, params: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+        capabilities: dict[str, Any] = {"extensions": {EXTENSION: {}}} if self.declare else {}
+        meta = {
+            "io.modelcontextprotocol/protocolVersion": MODERN,
+            "io.modelcontextprotocol/clientInfo": {"name": "task-test-client", "version": "0"},
+            "io.modelcontextprotocol/clientCapabilities": capabilities,
+        }
+        body = {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": {**params, "_meta": meta}}
+        headers = {
+            "Authorization": f"Bearer {self.token}",
+            "Accept": "application/json, text/event-stream",
+            "Content-Type": "application/json",
+            "MCP-Protocol-Version": MODERN,
+            "Mcp-Method": method,
+        }
+        if name is not None:
+            headers["Mcp-Name"] = name
+        response = await self.http.post(self.url, headers=headers, json=body)
+        return _answer(response)
+
+    async def call(self, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        return await self.request("tools/call", {"name": tool, "arguments": arguments}, tool)
+
+    async def get(self, task_id: str) -> dict[str, Any]:
+        return await self.request("tasks/get", {"taskId": task_id}, task_id)
+
+    async def cancel(self, task_id: str) -> dict[str, Any]:
+        return await self.request("tasks/cancel", {"taskId": task_id}, task_id)
+
+    async def update(self, task_id: str) -> dict[str, Any]:
+        return await self.request("tasks/update", {"taskId": task_id, "inputResponses": {}}, task_id)
