@@ -230,3 +230,23 @@ async def test_a_task_pending_across_a_gateway_restart_is_approved_and_its_resul
             assert not result.get("isError") and "1001" in text(result)
             assert (await agent.result(task_id)) == result
     assert book.cancel_calls == 1
+
+
+async def test_a_task_made_on_one_gateway_is_polled_and_fetched_on_another_and_runs_once(
+    tmp_path: Path, database_url: str
+) -> None:
+    async with (
+        running_gateway(tmp_path, database_url) as h,
+        gateway_on(h.settings, h.book, h.policy_file) as twin,
+        tasks_client(h) as here,
+        tasks_client(twin) as there,
+    ):
+        task_id = (await here.call(CANCEL, ORDER))["task"]["taskId"]
+        assert (await there.get(task_id))["status"] == "working"
+        response = await h.api().post(f"/api/approvals/{task_id}/approve", json={})
+        assert response.status_code == 200, response.text
+        first, second = await there.result(task_id), await here.result(task_id)
+        assert not first.get("isError") and "1001" in text(first)
+        assert first == second
+        assert (await here.get(task_id))["status"] == (await there.get(task_id))["status"] == "completed"
+    assert h.book.cancel_calls == 1
