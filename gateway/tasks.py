@@ -133,7 +133,7 @@ def _wire(result: types.Result) -> dict[str, Any]:
 
 
 class HeldTasks:
-    """The task methods of the 2025-11-25 era, over the approval requests."""
+    """The task methods of both eras, over the approval requests."""
 
     def __init__(self, handler: CallHandler, guard: Guard) -> None:
         self.handler = handler
