@@ -7,7 +7,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import anyio
 
@@ -48,11 +48,23 @@ class Left:
         return f"the agent cancelled the call{said}"
 
 
+class _Identified(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+R = TypeVar("R", bound=_Identified)
+
+
 @dataclass
 class TaskSlot:
     """Given by a caller that asked for a task: a held call records its request id here and returns at once."""
 
     request_id: str | None = None
+
+    def took(self, request: R) -> R:
+        self.request_id = request.id
+        return request
 
 
 @dataclass(frozen=True)

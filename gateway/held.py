@@ -117,9 +117,8 @@ class HeldCalls:
         try:
             while True:
                 if caller is not None and caller.task is not None and not view.is_terminal:
-                    caller.task.request_id = view.id  # the request is the agent's task: it polls, it is not held
-                    view = await self._detach(view.id, "answered with a task the agent polls") or view
-                    return pending_result(view, wait_seconds=None)
+                    # The request is the agent's task: it polls instead of being held.
+                    return pending_result(caller.task.took(await self._detach(view.id, "answered with a task") or view))
                 if view.status == Status.PENDING:
                     step = await self._wait_for_decision(view, caller, progress, deadline)
                     if step is _Stop.GONE:
@@ -376,8 +375,7 @@ class HeldCalls:
         self.run_approved(view)
 
     def run_approved(self, view: RequestView, *, asked: bool = False) -> bool:
-        # Every process hears the approval; begin_execution's compare-and-set lets exactly one of them run it.
-        # `asked`: an agent polling its task asked after the approved request (gateway.tasks), so it is picked up.
+        # Every process hears the approval; begin_execution's compare-and-set lets one run it. `asked`: by its task.
         start = view.status == Status.APPROVED and (asked or (view.run_unattended and not view.agent_waiting))
         if start and self._tasks:
             self._tasks.start_soon(self._run_unattended, view)
