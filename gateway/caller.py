@@ -7,7 +7,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import anyio
 
@@ -48,6 +48,25 @@ class Left:
         return f"the agent cancelled the call{said}"
 
 
+class _Identified(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+R = TypeVar("R", bound=_Identified)
+
+
+@dataclass
+class TaskSlot:
+    """Given by a caller that asked for a task: a held call records its request id here and returns at once."""
+
+    request_id: str | None = None
+
+    def took(self, request: R) -> R:
+        self.request_id = request.id
+        return request
+
+
 @dataclass(frozen=True)
 class Caller:
     """Who is calling, and how to tell that they went away or withdrew."""
@@ -57,6 +76,8 @@ class Caller:
     disconnected: anyio.Event | None = None
     # Returns the reason when the client explicitly cancelled this request (notifications/cancelled).
     cancel_reason: Callable[[], Awaitable[str | None]] | None = None
+    # Set when the call asked to become a task (gateway.tasks): it is not held, its request is the task.
+    task: TaskSlot | None = None
 
     @property
     def gone(self) -> bool:

@@ -75,17 +75,20 @@ class CallHandler:
         for tool in self.upstreams.tools():
             if tool.name in reserved or policy.is_hidden(tool.name):
                 continue
-            if tool.output_schema is not None and self._may_hold(tool.name):
-                # A held call may come back as a pending result; say so, or validating clients reject it.
-                widened = admit_alternative(tool.output_schema, PENDING_SCHEMA)
-                tool = tool.model_copy(update={"output_schema": widened})
+            if self.may_hold(tool.name):
+                # A call that may be held may become a task (gateway.tasks) for a client that asks for one.
+                tool = tool.model_copy(update={"execution": types.ToolExecution(task_support="optional")})
+                if tool.output_schema is not None:
+                    # A held call may come back as a pending result; say so, or validating clients reject it.
+                    widened = admit_alternative(tool.output_schema, PENDING_SCHEMA)
+                    tool = tool.model_copy(update={"output_schema": widened})
             asks = policy.agent_reason(tool.name)
             if asks is not None:
                 tool = tool.model_copy(update={"input_schema": with_reason(tool.input_schema, asks)})
             tools.append(tool)
         return [*tools, *ours]
 
-    def _may_hold(self, name: str) -> bool:
+    def may_hold(self, name: str) -> bool:
         policy = self.policies.current
         listed = policy.tool_policy(name)
         return bool(policy.all_tools.require_approval) or bool(listed and listed.require_approval)

@@ -116,6 +116,9 @@ class HeldCalls:
         deadline = None if hold_limit is None else anyio.current_time() + hold_limit
         try:
             while True:
+                if caller is not None and caller.task is not None and not view.is_terminal:
+                    # The request is the agent's task: it polls instead of being held.
+                    return pending_result(caller.task.took(await self._detach(view.id, "answered with a task") or view))
                 if view.status == Status.PENDING:
                     step = await tracing.traced(
                         "decision_wait", self._wait_for_decision(view, caller, progress, deadline)
@@ -356,7 +359,7 @@ class HeldCalls:
             tg.start_soon(self.executions.run)
             try:
                 for view in await self.service.list_requests(statuses={Status.APPROVED}, limit=10_000):
-                    self._maybe_unattended(view)
+                    self.run_approved(view)
             except ApprovalError as exc:
                 log.warning("could not look for approved unattended runs: %s", exc)
             try:
@@ -371,12 +374,14 @@ class HeldCalls:
                 await self.limiter.release_parked(view.id)
             except Exception as exc:
                 log.error("could not give back the quota parked on %s: %s", view.id, exc)
-        self._maybe_unattended(view)
+        self.run_approved(view)
 
-    def _maybe_unattended(self, view: RequestView) -> None:
-        # Every process hears the approval; begin_execution's compare-and-set lets exactly one of them run it.
-        if view.status == Status.APPROVED and view.run_unattended and not view.agent_waiting and self._tasks:
+    def run_approved(self, view: RequestView, *, asked: bool = False) -> bool:
+        # Every process hears the approval; begin_execution's compare-and-set lets one run it. `asked`: by its task.
+        start = view.status == Status.APPROVED and (asked or (view.run_unattended and not view.agent_waiting))
+        if start and self._tasks:
             self._tasks.start_soon(self._run_unattended, view)
+        return bool(start and self._tasks)
 
     async def _run_unattended(self, view: RequestView) -> None:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -19,6 +20,7 @@ from gateway.calls import CallHandler
 from gateway.errors import CallRefused, Tag, instructions
 from gateway.relay_server import Relay, RelayServer
 from gateway.results import gateway_tools, text_of
+from gateway.tasks import HeldTasks
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,7 @@ def build_server(
     prompts, resources and completions (`gateway.relay_server`).
     """
     cancels = CancelLog()
+    tasks = HeldTasks(handler, guarded)
 
     def caller_of(ctx: ServerRequestContext[Any, Any]) -> Caller:
         request = ctx.request
@@ -120,6 +123,8 @@ def build_server(
         ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
         caller = caller_of(ctx)
+        if tasks.wanted(ctx, params):
+            return await tasks.create_2026(caller, params)
 
         async def progress(value: float, total: float | None, message: str | None) -> None:
             await ctx.session.report_progress(value, total, message)
@@ -150,6 +155,7 @@ def build_server(
         on_subscriptions_listen=ListenHandler(bus),
     )
     server.middleware.append(cancels.middleware)
+    tasks.install(server, caller_of)
     if relay is not None:
         server.catalog = relay.catalog
         relay.install(server, lambda ctx: caller_of(ctx).agent)
@@ -161,14 +167,20 @@ def build_server(
 async def answer_call(
     handler: CallHandler, caller: Caller, tool: str, arguments: dict[str, Any], progress: Any
 ) -> types.CallToolResult:
-    """The one error boundary of a tool call: every outcome is a result the model can read.
+    return await guarded(caller, tool, lambda: handler.call(caller, tool, arguments, progress))
+
+
+async def guarded(
+    caller: Caller, tool: str, run: Callable[[], Awaitable[types.CallToolResult]]
+) -> types.CallToolResult:
+    """The one error boundary of a tool call (and of a task's result): every outcome is a result the model can read.
 
     A refusal becomes its tagged result; the approval store failing becomes [APPROVAL UNAVAILABLE];
     anything unexpected is logged and becomes a generic [GATEWAY ERROR] — never a JSON-RPC error,
     which many clients show as a crash rather than something the model can act on.
     """
     try:
-        return await handler.call(caller, tool, arguments, progress)
+        return await run()
     except CallRefused as refusal:
         return refusal.result()
     except StoreUnavailable as exc:

@@ -18,6 +18,7 @@ import mcp_types as types
 from mcp import MCPError
 from mcp.server import Server
 from mcp.server.context import ServerRequestContext
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from approvals.audit import Event, canonical_json
 from approvals.service import ApprovalService
@@ -29,6 +30,8 @@ from gateway.relay_subscriptions import Subscriptions
 from gateway.relay_traffic import Traffic
 
 log = logging.getLogger(__name__)
+
+TASKS_EXTENSION = "io.modelcontextprotocol/tasks"
 
 Ctx = ServerRequestContext[Any, Any]
 AgentOf = Callable[[Ctx], str]
@@ -50,6 +53,18 @@ class RelayServer(Server[Any]):
 
     def get_capabilities(self, *args: Any, **kwargs: Any) -> types.ServerCapabilities:
         caps = super().get_capabilities(*args, **kwargs)
+        if "tasks/get" in self._request_handlers and kwargs.get("protocol_version") not in MODERN_PROTOCOL_VERSIONS:
+            # Held calls can be tasks in the handshake era (gateway.tasks); the 2026 era has no core tasks.
+            tasks = types.ServerTasksCapability(
+                list=types.TasksListCapability(),
+                cancel=types.TasksCancelCapability(),
+                requests=types.ServerTasksRequestsCapability(
+                    tools=types.TasksToolsCapability(call=types.TasksCallCapability())
+                ),
+            )
+            caps = caps.model_copy(update={"tasks": tasks})
+        elif "tasks/get" in self._request_handlers:  # 2026: the tasks extension (gateway.tasks)
+            caps = caps.model_copy(update={"extensions": {**(caps.extensions or {}), TASKS_EXTENSION: {}}})
         catalog = self.catalog
         if catalog is None:
             return caps

@@ -51,7 +51,7 @@ def _shorten(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def pending_result(view: RequestView, *, wait_seconds: float | None) -> types.CallToolResult:
+def pending_result(view: RequestView, *, wait_seconds: float | None = None) -> types.CallToolResult:
     """Not an error: the call has not finished, and the agent is told how to find out what became of it."""
     wait = f"up to {format_duration(wait_seconds)} at a time" if wait_seconds else "until a decision"
     if view.status == Status.PENDING:
