@@ -263,6 +263,15 @@ async def test_an_explicit_cancel_withdraws_the_request(tmp_path: Path) -> None:
 # ---- a request carries what it needs: the catalog and policy of today are not consulted
 
 
+async def wait_for_result(agent: Any, approval_id: str) -> types.CallToolResult:
+    """The wait tool, asked again while its hold bound (0.1 s here) ends before the execution does."""
+    with anyio.fail_after(20):
+        while True:
+            result = await agent.call_tool("countersign_approval_wait", {"approval_id": approval_id})
+            if not text(result).startswith("[APPROVAL PENDING]"):
+                return result
+
+
 async def test_an_approved_call_goes_to_its_stored_upstream_even_when_another_now_offers_the_tool(
     tmp_path: Path,
 ) -> None:
@@ -280,7 +289,7 @@ async def test_an_approved_call_goes_to_its_stored_upstream_even_when_another_no
         (c.gateway.settings.policy_path).write_text(json.dumps(edited))
         assert await c.gateway.policies.reload("test")
         assert c.gateway.policies.current.evaluate("cancel_order", CANCEL).action == "allow"
-        result = await agent.call_tool("countersign_approval_wait", {"approval_id": approval_id})
+        result = await wait_for_result(agent, approval_id)
     assert text(result) == "cancelled 1001 on paper"
     assert other.calls == [] and paper.calls == [("cancel_order", CANCEL)]
     executed = await c.service.get(approval_id)
@@ -304,7 +313,7 @@ async def test_an_approved_call_whose_upstream_is_gone_is_refused_never_rerouted
         assert text(refused).startswith("[UPSTREAM UNAVAILABLE] upstream 'paper'")
         assert (await c.service.get(approval_id)).status == Status.APPROVED
         paper.ready = True
-        result = await agent.call_tool("countersign_approval_wait", {"approval_id": approval_id})
+        result = await wait_for_result(agent, approval_id)
     assert text(result) == "cancelled 1001 on paper"
     assert other.calls == [] and paper.calls == [("cancel_order", CANCEL)]
 
