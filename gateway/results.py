@@ -69,6 +69,9 @@ def pending_result(view: RequestView, *, wait_seconds: float | None = None) -> t
     return Tag.APPROVAL_PENDING.result(text, structured)
 
 
+# The `_meta` key of a result returned again for a repeated call (`[server] repeat_window`): nothing ran again.
+REPEAT_META = "io.countersign/repeat"
+
 # The tag an agent reads for a request that ended without a result of the upstream's.
 _ENDED: dict[Status, Tag] = {
     Status.REJECTED: Tag.APPROVAL_REJECTED,
@@ -83,7 +86,12 @@ def answer(view: RequestView, note: str = "") -> types.CallToolResult:
     if view.damage:  # its record cannot be read: say so rather than guess what became of the call
         raise CallRefused(Tag.APPROVAL_UNAVAILABLE, describe(view), {"approval_id": view.id})
     if view.status in (Status.EXECUTED, Status.FAILED):
-        return stored_result(view)
+        result = stored_result(view)
+        if note:
+            # The upstream's result is returned exactly as it was; `_meta` says it is that request's, again.
+            repeat = {REPEAT_META: {"approval_id": view.id, "note": note.strip()}}
+            result = result.model_copy(update={"meta": {**(result.meta or {}), **repeat}})
+        return result
     structured: dict[str, Any] = {"status": view.status.value, "approval_id": view.id}
     if view.status == Status.REJECTED:
         structured.update(decided_by=view.decided_by, reason=view.decision_reason)

@@ -193,6 +193,9 @@ async def test_repeating_a_call_that_is_executing_waits_for_its_one_result(tmp_p
         upstream.release()
         await wait_for(lambda: _status(gateway, approval_id, Status.EXECUTED), within=15)
         # And once it has run, the identical call gets its result again (within the window), not a second run.
-        assert text(await agent.call_tool(TOOL, {"op": "slow"})) == "done slow"
+        again = await agent.call_tool(TOOL, {"op": "slow"})
+        assert text(again) == "done slow"
+        # The result is the upstream's, exactly; `_meta` tells a client that looks that it is a repeat.
+        assert (again.meta or {})["io.countersign/repeat"]["approval_id"] == approval_id, again.meta
         assert len(await requests_of(gateway)) == 1
     assert upstream.executions() == {"slow": 1}
