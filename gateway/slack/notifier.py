@@ -29,6 +29,7 @@ from approvals.outbox import MESSAGE, REMINDER, ChannelOutbox, Claim, Followup
 from approvals.service import ApprovalService
 from approvals.states import Status
 from approvals.views import RequestView
+from gateway.outbox_work import DueWork
 from gateway.slack.client import Marker, SlackApi, SlackCallFailed
 from gateway.slack.messages import Links, reminder_text, request_message
 from gateway.slack.worker import Outbox
@@ -66,10 +67,7 @@ class MessageKeeper:
         self.default_channel = default_channel
         self.reminder_before = reminder_before
         self.clock = clock
-        self.poll_interval = poll_interval
-        self._nudged: set[tuple[str, str]] = set()
-        self._busy: set[tuple[str, str]] = set()
-        self._wake = anyio.Event()
+        self.work: DueWork[tuple[str, str]] = DueWork(poll_interval)
         self._tasks: TaskGroup | None = None
 
     async def changed(self, change: Change) -> None:
@@ -86,8 +84,7 @@ class MessageKeeper:
         self._nudge(view.id, MESSAGE)
 
     def _nudge(self, request_id: str, kind: str) -> None:
-        self._nudged.add((request_id, kind))
-        self._wake.set()
+        self.work.nudge((request_id, kind))
 
     async def run(self) -> None:
         """Claim and do due work for the life of the process: nudged by changes, and a poll for the rest."""
@@ -97,21 +94,9 @@ class MessageKeeper:
                 await self.resume()
             except ApprovalError as exc:
                 log.warning("could not look for requests that Slack has not shown yet: %s", exc)
-            scanned = anyio.current_time()
-            while True:
-                with anyio.move_on_after(max(scanned + self.poll_interval - anyio.current_time(), 0)):
-                    await self._wake.wait()
-                self._wake = anyio.Event()
-                wanted, self._nudged = self._nudged, set()
-                if anyio.current_time() >= scanned + self.poll_interval:
-                    # Reminders come due, and leases of replicas that died run out, without anyone saying so.
-                    scanned = anyio.current_time()
-                    try:
-                        wanted.update(await self.items.due(CHANNEL))
-                    except ApprovalError as exc:
-                        log.warning("could not read the Slack outbox: %s", exc)
-                for key in wanted - self._busy:
-                    self._busy.add(key)
+            # Reminders come due, and leases of replicas that died run out, without anyone saying so: the scan.
+            async for keys in self.work.batches(lambda: self.items.due(CHANNEL), "the Slack outbox"):
+                for key in keys:
                     tasks.start_soon(self._work, *key)
 
     async def resume(self) -> None:
@@ -142,7 +127,7 @@ class MessageKeeper:
         except ApprovalError as exc:
             log.warning("Slack %s of %s: the outbox is unreachable (%s); another try follows", kind, request_id, exc)
         finally:
-            self._busy.discard((request_id, kind))
+            self.work.done((request_id, kind))
 
     async def _keep_lease(self, claim: Claim) -> None:
         while True:

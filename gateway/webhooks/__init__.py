@@ -29,6 +29,7 @@ from approvals.outbox import ChannelOutbox, Claim
 from approvals.service import ApprovalService
 from gateway.channels import ChannelContext
 from gateway.config_channels import WebhookSettings
+from gateway.outbox_work import DueWork
 from gateway.webhooks.payload import encode, event_body
 from gateway.webhooks.sender import Delivery, WebhookSender
 
@@ -46,10 +47,7 @@ class WebhookChannel:
         self.service = service
         self.base_url = base_url
         self.items = ChannelOutbox(service.db, clock=service.clock, lease=settings.lease)
-        self.poll_interval = _POLL_SECONDS
-        self._nudged: set[str] = set()
-        self._busy: set[str] = set()
-        self._wake = anyio.Event()
+        self.work: DueWork[str] = DueWork(_POLL_SECONDS)
         self._sender: WebhookSender | None = None
 
     def routes(self) -> list[BaseRoute]:
@@ -73,8 +71,7 @@ class WebhookChannel:
                 "webhook %s: could not note change %d of %s: %s", self.settings.name, change.seq, change.request_id, exc
             )
             return
-        self._nudged.add(change.request_id)
-        self._wake.set()
+        self.work.nudge(change.request_id)
 
     async def run(self) -> None:
         async with httpx2.AsyncClient(follow_redirects=False) as client, anyio.create_task_group() as tasks:
@@ -85,20 +82,12 @@ class WebhookChannel:
                 log.warning(
                     "webhook %s: could not look for transitions missed while stopped: %s", self.settings.name, exc
                 )
-            scanned = anyio.current_time()
-            while True:
-                with anyio.move_on_after(max(scanned + self.poll_interval - anyio.current_time(), 0)):
-                    await self._wake.wait()
-                self._wake = anyio.Event()
-                wanted, self._nudged = self._nudged, set()
-                if anyio.current_time() >= scanned + self.poll_interval:
-                    scanned = anyio.current_time()
-                    try:
-                        wanted.update(request_id for request_id, _ in await self.items.due(self.name))
-                    except ApprovalError as exc:
-                        log.warning("webhook %s: could not read the outbox: %s", self.settings.name, exc)
-                for request_id in wanted - self._busy:
-                    self._busy.add(request_id)
+
+            async def due() -> list[str]:
+                return [request_id for request_id, _ in await self.items.due(self.name)]
+
+            async for request_ids in self.work.batches(due, f"the outbox of webhook {self.settings.name}"):
+                for request_id in request_ids:
                     tasks.start_soon(self._work, request_id)
 
     async def catch_up(self) -> None:
@@ -106,10 +95,10 @@ class WebhookChannel:
         since = await self.items.high_water(self.name)
         if since == 0:
             return
-        for request_id, seq in (await transition_log.changed_since(self.service.db, since)).items():
+        changed = await transition_log.changed_since(self.service.db, since)
+        for request_id, seq in changed.items():
             await self.items.want(self.name, request_id, EVENTS, seq)
-            self._nudged.add(request_id)
-        self._wake.set()
+        self.work.nudge(*changed)
 
     async def _work(self, request_id: str) -> None:
         try:
@@ -129,7 +118,7 @@ class WebhookChannel:
             # A bug in one request's delivery must not take the channel down; its lease runs out and it is tried again.
             log.exception("webhook %s: delivering the events of %s crashed", self.settings.name, request_id)
         finally:
-            self._busy.discard(request_id)
+            self.work.done(request_id)
 
     async def _deliver(self, claim: Claim) -> bool:
         """Send the claimed transitions in order; False when the claim was lost meanwhile."""
