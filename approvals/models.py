@@ -69,6 +69,8 @@ class ApprovalRequest(SQLModel, table=True):
     title: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     agent_reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     context: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    # The standing approval the policy offered for this call (approvals.grant_terms.GrantOffer, JSON); None: none.
+    grant_offer: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
 
 
 class Decision(SQLModel, table=True):
@@ -191,3 +193,33 @@ class QuotaSlot(SQLModel, table=True):
     reservation: str = Field(index=True, max_length=32)
     # Set while the call that took it is parked on a request: given back if the request ends unexecuted.
     request_id: str | None = Field(default=None, index=True, max_length=64)
+
+
+class ApprovalGrant(SQLModel, table=True):
+    """A standing approval: calls of one agent and tool with the same key arguments run without asking.
+
+    Made with the approval of `request_id`, by `approver`. `uses` is counted by one conditional UPDATE
+    per call (approvals/grants.py), so a revoked, used-up or expired grant stops on every replica at once.
+    """
+
+    __tablename__ = "approval_grant"
+    __table_args__ = (Index("ix_approval_grant_match", "agent", "tool", "key_sha256"),)
+
+    id: str = Field(primary_key=True, max_length=64)
+    request_id: str = Field(index=True, max_length=64, foreign_key="approval_request.id")
+    agent: str
+    tool: str
+    # The argument names the grant is keyed by (JSON list), or NULL for all of them.
+    key_names: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    key_sha256: str = Field(max_length=64)
+    # The approved call's arguments, shown to approvers beside the key.
+    arguments: str = Field(sa_column=Column(Text, nullable=False))
+    approver: str
+    channel: str = Field(max_length=16)
+    created_at: datetime = _ts()
+    expires_at: datetime = _ts()
+    max_uses: int
+    uses: int = 0
+    revoked_at: datetime | None = _ts(nullable=True)
+    revoked_by: str | None = None
+    policy_version: str | None = Field(default=None, max_length=64)

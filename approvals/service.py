@@ -28,6 +28,8 @@ from approvals.db import Database
 from approvals.errors import AlreadyOpen, InvalidDecision, NotAllowed, TooManyPending
 from approvals.execution import ExecutionCases
 from approvals.feed import ChangeFeed
+from approvals.grant_terms import GrantAsk
+from approvals.grants import Grants, make_grant
 from approvals.history import AuditHistory
 from approvals.models import ApprovalRequest, Decision
 from approvals.reads import RequestReads, approvals_of, load, pending_of
@@ -85,6 +87,7 @@ class ApprovalService(ExecutionCases, RequestReads):
         self.feed = feed or ChangeFeed(db)
         self.history = AuditHistory(db)
         self.batches = AuditBatches(db)
+        self.grants = Grants(db, lambda: self.clock())
 
     # ---- writing
 
@@ -117,6 +120,7 @@ class ApprovalService(ExecutionCases, RequestReads):
             "arguments": arguments_json,
             "arguments_sha256": digest,
             "open_key": open_key(new.agent, new.tool, digest),
+            "grant_offer": None if new.grant_offer is None else new.grant_offer.to_json(),
             "approvers": canonical_json(list(new.approvers)),
             "channels": canonical_json(list(new.channels)),
             "created_at": now,
@@ -154,9 +158,16 @@ class ApprovalService(ExecutionCases, RequestReads):
         return view
 
     async def approve(
-        self, request_id: str, approver: Approver, channel: str, reason: str | None = None
+        self,
+        request_id: str,
+        approver: Approver,
+        channel: str,
+        reason: str | None = None,
+        *,
+        grant: GrantAsk | None = None,
     ) -> DecisionOutcome:
-        return await self._decide(request_id, approver, channel, "approve", reason)
+        """Approve; with `grant`, also allow the same call for a while (approvals.grants), in the same transaction."""
+        return await self._decide(request_id, approver, channel, "approve", reason, grant)
 
     async def reject(self, request_id: str, approver: Approver, channel: str, reason: str | None) -> DecisionOutcome:
         return await self._decide(request_id, approver, channel, "reject", reason)
@@ -181,7 +192,13 @@ class ApprovalService(ExecutionCases, RequestReads):
         return current
 
     async def _decide(
-        self, request_id: str, approver: Approver, channel: str, verdict: str, reason: str | None
+        self,
+        request_id: str,
+        approver: Approver,
+        channel: str,
+        verdict: str,
+        reason: str | None,
+        grant: GrantAsk | None = None,
     ) -> DecisionOutcome:
         reason = (reason or "").strip() or None
         # Checking who may decide needs no write lock; only a refusal is written (to the audit log).
@@ -190,6 +207,9 @@ class ApprovalService(ExecutionCases, RequestReads):
             raise InvalidDecision(describe(current))
         if verdict == "reject" and reason is None and current.reject_reason_required:
             raise InvalidDecision("the policy for this tool requires a reason to reject")
+        if grant is not None and (current.grant_offer is None or current.quorum > 1):
+            # Refused before anything is written: the approver asked for more than an approval.
+            raise InvalidDecision(f"the policy for {current.tool} allows no standing approvals; approve it on its own")
         now = self.clock()
         try:
             async with self._write() as conn:
@@ -216,7 +236,13 @@ class ApprovalService(ExecutionCases, RequestReads):
                     raise _Lost()
                 text = f"{new.value} by {by}" + (f": {reason}" if reason else "")
                 await audit.append(conn, decision_event(moved, approver, channel, new.value, reason, text), now)
-                return DecisionOutcome(moved, len(approvals), current.quorum, text)
+                if grant is None or new is not Status.APPROVED:
+                    return DecisionOutcome(moved, len(approvals), current.quorum, text)
+                made, terms = await make_grant(conn, current, approver, channel, grant, now)
+                note = terms.note(current.grant_offer) if current.grant_offer else ""
+                text = f"{text}; the same call is allowed until {made.expires_at:%H:%M} UTC, {made.max_uses} times"
+                text += f" ({note})" if note else ""
+                return DecisionOutcome(moved, len(approvals), current.quorum, text, made)
         except (_Lost, IntegrityError):
             # Someone else moved the request (or this approver already voted) between our read and write.
             latest = await self.get(request_id)

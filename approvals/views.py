@@ -10,6 +10,7 @@ from typing import Any
 from approvals import stored
 from approvals.audit import as_utc
 from approvals.errors import Unreadable
+from approvals.grant_terms import GrantOffer, GrantView
 from approvals.states import TERMINAL, EndReason, Status
 
 
@@ -41,6 +42,8 @@ class NewRequest:
     title: str | None = None
     agent_reason: str | None = None
     context: tuple[ContextItem, ...] = ()
+    # The standing approval the policy allows an approver to make with the approval (None: none).
+    grant_offer: GrantOffer | None = None
     # Chosen by the caller when something (a context lookup) must name the request before it exists.
     id: str | None = None
 
@@ -122,6 +125,7 @@ class RequestView:
     title: str | None
     agent_reason: str | None
     context_json: str | None
+    grant_offer_json: str | None
     damage: tuple[str, ...] = ()
 
     @property
@@ -162,6 +166,11 @@ class RequestView:
                     )
                 )
         return tuple(items)
+
+    @property
+    def grant_offer(self) -> GrantOffer | None:
+        """The standing approval an approver may make with this request's approval; None while it is not pending."""
+        return GrantOffer.from_json(self.grant_offer_json) if self.status == Status.PENDING else None
 
     @property
     def pickup_deadline(self) -> datetime | None:
@@ -207,7 +216,12 @@ _REQUEST_FIELDS = tuple(f.name for f in fields(RequestView) if f.name != "damage
 # What a field that cannot be read becomes. An unknown status reads as failed: it ended, and nothing acts on it.
 _UNREADABLE: dict[str, Any] = {"approvers": (), "channels": (), "status": Status.FAILED, "ended_because": None}
 # Where a field's column has another name, and how a column's value becomes the field's (None stays None).
-_COLUMN_OF = {"arguments_json": "arguments", "result_json": "result", "context_json": "context"}
+_COLUMN_OF = {
+    "arguments_json": "arguments",
+    "result_json": "result",
+    "context_json": "context",
+    "grant_offer_json": "grant_offer",
+}
 _LOAD: dict[str, Callable[[Any], Any]] = {
     "approvers": _names,
     "channels": _names,
@@ -227,6 +241,8 @@ class DecisionOutcome:
     approvals: int
     needed: int
     message: str
+    # The standing approval made with this approval, if one was asked for (approvals.grants).
+    grant: GrantView | None = None
 
     @property
     def decided(self) -> bool:

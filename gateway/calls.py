@@ -24,6 +24,7 @@ from gateway.config_limits import AgentLimitSettings
 from gateway.context import ApprovalContext, HeldCall
 from gateway.errors import CallRefused, Tag
 from gateway.fair_share import COUNTED, RefusalBudget
+from gateway.granted import GrantedCalls
 from gateway.held import HeldCalls
 from gateway.policy_context import REASON_ARGUMENT, REASON_LIMIT, with_reason
 from gateway.policy_store import PolicyStore
@@ -64,6 +65,7 @@ class CallHandler:
         self.refusals = RefusalBudget(self.agent_limits.max_refusals_per_agent, self.agent_limits.refusal_window)
         self.audit_unavailable = audit_unavailable
         self.repeat_window = repeat_window
+        self.granted = GrantedCalls(service.grants, self._audit)
 
     # ---- the catalog
 
@@ -168,13 +170,17 @@ class CallHandler:
             await audit("call.unknown", "denied", message)
             raise CallRefused(Tag.UNKNOWN_TOOL, message)
 
+        offer = evaluation.approval.grants if evaluation.action == "hold" and evaluation.approval else None
         if evaluation.action == "hold":
             since = self.service.clock() - timedelta(seconds=self.repeat_window)
             earlier = await self.service.find_repeat(
                 caller.agent, tool, arguments_digest(arguments_json), ended_since=since
             )
-            if earlier is not None:
+            if earlier is not None and not (
+                earlier.is_terminal and await self.granted.has_live(caller.agent, tool, arguments, offer)
+            ):
                 # The same call again: its open request, or the outcome of the one that just ended; never a second.
+                # Under a live standing approval an ended call's repeat runs again: the approver allowed that.
                 return await self._repeat(earlier, caller, line)
 
         reservation = await self.limiter.reserve(tool, evaluation.limits, grant=caller.agent, session=caller.session)
@@ -190,6 +196,12 @@ class CallHandler:
                 await reservation.release()
                 await audit("call.failed", "failed", text_of(result, 200))
             return result
+
+        if offer is not None:
+            allowed = event("call.granted", "allowed", "forwarded under a standing approval")
+            granted = await self.granted.run(caller, route, tool, arguments, offer, allowed, reservation, line)
+            if granted is not None:
+                return granted
 
         approval = evaluation.approval
         assert approval is not None
@@ -224,6 +236,7 @@ class CallHandler:
                         max_hold_seconds=self.held.request_bound(caller.agent, approval.max_hold_seconds),
                         keep_on_cancel=approval.keep_on_cancel,
                         policy_version=policy.version,
+                        grant_offer=approval.grants,
                     ),
                     max_pending=self.agent_limits.max_pending_per_agent,
                 ),

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any, Final, cast
 
 from approvals.durations import parse_duration, parse_hold_bound
+from approvals.grant_terms import GrantOffer
 from gateway.policy_context import ContextSpec, parse_agent_reason, parse_lookups, parse_summary
+from gateway.policy_grants import parse_grants
 from gateway.policy_model import (
     CHANNELS,
     OPS,
@@ -54,6 +56,7 @@ _APPROVAL_KEYS: Final = (
     "context",
     "summary",
     "agent_reason",
+    "grants",
 )
 
 
@@ -288,7 +291,11 @@ class _Parser:
                 if "agent_reason" not in body
                 else parse_agent_reason(body["agent_reason"], f"{where}.agent_reason", self.fail)
             ),
+            grants=None if "grants" not in body else self.grants(body["grants"], f"{where}.grants", quorum),
         )
+
+    def grants(self, value: object, where: str, quorum: int) -> GrantOffer:
+        return parse_grants(value, where, self.fail, quorum=quorum)
 
     def lookups(self, body: Mapping[str, Any], where: str) -> tuple[ContextSpec, ...]:
         if "context" not in body:

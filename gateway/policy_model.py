@@ -14,6 +14,7 @@ from fnmatch import fnmatchcase
 from types import MappingProxyType
 from typing import Any, Final, Literal, get_args
 
+from approvals.grant_terms import GrantOffer
 from gateway.arguments import with_defaults
 from gateway.policy_context import AgentReason, ContextSpec
 from gateway.policy_reads import ReadPolicy
@@ -146,6 +147,8 @@ class ApprovalSettings:
     context: tuple[ContextSpec, ...] = ()
     summary: str | None = None
     agent_reason: AgentReason | None = None
+    # Whether an approver may also allow the same call for a while, and within what (gateway.policy_grants).
+    grants: GrantOffer | None = None
 
 
 @dataclass(frozen=True)
