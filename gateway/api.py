@@ -21,6 +21,7 @@ from approvals.errors import (
     StoreUnavailable,
     Unreadable,
 )
+from approvals.grant_terms import GrantAsk
 from approvals.service import ApprovalService
 from approvals.states import Status
 from approvals.story import context_lines, describe, title
@@ -28,6 +29,7 @@ from approvals.views import AuditEventView, DecisionOutcome, RequestView
 from gateway import bounded_json
 from gateway.api_client import CHANNEL_HEADER
 from gateway.bearer import BearerProblem, bearer_token
+from gateway.grant_json import grant_ask, grant_json, offer_json
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,7 @@ def request_json(view: RequestView) -> dict[str, Any]:
         "result": view.result,
         "error": view.error,
         "damage": list(view.damage),
+        "grant_offer": offer_json(view.grant_offer),
     }
 
 
@@ -83,6 +86,7 @@ def outcome_json(outcome: DecisionOutcome) -> dict[str, Any]:
         "approvals": outcome.approvals,
         "needed": outcome.needed,
         "message": outcome.message,
+        "grant": None if outcome.grant is None else grant_json(outcome.grant, outcome.grant.created_at),
     }
 
 
@@ -148,10 +152,11 @@ async def show_approval(request: Request) -> JSONResponse:
     return JSONResponse(body)
 
 
-async def _decision_body(request: Request) -> str | None:
+async def _decision_body(request: Request, *, grants: bool = False) -> tuple[str | None, GrantAsk | None]:
+    """The reason, and (approving) the standing approval asked for: ``{"reason": "...", "grant": {"minutes": 15}}``."""
     raw = await _bounded_body(request)
     if not raw.strip():
-        return None
+        return None, None
     try:
         data = bounded_json.loads(raw, max_bytes=MAX_DECISION_BODY)
     except ValueError as exc:
@@ -159,13 +164,14 @@ async def _decision_body(request: Request) -> str | None:
     if not isinstance(data, dict):
         raise HTTPException(400, 'the body must be a JSON object such as {"reason": "..."}')
     # A misspelt "reason" must not silently record a decision without one.
-    unknown = sorted(set(data) - {"reason"})
+    unknown = sorted(set(data) - ({"reason", "grant"} if grants else {"reason"}))
     if unknown:
-        raise HTTPException(400, f'unknown key {unknown[0]!r}; the body takes only "reason"')
+        takes = '"reason" and "grant"' if grants else 'only "reason"'
+        raise HTTPException(400, f"unknown key {unknown[0]!r}; the body takes {takes}")
     reason = data.get("reason")
     if reason is not None and not isinstance(reason, str):
         raise HTTPException(400, "reason must be a string")
-    return reason
+    return reason, None if data.get("grant") in (None, False) else grant_ask(data["grant"])
 
 
 def _channel(request: Request) -> str:
@@ -186,14 +192,16 @@ async def _bounded_body(request: Request) -> bytes:
 
 async def approve(request: Request) -> JSONResponse:
     approver = _approver(request)
-    reason = await _decision_body(request)
-    outcome = await _service(request).approve(request.path_params["request_id"], approver, _channel(request), reason)
+    reason, grant = await _decision_body(request, grants=True)
+    outcome = await _service(request).approve(
+        request.path_params["request_id"], approver, _channel(request), reason, grant=grant
+    )
     return decided(outcome)
 
 
 async def reject(request: Request) -> JSONResponse:
     approver = _approver(request)
-    reason = await _decision_body(request)
+    reason, _ = await _decision_body(request)
     outcome = await _service(request).reject(request.path_params["request_id"], approver, _channel(request), reason)
     return decided(outcome)
 

@@ -32,6 +32,9 @@ class ApiClient:
         request.add_header("Content-Type", "application/json")
         return self._send(request)
 
+    def delete(self, path: str) -> Any:
+        return self._send(urllib.request.Request(self.base_url + path, method="DELETE"))
+
     def _send(self, request: urllib.request.Request) -> Any:
         request.add_header("Authorization", f"Bearer {self.token}")
         request.add_header("Accept", "application/json")

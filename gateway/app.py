@@ -29,7 +29,7 @@ from approvals.feed import ChangeFeed
 from approvals.service import ApprovalService, utcnow
 from approvals.timeouts import TimeoutScheduler
 from approvals.transitions import Clock
-from gateway import api, slack, webhooks
+from gateway import api, api_grants, slack, webhooks
 from gateway.agent_auth import AgentAuth
 from gateway.audit_keeper import open_chain, publish_head, publish_heads
 from gateway.calls import CallHandler
@@ -243,10 +243,11 @@ class Gateway:
                 *metadata_routes(self.settings),
                 Route("/metrics", metrics_endpoint(self.metrics, self.settings.server.metrics_token), methods=["GET"]),
                 *api.ROUTES,
+                *api_grants.ROUTES,
                 *(route for channel in self.channels for route in channel.routes()),
             ],
             middleware=[m for channel in self.channels for m in channel.middleware()],
-            exception_handlers=api.EXCEPTION_HANDLERS,
+            exception_handlers={**api.EXCEPTION_HANDLERS, **api_grants.EXCEPTION_HANDLERS},
             lifespan=run if lifespan else None,
         )
         app.state.gateway = self

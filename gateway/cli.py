@@ -23,6 +23,7 @@ from gateway.cli_audit import ACCEPT_ROLLBACK_HELP, add_audit, audit_ready
 from gateway.cli_common import CONFIG_HELP, command, read_settings
 from gateway.cli_connect import add_connect
 from gateway.cli_db import add_db_commands, ready_to_serve
+from gateway.cli_grants import add_grants
 from gateway.cli_policy import add_policy, add_tools
 from gateway.config import ConfigError, Settings
 from gateway.policy import PolicyError
@@ -169,6 +170,7 @@ COMMANDS: tuple[Callable[[Subparsers], None], ...] = (  # the order of `counters
     add_connect,
     add_audit,
     add_approvals,
+    add_grants,
     add_slack,
     add_db_commands,
     add_hash_password,

@@ -57,9 +57,19 @@ def add_approvals(sub: Subparsers) -> None:
             action.add_argument("id", metavar="ID", help="the request id (apr_…)")
         if name in ("approve", "reject"):
             action.add_argument("--reason", help="why (required to reject when the policy says so)")
+        if name == "approve":
+            action.add_argument(
+                "--grant-minutes",
+                type=float,
+                metavar="N",
+                help="also allow the same call for N minutes (a standing approval; cut to the policy's maximum)",
+            )
+            action.add_argument(
+                "--grant-uses", type=int, metavar="N", help="with --grant-minutes: at most N calls under the grant"
+            )
 
 
-def _gateway_url(args: argparse.Namespace) -> str:
+def gateway_url(args: argparse.Namespace) -> str:
     url: str | None = args.url or os.environ.get("COUNTERSIGN_URL")
     if url:
         return url
@@ -72,7 +82,7 @@ def _gateway_url(args: argparse.Namespace) -> str:
 def cmd_approvals(args: argparse.Namespace) -> int:
     from gateway.api_client import ApiClient, ApiError, print_approval, print_decision, print_table
 
-    url = _gateway_url(args)
+    url = gateway_url(args)
     token = args.token or os.environ.get("COUNTERSIGN_API_TOKEN")
     if not token:
         print("error: give an approver API token with --token or COUNTERSIGN_API_TOKEN", file=sys.stderr)
@@ -104,6 +114,8 @@ def cmd_approvals(args: argparse.Namespace) -> int:
                 return 1
         else:
             body: dict[str, Any] = {"reason": args.reason} if args.reason else {}
+            if args.action == "approve" and (args.grant_minutes is not None or args.grant_uses is not None):
+                body["grant"] = {"minutes": args.grant_minutes, "uses": args.grant_uses}
             data = client.post(f"/api/approvals/{args.id}/{args.action}", body)
             print(json.dumps(data, indent=2) if args.json else print_decision(data))
     except ApiError as exc:

@@ -20,6 +20,7 @@ from gateway.channels import ChannelContext
 from gateway.web.audit_views import AuditViews
 from gateway.web.auth import Authenticator
 from gateway.web.bulk import BulkViews
+from gateway.web.grants import GrantViews
 from gateway.web.inbox import InboxViews
 from gateway.web.pages import WebContext
 from gateway.web.security import SecurityHeaders
@@ -32,7 +33,7 @@ __all__ = ["WebChannel"]
 log = logging.getLogger(__name__)
 
 # Path prefixes the web channel owns; its security headers apply to these (and to "/").
-PREFIXES = ("/signin", "/signout", "/inbox", "/approvals", "/audit", "/static")
+PREFIXES = ("/signin", "/signout", "/inbox", "/approvals", "/grants", "/audit", "/static")
 
 
 class WebChannel:
@@ -53,6 +54,7 @@ class WebChannel:
         self.inbox = InboxViews(self.context)
         self.audit = AuditViews(self.context)
         self.bulk = BulkViews(self.context)
+        self.grants = GrantViews(self.context)
 
     def routes(self) -> list[BaseRoute]:
         guard = self.context.signed_in
@@ -71,6 +73,8 @@ class WebChannel:
             Route("/approvals/{request_id}/detail", guard(inbox.detail), methods=["GET"]),
             Route("/approvals/{request_id}/approve", guard(inbox.approve), methods=["POST"]),
             Route("/approvals/{request_id}/reject", guard(inbox.reject), methods=["POST"]),
+            Route("/grants", guard(self.grants.page), methods=["GET"]),
+            Route("/grants/{grant_id}/revoke", guard(self.grants.revoke), methods=["POST"]),
             Route("/audit", guard(audit.page), methods=["GET"]),
             Route("/audit/chain", guard(audit.chain_status), methods=["GET"]),
             Route("/audit/export.csv", guard(audit.export_csv), methods=["GET"]),

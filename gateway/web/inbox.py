@@ -27,6 +27,7 @@ from approvals.story import context_lines, describe, headline, title
 from approvals.views import AuditEventView, DecisionView, RequestView
 from gateway.results import summarize
 from gateway.web.auth import Viewer
+from gateway.web.grants import grant_from_form, granted_text
 from gateway.web.pages import WebContext, is_htmx
 from gateway.web.templating import clock, when
 
@@ -230,6 +231,7 @@ class InboxViews:
         request_id = request.path_params["request_id"]
         form = await request.form()
         reason = str(form.get("reason") or "").strip()[:1000] or None
+        grant = grant_from_form(form.get("grant_minutes")) if verdict == "approve" else None
         view: View = "detail" if form.get("view") == "detail" else "inbox"
         seen_digest = str(form.get("sha") or "")
         current = await self.service.get(request_id)
@@ -241,11 +243,15 @@ class InboxViews:
             status_code = 409
         else:
             try:
+                if isinstance(grant, str):
+                    raise InvalidDecision(grant)
                 if verdict == "approve":
-                    outcome = await self.service.approve(request_id, viewer.approver, "web", reason)
+                    outcome = await self.service.approve(request_id, viewer.approver, "web", reason, grant=grant)
                 else:
                     outcome = await self.service.reject(request_id, viewer.approver, "web", reason)
                 notice = Notice("info", _outcome_text(outcome.request, outcome.message, viewer.name))
+                if outcome.grant is not None:
+                    notice = Notice("info", f"{notice.text} {granted_text(outcome.message)}")
             except AlreadyDecided as exc:
                 notice, status_code = Notice("error", already_text(exc)), 409
             except NotAllowed as exc:
