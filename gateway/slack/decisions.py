@@ -24,12 +24,14 @@ import anyio
 from approvals.approvers import Approver
 from approvals.audit import Event
 from approvals.errors import AlreadyDecided, ApprovalError, InvalidDecision, NotAllowed, RequestNotFound
+from approvals.grant_terms import GrantAsk
 from approvals.service import ApprovalService
 from approvals.views import DecisionOutcome, RequestView
 from gateway.slack.client import SlackApi, SlackCallFailed
 from gateway.slack.identity import SlackIdentities
 from gateway.slack.messages import (
     ACTION_APPROVE,
+    ACTION_APPROVE_GRANT,
     ACTION_REJECT,
     ACTION_REVIEW,
     REASON_ACTION,
@@ -104,7 +106,9 @@ class SlackDecisions:
                 action_id = action.get("action_id")
                 if action_id == ACTION_REVIEW:
                     continue  # A link button: Slack has opened the inbox; nothing to decide.
-                if action_id in (ACTION_APPROVE, ACTION_REJECT) and isinstance(action.get("value"), str):
+                if action_id in (ACTION_APPROVE, ACTION_APPROVE_GRANT, ACTION_REJECT) and isinstance(
+                    action.get("value"), str
+                ):
                     self.outbox.spawn(_bind(self._clicked, payload, action_id, action["value"]))
             return None
         if kind == "view_submission" and (payload.get("view") or {}).get("callback_id") == REJECT_CALLBACK:
@@ -122,7 +126,7 @@ class SlackDecisions:
         container = payload.get("container") or {}
         channel = container.get("channel_id") or (payload.get("channel") or {}).get("id")
         where = _Where(user, channel)
-        verdict = "approve" if action_id == ACTION_APPROVE else "reject"
+        verdict = "reject" if action_id == ACTION_REJECT else "approve"
         try:
             request = await self.provenance.with_message(request_id)
         except ApprovalError as exc:
@@ -152,7 +156,8 @@ class SlackDecisions:
             return
         try:
             if verdict == "approve":
-                outcome = await self.service.approve(request_id, approver, "slack")
+                grant = GrantAsk() if action_id == ACTION_APPROVE_GRANT else None
+                outcome = await self.service.approve(request_id, approver, "slack", grant=grant)
                 self._after_approval(where, outcome)
             else:
                 view = await self.service.precheck(request_id, approver, "slack", "reject")
@@ -164,7 +169,11 @@ class SlackDecisions:
             self._refused(where, approver, exc)
 
     def _after_approval(self, where: _Where, outcome: DecisionOutcome) -> None:
-        if not outcome.decided:
+        if outcome.grant is not None:
+            # Only the approver is told what the grant allows, and where to revoke it.
+            text = f"{outcome.message}. Grant {outcome.grant.id}: revoke it under Standing approvals in the inbox."
+            self._tell(where, text, outcome.request.id)
+        elif not outcome.decided:
             self._tell(where, f"Your approval is recorded: {outcome.message}.", outcome.request.id)
 
     async def _open_modal(self, where: _Where, approver: Approver, trigger_id: str, view: dict[str, Any]) -> None:

@@ -23,6 +23,8 @@ from gateway.text import mark_hidden
 
 ACTION_APPROVE = "countersign.approve"
 ACTION_REJECT = "countersign.reject"
+# Approve, and allow the same call for the policy's longest grant (approvals.grants).
+ACTION_APPROVE_GRANT = "countersign.approve_grant"
 # A link button: Slack opens the URL and still sends a click, which decides nothing.
 ACTION_REVIEW = "countersign.review"
 ACTIONS_BLOCK = "countersign.actions"
@@ -278,9 +280,37 @@ def _buttons(view: RequestView, *, approvable: bool, full_request: str) -> Block
                 },
                 "accessibility_label": f"Approve {view.tool}"[:75],
             },
+            *_grant_button(view),
             reject,
         ],
     }
+
+
+def _grant_button(view: RequestView) -> list[Block]:
+    """ "Approve for N min" where the tool's policy allows standing approvals; N is its longest."""
+    offer = view.grant_offer
+    if offer is None:
+        return []
+    minutes = offer.max_minutes
+    return [
+        {
+            "type": "button",
+            "action_id": ACTION_APPROVE_GRANT,
+            "text": {"type": "plain_text", "text": f"Approve for {minutes} min", "emoji": False},
+            "value": view.id,
+            "confirm": {
+                "title": {"type": "plain_text", "text": f"Approve for {minutes} min?"},
+                "text": _plain(
+                    f"Countersign will forward {view.tool} to {view.upstream}, and let {view.agent} make the same "
+                    f"call without asking: {offer.describe()}. Revoke it any time in the inbox.",
+                    300,
+                ),
+                "confirm": {"type": "plain_text", "text": "Approve and allow"},
+                "deny": {"type": "plain_text", "text": "Back"},
+            },
+            "accessibility_label": f"Approve {view.tool} for {minutes} minutes"[:75],
+        }
+    ]
 
 
 def reminder_text(view: RequestView, remaining: float, links: Links) -> str:
