@@ -30,7 +30,7 @@ ALICE = Approver("alice", groups=("traders",))
 GRANTS = {"max_duration": "15m", "max_uses": 3}
 
 
-def policy(grants: dict[str, Any] | None = GRANTS, **approval: Any) -> dict[str, Any]:
+def policy(grants: dict[str, Any] | None = GRANTS, *, limited: bool = True, **approval: Any) -> dict[str, Any]:
     settings: dict[str, Any] = {"timeout": "15m", "approvers": ["group:traders"], "channels": ["web"], **approval}
     if grants is not None:
         settings["grants"] = grants
@@ -41,7 +41,7 @@ def policy(grants: dict[str, Any] | None = GRANTS, **approval: Any) -> dict[str,
             "get_orders": {},
             "cancel_order": {
                 "deny_if": [{"conditions": [{"path": "args.orderId", "op": "gt", "value": 5000}]}],
-                "limits": [{"counter": "cancels", "window": "hour", "max": 4, "scope": "grant"}],
+                "limits": [{"counter": "cancels", "window": "hour", "max": 4, "scope": "grant"}] if limited else [],
                 "require_approval": [{"conditions": [], "reason": "Cancelling needs a human."}],
                 "approval": settings,
             },
@@ -238,3 +238,24 @@ async def test_a_granted_call_the_upstream_fails_is_audited_as_failed(tmp_path: 
         assert result.is_error
         [failed] = [e for e in await c.service.history.events() if e.kind == "call.failed"]
         assert failed.detail["grant_id"] and failed.actor == "alice"
+
+
+async def test_calls_racing_for_the_last_uses_of_a_grant_get_exactly_that_many(tmp_path: Path) -> None:
+    async with core(tmp_path, policy(limited=False)) as c, c.agent() as agent:
+        outcome = await approve_first(c, agent, {"orderId": 1001}, GrantAsk(uses=3))
+        results: list[types.CallToolResult] = []
+
+        async def call() -> None:
+            results.append(await agent.call_tool("cancel_order", {"orderId": 1001}))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(6):
+                tg.start_soon(call)
+            # Those the grant did not take are held, together, on one new request.
+            held = await c.pending()
+            await c.service.reject(held.id, ALICE, "api", "the grant is used up")
+        granted = [e for e in await c.service.history.events() if e.kind == "call.granted"]
+        assert sorted(e.detail["uses"] for e in granted) == [1, 2, 3]
+        assert len(calls_made(c)) == 1 + 3
+        assert sum(text(r).startswith("[APPROVAL REJECTED]") for r in results) == 3
+        assert (await c.service.grants.get(outcome.grant.id)).uses == 3
