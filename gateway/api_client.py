@@ -90,6 +90,7 @@ def print_approval(a: dict[str, Any]) -> str:
         f"  why held   {a['reason']}  [{a['rule']}]",
         *([f"  agent says {a['agent_reason']}"] if a.get("agent_reason") else []),
         f"  approvers  {', '.join(a['approvers']) or 'any approver'} (quorum {a['quorum']})",
+        *([f"  may grant  {a['grant_offer']['describe']} (approve --grant-minutes N)"] if a.get("grant_offer") else []),
         f"  created    {a['created_at']}",
         f"  expires    {a['expires_at']}",
     ]

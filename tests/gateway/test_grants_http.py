@@ -120,6 +120,9 @@ async def test_the_cli_approves_with_a_grant_lists_and_revokes_it(tmp_path: Path
     async with running_gateway(tmp_path, sqlite_url, policy=granting_policy()) as h:
         connect = ["--url", h.base_url, "--token", ALICE_TOKEN]
         async with held_call(h, SUMMARY, ACCOUNT) as (request, box):
+            code, out, err = await run_beside_server(["approvals", "show", request["id"], *connect])
+            assert code == 0, err
+            assert "may grant  up to 15m and 5 calls, for the same arguments (approve --grant-minutes N)" in out
             code, out, err = await run_beside_server(
                 ["approvals", "approve", request["id"], "--grant-minutes", "10", "--grant-uses", "2", *connect]
             )
