@@ -59,7 +59,7 @@ def add_approvals(sub: Subparsers) -> None:
             action.add_argument("--reason", help="why (required to reject when the policy says so)")
 
 
-def _gateway_url(args: argparse.Namespace) -> str:
+def gateway_url(args: argparse.Namespace) -> str:
     url: str | None = args.url or os.environ.get("COUNTERSIGN_URL")
     if url:
         return url
@@ -72,7 +72,7 @@ def _gateway_url(args: argparse.Namespace) -> str:
 def cmd_approvals(args: argparse.Namespace) -> int:
     from gateway.api_client import ApiClient, ApiError, print_approval, print_decision, print_table
 
-    url = _gateway_url(args)
+    url = gateway_url(args)
     token = args.token or os.environ.get("COUNTERSIGN_API_TOKEN")
     if not token:
         print("error: give an approver API token with --token or COUNTERSIGN_API_TOKEN", file=sys.stderr)

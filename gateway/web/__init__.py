@@ -24,6 +24,7 @@ from gateway.web.inbox import InboxViews
 from gateway.web.pages import WebContext
 from gateway.web.security import SecurityHeaders
 from gateway.web.sessions import SessionStore
+from gateway.web.shadow_views import ShadowViews
 from gateway.web.signin import SignInViews
 from gateway.web.templating import Templates, asset_dir
 
@@ -32,7 +33,7 @@ __all__ = ["WebChannel"]
 log = logging.getLogger(__name__)
 
 # Path prefixes the web channel owns; its security headers apply to these (and to "/").
-PREFIXES = ("/signin", "/signout", "/inbox", "/approvals", "/audit", "/static")
+PREFIXES = ("/signin", "/signout", "/inbox", "/approvals", "/audit", "/shadow", "/static")
 
 
 class WebChannel:
@@ -53,6 +54,7 @@ class WebChannel:
         self.inbox = InboxViews(self.context)
         self.audit = AuditViews(self.context)
         self.bulk = BulkViews(self.context)
+        self.shadow = ShadowViews(self.context)
 
     def routes(self) -> list[BaseRoute]:
         guard = self.context.signed_in
@@ -75,6 +77,7 @@ class WebChannel:
             Route("/audit/chain", guard(audit.chain_status), methods=["GET"]),
             Route("/audit/export.csv", guard(audit.export_csv), methods=["GET"]),
             Route("/audit/export.json", guard(audit.export_json), methods=["GET"]),
+            Route("/shadow", guard(self.shadow.page), methods=["GET"]),
             Mount("/static", StaticFiles(directory=self.static_dir), name="static"),
         ]
 
