@@ -199,10 +199,10 @@ class Gateway:
         log.info("approval queue ready: %d pending request(s) re-armed, %d overdue expired", armed, expired)
         if self.shadow.store.configured:
             # Where the shadow stands from the start, in the log and the audit (a file that fails never stops us).
-            kind, message = self.shadow.store.status()
-            (log.info if kind == "shadow.loaded" else log.error)("%s", message)
+            said = self.shadow.store.status()
+            (log.info if said.kind == "shadow.loaded" else log.error)("%s", said.message)
             try:
-                await self._shadow_changed(kind, f"{message} (at start)")
+                await self._shadow_changed(said.kind, f"{said.message} (at start)")
             except ApprovalError as exc:
                 log.error("could not audit where the shadow policy stands: %s", exc)
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -19,6 +20,12 @@ from gateway.policy_store import policy_version
 log = logging.getLogger(__name__)
 
 ShadowListener = Callable[[str, str], Awaitable[None]]  # (kind, message)
+
+
+@dataclass(frozen=True)
+class ShadowStatus:
+    kind: str  # shadow.loaded or shadow.rejected, as audited
+    message: str
 
 
 class ShadowStore:
@@ -59,14 +66,15 @@ class ShadowStore:
         self.current, self.version, self.problem = policy, policy_version(self.path), None
         return True
 
-    def status(self) -> tuple[str, str]:
-        """The audit event kind and message that say where the shadow stands now."""
-        if self.path is None:
-            return "shadow.off", "no shadow policy is configured"
+    def status(self) -> ShadowStatus:
+        """The audit event kind and message that say where a configured shadow stands now."""
+        name = self.path.name if self.path is not None else "(none)"
         if self.problem is None:
-            return "shadow.loaded", f"shadow policy {self.path.name} in force, version {self.version[:12]}"
+            return ShadowStatus(
+                kind="shadow.loaded", message=f"shadow policy {name} in force, version {self.version[:12]}"
+            )
         kept = f"; version {self.version[:12]} stays in force" if self.current is not None else ""
-        return "shadow.rejected", f"shadow policy {self.path.name} refused: {self.problem}{kept}"
+        return ShadowStatus(kind="shadow.rejected", message=f"shadow policy {name} refused: {self.problem}{kept}")
 
     async def reload(self, why: str) -> bool:
         """Load the file again; keep the previous shadow if the new one is invalid. True when replaced."""
@@ -74,14 +82,14 @@ class ShadowStore:
             return False
         self._mtime = self._stat()
         loaded = self._load()
-        kind, message = self.status()
+        said = self.status()
         if loaded:
             log.info("shadow policy reloaded (%s) from %s, version %s", why, self.path, self.version[:12])
         else:
             log.error("shadow policy reload (%s) refused: %s", why, self.problem)
         for listener in self.listeners:
             try:
-                await listener(kind, f"{message} (reload: {why})")
+                await listener(said.kind, f"{said.message} (reload: {why})")
             except Exception:
                 log.exception("shadow policy reload listener failed")
         return loaded

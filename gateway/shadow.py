@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 Decided = Literal["allow", "deny", "hidden", "hold", "limited"]
 DECISIONS: Final[tuple[str, ...]] = ("allow", "deny", "hidden", "hold", "limited")
-DIFFERS: Final = "shadow.differs"
+DIFFERS = "shadow.differs"
 # Differences waiting to be written; past this many (a database slower than the traffic) they are counted, not kept.
 QUEUE_SIZE: Final = 1_000
 

@@ -15,7 +15,7 @@ from approvals.history import AuditHistory
 from approvals.views import AuditEventView
 from gateway.shadow import DECISIONS, DIFFERS, outcome_for
 
-STANDING: Final = ("shadow.loaded", "shadow.rejected", "shadow.off")
+STANDING: Final = ("shadow.loaded", "shadow.rejected")
 TROUBLE: Final = ("shadow.error", "shadow.dropped")
 MAX_LIMIT: Final = 1_000
 
