@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
+import anyio
 import mcp_types as types
 
 from approvals.audit import Event
 from gateway.demo import DEMO_POLICY
 from gateway.policy import Policy, parse_policy
 from gateway.policy_shadow import ShadowStore
+from gateway.policy_store import PolicyStore
 from gateway.shadow import ShadowCall, ShadowRun
 from tests.gateway.test_cli import run_beside_server
 from tests.gateway.test_policy_reload import rewrite
@@ -212,3 +216,23 @@ async def test_a_shadow_that_fails_never_raises_into_the_call_and_is_audited_onc
     await shadow.run()
     assert [e.kind for e in recorded] == ["shadow.error"]
     assert "the candidate cannot be evaluated" in recorded[0].message
+
+
+async def test_sighup_reloads_the_shadow_policy_after_the_live_one(tmp_path: Path) -> None:
+    live_path = write_policy(tmp_path / "policy.json", {"version": "1", "default": "deny"})
+    shadow_path = write_policy(tmp_path / "shadow.json", {"version": "1", "default": "deny"})
+    live, shadow = PolicyStore(live_path, watch_seconds=3600), ShadowStore(shadow_path, watch_seconds=3600)
+    live.on_sighup.append(shadow.reload)
+    told: list[str] = []
+
+    async def listener(kind: str, message: str) -> None:
+        told.append(kind)
+
+    shadow.listeners.append(listener)
+    async with anyio.create_task_group() as tg:
+        await tg.start(live.watch)
+        write_policy(shadow_path, {"version": "1", "default": "allow"})
+        os.kill(os.getpid(), signal.SIGHUP)
+        await wait_for(lambda: shadow.current is not None and shadow.current.default == "allow", within=5)
+        tg.cancel_scope.cancel()
+    assert told == ["shadow.loaded"]
