@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from urllib.parse import urlencode
 
 from starlette.requests import Request
@@ -27,6 +28,7 @@ class ShadowViews:
         except ShadowQueryError as exc:
             query, error = ShadowQuery(limit=PAGE_SIZE), str(exc)
         history = self.web.service.history
+        said = await standing(history)
         found = [] if error else await differences(history, query)
         older = None
         if len(found) == PAGE_SIZE:
@@ -39,7 +41,8 @@ class ShadowViews:
                 "form": params,
                 "decisions": DECISIONS,
                 "error": error,
-                "standing": await standing(history),
+                "standing": said,
+                "standing_at": datetime.fromisoformat(said["at"]) if said else None,
                 "trouble": await trouble(history, 5),
                 "differences": [(event, difference_json(event)) for event in found],
                 "older_link": older,

@@ -11,9 +11,13 @@ import mcp_types as types
 import pytest
 
 from gateway import cli
+from gateway.paper_book import PaperBook
+from gateway.paper_broker import build_http_app
 from gateway.policy_suggest import suggest_one
 from tests.conftest import skip_unless_present
+from tests.gateway.test_cli import run_beside_server
 from tests.gateway.test_stdio import countersign_command
+from tests.harness import serve_asgi
 
 FILESYSTEM_SERVER = Path(__file__).resolve().parents[1] / "node" / "node_modules" / ".bin" / "mcp-server-filesystem"
 
@@ -54,6 +58,15 @@ def test_suggest_against_the_paper_broker_writes_a_policy_that_policy_check_acce
     # It never overwrites a file unless told to.
     code, _, err = run(capsys, "policy", "suggest", "--config", str(broker_config(tmp_path)), "-o", str(out))
     assert code == 2 and "--force" in err
+
+
+async def test_suggest_reads_a_server_given_by_its_url(tmp_path: Path) -> None:
+    async with serve_asgi(build_http_app(PaperBook())) as broker_url:
+        code, policy_text, reasons = await run_beside_server(["policy", "suggest", "--upstream", f"{broker_url}/mcp"])
+    assert code == 0, reasons
+    tools = json.loads(policy_text)["tools"]
+    assert tools["ibkr_get_open_orders"] == {} and "require_approval" in tools["ibkr_cancel_order"]
+    assert "allow   ibkr_get_open_orders (127.0.0.1): readOnlyHint true" in reasons
 
 
 def test_suggest_against_the_reference_filesystem_server_lists_additive_writes_for_a_human(
