@@ -57,10 +57,10 @@ def text(result: types.CallToolResult) -> str:
 
 
 async def test_calls_a_shadow_policy_would_deny_pass_and_each_is_listed_as_a_difference(
-    tmp_path: Path, sqlite_url: str
+    tmp_path: Path, database_url: str
 ) -> None:
     config = in_shadow(tmp_path, shadow_of(ibkr_get_open_orders=DENY_OPEN_ORDERS))
-    async with running_gateway(tmp_path, sqlite_url, config=config) as h, h.agent() as agent:
+    async with running_gateway(tmp_path, database_url, config=config) as h, h.agent() as agent:
         for _ in range(3):
             result = await agent.call_tool("ibkr_get_open_orders", {})
             assert not result.is_error, text(result)
