@@ -90,6 +90,7 @@ class EventFilters(TypedDict, total=False):
     since: datetime | None
     until: datetime | None
     text: str | None
+    kinds: tuple[str, ...] | None
 
 
 def _event_conditions(filters: EventFilters) -> list[Any]:
@@ -98,6 +99,9 @@ def _event_conditions(filters: EventFilters) -> list[Any]:
         value = filters.get(name)
         if value:
             conditions.append(_events.c[name] == value)
+    kinds = filters.get("kinds")
+    if kinds:
+        conditions.append(_events.c.kind.in_(kinds))
     since, until, text = filters.get("since"), filters.get("until"), filters.get("text")
     if since is not None:
         conditions.append(_events.c.at >= since)

@@ -29,7 +29,7 @@ from approvals.feed import ChangeFeed
 from approvals.service import ApprovalService, utcnow
 from approvals.timeouts import TimeoutScheduler
 from approvals.transitions import Clock
-from gateway import api, api_grants, slack, webhooks
+from gateway import api, api_grants, api_shadow, slack, webhooks
 from gateway.agent_auth import AgentAuth
 from gateway.audit_keeper import open_chain, publish_head, publish_heads
 from gateway.calls import CallHandler
@@ -41,12 +41,14 @@ from gateway.held import HeldCalls
 from gateway.jwt_auth import jwt_options, metadata_routes
 from gateway.mcp_server import build_server
 from gateway.metrics import GatewayMetrics, metrics_endpoint
+from gateway.policy_shadow import ShadowStore
 from gateway.policy_store import PolicyStore
 from gateway.policy_withdrawal import PolicyWithdrawals
 from gateway.ratelimit import RateLimiter
 from gateway.readiness import Readiness
 from gateway.relay import build_relay
 from gateway.sessions import AgentSessions, SessionCap
+from gateway.shadow import ShadowRun
 from gateway.shared_quotas import SharedQuotas
 from gateway.upstreams import Upstreams, UpstreamSet
 from gateway.web import WebChannel
@@ -84,6 +86,7 @@ class Gateway:
         # Leases are checked twice per lease, so a dead process's execution ends within about 1.5 leases.
         self.timeouts = TimeoutScheduler(self.service, lease_check_seconds=settings.server.execution_lease / 2)
         self.policies = PolicyStore(settings.policy_path)
+        self.shadow = ShadowRun(ShadowStore(settings.shadow_path), self.service.record)
         self.upstreams: Upstreams = upstreams or UpstreamSet(settings.upstreams)
         # On PostgreSQL every replica counts the same quota; a single gateway on SQLite counts in memory.
         self.limiter = RateLimiter(store=None if self.db.is_sqlite else SharedQuotas(self.db))
@@ -110,6 +113,7 @@ class Gateway:
             audit_unavailable=settings.server.audit_unavailable,
             withdrawals=self.withdrawals,
             context=ApprovalContext(GatewayReads(self.service, self.policies, self.upstreams)),
+            shadow=self.shadow,
             repeat_window=settings.server.repeat_window,
         )
         self.events = InMemorySubscriptionBus()
@@ -135,6 +139,8 @@ class Gateway:
             for listener in channel.listeners():
                 self.feed.subscribe(listener)
         self.policies.listeners.append(self._policy_reloaded)
+        self.policies.on_sighup.append(self.shadow.store.reload)
+        self.shadow.store.listeners.append(self._shadow_changed)
         self.upstreams.listeners.append(self._tools_changed)
 
     def _transport_security(self) -> TransportSecuritySettings:
@@ -156,6 +162,10 @@ class Gateway:
         if outcome == "policy.loaded":
             await self._tools_changed()
             await self.withdrawals.sweep("policy reloaded")
+
+    async def _shadow_changed(self, kind: str, message: str) -> None:
+        identity = {"policy_version": self.policies.version, "shadow_version": self.shadow.store.version or None}
+        await self.service.record(Event(kind=kind, outcome=kind.split(".")[1], message=message, detail=identity))
 
     async def _withdraw_on_start(self) -> None:
         """Apply the policy this process starts with to the open requests, once the catalog is known.
@@ -187,12 +197,22 @@ class Gateway:
         await self.metrics.start()
         expired, armed = await self.timeouts.start()
         log.info("approval queue ready: %d pending request(s) re-armed, %d overdue expired", armed, expired)
+        if self.shadow.store.configured:
+            # Where the shadow stands from the start, in the log and the audit (a file that fails never stops us).
+            said = self.shadow.store.status()
+            (log.info if said.kind == "shadow.loaded" else log.error)("%s", said.message)
+            try:
+                await self._shadow_changed(said.kind, f"{said.message} (at start)")
+            except ApprovalError as exc:
+                log.error("could not audit where the shadow policy stands: %s", exc)
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self.upstreams.run)
                 tg.start_soon(self.readiness.settle)
                 if self.settings.policy.watch:
                     tg.start_soon(self.policies.watch)
+                    tg.start_soon(self.shadow.store.watch)
+                tg.start_soon(self.shadow.run)
                 tg.start_soon(self._withdraw_on_start)
                 tg.start_soon(self.timeouts.run)
                 tg.start_soon(self.held.run)
@@ -244,6 +264,7 @@ class Gateway:
                 Route("/metrics", metrics_endpoint(self.metrics, self.settings.server.metrics_token), methods=["GET"]),
                 *api.ROUTES,
                 *api_grants.ROUTES,
+                *api_shadow.ROUTES,
                 *(route for channel in self.channels for route in channel.routes()),
             ],
             middleware=[m for channel in self.channels for m in channel.middleware()],

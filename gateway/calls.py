@@ -32,6 +32,7 @@ from gateway.policy_withdrawal import PolicyWithdrawals
 from gateway.ratelimit import RateLimiter, Refusal, Reservation
 from gateway.results import PENDING_SCHEMA, STATUS_TOOL, WAIT_TOOL, answer, gateway_tools, text_of
 from gateway.schemas import admit_alternative
+from gateway.shadow import ShadowCall, ShadowRun
 from gateway.upstreams import Route, Upstreams
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class CallHandler:
         held: HeldCalls,
         withdrawals: PolicyWithdrawals,
         context: ApprovalContext | None = None,
+        shadow: ShadowRun | None = None,
         agent_limits: AgentLimitSettings | None = None,
         audit_unavailable: str = "refuse",
         repeat_window: float = DEFAULT_REPEAT_WINDOW,
@@ -61,6 +63,7 @@ class CallHandler:
         self.held = held
         self.withdrawals = withdrawals
         self.context = context or ApprovalContext(None)
+        self.shadow = shadow
         self.agent_limits = agent_limits or AgentLimitSettings()
         self.refusals = RefusalBudget(self.agent_limits.max_refusals_per_agent, self.agent_limits.refusal_window)
         self.audit_unavailable = audit_unavailable
@@ -153,7 +156,14 @@ class CallHandler:
         async def audit(kind: str, outcome: str, message: str, **detail: Any) -> None:
             await self._audit(event(kind, outcome, message, **detail))
 
+        async def shadow(limited: str | None = None) -> None:
+            # The candidate policy judges the same call once the live decision is known; it changes nothing here.
+            if self.shadow is not None and self.shadow.active:
+                seen = ShadowCall(caller.agent, caller.session, tool, upstream_name, arguments, schema)
+                await self.shadow.observe(seen, policy, evaluation, limited=limited)
+
         if evaluation.action in ("hidden", "deny"):
+            await shadow()
             await audit(f"call.{'hidden' if evaluation.action == 'hidden' else 'denied'}", "denied", evaluation.message)
             raise CallRefused(Tag.POLICY_DENIED, evaluation.message)
         if route is None:
@@ -181,9 +191,11 @@ class CallHandler:
             ):
                 # The same call again: its open request, or the outcome of the one that just ended; never a second.
                 # Under a live standing approval an ended call's repeat runs again: the approver allowed that.
+                await shadow()
                 return await self._repeat(earlier, caller, line)
 
         reservation = await self.limiter.reserve(tool, evaluation.limits, grant=caller.agent, session=caller.session)
+        await shadow(reservation.message if isinstance(reservation, Refusal) else None)
         if isinstance(reservation, Refusal):
             await audit("call.limited", "limited", reservation.message, retry_after=round(reservation.retry_after, 1))
             raise CallRefused(Tag.RATE_LIMITED, reservation.message)

@@ -11,6 +11,8 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from gateway.cli_common import CONFIG_HELP, command, read_settings
+from gateway.cli_shadow import add_shadow
+from gateway.cli_suggest import add_suggest
 from gateway.policy import Policy, PolicyError
 
 if TYPE_CHECKING:
@@ -46,6 +48,8 @@ def add_policy(sub: Subparsers) -> None:
         metavar="FILE",
         help="a JSON file with the upstream's tools/list result, to evaluate with the schema's defaults",
     )
+    add_suggest(commands)
+    add_shadow(commands)
 
 
 def _tool_schemas(path: str | None) -> dict[str, dict[str, Any]] | int | None:

@@ -144,6 +144,8 @@ def is_loopback(host: str) -> bool:
 class PolicySettings(_Section):
     file: str = "policy.json"
     watch: bool = True
+    # A candidate policy evaluated beside the live one, enforcing nothing (gateway.shadow).
+    shadow: str | None = None
 
 
 class UpstreamSettings(_Section):
@@ -270,6 +272,10 @@ class Settings(_Section):
     @property
     def policy_path(self) -> Path:
         return self.resolve(self.policy.file)
+
+    @property
+    def shadow_path(self) -> Path | None:
+        return None if self.policy.shadow is None else self.resolve(self.policy.shadow)
 
     @property
     def database_url(self) -> str:

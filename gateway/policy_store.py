@@ -40,6 +40,8 @@ class PolicyStore:
         self.version = policy_version(path)
         self._mtime = self._stat()
         self.listeners: list[ReloadListener] = []
+        # Told of every SIGHUP after this store reloads: a process has one handler per signal (the shadow policy).
+        self.on_sighup: list[Callable[[str], Awaitable[object]]] = []
         for warning in lint_policy(self.current):
             log.warning("policy %s: %s: %s", path, warning.path, warning.message)
 
@@ -87,6 +89,8 @@ class PolicyStore:
                 if receiver is not None:
                     async for _ in receiver:
                         await self.reload("SIGHUP")
+                        for follower in self.on_sighup:
+                            await follower("SIGHUP")
 
     async def _watch_file(self) -> None:
         while True:

@@ -25,6 +25,7 @@ from gateway.web.inbox import InboxViews
 from gateway.web.pages import WebContext
 from gateway.web.security import SecurityHeaders
 from gateway.web.sessions import SessionStore
+from gateway.web.shadow_views import ShadowViews
 from gateway.web.signin import SignInViews
 from gateway.web.templating import Templates, asset_dir
 
@@ -33,7 +34,7 @@ __all__ = ["WebChannel"]
 log = logging.getLogger(__name__)
 
 # Path prefixes the web channel owns; its security headers apply to these (and to "/").
-PREFIXES = ("/signin", "/signout", "/inbox", "/approvals", "/grants", "/audit", "/static")
+PREFIXES = ("/signin", "/signout", "/inbox", "/approvals", "/grants", "/audit", "/shadow", "/static")
 
 
 class WebChannel:
@@ -55,6 +56,7 @@ class WebChannel:
         self.audit = AuditViews(self.context)
         self.bulk = BulkViews(self.context)
         self.grants = GrantViews(self.context)
+        self.shadow = ShadowViews(self.context)
 
     def routes(self) -> list[BaseRoute]:
         guard = self.context.signed_in
@@ -79,6 +81,7 @@ class WebChannel:
             Route("/audit/chain", guard(audit.chain_status), methods=["GET"]),
             Route("/audit/export.csv", guard(audit.export_csv), methods=["GET"]),
             Route("/audit/export.json", guard(audit.export_json), methods=["GET"]),
+            Route("/shadow", guard(self.shadow.page), methods=["GET"]),
             Mount("/static", StaticFiles(directory=self.static_dir), name="static"),
         ]
 
