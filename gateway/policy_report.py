@@ -194,7 +194,7 @@ def _skippable_rules(policy: Policy, schemas: Mapping[str, Mapping[str, Any]] | 
         for kind, rules in (("deny_if", layer.deny_if), ("require_approval", layer.require_approval)):
             for rule in rules:
                 for index, condition in enumerate(rule.conditions):
-                    if condition.op == "exists" or condition.op in HOLD_WHEN_ABSENT or present(condition.path):
+                    if condition.on_agent or condition.op in ("exists", *HOLD_WHEN_ABSENT) or present(condition.path):
                         continue
                     yield PolicyWarning(
                         f"{rule.where}.conditions[{index}]",
@@ -205,7 +205,7 @@ def _skippable_rules(policy: Policy, schemas: Mapping[str, Mapping[str, Any]] | 
                     )
         for rule in layer.require:
             for index, condition in enumerate(rule.conditions):
-                if condition.op in HOLD_WHEN_ABSENT and not present(condition.path):
+                if condition.op in HOLD_WHEN_ABSENT and not condition.on_agent and not present(condition.path):
                     yield PolicyWarning(
                         f"{rule.where}.conditions[{index}]",
                         f"an agent meets this require rule by leaving out {condition.path} (a missing field is "
