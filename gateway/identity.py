@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
+
+# The identity the gateway's own reads (context lookups) run and are audited under.
+GATEWAY_IDENTITY: Final = "countersign"
 
 
 @dataclass(frozen=True)

@@ -102,7 +102,7 @@ class Rule:
     message: str
     where: str
     # A require_approval rule's own `approval` fields, laid over the tool's approval block when it matches.
-    approval: Mapping[str, Any] = field(default_factory=dict)
+    approval: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def matches(self, args: Mapping[str, Any], *, mismatch: bool = False, agent: AgentIdentity | None = None) -> bool:
         """All conditions hold; ``mismatch`` is what a type mismatch counts as (see Condition.holds)."""

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from approvals.durations import format_duration
-from gateway.identity import AgentIdentity
+from gateway.identity import GATEWAY_IDENTITY, AgentIdentity
 from gateway.policy_model import HOLD_WHEN_ABSENT, ApprovalSettings, Limit, Policy, ToolPolicy, is_glob, tool_where
 
 _ASKS_FOR_A_HUMAN = re.compile(r"\b(approv\w*|human|review\w*|sign[- ]?off|four[- ]eyes)\b", re.IGNORECASE)
@@ -145,7 +145,7 @@ def _unreadable_lookups(policy: Policy, layers: list[tuple[str, ToolPolicy]]) ->
     """A context lookup runs only when its tool is allowed outright; one this policy holds or denies never shows."""
     for where, layer in layers:
         for index, spec in enumerate(layer.approval.context if layer.approval else ()):
-            evaluation = policy.evaluate(spec.tool, {})
+            evaluation = policy.evaluate(spec.tool, {}, agent=AgentIdentity(GATEWAY_IDENTITY))
             if evaluation.action != "allow":
                 yield PolicyWarning(
                     f"{where}.approval.context[{index}].tool",
