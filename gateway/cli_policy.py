@@ -95,8 +95,12 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
 
     settings = None
     if args.config is not None:
-        # Names and groups of people and agents, and the upstreams to connect to; no other secret is needed.
-        settings = read_settings(args.config, only=("policy", "upstreams", "agents", "agent_jwt", "approvers"))
+        # Names and groups of people and agents, and the upstreams to connect to; approvers' secrets are not needed.
+        settings = read_settings(
+            args.config,
+            only=("policy", "upstreams", "agents", "agent_jwt", "approvers"),
+            ignore=("approvers.api_token", "approvers.password_hash"),
+        )
         args.file = args.file or str(settings.policy_path)
     elif args.file is None:
         print("error: name the policy FILE, or give --config to check the configured one", file=sys.stderr)

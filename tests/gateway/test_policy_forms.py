@@ -228,3 +228,43 @@ def test_policy_check_needs_a_file_or_a_config(capsys: pytest.CaptureFixture[str
     code, _, err = run(capsys, "policy", "check")
     assert code == 2
     assert "name the policy FILE, or give --config" in err
+
+
+def test_only_refusals_that_no_argument_can_change_count_as_outright() -> None:
+    from gateway.identity import AgentIdentity
+
+    policy = parse_policy(
+        {
+            "version": "1",
+            "default": "deny",
+            "hide": ["secret"],
+            "tools": {
+                "trade": {
+                    "require": [{"conditions": [{"path": "agent.groups", "op": "contains", "value": "traders"}]}]
+                },
+                "big": {"deny_if": [{"conditions": [{"path": "args.qty", "op": "gt", "value": 10}]}]},
+                "mixed": {
+                    "deny_if": [
+                        {
+                            "conditions": [
+                                {"path": "agent.name", "op": "eq", "value": "bot"},
+                                {"path": "args.live", "op": "eq", "value": True},
+                            ]
+                        }
+                    ]
+                },
+                "off": {"action": "deny"},
+            },
+        }
+    )
+    bot, trader = AgentIdentity("bot"), AgentIdentity("tess", ("traders",))
+    assert [tool for tool in ("secret", "unlisted", "off", "trade") if policy.refuses_outright(tool, bot)] == [
+        "secret",
+        "unlisted",
+        "off",
+        "trade",
+    ]
+    assert not policy.refuses_outright("trade", trader)
+    # An argument can let these through.
+    assert not policy.refuses_outright("big", bot)
+    assert not policy.refuses_outright("mixed", bot)
