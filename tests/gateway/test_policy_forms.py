@@ -268,3 +268,11 @@ def test_only_refusals_that_no_argument_can_change_count_as_outright() -> None:
     # An argument can let these through.
     assert not policy.refuses_outright("big", bot)
     assert not policy.refuses_outright("mixed", bot)
+
+
+def test_countersign_tools_says_what_list_only_callable_leaves_out() -> None:
+    from gateway.tool_report import as_table
+
+    listed = as_table(parse_policy({**SHORT_FORMS, "list_only_callable": True}), [])
+    assert "with list_only_callable, so does a deny that no argument can change" in listed
+    assert "still listed to agents" in as_table(parse_policy(SHORT_FORMS), [])
