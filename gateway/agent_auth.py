@@ -30,8 +30,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from approvals.approvers import token_digest
 from gateway.bearer import BearerProblem, bearer_token
 from gateway.config import DEV_AGENT_NAME
+from gateway.identity import AgentDirectory
 from gateway.jwt_auth import JwtAgents, JwtRejected, looks_like_jwt
-from gateway.mcp_server import AGENT_KEY, DISCONNECTED_KEY
+from gateway.mcp_server import AGENT_GROUPS_KEY, AGENT_KEY, DISCONNECTED_KEY
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +62,16 @@ class AgentAuth:
         keepalive_interval: float | None = None,
         jwt_agents: JwtAgents | None = None,
         resource_metadata: str | None = None,
+        directory: AgentDirectory | None = None,
     ) -> None:
         """`agents` maps token SHA-256 digests to agent names; `keepalive_interval` None sends no keep-alives.
 
         `jwt_agents` also accepts JWTs from an identity provider; `resource_metadata` is the URL of the
-        protected-resource metadata document a 401 points clients to.
+        protected-resource metadata document a 401 points clients to. `directory` gives configured agents
+        their groups, and learns each JWT agent's from its token.
         """
         self.app = app
+        self.directory = directory or AgentDirectory()
         self.jwt_agents = jwt_agents
         self.resource_metadata = resource_metadata
         self.agents = dict(agents)
@@ -99,13 +103,16 @@ class AgentAuth:
             await _unauthorized(send, f"{problem} (an agent's token)", self.resource_metadata, presented=True)
             return
         agent = self.identify(token)
+        identity = None if agent is None else self.directory.identity(agent)
         if agent is None and token is not None and self.jwt_agents is not None and looks_like_jwt(token):
             try:
-                agent = (await self.jwt_agents.identify(token)).name
+                identity = await self.jwt_agents.identify(token)
             except JwtRejected as rejected:
                 await _unauthorized(send, str(rejected), self.resource_metadata, presented=True)
                 return
-        if agent is None:
+            self.directory.note(identity)
+            agent = identity.name
+        if agent is None or identity is None:
             await _unauthorized(
                 send,
                 "missing or unknown bearer token"
@@ -116,6 +123,7 @@ class AgentAuth:
             )
             return
         scope[AGENT_KEY] = agent
+        scope[AGENT_GROUPS_KEY] = identity.groups
         # Sessions are bound to the credential that opened them, so one agent cannot use another's session.
         scope["user"] = AuthenticatedUser(AccessToken(token="", client_id=agent, scopes=[]))
         modern = headers.get("mcp-protocol-version") in MODERN_PROTOCOL_VERSIONS

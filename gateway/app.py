@@ -38,12 +38,14 @@ from gateway.config import Settings
 from gateway.context import ApprovalContext, GatewayReads
 from gateway.health import health
 from gateway.held import HeldCalls
+from gateway.identity import AgentDirectory, AgentIdentity
 from gateway.jwt_auth import jwt_options, metadata_routes
 from gateway.mcp_server import build_server
 from gateway.metrics import GatewayMetrics, metrics_endpoint
 from gateway.policy_shadow import ShadowStore
 from gateway.policy_store import PolicyStore
 from gateway.policy_withdrawal import PolicyWithdrawals
+from gateway.policy_world import announce_unknown_approvers
 from gateway.ratelimit import RateLimiter
 from gateway.readiness import Readiness
 from gateway.relay import build_relay
@@ -91,7 +93,8 @@ class Gateway:
         # On PostgreSQL every replica counts the same quota; a single gateway on SQLite counts in memory.
         self.limiter = RateLimiter(store=None if self.db.is_sqlite else SharedQuotas(self.db))
         self.readiness = Readiness(self.db, self.upstreams, settings.server.startup_timeout)
-        self.withdrawals = PolicyWithdrawals(self.service, self.policies, self.upstreams)
+        self.agents = AgentDirectory(AgentIdentity(a.name, a.groups) for a in settings.agents)
+        self.withdrawals = PolicyWithdrawals(self.service, self.policies, self.upstreams, self.agents)
         self.held = HeldCalls(
             self.service,
             self.upstreams,
@@ -115,6 +118,7 @@ class Gateway:
             context=ApprovalContext(GatewayReads(self.service, self.policies, self.upstreams)),
             shadow=self.shadow,
             repeat_window=settings.server.repeat_window,
+            agents=self.agents,
         )
         self.events = InMemorySubscriptionBus()
         self.relay = build_relay(self.upstreams, self.policies, self.service, self.events)
@@ -160,12 +164,19 @@ class Gateway:
         identity = {"policy_version": self.policies.version}
         await self.service.record(Event(kind=outcome, outcome=outcome.split(".")[1], message=message, detail=identity))
         if outcome == "policy.loaded":
+            await self._name_unknown_approvers("reloaded")
             await self._tools_changed()
             await self.withdrawals.sweep("policy reloaded")
 
     async def _shadow_changed(self, kind: str, message: str) -> None:
         identity = {"policy_version": self.policies.version, "shadow_version": self.shadow.store.version or None}
         await self.service.record(Event(kind=kind, outcome=kind.split(".")[1], message=message, detail=identity))
+
+    async def _name_unknown_approvers(self, why: str) -> None:
+        try:
+            await announce_unknown_approvers(self.policies.current, self.settings, self.service.record, why)
+        except ApprovalError as exc:
+            log.error("could not audit the policy's unknown approvers: %s", exc)
 
     async def _withdraw_on_start(self) -> None:
         """Apply the policy this process starts with to the open requests, once the catalog is known.
@@ -195,6 +206,7 @@ class Gateway:
         await open_chain(self.settings, self.db, accept_rollback=self.accept_audit_rollback, clock=self.service.clock)
         await self.feed.start()
         await self.metrics.start()
+        await self._name_unknown_approvers("at start")
         expired, armed = await self.timeouts.start()
         log.info("approval queue ready: %d pending request(s) re-armed, %d overdue expired", armed, expired)
         if self.shadow.store.configured:
@@ -246,6 +258,7 @@ class Gateway:
                 self.agent_tokens(),
                 dev_mode=self.settings.server.dev_mode,
                 keepalive_interval=self.settings.server.keepalive_interval,
+                directory=self.agents,
                 **jwt_options(self.settings),
             )
         )

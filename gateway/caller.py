@@ -11,6 +11,8 @@ from typing import Protocol, TypeVar
 
 import anyio
 
+from gateway.identity import AgentIdentity
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -78,6 +80,12 @@ class Caller:
     cancel_reason: Callable[[], Awaitable[str | None]] | None = None
     # Set when the call asked to become a task (gateway.tasks): it is not held, its request is the task.
     task: TaskSlot | None = None
+    # The agent's groups (configured, or from its JWT), for policy conditions on `agent.groups`.
+    groups: tuple[str, ...] = ()
+
+    @property
+    def identity(self) -> AgentIdentity:
+        return AgentIdentity(self.agent, self.groups)
 
     @property
     def gone(self) -> bool:

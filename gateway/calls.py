@@ -26,6 +26,7 @@ from gateway.errors import CallRefused, Tag
 from gateway.fair_share import COUNTED, RefusalBudget
 from gateway.granted import GrantedCalls
 from gateway.held import HeldCalls
+from gateway.identity import AgentDirectory, AgentIdentity
 from gateway.policy_context import REASON_ARGUMENT, REASON_LIMIT, with_reason
 from gateway.policy_store import PolicyStore
 from gateway.policy_withdrawal import PolicyWithdrawals
@@ -55,8 +56,10 @@ class CallHandler:
         agent_limits: AgentLimitSettings | None = None,
         audit_unavailable: str = "refuse",
         repeat_window: float = DEFAULT_REPEAT_WINDOW,
+        agents: AgentDirectory | None = None,
     ) -> None:
         self.service = service
+        self.agents = agents or AgentDirectory()
         self.policies = policies
         self.upstreams = upstreams
         self.limiter = limiter
@@ -72,13 +75,17 @@ class CallHandler:
 
     # ---- the catalog
 
-    def visible_tools(self) -> list[types.Tool]:
+    def visible_tools(self, agent: AgentIdentity | None = None) -> list[types.Tool]:
+        """The catalog as `agent` sees it; with `list_only_callable`, without the tools refused to it outright."""
         policy = self.policies.current
         ours = gateway_tools()
         reserved = {t.name for t in ours}
+        unlisted = policy.list_only_callable and agent is not None
         tools = []
         for tool in self.upstreams.tools():
             if tool.name in reserved or policy.is_hidden(tool.name):
+                continue
+            if unlisted and policy.refuses_outright(tool.name, agent):
                 continue
             if self.may_hold(tool.name):
                 # A call that may be held may become a task (gateway.tasks) for a client that asks for one.
@@ -135,7 +142,7 @@ class CallHandler:
             return await self.held.gateway_tool(caller, tool, arguments, line)
         policy = self.policies.current
         with tracing.step("policy") as span:
-            evaluation = policy.evaluate(tool, arguments, schema)
+            evaluation = policy.evaluate(tool, arguments, schema, agent=caller.identity)
             span.set_attributes({"countersign.action": evaluation.action, "countersign.rule": evaluation.rule or ""})
         route = self.upstreams.route(tool)
         upstream_name = route.upstream.name if route else None
@@ -159,7 +166,7 @@ class CallHandler:
         async def shadow(limited: str | None = None) -> None:
             # The candidate policy judges the same call once the live decision is known; it changes nothing here.
             if self.shadow is not None and self.shadow.active:
-                seen = ShadowCall(caller.agent, caller.session, tool, upstream_name, arguments, schema)
+                seen = ShadowCall(caller.agent, caller.session, tool, upstream_name, arguments, schema, caller.identity)
                 await self.shadow.observe(seen, policy, evaluation, limited=limited)
 
         if evaluation.action in ("hidden", "deny"):

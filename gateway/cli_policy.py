@@ -28,12 +28,19 @@ def add_policy(sub: Subparsers) -> None:
     policy = sub.add_parser("policy", help="check or explain a policy file", description="Check or explain a policy.")
     commands = policy.add_subparsers(dest="policy_command", required=True, metavar="COMMAND")
     check = command(commands, "check", "validate a policy file; exit 1 on errors", cmd_policy_check)
-    check.add_argument("file", metavar="FILE", help="the policy document (JSON)")
+    check.add_argument(
+        "file", metavar="FILE", nargs="?", help="the policy document (JSON); with --config, the configured one"
+    )
     check.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
     check.add_argument(
         "--tools",
         metavar="FILE",
         help="a JSON file with the upstream's tools/list result, to check rules against the input schemas",
+    )
+    check.add_argument(
+        "--config",
+        metavar="CONFIG",
+        help="also check against this configuration: its approvers and agents, and its upstreams' tools (connects)",
     )
     explain = command(
         commands, "explain", "show the decision for one call and the rule that made it", cmd_policy_explain
@@ -50,6 +57,14 @@ def add_policy(sub: Subparsers) -> None:
     )
     add_suggest(commands)
     add_shadow(commands)
+    explain.add_argument("--agent", metavar="NAME", help="the calling agent's name, for conditions on agent.name")
+    explain.add_argument(
+        "--group",
+        metavar="GROUP",
+        action="append",
+        default=[],
+        help="a group of the calling agent, for conditions on agent.groups (repeatable)",
+    )
 
 
 def _tool_schemas(path: str | None) -> dict[str, dict[str, Any]] | int | None:
@@ -82,11 +97,36 @@ def _policy_and_schemas(args: argparse.Namespace) -> tuple[Policy, dict[str, dic
 def cmd_policy_check(args: argparse.Namespace) -> int:
     from gateway.policy_report import lint_policy
 
+    settings = None
+    if args.config is not None:
+        # Names and groups of people and agents, and the upstreams to connect to; approvers' secrets are not needed.
+        settings = read_settings(
+            args.config,
+            only=("policy", "upstreams", "agents", "agent_jwt", "approvers"),
+            ignore=("approvers.api_token", "approvers.password_hash"),
+        )
+        args.file = args.file or str(settings.policy_path)
+    elif args.file is None:
+        print("error: name the policy FILE, or give --config to check the configured one", file=sys.stderr)
+        return 2
     loaded = _policy_and_schemas(args)
     if isinstance(loaded, int):
         return loaded
     policy, schemas = loaded
-    warnings = lint_policy(policy, schemas)
+    world = []
+    if settings is not None:
+        from gateway.policy_world import agent_warnings, approver_warnings, tool_warnings
+        from gateway.tool_report import fetch_tools
+
+        catalog = asyncio.run(fetch_tools(settings)) if settings.upstreams else []
+        if schemas is None and catalog:
+            schemas = {tool.name: tool.input_schema for entry in catalog for tool in entry.tools}
+        world = [
+            *tool_warnings(policy, catalog, settings),
+            *approver_warnings(policy, settings),
+            *agent_warnings(policy, settings),
+        ]
+    warnings = [*lint_policy(policy, schemas), *world]
     for warning in warnings:
         print(f"warning: {args.file}: {warning.path}: {warning.message}", file=sys.stderr)
     entries = len(policy.tools)
@@ -113,7 +153,10 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
     if not isinstance(arguments, dict):
         print("error: ARGS-JSON must be a JSON object, e.g. '{\"orderId\": 1001}'", file=sys.stderr)
         return 2
-    print(explain(policy, args.tool, arguments, (schemas or {}).get(args.tool)))
+    from gateway.identity import AgentIdentity
+
+    agent = AgentIdentity(args.agent, tuple(args.group)) if args.agent or args.group else None
+    print(explain(policy, args.tool, arguments, (schemas or {}).get(args.tool), agent=agent))
     return 0
 
 

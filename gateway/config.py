@@ -179,6 +179,8 @@ class AgentSettings(_Section):
     # The longest this agent's client waits on one call; held calls return a pending result before it.
     # None: [server] default_max_hold applies; math.inf (written "none"): this agent's client waits.
     max_hold: float | None = None
+    # What policy conditions on `agent.groups` see for this agent.
+    groups: tuple[str, ...] = ()
 
     _bounds = field_validator("max_hold", mode="before")(_hold_bound)
 

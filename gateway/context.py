@@ -26,6 +26,7 @@ import mcp_types as types
 from approvals.audit import Event, canonical_json
 from approvals.service import ApprovalService
 from approvals.views import ContextItem
+from gateway.identity import GATEWAY_IDENTITY, AgentIdentity
 from gateway.policy_context import ContextSpec, render_summary, resolve_arguments, select
 from gateway.policy_model import ApprovalSettings
 from gateway.policy_store import PolicyStore
@@ -34,8 +35,6 @@ from gateway.upstreams import Upstreams
 
 log = logging.getLogger(__name__)
 
-# The identity the gateway's own reads are audited under.
-GATEWAY_IDENTITY = "countersign"
 # The most a lookup's selected value may take on the request (canonical JSON), so a careless select stays readable.
 VALUE_LIMIT = 8192
 
@@ -85,7 +84,7 @@ class GatewayReads:
         upstream = self.upstreams.get(call.upstream)
         if name is None or upstream is None:
             raise ReadFailed(f"upstream '{call.upstream}' offers no {upstream_tool} tool right now")
-        evaluation = self.policies.current.evaluate(name, arguments)
+        evaluation = self.policies.current.evaluate(name, arguments, agent=AgentIdentity(GATEWAY_IDENTITY))
         event = Event(
             kind="call.lookup",
             outcome="allowed",

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -26,6 +25,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from gateway.config import Settings
+from gateway.identity import AgentIdentity
 from gateway.jwt_settings import JwtSettings
 
 log = logging.getLogger(__name__)
@@ -37,12 +37,6 @@ _MAX_NAME = 200
 
 class JwtRejected(Exception):
     """The token is not accepted; the message says why, for the 401 the agent's operator reads."""
-
-
-@dataclass(frozen=True)
-class JwtAgent:
-    name: str
-    groups: tuple[str, ...]
 
 
 def looks_like_jwt(token: str) -> bool:
@@ -113,7 +107,7 @@ class JwtAgents:
             settings.jwks_url, max_age=settings.jwks_cache, refetch_interval=settings.jwks_refetch_interval
         )
 
-    async def identify(self, token: str) -> JwtAgent:
+    async def identify(self, token: str) -> AgentIdentity:
         s = self.settings
         try:
             header = jwt.get_unverified_header(token)
@@ -143,7 +137,7 @@ class JwtAgents:
             raise JwtRejected(f"the token is not accepted: {exc}") from exc
         return self._agent(claims)
 
-    def _agent(self, claims: dict[str, Any]) -> JwtAgent:
+    def _agent(self, claims: dict[str, Any]) -> AgentIdentity:
         s = self.settings
         raw = claims.get(s.agent_claim)
         if not isinstance(raw, str) or not raw.strip() or len(raw) > _MAX_NAME or not raw.isprintable():
@@ -154,7 +148,7 @@ class JwtAgents:
         groups = _groups(claims.get(s.groups_claim))
         if s.require_groups and not set(groups) & set(s.require_groups):
             raise JwtRejected(f"the token carries none of the groups {', '.join(s.require_groups)}")
-        return JwtAgent(name, groups)
+        return AgentIdentity(name, groups)
 
 
 def _groups(value: object) -> tuple[str, ...]:

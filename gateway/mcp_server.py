@@ -25,6 +25,7 @@ from gateway.tasks import HeldTasks
 log = logging.getLogger(__name__)
 
 AGENT_KEY = "countersign.agent"
+AGENT_GROUPS_KEY = "countersign.agent_groups"
 DISCONNECTED_KEY = "countersign.disconnected"
 
 
@@ -109,15 +110,19 @@ def build_server(
                 raise RuntimeError("unauthenticated request reached the MCP handler")
             gone = request.scope.get(DISCONNECTED_KEY)
             session = request.headers.get("mcp-session-id") or agent
-            return Caller(agent, session, gone if isinstance(gone, anyio.Event) else None, cancels.probe(ctx))
+            groups = request.scope.get(AGENT_GROUPS_KEY, ())
+            return Caller(
+                agent, session, gone if isinstance(gone, anyio.Event) else None, cancels.probe(ctx), groups=groups
+            )
         if stdio_agent is None:
             raise RuntimeError("no agent identity for this transport")
-        return Caller(stdio_agent, f"stdio:{stdio_agent}", None, cancels.probe(ctx))
+        groups = handler.agents.identity(stdio_agent).groups
+        return Caller(stdio_agent, f"stdio:{stdio_agent}", None, cancels.probe(ctx), groups=groups)
 
     async def list_tools(
         ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
-        return types.ListToolsResult(tools=handler.visible_tools())
+        return types.ListToolsResult(tools=handler.visible_tools(caller_of(ctx).identity))
 
     async def call_tool(
         ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams

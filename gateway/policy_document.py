@@ -16,8 +16,10 @@ from typing import Any, Final, cast
 from approvals.durations import parse_duration, parse_hold_bound
 from approvals.grant_terms import GrantOffer
 from gateway.policy_context import ContextSpec, parse_agent_reason, parse_lookups, parse_summary
+from gateway.policy_forms import APPROVAL_FIELDS, SHORT_FORM_KEYS, agent_condition_problem, short_forms
 from gateway.policy_grants import parse_grants
 from gateway.policy_model import (
+    AGENT_PATHS,
     CHANNELS,
     OPS,
     ORDERING,
@@ -38,8 +40,18 @@ from gateway.policy_model import (
 )
 from gateway.policy_reads import READ_KEYS, ReadKind, ReadPolicy
 
-_TOP_LEVEL_KEYS: Final = ("version", "default", "hide", "all_tools", "tools", "prompts", "resources")
-_TOOL_KEYS: Final = ("deny_if", "require", "limits", "require_approval", "approval")
+_TOP_LEVEL_KEYS: Final = (
+    "version",
+    "default",
+    "hide",
+    "all_tools",
+    "tools",
+    "prompts",
+    "resources",
+    "list_only_callable",
+)
+# `action`, `reason` and `rate_limit` are PolicyLayer's short forms (gateway.policy_forms).
+_TOOL_KEYS: Final = ("deny_if", "require", "limits", "require_approval", "approval", *SHORT_FORM_KEYS)
 _LIMIT_KEYS: Final = ("counter", "window", "max", "scope")
 _CONDITION_KEYS: Final = ("path", "op", "value")
 _APPROVAL_KEYS: Final = (
@@ -119,6 +131,9 @@ class _Parser:
         if default not in ("allow", "deny") or not isinstance(default, str):
             raise self.fail("default", f'expected "allow" or "deny", not {default!r}')
 
+        list_only_callable = top.get("list_only_callable", False)
+        if not isinstance(list_only_callable, bool):
+            raise self.fail("list_only_callable", f"expected true or false, not {list_only_callable!r}")
         hide = self.strings(top.get("hide", []), "hide")
         all_tools = self.tool_policy(top.get("all_tools", {}), "all_tools", "all_tools")
         tools_doc = self.mapping(top.get("tools", {}), "tools", None)
@@ -132,6 +147,7 @@ class _Parser:
             prompts=self.read_policy(top.get("prompts", {}), "prompts", cast(Default, default)),
             resources=self.read_policy(top.get("resources", {}), "resources", cast(Default, default)),
             version=self.version,
+            list_only_callable=list_only_callable,
         )
 
     def read_policy(self, value: object, kind: ReadKind, inherited: Default) -> ReadPolicy:
@@ -178,13 +194,17 @@ class _Parser:
     def tool_policy(self, value: object, key: str, where: str) -> ToolPolicy:
         body = self.mapping(value, where, _TOOL_KEYS)
         approval = body.get("approval")
+        denied, rate_limit = short_forms(body, key, where, self.fail)
         return ToolPolicy(
             key=key,
-            deny_if=self.rules(body.get("deny_if", []), f"{where}.deny_if", "on_deny"),
+            deny_if=(*denied, *self.rules(body.get("deny_if", []), f"{where}.deny_if", "on_deny")),
             require=self.rules(body.get("require", []), f"{where}.require", "on_deny"),
-            limits=tuple(
-                self.limit(item, f"{where}.limits[{index}]")
-                for index, item in enumerate(self.sequence(body.get("limits", []), f"{where}.limits"))
+            limits=(
+                *(
+                    self.limit(item, f"{where}.limits[{index}]")
+                    for index, item in enumerate(self.sequence(body.get("limits", []), f"{where}.limits"))
+                ),
+                *rate_limit,
             ),
             require_approval=self.rules(body.get("require_approval", []), f"{where}.require_approval", "reason"),
             approval=None if approval is None else self.approval(approval, f"{where}.approval"),
@@ -192,9 +212,12 @@ class _Parser:
 
     def rules(self, value: object, path: str, message_key: str) -> tuple[Rule, ...]:
         rules: list[Rule] = []
+        holds = message_key == "reason"
         for index, item in enumerate(self.sequence(value, path)):
             where = f"{path}[{index}]"
-            body = self.mapping(item, where, ("conditions", message_key))
+            body = self.mapping(
+                item, where, ("conditions", message_key, "approval") if holds else ("conditions", message_key)
+            )
             conditions = tuple(
                 self.condition(raw, f"{where}.conditions[{n}]")
                 for n, raw in enumerate(self.sequence(body.get("conditions", []), f"{where}.conditions"))
@@ -202,17 +225,36 @@ class _Parser:
             message = body.get(message_key, _default_message(path.rsplit(".", 1)[-1], where))
             if not isinstance(message, str) or not message.strip():
                 raise self.fail(f"{where}.{message_key}", f"expected a non-empty string, not {message!r}")
-            rules.append(Rule(conditions, message, where))
+            overrides = self.rule_approval(body["approval"], f"{where}.approval") if "approval" in body else {}
+            rules.append(Rule(conditions, message, where, overrides))
         return tuple(rules)
+
+    def rule_approval(self, value: object, where: str) -> dict[str, Any]:
+        """A require_approval rule's own approval fields: only those it names, laid over the tool's block."""
+        body = self.mapping(value, where, _APPROVAL_KEYS)
+        if "agent_reason" in body:
+            raise self.fail(
+                f"{where}.agent_reason",
+                "belongs to the tool's approval block, not to one rule: it changes the schema the tool is listed with",
+            )
+        settings = self.approval(body, where)
+        return {APPROVAL_FIELDS[key]: getattr(settings, APPROVAL_FIELDS[key]) for key in body}
 
     def condition(self, value: object, where: str) -> Condition:
         body = self.mapping(value, where, _CONDITION_KEYS)
         path = body.get("path")
-        if not isinstance(path, str) or not re.fullmatch(r"args(\.[^.]+)+", path):
-            raise self.fail(f"{where}.path", f"expected 'args.<field>' such as 'args.order.quantity', not {path!r}")
+        if not isinstance(path, str) or not (re.fullmatch(r"args(\.[^.]+)+", path) or path in AGENT_PATHS):
+            raise self.fail(
+                f"{where}.path",
+                f"expected 'args.<field>' such as 'args.order.quantity', 'agent.name' or 'agent.groups', not {path!r}",
+            )
         op = body.get("op")
         if op not in OPS:
             raise self.fail(f"{where}.op", f"unknown op {op!r}; expected one of {', '.join(OPS)}")
+        if path in AGENT_PATHS:
+            problem = agent_condition_problem(path, op, body.get("value"))
+            if problem:
+                raise self.fail(f"{where}.op" if problem.startswith("op") else f"{where}.value", problem)
         if "value" not in body:
             if op != "exists":
                 raise self.fail(f"{where}.value", f"missing; op '{op}' compares against a value")

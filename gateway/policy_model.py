@@ -6,18 +6,22 @@
 from __future__ import annotations
 
 import json
-import operator
 import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from types import MappingProxyType
 from typing import Any, Final, Literal, get_args
 
 from approvals.grant_terms import GrantOffer
 from gateway.arguments import with_defaults
+from gateway.identity import AgentIdentity
 from gateway.policy_context import AgentReason, ContextSpec
 from gateway.policy_reads import ReadPolicy
+from gateway.policy_values import ORDERING as ORDERING
+from gateway.policy_values import comparable, compare
+from gateway.policy_values import is_number as is_number
+from gateway.policy_values import json_type as json_type
 
 Op = Literal["eq", "neq", "in", "not_in", "lt", "lte", "gt", "gte", "regex", "contains", "exists"]
 Window = Literal["second", "minute", "hour", "day"]
@@ -40,18 +44,15 @@ _SCOPE_PHRASE: Final[Mapping[str, str]] = {
     "global": "across all agents",
 }
 
-ORDERING: Final[Mapping[str, Callable[[Any, Any], Any]]] = {
-    "lt": operator.lt,
-    "lte": operator.le,
-    "gt": operator.gt,
-    "gte": operator.ge,
-}
 _MISSING: Final = object()
+# The paths a condition may test besides the arguments: who is calling.
+AGENT_PATHS: Final = ("agent.name", "agent.groups")
 
 
 @dataclass(frozen=True)
 class Condition:
-    """``{path, op, value}``; ``path`` is ``args.<dotted.path>`` with numeric segments indexing lists."""
+    """``{path, op, value}``; ``path`` is ``args.<dotted.path>`` (numeric segments index lists), or who
+    calls: ``agent.name`` or ``agent.groups``."""
 
     path: str
     op: str
@@ -62,28 +63,35 @@ class Condition:
         if self.op == "regex":
             object.__setattr__(self, "_pattern", re.compile(self.value))
 
-    def holds(self, args: Mapping[str, Any], *, mismatch: bool = False) -> bool:
+    def holds(self, args: Mapping[str, Any], *, mismatch: bool = False, agent: AgentIdentity | None = None) -> bool:
         """Whether the condition holds for ``args``.
 
         ``mismatch`` is the answer when the argument's type cannot be compared with ``value`` (a string
         against a number, ``"false"`` against ``false``). The rule's kind decides it, so that every rule
         fails closed: an upstream that coerces ``"5000"`` to 5000 must not slip past ``gt 1000``.
+        ``agent`` is who calls, for ``agent.name`` and ``agent.groups`` (absent when not known).
         """
-        actual = _resolve(args, self.path)
+        actual = _resolve(args, self.path, agent)
         if self.op == "exists":
             # JSON null counts as absent: a required field sent as null was not really supplied.
             return (actual is not _MISSING and actual is not None) == bool(self.value)
         if actual is _MISSING:
             # Nothing is equal to an absent field or in a list with it; everything else needs a value.
             return self.op in HOLD_WHEN_ABSENT
-        if not _comparable(self.op, actual, self.value):
+        if not comparable(self.op, actual, self.value):
             return mismatch
-        return _compare(self.op, actual, self.value, self._pattern)
+        return compare(self.op, actual, self.value, self._pattern)
+
+    @property
+    def on_agent(self) -> bool:
+        return self.path in AGENT_PATHS
 
     def mismatch(self, args: Mapping[str, Any]) -> str | None:
         """What makes the argument incomparable with ``value`` (for the message), or None."""
+        if self.on_agent:
+            return None  # who calls is known to the gateway, never sent by the agent
         actual = _resolve(args, self.path)
-        if self.op == "exists" or actual is _MISSING or _comparable(self.op, actual, self.value):
+        if self.op == "exists" or actual is _MISSING or comparable(self.op, actual, self.value):
             return None
         expected = json.dumps(list(self.value) if self.op in ("in", "not_in") else self.value, ensure_ascii=False)
         return f"{self.path} is {json_type(actual)}, which '{self.op}' cannot compare with {expected}"
@@ -94,10 +102,17 @@ class Rule:
     conditions: tuple[Condition, ...]
     message: str
     where: str
+    # A require_approval rule's own `approval` fields, laid over the tool's approval block when it matches.
+    approval: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
-    def matches(self, args: Mapping[str, Any], *, mismatch: bool = False) -> bool:
+    def matches(self, args: Mapping[str, Any], *, mismatch: bool = False, agent: AgentIdentity | None = None) -> bool:
         """All conditions hold; ``mismatch`` is what a type mismatch counts as (see Condition.holds)."""
-        return all(condition.holds(args, mismatch=mismatch) for condition in self.conditions)
+        return all(condition.holds(args, mismatch=mismatch, agent=agent) for condition in self.conditions)
+
+    @property
+    def on_arguments(self) -> bool:
+        """Whether what the call sends can change the rule's outcome (it tests an argument)."""
+        return any(not condition.on_agent for condition in self.conditions)
 
     def explained(self, args: Mapping[str, Any]) -> str:
         """The rule's message, saying so when a value of the wrong type decided it (the agent can fix that)."""
@@ -110,19 +125,22 @@ class Rule:
 @dataclass(frozen=True)
 class Limit:
     counter: str
-    window: Window
+    # A named window (`limits`), or None with `seconds` (PolicyLayer's `rate_limit`, whose window is in seconds).
+    window: Window | None
     max: int
     scope: Scope
     where: str
+    seconds: float | None = None
 
     @property
     def window_seconds(self) -> float:
-        return WINDOW_SECONDS[self.window]
+        return WINDOW_SECONDS[self.window] if self.window is not None else float(self.seconds or 0.0)
 
     def describe(self) -> str:
         """``"at most 10 calls per minute per agent"`` — the wording agents and approvers read."""
         calls = "call" if self.max == 1 else "calls"
-        return f"at most {self.max} {calls} per {self.window} {_SCOPE_PHRASE[self.scope]}"
+        period: str = self.window or ("second" if self.window_seconds == 1 else f"{self.window_seconds:g} seconds")
+        return f"at most {self.max} {calls} per {period} {_SCOPE_PHRASE[self.scope]}"
 
 
 @dataclass(frozen=True)
@@ -186,6 +204,7 @@ class Policy:
     prompts: ReadPolicy
     resources: ReadPolicy
     version: str
+    list_only_callable: bool
 
     def __init__(
         self,
@@ -198,8 +217,11 @@ class Policy:
         prompts: ReadPolicy | None = None,
         resources: ReadPolicy | None = None,
         version: str = "",
+        list_only_callable: bool = False,
     ) -> None:
         self.source = source
+        # Leave out of an agent's tools/list every tool this policy refuses that agent whatever it sends.
+        self.list_only_callable = list_only_callable
         # The content hash of the document: every request and policy decision records it.
         self.version = version
         self.default = default
@@ -228,13 +250,19 @@ class Policy:
         return None
 
     def evaluate(
-        self, tool: str, arguments: Mapping[str, Any], input_schema: Mapping[str, Any] | None = None
+        self,
+        tool: str,
+        arguments: Mapping[str, Any],
+        input_schema: Mapping[str, Any] | None = None,
+        *,
+        agent: AgentIdentity | None = None,
     ) -> Evaluation:
         """Decide a call. Counters are not checked here: the caller reserves ``limits`` with a RateLimiter.
 
         With the tool's ``input_schema``, fields left out are evaluated with the schema's declared
         defaults, the values the upstream will act on. A type mismatch makes ``deny_if`` and
-        ``require_approval`` match and ``require`` fail: every rule fails closed.
+        ``require_approval`` match and ``require`` fail: every rule fails closed. ``agent`` is who
+        calls, for conditions on ``agent.name`` and ``agent.groups``; without it they see no agent.
         """
         arguments = with_defaults(arguments, input_schema)
         listed = self.tool_policy(tool)
@@ -248,19 +276,38 @@ class Policy:
         layers = (self.all_tools, listed) if listed else (self.all_tools,)
         for layer in layers:
             for rule in layer.deny_if:
-                if rule.matches(arguments, mismatch=True):
+                if rule.matches(arguments, mismatch=True, agent=agent):
                     return Evaluation("deny", rule.explained(arguments), rule.where, key, (), None)
         for layer in layers:
             for rule in layer.require:
-                if not rule.matches(arguments, mismatch=False):
+                if not rule.matches(arguments, mismatch=False, agent=agent):
                     return Evaluation("deny", rule.explained(arguments), rule.where, key, (), None)
         limits = tuple(limit for layer in layers for limit in layer.limits)
         for layer in layers:
             for rule in layer.require_approval:
-                if rule.matches(arguments, mismatch=True):
+                if rule.matches(arguments, mismatch=True, agent=agent):
                     approval = self._approval_for(listed)
+                    if rule.approval:
+                        approval = replace(approval, **rule.approval)
                     return Evaluation("hold", rule.explained(arguments), rule.where, key, limits, approval)
         return Evaluation("allow", "", tool_where(key) if key else "default", key, limits, None)
+
+    def refuses_outright(self, tool: str, agent: AgentIdentity | None) -> bool:
+        """Whether every call of `tool` by `agent` is refused, whatever its arguments.
+
+        A deny that tests an argument may let some call through, so it does not count; one that
+        tests only who calls (or nothing) does, and so does a `require` rule that this agent fails.
+        """
+        listed = self.tool_policy(tool)
+        if self.is_hidden(tool) or (listed is None and self.default == "deny"):
+            return True
+        layers = (self.all_tools, listed) if listed else (self.all_tools,)
+        for layer in layers:
+            if any(not rule.on_arguments and rule.matches({}, agent=agent) for rule in layer.deny_if):
+                return True
+            if any(not rule.on_arguments and not rule.matches({}, agent=agent) for rule in layer.require):
+                return True
+        return False
 
     def agent_reason(self, tool: str) -> AgentReason | None:
         """Whether a call of `tool` that may be held carries the agent's reason (gateway.policy_context)."""
@@ -277,7 +324,11 @@ class Policy:
         return self.all_tools.approval or ApprovalSettings()
 
 
-def _resolve(args: Mapping[str, Any], path: str) -> Any:
+def _resolve(args: Mapping[str, Any], path: str, agent: AgentIdentity | None = None) -> Any:
+    if path in AGENT_PATHS:
+        if agent is None:
+            return _MISSING
+        return agent.name if path == "agent.name" else list(agent.groups)
     current: Any = args
     for segment in path.split(".")[1:]:
         if isinstance(current, Mapping):
@@ -294,89 +345,9 @@ def _resolve(args: Mapping[str, Any], path: str) -> Any:
     return current
 
 
-def _comparable(op: str, actual: Any, expected: Any) -> bool:
-    """Whether ``actual`` is of a JSON type ``op`` can compare with ``expected``.
-
-    Only the value at the path is looked at, not what is nested inside it. A rule whose value is null
-    asks about null, so anything else simply differs; an argument sent as null where the rule expects
-    another type is a mismatch (an upstream may read null as its default).
-    """
-    if op in ("eq", "neq", "in", "not_in"):
-        candidates = expected if op in ("in", "not_in") else (expected,)
-        kinds = {_kind(candidate) for candidate in candidates}
-        return _kind(actual) in kinds or kinds <= {"null"}
-    if op in ORDERING:
-        return (is_number(actual) and is_number(expected)) or (isinstance(actual, str) and isinstance(expected, str))
-    if op == "regex":
-        return isinstance(actual, str)
-    if op == "contains":
-        return isinstance(actual, list | tuple) or (isinstance(actual, str) and isinstance(expected, str))
-    return True
-
-
-def _kind(value: Any) -> str:
-    # 1 and 1.0 are one kind (both JSON numbers); true is not a number.
-    return "number" if is_number(value) else json_type(value)
-
-
-def _compare(op: str, actual: Any, expected: Any, pattern: re.Pattern[str] | None) -> bool:
-    if op == "eq":
-        return _json_equal(actual, expected)
-    if op == "neq":
-        return not _json_equal(actual, expected)
-    if op == "in":
-        return any(_json_equal(actual, candidate) for candidate in expected)
-    if op == "not_in":
-        return not any(_json_equal(actual, candidate) for candidate in expected)
-    if op in ORDERING:
-        # Callers check _comparable first; a number is never "greater" than a string, so never raise.
-        return _comparable(op, actual, expected) and bool(ORDERING[op](actual, expected))
-    if op == "regex":
-        return isinstance(actual, str) and pattern is not None and pattern.search(actual) is not None
-    if op == "contains":
-        if isinstance(actual, str):
-            return isinstance(expected, str) and expected in actual
-        if isinstance(actual, list | tuple):
-            return any(_json_equal(item, expected) for item in actual)
-    return False
-
-
-def _json_equal(left: Any, right: Any) -> bool:
-    """Equality as JSON sees it: ``true`` is not ``1``, while ``1`` and ``1.0`` are the same number."""
-    if isinstance(left, bool) or isinstance(right, bool):
-        return isinstance(left, bool) and isinstance(right, bool) and left is right
-    if isinstance(left, Mapping) and isinstance(right, Mapping):
-        return left.keys() == right.keys() and all(_json_equal(left[k], right[k]) for k in left)
-    if isinstance(left, list | tuple) and isinstance(right, list | tuple):
-        return len(left) == len(right) and all(_json_equal(a, b) for a, b in zip(left, right, strict=True))
-    if isinstance(left, list | tuple | Mapping) or isinstance(right, list | tuple | Mapping):
-        return False
-    return bool(left == right)
-
-
-def is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def is_glob(key: str) -> bool:
     return any(char in key for char in "*?[")
 
 
 def tool_where(key: str) -> str:
     return f"tools[{json.dumps(key, ensure_ascii=False)}]"
-
-
-def json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list | tuple):
-        return "a list"
-    if isinstance(value, Mapping):
-        return "an object"
-    return type(value).__name__

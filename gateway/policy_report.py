@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from approvals.durations import format_duration
+from gateway.identity import GATEWAY_IDENTITY, AgentIdentity
 from gateway.policy_model import HOLD_WHEN_ABSENT, ApprovalSettings, Limit, Policy, ToolPolicy, is_glob, tool_where
 
 _ASKS_FOR_A_HUMAN = re.compile(r"\b(approv\w*|human|review\w*|sign[- ]?off|four[- ]eyes)\b", re.IGNORECASE)
@@ -37,12 +38,15 @@ def lint_policy(policy: Policy, schemas: Mapping[str, Mapping[str, Any]] | None 
     for _, layer in layers:
         for rule in layer.deny_if:
             if _ASKS_FOR_A_HUMAN.search(rule.message):
+                # `"action": "deny"` loads as a deny_if rule at `....action`; name it as the author wrote it.
+                short = rule.where.endswith(".action")
+                refuses = '"action": "deny" refuses every call' if short else "deny_if refuses every matching call"
                 warnings.append(
                     PolicyWarning(
                         rule.where,
-                        f"deny_if refuses every matching call, yet its message ({rule.message!r}) asks for a "
-                        "person; to have a human decide, move this rule to require_approval "
-                        "(with a 'reason') so the call is held for approval instead of denied",
+                        f"{refuses}, yet its {'reason' if short else 'message'} ({rule.message!r}) asks for a person; "
+                        "to have a human decide, write a require_approval rule (with a 'reason') so the call is "
+                        "held for approval instead of denied",
                     )
                 )
 
@@ -90,7 +94,7 @@ def lint_policy(policy: Policy, schemas: Mapping[str, Mapping[str, Any]] | None 
     for _, layer in layers:
         for limit in layer.limits:
             earlier = first_use.setdefault(limit.counter, limit)
-            if (earlier.max, earlier.window, earlier.scope) != (limit.max, limit.window, limit.scope):
+            if (earlier.max, earlier.window_seconds, earlier.scope) != (limit.max, limit.window_seconds, limit.scope):
                 warnings.append(
                     PolicyWarning(
                         limit.where,
@@ -110,12 +114,19 @@ def lint_policy(policy: Policy, schemas: Mapping[str, Mapping[str, Any]] | None 
 
 
 def explain(
-    policy: Policy, tool: str, arguments: Mapping[str, Any], input_schema: Mapping[str, Any] | None = None
+    policy: Policy,
+    tool: str,
+    arguments: Mapping[str, Any],
+    input_schema: Mapping[str, Any] | None = None,
+    *,
+    agent: AgentIdentity | None = None,
 ) -> str:
     """Plain text for `countersign policy explain`: decision, rule, applicable limits, approval settings."""
-    result = policy.evaluate(tool, arguments, input_schema)
+    result = policy.evaluate(tool, arguments, input_schema, agent=agent)
     matched = f"matches {tool_where(result.tool_key)}" if result.tool_key else "not listed under tools"
     lines = [f"decision: {result.action}", f"tool: {tool} ({matched})", f"rule: {result.rule}"]
+    if agent is not None:
+        lines.append(f"agent: {agent.name or '(no name)'} (groups: {', '.join(agent.groups) or 'none'})")
     if result.rule == "default":
         lines.append(f'  the policy\'s "default" is "{policy.default}"')
     if result.action in ("deny", "hidden"):
@@ -134,7 +145,7 @@ def _unreadable_lookups(policy: Policy, layers: list[tuple[str, ToolPolicy]]) ->
     """A context lookup runs only when its tool is allowed outright; one this policy holds or denies never shows."""
     for where, layer in layers:
         for index, spec in enumerate(layer.approval.context if layer.approval else ()):
-            evaluation = policy.evaluate(spec.tool, {})
+            evaluation = policy.evaluate(spec.tool, {}, agent=AgentIdentity(GATEWAY_IDENTITY))
             if evaluation.action != "allow":
                 yield PolicyWarning(
                     f"{where}.approval.context[{index}].tool",
@@ -183,7 +194,7 @@ def _skippable_rules(policy: Policy, schemas: Mapping[str, Mapping[str, Any]] | 
         for kind, rules in (("deny_if", layer.deny_if), ("require_approval", layer.require_approval)):
             for rule in rules:
                 for index, condition in enumerate(rule.conditions):
-                    if condition.op == "exists" or condition.op in HOLD_WHEN_ABSENT or present(condition.path):
+                    if condition.on_agent or condition.op in ("exists", *HOLD_WHEN_ABSENT) or present(condition.path):
                         continue
                     yield PolicyWarning(
                         f"{rule.where}.conditions[{index}]",
@@ -194,7 +205,7 @@ def _skippable_rules(policy: Policy, schemas: Mapping[str, Mapping[str, Any]] | 
                     )
         for rule in layer.require:
             for index, condition in enumerate(rule.conditions):
-                if condition.op in HOLD_WHEN_ABSENT and not present(condition.path):
+                if condition.op in HOLD_WHEN_ABSENT and not condition.on_agent and not present(condition.path):
                     yield PolicyWarning(
                         f"{rule.where}.conditions[{index}]",
                         f"an agent meets this require rule by leaving out {condition.path} (a missing field is "

@@ -19,6 +19,7 @@ from typing import Any
 
 from approvals.service import ApprovalService
 from approvals.views import RequestView
+from gateway.identity import AgentDirectory
 from gateway.policy import Evaluation
 from gateway.policy_store import PolicyStore
 from gateway.upstreams import Upstreams
@@ -30,8 +31,16 @@ _ARGUMENT_FREE = frozenset({"hide", "default"})
 
 
 class PolicyWithdrawals:
-    def __init__(self, service: ApprovalService, policies: PolicyStore, upstreams: Upstreams) -> None:
+    def __init__(
+        self,
+        service: ApprovalService,
+        policies: PolicyStore,
+        upstreams: Upstreams,
+        agents: AgentDirectory | None = None,
+    ) -> None:
         self.service = service
+        # Rules on who calls judge the request's agent by its groups as the gateway knows them now.
+        self.agents = agents or AgentDirectory()
         self.policies = policies
         self.upstreams = upstreams
 
@@ -47,7 +56,9 @@ class PolicyWithdrawals:
         name = self.upstreams.catalog_name(view.upstream, view.upstream_tool)
         schema = self.upstreams.input_schema(name) if name is not None else None
         arguments: dict[str, Any] = view.arguments
-        evaluation = self.policies.current.evaluate(view.tool, arguments, schema)
+        evaluation = self.policies.current.evaluate(
+            view.tool, arguments, schema, agent=self.agents.identity(view.agent)
+        )
         if evaluation.action not in ("deny", "hidden"):
             return None
         if schema is None and evaluation.rule not in _ARGUMENT_FREE:

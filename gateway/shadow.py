@@ -23,6 +23,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from approvals.audit import Event, canonical_json
+from gateway.identity import AgentIdentity
 from gateway.policy import Evaluation, Policy
 from gateway.policy_shadow import ShadowStore
 from gateway.ratelimit import RateLimiter, Refusal
@@ -96,6 +97,8 @@ class ShadowCall:
     upstream: str | None
     arguments: Mapping[str, Any]
     schema: Mapping[str, Any] | None = None
+    # Who calls, for the shadow's conditions on agent.name and agent.groups.
+    identity: AgentIdentity | None = None
 
 
 class ShadowRun:
@@ -137,7 +140,7 @@ class ShadowRun:
     async def _decide(
         self, shadow: Policy, version: str, call: ShadowCall, live: Evaluation, limited: str | None
     ) -> Decision:
-        evaluation = shadow.evaluate(call.tool, call.arguments, call.schema)
+        evaluation = shadow.evaluate(call.tool, call.arguments, call.schema, agent=call.identity)
         if evaluation.action not in ("allow", "hold") or not evaluation.limits:
             return Decision.of(evaluation)
         reached_quotas = live.action in ("allow", "hold")
@@ -210,5 +213,5 @@ class ShadowRun:
             log.error("shadow audit event not written (%s): %s", event.kind, exc)
 
 
-def _limits(evaluation: Evaluation) -> tuple[tuple[str, str, int, str], ...]:
-    return tuple((limit.counter, limit.window, limit.max, limit.scope) for limit in evaluation.limits)
+def _limits(evaluation: Evaluation) -> tuple[tuple[str, float, int, str], ...]:
+    return tuple((limit.counter, limit.window_seconds, limit.max, limit.scope) for limit in evaluation.limits)

@@ -250,7 +250,7 @@ class HeldTasks:
             return _related(answered.result, task_id)
         view = await self._own(caller, task_id, "tasks/result")
         # Leaving tasks/result is never a withdrawal (tasks/cancel is): the waiter carries no cancel reason.
-        waiter = Caller(caller.agent, caller.session, caller.disconnected)
+        waiter = Caller(caller.agent, caller.session, caller.disconnected, groups=caller.groups)
 
         async def follow() -> types.CallToolResult:
             current = view

@@ -171,10 +171,16 @@ def _footer(policy: Policy, catalog: Sequence[UpstreamTools]) -> Iterator[str]:
     yield ""
     yield "Hints as each server declares them (- = not declared): RO readOnlyHint, DESTR destructiveHint,"
     yield "IDEMP idempotentHint, OPEN openWorldHint. They are the server's claims, not guarantees."
-    yield (
-        f"Policy {policy.source}: deny refuses the call but the tool is still listed to agents; "
-        "hide also removes it from tools/list."
-    )
+    if policy.list_only_callable:
+        yield (
+            f"Policy {policy.source}: hide removes a tool from tools/list; with list_only_callable, so does a deny "
+            "that no argument can change, for each agent it refuses (a deny on the arguments leaves it listed)."
+        )
+    else:
+        yield (
+            f"Policy {policy.source}: deny refuses the call but the tool is still listed to agents; "
+            "hide also removes it from tools/list."
+        )
     for entry in catalog:
         if entry.error is not None:
             yield f"upstream {entry.upstream}: not reached ({entry.error}); its tools are not listed"
