@@ -197,6 +197,7 @@ class Gateway:
                 tg.start_soon(self.timeouts.run)
                 tg.start_soon(self.held.run)
                 tg.start_soon(self.relay.subscriptions.run)
+                tg.start_soon(self.relay.traffic.rounds.run)
                 tg.start_soon(self.feed.run)
                 tg.start_soon(publish_heads, self.settings, self.db)
                 for channel in self.channels:
