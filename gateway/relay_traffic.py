@@ -114,16 +114,6 @@ class Traffic:
         line.round = Round(line.agent, line.tool, line=line)
         return await self.rounds.start(line.round, run)
 
-    async def ask(self, request: types.ElicitRequest) -> types.ElicitResult | types.ErrorData:
-        """Put an elicitation to the agent whose call is being served now (either era)."""
-        line = _LINE.get()
-        wanted = types.ClientCapabilities(elicitation=types.ElicitationCapability())
-        refusal = self._refusal(line, wanted, "Elicitation")
-        if refusal is not None or line is None:
-            return refusal or _NO_LINE
-        result = await self._send(line, request, types.ElicitResult)
-        return result if isinstance(result, types.ElicitResult | types.ErrorData) else _WRONG_ANSWER
-
     async def set_level(self, ctx: Ctx, params: types.SetLevelRequestParams) -> types.EmptyResult:
         # Recorded by the middleware (per session); the upstreams are asked for every level and each
         # agent is sent only what it asked for, since one upstream connection serves every agent.
@@ -186,12 +176,11 @@ class Traffic:
 
     async def _elicit(self, upstream: str, params: types.ElicitRequestParams) -> types.ElicitResult | types.ErrorData:
         line = self._line(upstream)
-        wanted = types.ClientCapabilities(elicitation=types.ElicitationCapability())
-        refusal = self._refusal(line, wanted, "Elicitation")
+        refusal = _refusal(line, _ELICITATION, "Elicitation")
         if refusal is not None or line is None:
             await self._audit(upstream, line, "refused", "elicitation refused: " + (refusal or _NO_LINE).message)
             return refusal or _NO_LINE
-        result = await self._send(line, types.ElicitRequest(params=params), types.ElicitResult)
+        result = await _send(line, types.ElicitRequest(params=params), types.ElicitResult)
         if not isinstance(result, types.ElicitResult):
             failure = result if isinstance(result, types.ErrorData) else _WRONG_ANSWER
             await self._audit(upstream, line, "failed", f"elicitation not answered: {failure.message}")
@@ -206,36 +195,13 @@ class Traffic:
         self, upstream: str, params: types.CreateMessageRequestParams
     ) -> types.CreateMessageResult | types.ErrorData:
         line = self._line(upstream)
-        refusal = self._refusal(line, types.ClientCapabilities(sampling=types.SamplingCapability()), "Sampling")
+        refusal = _refusal(line, types.ClientCapabilities(sampling=types.SamplingCapability()), "Sampling")
         if refusal is not None or line is None:
             return refusal or _NO_LINE
-        result = await self._send(line, types.CreateMessageRequest(params=params), types.CreateMessageResult)
+        result = await _send(line, types.CreateMessageRequest(params=params), types.CreateMessageResult)
         if isinstance(result, types.CreateMessageResult | types.ErrorData):
             return result
         return _WRONG_ANSWER
-
-    async def _send(self, line: AgentLine, request: types.InputRequest, answer: type[Any]) -> Any:
-        """The agent's answer: a server-to-client request (2025 era), a question in its call's round (2026)."""
-        try:
-            if line.round is not None:
-                return await line.round.ask(request)
-            return await line.ctx.session.send_request(
-                request, answer, metadata=ServerMessageMetadata(related_request_id=line.ctx.request_id)
-            )
-        except Exception as exc:
-            return types.ErrorData(code=types.INTERNAL_ERROR, message=f"the agent did not answer: {exc}")
-
-    def _refusal(self, line: AgentLine | None, wanted: types.ClientCapabilities, what: str) -> types.ErrorData | None:
-        if line is None:
-            return _NO_LINE
-        if not line.can(wanted):
-            # The words and code an SDK client without the capability answers with.
-            return types.ErrorData(code=types.INVALID_REQUEST, message=f"{what} not supported")
-        if line.modern and (line.round is None or line.round.done.is_set()):
-            # A call answered with a task runs unattended: nobody is there to answer.
-            message = f"{what} not supported: nobody waits on this call"
-            return types.ErrorData(code=types.INVALID_REQUEST, message=message)
-        return None
 
     async def _audit(
         self, upstream: str, line: AgentLine | None, outcome: str, message: str, answer: str | None = None
@@ -255,6 +221,48 @@ class Traffic:
             log.error("audit event not written (call.elicitation): %s", exc)
 
 
+def _refusal(line: AgentLine | None, wanted: types.ClientCapabilities, what: str) -> types.ErrorData | None:
+    if line is None:
+        return _NO_LINE
+    if not line.can(wanted):
+        # The words and code an SDK client without the capability answers with.
+        return types.ErrorData(code=types.INVALID_REQUEST, message=f"{what} not supported")
+    if line.modern and (line.round is None or line.round.done.is_set()):
+        # A call answered with a task runs unattended: nobody is there to answer.
+        message = f"{what} not supported: nobody waits on this call"
+        return types.ErrorData(code=types.INVALID_REQUEST, message=message)
+    return None
+
+
+async def _send(line: AgentLine, request: types.InputRequest, answer: type[Any]) -> Any:
+    """The agent's answer: a server-to-client request (2025 era), a question in its call's round (2026)."""
+    try:
+        if line.round is not None:
+            return await line.round.ask(request)
+        return await line.ctx.session.send_request(
+            request, answer, metadata=ServerMessageMetadata(related_request_id=line.ctx.request_id)
+        )
+    except Exception as exc:
+        return types.ErrorData(code=types.INTERNAL_ERROR, message=f"the agent did not answer: {exc}")
+
+
+def askable() -> bool:
+    """Whether the agent whose call is being served now can be asked something (an elicitation)."""
+    line = _LINE.get()
+    return line is not None and _refusal(line, _ELICITATION, "Elicitation") is None
+
+
+async def ask_agent(request: types.ElicitRequest) -> types.ElicitResult | types.ErrorData:
+    """Put an elicitation to the agent whose call is being served now (either era)."""
+    line = _LINE.get()
+    refusal = _refusal(line, _ELICITATION, "Elicitation")
+    if refusal is not None or line is None:
+        return refusal or _NO_LINE
+    result = await _send(line, request, types.ElicitResult)
+    return result if isinstance(result, types.ElicitResult | types.ErrorData) else _WRONG_ANSWER
+
+
+_ELICITATION = types.ClientCapabilities(elicitation=types.ElicitationCapability())
 _WRONG_ANSWER = types.ErrorData(code=types.INTERNAL_ERROR, message="the agent answered with something else")
 _NO_LINE = types.ErrorData(
     code=types.INVALID_REQUEST, message="Elicitation not supported: no single agent call is waiting on this upstream"
