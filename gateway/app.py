@@ -36,6 +36,7 @@ from gateway.calls import CallHandler
 from gateway.channels import Channel, ChannelContext
 from gateway.config import Settings
 from gateway.context import ApprovalContext, GatewayReads
+from gateway.event_store import RETRY_MS, BoundedEventStore
 from gateway.health import health
 from gateway.held import HeldCalls
 from gateway.jwt_auth import jwt_options, metadata_routes
@@ -122,6 +123,8 @@ class Gateway:
             json_response=False,
             stateless=False,
             security_settings=self._transport_security(),
+            event_store=BoundedEventStore(),
+            retry_interval=RETRY_MS,
         )
         self.channels = build_channels(ChannelContext(settings, self.service, self.approvers))
         self.metrics = GatewayMetrics(
