@@ -75,6 +75,29 @@ async def test_an_upstream_elicitation_comes_back_as_input_required_and_the_retr
         assert rows[-1].arguments == '{"confirm":true}'
 
 
+@pytest.mark.parametrize("legacy", UPSTREAM_ERAS.values(), ids=UPSTREAM_ERAS.keys())
+async def test_an_upstream_sampling_request_reaches_the_agents_model_and_the_answer_goes_back(
+    tmp_path: Path, legacy: bool
+) -> None:
+    prompts: list[str] = []
+
+    async def model(ctx: ClientRequestContext, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+        prompts.extend(m.content.text for m in params.messages if isinstance(m.content, types.TextContent))
+        reply = types.TextContent(type="text", text="old pond, a frog jumps")
+        return types.CreateMessageResult(role="assistant", content=reply, model="test-model")
+
+    async with (
+        relay_gateway(tmp_path, f"sqlite:///{tmp_path / 'gw.db'}", ALLOW_ALL, [relay_upstream(legacy=legacy)]) as (
+            base,
+            _,
+        ),
+        agent(base, sampling_callback=model) as client,
+    ):
+        result = await client.call_tool("haiku", {"topic": "ponds"})
+        assert text(result) == "the model said: old pond, a frog jumps"
+        assert prompts == ["A haiku on ponds"]
+
+
 async def test_a_retry_with_a_state_that_is_not_its_own_is_refused(tmp_path: Path) -> None:
     async with (
         relay_gateway(tmp_path, f"sqlite:///{tmp_path / 'gw.db'}", ALLOW_ALL, [relay_upstream()]) as (base, _),
