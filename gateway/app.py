@@ -36,6 +36,7 @@ from gateway.calls import CallHandler
 from gateway.channels import Channel, ChannelContext
 from gateway.config import Settings
 from gateway.context import ApprovalContext, GatewayReads
+from gateway.event_store import RETRY_MS, BoundedEventStore
 from gateway.health import health
 from gateway.held import HeldCalls
 from gateway.identity import AgentDirectory, AgentIdentity
@@ -130,6 +131,8 @@ class Gateway:
             json_response=False,
             stateless=False,
             security_settings=self._transport_security(),
+            event_store=BoundedEventStore(),
+            retry_interval=RETRY_MS,
         )
         self.channels = build_channels(ChannelContext(settings, self.service, self.approvers))
         self.metrics = GatewayMetrics(
@@ -229,6 +232,7 @@ class Gateway:
                 tg.start_soon(self.timeouts.run)
                 tg.start_soon(self.held.run)
                 tg.start_soon(self.relay.subscriptions.run)
+                tg.start_soon(self.relay.traffic.rounds.run)
                 tg.start_soon(self.feed.run)
                 tg.start_soon(publish_heads, self.settings, self.db)
                 for channel in self.channels:

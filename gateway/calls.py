@@ -16,7 +16,7 @@ from approvals.durations import format_duration
 from approvals.errors import AlreadyOpen, ApprovalError, TooManyPending
 from approvals.service import ApprovalService, arguments_digest, new_request_id
 from approvals.views import NewRequest, RequestView
-from gateway import tracing
+from gateway import client_approval, tracing
 from gateway.arguments import check_call
 from gateway.caller import Caller, Progress, ProgressLine
 from gateway.config import DEFAULT_REPEAT_WINDOW
@@ -224,6 +224,11 @@ class CallHandler:
 
         approval = evaluation.approval
         assert approval is not None
+        if client_approval.only_client(approval.channels) and not client_approval.can_ask(caller):
+            await reservation.release()
+            message = client_approval.unreachable_message(tool)
+            await audit("call.denied", "denied", message, channel=client_approval.CLIENT)
+            raise CallRefused(Tag.POLICY_DENIED, message)
         request_id = new_request_id()
         # Before the request exists, so no channel announces it without what the approver needs (each bounded).
         shown = await self.context.gather(approval, HeldCall(request_id, caller.agent, route.upstream.name, arguments))
@@ -293,7 +298,12 @@ class CallHandler:
                 log.error("could not judge %s by the new policy: %s", request.id, exc)
         tracing.annotate(approval_id=request.id)
         hold_limit = self.held.hold_limit(caller.agent, request)
-        return await self.held.follow(request, caller, line, hold_limit=hold_limit, reservation=reservation)
+        return await client_approval.alongside(
+            self.service,
+            request,
+            caller,
+            lambda: self.held.follow(request, caller, line, hold_limit=hold_limit, reservation=reservation),
+        )
 
     async def _take_reason(
         self, caller: Caller, tool: str, arguments: dict[str, Any]

@@ -302,6 +302,13 @@ class _Parser:
                     f"{where}.channels[{index}]",
                     f"unknown channel {channel!r}; expected {', '.join(CHANNELS)}",
                 )
+        if "client" in channels and approvers:
+            # The human at the agent's client is the agent's own user, never a named approver.
+            raise self.fail(
+                f"{where}.channels",
+                "'client' asks the human at the calling agent's own client, so it cannot be combined with "
+                f"approvers ({', '.join(approvers)}): remove 'client' or the approvers",
+            )
         slack_channel = body.get("slack_channel")
         if slack_channel is not None and (not isinstance(slack_channel, str) or not slack_channel):
             raise self.fail(f"{where}.slack_channel", f"expected a non-empty string, not {slack_channel!r}")

@@ -26,7 +26,7 @@ from gateway.policy_values import json_type as json_type
 Op = Literal["eq", "neq", "in", "not_in", "lt", "lte", "gt", "gte", "regex", "contains", "exists"]
 Window = Literal["second", "minute", "hour", "day"]
 Scope = Literal["grant", "session", "global"]
-Channel = Literal["web", "slack", "api"]
+Channel = Literal["web", "slack", "api", "client"]
 Action = Literal["allow", "deny", "hidden", "hold"]
 Default = Literal["allow", "deny"]
 

@@ -34,6 +34,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from approvals.audit import Event, canonical_json
 from approvals.service import ApprovalService
+from gateway.relay_rounds import Round, Rounds
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class AgentLine:
     agent: str
     tool: str
     level: str | None  # the 2025-era agent's logging/setLevel; None: it never asked
+    round: Round | None = None  # a 2026-era call that can ask its agent (gateway.relay_rounds)
 
     @property
     def modern(self) -> bool:
@@ -66,6 +68,7 @@ class Traffic:
 
     service: ApprovalService
     agent_of: Callable[[Ctx], str] | None = None
+    rounds: Rounds = field(default_factory=Rounds)
     _levels: dict[str, str] = field(default_factory=dict)
     _serving: dict[str, set[AgentLine]] = field(default_factory=dict)
 
@@ -79,13 +82,37 @@ class Traffic:
                 self._levels[_session_key(ctx)] = str(level)
         if ctx.method != "tools/call" or self.agent_of is None:
             return await call_next(ctx)
-        tool = str((ctx.params or {}).get("name", ""))
+        params = ctx.params or {}
+        tool = str(params.get("name", ""))
         line = AgentLine(ctx, self.agent_of(ctx), tool, self._levels.get(_session_key(ctx)))
+        if line.modern and self.rounds.running:
+            return await self._in_rounds(line, call_next)
         token = _LINE.set(line)
         try:
             return await call_next(ctx)
         finally:
             _LINE.reset(token)
+
+    async def _in_rounds(self, line: AgentLine, call_next: CallNext) -> HandlerResult:
+        """A 2026-era call runs where it can outlive one request, so it can ask its agent (`input_required`)."""
+        params = line.ctx.params or {}
+        state = params.get("requestState")
+        if state is not None:
+            round_ = self.rounds.take(str(state), line.agent, line.tool)
+            earlier: AgentLine = round_.line
+            earlier.ctx = line.ctx  # what the call sends from now on rides the retry's stream
+            responses = params.get("inputResponses")
+            return await self.rounds.resume(round_, responses if isinstance(responses, dict) else {})
+
+        async def run(round_: Round) -> HandlerResult:
+            token = _LINE.set(line)
+            try:
+                return await call_next(line.ctx)
+            finally:
+                _LINE.reset(token)
+
+        line.round = Round(line.agent, line.tool, line=line)
+        return await self.rounds.start(line.round, run)
 
     async def set_level(self, ctx: Ctx, params: types.SetLevelRequestParams) -> types.EmptyResult:
         # Recorded by the middleware (per session); the upstreams are asked for every level and each
@@ -149,20 +176,15 @@ class Traffic:
 
     async def _elicit(self, upstream: str, params: types.ElicitRequestParams) -> types.ElicitResult | types.ErrorData:
         line = self._line(upstream)
-        wanted = types.ClientCapabilities(elicitation=types.ElicitationCapability())
-        refusal = self._refusal(line, wanted, "Elicitation")
+        refusal = _refusal(line, _ELICITATION, "Elicitation")
         if refusal is not None or line is None:
             await self._audit(upstream, line, "refused", "elicitation refused: " + (refusal or _NO_LINE).message)
             return refusal or _NO_LINE
-        try:
-            result = await line.ctx.session.send_request(
-                types.ElicitRequest(params=params),
-                types.ElicitResult,
-                metadata=ServerMessageMetadata(related_request_id=line.ctx.request_id),
-            )
-        except Exception as exc:
-            await self._audit(upstream, line, "failed", f"elicitation not answered: {exc}")
-            return types.ErrorData(code=types.INTERNAL_ERROR, message=f"the agent did not answer: {exc}")
+        result = await _send(line, types.ElicitRequest(params=params), types.ElicitResult)
+        if not isinstance(result, types.ElicitResult):
+            failure = result if isinstance(result, types.ErrorData) else _WRONG_ANSWER
+            await self._audit(upstream, line, "failed", f"elicitation not answered: {failure.message}")
+            return failure
         answer = canonical_json(result.content) if result.content is not None else None
         if answer is not None and len(answer) > _ANSWER_LIMIT:
             answer = answer[:_ANSWER_LIMIT]
@@ -173,30 +195,13 @@ class Traffic:
         self, upstream: str, params: types.CreateMessageRequestParams
     ) -> types.CreateMessageResult | types.ErrorData:
         line = self._line(upstream)
-        refusal = self._refusal(line, types.ClientCapabilities(sampling=types.SamplingCapability()), "Sampling")
+        refusal = _refusal(line, types.ClientCapabilities(sampling=types.SamplingCapability()), "Sampling")
         if refusal is not None or line is None:
             return refusal or _NO_LINE
-        try:
-            return await line.ctx.session.send_request(
-                types.CreateMessageRequest(params=params),
-                types.CreateMessageResult,
-                metadata=ServerMessageMetadata(related_request_id=line.ctx.request_id),
-            )
-        except Exception as exc:
-            return types.ErrorData(code=types.INTERNAL_ERROR, message=f"the agent did not answer: {exc}")
-
-    def _refusal(self, line: AgentLine | None, wanted: types.ClientCapabilities, what: str) -> types.ErrorData | None:
-        if line is None:
-            return _NO_LINE
-        if not line.can(wanted):
-            # The words and code an SDK client without the capability answers with.
-            return types.ErrorData(code=types.INVALID_REQUEST, message=f"{what} not supported")
-        if line.modern:
-            return types.ErrorData(
-                code=types.INVALID_REQUEST,
-                message=f"{what} not supported: the gateway cannot yet ask a 2026-07-28 client during a call",
-            )
-        return None
+        result = await _send(line, types.CreateMessageRequest(params=params), types.CreateMessageResult)
+        if isinstance(result, types.CreateMessageResult | types.ErrorData):
+            return result
+        return _WRONG_ANSWER
 
     async def _audit(
         self, upstream: str, line: AgentLine | None, outcome: str, message: str, answer: str | None = None
@@ -216,6 +221,49 @@ class Traffic:
             log.error("audit event not written (call.elicitation): %s", exc)
 
 
+def _refusal(line: AgentLine | None, wanted: types.ClientCapabilities, what: str) -> types.ErrorData | None:
+    if line is None:
+        return _NO_LINE
+    if not line.can(wanted):
+        # The words and code an SDK client without the capability answers with.
+        return types.ErrorData(code=types.INVALID_REQUEST, message=f"{what} not supported")
+    if line.modern and (line.round is None or line.round.done.is_set()):
+        # A call answered with a task runs unattended: nobody is there to answer.
+        message = f"{what} not supported: nobody waits on this call"
+        return types.ErrorData(code=types.INVALID_REQUEST, message=message)
+    return None
+
+
+async def _send(line: AgentLine, request: types.InputRequest, answer: type[Any]) -> Any:
+    """The agent's answer: a server-to-client request (2025 era), a question in its call's round (2026)."""
+    try:
+        if line.round is not None:
+            return await line.round.ask(request)
+        return await line.ctx.session.send_request(
+            request, answer, metadata=ServerMessageMetadata(related_request_id=line.ctx.request_id)
+        )
+    except Exception as exc:
+        return types.ErrorData(code=types.INTERNAL_ERROR, message=f"the agent did not answer: {exc}")
+
+
+def askable() -> bool:
+    """Whether the agent whose call is being served now can be asked something (an elicitation)."""
+    line = _LINE.get()
+    return line is not None and _refusal(line, _ELICITATION, "Elicitation") is None
+
+
+async def ask_agent(request: types.ElicitRequest) -> types.ElicitResult | types.ErrorData:
+    """Put an elicitation to the agent whose call is being served now (either era)."""
+    line = _LINE.get()
+    refusal = _refusal(line, _ELICITATION, "Elicitation")
+    if refusal is not None or line is None:
+        return refusal or _NO_LINE
+    result = await _send(line, request, types.ElicitResult)
+    return result if isinstance(result, types.ElicitResult | types.ErrorData) else _WRONG_ANSWER
+
+
+_ELICITATION = types.ClientCapabilities(elicitation=types.ElicitationCapability())
+_WRONG_ANSWER = types.ErrorData(code=types.INTERNAL_ERROR, message="the agent answered with something else")
 _NO_LINE = types.ErrorData(
     code=types.INVALID_REQUEST, message="Elicitation not supported: no single agent call is waiting on this upstream"
 )

@@ -26,6 +26,7 @@ from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.event_store import BoundedEventStore
 from gateway.mcp_server import AGENT_KEY
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,13 @@ class AgentSessions(StreamableHTTPSessionManager):
     def _admit_session(self, requestor: AuthorizationContext | None) -> Any:
         if requestor is not None and self.open_sessions(requestor["client_id"]) >= self.per_agent:
             return None
-        return super()._admit_session(requestor)
+        transport = super()._admit_session(requestor)
+        if transport is not None and isinstance(self.event_store, BoundedEventStore):
+            # Each session replays only its own streams (gateway.event_store); the SDK shares one store.
+            if not hasattr(transport, "_event_store"):
+                raise RuntimeError("this mcp SDK keeps a transport's event store elsewhere: sessions need a new hook")
+            transport._event_store = self.event_store.for_session(str(transport.mcp_session_id))
+        return transport
 
 
 class SessionCap:

@@ -48,6 +48,7 @@ TOOLS = [
     types.Tool(name="chatty", input_schema={"type": "object", "properties": {"text": {"type": "string"}}}),
     types.Tool(name="confirm", input_schema={"type": "object", "properties": {"action": {"type": "string"}}}),
     types.Tool(name="touch", input_schema={"type": "object", "properties": {"uri": {"type": "string"}}}),
+    types.Tool(name="haiku", input_schema={"type": "object", "properties": {"topic": {"type": "string"}}}),
 ]
 CONFIRM_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -125,6 +126,8 @@ def build() -> Server[Any]:
             return text("logged")
         if params.name == "confirm":
             return await confirm(ctx, params, str(arguments.get("action")))
+        if params.name == "haiku":
+            return await haiku(ctx, params, str(arguments.get("topic")))
         if params.name == "touch":
             uri = str(arguments.get("uri"))
             if uri in subscribed:
@@ -152,6 +155,29 @@ def build() -> Server[Any]:
         if result.action == "accept" and (result.content or {}).get("confirm") is True:
             return text(f"{action}: confirmed")
         return text(f"{action}: {result.action}")
+
+    async def haiku(
+        ctx: Ctx, params: types.CallToolRequestParams, topic: str
+    ) -> types.CallToolResult | types.InputRequiredResult:
+        """Asks the client's model (sampling) for a haiku, the way its era allows."""
+        ask = types.SamplingMessage(role="user", content=types.TextContent(type="text", text=f"A haiku on {topic}"))
+        if modern(ctx):
+            answer = (params.input_responses or {}).get("model")
+            if answer is None:
+                request = types.CreateMessageRequest(
+                    params=types.CreateMessageRequestParams(messages=[ask], max_tokens=50)
+                )
+                return types.InputRequiredResult(input_requests={"model": request}, request_state="sampling")
+            result = types.CreateMessageResult.model_validate(answer.model_dump(by_alias=True))
+        else:
+            try:
+                result = await ctx.session.create_message(  # type: ignore[deprecated]
+                    [ask], max_tokens=50, related_request_id=ctx.request_id
+                )
+            except Exception as exc:
+                return types.CallToolResult(content=[types.TextContent(type="text", text=str(exc))], is_error=True)
+        said = result.content.text if isinstance(result.content, types.TextContent) else "?"
+        return text(f"the model said: {said}")
 
     return Server(  # type: ignore[call-overload, no-any-return]
         "relay-upstream",

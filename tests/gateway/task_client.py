@@ -84,7 +84,9 @@ class TaskClient:
 def _answer(response: httpx2.Response) -> dict[str, Any]:
     """The JSON-RPC answer in a JSON or SSE response: its result, or TaskError for its error."""
     if response.headers["content-type"].startswith("text/event-stream"):
-        messages = [json.loads(line[5:]) for line in response.text.splitlines() if line.startswith("data:")]
+        # An empty `data:` is a stream's priming event (resumable streams), not a message.
+        lines = [line[5:] for line in response.text.splitlines() if line.startswith("data:")]
+        messages = [json.loads(data) for data in lines if data.strip()]
         message = next(m for m in messages if "id" in m and ("result" in m or "error" in m))
     else:
         message = response.json()

@@ -179,7 +179,7 @@ class RawSession:
             async with self.http.stream("POST", self.url, headers=self.headers, content=body.encode()) as response:
                 assert response.status_code == 200
                 async for line in response.aiter_lines():
-                    if line.startswith("data:"):
+                    if line.startswith("data:") and line[len("data:") :].strip():  # not a priming event
                         message: dict[str, Any] = json.loads(line[len("data:") :])
                         if message.get("id") == 2:
                             return message

@@ -1,0 +1,110 @@
+"""Resumable SSE streams: the events of recent streams, kept in memory within fixed bounds.
+
+With an event store, the SDK's streamable HTTP transport gives every SSE event an id, opens each
+stream with a priming event (an id, empty data and the `retry` hint), and answers a client that
+reconnects with `Last-Event-ID` with what it missed on that stream, then carries on with the
+stream where it is still running (a held call's stream, say).
+
+Kept per process and bounded by event count and bytes: the oldest events go first, so a client
+that comes back after a long absence may find its place gone, and then gets nothing replayed
+(as from a gateway without resumability). The transport names a stream by its request's id,
+which every session numbers from 1, so each session sees the store through its own view
+(`for_session`), whose streams and event ids no other session can reach.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import Final
+
+from mcp.server.streamable_http import EventCallback, EventId, EventMessage, EventStore, StreamId
+from mcp_types import JSONRPCMessage
+
+MAX_EVENTS: Final = 10_000
+MAX_BYTES: Final = 32 * 1024 * 1024
+RETRY_MS: Final = 2_000  # the `retry` hint: how soon a client whose stream ended should reconnect
+_OVERHEAD = 64  # bytes counted for an event beside its message
+
+
+@dataclass(frozen=True)
+class _Stored:
+    stream: StreamId
+    seq: int
+    message: JSONRPCMessage | None
+    size: int
+
+
+class BoundedEventStore(EventStore):
+    def __init__(self, *, max_events: int = MAX_EVENTS, max_bytes: int = MAX_BYTES) -> None:
+        if max_events < 1 or max_bytes < 1:
+            raise ValueError("an event store needs room for at least one event")
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self._events: OrderedDict[EventId, _Stored] = OrderedDict()
+        self._streams: dict[StreamId, deque[EventId]] = {}
+        self._bytes = 0
+        self._seq = 0
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """How many events are kept, and their bytes as counted."""
+        return len(self._events), self._bytes
+
+    async def store_event(self, stream_id: StreamId, message: JSONRPCMessage | None) -> EventId:
+        self._seq += 1
+        event_id = secrets.token_urlsafe(12)
+        size = _OVERHEAD + (len(message.model_dump_json(by_alias=True)) if message is not None else 0)
+        self._events[event_id] = _Stored(stream_id, self._seq, message, size)
+        self._streams.setdefault(stream_id, deque()).append(event_id)
+        self._bytes += size
+        while len(self._events) > self.max_events or (self._bytes > self.max_bytes and len(self._events) > 1):
+            self._evict_oldest()
+        return event_id
+
+    def for_session(self, session_id: str) -> SessionEvents:
+        return SessionEvents(self, session_id)
+
+    async def replay_events_after(self, last_event_id: EventId, send_callback: EventCallback) -> StreamId | None:
+        return await self.replay(last_event_id, send_callback, within="")
+
+    async def replay(self, last_event_id: EventId, send_callback: EventCallback, *, within: str) -> StreamId | None:
+        """Replay after `last_event_id` if its stream's name starts with `within`."""
+        seen = self._events.get(last_event_id)
+        if seen is None or not seen.stream.startswith(within):
+            return None
+        # A copy: sending waits on the client, and more events may be stored (or evicted) meanwhile.
+        for event_id in list(self._streams.get(seen.stream, ())):
+            stored = self._events.get(event_id)
+            if stored is None or stored.seq <= seen.seq or stored.message is None:
+                continue
+            await send_callback(EventMessage(stored.message, event_id))
+        return seen.stream
+
+    def _evict_oldest(self) -> None:
+        event_id, stored = self._events.popitem(last=False)
+        self._bytes -= stored.size
+        ids = self._streams.get(stored.stream)
+        if ids is not None:
+            if ids and ids[0] == event_id:
+                ids.popleft()
+            else:
+                ids.remove(event_id)
+            if not ids:
+                del self._streams[stored.stream]
+
+
+class SessionEvents(EventStore):
+    """One session's view of the shared store: its own streams, by the names the transport gives them."""
+
+    def __init__(self, store: BoundedEventStore, session_id: str) -> None:
+        self.store = store
+        self.prefix = f"{session_id}/"
+
+    async def store_event(self, stream_id: StreamId, message: JSONRPCMessage | None) -> EventId:
+        return await self.store.store_event(self.prefix + stream_id, message)
+
+    async def replay_events_after(self, last_event_id: EventId, send_callback: EventCallback) -> StreamId | None:
+        stream = await self.store.replay(last_event_id, send_callback, within=self.prefix)
+        return None if stream is None else stream[len(self.prefix) :]

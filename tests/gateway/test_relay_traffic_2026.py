@@ -1,0 +1,186 @@
+"""A 2026-era agent during its call: the upstream's questions come back as `input_required`, the answers go up."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import mcp_types as types
+import pytest
+from mcp import Client, MCPError
+from mcp.client.session import ClientRequestContext
+from mcp.client.streamable_http import streamable_http_client
+
+from tests.gateway.relay_harness import audit_rows, relay_gateway, relay_upstream
+from tests.harness import AGENT_TOKEN, ALICE_TOKEN, wait_for
+
+ALLOW_ALL = {"version": "1", "default": "allow"}
+UPSTREAM_ERAS = {"modern-upstream": False, "legacy-upstream": True}
+
+
+@asynccontextmanager
+async def agent(base: str, **options: Any) -> AsyncIterator[Client]:
+    """A 2026-07-28 agent with the given callbacks and options."""
+    headers = {"Authorization": f"Bearer {AGENT_TOKEN}"}
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30.0, read=60.0)) as http,
+        Client(streamable_http_client(f"{base}/mcp", http_client=http), mode="2026-07-28", **options) as client,
+    ):
+        yield client
+
+
+def text(result: types.CallToolResult) -> str:
+    return " ".join(b.text for b in result.content if isinstance(b, types.TextContent))
+
+
+@pytest.mark.parametrize("legacy", UPSTREAM_ERAS.values(), ids=UPSTREAM_ERAS.keys())
+async def test_an_upstream_elicitation_comes_back_as_input_required_and_the_retry_carries_the_answer_up(
+    tmp_path: Path, legacy: bool
+) -> None:
+    asked: list[str] = []
+
+    async def answer(ctx: ClientRequestContext, params: types.ElicitRequestParams) -> types.ElicitResult:
+        asked.append(params.message)
+        return types.ElicitResult(action="accept", content={"confirm": True})
+
+    upstreams = [relay_upstream(legacy=legacy)]
+    async with (
+        relay_gateway(tmp_path, f"sqlite:///{tmp_path / 'gw.db'}", ALLOW_ALL, upstreams) as (base, gateway),
+        agent(base, elicitation_callback=answer) as client,
+    ):
+        # The wire itself: the first answer to the call is the question, and a state to come back with.
+        first = await client.session.call_tool("confirm", {"action": "wipe"}, allow_input_required=True)
+        assert isinstance(first, types.InputRequiredResult) and first.request_state
+        [(key, question)] = (first.input_requests or {}).items()
+        assert isinstance(question, types.ElicitRequest) and question.params.message == "Really wipe?"
+        declined = types.ElicitResult(action="decline")
+        retried = await client.session.call_tool(
+            "confirm", {"action": "wipe"}, input_responses={key: declined}, request_state=first.request_state
+        )
+        assert text(retried) == "wipe: decline"
+
+        # The SDK's own driver answers and retries; the upstream hears the answer.
+        result = await client.call_tool("confirm", {"action": "wipe"})
+        assert text(result) == "wipe: confirmed"
+        assert asked == ["Really wipe?"]
+        rows = await audit_rows(gateway, "call.elicitation")
+        assert [(r.outcome, r.agent, r.tool, r.upstream) for r in rows] == [
+            ("decline", "alpha", "confirm", "memo"),
+            ("accept", "alpha", "confirm", "memo"),
+        ]
+        assert rows[-1].arguments == '{"confirm":true}'
+
+
+@pytest.mark.parametrize("legacy", UPSTREAM_ERAS.values(), ids=UPSTREAM_ERAS.keys())
+async def test_an_upstream_sampling_request_reaches_the_agents_model_and_the_answer_goes_back(
+    tmp_path: Path, legacy: bool
+) -> None:
+    prompts: list[str] = []
+
+    async def model(ctx: ClientRequestContext, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+        prompts.extend(m.content.text for m in params.messages if isinstance(m.content, types.TextContent))
+        reply = types.TextContent(type="text", text="old pond, a frog jumps")
+        return types.CreateMessageResult(role="assistant", content=reply, model="test-model")
+
+    async with (
+        relay_gateway(tmp_path, f"sqlite:///{tmp_path / 'gw.db'}", ALLOW_ALL, [relay_upstream(legacy=legacy)]) as (
+            base,
+            _,
+        ),
+        agent(base, sampling_callback=model) as client,
+    ):
+        result = await client.call_tool("haiku", {"topic": "ponds"})
+        assert text(result) == "the model said: old pond, a frog jumps"
+        assert prompts == ["A haiku on ponds"]
+
+
+async def test_a_retry_with_a_state_that_is_not_its_own_is_refused(tmp_path: Path) -> None:
+    async with (
+        relay_gateway(tmp_path, f"sqlite:///{tmp_path / 'gw.db'}", ALLOW_ALL, [relay_upstream()]) as (base, _),
+        agent(base, elicitation_callback=lambda ctx, params: None) as client,
+    ):
+        first = await client.session.call_tool("confirm", {"action": "wipe"}, allow_input_required=True)
+        assert isinstance(first, types.InputRequiredResult)
+        with pytest.raises(MCPError, match="Invalid or expired requestState"):
+            await client.session.call_tool(
+                "echo", {"text": "x"}, request_state=first.request_state, allow_input_required=True
+            )
+        with pytest.raises(MCPError, match="Invalid or expired requestState"):
+            await client.session.call_tool(
+                "confirm", {"action": "wipe"}, request_state="made-up", allow_input_required=True
+            )
+
+
+async def test_an_agent_without_elicitation_makes_the_upstream_hear_the_protocols_refusal(tmp_path: Path) -> None:
+    upstreams = [relay_upstream(legacy=True)]
+    async with (
+        relay_gateway(tmp_path, f"sqlite:///{tmp_path / 'gw.db'}", ALLOW_ALL, upstreams) as (base, gateway),
+        agent(base) as client,
+    ):
+        result = await client.call_tool("confirm", {"action": "wipe"})
+        assert "Elicitation not supported" in text(result)
+        assert [r.outcome for r in await audit_rows(gateway, "call.elicitation")] == ["refused"]
+
+
+@pytest.mark.parametrize("legacy", UPSTREAM_ERAS.values(), ids=UPSTREAM_ERAS.keys())
+async def test_an_upstream_log_line_reaches_an_agent_whose_call_opted_in(tmp_path: Path, legacy: bool) -> None:
+    heard: list[types.LoggingMessageNotificationParams] = []
+
+    async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+        heard.append(params)
+
+    async with (
+        relay_gateway(tmp_path, f"sqlite:///{tmp_path / 'gw.db'}", ALLOW_ALL, [relay_upstream(legacy=legacy)]) as (
+            base,
+            _,
+        ),
+        agent(base, logging_callback=on_log, log_level="info") as client,
+    ):
+        assert text(await client.call_tool("chatty", {"text": "hello"})) == "logged"
+        await wait_for(lambda: heard)
+        assert [(p.level, p.logger, p.data) for p in heard] == [("info", "relay-upstream", {"said": "hello"})]
+
+
+async def test_a_held_tools_elicitation_reaches_a_2026_agent_only_after_approval(tmp_path: Path) -> None:
+    policy = {
+        "version": "1",
+        "default": "allow",
+        "tools": {"confirm": {"require_approval": [{"conditions": [], "reason": "a human first"}]}},
+    }
+    asked = anyio.Event()
+
+    async def answer(ctx: ClientRequestContext, params: types.ElicitRequestParams) -> types.ElicitResult:
+        asked.set()
+        return types.ElicitResult(action="accept", content={"confirm": True})
+
+    async with (
+        relay_gateway(tmp_path, f"sqlite:///{tmp_path / 'gw.db'}", policy, [relay_upstream()]) as (base, gateway),
+        agent(base, elicitation_callback=answer) as client,
+        httpx2.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {ALICE_TOKEN}"}) as api,
+        anyio.create_task_group() as tg,
+    ):
+        box: dict[str, types.CallToolResult] = {}
+
+        async def call() -> None:
+            box["result"] = await client.call_tool("confirm", {"action": "wipe"})
+
+        tg.start_soon(call)
+        pending: list[dict[str, Any]] = []
+
+        async def held() -> bool:
+            pending[:] = (await api.get("/api/approvals", params={"status": "pending"})).json()["approvals"]
+            return bool(pending)
+
+        await wait_for(held)
+        assert not asked.is_set() and await audit_rows(gateway, "call.elicitation") == []
+        response = await api.post(f"/api/approvals/{pending[0]['id']}/approve", json={})
+        assert response.status_code == 200, response.text
+        with anyio.fail_after(20):
+            await asked.wait()
+        await wait_for(lambda: "result" in box, within=20)
+        assert text(box["result"]) == "wipe: confirmed"
+        assert [r.outcome for r in await audit_rows(gateway, "call.elicitation")] == ["accept"]

@@ -1,0 +1,130 @@
+"""Resumable SSE streams: event ids, a priming event with `retry`, and what a client missed replayed on reconnect."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import mcp_types as types
+import pytest
+
+from gateway.event_store import RETRY_MS, BoundedEventStore
+from tests.gateway.relay_harness import relay_gateway
+from tests.harness import AGENT_TOKEN, ALICE_TOKEN
+
+VERSION = "2025-11-25"
+HELD = {
+    "version": "1",
+    "default": "allow",
+    "tools": {
+        "echo": {
+            "require_approval": [{"conditions": [], "reason": "a human first"}],
+            "approval": {"max_hold": "none"},
+        }
+    },
+}
+
+
+async def events(response: httpx2.Response) -> AsyncIterator[dict[str, Any]]:
+    """The SSE events of a response, as dicts of their fields (`data` parsed when it is JSON)."""
+    event: dict[str, Any] = {}
+    async for line in response.aiter_lines():
+        if not line:
+            if event:
+                yield event
+            event = {}
+            continue
+        name, _, value = line.partition(":")
+        event[name] = value.removeprefix(" ")
+        if name == "data" and event[name]:
+            event[name] = json.loads(event[name])
+
+
+async def open_session(http: httpx2.AsyncClient, base: str) -> dict[str, str]:
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 0,
+        "method": "initialize",
+        "params": {"protocolVersion": VERSION, "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}},
+    }
+    response = await http.post(f"{base}/mcp", json=initialize)
+    assert response.status_code == 200, response.text
+    headers = {"mcp-session-id": response.headers["mcp-session-id"], "mcp-protocol-version": VERSION}
+    initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+    assert (await http.post(f"{base}/mcp", json=initialized, headers=headers)).status_code == 202
+    return headers
+
+
+async def test_a_client_that_reconnects_with_last_event_id_gets_what_it_missed_on_a_held_calls_stream(
+    tmp_path: Path,
+) -> None:
+    headers = {"Authorization": f"Bearer {AGENT_TOKEN}", "Accept": "application/json, text/event-stream"}
+    call = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": "echo", "arguments": {"text": "hi"}, "_meta": {"progressToken": "p1"}},
+    }
+    async with (
+        relay_gateway(tmp_path, f"sqlite:///{tmp_path / 'gw.db'}", HELD) as (base, gateway),
+        httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30.0)) as http,
+        httpx2.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {ALICE_TOKEN}"}) as api,
+    ):
+        session = await open_session(http, base)
+        async with http.stream("POST", f"{base}/mcp", json=call, headers=session) as response:
+            stream = events(response)
+            priming = await anext(stream)
+            # The stream opens with an id to resume from, no data, and how soon to come back.
+            assert priming["id"] and priming["data"] == "" and priming["retry"] == str(RETRY_MS)
+            seen = [await anext(stream) for _ in range(2)]
+            assert [e["data"]["method"] for e in seen] == ["notifications/progress"] * 2
+            assert all(e["id"] for e in seen) and len({priming["id"], *(e["id"] for e in seen)}) == 3
+
+            # A reconnect that last saw the priming event is sent everything after it, with the same ids.
+            replay_headers = {**session, "Last-Event-ID": priming["id"]}
+            async with http.stream("GET", f"{base}/mcp", headers=replay_headers) as replayed:
+                assert replayed.status_code == 200
+                again = [e async for e in events(replayed) if e.get("data")]
+            assert [(e["id"], e["data"]) for e in again[:2]] == [(e["id"], e["data"]) for e in seen]
+
+            # An id another session was given replays nothing here: a fresh session cannot read this stream.
+            other = await open_session(http, base)
+            async with http.stream("GET", f"{base}/mcp", headers={**other, "Last-Event-ID": seen[0]["id"]}) as foreign:
+                assert [e async for e in events(foreign) if e.get("data")] == []
+
+            [pending] = (await api.get("/api/approvals", params={"status": "pending"})).json()["approvals"]
+            assert (await api.post(f"/api/approvals/{pending['id']}/approve", json={})).status_code == 200
+            async for event in stream:
+                if "result" in event.get("data", {}):
+                    result = types.CallToolResult.model_validate(event["data"]["result"])
+                    break
+            assert [b.text for b in result.content if isinstance(b, types.TextContent)] == ["echo: hi"]
+        assert gateway.session_manager.event_store is not None
+
+
+async def test_the_event_store_keeps_within_its_bounds_and_forgets_the_oldest_first() -> None:
+    store = BoundedEventStore(max_events=3)
+    note = types.JSONRPCNotification(jsonrpc="2.0", method="notifications/message", params={"n": 1})
+    ids = [await store.store_event("s", note) for _ in range(5)]
+    assert store.size[0] == 3
+    replayed: list[str] = []
+
+    async def send(event: Any) -> None:
+        replayed.append(event.event_id)
+
+    # The oldest two are gone: a client that last saw one of them has lost its place and gets nothing.
+    assert await store.replay_events_after(ids[0], send) is None and replayed == []
+    assert await store.replay_events_after(ids[2], send) == "s" and replayed == ids[3:]
+
+    by_bytes = BoundedEventStore(max_bytes=1_200)
+    big = types.JSONRPCNotification(jsonrpc="2.0", method="notifications/message", params={"x": "y" * 400})
+    for _ in range(10):
+        await by_bytes.store_event("s", big)
+    count, size = by_bytes.size
+    assert count == 2 and size <= 1_200
+
+    with pytest.raises(ValueError, match="at least one event"):
+        BoundedEventStore(max_events=0)
