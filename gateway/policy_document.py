@@ -195,7 +195,7 @@ class _Parser:
         body = self.mapping(value, where, _TOOL_KEYS)
         approval = body.get("approval")
         denied, rate_limit = short_forms(body, key, where, self.fail)
-        return ToolPolicy(
+        tool = ToolPolicy(
             key=key,
             deny_if=(*denied, *self.rules(body.get("deny_if", []), f"{where}.deny_if", "on_deny")),
             require=self.rules(body.get("require", []), f"{where}.require", "on_deny"),
@@ -209,6 +209,21 @@ class _Parser:
             require_approval=self.rules(body.get("require_approval", []), f"{where}.require_approval", "reason"),
             approval=None if approval is None else self.approval(approval, f"{where}.approval"),
         )
+        self.client_only_for_the_caller(tool)
+        return tool
+
+    def client_only_for_the_caller(self, tool: ToolPolicy) -> None:
+        """A rule's own approval may not combine the 'client' channel with named approvers either."""
+        base = tool.approval or ApprovalSettings()
+        for rule in tool.require_approval:
+            channels = rule.approval.get("channels", base.channels)
+            approvers = rule.approval.get("approvers", base.approvers)
+            if "client" in channels and approvers:
+                raise self.fail(
+                    f"{rule.where}.approval",
+                    "with the tool's approval block this rule asks the caller's own client ('client') and names "
+                    f"approvers ({', '.join(approvers)}): the two cannot be combined",
+                )
 
     def rules(self, value: object, path: str, message_key: str) -> tuple[Rule, ...]:
         rules: list[Rule] = []

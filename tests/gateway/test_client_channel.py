@@ -115,3 +115,15 @@ def test_a_policy_that_names_approvers_for_the_client_channel_is_refused_at_load
     document = policy(["client", "web"], approvers=["alice"])
     with pytest.raises(PolicyError, match=r"tools\[\"echo\"\]\.approval\.channels.*'client'.*approvers \(alice\)"):
         parse_policy(document)
+
+
+def test_a_rule_that_names_approvers_where_the_tool_asks_the_client_is_refused_at_load() -> None:
+    document = policy(["client"])
+    rule = {
+        "conditions": [{"path": "agent.name", "op": "eq", "value": "bot"}],
+        "reason": "x",
+        "approval": {"approvers": ["alice"]},
+    }
+    document["tools"]["echo"]["require_approval"] = [rule]
+    with pytest.raises(PolicyError, match=r"require_approval\[0\]\.approval: .*\('client'\).*approvers \(alice\)"):
+        parse_policy(document)
