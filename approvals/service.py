@@ -25,13 +25,15 @@ from approvals.approvers import Approver, ApproverDirectory, may_decide
 from approvals.audit import Event, canonical_json
 from approvals.audit_batch import AuditBatches
 from approvals.db import Database
+from approvals.edits import describe_edits
 from approvals.errors import AlreadyOpen, InvalidDecision, NotAllowed, TooManyPending
+from approvals.escalation import EscalationCases, steps_json
 from approvals.execution import ExecutionCases
 from approvals.feed import ChangeFeed
 from approvals.history import AuditHistory
 from approvals.models import ApprovalRequest, Decision
 from approvals.reads import RequestReads, approvals_of, load, pending_of
-from approvals.request_events import bound_to, decision_event, refusal_event, shown_with
+from approvals.request_events import bound_to, decision_event, edited_values, refusal_event, shown_with, terms_of
 from approvals.states import EndReason, Status
 from approvals.story import describe, ending
 from approvals.transitions import Clock, already, request_event
@@ -68,7 +70,7 @@ def channel_may_decide(view: RequestView, channel: str) -> bool:
     return channel in ALWAYS_DECIDES or channel in view.channels
 
 
-class ApprovalService(ExecutionCases, RequestReads):
+class ApprovalService(ExecutionCases, EscalationCases, RequestReads):
     """The use cases that change requests; reading them is `RequestReads`."""
 
     def __init__(
@@ -116,6 +118,8 @@ class ApprovalService(ExecutionCases, RequestReads):
             else None,
             "arguments": arguments_json,
             "arguments_sha256": digest,
+            "editable": canonical_json(list(new.editable)) if new.editable else None,
+            "escalation": steps_json(new.escalation),
             "open_key": open_key(new.agent, new.tool, digest),
             "approvers": canonical_json(list(new.approvers)),
             "channels": canonical_json(list(new.channels)),
@@ -138,6 +142,7 @@ class ApprovalService(ExecutionCases, RequestReads):
                 )
                 detail = {
                     **shown_with(new),
+                    **terms_of(new),
                     "rule": new.rule,
                     "expires_at": view.expires_at.isoformat(),
                     "quorum": new.quorum,
@@ -154,9 +159,18 @@ class ApprovalService(ExecutionCases, RequestReads):
         return view
 
     async def approve(
-        self, request_id: str, approver: Approver, channel: str, reason: str | None = None
+        self,
+        request_id: str,
+        approver: Approver,
+        channel: str,
+        reason: str | None = None,
+        *,
+        edits: Mapping[str, Any] | None = None,
     ) -> DecisionOutcome:
-        return await self._decide(request_id, approver, channel, "approve", reason)
+        """Approve; with `edits` (argument path -> new value, only the request's `editable` paths), approve the
+        call as changed. The gateway checks an edited call against the tool's schema and policy first
+        (gateway.edited); here the paths are checked again and the change is bound into the audit chain."""
+        return await self._decide(request_id, approver, channel, "approve", reason, edits or {})
 
     async def reject(self, request_id: str, approver: Approver, channel: str, reason: str | None) -> DecisionOutcome:
         return await self._decide(request_id, approver, channel, "reject", reason)
@@ -181,7 +195,13 @@ class ApprovalService(ExecutionCases, RequestReads):
         return current
 
     async def _decide(
-        self, request_id: str, approver: Approver, channel: str, verdict: str, reason: str | None
+        self,
+        request_id: str,
+        approver: Approver,
+        channel: str,
+        verdict: str,
+        reason: str | None,
+        edits: Mapping[str, Any] | None = None,
     ) -> DecisionOutcome:
         reason = (reason or "").strip() or None
         # Checking who may decide needs no write lock; only a refusal is written (to the audit log).
@@ -190,6 +210,7 @@ class ApprovalService(ExecutionCases, RequestReads):
             raise InvalidDecision(describe(current))
         if verdict == "reject" and reason is None and current.reject_reason_required:
             raise InvalidDecision("the policy for this tool requires a reason to reject")
+        edited = edited_values(current, edits or {})
         now = self.clock()
         try:
             async with self._write() as conn:
@@ -208,13 +229,14 @@ class ApprovalService(ExecutionCases, RequestReads):
                     return DecisionOutcome(moved, len(approvals), current.quorum, progress)
                 new = Status.APPROVED if verdict == "approve" else Status.REJECTED
                 by = ", ".join(approvals) if verdict == "approve" else approver.name
-                values: dict[str, Any] = {"decided_by": by, "decided_via": channel, "decision_reason": reason}
+                values: dict[str, Any] = {"decided_by": by, "decided_via": channel, "decision_reason": reason, **edited}
                 if new is Status.REJECTED:
                     values["ended_because"] = EndReason.REJECTED.value
                 moved = await self._cas(conn, current, {Status.PENDING}, new, now, **values)
                 if moved is None:
                     raise _Lost()
-                text = f"{new.value} by {by}" + (f": {reason}" if reason else "")
+                text = f"{new.value} by {by}" + (f" with changes ({describe_edits(moved.edits)})" if edited else "")
+                text += f": {reason}" if reason else ""
                 await audit.append(conn, decision_event(moved, approver, channel, new.value, reason, text), now)
                 return DecisionOutcome(moved, len(approvals), current.quorum, text)
         except (_Lost, IntegrityError):

@@ -24,10 +24,12 @@ from approvals.errors import (
 from approvals.service import ApprovalService
 from approvals.states import Status
 from approvals.story import context_lines, describe, title
+from approvals.terms import terms_json
 from approvals.views import AuditEventView, DecisionOutcome, RequestView
 from gateway import bounded_json
 from gateway.api_client import CHANNEL_HEADER
 from gateway.bearer import BearerProblem, bearer_token
+from gateway.edited import EditedApprovals
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,7 @@ def request_json(view: RequestView) -> dict[str, Any]:
         "agent": view.agent,
         "arguments": view.arguments_shown,
         "arguments_sha256": view.arguments_sha256,
+        **terms_json(view),
         "rule": view.rule,
         "reason": view.reason,
         "agent_reason": view.agent_reason,
@@ -148,10 +151,11 @@ async def show_approval(request: Request) -> JSONResponse:
     return JSONResponse(body)
 
 
-async def _decision_body(request: Request) -> str | None:
+async def _decision_body(request: Request, *, edits: bool = False) -> tuple[str | None, dict[str, Any]]:
+    """The decision's reason and, for an approval, its changes to the call (`edits`: argument path -> value)."""
     raw = await _bounded_body(request)
     if not raw.strip():
-        return None
+        return None, {}
     try:
         data = bounded_json.loads(raw, max_bytes=MAX_DECISION_BODY)
     except ValueError as exc:
@@ -159,13 +163,18 @@ async def _decision_body(request: Request) -> str | None:
     if not isinstance(data, dict):
         raise HTTPException(400, 'the body must be a JSON object such as {"reason": "..."}')
     # A misspelt "reason" must not silently record a decision without one.
-    unknown = sorted(set(data) - {"reason"})
+    allowed = {"reason", "edits"} if edits else {"reason"}
+    unknown = sorted(set(data) - allowed)
     if unknown:
-        raise HTTPException(400, f'unknown key {unknown[0]!r}; the body takes only "reason"')
+        takes = '"reason" and "edits"' if edits else 'only "reason"'
+        raise HTTPException(400, f"unknown key {unknown[0]!r}; the body takes {takes}")
     reason = data.get("reason")
     if reason is not None and not isinstance(reason, str):
         raise HTTPException(400, "reason must be a string")
-    return reason
+    changes = data.get("edits") or {}
+    if not isinstance(changes, dict):
+        raise HTTPException(400, 'edits must be an object of argument paths and values, such as {"quantity": 50}')
+    return reason, changes
 
 
 def _channel(request: Request) -> str:
@@ -186,14 +195,15 @@ async def _bounded_body(request: Request) -> bytes:
 
 async def approve(request: Request) -> JSONResponse:
     approver = _approver(request)
-    reason = await _decision_body(request)
-    outcome = await _service(request).approve(request.path_params["request_id"], approver, _channel(request), reason)
+    reason, changes = await _decision_body(request, edits=True)
+    edited: EditedApprovals = request.app.state.edited
+    outcome = await edited.approve(request.path_params["request_id"], approver, _channel(request), reason, changes)
     return decided(outcome)
 
 
 async def reject(request: Request) -> JSONResponse:
     approver = _approver(request)
-    reason = await _decision_body(request)
+    reason, _ = await _decision_body(request)
     outcome = await _service(request).reject(request.path_params["request_id"], approver, _channel(request), reason)
     return decided(outcome)
 

@@ -36,6 +36,7 @@ from gateway.calls import CallHandler
 from gateway.channels import Channel, ChannelContext
 from gateway.config import Settings
 from gateway.context import ApprovalContext, GatewayReads
+from gateway.edited import EditedApprovals
 from gateway.health import health
 from gateway.held import HeldCalls
 from gateway.jwt_auth import jwt_options, metadata_routes
@@ -123,7 +124,10 @@ class Gateway:
             stateless=False,
             security_settings=self._transport_security(),
         )
-        self.channels = build_channels(ChannelContext(settings, self.service, self.approvers))
+        self.edited = EditedApprovals(
+            self.service, self.policies, self.upstreams, max_bytes=settings.agent_limits.max_argument_bytes
+        )
+        self.channels = build_channels(ChannelContext(settings, self.service, self.approvers, self.edited))
         self.metrics = GatewayMetrics(
             self.db, tools=self._tool_names, upstreams=self.upstreams.status, batches=self.service.batches.sizes
         )
@@ -251,6 +255,7 @@ class Gateway:
         )
         app.state.gateway = self
         app.state.service = self.service
+        app.state.edited = self.edited
         return app
 
     async def _health(self, request: Request) -> JSONResponse:

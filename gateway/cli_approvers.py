@@ -57,6 +57,14 @@ def add_approvals(sub: Subparsers) -> None:
             action.add_argument("id", metavar="ID", help="the request id (apr_…)")
         if name in ("approve", "reject"):
             action.add_argument("--reason", help="why (required to reject when the policy says so)")
+        if name == "approve":
+            action.add_argument(
+                "--set",
+                metavar="PATH=VALUE",
+                action="append",
+                default=[],
+                help="approve with this argument changed (only those the tool's policy lists as editable); repeatable",
+            )
 
 
 def _gateway_url(args: argparse.Namespace) -> str:
@@ -104,6 +112,12 @@ def cmd_approvals(args: argparse.Namespace) -> int:
                 return 1
         else:
             body: dict[str, Any] = {"reason": args.reason} if args.reason else {}
+            if args.action == "approve" and args.set:
+                edits = dict(item.partition("=")[::2] for item in args.set)
+                if any("=" not in item or not item.partition("=")[0] for item in args.set):
+                    print("error: --set takes PATH=VALUE, such as --set order.totalQuantity=50", file=sys.stderr)
+                    return 2
+                body["edits"] = edits
             data = client.post(f"/api/approvals/{args.id}/{args.action}", body)
             print(json.dumps(data, indent=2) if args.json else print_decision(data))
     except ApiError as exc:

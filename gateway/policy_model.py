@@ -14,6 +14,7 @@ from fnmatch import fnmatchcase
 from types import MappingProxyType
 from typing import Any, Final, Literal, get_args
 
+from approvals.views import EscalationStep
 from gateway.arguments import with_defaults
 from gateway.policy_context import AgentReason, ContextSpec
 from gateway.policy_reads import ReadPolicy
@@ -146,6 +147,11 @@ class ApprovalSettings:
     context: tuple[ContextSpec, ...] = ()
     summary: str | None = None
     agent_reason: AgentReason | None = None
+    # What approvers may do besides yes or no (gateway.policy_decisions): change these argument paths, who
+    # else is asked after how long, and how long before expiry they are reminded (None: the channel's own).
+    editable: tuple[str, ...] = ()
+    escalate: tuple[EscalationStep, ...] = ()
+    remind_before_seconds: float | None = None
 
 
 @dataclass(frozen=True)
