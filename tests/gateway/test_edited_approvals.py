@@ -49,9 +49,9 @@ def placed(h: Harness) -> list[tuple[str, float, float | None]]:
 
 
 async def test_an_approval_with_a_changed_quantity_places_the_changed_order_and_tells_the_agent(
-    tmp_path: Path, sqlite_url: str
+    tmp_path: Path, database_url: str
 ) -> None:
-    async with running_gateway(tmp_path, sqlite_url, policy=editable_policy()) as h:
+    async with running_gateway(tmp_path, database_url, policy=editable_policy()) as h:
         before = placed(h)
         async with held_call(h, "ibkr_place_order", ORDER) as (request, outcome):
             assert request["editable"] == ["order.totalQuantity", "order.lmtPrice"]
@@ -183,3 +183,22 @@ async def test_the_web_card_offers_the_editable_arguments_and_approves_the_chang
             assert done.status_code == 303, done.text
         assert not outcome["result"].is_error
         assert ("BUY", 20, 150) in placed(h)
+
+
+async def test_a_changed_value_is_read_by_the_schema_and_a_value_outside_it_is_refused(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    policy = copy.deepcopy(DEMO_POLICY)
+    policy["tools"]["ibkr_cancel_order"]["approval"].update(editable=["orderId"], channels=["web"])
+    async with running_gateway(tmp_path, sqlite_url, policy=policy) as h:
+        async with held_call(h, "ibkr_cancel_order", {"orderId": 1001, "confirm": True}) as (request, outcome):
+            url = f"/api/approvals/{request['id']}/approve"
+            refused = await h.api().post(url, json={"edits": {"orderId": "the first one"}})
+            assert refused.status_code == 400
+            assert refused.json()["detail"].startswith("the changed call does not fit the tool's input schema")
+            # The schema says orderId is an integer: the text "1003" is the number 1003.
+            done = await h.api().post(url, json={"edits": {"orderId": "1003"}})
+            assert done.status_code == 200, done.text
+            assert done.json()["approval"]["arguments"] == {"orderId": 1003, "confirm": True}
+        assert not outcome["result"].is_error
+        assert h.book.orders[1003].status == "Cancelled" and h.book.orders[1001].status != "Cancelled"

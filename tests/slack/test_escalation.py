@@ -38,10 +38,10 @@ def thread_of(slack: FakeSlack, message: Message) -> list[Message]:
 
 
 async def test_an_escalation_after_1s_adds_a_group_notifies_it_once_and_its_member_can_then_approve(
-    tmp_path: Path, sqlite_url: str
+    tmp_path: Path, database_url: str
 ) -> None:
     clock = MovableClock(datetime.now(UTC))
-    async with slack_stack(tmp_path, sqlite_url, policy=ESCALATING, clock=clock) as (h, slack):
+    async with slack_stack(tmp_path, database_url, policy=ESCALATING, clock=clock) as (h, slack):
         async with held_call(h, "ibkr_cancel_order", {"orderId": 1001, "confirm": True}) as (request, outcome):
             url = f"/api/approvals/{request['id']}"
             message = await slack.message()
