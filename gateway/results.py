@@ -158,6 +158,9 @@ def status_result(view: RequestView) -> types.CallToolResult:
         "summary": describe(view),
         "agent_waiting": view.agent_waiting,
     }
+    if view.edits:
+        info["edits"] = [edit.as_json() for edit in view.edits]
+        info["original_arguments"] = view.original_arguments_shown
     if view.pickup_deadline is not None:
         info["pickup_deadline"] = view.pickup_deadline.isoformat()
     if view.result_json is not None:
