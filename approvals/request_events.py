@@ -70,14 +70,14 @@ def edited_values(current: RequestView, changes: Mapping[str, Any]) -> dict[str,
     """The columns an approval with `changes` writes (none when nothing changes); InvalidDecision when refused."""
     if not changes:
         return {}
+    arguments, edits = apply_edits(current.arguments, changes, current.editable)
+    if not edits:
+        return {}
     if current.quorum > 1:
         raise InvalidDecision(
             f"this request needs {current.quorum} approvals, and every approver must approve the same call: "
             "approve or reject it as asked"
         )
-    arguments, edits = apply_edits(current.arguments, changes, current.editable)
-    if not edits:
-        return {}
     arguments_json = canonical_json(arguments)
     return {
         "arguments": arguments_json,

@@ -181,6 +181,9 @@ async def test_the_web_card_offers_the_editable_arguments_and_approves_the_chang
             form["edit:order.totalQuantity"] = "20"
             done = await web.post(f"/approvals/{request['id']}/approve", data=form)
             assert done.status_code == 303, done.text
+            shown = (await web.get(f"/approvals/{request['id']}")).text
+            assert "Approved with changes: order.totalQuantity 500 → 20" in shown
+            assert "As the agent sent them" in shown
         assert not outcome["result"].is_error
         assert ("BUY", 20, 150) in placed(h)
 
