@@ -51,7 +51,9 @@ TRANSITIONS = {
     "request.start_abandoned": Status.APPROVED,
     "request.outcome_unknown": Status.OUTCOME_UNKNOWN,
 }
-LEAVE_STATUS = frozenset({"request.attached", "request.detached", "request.reminded", "request.answered_late"})
+LEAVE_STATUS = frozenset(
+    {"request.attached", "request.detached", "request.reminded", "request.answered_late", "request.escalated"}
+)
 # A pick-up window stored later than the approval recorded it, by more than clocks disagree, was extended.
 _SLACK = timedelta(seconds=1)
 
@@ -89,6 +91,13 @@ async def not_as_approved(conn: AsyncConnection, view: RequestView, forwarding_s
             return f"audit event #{row['seq']} ({row['kind']}) does not match its hash: it was altered"
     recorded = sha256(created["arguments"] or "")
     approved_detail = json.loads(approved["detail"])
+    source = created
+    if approved["arguments"] is not None:
+        # Approved with changes: what may run is what the approval recorded, if the changes were allowed.
+        problem = _edit_problem(created, approved, approved_detail, recorded)
+        if problem is not None:
+            return problem
+        recorded, source = sha256(approved["arguments"]), approved
     claims = [
         ("the arguments about to be forwarded", forwarding_sha256),
         ("the stored arguments", sha256(view.arguments_json)),
@@ -97,9 +106,10 @@ async def not_as_approved(conn: AsyncConnection, view: RequestView, forwarding_s
     ]
     for what, digest in claims:
         if digest != recorded:
+            when = "created" if source is created else "approved with changes"
             return (
-                f"{what} (sha256 {_short(digest)}) are not those recorded when the request was created "
-                f"(event #{created['seq']}, sha256 {_short(recorded)})"
+                f"{what} (sha256 {_short(digest)}) are not those recorded when the request was {when} "
+                f"(event #{source['seq']}, sha256 {_short(recorded)})"
             )
     for row in (created, approved):
         detail = json.loads(row["detail"])
@@ -114,6 +124,43 @@ async def not_as_approved(conn: AsyncConnection, view: RequestView, forwarding_s
     if recorded_until and view.pickup_deadline is not None and view.pickup_deadline > max(recorded_until) + _SLACK:
         return f"its pick-up window was extended in the database past {max(recorded_until).isoformat()}"
     return None
+
+
+def _edit_problem(
+    created: Mapping[Any, Any], approved: Mapping[Any, Any], detail: Mapping[str, Any], recorded: str
+) -> str | None:
+    """Why an approval with changes does not follow from the request as created; None when it does."""
+    where = f"event #{approved['seq']}"
+    if detail.get("original_arguments_sha256") != recorded:
+        return f"the approval with changes ({where}) does not start from the arguments the request was created with"
+    editable = json.loads(created["detail"]).get("editable") or []
+    try:
+        before, after = json.loads(created["arguments"] or "{}"), json.loads(approved["arguments"])
+    except ValueError:
+        return f"the arguments recorded in {where} cannot be read"
+    changed = _changed_paths(before, after)
+    outside = sorted(p for p in changed if not any(p == e or p.startswith(e + ".") for e in editable))
+    if outside:
+        return f"the approval with changes ({where}) changed {outside[0]!r}, which approvers may not change here"
+    return None
+
+
+def _changed_paths(before: Any, after: Any, prefix: str = "") -> set[str]:
+    """The paths at which two JSON values differ, as deep as the change (an edited leaf names its own path)."""
+    if before is _ABSENT or after is _ABSENT:
+        return {prefix.rstrip(".")}
+    if isinstance(before, dict) and isinstance(after, dict):
+        keys = set(before) | set(after)
+        return {p for k in keys for p in _changed_paths(before.get(k, _ABSENT), after.get(k, _ABSENT), f"{prefix}{k}.")}
+    if isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
+        return {
+            p for i, (b, a) in enumerate(zip(before, after, strict=True)) for p in _changed_paths(b, a, f"{prefix}{i}.")
+        }
+    same = json.dumps(before, sort_keys=True) == json.dumps(after, sort_keys=True)
+    return set() if same else {prefix.rstrip(".")}
+
+
+_ABSENT: Any = object()
 
 
 async def _trustworthy(conn: AsyncConnection, row: Mapping[Any, Any], key: bytes | None) -> bool:
@@ -171,6 +218,9 @@ class _Seen:
             detail = json.loads(row["detail"])
             digest = sha256(row["arguments"] or "")
             self.created[request_id] = _Created(row["seq"], digest, row["agent"], row["tool"], row["upstream"], detail)
+        if kind == "request.approved" and row["arguments"] is not None and request_id in self.created:
+            # Approved with changes: from here on the row holds the approved arguments.
+            self.created[request_id].arguments_sha256 = sha256(row["arguments"])
         if kind not in LEAVE_STATUS:
             self.last_transition[request_id] = (row["seq"], kind)
         if kind in DECISION_KINDS:

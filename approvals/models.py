@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, Column, DateTime, Index, Text, UniqueConstraint, false
+from sqlalchemy import BigInteger, Boolean, Column, DateTime, Index, Integer, Text, UniqueConstraint, false
 from sqlmodel import Field, SQLModel
 
 
@@ -71,6 +71,17 @@ class ApprovalRequest(SQLModel, table=True):
     context: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     # The standing approval the policy offered for this call (approvals.grant_terms.GrantOffer, JSON); None: none.
     grant_offer: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    # Which argument paths an approver may change (a JSON list; None: none). Once approved with changes,
+    # `arguments` holds the approved (edited) call; the agent's own call and the changes are kept here.
+    editable: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    original_arguments: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    original_sha256: str | None = Field(default=None, max_length=64, index=True)
+    edits: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    # Who else is asked when nobody decides (a JSON list of steps), how many steps were taken, and the tool's
+    # own reminder lead time (None: the channel's).
+    escalation: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    escalated: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    remind_before_seconds: float | None = None
 
 
 class Decision(SQLModel, table=True):

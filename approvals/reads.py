@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from approvals import audit
@@ -91,7 +91,8 @@ class RequestReads:
             .where(
                 _requests.c.agent == agent,
                 _requests.c.tool == tool,
-                _requests.c.arguments_sha256 == arguments_sha256,
+                # A request approved with changes still answers a repeat of the agent's own call.
+                or_(_requests.c.arguments_sha256 == arguments_sha256, _requests.c.original_sha256 == arguments_sha256),
                 _requests.c.status.in_([s.value for s in REPEATED]),
                 _requests.c.status_changed_at >= ended_since,
             )

@@ -25,7 +25,9 @@ from approvals.approvers import Approver, ApproverDirectory, may_decide
 from approvals.audit import Event, canonical_json
 from approvals.audit_batch import AuditBatches
 from approvals.db import Database
+from approvals.edits import describe_edits
 from approvals.errors import AlreadyOpen, InvalidDecision, NotAllowed, TooManyPending
+from approvals.escalation import EscalationCases, steps_json
 from approvals.execution import ExecutionCases
 from approvals.feed import ChangeFeed
 from approvals.grant_terms import GrantAsk
@@ -33,7 +35,7 @@ from approvals.grants import Grants, make_grant
 from approvals.history import AuditHistory
 from approvals.models import ApprovalRequest, Decision
 from approvals.reads import RequestReads, approvals_of, load, pending_of
-from approvals.request_events import bound_to, decision_event, refusal_event, shown_with
+from approvals.request_events import bound_to, decision_event, edited_values, refusal_event, shown_with, terms_of
 from approvals.states import EndReason, Status
 from approvals.story import describe, ending
 from approvals.transitions import Clock, already, request_event
@@ -70,7 +72,7 @@ def channel_may_decide(view: RequestView, channel: str) -> bool:
     return channel in ALWAYS_DECIDES or channel in view.channels
 
 
-class ApprovalService(ExecutionCases, RequestReads):
+class ApprovalService(ExecutionCases, EscalationCases, RequestReads):
     """The use cases that change requests; reading them is `RequestReads`."""
 
     def __init__(
@@ -119,6 +121,8 @@ class ApprovalService(ExecutionCases, RequestReads):
             else None,
             "arguments": arguments_json,
             "arguments_sha256": digest,
+            "editable": canonical_json(list(new.editable)) if new.editable else None,
+            "escalation": steps_json(new.escalation),
             "open_key": open_key(new.agent, new.tool, digest),
             "grant_offer": None if new.grant_offer is None else new.grant_offer.to_json(),
             "approvers": canonical_json(list(new.approvers)),
@@ -142,6 +146,7 @@ class ApprovalService(ExecutionCases, RequestReads):
                 )
                 detail = {
                     **shown_with(new),
+                    **terms_of(new),
                     "rule": new.rule,
                     "expires_at": view.expires_at.isoformat(),
                     "quorum": new.quorum,
@@ -165,9 +170,15 @@ class ApprovalService(ExecutionCases, RequestReads):
         reason: str | None = None,
         *,
         grant: GrantAsk | None = None,
+        edits: Mapping[str, Any] | None = None,
     ) -> DecisionOutcome:
-        """Approve; with `grant`, also allow the same call for a while (approvals.grants), in the same transaction."""
-        return await self._decide(request_id, approver, channel, "approve", reason, grant)
+        """Approve; with `grant`, also allow the same call for a while (approvals.grants), in the same transaction.
+
+        With `edits` (argument path -> new value, only the request's `editable` paths), approve the call as
+        changed. The gateway checks an edited call against the tool's schema and policy first
+        (gateway.edited); here the paths are checked again and the change is bound into the audit chain.
+        """
+        return await self._decide(request_id, approver, channel, "approve", reason, grant, edits or {})
 
     async def reject(self, request_id: str, approver: Approver, channel: str, reason: str | None) -> DecisionOutcome:
         return await self._decide(request_id, approver, channel, "reject", reason)
@@ -199,6 +210,7 @@ class ApprovalService(ExecutionCases, RequestReads):
         verdict: str,
         reason: str | None,
         grant: GrantAsk | None = None,
+        edits: Mapping[str, Any] | None = None,
     ) -> DecisionOutcome:
         reason = (reason or "").strip() or None
         # Checking who may decide needs no write lock; only a refusal is written (to the audit log).
@@ -210,6 +222,12 @@ class ApprovalService(ExecutionCases, RequestReads):
         if grant is not None and (current.grant_offer is None or current.quorum > 1):
             # Refused before anything is written: the approver asked for more than an approval.
             raise InvalidDecision(f"the policy for {current.tool} allows no standing approvals; approve it on its own")
+        edited = edited_values(current, edits or {})
+        if grant is not None and edited:
+            # A grant allows the agent's own call again; a changed call is a one-off decision about that call.
+            raise InvalidDecision(
+                "a standing approval cannot be made with changes: approve the changed call on its own"
+            )
         now = self.clock()
         try:
             async with self._write() as conn:
@@ -228,13 +246,14 @@ class ApprovalService(ExecutionCases, RequestReads):
                     return DecisionOutcome(moved, len(approvals), current.quorum, progress)
                 new = Status.APPROVED if verdict == "approve" else Status.REJECTED
                 by = ", ".join(approvals) if verdict == "approve" else approver.name
-                values: dict[str, Any] = {"decided_by": by, "decided_via": channel, "decision_reason": reason}
+                values: dict[str, Any] = {"decided_by": by, "decided_via": channel, "decision_reason": reason, **edited}
                 if new is Status.REJECTED:
                     values["ended_because"] = EndReason.REJECTED.value
                 moved = await self._cas(conn, current, {Status.PENDING}, new, now, **values)
                 if moved is None:
                     raise _Lost()
-                text = f"{new.value} by {by}" + (f": {reason}" if reason else "")
+                text = f"{new.value} by {by}" + (f" with changes ({describe_edits(moved.edits)})" if edited else "")
+                text += f": {reason}" if reason else ""
                 await audit.append(conn, decision_event(moved, approver, channel, new.value, reason, text), now)
                 if grant is None or new is not Status.APPROVED:
                     return DecisionOutcome(moved, len(approvals), current.quorum, text)

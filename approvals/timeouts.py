@@ -6,6 +6,9 @@ came back for it expires when its pick-up window closes, unexecuted.
 Every job ends in `ApprovalService.expire`, a compare-and-set, so a job that fires twice, late,
 or on two replicas at once is harmless. The sweep catches what a replica that died had armed.
 
+Escalation steps (approvals.escalation) are armed the same way, one job per pending request for its
+next step; taking a step is a conditional UPDATE, so a step fires once however many replicas arm it.
+
 The same scheduler ends executions whose process died: on start and every `lease_check_seconds`
 it ends requests whose execution lease ran out as `outcome_unknown` (approvals.execution).
 """
@@ -20,6 +23,7 @@ import anyio
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from approvals.errors import ApprovalError
+from approvals.escalation import due_step
 from approvals.feed import Change
 from approvals.service import ApprovalService
 from approvals.states import Status
@@ -27,8 +31,10 @@ from approvals.views import RequestView
 
 log = logging.getLogger(__name__)
 
-# What the scheduler posts to `run`: a request id (its deadline passed), None (sweep), or this (check leases).
+# What the scheduler posts to `run`: a request id (its deadline passed), None (sweep), this (check leases),
+# or _ESCALATE + a request id (its next escalation step is due).
 _LEASES = "\x00leases"
+_ESCALATE = "\x00escalate:"
 
 
 class TimeoutScheduler:
@@ -63,6 +69,7 @@ class TimeoutScheduler:
             await self._expire(request.id)
         for request in running:
             self.arm(request.id, request.deadline)
+            self.arm_escalation(request)
         if overdue or running:
             log.info("timeouts: expired %d overdue request(s), re-armed %d", len(overdue), len(running))
         return len(overdue), len(running)
@@ -74,6 +81,8 @@ class TimeoutScheduler:
                 await self.sweep()
             elif request_id == _LEASES:
                 await self.end_lapsed()
+            elif request_id.startswith(_ESCALATE):
+                await self._escalate(request_id[len(_ESCALATE) :])
             else:
                 await self._expire(request_id)
 
@@ -99,6 +108,18 @@ class TimeoutScheduler:
         if job is not None:
             job.remove()
 
+    def arm_escalation(self, request: RequestView) -> None:
+        """Arm the request's next escalation step, if it has one left (or disarm it)."""
+        due = due_step(request)
+        job_id = f"escalate:{request.id}"
+        if due is None:
+            if self._scheduler.get_job(job_id) is not None:
+                self._scheduler.remove_job(job_id)
+            return
+        self._scheduler.add_job(
+            self._post, "date", run_date=due.at, args=[_ESCALATE + request.id], id=job_id, replace_existing=True
+        )
+
     def armed(self) -> int:
         return sum(1 for job in self._scheduler.get_jobs() if job.id.startswith("expire:"))
 
@@ -111,7 +132,22 @@ class TimeoutScheduler:
         expired = 0
         for request in overdue:
             expired += await self._expire(request.id)
+        await self.escalate_due()
         return expired
+
+    async def escalate_due(self) -> int:
+        """Take every escalation step that is due (a replica that armed it may have died). Returns how many."""
+        try:
+            waiting = await self.service.waiting()
+        except ApprovalError as exc:
+            log.warning("could not look for escalations that are due: %s", exc)
+            return 0
+        now = self.service.clock()
+        due = [r for r in waiting if (step := due_step(r)) is not None and step.at <= now]
+        taken = 0
+        for request in due:
+            taken += await self._escalate(request.id)
+        return taken
 
     async def end_lapsed(self) -> int:
         """End as outcome unknown every execution whose process stopped renewing its lease. Returns how many."""
@@ -145,12 +181,23 @@ class TimeoutScheduler:
             self.arm(request.id, request.deadline)
         else:
             self.disarm(request.id)
+        self.arm_escalation(request)
 
     async def _split(self) -> tuple[list[RequestView], list[RequestView]]:
         """Requests with a deadline, split into (past it, not yet)."""
         waiting = await self.service.waiting()
         now = self.service.clock()
         return [r for r in waiting if r.deadline <= now], [r for r in waiting if r.deadline > now]
+
+    async def _escalate(self, request_id: str) -> bool:
+        try:
+            escalated = await self.service.escalate(request_id)
+        except ApprovalError as exc:
+            log.warning("could not escalate %s yet: %s", request_id, exc)
+            return False
+        if escalated is not None:
+            log.info("request %s escalated: %s may decide it now", request_id, ", ".join(escalated.approvers))
+        return escalated is not None
 
     async def _expire(self, request_id: str) -> bool:
         try:

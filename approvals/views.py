@@ -9,6 +9,7 @@ from typing import Any
 
 from approvals import stored
 from approvals.audit import as_utc
+from approvals.edits import ArgumentEdit, edits_from_json
 from approvals.errors import Unreadable
 from approvals.grant_terms import GrantOffer, GrantView
 from approvals.states import TERMINAL, EndReason, Status
@@ -44,6 +45,11 @@ class NewRequest:
     context: tuple[ContextItem, ...] = ()
     # The standing approval the policy allows an approver to make with the approval (None: none).
     grant_offer: GrantOffer | None = None
+    # What approvers may do besides yes or no: change these argument paths (approvals.edits), and who else
+    # is asked, when, if nobody decides (approvals.escalation); the tool's own reminder lead time.
+    editable: tuple[str, ...] = ()
+    escalation: tuple[EscalationStep, ...] = ()
+    remind_before_seconds: float | None = None
     # Chosen by the caller when something (a context lookup) must name the request before it exists.
     id: str | None = None
 
@@ -59,6 +65,31 @@ class ContextItem:
 
     def as_json(self) -> dict[str, Any]:
         return {"name": self.name, "tool": self.tool, "value": self.value, "problem": self.problem}
+
+
+@dataclass(frozen=True)
+class EscalationStep:
+    """After `after_seconds` with no decision, `approvers` (names, `group:NAME`) may decide the request too."""
+
+    after_seconds: float
+    approvers: tuple[str, ...]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"after_seconds": self.after_seconds, "approvers": list(self.approvers)}
+
+
+def _steps(text: str) -> tuple[EscalationStep, ...]:
+    loaded = stored.strict(text, "the escalation")
+    if not isinstance(loaded, list):
+        raise Unreadable("it is not a JSON list of steps")
+    steps = []
+    for entry in loaded:
+        after = entry.get("after_seconds") if isinstance(entry, dict) else None
+        names = entry.get("approvers") if isinstance(entry, dict) else None
+        if not isinstance(after, int | float) or not isinstance(names, list):
+            raise Unreadable("a step is not {after_seconds, approvers}")
+        steps.append(EscalationStep(float(after), tuple(str(n) for n in names)))
+    return tuple(steps)
 
 
 @dataclass(frozen=True)
@@ -126,6 +157,13 @@ class RequestView:
     agent_reason: str | None
     context_json: str | None
     grant_offer_json: str | None
+    editable: tuple[str, ...]
+    original_arguments_json: str | None
+    original_sha256: str | None
+    edits_json: str | None
+    escalation: tuple[EscalationStep, ...]
+    escalated: int
+    remind_before_seconds: float | None
     damage: tuple[str, ...] = ()
 
     @property
@@ -173,6 +211,16 @@ class RequestView:
         return GrantOffer.from_json(self.grant_offer_json) if self.status == Status.PENDING else None
 
     @property
+    def edits(self) -> tuple[ArgumentEdit, ...]:
+        """What the approver changed before approving (empty: approved, if at all, as the agent asked)."""
+        return edits_from_json(stored.shown(self.edits_json)) if self.edits_json else ()
+
+    @property
+    def original_arguments_shown(self) -> Any:
+        """The agent's own arguments when an approver changed them; None otherwise."""
+        return None if self.original_arguments_json is None else stored.shown(self.original_arguments_json)
+
+    @property
     def pickup_deadline(self) -> datetime | None:
         """Until when an approved call waits for its agent to come back; None unless approved."""
         if self.status != Status.APPROVED:
@@ -196,7 +244,7 @@ class RequestView:
             raw = row[_COLUMN_OF.get(name, name)]
             load = _LOAD.get(name)
             try:
-                values[name] = raw if raw is None or load is None else load(raw)
+                values[name] = _EMPTY.get(name) if raw is None else raw if load is None else load(raw)
             except (Unreadable, ValueError) as exc:
                 # Shown as what this version can make of it; the damage keeps it from being approved or run.
                 values[name] = _UNREADABLE[name]
@@ -214,17 +262,30 @@ class RequestView:
 
 _REQUEST_FIELDS = tuple(f.name for f in fields(RequestView) if f.name != "damage")
 # What a field that cannot be read becomes. An unknown status reads as failed: it ended, and nothing acts on it.
-_UNREADABLE: dict[str, Any] = {"approvers": (), "channels": (), "status": Status.FAILED, "ended_because": None}
+_UNREADABLE: dict[str, Any] = {
+    "approvers": (),
+    "channels": (),
+    "status": Status.FAILED,
+    "ended_because": None,
+    "editable": (),
+    "escalation": (),
+}
+# What a field whose column is NULL reads as (lists that were never set are empty).
+_EMPTY: dict[str, Any] = {"editable": (), "escalation": ()}
 # Where a field's column has another name, and how a column's value becomes the field's (None stays None).
 _COLUMN_OF = {
     "arguments_json": "arguments",
     "result_json": "result",
     "context_json": "context",
     "grant_offer_json": "grant_offer",
+    "original_arguments_json": "original_arguments",
+    "edits_json": "edits",
 }
 _LOAD: dict[str, Callable[[Any], Any]] = {
     "approvers": _names,
     "channels": _names,
+    "editable": _names,
+    "escalation": _steps,
     "reject_reason_required": bool,
     "run_unattended": bool,
     "keep_on_cancel": bool,

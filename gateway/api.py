@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict
-from typing import Any
+from typing import Any, NamedTuple
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -25,10 +25,12 @@ from approvals.grant_terms import GrantAsk
 from approvals.service import ApprovalService
 from approvals.states import Status
 from approvals.story import context_lines, describe, title
+from approvals.terms import terms_json
 from approvals.views import AuditEventView, DecisionOutcome, RequestView
 from gateway import bounded_json
 from gateway.api_client import CHANNEL_HEADER
 from gateway.bearer import BearerProblem, bearer_token
+from gateway.edited import EditedApprovals
 from gateway.grant_json import grant_ask, grant_json, offer_json
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,7 @@ def request_json(view: RequestView) -> dict[str, Any]:
         "agent": view.agent,
         "arguments": view.arguments_shown,
         "arguments_sha256": view.arguments_sha256,
+        **terms_json(view),
         "rule": view.rule,
         "reason": view.reason,
         "agent_reason": view.agent_reason,
@@ -152,11 +155,20 @@ async def show_approval(request: Request) -> JSONResponse:
     return JSONResponse(body)
 
 
-async def _decision_body(request: Request, *, grants: bool = False) -> tuple[str | None, GrantAsk | None]:
-    """The reason, and (approving) the standing approval asked for: ``{"reason": "...", "grant": {"minutes": 15}}``."""
+class _Decision(NamedTuple):
+    reason: str | None
+    grant: GrantAsk | None = None
+    edits: dict[str, Any] | None = None
+
+
+async def _decision_body(request: Request, *, approving: bool = False) -> _Decision:
+    """The reason and, approving, a standing approval or changes to the call.
+
+    ``{"reason": "...", "grant": {"minutes": 15}}`` or ``{"reason": "...", "edits": {"quantity": 50}}``.
+    """
     raw = await _bounded_body(request)
     if not raw.strip():
-        return None, None
+        return _Decision(None)
     try:
         data = bounded_json.loads(raw, max_bytes=MAX_DECISION_BODY)
     except ValueError as exc:
@@ -164,14 +176,18 @@ async def _decision_body(request: Request, *, grants: bool = False) -> tuple[str
     if not isinstance(data, dict):
         raise HTTPException(400, 'the body must be a JSON object such as {"reason": "..."}')
     # A misspelt "reason" must not silently record a decision without one.
-    unknown = sorted(set(data) - ({"reason", "grant"} if grants else {"reason"}))
+    unknown = sorted(set(data) - ({"reason", "grant", "edits"} if approving else {"reason"}))
     if unknown:
-        takes = '"reason" and "grant"' if grants else 'only "reason"'
+        takes = '"reason", "grant" and "edits"' if approving else 'only "reason"'
         raise HTTPException(400, f"unknown key {unknown[0]!r}; the body takes {takes}")
     reason = data.get("reason")
     if reason is not None and not isinstance(reason, str):
         raise HTTPException(400, "reason must be a string")
-    return reason, None if data.get("grant") in (None, False) else grant_ask(data["grant"])
+    changes = data.get("edits") or {}
+    if not isinstance(changes, dict):
+        raise HTTPException(400, 'edits must be an object of argument paths and values, such as {"quantity": 50}')
+    grant = None if data.get("grant") in (None, False) else grant_ask(data["grant"])
+    return _Decision(reason, grant, changes)
 
 
 def _channel(request: Request) -> str:
@@ -192,17 +208,25 @@ async def _bounded_body(request: Request) -> bytes:
 
 async def approve(request: Request) -> JSONResponse:
     approver = _approver(request)
-    reason, grant = await _decision_body(request, grants=True)
-    outcome = await _service(request).approve(
-        request.path_params["request_id"], approver, _channel(request), reason, grant=grant
+    asked = await _decision_body(request, approving=True)
+    edited: EditedApprovals = request.app.state.edited
+    outcome = await edited.approve(
+        request.path_params["request_id"],
+        approver,
+        _channel(request),
+        asked.reason,
+        asked.edits or {},
+        grant=asked.grant,
     )
     return decided(outcome)
 
 
 async def reject(request: Request) -> JSONResponse:
     approver = _approver(request)
-    reason, _ = await _decision_body(request)
-    outcome = await _service(request).reject(request.path_params["request_id"], approver, _channel(request), reason)
+    asked = await _decision_body(request)
+    outcome = await _service(request).reject(
+        request.path_params["request_id"], approver, _channel(request), asked.reason
+    )
     return decided(outcome)
 
 

@@ -102,8 +102,14 @@ def print_approval(a: dict[str, Any]) -> str:
     if a.get("facts"):
         lines.append("  context (looked up when the request was made)")
         lines.extend(f"    {fact['label']}: {fact['text']}" for fact in a["facts"])
+    lines.extend(f"  {term}" for term in a.get("terms", []))
     lines.append("  arguments")
     lines.extend("    " + line for line in json.dumps(a["arguments"], indent=2, sort_keys=True).splitlines())
+    if a.get("original_arguments") is not None:
+        lines.append("  arguments as the agent sent them")
+        lines.extend(
+            "    " + line for line in json.dumps(a["original_arguments"], indent=2, sort_keys=True).splitlines()
+        )
     if a.get("error"):
         lines.append(f"  error      {a['error']}")
     for event in a.get("events", []):

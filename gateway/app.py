@@ -36,6 +36,7 @@ from gateway.calls import CallHandler
 from gateway.channels import Channel, ChannelContext
 from gateway.config import Settings
 from gateway.context import ApprovalContext, GatewayReads
+from gateway.edited import EditedApprovals
 from gateway.event_store import RETRY_MS, BoundedEventStore
 from gateway.health import health
 from gateway.held import HeldCalls
@@ -134,7 +135,14 @@ class Gateway:
             event_store=BoundedEventStore(),
             retry_interval=RETRY_MS,
         )
-        self.channels = build_channels(ChannelContext(settings, self.service, self.approvers))
+        self.edited = EditedApprovals(
+            self.service,
+            self.policies,
+            self.upstreams,
+            max_bytes=settings.agent_limits.max_argument_bytes,
+            agents=self.agents,
+        )
+        self.channels = build_channels(ChannelContext(settings, self.service, self.approvers, self.edited))
         self.metrics = GatewayMetrics(
             self.db, tools=self._tool_names, upstreams=self.upstreams.status, batches=self.service.batches.sizes
         )
@@ -290,6 +298,7 @@ class Gateway:
         )
         app.state.gateway = self
         app.state.service = self.service
+        app.state.edited = self.edited
         return app
 
     async def _health(self, request: Request) -> JSONResponse:

@@ -18,6 +18,7 @@ from approvals.approvers import ApproverDirectory
 from approvals.feed import ChangeListener
 from approvals.service import ApprovalService
 from gateway.config import Settings
+from gateway.edited import EditedApprovals
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,8 @@ class ChannelContext:
     settings: Settings
     service: ApprovalService
     approvers: ApproverDirectory
+    # Approving with changes checks the changed call against the tool's schema and the policy (gateway.edited).
+    edited: EditedApprovals | None = None
 
 
 class Channel(Protocol):

@@ -67,6 +67,13 @@ def add_approvals(sub: Subparsers) -> None:
             action.add_argument(
                 "--grant-uses", type=int, metavar="N", help="with --grant-minutes: at most N calls under the grant"
             )
+            action.add_argument(
+                "--set",
+                metavar="PATH=VALUE",
+                action="append",
+                default=[],
+                help="approve with this argument changed (only those the tool's policy lists as editable); repeatable",
+            )
 
 
 def gateway_url(args: argparse.Namespace) -> str:
@@ -116,6 +123,12 @@ def cmd_approvals(args: argparse.Namespace) -> int:
             body: dict[str, Any] = {"reason": args.reason} if args.reason else {}
             if args.action == "approve" and (args.grant_minutes is not None or args.grant_uses is not None):
                 body["grant"] = {"minutes": args.grant_minutes, "uses": args.grant_uses}
+            if args.action == "approve" and args.set:
+                edits = dict(item.partition("=")[::2] for item in args.set)
+                if any("=" not in item or not item.partition("=")[0] for item in args.set):
+                    print("error: --set takes PATH=VALUE, such as --set order.totalQuantity=50", file=sys.stderr)
+                    return 2
+                body["edits"] = edits
             data = client.post(f"/api/approvals/{args.id}/{args.action}", body)
             print(json.dumps(data, indent=2) if args.json else print_decision(data))
     except ApiError as exc:

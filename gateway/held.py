@@ -38,7 +38,7 @@ from gateway.config import DEFAULT_EXECUTION_LEASE
 from gateway.errors import CallRefused, Tag
 from gateway.execution import Executions
 from gateway.ratelimit import RateLimiter, Reservation
-from gateway.results import STATUS_TOOL, WAIT_TOOL, answer, pending_result, status_result
+from gateway.results import STATUS_TOOL, WAIT_TOOL, answer, pending_result, status_result, with_changes
 from gateway.upstreams import Upstreams
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ class HeldCalls:
                     ran = await self._execute(view, caller, progress, deadline)
                     if isinstance(ran, tuple):
                         view, result = ran
-                        return result
+                        return with_changes(view, result)
                     view = ran
                 elif view.status == Status.EXECUTING:
                     settled = await self._wait_for_execution(view, progress, deadline)

@@ -16,6 +16,7 @@ from typing import Any, Final, cast
 from approvals.durations import parse_duration, parse_hold_bound
 from approvals.grant_terms import GrantOffer
 from gateway.policy_context import ContextSpec, parse_agent_reason, parse_lookups, parse_summary
+from gateway.policy_decisions import check_terms, parse_editable, parse_escalate, parse_remind_before
 from gateway.policy_forms import APPROVAL_FIELDS, SHORT_FORM_KEYS, agent_condition_problem, short_forms
 from gateway.policy_grants import parse_grants
 from gateway.policy_model import (
@@ -69,6 +70,9 @@ _APPROVAL_KEYS: Final = (
     "summary",
     "agent_reason",
     "grants",
+    "editable",
+    "escalate",
+    "remind_before",
 )
 
 
@@ -337,6 +341,7 @@ class _Parser:
         if on_cancel not in ("withdraw", "keep") or not isinstance(on_cancel, str):
             raise self.fail(f"{where}.on_cancel", f'expected "withdraw" or "keep", not {on_cancel!r}')
         pickup = self.duration(body, "pickup_window", where)
+        check_terms(body, approvers, quorum, where, self.fail)
         return ApprovalSettings(
             timeout_seconds=settings.timeout_seconds if timeout is None else timeout,
             approvers=approvers,
@@ -356,6 +361,13 @@ class _Parser:
                 else parse_agent_reason(body["agent_reason"], f"{where}.agent_reason", self.fail)
             ),
             grants=None if "grants" not in body else self.grants(body["grants"], f"{where}.grants", quorum),
+            editable=parse_editable(body["editable"], f"{where}.editable", self.fail) if "editable" in body else (),
+            escalate=parse_escalate(body["escalate"], f"{where}.escalate", self.fail) if "escalate" in body else (),
+            remind_before_seconds=(
+                parse_remind_before(body["remind_before"], f"{where}.remind_before", self.fail)
+                if "remind_before" in body
+                else None
+            ),
         )
 
     def grants(self, value: object, where: str, quorum: int) -> GrantOffer:

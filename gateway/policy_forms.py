@@ -34,6 +34,9 @@ APPROVAL_FIELDS: Final[Mapping[str, str]] = {
     "summary": "summary",
     "agent_reason": "agent_reason",
     "grants": "grants",
+    "editable": "editable",
+    "escalate": "escalate",
+    "remind_before": "remind_before_seconds",
 }
 
 _AGENT_OPS: Final[Mapping[str, tuple[str, ...]]] = {

@@ -14,6 +14,7 @@ from types import MappingProxyType
 from typing import Any, Final, Literal, get_args
 
 from approvals.grant_terms import GrantOffer
+from approvals.views import EscalationStep
 from gateway.arguments import with_defaults
 from gateway.identity import AgentIdentity
 from gateway.policy_context import AgentReason, ContextSpec
@@ -167,6 +168,11 @@ class ApprovalSettings:
     agent_reason: AgentReason | None = None
     # Whether an approver may also allow the same call for a while, and within what (gateway.policy_grants).
     grants: GrantOffer | None = None
+    # What approvers may do besides yes or no (gateway.policy_decisions): change these argument paths, who
+    # else is asked after how long, and how long before expiry they are reminded (None: the channel's own).
+    editable: tuple[str, ...] = ()
+    escalate: tuple[EscalationStep, ...] = ()
+    remind_before_seconds: float | None = None
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from typing import Any
 import mcp_types as types
 
 from approvals.durations import format_duration
+from approvals.edits import describe_edits
 from approvals.states import EndReason, Status
 from approvals.story import describe, ending
 from approvals.views import RequestView
@@ -86,7 +87,7 @@ def answer(view: RequestView, note: str = "") -> types.CallToolResult:
     if view.damage:  # its record cannot be read: say so rather than guess what became of the call
         raise CallRefused(Tag.APPROVAL_UNAVAILABLE, describe(view), {"approval_id": view.id})
     if view.status in (Status.EXECUTED, Status.FAILED):
-        result = stored_result(view)
+        result = with_changes(view, stored_result(view))
         if note:
             # The upstream's result is returned exactly as it was; `_meta` says it is that request's, again.
             repeat = {REPEAT_META: {"approval_id": view.id, "note": note.strip()}}
@@ -99,6 +100,34 @@ def answer(view: RequestView, note: str = "") -> types.CallToolResult:
     if view.ended_because == EndReason.POLICY_WITHDRAWN:
         tag = Tag.POLICY_DENIED
     raise CallRefused(tag, ending(view) + note, structured)
+
+
+# The `_meta` key of the result of a call an approver changed before approving it (approval.editable).
+EDITED_META = "io.countersign/edited"
+
+
+def with_changes(view: RequestView, result: types.CallToolResult) -> types.CallToolResult:
+    """The upstream's result, saying first what the approver changed: the agent must not think its own call ran."""
+    if not view.edits or view.ended_because == EndReason.NOT_AS_APPROVED:
+        return result
+    changes = describe_edits(view.edits)
+    note = (
+        f"An approver ({view.decided_by}) changed this call before approving it: {changes}. "
+        "What ran, and the result below, is the changed call."
+    )
+    edited = {
+        "approval_id": view.id,
+        "approved_by": view.decided_by,
+        "changes": [edit.as_json() for edit in view.edits],
+        "original_arguments_sha256": view.original_sha256,
+        "arguments_sha256": view.arguments_sha256,
+    }
+    return result.model_copy(
+        update={
+            "content": [types.TextContent(type="text", text=note), *result.content],
+            "meta": {**(result.meta or {}), EDITED_META: edited},
+        }
+    )
 
 
 def stored_result(view: RequestView) -> types.CallToolResult:
@@ -129,6 +158,9 @@ def status_result(view: RequestView) -> types.CallToolResult:
         "summary": describe(view),
         "agent_waiting": view.agent_waiting,
     }
+    if view.edits:
+        info["edits"] = [edit.as_json() for edit in view.edits]
+        info["original_arguments"] = view.original_arguments_shown
     if view.pickup_deadline is not None:
         info["pickup_deadline"] = view.pickup_deadline.isoformat()
     if view.result_json is not None:

@@ -7,6 +7,7 @@ import socket
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -175,10 +176,12 @@ async def running_gateway(
     server: Mapping[str, Any] | None = None,
     more_upstreams: Sequence[Mapping[str, Any]] = (),
     broker_in_front: Callable[[Any], Any] | None = None,
+    clock: Callable[[], datetime] | None = None,
 ) -> AsyncIterator[Harness]:
     """The paper broker over HTTP and the gateway in front of it, both served on loopback.
 
-    `more_upstreams` are configured beside the broker; `broker_in_front` wraps the broker's ASGI app (a slow network).
+    `more_upstreams` are configured beside the broker; `broker_in_front` wraps the broker's ASGI app (a slow network);
+    `clock` is the gateway's (a clock the test moves).
     """
     book = book or PaperBook()
     policy_file = write_policy(tmp_path / "policy.json", policy or DEMO_POLICY)
@@ -191,7 +194,7 @@ async def running_gateway(
         for key, value in (config or {}).items():
             data[key] = value
         settings = parse_settings(data, source="<test>", base_dir=str(tmp_path), environ={})
-        gateway = Gateway(settings)
+        gateway = Gateway(settings, clock=clock)
         async with serve_asgi(gateway.asgi()) as base_url:
             assert await gateway.upstreams.wait_connected(15), gateway.upstreams.status()
             harness = Harness(base_url, gateway, book, settings, policy_file)

@@ -17,6 +17,7 @@ from typing import Any
 from approvals.durations import format_duration
 from approvals.states import Status
 from approvals.story import context_lines, describe, title, who_decides
+from approvals.terms import terms_lines
 from approvals.views import DecisionView, RequestView
 from gateway.results import summarize
 from gateway.text import mark_hidden
@@ -175,6 +176,7 @@ def request_message(view: RequestView, decisions: Sequence[DecisionView], links:
         _section(headline(view)),
         {"type": "section", "fields": fields},
         *context_section(view),
+        *terms_section(view, links),
         _section(arguments_text),
         _section(status_line(view, approvals)),
     ]
@@ -204,6 +206,15 @@ def context_section(view: RequestView) -> list[Block]:
         return []
     shown = "\n".join(f"• *{short(label, 100)}*: {short(text, 300)}" for label, text in lines[:20])
     return [_section(f"*What this call would act on*\n{shown}"[:2900])]
+
+
+def terms_section(view: RequestView, links: Links) -> list[Block]:
+    """Changes an approver made or may make (on the web card: the buttons here approve only as asked), and
+    escalation steps, in the words every channel uses (approvals.terms)."""
+    lines = [f"• {short(line, 400)}" for line in terms_lines(view)]
+    if view.editable and view.status == Status.PENDING:
+        lines.append(f"• To approve with changes, use the {link(links.request(view.id), 'web card')}")
+    return [_section(("*Terms*\n" + "\n".join(lines))[:2900])] if lines else []
 
 
 def status_line(view: RequestView, approvals: Sequence[str]) -> str:

@@ -32,6 +32,7 @@ from approvals.views import RequestView
 from gateway.outbox_work import DueWork
 from gateway.slack.client import Marker, SlackApi, SlackCallFailed
 from gateway.slack.messages import Links, reminder_text, request_message
+from gateway.slack.terms import ESCALATION_KIND, escalation_kind, escalation_text
 from gateway.slack.worker import Outbox
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,15 @@ class MessageKeeper:
             log.warning("could not note change %d of %s for Slack: %s", change.seq, view.id, exc)
             return
         self._nudge(view.id, MESSAGE)
+        if change.kind == "request.escalated" and view.escalated > 0:
+            # One item per step, so each step's notice is posted once by whichever replica claims it.
+            kind = escalation_kind(view.escalated)
+            try:
+                await self.items.schedule(CHANNEL, view.id, kind, self.clock())
+            except ApprovalError as exc:
+                log.warning("could not schedule the Slack escalation notice of %s: %s", view.id, exc)
+                return
+            self._nudge(view.id, kind)
 
     def _nudge(self, request_id: str, kind: str) -> None:
         self.work.nudge((request_id, kind))
@@ -145,9 +155,11 @@ class MessageKeeper:
             await self.items.schedule(CHANNEL, view.id, REMINDER, when)
 
     def reminder_time(self, view: RequestView) -> datetime | None:
-        if self.reminder_before is None:
+        # The tool's own lead time (approval.remind_before), else the channel's.
+        before = view.remind_before_seconds if view.remind_before_seconds is not None else self.reminder_before
+        if before is None:
             return None
-        when = view.expires_at - timedelta(seconds=self.reminder_before)
+        when = view.expires_at - timedelta(seconds=before)
         return when if when > self.clock() else None
 
 
@@ -165,6 +177,8 @@ class _Job:
         try:
             if self.claim.kind == REMINDER:
                 await self._remind()
+            elif self.claim.kind.startswith(ESCALATION_KIND):
+                await self._escalated(int(self.claim.kind[len(ESCALATION_KIND) :]))
             else:
                 await self._show()
         except ApprovalError as exc:
@@ -216,6 +230,20 @@ class _Job:
             await k.api.post_message(channel, text, thread_ts=ts, marker=marker)
         # Records `reminded_at` and the audit event; None when the request left `pending` meanwhile.
         await k.service.claim_reminder(view.id)
+        await k.items.complete(claim, shown=None)
+
+    async def _escalated(self, step: int) -> None:
+        """Tell the thread who may decide now; a request not shown yet gets the approvers in its first message."""
+        k, claim = self.keeper, self.claim
+        view = await k.service.get(claim.request_id)
+        if view.status != Status.PENDING or view.slack_ts is None or view.slack_channel is None:
+            await k.items.complete(claim, shown=None)
+            return
+        marker = Marker(view.id, claim.kind)
+        if await self._already_posted(view.slack_channel, marker, thread_ts=view.slack_ts) is None:
+            text = escalation_text(view, view.escalation[step - 1], k.service.approvers, k.links)
+            self.attempted = await k.items.attempting(claim)
+            await k.api.post_message(view.slack_channel, text, thread_ts=view.slack_ts, marker=marker)
         await k.items.complete(claim, shown=None)
 
     async def _already_posted(self, channel: str, marker: Marker, *, thread_ts: str | None = None) -> str | None:

@@ -50,7 +50,9 @@ class WebChannel:
             SessionStore(context.service.db, context.service.clock),
             secure_cookies=settings.server.base_url.startswith("https://"),
         )
-        self.context = WebContext(service=context.service, settings=settings.web, templates=templates, auth=auth)
+        self.context = WebContext(
+            service=context.service, settings=settings.web, templates=templates, auth=auth, edited=context.edited
+        )
         self.signin = SignInViews(self.context)
         self.inbox = InboxViews(self.context)
         self.audit = AuditViews(self.context)

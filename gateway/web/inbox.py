@@ -24,7 +24,9 @@ from approvals.approvers import may_decide
 from approvals.errors import AlreadyDecided, InvalidDecision, NotAllowed
 from approvals.states import TERMINAL, Status
 from approvals.story import context_lines, describe, headline, title
+from approvals.terms import terms_lines
 from approvals.views import AuditEventView, DecisionView, RequestView
+from gateway.edited import editable_fields
 from gateway.results import summarize
 from gateway.web.auth import Viewer
 from gateway.web.grants import grant_from_form, granted_text
@@ -122,6 +124,16 @@ class Card:
         return times[-1] if times else self.request.status_changed_at
 
     @property
+    def editable_fields(self) -> list[tuple[str, str]]:
+        """(path, value as text) for each argument the approver may change before approving."""
+        return editable_fields(self.request)
+
+    @property
+    def terms(self) -> list[str]:
+        """What an approver changed, and who else is or will be asked: the words every channel shows."""
+        return terms_lines(self.request)
+
+    @property
     def result_summary(self) -> str | None:
         return summarize(self.request.result, 200) or None
 
@@ -144,6 +156,7 @@ def card_version(request: RequestView, decisions: Sequence[DecisionView]) -> str
             request.decided_by or "",
             str(request.result_json is not None),
             str(request.error is not None),
+            str(request.escalated),
         ]
     )
     return hashlib.sha256(material.encode()).hexdigest()[:12]
@@ -245,7 +258,12 @@ class InboxViews:
             try:
                 if isinstance(grant, str):
                     raise InvalidDecision(grant)
-                if verdict == "approve":
+                changes = {str(k)[len("edit:") :]: str(v) for k, v in form.multi_items() if str(k).startswith("edit:")}
+                if verdict == "approve" and changes and self.web.edited is not None:
+                    outcome = await self.web.edited.approve(
+                        request_id, viewer.approver, "web", reason, changes, grant=grant
+                    )
+                elif verdict == "approve":
                     outcome = await self.service.approve(request_id, viewer.approver, "web", reason, grant=grant)
                 else:
                     outcome = await self.service.reject(request_id, viewer.approver, "web", reason)

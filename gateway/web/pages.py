@@ -19,6 +19,7 @@ from approvals.errors import RequestNotFound, StoreUnavailable
 from approvals.service import ApprovalService
 from approvals.states import Status
 from gateway.config_channels import WebSettings
+from gateway.edited import EditedApprovals
 from gateway.web.auth import Authenticator, Viewer
 from gateway.web.templating import Templates
 
@@ -47,6 +48,8 @@ class WebContext:
     settings: WebSettings
     templates: Templates
     auth: Authenticator
+    # Approving with changes (gateway.edited); None: approvals are recorded only as asked.
+    edited: EditedApprovals | None = None
 
     # ---- rendering
 

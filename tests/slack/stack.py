@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -62,11 +63,14 @@ async def slack_stack(
     policy: Mapping[str, Any] | None = None,
     slack: Mapping[str, Any] | None = None,
     mode: str = "http",
+    clock: Callable[[], datetime] | None = None,
 ) -> AsyncIterator[tuple[Harness, FakeSlack]]:
     fake = FakeSlack([ALICE, BOB, CAROL, MALLORY])
     async with fake.serving():
         config = {"slack": fake.config(mode=mode, **(slack or {})), "approvers": APPROVERS}
-        async with running_gateway(tmp_path, database_url, policy=policy or cancel_policy(), config=config) as h:
+        async with running_gateway(
+            tmp_path, database_url, policy=policy or cancel_policy(), config=config, clock=clock
+        ) as h:
             if mode == "socket":
                 fake.socket_mode = True
                 await fake.wait_until(lambda: bool(fake.sockets))
