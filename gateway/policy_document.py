@@ -17,7 +17,13 @@ from approvals.durations import parse_duration, parse_hold_bound
 from approvals.grant_terms import GrantOffer
 from gateway.policy_context import ContextSpec, parse_agent_reason, parse_lookups, parse_summary
 from gateway.policy_decisions import check_terms, parse_editable, parse_escalate, parse_remind_before
-from gateway.policy_forms import APPROVAL_FIELDS, SHORT_FORM_KEYS, agent_condition_problem, short_forms
+from gateway.policy_forms import (
+    APPROVAL_FIELDS,
+    SHORT_FORM_KEYS,
+    agent_condition_problem,
+    client_only_for_the_caller,
+    short_forms,
+)
 from gateway.policy_grants import parse_grants
 from gateway.policy_model import (
     AGENT_PATHS,
@@ -213,21 +219,8 @@ class _Parser:
             require_approval=self.rules(body.get("require_approval", []), f"{where}.require_approval", "reason"),
             approval=None if approval is None else self.approval(approval, f"{where}.approval"),
         )
-        self.client_only_for_the_caller(tool)
+        client_only_for_the_caller(tool, self.fail)
         return tool
-
-    def client_only_for_the_caller(self, tool: ToolPolicy) -> None:
-        """A rule's own approval may not combine the 'client' channel with named approvers either."""
-        base = tool.approval or ApprovalSettings()
-        for rule in tool.require_approval:
-            channels = rule.approval.get("channels", base.channels)
-            approvers = rule.approval.get("approvers", base.approvers)
-            if "client" in channels and approvers:
-                raise self.fail(
-                    f"{rule.where}.approval",
-                    "with the tool's approval block this rule asks the caller's own client ('client') and names "
-                    f"approvers ({', '.join(approvers)}): the two cannot be combined",
-                )
 
     def rules(self, value: object, path: str, message_key: str) -> tuple[Rule, ...]:
         rules: list[Rule] = []

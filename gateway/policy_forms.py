@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-from gateway.policy_model import Limit, Rule, is_number, json_type
+from gateway.policy_model import ApprovalSettings, Limit, Rule, ToolPolicy, is_number, json_type
 
 SHORT_FORM_KEYS: Final = ("action", "reason", "rate_limit")
 _RATE_LIMIT_KEYS: Final = ("max", "window")
@@ -98,3 +98,17 @@ def agent_condition_problem(path: str, op: object, value: object) -> str | None:
         noun = "a group name" if path == "agent.groups" else "an agent name"
         return f"{path} is compared with {noun}: expected a non-empty string, not {value!r}"
     return None
+
+
+def client_only_for_the_caller(tool: ToolPolicy, fail: Fail) -> None:
+    """A rule's own approval may not combine the 'client' channel with named approvers either."""
+    base = tool.approval or ApprovalSettings()
+    for rule in tool.require_approval:
+        channels = rule.approval.get("channels", base.channels)
+        approvers = rule.approval.get("approvers", base.approvers)
+        if "client" in channels and approvers:
+            raise fail(
+                f"{rule.where}.approval",
+                "with the tool's approval block this rule asks the caller's own client ('client') and names "
+                f"approvers ({', '.join(approvers)}): the two cannot be combined",
+            )
