@@ -46,7 +46,7 @@ class AuditHistory:
         Paged by sequence number (keyset), so a page deep in a large history costs the same as the first:
         `before_seq` gives the page after the one ending there, `after_seq` the page before (still newest first).
         """
-        query = select(_events).where(*_event_conditions(filters))
+        query = select(_events).where(*event_conditions(filters))
         if after_seq is not None:
             # The page just newer than `after_seq`: take the oldest `limit` above it, then show them newest first.
             query = query.where(_events.c.seq > after_seq).order_by(_events.c.seq.asc())
@@ -61,7 +61,7 @@ class AuditHistory:
 
     async def count_events(self, *, cap: int | None = None, **filters: Unpack[EventFilters]) -> int:
         """How many events match; with `cap`, counting stops there (the answer is then at least `cap`)."""
-        matching = select(_events.c.seq).where(*_event_conditions(filters))
+        matching = select(_events.c.seq).where(*event_conditions(filters))
         if cap is not None:
             matching = matching.limit(cap)
         query = select(func.count()).select_from(matching.subquery())
@@ -92,7 +92,7 @@ class EventFilters(TypedDict, total=False):
     text: str | None
 
 
-def _event_conditions(filters: EventFilters) -> list[Any]:
+def event_conditions(filters: EventFilters) -> list[Any]:
     conditions: list[Any] = []
     for name in ("tool", "agent", "outcome", "actor", "request_id"):
         value = filters.get(name)

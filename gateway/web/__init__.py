@@ -17,6 +17,7 @@ from starlette.staticfiles import StaticFiles
 from approvals.errors import ApprovalError
 from approvals.feed import ChangeListener
 from gateway.channels import ChannelContext
+from gateway.web.audit_activity import ActivityViews
 from gateway.web.audit_views import AuditViews
 from gateway.web.auth import Authenticator
 from gateway.web.bulk import BulkViews
@@ -52,6 +53,7 @@ class WebChannel:
         self.signin = SignInViews(self.context)
         self.inbox = InboxViews(self.context)
         self.audit = AuditViews(self.context)
+        self.activity = ActivityViews(self.context)
         self.bulk = BulkViews(self.context)
 
     def routes(self) -> list[BaseRoute]:
@@ -73,6 +75,7 @@ class WebChannel:
             Route("/approvals/{request_id}/reject", guard(inbox.reject), methods=["POST"]),
             Route("/audit", guard(audit.page), methods=["GET"]),
             Route("/audit/chain", guard(audit.chain_status), methods=["GET"]),
+            Route("/audit/activity", guard(self.activity.fragment), methods=["GET"]),
             Route("/audit/export.csv", guard(audit.export_csv), methods=["GET"]),
             Route("/audit/export.json", guard(audit.export_json), methods=["GET"]),
             Mount("/static", StaticFiles(directory=self.static_dir), name="static"),

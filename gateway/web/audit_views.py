@@ -311,6 +311,7 @@ class AuditViews:
                 "first_page_link": f"/audit?{query.query_string()}" if (before or after) else None,
                 "export_csv": f"/audit/export.csv?{query.query_string()}",
                 "export_json": f"/audit/export.json?{query.query_string()}",
+                "activity_url": f"/audit/activity?{query.query_string()}",
             },
             status_code=400 if query.errors else 200,
         )

@@ -1,0 +1,131 @@
+"""Activity over time: how many audit events of each outcome fell in each bucket of a time range.
+
+The database does the counting (one grouped query), so a month of a busy gateway costs one pass
+over the matching index range, never a row in Python per event. Buckets are whole multiples of
+their width counted from the Unix epoch, so "each hour" starts on the hour in UTC.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Unpack
+
+from sqlalchemy import BigInteger, Integer, cast, func, select
+
+from approvals.db import Database
+from approvals.history import EventFilters, event_conditions
+from approvals.models import AuditEvent
+
+_events = AuditEvent.__table__  # type: ignore[attr-defined]
+
+# The outcomes the activity counts: what became of a call, and what approvers decided.
+SERIES = ("allowed", "denied", "limited", "held", "approved", "rejected", "expired")
+
+# Bucket widths a reader recognises, narrowest first; the first that keeps a range within MAX_BUCKETS wins.
+WIDTHS = tuple(
+    timedelta(seconds=s)
+    for s in (60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 7 * 86400, 30 * 86400, 365 * 86400)
+)
+MAX_BUCKETS = 60
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Nothing is recorded before the epoch or after this, and bucket arithmetic must stay inside what a datetime holds.
+_LAST = datetime(9000, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Buckets:
+    """`count` buckets of `width`, the first starting at `start` (a multiple of the width since the epoch)."""
+
+    start: datetime
+    width: timedelta
+    count: int
+
+    @classmethod
+    def spanning(cls, since: datetime, until: datetime) -> Buckets:
+        """The widest-grained buckets that still cover [since, until) with at most MAX_BUCKETS of them."""
+        if until <= since:
+            raise ValueError("the range ends before it starts")
+        span = until - since
+        width = next((w for w in WIDTHS if span / w <= MAX_BUCKETS - 1), None)
+        if width is None:
+            width = timedelta(seconds=math.ceil(span.total_seconds() / (MAX_BUCKETS - 1)))
+        seconds = int(width.total_seconds())
+        first = math.floor((since - _EPOCH).total_seconds() / seconds)
+        last = math.ceil((until - _EPOCH).total_seconds() / seconds)
+        return cls(start=_EPOCH + timedelta(seconds=first * seconds), width=width, count=max(1, last - first))
+
+    def edge(self, index: int) -> datetime:
+        return self.start + self.width * index
+
+    @property
+    def end(self) -> datetime:
+        return self.edge(self.count)
+
+
+@dataclass(frozen=True)
+class Activity:
+    """Counts per bucket and outcome over [since, until): `counts[outcome][i]` is bucket i's."""
+
+    since: datetime
+    until: datetime
+    buckets: Buckets
+    counts: dict[str, list[int]]
+
+    def totals(self) -> dict[str, int]:
+        return {outcome: sum(values) for outcome, values in self.counts.items()}
+
+    @property
+    def total(self) -> int:
+        return sum(self.totals().values())
+
+    def at(self, index: int) -> dict[str, int]:
+        return {outcome: values[index] for outcome, values in self.counts.items()}
+
+
+class AuditActivity:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def count(
+        self, *, start: datetime, end: datetime, series: tuple[str, ...] = SERIES, **filters: Unpack[EventFilters]
+    ) -> Activity:
+        """The events matching `filters` in [start, end), counted per bucket and outcome by one grouped query.
+
+        `filters` may carry since/until too; the narrower bound wins. Only outcomes in `series` are counted.
+        """
+        since, until = start, end
+        given_since, given_until = filters.pop("since", None), filters.pop("until", None)
+        since = max(since, given_since, _EPOCH) if given_since else max(since, _EPOCH)
+        until = min(until, given_until, _LAST) if given_until else min(until, _LAST)
+        if until <= since:  # e.g. a range wholly before the epoch: nothing can be in it
+            empty = Buckets(since, WIDTHS[0], 1)
+            return Activity(since, since, empty, {outcome: [0] for outcome in series})
+        buckets = Buckets.spanning(since, until)
+        counts = {outcome: [0] * buckets.count for outcome in series}
+        if not series:
+            return Activity(since, until, buckets, counts)
+        bucket = self._bucket(buckets).label("bucket")
+        query = (
+            select(bucket, _events.c.outcome, func.count().label("n"))
+            .where(*event_conditions({**filters, "since": since, "until": until}))
+            .where(_events.c.outcome.in_(series))
+            .group_by(bucket, _events.c.outcome)
+        )
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query)).all()
+        for index, outcome, n in rows:
+            if 0 <= index < buckets.count:
+                counts[outcome][index] += int(n)
+        return Activity(since, until, buckets, counts)
+
+    def _bucket(self, buckets: Buckets) -> Any:
+        """The bucket number of each event's time, computed in SQL from its Unix time."""
+        origin = int((buckets.start - _EPOCH).total_seconds())
+        width = int(buckets.width.total_seconds())
+        if self.db.is_sqlite:
+            # SQLite stores times as UTC text; strftime('%s') reads them as seconds since the epoch.
+            seconds = cast(func.strftime("%s", _events.c.at), Integer)
+            return (seconds - origin) // width
+        return cast(func.floor((func.extract("epoch", _events.c.at) - origin) / width), BigInteger)
