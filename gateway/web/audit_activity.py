@@ -68,10 +68,13 @@ class Chart:
 
 
 def nice_top(largest: int) -> int:
-    """The smallest 1, 2 or 5 times a power of ten that is at least `largest` (and at least 1)."""
+    """The count the chart's top stands for: a round number at least `largest` (and at least 1).
+
+    Round means 1, 2, 3, 4, 5, 6 or 8 times a power of ten, so the tallest bar fills most of the height.
+    """
     step = 1
     while True:
-        for factor in (1, 2, 5):
+        for factor in (1, 2, 3, 4, 5, 6, 8):
             if step * factor >= largest:
                 return step * factor
         step *= 10
@@ -103,7 +106,8 @@ def chart(activity: Activity) -> Chart:
                 segments=tuple(segments),
             )
         )
-    ticks = (top // 2, top) if top > 1 else (top,)
+    # A grid line halfway up when half the top is a whole number.
+    ticks = (top // 2, top) if top % 2 == 0 else (top,)
     return Chart(activity, tuple(bars), top, ticks)
 
 

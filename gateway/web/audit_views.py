@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from approvals.audit import ChainReport
+from approvals.history import EventFilters
 from approvals.service import ApprovalService
 from approvals.views import AuditEventView
 from gateway.web.auth import Viewer
@@ -144,7 +145,7 @@ class AuditQuery:
             errors=tuple(errors),
         )
 
-    def filters(self) -> dict[str, Any]:
+    def filters(self) -> EventFilters:
         return {
             "tool": self.tool or None,
             "agent": self.agent or None,
@@ -281,9 +282,10 @@ class AuditViews:
         events: list[AuditEventView] = []
         total = 0
         newer = older = False
-        if not query.errors:
+        filters = None if query.errors else await self.service.history.bounded(query.filters())
+        if filters is not None:
             events = await self.service.history.search_events(
-                **query.filters(), before_seq=before, after_seq=after if before is None else None, limit=PAGE_SIZE + 1
+                **filters, before_seq=before, after_seq=after if before is None else None, limit=PAGE_SIZE + 1
             )
             if after is not None and before is None:
                 newer = len(events) > PAGE_SIZE
@@ -293,7 +295,7 @@ class AuditViews:
                 older = len(events) > PAGE_SIZE
                 events = events[:PAGE_SIZE]
                 newer = before is not None
-            total = await self.service.history.count_events(**query.filters(), cap=COUNT_CAP + 1)
+            total = await self.service.history.count_events(**filters, cap=COUNT_CAP + 1)
         return await self.web.page(
             "audit.html",
             viewer,
@@ -321,9 +323,12 @@ class AuditViews:
         return self.web.render("partials/audit_chain.html", viewer, {"report": report, "checked_at": checked_at})
 
     async def _batches(self, query: AuditQuery) -> AsyncIterator[list[AuditEventView]]:
+        filters = await self.service.history.bounded(query.filters())
+        if filters is None:
+            return
         before: int | None = None
         while True:
-            batch = await self.service.history.search_events(**query.filters(), before_seq=before, limit=EXPORT_BATCH)
+            batch = await self.service.history.search_events(**filters, before_seq=before, limit=EXPORT_BATCH)
             if not batch:
                 return
             yield batch

@@ -18,7 +18,7 @@ from tests.web.support import browser_client, sign_in, web_config
 
 _LEGEND = re.compile(r'data-outcome="(\w+)">.*?<strong class="legend-total">([\d,]+)</strong>', re.S)
 _ROW = re.compile(r'<tr data-start="([^"]+)">(.*?)</tr>', re.S)
-_CELL = re.compile(r'<td class="num" data-outcome="(\w+)">(\d+)</td>')
+_CELL = re.compile(r'<td class="num[^"]*" data-outcome="(\w+)"[^>]*>(\d+)</td>')
 
 
 def totals(fragment: str) -> dict[str, int]:
