@@ -12,7 +12,7 @@ import io
 import json
 import time
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -255,9 +255,10 @@ def _spreadsheet_safe(value: str) -> str:
 
 
 def event_record(event: AuditEventView) -> dict[str, Any]:
-    record = asdict(event)
+    # Read field by field: dataclasses.asdict deep-copies every detail, which was most of an export's time.
+    record = {k: getattr(event, k) for k in EXPORT_COLUMNS}
     record["at"] = event.at.isoformat()
-    return {k: record[k] for k in EXPORT_COLUMNS}
+    return record
 
 
 class AuditViews:
