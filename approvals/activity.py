@@ -1,8 +1,8 @@
 """Activity over time: how many audit events of each outcome fell in each bucket of a time range.
 
-The database does the counting (one grouped query), so a month of a busy gateway costs one pass
-over the matching index range, never a row in Python per event. Buckets are whole multiples of
-their width counted from the Unix epoch, so "each hour" starts on the hour in UTC.
+The database does the counting (one statement of index range counts), never a row in Python per
+event. Buckets are whole multiples of their width counted from the Unix epoch, so "each hour"
+starts on the hour in UTC.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Unpack
 
-from sqlalchemy import BigInteger, Integer, cast, func, select
+from sqlalchemy import BindParameter, DateTime, TextClause, and_, bindparam, text
+from sqlalchemy.dialects import sqlite
 
 from approvals.db import Database
 from approvals.history import EventFilters, event_conditions
@@ -106,27 +107,39 @@ class AuditActivity:
         counts = {outcome: [0] * buckets.count for outcome in series}
         if not series:
             return Activity(since, until, buckets, counts)
-        bucket = self._bucket(buckets).label("bucket")
-        query = (
-            select(bucket, _events.c.outcome, func.count().label("n"))
-            .where(*event_conditions({**filters, "since": since, "until": until}))
-            .group_by(bucket, _events.c.outcome)
-        )
-        # Outcomes outside `series` are counted too and dropped here: a condition on the outcome would tempt
-        # a planner to read the outcome index instead of the time range, and the groups are few either way.
+        # One count per outcome and bucket, all in one statement. Each is a range of the (outcome, at) index, so
+        # the database counts index entries without reading a row or sorting groups: for a week of a busy
+        # gateway about ten times faster than GROUP BY over the range (bench/bench_audit_page.py).
+        filters.pop("outcome", None)  # the caller's outcome filter is `series`
+        statement = self._statement(series, buckets, since, until, event_conditions(filters))
         async with self.db.read() as conn:
-            rows = (await conn.execute(query)).all()
-        for index, outcome, n in rows:
-            if outcome in counts and 0 <= index < buckets.count:
-                counts[outcome][index] += int(n)
+            row = (await conn.execute(statement)).one()
+        cells = ((outcome, index) for outcome in series for index in range(buckets.count))
+        for (outcome, index), n in zip(cells, row, strict=True):
+            counts[outcome][index] = int(n)
         return Activity(since, until, buckets, counts)
 
-    def _bucket(self, buckets: Buckets) -> Any:
-        """The bucket number of each event's time, computed in SQL from its Unix time."""
-        origin = int((buckets.start - _EPOCH).total_seconds())
-        width = int(buckets.width.total_seconds())
-        if self.db.is_sqlite:
-            # SQLite stores times as UTC text; strftime('%s') reads them as seconds since the epoch.
-            seconds = cast(func.strftime("%s", _events.c.at), Integer)
-            return (seconds - origin) // width
-        return cast(func.floor((func.extract("epoch", _events.c.at) - origin) / width), BigInteger)
+    def _statement(
+        self, series: tuple[str, ...], buckets: Buckets, since: datetime, until: datetime, others: list[Any]
+    ) -> TextClause:
+        """SELECT (count of outcome 1 in bucket 1), (… in bucket 2), …: one statement of index range counts.
+
+        Written as text: hundreds of subqueries built and compiled as SQLAlchemy expressions would cost more
+        than the database takes to answer them. The other filters are compiled once and repeated.
+        """
+        # Rendered the SQLite way for both databases (a plain LIKE on lower(), no PostgreSQL casts, which a
+        # text clause would mistake for parameters): both run it alike.
+        dialect = sqlite.dialect(paramstyle="named")
+        where, params = "", {}
+        if others:
+            compiled = and_(*others).compile(dialect=dialect)
+            where, params = f" AND ({compiled})", dict(compiled.params)
+        edges = [since, *(buckets.edge(i) for i in range(1, buckets.count)), until]
+        binds: list[BindParameter[Any]] = [bindparam(f"o{i}", outcome) for i, outcome in enumerate(series)]
+        binds += [bindparam(f"e{j}", edge, type_=DateTime(timezone=True)) for j, edge in enumerate(edges)]
+        counts = (
+            f"(SELECT count(*) FROM audit_event WHERE outcome = :o{i} AND at >= :e{j} AND at < :e{j + 1}{where})"
+            for i in range(len(series))
+            for j in range(buckets.count)
+        )
+        return text("SELECT " + ", ".join(counts)).bindparams(*binds, **params)

@@ -99,8 +99,8 @@ class AuditEvent(SQLModel, table=True):
     # (PostgreSQL; in SQLite the rowid makes a one-column index behave the same). See bench/bench_audit.py.
     __table_args__ = (
         Index("ix_audit_event_at_seq", "at", "seq"),
-        # The activity chart counts by time and outcome: this answers it from the index alone (and serves `at`).
-        Index("ix_audit_event_at_outcome", "at", "outcome"),
+        # The activity chart counts each outcome per time bucket: index ranges, counted without reading a row.
+        Index("ix_audit_event_outcome_at", "outcome", "at"),
         Index("ix_audit_event_tool_seq", "tool", "seq"),
         Index("ix_audit_event_agent_seq", "agent", "seq"),
         Index("ix_audit_event_outcome_seq", "outcome", "seq"),

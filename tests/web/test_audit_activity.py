@@ -124,6 +124,10 @@ async def test_buckets_follow_the_time_range_and_each_event_lands_in_the_bucket_
         assert day.counts["allowed"][42] == 2, "12:00 and 12:20 share the half hour that starts at noon"
         narrowed = await AuditActivity(db).count(start=T0, end=T0 + timedelta(hours=4), agent="bravo")
         assert narrowed.total == 0
+        # The search (an OR of arguments and message) holds together with every other condition of each count.
+        found = await AuditActivity(db).count(start=T0, end=T0 + timedelta(hours=4), text="M")
+        assert found.total == 5 and found.counts["denied"][13] == 1
+        assert (await AuditActivity(db).count(start=T0, end=T0 + timedelta(hours=4), text="M", agent="bravo")).total == 0
     finally:
         await db.dispose()
 
