@@ -127,7 +127,8 @@ async def test_buckets_follow_the_time_range_and_each_event_lands_in_the_bucket_
         # The search (an OR of arguments and message) holds together with every other condition of each count.
         found = await AuditActivity(db).count(start=T0, end=T0 + timedelta(hours=4), text="M")
         assert found.total == 5 and found.counts["denied"][13] == 1
-        assert (await AuditActivity(db).count(start=T0, end=T0 + timedelta(hours=4), text="M", agent="bravo")).total == 0
+        theirs = await AuditActivity(db).count(start=T0, end=T0 + timedelta(hours=4), text="M", agent="bravo")
+        assert theirs.total == 0
     finally:
         await db.dispose()
 
