@@ -129,6 +129,15 @@ async def test_buckets_follow_the_time_range_and_each_event_lands_in_the_bucket_
         assert found.total == 5 and found.counts["denied"][13] == 1
         theirs = await AuditActivity(db).count(start=T0, end=T0 + timedelta(hours=4), text="M", agent="bravo")
         assert theirs.total == 0
+
+        # By approver or request (counted by grouping the few rows their index finds): the same buckets.
+        now = T0 + timedelta(minutes=100)
+        await service.record(
+            Event(kind="request.approved", outcome="approved", message="m", actor="bob", request_id="r1")
+        )
+        for narrow in ({"actor": "bob"}, {"request_id": "r1"}, {"actor": "bob", "text": "M"}):
+            theirs = await AuditActivity(db).count(start=T0, end=T0 + timedelta(hours=4), **narrow)  # type: ignore[arg-type]
+            assert theirs.total == 1 and theirs.counts["approved"][20] == 1, narrow
     finally:
         await db.dispose()
 
