@@ -15,12 +15,13 @@ the events, which makes trying another index a matter of seconds.
 from __future__ import annotations
 
 import argparse
+import itertools
 import random
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -55,9 +56,14 @@ def log(message: str) -> None:
 
 def flows(total: int, rng: random.Random) -> list[Event]:
     """A month of gateway traffic: mostly reads, some refusals, and held cancels with their whole story."""
-    events: list[Event] = []
+    return list(itertools.islice(traffic(rng), total))
+
+
+def traffic(rng: random.Random) -> Iterator[Event]:
+    """The events of `flows`, one at a time and without end (a million need not be held at once)."""
     request_no = 0
-    while len(events) < total:
+    while True:
+        events: list[Event] = []
         agent = rng.choice(AGENTS)
         roll = rng.random()
         if roll < 0.70:
@@ -158,7 +164,7 @@ def flows(total: int, rng: random.Random) -> list[Event]:
                 events.append(
                     Event(kind="request.cancelled", outcome="cancelled", message="the agent went away", **common)
                 )
-    return events[:total]
+        yield from events
 
 
 async def fill(db: Database, total: int, seed: int) -> None:

@@ -17,6 +17,7 @@ from starlette.staticfiles import StaticFiles
 from approvals.errors import ApprovalError
 from approvals.feed import ChangeListener
 from gateway.channels import ChannelContext
+from gateway.web.audit_activity import ActivityViews
 from gateway.web.audit_views import AuditViews
 from gateway.web.auth import Authenticator
 from gateway.web.bulk import BulkViews
@@ -56,6 +57,7 @@ class WebChannel:
         self.signin = SignInViews(self.context)
         self.inbox = InboxViews(self.context)
         self.audit = AuditViews(self.context)
+        self.activity = ActivityViews(self.context)
         self.bulk = BulkViews(self.context)
         self.grants = GrantViews(self.context)
         self.shadow = ShadowViews(self.context)
@@ -81,6 +83,7 @@ class WebChannel:
             Route("/grants/{grant_id}/revoke", guard(self.grants.revoke), methods=["POST"]),
             Route("/audit", guard(audit.page), methods=["GET"]),
             Route("/audit/chain", guard(audit.chain_status), methods=["GET"]),
+            Route("/audit/activity", guard(self.activity.fragment), methods=["GET"]),
             Route("/audit/export.csv", guard(audit.export_csv), methods=["GET"]),
             Route("/audit/export.json", guard(audit.export_json), methods=["GET"]),
             Route("/shadow", guard(self.shadow.page), methods=["GET"]),

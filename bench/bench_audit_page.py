@@ -1,0 +1,299 @@
+"""Benchmark the audit page and its export through the running gateway, at 1,000,000 events.
+
+Fills a fresh database with a realistic month of audit events (the mix of `bench_audit.py`: reads,
+refusals, rate limits and held cancels with their whole story), chained and keyed as a gateway
+writes them but inserted in bulk (PostgreSQL: COPY, then VACUUM ANALYZE), the newest a minute
+ago. Then it starts `countersign serve` on that database, signs in to the web pages as an
+approver, and measures:
+
+- filtered pages of `/audit` (each filter in turn, rounds interleaved): p50 / p95 / max per filter
+  and over all of them, plus the first (cold) load, which also reads the filter menus;
+- the activity chart (`/audit/activity`) for the same filters;
+- a full CSV and JSON export, streamed and read to the end: time, rows, bytes, and the gateway's
+  RSS growth while it ran (VmRSS sampled every 20 ms, and VmHWM).
+
+Run from the repository root:
+    .venv/bin/python bench/bench_audit_page.py [--events 1000000] [--rounds 20] [--database-url URL]
+Without --database-url it uses a SQLite file in a temporary directory; with one, a fresh database
+`cs_bench_<random>` is created on that server and dropped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import itertools
+import random
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+from argon2 import PasswordHasher
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench_audit import BENCH_KEY, RARE_ORDER, traffic  # type: ignore[import-not-found]  # noqa: E402
+from bench_gateway import (  # type: ignore[import-not-found]  # noqa: E402
+    Proc,
+    create_pg_database,
+    drop_pg_database,
+    free_port,
+    percentile,
+    start_process,
+    toml_value,
+    wait_healthy,
+)
+
+from approvals import audit  # noqa: E402
+from approvals.audit import GENESIS, row_digest  # noqa: E402
+from approvals.db import Database  # noqa: E402
+from approvals.models import AuditEvent  # noqa: E402
+
+_table = AuditEvent.__table__  # type: ignore[attr-defined]
+SPAN = timedelta(days=30)
+CHUNK = 20_000
+PASSWORD = "bench-password"
+COLUMNS = [c.name for c in _table.columns]
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# ---- filling
+
+
+async def fill(db: Database, total: int, seed: int) -> datetime:
+    """Append `total` events spread over the 30 days up to a minute ago; returns the newest one's time."""
+    rng = random.Random(seed)
+    end = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+    start = end - SPAN
+    step = SPAN / total
+    key = db.audit_key
+    prev_hash, seq = GENESIS, 0
+    started = time.perf_counter()
+    events = traffic(rng)
+    for offset in range(0, total, CHUNK):
+        rows: list[dict[str, Any]] = []
+        for event in itertools.islice(events, min(CHUNK, total - offset)):
+            seq += 1
+            row = {
+                "seq": seq,
+                "at": start + step * seq,
+                "kind": event.kind,
+                "outcome": event.outcome,
+                "agent": event.agent,
+                "tool": event.tool,
+                "upstream": event.upstream,
+                "request_id": event.request_id,
+                "actor": event.actor,
+                "channel": event.channel,
+                "message": event.message,
+                "arguments": event.arguments,
+                "detail": audit.canonical_json(dict(event.detail)),
+                "prev_hash": prev_hash,
+                "keyed": True,
+            }
+            row["hash"] = prev_hash = row_digest(row, key)
+            rows.append(row)
+        async with db.write() as conn:
+            if db.is_sqlite:
+                await conn.execute(_table.insert(), rows)
+            else:
+                raw = await conn.get_raw_connection()
+                records = [tuple(r[c] for c in COLUMNS) for r in rows]
+                await raw.driver_connection.copy_records_to_table("audit_event", records=records, columns=COLUMNS)
+        if (offset // CHUNK) % 10 == 9:
+            log(f"  {offset + CHUNK:,} events")
+    if not db.is_sqlite:
+        # What autovacuum does to a table a month old: statistics, and the visibility map index-only scans need.
+        async with db.engine.connect() as conn:
+            autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await autocommit.exec_driver_sql("VACUUM ANALYZE audit_event")
+    log(f"filled {total:,} events in {time.perf_counter() - started:.0f}s")
+    return end
+
+
+# ---- the gateway
+
+
+def config(workdir: Path, port: int, database_url: str) -> Path:
+    policy = workdir / "policy.json"
+    policy.write_text('{"version": "1", "default": "allow", "tools": {}}')
+    password_hash = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1).hash(PASSWORD)
+    sections: list[tuple[str, dict[str, Any]]] = [
+        ("[server]", {"host": "127.0.0.1", "port": port, "database_url": database_url}),
+        ("[audit]", {"key": BENCH_KEY.decode()}),
+        ("[policy]", {"file": str(policy)}),
+        ("[web]", {"session_secret": "bench-session-secret-0123456789abcdef", "failed_signin_delay": 0}),
+        ("[[approvers]]", {"name": "alice", "groups": ["audit"], "password_hash": password_hash}),
+    ]
+    path = workdir / "countersign.toml"
+    path.write_text(
+        "\n".join(
+            header + "\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in body.items()) for header, body in sections
+        )
+    )
+    return path
+
+
+async def signed_in(base_url: str) -> httpx2.AsyncClient:
+    client = httpx2.AsyncClient(base_url=base_url, timeout=600.0, trust_env=False)
+    form = await client.get("/signin")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+    assert token, form.text[:500]
+    response = await client.post(
+        "/signin",
+        data={"name": "alice", "password": PASSWORD, "csrf_token": html.unescape(token.group(1)), "next": "/audit"},
+    )
+    assert response.status_code == 303, response.text[:500]
+    return client
+
+
+# ---- measuring
+
+
+def filters(newest: datetime, total: int) -> list[tuple[str, dict[str, str]]]:
+    day = (newest - SPAN / 2).strftime("%Y-%m-%d")
+    return [
+        ("no filter", {}),
+        ("tool=ibkr_cancel_order", {"tool": "ibkr_cancel_order"}),
+        ("agent=hedger", {"agent": "hedger"}),
+        ("outcome=rejected", {"outcome": "rejected"}),
+        ("outcome=failed (rare)", {"outcome": "failed"}),
+        ("approver=alice", {"approver": "alice"}),
+        ("one day", {"since": day, "until": day}),
+        ("tool+outcome+day", {"tool": "ibkr_cancel_order", "outcome": "approved", "since": day, "until": day}),
+        ("request id", {"request": "apr_bench0000777"}),
+        ("agent=hedger, deep page", {"agent": "hedger", "before": str(total // 4)}),
+        ("text 'AAPL'", {"q": "AAPL"}),
+        (f"text '{RARE_ORDER}' (one match)", {"q": str(RARE_ORDER)}),
+    ]
+
+
+async def timed_get(client: httpx2.AsyncClient, path: str, params: dict[str, str]) -> float:
+    t0 = time.perf_counter()
+    response = await client.get(path, params=params)
+    elapsed = (time.perf_counter() - t0) * 1000
+    assert response.status_code == 200, f"{path} {params}: {response.status_code} {response.text[:300]}"
+    return elapsed
+
+
+Cases = Sequence[tuple[str, dict[str, str]]]
+
+
+async def pages(client: httpx2.AsyncClient, path: str, cases: Cases, rounds: int) -> None:
+    t0 = time.perf_counter()
+    cold = await timed_get(client, path, {})
+    cold_note = " (cold: the filter menus are read)" if path == "/audit" else ""
+    print(f"\n{path}: first load{cold_note} {cold:.1f} ms")
+    times: dict[str, list[float]] = {label: [] for label, _ in cases}
+    for _ in range(rounds):
+        for label, params in cases:
+            times[label].append(await timed_get(client, path, params))
+    width = max(len(label) for label, _ in cases)
+    print(f"{'filter'.ljust(width)}  {'p50 ms':>8}  {'p95 ms':>8}  {'max ms':>8}")
+    for label, values in times.items():
+        p50, p95 = percentile(values, 50), percentile(values, 95)
+        print(f"{label.ljust(width)}  {p50:8.1f}  {p95:8.1f}  {max(values):8.1f}")
+    indexed = [v for label, values in times.items() if not label.startswith("text") for v in values]
+    every = [v for values in times.values() for v in values]
+    print(f"{'all but text search'.ljust(width)}  {percentile(indexed, 50):8.1f}  {percentile(indexed, 95):8.1f}")
+    print(f"{'all'.ljust(width)}  {percentile(every, 50):8.1f}  {percentile(every, 95):8.1f}")
+    print(f"({rounds} rounds of {len(cases)} filters in {time.perf_counter() - t0:.1f}s)")
+
+
+async def export(client: httpx2.AsyncClient, gateway: Proc, kind: str, params: dict[str, str]) -> None:
+    before, hwm_before = gateway.rss_kib(), gateway.hwm_kib()
+    peak = before
+    done = anyio.Event()
+
+    async def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, gateway.rss_kib())
+            await anyio.sleep(0.02)
+
+    rows = size = 0
+    t0 = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(sample)
+        async with client.stream("GET", f"/audit/export.{kind}", params=params) as response:
+            assert response.status_code == 200, response.status_code
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                rows += chunk.count(b"\n")
+        done.set()
+    elapsed = time.perf_counter() - t0
+    label = f"export.{kind}" + (f" {params}" if params else " (everything)")
+    print(
+        f"{label:<40} {elapsed:6.1f} s  {rows:>9,} lines  {size / 2**20:7.1f} MiB  "
+        f"RSS {before / 1024:.0f} -> peak {peak / 1024:.0f} MiB (+{(peak - before) / 1024:.1f}), "
+        f"VmHWM +{(gateway.hwm_kib() - hwm_before) / 1024:.1f} MiB"
+    )
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    procs: list[Proc] = []
+    pg_name: str | None = None
+    with tempfile.TemporaryDirectory(prefix="cs-bench-audit-page-") as tmp:
+        workdir = Path(tmp)
+        if args.database_url:
+            pg_name, url = await create_pg_database(args.database_url)
+        else:
+            url = f"sqlite:///{workdir / 'countersign.db'}"
+        try:
+            db = Database(url, audit_key=BENCH_KEY)
+            try:
+                await db.create_schema()
+                log(f"database: {'SQLite file' if db.is_sqlite else 'PostgreSQL'}; filling {args.events:,} events")
+                newest = await fill(db, args.events, args.seed)
+            finally:
+                await db.dispose()
+            port = free_port()
+            argv = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config(workdir, port, url))]
+            gateway = start_process("gateway", argv, workdir, procs)
+            base_url = f"http://127.0.0.1:{port}"
+            await wait_healthy(gateway, f"{base_url}/healthz", lambda _: True, within=120)
+            client = await signed_in(base_url)
+            try:
+                backend = "SQLite" if url.startswith("sqlite") else "PostgreSQL"
+                rss = gateway.rss_kib() / 1024
+                print(f"\naudit page with {args.events:,} events ({backend}), gateway RSS {rss:.0f} MiB")
+                cases = filters(newest, args.events)
+                await pages(client, "/audit", cases, args.rounds)
+                activity = [(label, p) for label, p in cases if "before" not in p]
+                await pages(client, "/audit/activity", activity, args.rounds)
+                print()
+                await export(client, gateway, "csv", {"tool": "ibkr_cancel_order"})
+                await export(client, gateway, "csv", {})
+                await export(client, gateway, "json", {})
+            finally:
+                await client.aclose()
+        finally:
+            for proc in procs:
+                proc.stop()
+            if pg_name is not None:
+                await drop_pg_database(args.database_url, pg_name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=20, help="page loads per filter (20)")
+    parser.add_argument("--database-url", help="a PostgreSQL server to create a fresh database on (default: SQLite)")
+    parser.add_argument("--seed", type=int, default=7)
+    anyio.run(main_async, parser.parse_args())
+
+
+if __name__ == "__main__":
+    main()
