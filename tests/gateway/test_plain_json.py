@@ -1,0 +1,64 @@
+"""A 2025-era call whose result is all there is to send is answered as plain JSON; anything streamed
+first (progress, keep-alives) keeps the response an event stream. Raw HTTP, real gateway."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx2
+
+from tests.gateway.test_lifecycle import RawLegacySession
+from tests.harness import running_gateway
+
+CANCEL = {"orderId": 1001, "confirm": True}
+
+
+async def test_an_allowed_call_is_answered_as_one_json_body_with_its_session(tmp_path: Path, sqlite_url: str) -> None:
+    async with running_gateway(tmp_path, sqlite_url) as h, httpx2.AsyncClient(timeout=10) as http:
+        session = RawLegacySession(h.base_url)
+        await session.open(http)
+        response = await http.post(session.url, headers=session.headers, json=session.call("ibkr_get_open_orders", {}))
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"] == "application/json"
+        assert response.headers["mcp-session-id"] == session.headers["Mcp-Session-Id"]
+        assert int(response.headers["content-length"]) == len(response.content)
+        body = json.loads(response.content)
+        assert body["id"] == 2
+        assert body["result"]["isError"] is False
+        assert "orders" in body["result"]["structuredContent"]
+
+
+async def test_a_refused_call_is_plain_json_too(tmp_path: Path, sqlite_url: str) -> None:
+    async with running_gateway(tmp_path, sqlite_url) as h, httpx2.AsyncClient(timeout=10) as http:
+        session = RawLegacySession(h.base_url)
+        await session.open(http)
+        response = await http.post(session.url, headers=session.headers, json=session.call("ibkr_global_cancel", {}))
+        assert response.headers["content-type"] == "application/json"
+        result = response.json()["result"]
+        assert result["isError"] is True
+        assert result["content"][0]["text"].startswith("[")
+
+
+async def test_a_held_call_with_a_progress_token_streams_its_progress_then_its_result(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    async with running_gateway(tmp_path, sqlite_url) as h, httpx2.AsyncClient(timeout=10) as http:
+        session = RawLegacySession(h.base_url)
+        await session.open(http)
+        events: list[dict[str, object]] = []
+        async with http.stream(
+            "POST", session.url, headers=session.headers, json=session.call("ibkr_cancel_order", CANCEL)
+        ) as response:
+            assert response.headers["content-type"].startswith("text/event-stream")
+            async for line in response.aiter_lines():
+                if not line.startswith("data: "):
+                    continue
+                events.append(json.loads(line.removeprefix("data: ")))
+                if events[-1].get("method") == "notifications/progress" and len(events) == 1:
+                    [request] = await h.pending()
+                    approved = await h.api().post(f"/api/approvals/{request['id']}/approve", json={})
+                    assert approved.status_code == 200, approved.text
+        assert events[0]["method"] == "notifications/progress"
+        assert events[-1]["id"] == 2
+        assert h.book.cancel_calls == 1
