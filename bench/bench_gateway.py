@@ -149,11 +149,11 @@ class Proc:
                 self.popen.wait(timeout=10)
 
 
-def start_process(name: str, argv: list[str], workdir: Path, procs: list[Proc]) -> Proc:
+def start_process(name: str, argv: list[str], workdir: Path, procs: list[Proc], *, cwd: Path = REPO) -> Proc:
     log_path = workdir / f"{name}.log"
     env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
     with log_path.open("wb") as sink:
-        popen = subprocess.Popen(argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink)
+        popen = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink)
     proc = Proc(name, popen, log_path)
     procs.append(proc)
     return proc

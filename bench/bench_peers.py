@@ -49,7 +49,7 @@ from bench_gateway import (  # a sibling module, found through the line above
 # mcp-proxy 0.13 is built on the 1.x SDK; it gets a virtualenv of its own so it never meets this project's 2.x.
 MCP_PROXY_REQUIREMENTS = ("mcp-proxy==0.13.0", "mcp<2")
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "countersign-bench"
-PEERS = ("direct", "mcp-proxy", "countersign")
+BASELINE = "countersign-baseline"
 
 
 # ---- the peers
@@ -116,11 +116,24 @@ async def start_peers(args: argparse.Namespace, workdir: Path, procs: list[Proc]
     await wait_healthy(gateway, f"http://127.0.0.1:{gateway_port}/readyz", lambda body: True)
     await wait_mcp(proxy, f"http://127.0.0.1:{proxy_port}/mcp")
     log(f"broker pid {broker.pid}, mcp-proxy pid {proxy.pid}, gateway pid {gateway.pid}")
-    return [
+    peers = [
         Peer("direct", f"http://127.0.0.1:{broker_port}/mcp", None),
         Peer("mcp-proxy", f"http://127.0.0.1:{proxy_port}/mcp", proxy),
         Peer("countersign", f"http://127.0.0.1:{gateway_port}/mcp", gateway, AGENT_TOKEN),
     ]
+    if args.baseline:
+        # The same gateway from another checkout (e.g. `git worktree add /tmp/base main`), run by this Python:
+        # `python -m` finds the checkout's packages first, so before and after are measured in one run.
+        port = free_port()
+        where = workdir / "baseline"
+        where.mkdir()
+        url = database_url if not database_url.startswith("sqlite") else f"sqlite:///{where / 'countersign.db'}"
+        config = countersign_config(where, port=port, database_url=url, access_log=None)
+        argv = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)]
+        baseline = start_process(BASELINE, argv, workdir, procs, cwd=Path(args.baseline))
+        await wait_healthy(baseline, f"http://127.0.0.1:{port}/readyz", lambda body: True)
+        peers.append(Peer(BASELINE, f"http://127.0.0.1:{port}/mcp", baseline, AGENT_TOKEN))
+    return peers
 
 
 async def wait_mcp(proc: Proc, url: str, within: float = 60) -> None:
@@ -227,18 +240,18 @@ def report_latency(mode: str, run: Latency, calls: int) -> tuple[list[str], dict
     s = {name: Summary.of(times) for name, times in run.times.items()}
     direct = s["direct"]
     lines = [f"Passthrough, mode={mode}: {READ_TOOL}, {calls} sequential calls per peer, interleaved"]
-    for name in PEERS:
+    for name in run.times:
         added = "" if name == "direct" else f"   added p50 {s[name].p50 - direct.p50:+7.2f} ms"
         cpu = f"   CPU/call {run.cpu[name] * 1000 / calls:5.2f} ms" if name != "direct" else ""
         lines.append(f"{s[name].row(f'{name} ({run.protocol[name]})')}{added}{cpu}")
-    added = {name: s[name].p50 - direct.p50 for name in PEERS}
+    added = {name: s[name].p50 - direct.p50 for name in run.times}
     return lines, added
 
 
 def report_throughput(label: str, run: Throughput) -> tuple[list[str], dict[str, float]]:
     medians = {name: statistics.median(rates) for name, rates in run.rates.items()}
     lines = [f"Throughput, {label}: calls/s per round (median first)"]
-    for name in PEERS:
+    for name in run.rates:
         rounds = " ".join(f"{rate:5.0f}" for rate in run.rates[name])
         cpu = f"   CPU/call {statistics.median(run.cpu[name]):5.2f} ms" if name != "direct" else ""
         lines.append(f"  {name:<12} {medians[name]:6.0f}   [{rounds}]{cpu}")
@@ -271,6 +284,7 @@ async def run(args: argparse.Namespace, workdir: Path, procs: list[Proc], databa
         verdicts.append(
             f"  {mode:<7} added p50: countersign {ours:+.2f} ms, mcp-proxy {proxy:+.2f} ms, "
             f"ratio {ratio(ours, proxy)} (goal: <= 0.8 in the 2025 era; <= 1.0 ms in the 2026 era)"
+            + (f"; baseline {added[BASELINE]:+.2f} ms" if BASELINE in added else "")
         )
     for mode in args.modes:
         for sessions, label in ((1, "one session"), (args.tasks, f"{args.tasks} sessions")):
@@ -280,10 +294,12 @@ async def run(args: argparse.Namespace, workdir: Path, procs: list[Proc], databa
             )
             lines, medians = report_throughput(f"mode={mode}, {args.tasks} tasks on {label}", measured)
             emit(*lines, "")
+            base = medians.get(BASELINE)
             verdicts.append(
                 f"  {mode:<7} {label:<12} calls/s: countersign / mcp-proxy = "
                 f"{ratio(medians['countersign'], medians['mcp-proxy'])} (goal >= 1.2), "
                 f"countersign / direct = {ratio(medians['countersign'], medians['direct'])}"
+                + ("" if base is None else f"; baseline / mcp-proxy = {ratio(base, medians['mcp-proxy'])}")
             )
     for peer in peers:
         if peer.proc:
@@ -310,6 +326,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--profile",
         metavar="FILE",
         help="record the gateway with py-spy (on PATH) for the whole run, in py-spy's raw (collapsed) format",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help=f"also run `countersign serve` from the checkout DIR, as the peer {BASELINE!r} (before/after)",
     )
     parser.add_argument("--cache", default=str(DEFAULT_CACHE), help=f"where mcp-proxy is installed ({DEFAULT_CACHE})")
     parser.add_argument("--timeout", type=float, default=1200.0, help="give up after this many seconds (1200)")

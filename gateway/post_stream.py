@@ -1,12 +1,14 @@
 """One 2025-era `/mcp` POST's response: notice the client leaving, keep a silent stream alive, and
 answer plain JSON when the result is all there is to send.
 
-The SDK's 2025-era transport answers every request with an SSE stream. Most calls (those the
+The SDK's 2025-era transport answers every request with an SSE stream. Most tool calls (those the
 policy allows) put exactly one event on it, their result, and end it: such a response is sent as
 `application/json` instead (the transport allows either; the client's `Accept` names both), so
-neither side frames or parses an event stream for it. Whatever else comes first (a progress
-notice, a relayed upstream message or request, a keep-alive) commits the response to SSE at once,
-and the stream goes on as the SDK wrote it.
+neither side frames or parses an event stream for it. Only `tools/call` is answered so, the one
+request on every call's path; the rest (lists, reads, prompts) keep the SDK's framing, so a client
+that checks what a POST's event stream can do sees the same there as from the upstream. Whatever
+else comes first on a call (a progress notice, a relayed upstream message or request, a keep-alive)
+commits the response to SSE at once, and the stream goes on as the SDK wrote it.
 
 A held call can be silent for minutes; a client's read timeout (httpx's default is 5 s) fires when
 no byte arrives for that long. So a stream silent for `keepalive_interval` gets an SSE comment
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any
 
 import anyio
@@ -30,6 +33,7 @@ from starlette.types import Message, Receive, Send
 
 KEEPALIVE_COMMENT = b": keep-alive\r\n\r\n"
 _SSE = b"text/event-stream"
+_TOOL_CALL = re.compile(rb'"method"\s*:\s*"tools/call"')
 _DROPPED_ON_JSON = {b"content-type", b"content-length", b"cache-control", b"connection", b"x-accel-buffering"}
 
 
@@ -57,6 +61,7 @@ class PostStream:
         self.gone = gone
         self._interval = keepalive_interval
         self._body_done = False
+        self._tool_call = False
         self._reading = False
         self._start: Message | None = None  # SSE headers held back while the result may be all there is
         self._first: bytes | None = None  # the one event held back with them
@@ -84,8 +89,9 @@ class PostStream:
             self.gone.set()
             self._body_done = True
             self._stop_timer()
-        elif message["type"] == "http.request" and not message.get("more_body", False):
-            self._body_done = True
+        elif message["type"] == "http.request":
+            self._tool_call = self._tool_call or bool(_TOOL_CALL.search(message.get("body", b"")))
+            self._body_done = not message.get("more_body", False)
         return message
 
     # ---- send
@@ -97,7 +103,10 @@ class PostStream:
     async def _deliver(self, message: Message) -> None:
         kind = message["type"]
         if kind == "http.response.start" and _is_sse(message):
-            self._start = message
+            self._start = message if self._tool_call else None
+            if self._start is None:
+                await self._send(message)
+                self._streaming = True
             self._last = _now()
             self._arm()
             return

@@ -62,3 +62,14 @@ async def test_a_held_call_with_a_progress_token_streams_its_progress_then_its_r
         assert events[0]["method"] == "notifications/progress"
         assert events[-1]["id"] == 2
         assert h.book.cancel_calls == 1
+
+
+async def test_requests_other_than_tool_calls_keep_their_event_stream(tmp_path: Path, sqlite_url: str) -> None:
+    async with running_gateway(tmp_path, sqlite_url) as h, httpx2.AsyncClient(timeout=10) as http:
+        session = RawLegacySession(h.base_url)
+        await session.open(http)
+        listing = {"jsonrpc": "2.0", "id": 3, "method": "tools/list", "params": {}}
+        response = await http.post(session.url, headers=session.headers, json=listing)
+        assert response.headers["content-type"].startswith("text/event-stream")
+        [data] = [line for line in response.text.splitlines() if line.startswith("data: ")]
+        assert json.loads(data.removeprefix("data: "))["id"] == 3
