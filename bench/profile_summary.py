@@ -2,8 +2,10 @@
 
     .venv/bin/python bench/profile_summary.py PROFILE.raw [--top 20]
 
-A sample's stack is `frame;frame;... count`. The summary counts samples (inclusive) under a few
-markers that matter on the passthrough path, and the files the leaf frames are in (exclusive).
+A sample's stack is `frame;frame;... count`. Samples of threads that only wait (the event loop in
+its selector, aiosqlite's worker waiting for work, asyncio's child watcher) are counted apart as
+idle; the rest, the busy samples, are shared out: inclusive under a few markers that matter on the
+passthrough path, and by the package of the innermost frame outside the standard library.
 """
 
 from __future__ import annotations
@@ -16,9 +18,7 @@ from pathlib import Path
 
 # (label, pattern matched against any frame of a sample): inclusive shares, so they overlap.
 MARKERS: tuple[tuple[str, str], ...] = (
-    ("idle: waiting in the event loop's selector", r"select \(selectors\.py"),
-    ("database worker thread (aiosqlite)", r"aiosqlite/core\.py"),
-    ("any other thread", r"Thread\._bootstrap"),
+    ("database worker thread (aiosqlite: SQLite's own work)", r"aiosqlite/core\.py"),
     ("uvicorn's HTTP protocol (parse, send)", r"uvicorn/protocols/http"),
     ("access log / logging", r"logging/__init__\.py"),
     ("MCP server: streamable HTTP transport", r"mcp/server/streamable_http"),
@@ -32,6 +32,40 @@ MARKERS: tuple[tuple[str, str], ...] = (
 )
 
 _FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^:()]+)(?::\d+)?\)$")
+_PACKAGE = re.compile(r"\((?:.*site-packages/)?(?P<package>[A-Za-z_0-9]+)/(?P<module>[A-Za-z_0-9]+)")
+_STDLIB = {"asyncio", "anyio", "json", "logging", "contextlib", "threading", "concurrent", "selectors", "socket"}
+
+
+def _waiting_line() -> str:
+    """aiosqlite's worker frame while it waits for work (the line of its `tx.get()`), or "" if unknown."""
+    try:
+        import inspect
+
+        from aiosqlite import core
+    except ImportError:
+        return ""
+    lines, first = inspect.getsourcelines(core._connection_worker_thread)
+    for offset, line in enumerate(lines):
+        if "tx.get()" in line:
+            return f"_connection_worker_thread (aiosqlite/core.py:{first + offset})"
+    return ""
+
+
+def idle(leaf: str, waiting: str) -> bool:
+    in_selector = leaf.split(" (")[0].endswith("select") and "(selectors.py" in leaf
+    return in_selector or "_do_waitpid" in leaf or (bool(waiting) and leaf == waiting)
+
+
+def owner(stack: list[str]) -> str:
+    """The innermost package outside the standard library and anyio (the SDK by its subpackage)."""
+    for frame in reversed(stack):
+        match = _PACKAGE.search(frame)
+        if match and match.group("package") not in _STDLIB:
+            package, module = match.group("package"), match.group("module")
+            if package == "gateway" and module in ("cli", "serving"):
+                return "(event loop: asyncio and anyio between tasks)"  # under nothing but the process's root
+            return f"mcp/{module}" if package == "mcp" else package
+    return "(standard library)"
 
 
 def read(path: Path) -> list[tuple[list[str], int]]:
@@ -44,18 +78,20 @@ def read(path: Path) -> list[tuple[list[str], int]]:
 
 
 def summary(samples: list[tuple[list[str], int]], top: int) -> list[str]:
+    waiting = _waiting_line()
     total = sum(count for _, count in samples)
-    lines = [f"{total} samples"]
+    busy = [(stack, count) for stack, count in samples if not idle(stack[-1], waiting)]
+    working = sum(count for _, count in busy) or 1
+    lines = [f"{total} samples, {working} busy (the shares below are of the busy ones)"]
     for label, pattern in MARKERS:
         regex = re.compile(pattern)
-        hits = sum(count for stack, count in samples if any(regex.search(frame) for frame in stack))
-        lines.append(f"  {hits / total * 100:5.1f} %  {label}")
-    leaves: Counter[str] = Counter()
-    for stack, count in samples:
-        match = _FRAME.match(stack[-1])
-        leaves[match.group("file") if match else stack[-1]] += count
-    lines.append(f"leaf frames by file (exclusive), top {top}:")
-    lines.extend(f"  {count / total * 100:5.1f} %  {name}" for name, count in leaves.most_common(top))
+        hits = sum(count for stack, count in busy if any(regex.search(frame) for frame in stack))
+        lines.append(f"  {hits / working * 100:5.1f} %  {label}")
+    owners: Counter[str] = Counter()
+    for stack, count in busy:
+        owners[owner(stack)] += count
+    lines.append(f"by the innermost package (exclusive), top {top}:")
+    lines.extend(f"  {count / working * 100:5.1f} %  {name}" for name, count in owners.most_common(top))
     return lines
 
 

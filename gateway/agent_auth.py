@@ -30,7 +30,7 @@ from approvals.approvers import token_digest
 from gateway.bearer import BearerProblem, bearer_token
 from gateway.config import DEV_AGENT_NAME
 from gateway.jwt_auth import JwtAgents, JwtRejected, looks_like_jwt
-from gateway.mcp_server import AGENT_KEY, DISCONNECTED_KEY
+from gateway.mcp_server import AGENT_KEY, DISCONNECTED_KEY, STREAM_KEY
 from gateway.post_stream import PostStream
 
 log = logging.getLogger(__name__)
@@ -127,6 +127,7 @@ class AgentAuth:
 
     async def _serve_watching(self, scope: Scope, receive: Receive, send: Send, gone: anyio.Event) -> None:
         stream = PostStream(receive, send, gone, self.keepalive_interval)
+        scope[STREAM_KEY] = stream
         try:
             await self.app(scope, stream.receive, stream.send)
         finally:

@@ -100,6 +100,16 @@ class PostStream:
         async with self._lock:
             await self._deliver(message)
 
+    async def stream_now(self) -> None:
+        """This call may wait (it may be held): its stream's headers go out at once, as the SDK sends them.
+
+        A client then knows the call was taken even if the gateway stops before anything else is sent.
+        """
+        async with self._lock:
+            self._tool_call = False
+            if self._start is not None:
+                await self._commit()
+
     async def _deliver(self, message: Message) -> None:
         kind = message["type"]
         if kind == "http.response.start" and _is_sse(message):

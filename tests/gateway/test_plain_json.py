@@ -73,3 +73,24 @@ async def test_requests_other_than_tool_calls_keep_their_event_stream(tmp_path: 
         assert response.headers["content-type"].startswith("text/event-stream")
         [data] = [line for line in response.text.splitlines() if line.startswith("data: ")]
         assert json.loads(data.removeprefix("data: "))["id"] == 3
+
+
+async def test_a_call_that_may_be_held_gets_its_stream_headers_at_once_even_without_a_progress_token(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    # Keep-alives far off, so only the gateway's knowing the call may wait sends the headers early.
+    async with (
+        running_gateway(tmp_path, sqlite_url, server={"keepalive_interval": "60s"}) as h,
+        httpx2.AsyncClient(timeout=10) as http,
+    ):
+        session = RawLegacySession(h.base_url)
+        await session.open(http)
+        call = session.call("ibkr_cancel_order", CANCEL)
+        del call["params"]["_meta"]  # no progress token: nothing to stream until the decision
+        async with http.stream("POST", session.url, headers=session.headers, json=call) as response:
+            assert response.headers["content-type"].startswith("text/event-stream")
+            [request] = await h.pending()
+            approved = await h.api().post(f"/api/approvals/{request['id']}/approve", json={})
+            assert approved.status_code == 200, approved.text
+            data = [line async for line in response.aiter_lines() if line.startswith("data: ")]
+        assert json.loads(data[-1].removeprefix("data: "))["result"]["structuredContent"]["orderId"] == 1001
