@@ -213,6 +213,8 @@ def gateway_config(
         # A shared database (PostgreSQL) needs a configured key; one for every backend keeps the runs alike.
         ("[audit]", {"key": secrets.token_hex(32)}),
         ("[policy]", {"file": str(policy_file), "watch": True}),
+        # One bench agent holds every call: its share of pending requests must cover them all.
+        ("[agent_limits]", {"max_pending_per_agent": MAX_HELD}),
         ("[[upstreams]]", {"name": "paper", "url": broker_url, "call_timeout": "60s", "connect_timeout": "20s"}),
         ("[[agents]]", {"name": "bench", "token": AGENT_TOKEN}),
         ("[[approvers]]", {"name": "alice", "groups": ["traders"], "api_token": APPROVER_TOKEN}),
