@@ -149,11 +149,11 @@ class Proc:
                 self.popen.wait(timeout=10)
 
 
-def start_process(name: str, argv: list[str], workdir: Path, procs: list[Proc]) -> Proc:
+def start_process(name: str, argv: list[str], workdir: Path, procs: list[Proc], *, cwd: Path = REPO) -> Proc:
     log_path = workdir / f"{name}.log"
     env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
     with log_path.open("wb") as sink:
-        popen = subprocess.Popen(argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink)
+        popen = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink)
     proc = Proc(name, popen, log_path)
     procs.append(proc)
     return proc
@@ -213,6 +213,8 @@ def gateway_config(
         # A shared database (PostgreSQL) needs a configured key; one for every backend keeps the runs alike.
         ("[audit]", {"key": secrets.token_hex(32)}),
         ("[policy]", {"file": str(policy_file), "watch": True}),
+        # One bench agent holds every call: its share of pending requests must cover them all.
+        ("[agent_limits]", {"max_pending_per_agent": MAX_HELD}),
         ("[[upstreams]]", {"name": "paper", "url": broker_url, "call_timeout": "60s", "connect_timeout": "20s"}),
         ("[[agents]]", {"name": "bench", "token": AGENT_TOKEN}),
         ("[[approvers]]", {"name": "alice", "groups": ["traders"], "api_token": APPROVER_TOKEN}),

@@ -1,16 +1,15 @@
-"""ASGI wrapper for /mcp: authenticate the agent by bearer token, notice when its POST goes away,
-and keep a held call's response stream from going quiet.
+"""ASGI wrapper for /mcp: authenticate the agent by bearer token; a 2025-era POST's response goes
+through `gateway.post_stream` (the client leaving, keep-alives, plain JSON for a lone result).
 
 A 2025-era client whose TCP connection drops without a cancel does not cancel the handler, so
-for those POSTs we keep listening for `http.disconnect` after the body and flag it in the scope;
-the held call reads the flag and withdraws the request rather than forward it for nobody.
+for those POSTs `http.disconnect` is flagged in the scope (`DISCONNECTED_KEY`); the held call
+reads the flag and withdraws the request rather than forward it for nobody.
 
 Keep-alive: a client's read timeout (httpx's default is 5 s) fires when no byte arrives for that
-long, and a held call without a progress token sends nothing while it waits. On a 2025-era SSE
-response we send an SSE comment (`: keep-alive`, which every SSE parser skips) whenever the stream
-has been silent for `keepalive_interval`. The 2026-era transport sends no headers until its handler
-emits something or its own ping interval passes, then pings at that interval; the SDK's only knob
-for that is the module-level `_SSE_PING_INTERVAL`, which `use_modern_ping_interval` sets.
+long, and a held call without a progress token sends nothing while it waits. The 2026-era
+transport sends no headers until its handler emits something or its own ping interval passes,
+then pings at that interval; the SDK's only knob for that is the module-level
+`_SSE_PING_INTERVAL`, which `use_modern_ping_interval` sets.
 """
 
 from __future__ import annotations
@@ -25,20 +24,19 @@ from mcp.server import _streamable_http_modern
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from approvals.approvers import token_digest
 from gateway.bearer import BearerProblem, bearer_token
 from gateway.config import DEV_AGENT_NAME
 from gateway.identity import AgentDirectory
 from gateway.jwt_auth import JwtAgents, JwtRejected, looks_like_jwt
-from gateway.mcp_server import AGENT_GROUPS_KEY, AGENT_KEY, DISCONNECTED_KEY
+from gateway.mcp_server import AGENT_GROUPS_KEY, AGENT_KEY, DISCONNECTED_KEY, STREAM_KEY
+from gateway.post_stream import PostStream
 
 log = logging.getLogger(__name__)
 
 DEV_AGENT = DEV_AGENT_NAME
-
-KEEPALIVE_COMMENT = b": keep-alive\r\n\r\n"
 
 
 def use_modern_ping_interval(seconds: float) -> None:
@@ -136,77 +134,12 @@ class AgentAuth:
         await self._serve_watching(scope, receive, send, gone)
 
     async def _serve_watching(self, scope: Scope, receive: Receive, send: Send, gone: anyio.Event) -> None:
-        body_done = anyio.Event()
-
-        async def app_receive() -> Message:
-            if body_done.is_set():
-                await gone.wait()
-                return {"type": "http.disconnect"}
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                gone.set()
-                body_done.set()
-            elif message["type"] == "http.request" and not message.get("more_body", False):
-                body_done.set()
-            return message
-
-        async def watch() -> None:
-            await body_done.wait()
-            while not gone.is_set():
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    gone.set()
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(watch)
-            app_send = send
-            if self.keepalive_interval is not None:
-                kept_alive = _KeptAlive(send, self.keepalive_interval, gone)
-                tg.start_soon(kept_alive.run)
-                app_send = kept_alive
-            try:
-                await self.app(scope, app_receive, app_send)
-            finally:
-                tg.cancel_scope.cancel()
-
-
-class _KeptAlive:
-    """An ASGI `send` that adds an SSE comment whenever an open event stream has been silent for `interval`."""
-
-    def __init__(self, send: Send, interval: float, gone: anyio.Event) -> None:
-        self._send = send
-        self._interval = interval
-        self._gone = gone
-        self._lock = anyio.Lock()
-        self._streaming = anyio.Event()
-        self._ended = False
-        self._last = anyio.current_time()
-
-    async def __call__(self, message: Message) -> None:
-        async with self._lock:
-            if message["type"] == "http.response.start":
-                headers = {k.lower(): v for k, v in message.get("headers", [])}
-                if headers.get(b"content-type", b"").startswith(b"text/event-stream"):
-                    self._streaming.set()
-            elif message["type"] == "http.response.body" and not message.get("more_body", False):
-                self._ended = True
-            await self._send(message)
-            self._last = anyio.current_time()
-
-    async def run(self) -> None:
-        await self._streaming.wait()
-        while True:
-            await anyio.sleep(max(self._last + self._interval - anyio.current_time(), 0.0))
-            async with self._lock:
-                if self._ended or self._gone.is_set():
-                    return
-                if anyio.current_time() - self._last < self._interval:
-                    continue
-                try:
-                    await self._send({"type": "http.response.body", "body": KEEPALIVE_COMMENT, "more_body": True})
-                except OSError:
-                    return  # the connection is gone; the disconnect watcher tells the held call
-                self._last = anyio.current_time()
+        stream = PostStream(receive, send, gone, self.keepalive_interval)
+        scope[STREAM_KEY] = stream
+        try:
+            await self.app(scope, stream.receive, stream.send)
+        finally:
+            stream.close()
 
 
 async def _unauthorized(send: Send, why: str, metadata: str | None = None, *, presented: bool = True) -> None:

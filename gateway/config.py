@@ -88,6 +88,9 @@ class ServerSettings(_Section):
     execution_lease: float = Field(default=DEFAULT_EXECUTION_LEASE, gt=0)
     # How long after a request ends an identical call gets its outcome again instead of a new request.
     repeat_window: float = Field(default=DEFAULT_REPEAT_WINDOW, ge=0)
+    # One log line per HTTP request (uvicorn's access log). Off: every tool call is an HTTP request, and the
+    # audit log already records each call; turn it on to see the HTTP side (status codes, clients).
+    access_log: bool = False
 
     _durations = field_validator(
         "progress_interval",

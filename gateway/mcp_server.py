@@ -19,7 +19,7 @@ from gateway.caller import Caller
 from gateway.calls import CallHandler
 from gateway.errors import CallRefused, Tag, instructions
 from gateway.relay_server import Relay, RelayServer
-from gateway.results import gateway_tools, text_of
+from gateway.results import WAIT_TOOL, gateway_tools, text_of
 from gateway.tasks import HeldTasks
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 AGENT_KEY = "countersign.agent"
 AGENT_GROUPS_KEY = "countersign.agent_groups"
 DISCONNECTED_KEY = "countersign.disconnected"
+# The 2025-era POST's response wrapper (gateway.post_stream.PostStream), for a call that may wait.
+STREAM_KEY = "countersign.stream"
 
 
 class CancelLog:
@@ -130,6 +132,10 @@ def build_server(
         caller = caller_of(ctx)
         if tasks.wanted(ctx, params):
             return await tasks.create_2026(caller, params)
+        if isinstance(ctx.request, Request) and (params.name == WAIT_TOOL or handler.may_hold(params.name)):
+            stream = ctx.request.scope.get(STREAM_KEY)
+            if stream is not None:
+                await stream.stream_now()
 
         async def progress(value: float, total: float | None, message: str | None) -> None:
             await ctx.session.report_progress(value, total, message)

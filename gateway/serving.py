@@ -31,6 +31,7 @@ def _uvicorn(
         port=settings.server.port,
         lifespan=lifespan,
         log_level="info",
+        access_log=settings.server.access_log,
         # uvicorn's own logging config sends access lines to stdout; `False` leaves them to the root logger.
         log_config=LOGGING_CONFIG if own_logging else None,
         # Held calls keep their response open for minutes; let a shutdown wait for them briefly.

@@ -1,0 +1,215 @@
+"""One 2025-era `/mcp` POST's response: notice the client leaving, keep a silent stream alive, and
+answer plain JSON when the result is all there is to send.
+
+The SDK's 2025-era transport answers every request with an SSE stream. Most tool calls (those the
+policy allows) put exactly one event on it, their result, and end it: such a response is sent as
+`application/json` instead (the transport allows either; the client's `Accept` names both), so
+neither side frames or parses an event stream for it. Only `tools/call` is answered so, the one
+request on every call's path; the rest (lists, reads, prompts) keep the SDK's framing, so a client
+that checks what a POST's event stream can do sees the same there as from the upstream. Whatever
+else comes first on a call (a progress notice, a relayed upstream message or request, a keep-alive)
+commits the response to SSE at once, and the stream goes on as the SDK wrote it.
+
+A held call can be silent for minutes; a client's read timeout (httpx's default is 5 s) fires when
+no byte arrives for that long. So a stream silent for `keepalive_interval` gets an SSE comment
+(`: keep-alive`, which every SSE parser skips), and a response whose headers have not gone out by
+then commits to SSE with that comment. The timing is one loop timer per open response, re-armed,
+not a task per call; a task exists only for the moment a comment is sent.
+
+The client leaving: the SSE response listens for `http.disconnect` itself (through `receive`);
+the wrapper flags it in `gone`, which the held call reads, so a 2025 client whose connection drops
+without a cancel has its request withdrawn rather than forwarded for nobody.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from typing import Any
+
+import anyio
+from starlette.types import Message, Receive, Send
+
+KEEPALIVE_COMMENT = b": keep-alive\r\n\r\n"
+_SSE = b"text/event-stream"
+_TOOL_CALL = re.compile(rb'"method"\s*:\s*"tools/call"')
+_DROPPED_ON_JSON = {b"content-type", b"content-length", b"cache-control", b"connection", b"x-accel-buffering"}
+
+
+def single_result(event: bytes) -> bytes | None:
+    """The JSON of an SSE frame that carries one JSON-RPC response and nothing else, or None."""
+    lines = event.split(b"\r\n")
+    if len(lines) != 4 or lines[0] != b"event: message" or not lines[1].startswith(b"data: ") or any(lines[2:]):
+        return None
+    data = lines[1][len(b"data: ") :]
+    try:
+        message = json.loads(data)
+    except ValueError:
+        return None
+    if isinstance(message, dict) and "id" in message and "method" not in message:
+        return data if message.keys() & {"result", "error"} else None
+    return None
+
+
+class PostStream:
+    """The `receive` and `send` one POST's app sees (build one per request)."""
+
+    def __init__(self, receive: Receive, send: Send, gone: anyio.Event, keepalive_interval: float | None) -> None:
+        self._receive = receive
+        self._send = send
+        self.gone = gone
+        self._interval = keepalive_interval
+        self._body_done = False
+        self._tool_call = False
+        self._reading = False
+        self._start: Message | None = None  # SSE headers held back while the result may be all there is
+        self._first: bytes | None = None  # the one event held back with them
+        self._streaming = False
+        self._ended = False
+        self._last = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        # Serialises the app's sends with a keep-alive's; uncontended it costs no checkpoint.
+        self._lock = anyio.Lock(fast_acquire=True)
+        self._pinging: asyncio.Task[None] | None = None
+
+    # ---- receive
+
+    async def receive(self) -> Message:
+        if self._body_done and self._reading:
+            # Someone already waits on the connection for its end; the end reaches everyone through `gone`.
+            await self.gone.wait()
+            return {"type": "http.disconnect"}
+        self._reading = self._body_done
+        try:
+            message = await self._receive()
+        finally:
+            self._reading = False
+        if message["type"] == "http.disconnect":
+            self.gone.set()
+            self._body_done = True
+            self._stop_timer()
+        elif message["type"] == "http.request":
+            self._tool_call = self._tool_call or bool(_TOOL_CALL.search(message.get("body", b"")))
+            self._body_done = not message.get("more_body", False)
+        return message
+
+    # ---- send
+
+    async def send(self, message: Message) -> None:
+        async with self._lock:
+            await self._deliver(message)
+
+    async def stream_now(self) -> None:
+        """This call may wait (it may be held): its stream's headers go out at once, as the SDK sends them.
+
+        A client then knows the call was taken even if the gateway stops before anything else is sent.
+        """
+        async with self._lock:
+            self._tool_call = False
+            if self._start is not None:
+                await self._commit()
+
+    async def _deliver(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start" and _is_sse(message):
+            self._start = message if self._tool_call else None
+            if self._start is None:
+                await self._send(message)
+                self._streaming = True
+            self._last = _now()
+            self._arm()
+            return
+        if kind != "http.response.body" or (self._start is None and not self._streaming):
+            await self._send(message)
+            return
+        body: bytes = message.get("body", b"")
+        more = bool(message.get("more_body", False))
+        if self._start is not None:
+            if more and self._first is None and (result := single_result(body)) is not None:
+                self._first = result
+                return
+            if not more and self._first is not None and not body:
+                await self._send_json(self._start, self._first)
+                self._finish()
+                return
+            await self._commit()
+        await self._send(message)
+        self._last = _now()
+        if not more:
+            self._finish()
+
+    async def _send_json(self, start: Message, data: bytes) -> None:
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() not in _DROPPED_ON_JSON]
+        headers += [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+        self._start = self._first = None
+        await self._send({"type": "http.response.start", "status": start.get("status", 200), "headers": headers})
+        await self._send({"type": "http.response.body", "body": data, "more_body": False})
+
+    async def _commit(self) -> None:
+        """Send the held-back SSE headers (and event): the response is a stream from here on."""
+        start, first = self._start, self._first
+        self._start = self._first = None
+        self._streaming = True
+        if start is not None:
+            await self._send(start)
+        if first is not None:
+            event = b"event: message\r\ndata: " + first + b"\r\n\r\n"
+            await self._send({"type": "http.response.body", "body": event, "more_body": True})
+        self._last = _now()
+
+    def _finish(self) -> None:
+        self._ended = True
+        self._stop_timer()
+
+    def close(self) -> None:
+        """The app returned: nothing more goes out on this response."""
+        self._finish()
+
+    # ---- keep-alive
+
+    def _arm(self) -> None:
+        if self._interval is None or self._ended or self.gone.is_set():
+            return
+        self._stop_timer()
+        self._timer = asyncio.get_running_loop().call_at(self._last + self._interval, self._due)
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _due(self) -> None:
+        self._timer = None
+        if self._ended or self.gone.is_set() or self._interval is None:
+            return
+        if _now() - self._last < self._interval or self._pinging is not None:
+            self._arm()
+            return
+        self._pinging = asyncio.get_running_loop().create_task(self._ping())
+
+    async def _ping(self) -> None:
+        try:
+            async with self._lock:
+                if self._ended or self.gone.is_set():
+                    return
+                if self._start is not None or self._first is not None:
+                    await self._commit()
+                elif not self._streaming:
+                    return
+                await self._send({"type": "http.response.body", "body": KEEPALIVE_COMMENT, "more_body": True})
+                self._last = _now()
+        except OSError:
+            return  # the connection is gone; the disconnect reaches the held call through `gone`
+        finally:
+            self._pinging = None
+        self._arm()
+
+
+def _is_sse(message: Message) -> bool:
+    headers: Any = message.get("headers", [])
+    return any(k.lower() == b"content-type" and v.startswith(_SSE) for k, v in headers)
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()
