@@ -37,12 +37,31 @@ _TOOL_CALL = re.compile(rb'"method"\s*:\s*"tools/call"')
 _DROPPED_ON_JSON = {b"content-type", b"content-length", b"cache-control", b"connection", b"x-accel-buffering"}
 
 
+def _fields(event: bytes) -> dict[bytes, bytes] | None:
+    """The fields of one SSE frame as the SDK writes them (each field once), or None for anything else."""
+    if not event.endswith(b"\r\n\r\n"):
+        return None
+    fields: dict[bytes, bytes] = {}
+    for line in event[:-4].split(b"\r\n"):
+        name, colon, value = line.partition(b": ")
+        if not colon or name not in (b"id", b"event", b"data", b"retry") or name in fields:
+            return None
+        fields[name] = value
+    return fields
+
+
+def is_priming(event: bytes) -> bool:
+    """A resumable stream's opening frame (an id, empty data, maybe `retry`): no message in it."""
+    fields = _fields(event)
+    return fields is not None and b"id" in fields and fields.get(b"data") == b"" and b"event" not in fields
+
+
 def single_result(event: bytes) -> bytes | None:
     """The JSON of an SSE frame that carries one JSON-RPC response and nothing else, or None."""
-    lines = event.split(b"\r\n")
-    if len(lines) != 4 or lines[0] != b"event: message" or not lines[1].startswith(b"data: ") or any(lines[2:]):
+    fields = _fields(event)
+    if fields is None or fields.get(b"event") != b"message" or b"retry" in fields or b"data" not in fields:
         return None
-    data = lines[1][len(b"data: ") :]
+    data = fields[b"data"]
     try:
         message = json.loads(data)
     except ValueError:
@@ -65,6 +84,7 @@ class PostStream:
         self._reading = False
         self._start: Message | None = None  # SSE headers held back while the result may be all there is
         self._first: bytes | None = None  # the one event held back with them
+        self._priming: bytes | None = None  # a resumable stream's opening frame, held back with the headers
         self._streaming = False
         self._ended = False
         self._last = 0.0
@@ -126,11 +146,14 @@ class PostStream:
         body: bytes = message.get("body", b"")
         more = bool(message.get("more_body", False))
         if self._start is not None:
-            if more and self._first is None and (result := single_result(body)) is not None:
-                self._first = result
+            if more and self._first is None and self._priming is None and is_priming(body):
+                self._priming = body  # dropped if the answer becomes JSON: a JSON body is never resumed
+                return
+            if more and self._first is None and single_result(body) is not None:
+                self._first = body
                 return
             if not more and self._first is not None and not body:
-                await self._send_json(self._start, self._first)
+                await self._send_json(self._start, single_result(self._first) or b"")
                 self._finish()
                 return
             await self._commit()
@@ -142,20 +165,20 @@ class PostStream:
     async def _send_json(self, start: Message, data: bytes) -> None:
         headers = [(k, v) for k, v in start.get("headers", []) if k.lower() not in _DROPPED_ON_JSON]
         headers += [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
-        self._start = self._first = None
+        self._start = self._first = self._priming = None
         await self._send({"type": "http.response.start", "status": start.get("status", 200), "headers": headers})
         await self._send({"type": "http.response.body", "body": data, "more_body": False})
 
     async def _commit(self) -> None:
         """Send the held-back SSE headers (and event): the response is a stream from here on."""
-        start, first = self._start, self._first
-        self._start = self._first = None
+        start, priming, first = self._start, self._priming, self._first
+        self._start = self._first = self._priming = None
         self._streaming = True
         if start is not None:
             await self._send(start)
-        if first is not None:
-            event = b"event: message\r\ndata: " + first + b"\r\n\r\n"
-            await self._send({"type": "http.response.body", "body": event, "more_body": True})
+        for event in (priming, first):
+            if event is not None:
+                await self._send({"type": "http.response.body", "body": event, "more_body": True})
         self._last = _now()
 
     def _finish(self) -> None:
@@ -193,7 +216,7 @@ class PostStream:
             async with self._lock:
                 if self._ended or self.gone.is_set():
                     return
-                if self._start is not None or self._first is not None:
+                if self._start is not None or self._first is not None or self._priming is not None:
                     await self._commit()
                 elif not self._streaming:
                     return

@@ -52,8 +52,8 @@ async def test_a_held_call_with_a_progress_token_streams_its_progress_then_its_r
         ) as response:
             assert response.headers["content-type"].startswith("text/event-stream")
             async for line in response.aiter_lines():
-                if not line.startswith("data: "):
-                    continue
+                if not line.startswith("data: ") or line == "data: ":
+                    continue  # a resumable stream opens with an event of empty data
                 events.append(json.loads(line.removeprefix("data: ")))
                 if events[-1].get("method") == "notifications/progress" and len(events) == 1:
                     [request] = await h.pending()
@@ -71,7 +71,7 @@ async def test_requests_other_than_tool_calls_keep_their_event_stream(tmp_path: 
         listing = {"jsonrpc": "2.0", "id": 3, "method": "tools/list", "params": {}}
         response = await http.post(session.url, headers=session.headers, json=listing)
         assert response.headers["content-type"].startswith("text/event-stream")
-        [data] = [line for line in response.text.splitlines() if line.startswith("data: ")]
+        [data] = [line for line in response.text.splitlines() if line.startswith("data: ") and line != "data: "]
         assert json.loads(data.removeprefix("data: "))["id"] == 3
 
 
@@ -92,5 +92,26 @@ async def test_a_call_that_may_be_held_gets_its_stream_headers_at_once_even_with
             [request] = await h.pending()
             approved = await h.api().post(f"/api/approvals/{request['id']}/approve", json={})
             assert approved.status_code == 200, approved.text
-            data = [line async for line in response.aiter_lines() if line.startswith("data: ")]
+            data = [line async for line in response.aiter_lines() if line.startswith("data: ") and line != "data: "]
         assert json.loads(data[-1].removeprefix("data: "))["result"]["structuredContent"]["orderId"] == 1001
+
+
+async def test_a_held_calls_stream_is_resumable_and_opens_with_its_priming_event(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    # The plain-JSON answer holds back a stream's opening; a stream that does go out still carries it first.
+    async with running_gateway(tmp_path, sqlite_url) as h, httpx2.AsyncClient(timeout=10) as http:
+        session = RawLegacySession(h.base_url)
+        await session.open(http)
+        call = session.call("ibkr_cancel_order", CANCEL)
+        async with http.stream("POST", session.url, headers=session.headers, json=call) as response:
+            lines: list[str] = []
+            approved = False
+            async for line in response.aiter_lines():
+                lines.append(line)
+                if not approved and line.startswith("data: {") and "notifications/progress" in line:
+                    [request] = await h.pending()
+                    await h.api().post(f"/api/approvals/{request['id']}/approve", json={})
+                    approved = True
+        assert lines[0].startswith("id: ") and lines[1] == "data: " and lines[2].startswith("retry: ")
+        assert json.loads(lines[-2].removeprefix("data: "))["id"] == 2
