@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.cli_common import CONFIG_HELP, command, config_path, read_settings
+from gateway.cli_common import CONFIG_HELP, add_api_options, command, config_path, read_settings
 from gateway.config import ServerSettings
 
 if TYPE_CHECKING:
@@ -36,11 +36,7 @@ def add_approvals(sub: Subparsers) -> None:
         ("reject", "reject a request"),
     ):
         action = command(actions, name, help_text, cmd_approvals)
-        action.add_argument(
-            "--url", help="gateway URL (default: $COUNTERSIGN_URL, else the configuration's public_url or host:port)"
-        )
-        action.add_argument("--token", help="approver API token (default: $COUNTERSIGN_API_TOKEN)")
-        action.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+        add_api_options(action)
         action.add_argument("--json", action="store_true", help="print the API's JSON")
         if name == "list":
             action.add_argument(

@@ -14,6 +14,16 @@ from gateway.config import Settings, load_settings
 
 CONFIG_HELP = "configuration file (default: $COUNTERSIGN_CONFIG, else ./countersign.toml)"
 
+
+def add_api_options(parser: argparse.ArgumentParser) -> None:
+    """How a command that goes through the approver API finds the gateway and says who it is."""
+    parser.add_argument(
+        "--url", help="gateway URL (default: $COUNTERSIGN_URL, else the configuration's public_url or host:port)"
+    )
+    parser.add_argument("--token", help="approver API token (default: $COUNTERSIGN_API_TOKEN)")
+    parser.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+
+
 if TYPE_CHECKING:
     # What add_subparsers() returns; argparse names it only privately and it is generic only in stubs.
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]

@@ -11,7 +11,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from gateway.cli_approvers import gateway_url
-from gateway.cli_common import CONFIG_HELP, command
+from gateway.cli_common import add_api_options, command
 
 if TYPE_CHECKING:
     import argparse
@@ -32,11 +32,7 @@ def add_grants(sub: Subparsers) -> None:
         ("revoke", "revoke a standing approval: the next matching call is held again"),
     ):
         action = command(actions, name, help_text, cmd_grants)
-        action.add_argument(
-            "--url", help="gateway URL (default: $COUNTERSIGN_URL, else the configuration's public_url or host:port)"
-        )
-        action.add_argument("--token", help="approver API token (default: $COUNTERSIGN_API_TOKEN)")
-        action.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+        add_api_options(action)
         action.add_argument("--json", action="store_true", help="print the API's JSON")
         if name == "list":
             action.add_argument(

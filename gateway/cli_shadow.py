@@ -10,7 +10,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from gateway.cli_common import CONFIG_HELP, command
+from gateway.cli_common import add_api_options, command
 
 if TYPE_CHECKING:
     import argparse
@@ -25,11 +25,7 @@ def add_shadow(commands: Subparsers) -> None:
         "list the calls the shadow policy ([policy] shadow) would have decided differently, newest first",
         cmd_policy_shadow,
     )
-    shadow.add_argument(
-        "--url", help="gateway URL (default: $COUNTERSIGN_URL, else the configuration's public_url or host:port)"
-    )
-    shadow.add_argument("--token", help="approver API token (default: $COUNTERSIGN_API_TOKEN)")
-    shadow.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    add_api_options(shadow)
     shadow.add_argument("--agent", metavar="NAME", help="only this agent's calls")
     shadow.add_argument("--tool", metavar="NAME", help="only calls of this tool")
     shadow.add_argument(

@@ -8,9 +8,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx2
+import mcp_types as types
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
 from gateway.app import Gateway
 from gateway.config import parse_settings
-from tests.harness import base_config, serve_asgi, write_policy
+from tests.harness import AGENT_TOKEN, base_config, serve_asgi, write_policy
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -44,3 +49,18 @@ async def relay_gateway(
 async def audit_rows(gateway: Gateway, *kinds: str) -> list[Any]:
     """The audit rows of these kinds, oldest first."""
     return [event for event in await gateway.service.history.events(limit=1000) if event.kind in kinds]
+
+
+@asynccontextmanager
+async def relay_agent(base: str, mode: str, **options: Any) -> AsyncIterator[Client]:
+    """An agent of the given protocol era (`"legacy"` or `"2026-07-28"`) with the given callbacks and options."""
+    headers = {"Authorization": f"Bearer {AGENT_TOKEN}"}
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30.0, read=60.0)) as http,
+        Client(streamable_http_client(f"{base}/mcp", http_client=http), mode=mode, **options) as client,
+    ):
+        yield client
+
+
+def text(result: types.CallToolResult) -> str:
+    return " ".join(b.text for b in result.content if isinstance(b, types.TextContent))

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx2
 import mcp_types as types
 import pytest
-from mcp import Client
 from mcp.client.session import ClientRequestContext
-from mcp.client.streamable_http import streamable_http_client
 
 from gateway.policy import PolicyError, parse_policy
-from tests.gateway.relay_harness import audit_rows, relay_gateway
-from tests.harness import AGENT_TOKEN
+from tests.gateway.relay_harness import audit_rows, relay_gateway, text
+from tests.gateway.relay_harness import relay_agent as agent
 
 ERAS = {"2025-era-agent": "legacy", "2026-era-agent": "2026-07-28"}
 
@@ -25,20 +20,6 @@ def policy(channels: list[str], **approval: Any) -> dict[str, Any]:
     rule = {"conditions": [], "reason": "the agent's user says"}
     block = {"channels": channels, "max_hold": "none", **approval}
     return {"version": "1", "default": "allow", "tools": {"echo": {"require_approval": [rule], "approval": block}}}
-
-
-@asynccontextmanager
-async def agent(base: str, mode: str, **options: Any) -> AsyncIterator[Client]:
-    headers = {"Authorization": f"Bearer {AGENT_TOKEN}"}
-    async with (
-        httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30.0, read=60.0)) as http,
-        Client(streamable_http_client(f"{base}/mcp", http_client=http), mode=mode, **options) as client,
-    ):
-        yield client
-
-
-def text(result: types.CallToolResult) -> str:
-    return " ".join(b.text for b in result.content if isinstance(b, types.TextContent))
 
 
 @pytest.mark.parametrize("mode", ERAS.values(), ids=ERAS.keys())

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +12,9 @@ import mcp_types as types
 import pytest
 from mcp import Client
 from mcp.client.session import ClientRequestContext
-from mcp.client.streamable_http import streamable_http_client
 
-from tests.gateway.relay_harness import audit_rows, relay_gateway, relay_upstream
-from tests.harness import AGENT_TOKEN, ALICE_TOKEN, wait_for
+from tests.gateway.relay_harness import audit_rows, relay_agent, relay_gateway, relay_upstream, text
+from tests.harness import ALICE_TOKEN, wait_for
 
 ALLOW_ALL = {"version": "1", "default": "allow"}
 # The upstream in both eras: a 2.3 server the gateway speaks 2026-07-28 to (the elicitation comes as an
@@ -24,19 +22,9 @@ ALLOW_ALL = {"version": "1", "default": "allow"}
 UPSTREAM_ERAS = {"modern-upstream": False, "legacy-upstream": True}
 
 
-@asynccontextmanager
-async def agent(base: str, **callbacks: Any) -> AsyncIterator[Client]:
+def agent(base: str, **options: Any) -> AbstractAsyncContextManager[Client]:
     """A 2025-era agent (the era whose clients are asked during a call) with the given callbacks."""
-    headers = {"Authorization": f"Bearer {AGENT_TOKEN}"}
-    async with (
-        httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30.0, read=60.0)) as http,
-        Client(streamable_http_client(f"{base}/mcp", http_client=http), mode="legacy", **callbacks) as client,
-    ):
-        yield client
-
-
-def text(result: types.CallToolResult) -> str:
-    return " ".join(b.text for b in result.content if isinstance(b, types.TextContent))
+    return relay_agent(base, "legacy", **options)
 
 
 @pytest.mark.parametrize("legacy", UPSTREAM_ERAS.values(), ids=UPSTREAM_ERAS.keys())

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -13,28 +12,17 @@ import mcp_types as types
 import pytest
 from mcp import Client, MCPError
 from mcp.client.session import ClientRequestContext
-from mcp.client.streamable_http import streamable_http_client
 
-from tests.gateway.relay_harness import audit_rows, relay_gateway, relay_upstream
-from tests.harness import AGENT_TOKEN, ALICE_TOKEN, wait_for
+from tests.gateway.relay_harness import audit_rows, relay_agent, relay_gateway, relay_upstream, text
+from tests.harness import ALICE_TOKEN, wait_for
 
 ALLOW_ALL = {"version": "1", "default": "allow"}
 UPSTREAM_ERAS = {"modern-upstream": False, "legacy-upstream": True}
 
 
-@asynccontextmanager
-async def agent(base: str, **options: Any) -> AsyncIterator[Client]:
+def agent(base: str, **options: Any) -> AbstractAsyncContextManager[Client]:
     """A 2026-07-28 agent with the given callbacks and options."""
-    headers = {"Authorization": f"Bearer {AGENT_TOKEN}"}
-    async with (
-        httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30.0, read=60.0)) as http,
-        Client(streamable_http_client(f"{base}/mcp", http_client=http), mode="2026-07-28", **options) as client,
-    ):
-        yield client
-
-
-def text(result: types.CallToolResult) -> str:
-    return " ".join(b.text for b in result.content if isinstance(b, types.TextContent))
+    return relay_agent(base, "2026-07-28", **options)
 
 
 @pytest.mark.parametrize("legacy", UPSTREAM_ERAS.values(), ids=UPSTREAM_ERAS.keys())
