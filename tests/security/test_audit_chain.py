@@ -306,15 +306,17 @@ async def test_the_gateway_refuses_to_start_on_a_rolled_back_audit_log_unless_to
     try:
         async with db.read() as conn:
             accepted = await audit.event_at(conn, 3)
+            last = await audit.head(conn)
     finally:
         await db.dispose()
     assert accepted is not None and accepted["kind"] == "audit.rollback_accepted"
     assert json.loads(accepted["detail"]) == {"expected_seq": 8, "expected_hash": seen["hash"]}
-    assert json.loads(files.state_file.read_text())["seq"] == 3
+    # What that start wrote after it (this config names no approvers, so the policy's are unknown) counts too.
+    assert last is not None and json.loads(files.state_file.read_text())["seq"] == last.seq >= 3
     code, output = await countersign(
         "audit", "verify", "--database-url", database_url, "--key-file", str(files.key_file)
     )
-    assert code == 0 and "3 events verified" in output, output
+    assert code == 0 and f"{last.seq} events verified" in output, output
     # And from now on it starts as usual.
     await _serve_once(config, port)
 
