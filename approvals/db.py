@@ -10,6 +10,7 @@ SQLite's busy handler. Events that change no request are group-committed on top 
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from sqlalchemy import event, text
+from sqlalchemy import event, make_url, text
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
@@ -54,7 +55,10 @@ class Database:
             path = Path(parsed.sqlite_file).expanduser()
             path.parent.mkdir(parents=True, exist_ok=True)
             self.file = SqliteFile(path)
-            self._appender = SqliteAppender(str(path))
+            if not make_url(self.url).query:
+                # The file the engine opens (the driver takes the path as written, made absolute); a URL with
+                # driver options (`uri=true`, `mode=…`) is left to the engine, which knows how to apply them.
+                self._appender = SqliteAppender(os.path.abspath(parsed.sqlite_file))
         if self.is_sqlite:
             connect_args: dict[str, Any] = {"timeout": 30}
             self.engine: AsyncEngine = create_async_engine(self.url, echo=echo, connect_args=connect_args)
