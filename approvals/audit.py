@@ -111,19 +111,27 @@ async def append_many(conn: AsyncConnection, events: Sequence[tuple[Event, datet
     last = (
         await conn.execute(select(_table.c.seq, _table.c.hash, _table.c.keyed).order_by(_table.c.seq.desc()).limit(1))
     ).first()
-    if last is not None and last.keyed and key is None:
+    rows = chain_rows(None if last is None else (last.seq, last.hash, bool(last.keyed)), events, key)
+    if rows:
+        await conn.execute(insert(_table), rows)
+    return [row["seq"] for row in rows]
+
+
+def chain_rows(
+    last: tuple[int, str, bool] | None, events: Sequence[tuple[Event, datetime]], key: bytes | None
+) -> list[dict[str, Any]]:
+    """The rows that put `events` after the head `last` (seq, hash, keyed; None: an empty chain), hashed."""
+    if last is not None and last[2] and key is None:
         # An unkeyed row after keyed ones would read as a forgery; refuse rather than break the chain.
         raise ChainKeyMissing("the audit chain is keyed and this process has no audit key: nothing was written")
-    seq, prev_hash = (0, GENESIS) if last is None else (last.seq, last.hash)
+    seq, prev_hash = (0, GENESIS) if last is None else (last[0], last[1])
     rows: list[dict[str, Any]] = []
     for event, at in events:
         seq += 1
         row = _row(event, at, seq, prev_hash, keyed=key is not None)
         row["hash"] = prev_hash = row_digest(row, key)
         rows.append(row)
-    if rows:
-        await conn.execute(insert(_table), rows)
-    return [row["seq"] for row in rows]
+    return rows
 
 
 def _row(event: Event, at: datetime, seq: int, prev_hash: str, *, keyed: bool) -> dict[str, Any]:

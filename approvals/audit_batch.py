@@ -25,7 +25,6 @@ from datetime import datetime
 
 import anyio
 
-from approvals import audit
 from approvals.audit import Event
 from approvals.db import Database
 from approvals.errors import StoreUnavailable
@@ -81,8 +80,7 @@ class AuditBatches:
         # Until the commit has returned, nobody in the batch may read their event as recorded.
         error: Exception | None = StoreUnavailable("the audit write was interrupted before it committed")
         try:
-            async with self.db.write() as conn:
-                await audit.append_many(conn, [(item.event, item.at) for item in batch])
+            await self.db.append_events([(item.event, item.at) for item in batch])
             error = None
         except Exception as exc:
             error = exc

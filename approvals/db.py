@@ -10,23 +10,26 @@ SQLite's busy handler. Events that change no request are group-committed on top 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import anyio
-from sqlalchemy import event, text
+from sqlalchemy import event, make_url, text
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from approvals import migrations
-from approvals.audit import CHAIN_KEY
+from approvals import audit, migrations
+from approvals.audit import CHAIN_KEY, Event
 from approvals.database_url import parse_database_url
 from approvals.db_file import SqliteFile
 from approvals.errors import StoreUnavailable
 from approvals.migrations import SchemaOutdated, SchemaState
+from approvals.sqlite_append import SqliteAppender
 
 _AUDIT_LOCK_KEY = 0x0C5_A0D17
 # Separate from the audit lock: replicas that start together wait here, and the first one decides.
@@ -47,10 +50,15 @@ class Database:
         self.is_sqlite = parsed.is_sqlite
         self._write_lock = anyio.Lock()
         self.file: SqliteFile | None = None
+        self._appender: SqliteAppender | None = None
         if parsed.sqlite_file is not None:
             path = Path(parsed.sqlite_file).expanduser()
             path.parent.mkdir(parents=True, exist_ok=True)
             self.file = SqliteFile(path)
+            if not make_url(self.url).query:
+                # The file the engine opens (the driver takes the path as written, made absolute); a URL with
+                # driver options (`uri=true`, `mode=…`) is left to the engine, which knows how to apply them.
+                self._appender = SqliteAppender(os.path.abspath(parsed.sqlite_file))
         if self.is_sqlite:
             connect_args: dict[str, Any] = {"timeout": 30}
             self.engine: AsyncEngine = create_async_engine(self.url, echo=echo, connect_args=connect_args)
@@ -114,6 +122,8 @@ class Database:
                 await engine.dispose()
 
     async def dispose(self) -> None:
+        if self._appender is not None:
+            self._appender.close()
         await self.engine.dispose()
         if self._write_engine is not self.engine:
             await self._write_engine.dispose()
@@ -144,6 +154,22 @@ class Database:
                         yield conn
                 finally:
                     await conn.close()
+
+    async def append_events(self, events: Sequence[tuple[Event, datetime]]) -> list[int]:
+        """Append audit events in a write transaction of their own; returns once it has committed.
+
+        An SQLite file runs the transaction in one trip to a worker thread (`approvals.sqlite_append`),
+        under the same lock as every other write; otherwise it is a `write()` like any other.
+        """
+        if self._appender is None:
+            async with self.write() as conn:
+                return await audit.append_many(conn, events)
+        appended: list[int] = []
+        with _uncancelled():
+            async with self._write_lock:
+                self._check_file()
+                appended = await anyio.to_thread.run_sync(self._appender.append, events, self.audit_key)
+        return appended
 
     def _check_file(self) -> None:
         problem = None if self.file is None else self.file.problem()
