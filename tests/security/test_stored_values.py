@@ -31,7 +31,6 @@ from tests.harness import ALICE_TOKEN, Harness, held_call
 from tests.security.support import gateway_with_slack
 from tests.web.support import browser_client, csrf_of, sign_in
 
-NOW = datetime.now(UTC)
 DEEP = 100_000
 
 # Stored `arguments` texts no current intake would write, each as a request that is still pending.
@@ -46,6 +45,8 @@ AWKWARD_ARGUMENTS: Mapping[str, str] = {
 
 
 def row(request_id: str, **values: Any) -> dict[str, Any]:
+    # Read the clock when the row is made, not when the module is collected: a long run would find it expired.
+    now = datetime.now(UTC)
     base: dict[str, Any] = {
         "id": request_id,
         "upstream": "paper",
@@ -67,10 +68,10 @@ def row(request_id: str, **values: Any) -> dict[str, Any]:
         "run_unattended": False,
         "max_hold_seconds": None,
         "keep_on_cancel": False,
-        "created_at": NOW - timedelta(minutes=1),
-        "expires_at": NOW + timedelta(minutes=14),
+        "created_at": now - timedelta(minutes=1),
+        "expires_at": now + timedelta(minutes=14),
         "status": "pending",
-        "status_changed_at": NOW - timedelta(minutes=1),
+        "status_changed_at": now - timedelta(minutes=1),
         "decided_by": None,
         "decided_via": None,
         "decision_reason": None,
@@ -107,7 +108,7 @@ def awkward_events() -> list[dict[str, Any]]:
     def event(seq: int, **values: Any) -> dict[str, Any]:
         base = {
             "seq": seq,
-            "at": NOW - timedelta(minutes=1),
+            "at": datetime.now(UTC) - timedelta(minutes=1),
             "kind": "call.denied",
             "outcome": "denied",
             "agent": "alpha",
