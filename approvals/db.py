@@ -28,6 +28,11 @@ from approvals.db_file import SqliteFile
 from approvals.errors import StoreUnavailable
 from approvals.migrations import SchemaOutdated, SchemaState
 
+# SQLAlchemy's default pool: 5 connections kept, 10 more on demand. Readers beyond that queue here,
+# in arrival order and for as long as it takes, instead of timing out in the pool after 30 s: a burst
+# of a thousand held calls arriving at once is contention, not an outage, and must not fail them.
+_READ_CONNECTIONS = 15
+
 _AUDIT_LOCK_KEY = 0x0C5_A0D17
 # Separate from the audit lock: replicas that start together wait here, and the first one decides.
 _SCHEMA_LOCK_KEY = 0x0C5_5C4E3A
@@ -46,6 +51,7 @@ class Database:
         self.audit_key = audit_key
         self.is_sqlite = parsed.is_sqlite
         self._write_lock = anyio.Lock()
+        self._readers = anyio.Semaphore(_READ_CONNECTIONS)
         self.file: SqliteFile | None = None
         if parsed.sqlite_file is not None:
             path = Path(parsed.sqlite_file).expanduser()
@@ -121,13 +127,14 @@ class Database:
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
         """A connection for reading. The block is shielded from cancellation: see `_uncancelled`."""
-        with _uncancelled():
-            async with self.guard():
-                conn = await self._open(self.engine)
-                try:
-                    yield conn
-                finally:
-                    await conn.close()
+        async with self._readers:
+            with _uncancelled():
+                async with self.guard():
+                    conn = await self._open(self.engine)
+                    try:
+                        yield conn
+                    finally:
+                        await conn.close()
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
