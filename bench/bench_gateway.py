@@ -224,7 +224,8 @@ def gateway_config(
         # One bench agent holds every call: its share of pending requests must cover them all.
         ("[agent_limits]", {"max_pending_per_agent": held_max}),
         ("[[upstreams]]", {"name": "paper", "url": broker_url, "call_timeout": "60s", "connect_timeout": "20s"}),
-        ("[[agents]]", {"name": "bench", "token": AGENT_TOKEN}),
+        # The bench's clients wait as long as it takes (their read timeout is the run's budget).
+        ("[[agents]]", {"name": "bench", "token": AGENT_TOKEN, "max_hold": "none"}),
         ("[[approvers]]", {"name": "alice", "groups": ["traders"], "api_token": APPROVER_TOKEN}),
     ]
     text = "\n".join(
