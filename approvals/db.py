@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,14 @@ from approvals.db_file import SqliteFile
 from approvals.errors import StoreUnavailable
 from approvals.migrations import SchemaOutdated, SchemaState
 from approvals.sqlite_append import SqliteAppender
+
+# SQLAlchemy's default pool: 5 connections kept, 10 more on demand. Readers beyond 10 queue here, in
+# arrival order and for as long as it takes, instead of timing out in the pool after 30 s: a burst of a
+# thousand held calls arriving at once is contention, not an outage, and must not fail them. The other
+# five connections stay for writers and for reads made inside a read, which the pool's timeout bounds.
+_READ_CONNECTIONS = 10
+# Whether this task (or the one that started it) already holds a place among those readers.
+_reading: ContextVar[bool] = ContextVar("countersign_reading", default=False)
 
 _AUDIT_LOCK_KEY = 0x0C5_A0D17
 # Separate from the audit lock: replicas that start together wait here, and the first one decides.
@@ -49,6 +58,7 @@ class Database:
         self.audit_key = audit_key
         self.is_sqlite = parsed.is_sqlite
         self._write_lock = anyio.Lock()
+        self._readers = anyio.Semaphore(_READ_CONNECTIONS)
         self.file: SqliteFile | None = None
         self._appender: SqliteAppender | None = None
         if parsed.sqlite_file is not None:
@@ -131,6 +141,22 @@ class Database:
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
         """A connection for reading. The block is shielded from cancellation: see `_uncancelled`."""
+        if _reading.get():
+            # A read inside a read (in this task or one it started) takes no second place in the queue: it
+            # could wait for itself. The pool's own overflow and timeout bound it instead.
+            async with self._read_connection() as conn:
+                yield conn
+            return
+        async with self._readers:
+            token = _reading.set(True)
+            try:
+                async with self._read_connection() as conn:
+                    yield conn
+            finally:
+                _reading.reset(token)
+
+    @asynccontextmanager
+    async def _read_connection(self) -> AsyncIterator[AsyncConnection]:
         with _uncancelled():
             async with self.guard():
                 conn = await self._open(self.engine)

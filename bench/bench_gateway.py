@@ -43,8 +43,9 @@ AGENT_TOKEN = "bench-agent-token"
 APPROVER_TOKEN = "bench-approver-token"
 READ_TOOL = "ibkr_get_open_orders"
 HELD_TOOL = "ibkr_cancel_order"
-# The approver API lists at most 1,000 requests per page; the bench counts pending calls through it.
-MAX_HELD = 1000
+# The approver API lists at most 1,000 requests per page: the bench counts pending calls by the API's per-agent
+# counts and approves them a page at a time (each listing returns the next requests still pending).
+API_PAGE = 1000
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -195,7 +196,14 @@ def toml_value(value: Any) -> str:
 
 
 def gateway_config(
-    workdir: Path, *, port: int, broker_url: str, database_url: str, progress_interval: float, poll_interval: float
+    workdir: Path,
+    *,
+    port: int,
+    broker_url: str,
+    database_url: str,
+    progress_interval: float,
+    poll_interval: float,
+    held_max: int,
 ) -> Path:
     policy_file = workdir / "policy.json"
     policy_file.write_text(json.dumps(bench_policy(), indent=2))
@@ -214,9 +222,10 @@ def gateway_config(
         ("[audit]", {"key": secrets.token_hex(32)}),
         ("[policy]", {"file": str(policy_file), "watch": True}),
         # One bench agent holds every call: its share of pending requests must cover them all.
-        ("[agent_limits]", {"max_pending_per_agent": MAX_HELD}),
+        ("[agent_limits]", {"max_pending_per_agent": held_max}),
         ("[[upstreams]]", {"name": "paper", "url": broker_url, "call_timeout": "60s", "connect_timeout": "20s"}),
-        ("[[agents]]", {"name": "bench", "token": AGENT_TOKEN}),
+        # The bench's clients wait as long as it takes (their read timeout is the run's budget).
+        ("[[agents]]", {"name": "bench", "token": AGENT_TOKEN, "max_hold": "none"}),
         ("[[approvers]]", {"name": "alice", "groups": ["traders"], "api_token": APPROVER_TOKEN}),
     ]
     text = "\n".join(
@@ -478,16 +487,26 @@ async def place_orders(broker_url: str, count: int) -> list[int]:
     return sorted(ids)
 
 
-async def pending_approvals(api: httpx2.AsyncClient) -> list[dict[str, Any]]:
+async def pending_page(api: httpx2.AsyncClient, limit: int) -> dict[str, Any]:
     for attempt in range(3):
         try:
-            response = await api.get("/api/approvals", params={"status": "pending", "limit": str(MAX_HELD)})
+            response = await api.get("/api/approvals", params={"status": "pending", "limit": str(limit)})
             break
         except httpx2.TransportError:  # e.g. a kept-alive connection the server closed just then
             if attempt == 2:
                 raise
     response.raise_for_status()
-    return list(response.json()["approvals"])
+    return dict(response.json())
+
+
+async def pending_approvals(api: httpx2.AsyncClient) -> list[dict[str, Any]]:
+    """The first page of pending requests (at most API_PAGE, soonest to expire first)."""
+    return list((await pending_page(api, API_PAGE))["approvals"])
+
+
+async def pending_count(api: httpx2.AsyncClient) -> int:
+    """How many requests are pending, whatever their number: the API's per-agent counts, not a listing."""
+    return sum(int(n) for n in (await pending_page(api, 1))["pending_by_agent"].values())
 
 
 async def held_calls(
@@ -584,15 +603,15 @@ async def held_calls(
             fired = time.perf_counter()
             for call in calls:
                 tg.start_soon(hold, call)
-            # Listing 1,000 requests costs the gateway real CPU, so ask the API rarely until every client has
-            # had its first "waiting" notice, then confirm there.
+            # Counting costs the gateway some CPU, so ask the API rarely until every client has had its first
+            # "waiting" notice, then confirm there.
             last_poll = -math.inf
             with anyio.fail_after(max(120.0, held * 0.5)):
                 while True:
                     notified = sum(1 for c in calls if c.progress_notices)
                     if notified >= held or time.perf_counter() - last_poll >= 5:
                         last_poll = time.perf_counter()
-                        if len(await pending_approvals(api)) >= held:
+                        if await pending_count(api) >= held:
                             break
                     finished = [c for c in calls if not math.isnan(c.returned)]
                     if finished:
@@ -615,14 +634,7 @@ async def held_calls(
             idle0, t0 = gateway.cpu_seconds(), time.perf_counter()
             await anyio.sleep(idle_seconds)
             idle_cpu = (gateway.cpu_seconds() - idle0) / (time.perf_counter() - t0)
-            pending = await pending_approvals(api)
-            for request in pending:
-                call = by_order[int(request["arguments"]["orderId"])]
-                call.approval_id = request["id"]
-            missing = [c for c in calls if not c.approval_id]
-            if missing:
-                raise RuntimeError(f"{len(missing)} call(s) have no pending approval, e.g. order {missing[0].order_id}")
-            log(f"approving {held} requests, {approve_concurrency} at a time")
+            log(f"approving {held} requests, {approve_concurrency} at a time, {API_PAGE} listed at a time")
             limiter = anyio.Semaphore(approve_concurrency)
             cpu1 = gateway.cpu_seconds()
             drain_start = time.perf_counter()
@@ -638,9 +650,24 @@ async def held_calls(
 
             tg.start_soon(report_drain)
             with anyio.fail_after(max(120.0, held * 1.0)):
-                async with anyio.create_task_group() as approvals:
-                    for call in calls:
-                        approvals.start_soon(approve, call, limiter)
+                # A page at a time: once a page's approvals are answered, the next listing shows the next page.
+                while True:
+                    fresh = []
+                    for request in await pending_approvals(api):
+                        call = by_order.get(int(request["arguments"]["orderId"]))
+                        if call is not None and not call.approval_id:
+                            call.approval_id = request["id"]
+                            fresh.append(call)
+                    if not fresh:
+                        break
+                    async with anyio.create_task_group() as approvals:
+                        for call in fresh:
+                            approvals.start_soon(approve, call, limiter)
+                missing = [c for c in calls if not c.approval_id]
+                if missing:
+                    raise RuntimeError(
+                        f"{len(missing)} call(s) have no pending approval, e.g. order {missing[0].order_id}"
+                    )
                 await all_returned.wait()
             drained.set()
             drain_seconds = time.perf_counter() - drain_start
@@ -750,6 +777,7 @@ async def run(args: argparse.Namespace, workdir: Path, procs: list[Proc], databa
         database_url=database_url,
         progress_interval=args.progress_interval,
         poll_interval=args.poll_interval,
+        held_max=max(args.held, 1000),
     )
     gateway = start_process(
         "gateway", [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)], workdir, procs
@@ -826,7 +854,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--modes", default="legacy,auto", help="client modes for passthrough: legacy,auto")
     parser.add_argument("--tasks", type=int, default=20, help="concurrent tasks for throughput, 0 to skip (20)")
     parser.add_argument("--task-calls", type=int, default=100, help="calls per task for throughput (100)")
-    parser.add_argument("--held", type=int, default=1000, help=f"calls held at once, 0 to skip, at most {MAX_HELD}")
+    parser.add_argument("--held", type=int, default=1000, help="calls held at once, 0 to skip")
     parser.add_argument("--held-mode", default="legacy", choices=["legacy", "auto"], help="client mode, held calls")
     parser.add_argument("--sessions", type=int, default=40, help="client sessions the held calls are spread over")
     parser.add_argument("--approve-concurrency", type=int, default=20, help="approve requests in flight at once")
@@ -848,8 +876,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.task_calls = min(args.task_calls, 20)
         args.sessions, args.idle_seconds = min(args.sessions, 5), min(args.idle_seconds, 2.0)
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    if not 0 <= args.held <= MAX_HELD:
-        parser.error(f"--held must be between 0 and {MAX_HELD} (the approver API lists at most {MAX_HELD})")
+    if args.held < 0:
+        parser.error("--held must be 0 or more")
     if args.sessions < 1 or args.approve_concurrency < 1 or args.calls < 1:
         parser.error("--sessions, --approve-concurrency and --calls must be positive")
     return args

@@ -125,18 +125,19 @@ class ProgressLine:
 
 
 async def race_gone(step: Awaitable[T], gone: anyio.Event) -> T | None:
-    """Run a wait step, but give up as soon as `gone` is set (then return None)."""
+    """Run a wait step, but give up as soon as `gone` is set (then return None).
+
+    The step runs in the caller's own task; only the watcher is a task of its own (one per waiting
+    call, not two: held calls wait by the thousand).
+    """
     result: list[T] = []
     async with anyio.create_task_group() as tg:
-
-        async def run_step() -> None:
-            result.append(await step)
-            tg.cancel_scope.cancel()
 
         async def watch() -> None:
             await gone.wait()
             tg.cancel_scope.cancel()
 
-        tg.start_soon(run_step)
         tg.start_soon(watch)
+        result.append(await step)
+        tg.cancel_scope.cancel()
     return result[0] if result and not gone.is_set() else None

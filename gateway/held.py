@@ -37,6 +37,7 @@ from gateway.caller import CONNECTION_CLOSED, Caller, Departure, ProgressLine, r
 from gateway.config import DEFAULT_EXECUTION_LEASE
 from gateway.errors import CallRefused, Tag
 from gateway.execution import Executions
+from gateway.held_notices import Notices
 from gateway.ratelimit import RateLimiter, Reservation
 from gateway.results import STATUS_TOOL, WAIT_TOOL, answer, pending_result, status_result, with_changes
 from gateway.upstreams import Upstreams
@@ -76,6 +77,7 @@ class HeldCalls:
         self.executions = Executions(service, lease=execution_lease)
 
         self.progress_interval = progress_interval
+        self.notices = Notices(progress_interval)
         self.inbox_url = inbox_url
         # Each agent's own bound (math.inf: "none", its client waits), and the bound of everyone else.
         self.agent_max_hold = dict(agent_max_hold or {})
@@ -154,24 +156,23 @@ class HeldCalls:
     async def _wait_for_decision(
         self, view: RequestView, caller: Caller | None, progress: ProgressLine, deadline: float | None
     ) -> RequestView | _Stop:
-        outcome: RequestView | _Stop | Exception
+        who = who_decides(view)
+        beat = None
         try:
-            async with anyio.create_task_group() as tg:
-                # Progress goes out on its own beat, so the wait below is one database read per wake-up.
-                tg.start_soon(self._notices, view, progress)
-                try:
-                    outcome = await self._decision_or_stop(view, caller, deadline)
-                except Exception as exc:  # raised below, not wrapped in the task group's exception group
-                    outcome = exc
-                tg.cancel_scope.cancel()
+            try:
+                await progress.notice(self._waiting(view, who))
+                # Later notices go out on the shared beat, so the wait below is one database read per wake-up.
+                beat = self.notices.start(progress, lambda: self._waiting(view, who))
+                return await self._decision_or_stop(view, caller, deadline)
+            finally:
+                if beat is not None:
+                    with anyio.CancelScope(shield=True):
+                        await self.notices.stop(beat)
         except BaseException:
             if caller is not None:
                 with anyio.CancelScope(shield=True):
                     await self._leave(view, caller)
             raise
-        if isinstance(outcome, Exception):
-            raise outcome
-        return outcome
 
     async def _decision_or_stop(
         self, view: RequestView, caller: Caller | None, deadline: float | None
@@ -223,15 +224,12 @@ class HeldCalls:
             )
         return latest
 
-    async def _notices(self, view: RequestView, progress: ProgressLine) -> None:
-        who = who_decides(view)
-        while True:
-            remaining = max((view.expires_at - self.service.clock()).total_seconds(), 0.0)
-            await progress.notice(
-                f"Waiting for approval by {who} (request {view.id}); expires at {clock_time(view, 'expires')}, "
-                f"in {format_duration(remaining)}. Inbox: {self.inbox_url}"
-            )
-            await anyio.sleep(self.progress_interval)
+    def _waiting(self, view: RequestView, who: str) -> str:
+        remaining = max((view.expires_at - self.service.clock()).total_seconds(), 0.0)
+        return (
+            f"Waiting for approval by {who} (request {view.id}); expires at {clock_time(view, 'expires')}, "
+            f"in {format_duration(remaining)}. Inbox: {self.inbox_url}"
+        )
 
     async def _wait_for_execution(
         self, view: RequestView, progress: ProgressLine, deadline: float | None

@@ -13,6 +13,7 @@ JMESPath literal of its value, so an agent's argument is always data there, neve
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 import jmespath
-from jinja2 import TemplateError
+from jinja2 import Template, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
 # The argument the agent gives its reason in, when the tool's policy asks for one. Stripped before anything else.
@@ -180,10 +181,16 @@ def select(spec: ContextSpec, found: Any, held: Mapping[str, Any]) -> Any:
     return jmespath.search(_REFERENCE.sub(literal, spec.select), found)
 
 
+@functools.lru_cache(maxsize=256)
+def _compiled(template: str) -> Template:
+    # Compiling is most of a render's cost, and a policy has a handful of summaries for every held call.
+    return _TEMPLATES.from_string(template)
+
+
 def render_summary(template: str, arguments: Mapping[str, Any], context: Mapping[str, Any]) -> str | None:
     """The policy's sentence for a request; None (the plain sentence is used) when it cannot be rendered."""
     try:
-        text = _TEMPLATES.from_string(template).render(args=dict(arguments), context=dict(context))
+        text = _compiled(template).render(args=dict(arguments), context=dict(context))
     except Exception:  # a template error, or a sandbox refusal: the request is still made, titled plainly
         return None
     text = " ".join(text.split())
