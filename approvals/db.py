@@ -27,6 +27,7 @@ from approvals.database_url import parse_database_url
 from approvals.db_file import SqliteFile
 from approvals.errors import StoreUnavailable
 from approvals.migrations import SchemaOutdated, SchemaState
+from approvals.write_groups import WriteGroups
 
 _AUDIT_LOCK_KEY = 0x0C5_A0D17
 # Separate from the audit lock: replicas that start together wait here, and the first one decides.
@@ -46,6 +47,8 @@ class Database:
         self.audit_key = audit_key
         self.is_sqlite = parsed.is_sqlite
         self._write_lock = anyio.Lock()
+        # Request transitions share write transactions under load (approvals.write_groups).
+        self.groups = WriteGroups(self.write)
         self.file: SqliteFile | None = None
         if parsed.sqlite_file is not None:
             path = Path(parsed.sqlite_file).expanduser()
