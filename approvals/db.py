@@ -31,6 +31,7 @@ from approvals.db_file import SqliteFile
 from approvals.errors import StoreUnavailable
 from approvals.migrations import SchemaOutdated, SchemaState
 from approvals.sqlite_append import SqliteAppender
+from approvals.write_groups import WriteGroups
 
 # SQLAlchemy's default pool: 5 connections kept, 10 more on demand. Readers beyond 10 queue here, in
 # arrival order and for as long as it takes, instead of timing out in the pool after 30 s: a burst of a
@@ -59,6 +60,8 @@ class Database:
         self.is_sqlite = parsed.is_sqlite
         self._write_lock = anyio.Lock()
         self._readers = anyio.Semaphore(_READ_CONNECTIONS)
+        # Request transitions share write transactions under load (approvals.write_groups).
+        self.groups = WriteGroups(self.write)
         self.file: SqliteFile | None = None
         self._appender: SqliteAppender | None = None
         if parsed.sqlite_file is not None:

@@ -17,7 +17,7 @@ Slack message, an upstream call) guards it with a compare-and-set in the databas
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -155,6 +155,11 @@ class ChangeFeed:
                     # One listener failing must never keep the others (or the decision) from happening.
                     log.exception("listener %r failed on %s of %s", listener, change.kind, view.id)
         return len(rows)
+
+    def wake(self, request_ids: Iterable[str]) -> None:
+        """These requests changed in a transaction of this process that has committed: their waiters read now."""
+        for request_id in request_ids:
+            self._wake(request_id)
 
     def _wake(self, request_id: str) -> None:
         for event in self._watchers.get(request_id, ()):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from datetime import datetime
 from typing import Any
 
@@ -28,6 +29,8 @@ __all__ = ["Clock", "Transitions", "already", "request_event"]
 
 Clock = Callable[[], datetime]
 _requests = ApprovalRequest.__table__  # type: ignore[attr-defined]
+# The requests moved inside the current `_write` block (per task): woken here as soon as it has committed.
+_moved: ContextVar[list[str] | None] = ContextVar("countersign_moved", default=None)
 
 
 class Transitions:
@@ -37,12 +40,23 @@ class Transitions:
 
     @asynccontextmanager
     async def _write(self, *, announce: bool = True) -> AsyncIterator[AsyncConnection]:
-        """A write transaction whose changes every process's feed reads as soon as it has committed."""
-        async with self.db.write() as conn:
-            yield conn
-            if announce:
-                await self.feed.announce(conn)
+        """A write transaction whose changes every process's feed reads as soon as it has committed.
+
+        Transitions that arrive together share one transaction (`approvals.write_groups`). Once it
+        has committed, the tasks of this process waiting on a request moved here are woken at once,
+        without waiting for the feed to read the change back.
+        """
+        moved: list[str] = []
+        token = _moved.set(moved)
+        try:
+            async with self.db.groups.write() as conn:
+                yield conn
+                if announce:
+                    await self.feed.announce(conn)
+        finally:
+            _moved.reset(token)
         self.feed.poke()
+        self.feed.wake(moved)
 
     async def _cas(
         self,
@@ -77,6 +91,9 @@ class Transitions:
         result = await conn.execute(query.values(status=new.value, status_changed_at=now, **values))
         if result.rowcount != 1:
             return None
+        moved = _moved.get()
+        if moved is not None:
+            moved.append(current.id)
         return await load(conn, current.id)
 
     async def _touch(self, conn: AsyncConnection, current: RequestView, status: Status) -> RequestView | None:

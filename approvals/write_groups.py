@@ -1,0 +1,136 @@
+"""Group commit for request transitions: the changes that arrive together share one write transaction.
+
+A decision, the start of its execution and the recording of its result are each a write
+transaction of their own (`approvals.transitions`): the chain lock (SQLite's write lock;
+PostgreSQL's advisory lock, shared by every replica), a compare-and-set, an audit append and a
+commit that waits for the disk. With many decisions in flight they queue one behind another, and
+each waits for every commit ahead of it.
+
+Here the writer that finds no transaction in flight opens one at once, so a lone change waits for
+nothing. Writers that arrive meanwhile queue; when the first writer's block is done, each queued
+writer runs its block in the same transaction, in turn, inside a savepoint of its own, and one
+commit ends them all. A block that fails (a compare-and-set lost, a unique key taken) rolls back
+its own savepoint and raises to its own caller only; the others still commit. Every writer's
+block returns (or raises) only once the group's transaction has ended, so what a writer reads
+next shows what it lost to; when that commit fails every writer in the group gets the error:
+nothing is acknowledged that is not durable.
+
+Blocks run one after another, never interleaved, so each sees the changes (and the audit chain's
+head) of the blocks before it exactly as if they had been separate transactions.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+
+import anyio
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+# Enough to take in every change of a burst in a few transactions, few enough that the writers
+# queued behind one group are not kept waiting long by it.
+MAX_GROUP = 64
+
+
+@dataclass(eq=False)
+class _Writer:
+    # Set when it is this writer's turn: either to run its block in `conn`, or (`leads`) to open the next group.
+    turn: anyio.Event = field(default_factory=anyio.Event)
+    conn: AsyncConnection | None = None
+    leads: bool = False
+    # Set by the writer when its block is done (successfully or not), so the leader can go on.
+    done: anyio.Event = field(default_factory=anyio.Event)
+    committed: anyio.Event = field(default_factory=anyio.Event)
+    error: BaseException | None = None
+
+
+class WriteGroups:
+    """Runs write blocks in as few transactions as the load allows; see the module's description."""
+
+    def __init__(
+        self, open_write: Callable[[], AbstractAsyncContextManager[AsyncConnection]], *, max_group: int = MAX_GROUP
+    ) -> None:
+        if max_group < 1:
+            raise ValueError(f"max_group must be at least 1, not {max_group}")
+        self._open_write = open_write
+        self.max_group = max_group
+        self._queue: deque[_Writer] = deque()
+        self._writing = False
+        # How many transactions carried how many blocks (size -> transactions).
+        self.sizes: Counter[int] = Counter()
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction (shared with the writers queued beside this one); exits once it has committed."""
+        me = _Writer()
+        # Shielded like every database write: a writer cancelled while queued must still take its turn.
+        with anyio.CancelScope(shield=True):
+            if self._writing:
+                self._queue.append(me)
+                await me.turn.wait()
+            else:
+                self._writing = True
+                me.leads = True
+        if me.leads:
+            async with self._lead(me) as conn:
+                yield conn
+            return
+        assert me.conn is not None
+        own: Exception | None = None
+        try:
+            with anyio.CancelScope(shield=True):
+                async with me.conn.begin_nested():
+                    yield me.conn
+        except Exception as exc:  # rolled back to its savepoint; raised once the group has ended
+            own = exc
+        finally:
+            me.done.set()
+        # Even a block that failed waits: what it lost to may be in this very group, committed only then.
+        with anyio.CancelScope(shield=True):
+            await me.committed.wait()
+        if own is not None:
+            raise own
+        if me.error is not None:
+            raise me.error
+
+    @asynccontextmanager
+    async def _lead(self, me: _Writer) -> AsyncIterator[AsyncConnection]:
+        group = [me]
+        own: Exception | None = None
+        try:
+            async with self._open_write() as conn:
+                try:
+                    async with conn.begin_nested():
+                        yield conn
+                except Exception as exc:  # its own block failed and was rolled back to its savepoint
+                    own = exc
+                # The others go in turn, then one commit for all.
+                while self._queue and len(group) < self.max_group:
+                    writer = self._queue.popleft()
+                    group.append(writer)
+                    writer.conn = conn
+                    writer.turn.set()
+                    await writer.done.wait()
+        except BaseException as exc:
+            # The commit (or the transaction itself) failed: no block of this group is durable.
+            for writer in group[1:]:
+                writer.error = exc
+            raise
+        finally:
+            self.sizes[len(group)] += 1
+            for writer in group[1:]:
+                writer.committed.set()
+            self._hand_on()
+        if own is not None:
+            raise own
+
+    def _hand_on(self) -> None:
+        """The group has ended: the first writer still queued opens the next one, or nobody is writing."""
+        if self._queue:
+            writer = self._queue.popleft()
+            writer.leads = True
+            writer.turn.set()
+        else:
+            self._writing = False
