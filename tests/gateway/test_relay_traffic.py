@@ -88,7 +88,12 @@ async def test_an_upstream_log_line_during_a_call_reaches_the_agent(tmp_path: Pa
         assert len(heard) == 1
 
 
-async def test_a_held_tools_elicitation_reaches_the_agent_only_after_approval(tmp_path: Path) -> None:
+AGENT_ERAS = {"2025-era-agent": "legacy", "2026-era-agent": "2026-07-28"}
+
+
+@pytest.mark.parametrize("mode", AGENT_ERAS.values(), ids=AGENT_ERAS.keys())
+async def test_a_held_tools_elicitation_reaches_the_agent_only_after_approval(tmp_path: Path, mode: str) -> None:
+    # A 2025-era agent is asked by a server-to-client request, a 2026-era one through input_required.
     policy = {
         "version": "1",
         "default": "allow",
@@ -101,11 +106,10 @@ async def test_a_held_tools_elicitation_reaches_the_agent_only_after_approval(tm
         return types.ElicitResult(action="accept", content={"confirm": True})
 
     async with (
-        relay_gateway(tmp_path, f"sqlite:///{tmp_path / 'gw.db'}", policy, [relay_upstream(legacy=True)]) as (
-            base,
-            gateway,
-        ),
-        agent(base, elicitation_callback=answer) as client,
+        relay_gateway(
+            tmp_path, f"sqlite:///{tmp_path / 'gw.db'}", policy, [relay_upstream(legacy=mode == "legacy")]
+        ) as (base, gateway),
+        relay_agent(base, mode, elicitation_callback=answer) as client,
         httpx2.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {ALICE_TOKEN}"}) as api,
         anyio.create_task_group() as tg,
     ):
@@ -130,3 +134,4 @@ async def test_a_held_tools_elicitation_reaches_the_agent_only_after_approval(tm
             await asked.wait()
         await wait_for(lambda: "result" in box, within=20)
         assert text(box["result"]) == "wipe: confirmed"
+        assert [r.outcome for r in await audit_rows(gateway, "call.elicitation")] == ["accept"]

@@ -6,15 +6,13 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
-import anyio
-import httpx2
 import mcp_types as types
 import pytest
 from mcp import Client, MCPError
 from mcp.client.session import ClientRequestContext
 
 from tests.gateway.relay_harness import audit_rows, relay_agent, relay_gateway, relay_upstream, text
-from tests.harness import ALICE_TOKEN, wait_for
+from tests.harness import wait_for
 
 ALLOW_ALL = {"version": "1", "default": "allow"}
 UPSTREAM_ERAS = {"modern-upstream": False, "legacy-upstream": True}
@@ -131,44 +129,3 @@ async def test_an_upstream_log_line_reaches_an_agent_whose_call_opted_in(tmp_pat
         assert text(await client.call_tool("chatty", {"text": "hello"})) == "logged"
         await wait_for(lambda: heard)
         assert [(p.level, p.logger, p.data) for p in heard] == [("info", "relay-upstream", {"said": "hello"})]
-
-
-async def test_a_held_tools_elicitation_reaches_a_2026_agent_only_after_approval(tmp_path: Path) -> None:
-    policy = {
-        "version": "1",
-        "default": "allow",
-        "tools": {"confirm": {"require_approval": [{"conditions": [], "reason": "a human first"}]}},
-    }
-    asked = anyio.Event()
-
-    async def answer(ctx: ClientRequestContext, params: types.ElicitRequestParams) -> types.ElicitResult:
-        asked.set()
-        return types.ElicitResult(action="accept", content={"confirm": True})
-
-    async with (
-        relay_gateway(tmp_path, f"sqlite:///{tmp_path / 'gw.db'}", policy, [relay_upstream()]) as (base, gateway),
-        agent(base, elicitation_callback=answer) as client,
-        httpx2.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {ALICE_TOKEN}"}) as api,
-        anyio.create_task_group() as tg,
-    ):
-        box: dict[str, types.CallToolResult] = {}
-
-        async def call() -> None:
-            box["result"] = await client.call_tool("confirm", {"action": "wipe"})
-
-        tg.start_soon(call)
-        pending: list[dict[str, Any]] = []
-
-        async def held() -> bool:
-            pending[:] = (await api.get("/api/approvals", params={"status": "pending"})).json()["approvals"]
-            return bool(pending)
-
-        await wait_for(held)
-        assert not asked.is_set() and await audit_rows(gateway, "call.elicitation") == []
-        response = await api.post(f"/api/approvals/{pending[0]['id']}/approve", json={})
-        assert response.status_code == 200, response.text
-        with anyio.fail_after(20):
-            await asked.wait()
-        await wait_for(lambda: "result" in box, within=20)
-        assert text(box["result"]) == "wipe: confirmed"
-        assert [r.outcome for r in await audit_rows(gateway, "call.elicitation")] == ["accept"]
