@@ -54,7 +54,6 @@ from bench_gateway import (  # type: ignore[import-not-found]  # noqa: E402
 )
 
 from approvals import audit  # noqa: E402
-from approvals.audit import GENESIS, row_digest  # noqa: E402
 from approvals.db import Database  # noqa: E402
 from approvals.models import AuditEvent  # noqa: E402
 
@@ -79,32 +78,18 @@ async def fill(db: Database, total: int, seed: int) -> datetime:
     start = end - SPAN
     step = SPAN / total
     key = db.audit_key
-    prev_hash, seq = GENESIS, 0
+    last: tuple[int, str, bool] | None = None
+    seq = 0
     started = time.perf_counter()
     events = traffic(rng)
     for offset in range(0, total, CHUNK):
-        rows: list[dict[str, Any]] = []
+        batch = []
         for event in itertools.islice(events, min(CHUNK, total - offset)):
             seq += 1
-            row = {
-                "seq": seq,
-                "at": start + step * seq,
-                "kind": event.kind,
-                "outcome": event.outcome,
-                "agent": event.agent,
-                "tool": event.tool,
-                "upstream": event.upstream,
-                "request_id": event.request_id,
-                "actor": event.actor,
-                "channel": event.channel,
-                "message": event.message,
-                "arguments": event.arguments,
-                "detail": audit.canonical_json(dict(event.detail)),
-                "prev_hash": prev_hash,
-                "keyed": True,
-            }
-            row["hash"] = prev_hash = row_digest(row, key)
-            rows.append(row)
+            batch.append((event, start + step * seq))
+        # Chained and hashed as the gateway's own appends are (approvals.audit.chain_rows).
+        rows = audit.chain_rows(last, batch, key)
+        last = (rows[-1]["seq"], rows[-1]["hash"], key is not None)
         async with db.write() as conn:
             if db.is_sqlite:
                 await conn.execute(_table.insert(), rows)
