@@ -22,6 +22,7 @@ from approvals.db import Database
 from approvals.errors import ApprovalError, InvalidDecision
 from approvals.grant_terms import GrantAsk, GrantTerms, GrantView, clamp, key_digest
 from approvals.models import ApprovalGrant
+from approvals.request_events import request_event
 from approvals.views import RequestView
 
 _grants = ApprovalGrant.__table__  # type: ignore[attr-defined]
@@ -79,14 +80,11 @@ async def make_grant(
         "key_sha256": row["key_sha256"],
         "clamped": terms.clamped,
     }
-    event = Event(
-        kind="grant.created",
-        outcome="granted",
-        message=text,
-        agent=view.agent,
-        tool=view.tool,
-        upstream=view.upstream,
-        request_id=view.id,
+    event = request_event(
+        view,
+        "grant.created",
+        "granted",
+        text,
         actor=approver.name,
         channel=channel,
         arguments=view.arguments_json,
