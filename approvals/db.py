@@ -11,6 +11,7 @@ SQLite's busy handler. Events that change no request are group-committed on top 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
@@ -20,7 +21,7 @@ from typing import Any
 
 import anyio
 from sqlalchemy import event, make_url, text
-from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -33,11 +34,20 @@ from approvals.migrations import SchemaOutdated, SchemaState
 from approvals.sqlite_append import SqliteAppender
 from approvals.write_groups import WriteGroups
 
-# SQLAlchemy's default pool: 5 connections kept, 10 more on demand. Readers beyond 10 queue here, in
-# arrival order and for as long as it takes, instead of timing out in the pool after 30 s: a burst of a
-# thousand held calls arriving at once is contention, not an outage, and must not fail them. The other
-# five connections stay for writers and for reads made inside a read, which the pool's timeout bounds.
+# Readers beyond 10 queue here, in arrival order and for as long as it takes, instead of timing out in the
+# pool after 30 s: a burst of a thousand held calls arriving at once is contention, not an outage, and must
+# not fail them. The rest of the pool stays for writers and for reads made inside a read, which the pool's
+# timeout bounds.
 _READ_CONNECTIONS = 10
+# Connections kept open: every reader, the writers (one write group, the transactions outside the chain, the
+# audit batches) and reads made inside a read. A pool smaller than what is in use at once under load would
+# open connections on demand and close them again on check-in, paying a connect (and on SQLite its pragmas)
+# each time; beyond this, up to `_POOL_OVERFLOW` more are still opened on demand.
+_POOL_SIZE = 20
+_POOL_OVERFLOW = 10
+# A connection that sat unused in the pool this long is pinged before it is handed out (PostgreSQL), so a
+# restarted server costs no caller an error; one in steady use is not (a ping is a round trip per checkout).
+_PING_IDLE_AFTER = 2.0
 # Whether this task (or the one that started it) already holds a place among those readers.
 _reading: ContextVar[bool] = ContextVar("countersign_reading", default=False)
 
@@ -74,14 +84,19 @@ class Database:
                 self._appender = SqliteAppender(os.path.abspath(parsed.sqlite_file))
         if self.is_sqlite:
             connect_args: dict[str, Any] = {"timeout": 30}
-            self.engine: AsyncEngine = create_async_engine(self.url, echo=echo, connect_args=connect_args)
-            self._write_engine = create_async_engine(self.url, echo=echo, connect_args=connect_args)
+            # A file gets a queue pool sized like PostgreSQL's; an in-memory database keeps its own kind of pool.
+            pool = {"pool_size": _POOL_SIZE, "max_overflow": _POOL_OVERFLOW} if parsed.sqlite_file else {}
+            self.engine: AsyncEngine = create_async_engine(self.url, echo=echo, connect_args=connect_args, **pool)
+            self._write_engine = create_async_engine(self.url, echo=echo, connect_args=connect_args, **pool)
             _sqlite_pragmas(self.engine, immediate=False)
             _sqlite_pragmas(self._write_engine, immediate=True)
         else:
             # Statements are shielded from cancellation (see _uncancelled): bound each one instead.
             connect_args = {"command_timeout": 60.0, "timeout": 10.0}
-            self.engine = create_async_engine(self.url, echo=echo, pool_pre_ping=True, connect_args=connect_args)
+            self.engine = create_async_engine(
+                self.url, echo=echo, connect_args=connect_args, pool_size=_POOL_SIZE, max_overflow=_POOL_OVERFLOW
+            )
+            _ping_when_idle(self.engine)
             self._write_engine = self.engine
 
     async def create_schema(self, *, migrate: bool = False) -> SchemaState:
@@ -164,6 +179,10 @@ class Database:
             async with self.guard():
                 conn = await self._open(self.engine)
                 try:
+                    if not self.is_sqlite:
+                        # No BEGIN before a read and no ROLLBACK after it: two round trips fewer. The isolation
+                        # is unchanged (read committed gives every statement a snapshot of its own anyway).
+                        await conn.execution_options(isolation_level="AUTOCOMMIT")
                     yield conn
                 finally:
                     await conn.close()
@@ -296,6 +315,30 @@ def _is_connectivity(exc: DBAPIError) -> bool:
         # SQLite reports a held lock as OperationalError too; that is contention, not an outage.
         return "locked" not in message and "busy" not in message
     return False
+
+
+def _ping_when_idle(engine: AsyncEngine) -> None:
+    """Check a connection that sat idle in the pool before handing it out; a dead one is replaced there and then.
+
+    Instead of a ping on every checkout (`pool_pre_ping`: a round trip before every statement under load).
+    A connection in steady use that the server dropped (a restart) fails its next statement; that error
+    invalidates every connection the pool holds from before it, so the next checkouts connect afresh.
+    """
+
+    @event.listens_for(engine.sync_engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.pop("idle_since", None)
+        if since is None or time.monotonic() - since < _PING_IDLE_AFTER:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            # The pool drops this connection and checks out (or opens) another.
+            raise DisconnectionError(f"a pooled connection was found closed: {exc}") from exc
 
 
 def _sqlite_pragmas(engine: AsyncEngine, *, immediate: bool, foreign_keys: bool = True) -> None:

@@ -133,10 +133,10 @@ class ExecutionCases(Transitions):
         now = self.clock()
         new, because = (Status.EXECUTED, EndReason.EXECUTED) if ok else (Status.FAILED, EndReason.FAILED)
         async with self._write() as conn:
-            current = await load(conn, request_id)
+            # The compare-and-set needs only the id: the request is read back only when it was lost.
             moved = await self._cas(
                 conn,
-                current,
+                request_id,
                 {Status.EXECUTING},
                 new,
                 now,
@@ -146,6 +146,7 @@ class ExecutionCases(Transitions):
             )
             detail = {"error": error} if error else {}
             if moved is None:
+                current = await load(conn, request_id)
                 if current.status == Status.OUTCOME_UNKNOWN:
                     text = f"the upstream answered after the request was ended as outcome unknown: {summary}"
                     late = request_event(current, "request.answered_late", new.value, text, detail=detail)

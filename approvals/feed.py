@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import anyio
@@ -74,8 +74,8 @@ class ChangeFeed:
         self._listeners: list[ChangeListener] = []
         self._cursor: int | None = None
         self._poked = anyio.Event()
-        # Tasks waiting for one request to change: woken on every change to it.
-        self._watchers: dict[str, set[anyio.Event]] = {}
+        # Tasks waiting for one request to change: woken on every change to it, with the request as it then was.
+        self._watchers: dict[str, set[_Watch]] = {}
 
     @property
     def cursor(self) -> int | None:
@@ -146,7 +146,7 @@ class ChangeFeed:
             view = views.get(row.request_id)
             if view is None:  # an event naming a request that does not exist (e.g. a refused lookup)
                 continue
-            self._wake(view.id)
+            self._wake(view)
             change = Change(row.seq, row.kind, view)
             for listener in self._listeners:
                 try:
@@ -156,23 +156,29 @@ class ChangeFeed:
                     log.exception("listener %r failed on %s of %s", listener, change.kind, view.id)
         return len(rows)
 
-    def wake(self, request_ids: Iterable[str]) -> None:
-        """These requests changed in a transaction of this process that has committed: their waiters read now."""
-        for request_id in request_ids:
-            self._wake(request_id)
+    def wake(self, moved: Iterable[RequestView]) -> None:
+        """These requests changed in a transaction of this process that has committed (each as it was left by it):
+        their waiters go on with that, without reading it back."""
+        for view in moved:
+            self._wake(view)
 
-    def _wake(self, request_id: str) -> None:
-        for event in self._watchers.get(request_id, ()):
-            event.set()
+    def _wake(self, view: RequestView) -> None:
+        for watch in self._watchers.get(view.id, ()):
+            watch.view = view
+            watch.event.set()
 
     async def wait_for_change(
         self, request_id: str, seen: Status, within: float, load: Callable[[str], Awaitable[RequestView]]
     ) -> RequestView:
-        """Return as soon as the request is no longer in `seen`, or after `within` seconds as it is then."""
+        """Return as soon as the request is no longer in `seen`, or after `within` seconds as it is then.
+
+        Woken by a change with the request as the change left it, the wait returns that without reading it
+        again: committed, and at least as new as any read made before the wake-up.
+        """
         deadline = anyio.current_time() + max(within, 0.0)
         while True:
-            event = anyio.Event()
-            self._watchers.setdefault(request_id, set()).add(event)
+            watch = _Watch()
+            self._watchers.setdefault(request_id, set()).add(watch)
             try:
                 # Read after registering, so a change committed in between still wakes us.
                 view = await load(request_id)
@@ -180,10 +186,20 @@ class ChangeFeed:
                 if view.status != seen or remaining <= 0:
                     return view
                 with anyio.move_on_after(remaining):
-                    await event.wait()
+                    await watch.event.wait()
+                if watch.view is not None and watch.view.status != seen:
+                    return watch.view
             finally:
                 watchers = self._watchers.get(request_id)
                 if watchers is not None:
-                    watchers.discard(event)
+                    watchers.discard(watch)
                     if not watchers:
                         del self._watchers[request_id]
+
+
+@dataclass(eq=False)
+class _Watch:
+    """One task waiting for a request to change; `view` is the request as the latest change left it."""
+
+    event: anyio.Event = field(default_factory=anyio.Event)
+    view: RequestView | None = None

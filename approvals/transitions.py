@@ -29,8 +29,8 @@ __all__ = ["Clock", "Transitions", "already", "request_event"]
 
 Clock = Callable[[], datetime]
 _requests = ApprovalRequest.__table__  # type: ignore[attr-defined]
-# The requests moved inside the current `_write` block (per task): woken here as soon as it has committed.
-_moved: ContextVar[list[str] | None] = ContextVar("countersign_moved", default=None)
+# The requests moved inside the current `_write` block (per task), as moved: woken here once it has committed.
+_moved: ContextVar[list[RequestView] | None] = ContextVar("countersign_moved", default=None)
 
 
 class Transitions:
@@ -43,10 +43,10 @@ class Transitions:
         """A write transaction whose changes every process's feed reads as soon as it has committed.
 
         Transitions that arrive together share one transaction (`approvals.write_groups`). Once it
-        has committed, the tasks of this process waiting on a request moved here are woken at once,
-        without waiting for the feed to read the change back.
+        has committed, the tasks of this process waiting on a request moved here are woken at once with
+        the request as moved, without waiting for the feed to read the change back or reading it again.
         """
-        moved: list[str] = []
+        moved: list[RequestView] = []
         token = _moved.set(moved)
         try:
             async with self.db.groups.write() as conn:
@@ -61,7 +61,7 @@ class Transitions:
     async def _cas(
         self,
         conn: AsyncConnection,
-        current: RequestView,
+        current: RequestView | str,
         old: Iterable[Status],
         new: Status,
         now: datetime,
@@ -69,7 +69,8 @@ class Transitions:
         only_if: ColumnElement[bool] | None = None,
         **values: Any,
     ) -> RequestView | None:
-        """Move `current` from one of `old` to `new` if nobody got there first; the moved request, or None.
+        """Move `current` (a request, or its id) from one of `old` to `new` if nobody got there first; the moved
+        request, or None.
 
         `only_if` adds a condition the row must still meet at the moment of the update.
         """
@@ -85,16 +86,20 @@ class Transitions:
         if new not in OPEN:
             # The call is free again: a later identical call may make a request of its own (see reads.find_repeat).
             values["open_key"] = None
-        query = update(_requests).where(_requests.c.id == current.id, _requests.c.status.in_([s.value for s in old]))
+        request_id = current if isinstance(current, str) else current.id
+        query = update(_requests).where(_requests.c.id == request_id, _requests.c.status.in_([s.value for s in old]))
         if only_if is not None:
             query = query.where(only_if)
-        result = await conn.execute(query.values(status=new.value, status_changed_at=now, **values))
-        if result.rowcount != 1:
+        # The moved row comes back with the update (one statement, not an update and a read).
+        query = query.values(status=new.value, status_changed_at=now, **values).returning(*_requests.c)
+        row = (await conn.execute(query)).mappings().first()
+        if row is None:
             return None
+        view = RequestView.from_row(row)
         moved = _moved.get()
         if moved is not None:
-            moved.append(current.id)
-        return await load(conn, current.id)
+            moved.append(view)
+        return view
 
     async def _touch(self, conn: AsyncConnection, current: RequestView, status: Status) -> RequestView | None:
         """The request as it is now, provided it is still in `status` (read inside the write transaction)."""
