@@ -106,15 +106,33 @@ async def append(conn: AsyncConnection, event: Event, at: datetime) -> int:
 
 
 async def append_many(conn: AsyncConnection, events: Sequence[tuple[Event, datetime]]) -> list[int]:
-    """Append events in order after one read of the head: one insert, one place in the chain each."""
+    """Append events in order after one read of the head: one insert, one place in the chain each.
+
+    The head this transaction appended last is remembered on the connection (see `forget_head`), so
+    the next append in the same transaction (the next block of a write group) skips the read.
+    """
     key: bytes | None = conn.info.get(CHAIN_KEY)
-    last = (
-        await conn.execute(select(_table.c.seq, _table.c.hash, _table.c.keyed).order_by(_table.c.seq.desc()).limit(1))
-    ).first()
-    rows = chain_rows(None if last is None else (last.seq, last.hash, bool(last.keyed)), events, key)
+    head: tuple[int, str, bool] | None = conn.info.get(_HEAD)
+    if head is None:
+        query = select(_table.c.seq, _table.c.hash, _table.c.keyed).order_by(_table.c.seq.desc()).limit(1)
+        last = (await conn.execute(query)).first()
+        head = None if last is None else (last.seq, last.hash, bool(last.keyed))
+    rows = chain_rows(head, events, key)
     if rows:
+        conn.info.pop(_HEAD, None)  # until the insert has succeeded, the head is not known here
         await conn.execute(insert(_table), rows)
+        conn.info[_HEAD] = (rows[-1]["seq"], rows[-1]["hash"], key is not None)
     return [row["seq"] for row in rows]
+
+
+def forget_head(conn: AsyncConnection) -> None:
+    """The chain's head remembered on `conn` may be wrong from here on: a transaction begins, or a savepoint
+    holding appends was rolled back. The next append reads it from the table again."""
+    conn.info.pop(_HEAD, None)
+
+
+# conn.info key: (seq, hash, keyed) of the last row this transaction appended; valid only inside it.
+_HEAD = "countersign_chain_head"
 
 
 def chain_rows(

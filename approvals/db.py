@@ -47,7 +47,7 @@ _POOL_SIZE = 20
 _POOL_OVERFLOW = 10
 # A connection that sat unused in the pool this long is pinged before it is handed out (PostgreSQL), so a
 # restarted server costs no caller an error; one in steady use is not (a ping is a round trip per checkout).
-_PING_IDLE_AFTER = 2.0
+_PING_IDLE_AFTER = 5.0
 # Whether this task (or the one that started it) already holds a place among those readers.
 _reading: ContextVar[bool] = ContextVar("countersign_reading", default=False)
 
@@ -94,7 +94,14 @@ class Database:
             # Statements are shielded from cancellation (see _uncancelled): bound each one instead.
             connect_args = {"command_timeout": 60.0, "timeout": 10.0}
             self.engine = create_async_engine(
-                self.url, echo=echo, connect_args=connect_args, pool_size=_POOL_SIZE, max_overflow=_POOL_OVERFLOW
+                self.url,
+                echo=echo,
+                connect_args=connect_args,
+                pool_size=_POOL_SIZE,
+                max_overflow=_POOL_OVERFLOW,
+                # The connection used last is handed out first: the busy ones stay warm (and unpinged), the
+                # rest sit idle and are pinged when next wanted.
+                pool_use_lifo=True,
             )
             _ping_when_idle(self.engine)
             self._write_engine = self.engine
@@ -199,6 +206,7 @@ class Database:
                         if not self.is_sqlite:
                             await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _AUDIT_LOCK_KEY})
                         conn.info[CHAIN_KEY] = self.audit_key
+                        audit.forget_head(conn)
                         yield conn
                 finally:
                     await conn.close()

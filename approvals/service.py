@@ -234,7 +234,11 @@ class ApprovalService(ExecutionCases, EscalationCases, RequestReads):
                 decision = {"approver": approver.name, "channel": channel, "verdict": verdict, "reason": reason}
                 decision["policy_version"] = current.policy_version
                 await conn.execute(insert(_decisions).values(request_id=request_id, at=now, **decision))
-                approvals = await approvals_of(conn, request_id)
+                if verdict == "approve" and current.quorum == 1:
+                    # The one approval it needs: nobody else's can be recorded while it is pending.
+                    approvals = [approver.name]
+                else:
+                    approvals = await approvals_of(conn, request_id)
                 if verdict == "approve" and len(approvals) < current.quorum:
                     # One approval of several: a decision, not yet a transition. Still only while pending.
                     text = f"approval {len(approvals)} of {current.quorum}"

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from sqlalchemy import ColumnElement, update
@@ -24,6 +25,7 @@ from approvals.request_events import already_decided as already
 from approvals.request_events import request_event
 from approvals.states import END_REASONS, OPEN, EndReason, Status, can_transition
 from approvals.views import RequestView
+from approvals.write_groups import before_commit
 
 __all__ = ["Clock", "Transitions", "already", "request_event"]
 
@@ -50,9 +52,10 @@ class Transitions:
         token = _moved.set(moved)
         try:
             async with self.db.groups.write() as conn:
-                yield conn
                 if announce:
-                    await self.feed.announce(conn)
+                    # Once per group, not per block: one notification wakes every other process for all of them.
+                    before_commit(conn, "announce", partial(self.feed.announce, conn))
+                yield conn
         finally:
             _moved.reset(token)
         self.feed.poke()

@@ -22,16 +22,31 @@ head) of the blocks before it exactly as if they had been separate transactions.
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 
 import anyio
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from approvals.audit import forget_head
+
 # Enough to take in every change of a burst in a few transactions, few enough that the writers
 # queued behind one group are not kept waiting long by it.
 MAX_GROUP = 64
+
+
+# conn.info key: the actions blocks asked to run once, just before the group's commit (see `before_commit`).
+_BEFORE_COMMIT = "countersign_before_commit"
+
+
+def before_commit(conn: AsyncConnection, name: str, action: Callable[[], Awaitable[None]]) -> None:
+    """Run `action` once in this group's transaction, after its last block and before the commit.
+
+    Asked for by several blocks under the same `name`, it runs once. A block that asks and then fails
+    still has it run: only for actions that are harmless when nothing changed (a notification).
+    """
+    conn.info.setdefault(_BEFORE_COMMIT, {})[name] = action
 
 
 @dataclass(eq=False)
@@ -85,6 +100,7 @@ class WriteGroups:
                     yield me.conn
         except Exception as exc:  # rolled back to its savepoint; raised once the group has ended
             own = exc
+            forget_head(me.conn)
         finally:
             me.done.set()
         # Even a block that failed waits: what it lost to may be in this very group, committed only then.
@@ -101,11 +117,13 @@ class WriteGroups:
         own: Exception | None = None
         try:
             async with self._open_write() as conn:
+                conn.info.pop(_BEFORE_COMMIT, None)
                 try:
                     async with conn.begin_nested():
                         yield conn
                 except Exception as exc:  # its own block failed and was rolled back to its savepoint
                     own = exc
+                    forget_head(conn)
                 # The others go in turn, then one commit for all.
                 while self._queue and len(group) < self.max_group:
                     writer = self._queue.popleft()
@@ -113,6 +131,8 @@ class WriteGroups:
                     writer.conn = conn
                     writer.turn.set()
                     await writer.done.wait()
+                for action in conn.info.pop(_BEFORE_COMMIT, {}).values():
+                    await action()
         except BaseException as exc:
             # The commit (or the transaction itself) failed: no block of this group is durable.
             for writer in group[1:]:

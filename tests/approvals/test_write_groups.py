@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import anyio
 import pytest
+from sqlalchemy import select
 
+from approvals import audit
+from approvals.audit import Event
 from approvals.db import Database
 from approvals.errors import AlreadyDecided
+from approvals.models import AuditEvent
 from approvals.states import Status
 from approvals.write_groups import WriteGroups
 from tests.approvals.test_races import APPROVERS, START, replicas
 from tests.factories import held_cancel
+
+_events = AuditEvent.__table__  # type: ignore[attr-defined]
 
 
 async def test_decisions_made_together_share_transactions_and_a_decided_one_fails_alone(database_url: str) -> None:
@@ -45,6 +52,43 @@ async def test_decisions_made_together_share_transactions_and_a_decided_one_fail
         # Eleven decisions written (the decided request was refused before writing), in fewer transactions.
         assert sum(size * n for size, n in service.db.groups.sizes.items()) == 11
         assert sum(service.db.groups.sizes.values()) < 11
+        report = await service.history.verify()
+        assert report.ok, report.describe()
+
+
+async def test_blocks_that_fail_after_appending_leave_the_audit_chain_whole(database_url: str) -> None:
+    """A group remembers the chain's head between its blocks; a block rolled back must not leave a gap or a fork."""
+    async with replicas(database_url, 1, lambda: START) as (service,):
+        db = service.db
+        kept: list[str] = []
+
+        class Refused(Exception):
+            pass
+
+        async def block(n: int) -> None:
+            try:
+                async with db.groups.write() as conn:
+                    event = Event(kind="test.grouped", outcome="ok", message=f"block {n}")
+                    await audit.append(conn, event, START)
+                    await audit.append(conn, replace(event, message=f"block {n}, second"), START)
+                    if n % 3 == 0:  # the first block (the group's leader) among them
+                        raise Refused(n)
+            except Refused:
+                return
+            kept.append(f"block {n}")
+
+        db.groups.sizes.clear()
+        async with anyio.create_task_group() as tg:
+            for n in range(12):
+                tg.start_soon(block, n)
+
+        assert sum(db.groups.sizes.values()) < 12
+        async with db.read() as conn:
+            rows = (await conn.execute(select(_events.c.message).where(_events.c.kind == "test.grouped"))).all()
+        assert sorted(r.message for r in rows) == sorted([*kept, *(f"{k}, second" for k in kept)])
+        assert len(kept) == 8
+        # A later write outside any group continues the same chain.
+        await service.record(Event(kind="call.allowed", outcome="allowed", message="after the groups"))
         report = await service.history.verify()
         assert report.ok, report.describe()
 
