@@ -43,7 +43,7 @@ _READ_CONNECTIONS = 10
 # audit batches) and reads made inside a read. A pool smaller than what is in use at once under load would
 # open connections on demand and close them again on check-in, paying a connect (and on SQLite its pragmas)
 # each time; beyond this, up to `_POOL_OVERFLOW` more are still opened on demand.
-_POOL_SIZE = 20
+_POOL_SIZE = 15
 _POOL_OVERFLOW = 10
 # A connection that sat unused in the pool this long is pinged before it is handed out (PostgreSQL), so a
 # restarted server costs no caller an error; one in steady use is not (a ping is a round trip per checkout).
@@ -164,31 +164,35 @@ class Database:
             await self._write_engine.dispose()
 
     @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncConnection]:
-        """A connection for reading. The block is shielded from cancellation: see `_uncancelled`."""
+    async def read(self, *, brief: bool = False) -> AsyncIterator[AsyncConnection]:
+        """A connection for reading. The block is shielded from cancellation: see `_uncancelled`.
+
+        `brief`: a few plain statements on the hot path (a request by id, the feed's next batch). On
+        PostgreSQL they run outside a transaction: no BEGIN before and no ROLLBACK after them, two round
+        trips fewer, and the same isolation (read committed gives each statement a snapshot of its own).
+        Not for server-side cursors (streamed results), which need a transaction.
+        """
         if _reading.get():
             # A read inside a read (in this task or one it started) takes no second place in the queue: it
             # could wait for itself. The pool's own overflow and timeout bound it instead.
-            async with self._read_connection() as conn:
+            async with self._read_connection(brief) as conn:
                 yield conn
             return
         async with self._readers:
             token = _reading.set(True)
             try:
-                async with self._read_connection() as conn:
+                async with self._read_connection(brief) as conn:
                     yield conn
             finally:
                 _reading.reset(token)
 
     @asynccontextmanager
-    async def _read_connection(self) -> AsyncIterator[AsyncConnection]:
+    async def _read_connection(self, brief: bool) -> AsyncIterator[AsyncConnection]:
         with _uncancelled():
             async with self.guard():
                 conn = await self._open(self.engine)
                 try:
-                    if not self.is_sqlite:
-                        # No BEGIN before a read and no ROLLBACK after it: two round trips fewer. The isolation
-                        # is unchanged (read committed gives every statement a snapshot of its own anyway).
+                    if brief and not self.is_sqlite:
                         await conn.execution_options(isolation_level="AUTOCOMMIT")
                     yield conn
                 finally:

@@ -134,7 +134,7 @@ class ChangeFeed:
             .order_by(_events.c.seq)
             .limit(_BATCH)
         )
-        async with self.db.read() as conn:
+        async with self.db.read(brief=True) as conn:
             rows = (await conn.execute(query)).all()
             if not rows:
                 return 0

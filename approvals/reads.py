@@ -28,7 +28,7 @@ class RequestReads:
     feed: ChangeFeed
 
     async def get(self, request_id: str) -> RequestView:
-        async with self.db.read() as conn:
+        async with self.db.read(brief=True) as conn:
             return await load(conn, request_id)
 
     async def list_requests(

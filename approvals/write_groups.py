@@ -16,7 +16,8 @@ next shows what it lost to; when that commit fails every writer in the group get
 nothing is acknowledged that is not durable.
 
 Blocks run one after another, never interleaved, so each sees the changes (and the audit chain's
-head) of the blocks before it exactly as if they had been separate transactions.
+head) of the blocks before it exactly as if they had been separate transactions. Work every block
+would repeat (PostgreSQL's notification) is asked for with `before_commit` and done once per group.
 """
 
 from __future__ import annotations

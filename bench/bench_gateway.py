@@ -715,6 +715,16 @@ def report_passthrough(run: PassthroughRun) -> list[str]:
     ]
 
 
+def decisions_sustained(calls: list[HeldCall]) -> str:
+    """Decisions answered per second, from the first approve sent to the last approve answered."""
+    answered = [c for c in calls if not math.isnan(c.approve_done)]
+    if not answered:
+        return "  decisions sustained: none answered"
+    span = max(c.approve_done for c in answered) - min(c.approve_sent for c in answered)
+    rate = len(answered) / span if span > 0 else math.inf
+    return f"  decisions sustained: {rate:.0f}/s ({len(answered)} approve responses over {span:.2f} s)"
+
+
 def report_held(run: HeldRun) -> list[str]:
     held = len(run.calls)
     ok = [c for c in run.calls if c.ok]
@@ -744,6 +754,7 @@ def report_held(run: HeldRun) -> list[str]:
         Summary.of([c.returned - c.approve_done for c in ok]).row("approve response -> agent's result"),
         f"  approved all {held} in {run.drain_seconds:.2f} s ({held / run.drain_seconds:.0f} calls/s; "
         f"gateway CPU {run.approve_cpu_per_call_ms:.2f} ms per approved call)",
+        decisions_sustained(run.calls),
         f"  results: {len(ok)} ok (the broker cancelled the order), {len(failed)} not ok"
         + (" (timings above are over the ok ones)" if failed else ""),
     ]
