@@ -295,6 +295,9 @@ class Database:
                     try:
                         await conn.execute(text(f"UPDATE {migrations.VERSION_TABLE} SET version_num = version_num"))
                     except SQLAlchemyError as exc:
+                        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+                            # A pooled connection the server dropped (it is not pinged while in steady use).
+                            raise StoreUnavailable(f"the database is unavailable: {exc.orig or exc}") from exc
                         # Not only connectivity: "read-only database", "read-only transaction" are outages here too.
                         raise StoreUnavailable(
                             f"the database cannot be written: {getattr(exc, 'orig', None) or exc}"
