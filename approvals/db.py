@@ -213,6 +213,7 @@ class Database:
                         audit.forget_head(conn)
                         yield conn
                 finally:
+                    audit.forget_head(conn)  # known only inside this transaction
                     await conn.close()
 
     async def append_events(self, events: Sequence[tuple[Event, datetime]]) -> list[int]:
