@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, TypedDict, Unpack
 
-from sqlalchemy import func, select
+from sqlalchemy import Integer, Text, column, func, select, table
 
 from approvals import audit
 from approvals.db import Database
@@ -14,6 +14,10 @@ from approvals.models import AuditEvent
 from approvals.views import AuditEventView
 
 _events = AuditEvent.__table__  # type: ignore[attr-defined]
+# SQLite's trigram index of the events' text (migration 0016); the table's own name is its MATCH column.
+_text = table("audit_event_text", column("rowid", Integer), column("audit_event_text", Text))
+# The trigram index looks up three-letter pieces: shorter text is matched against every event.
+TEXT_INDEX_MIN = 3
 
 
 class AuditHistory:
@@ -46,7 +50,7 @@ class AuditHistory:
         Paged by sequence number (keyset), so a page deep in a large history costs the same as the first:
         `before_seq` gives the page after the one ending there, `after_seq` the page before (still newest first).
         """
-        query = select(_events).where(*event_conditions(filters))
+        query = select(_events).where(*event_conditions(filters), *self._text_index(filters))
         if after_seq is not None:
             # The page just newer than `after_seq`: take the oldest `limit` above it, then show them newest first.
             query = query.where(_events.c.seq > after_seq).order_by(_events.c.seq.asc())
@@ -87,12 +91,28 @@ class AuditHistory:
 
     async def count_events(self, *, cap: int | None = None, **filters: Unpack[EventFilters]) -> int:
         """How many events match; with `cap`, counting stops there (the answer is then at least `cap`)."""
-        matching = select(_events.c.seq).where(*event_conditions(filters))
+        matching = select(_events.c.seq).where(*event_conditions(filters), *self._text_index(filters))
         if cap is not None:
             matching = matching.limit(cap)
         query = select(func.count()).select_from(matching.subquery())
         async with self.db.read() as conn:
             return int((await conn.execute(query)).scalar_one())
+
+    def _text_index(self, filters: EventFilters) -> list[Any]:
+        """On SQLite, the text search's candidates from the trigram index (migration 0016), beside its exact match.
+
+        The index finds every event whose arguments or message contain the search text's three-letter pieces
+        in a row, ignoring case: all the events the exact match (`event_conditions`) accepts and perhaps a few
+        more, which it then drops, so the results are the same as without the index. Text under three
+        characters has no piece to look up: it is matched against every event, as before. PostgreSQL needs
+        nothing here: its trigram indexes serve the exact match itself.
+        """
+        text = filters.get("text")
+        if not self.db.is_sqlite or not text or len(text) < TEXT_INDEX_MIN:
+            return []
+        phrase = '"' + text.replace('"', '""') + '"'
+        candidates = select(_text.c.rowid).where(_text.c.audit_event_text.op("MATCH")(phrase))
+        return [_events.c.seq.in_(candidates)]
 
     async def event_facets(self) -> dict[str, list[str]]:
         """The distinct tools, agents, outcomes and actors in the audit log, for filter menus.
