@@ -49,6 +49,9 @@ SEARCHES = [
     "Zürich",
     "Zoë",
     "ÉLISE",
+    # Case is ignored beyond ASCII too (on SQLite from three characters: shorter text folds ASCII only).
+    "élise",
+    "ZÜRICH",
     "AND y OR",
     "NEAR(z)",
     "* ^col:",
@@ -79,7 +82,7 @@ def events() -> list[Event]:
                 kind="call.allowed",
                 outcome="allowed",
                 message=MESSAGES[n % len(MESSAGES)],
-                agent="alpha",
+                agent="alpha" if n % 4 else "bravo",
                 tool="ibkr_get_open_orders",
                 arguments=ARGUMENTS[n % len(ARGUMENTS)],
             )
@@ -100,9 +103,24 @@ async def test_text_search_finds_exactly_the_events_that_contain_the_text(databa
             found = await service.history.search_events(text=search, limit=100)
             assert sorted(e.seq for e in found) == expected, search
             assert await service.history.count_events(text=search) == len(expected), search
-            # Paged newest first by sequence number, as without a search.
+            # Paged newest first by sequence number both ways, as without a search.
+            newest = sorted(expected, reverse=True)
             page = await service.history.search_events(text=search, limit=3)
-            assert [e.seq for e in page] == sorted(expected, reverse=True)[:3], search
+            assert [e.seq for e in page] == newest[:3], search
+            if len(newest) > 4:
+                older = await service.history.search_events(text=search, before_seq=newest[2], limit=2)
+                assert [e.seq for e in older] == newest[3:5], search
+                newer = await service.history.search_events(text=search, after_seq=newest[4], limit=2)
+                assert [e.seq for e in newer] == newest[2:4], search
+            # With the other filters: an agent, a range of sequence numbers.
+            bravo = [seq for seq in expected if recorded[seq - 1].agent == "bravo"]
+            found = await service.history.search_events(text=search, agent="bravo", limit=100)
+            assert sorted(e.seq for e in found) == bravo, search
+            assert await service.history.count_events(text=search, agent="bravo") == len(bravo), search
+            inside = [seq for seq in expected if 10 <= seq <= 40]
+            assert await service.history.count_events(text=search, seq_from=10, seq_to=40) == len(inside), search
+            found = await service.history.search_events(text=search, seq_from=10, seq_to=40, limit=100)
+            assert sorted(e.seq for e in found) == inside, search
         # An event no longer in the history is no longer found.
         async with db.write() as conn:
             await conn.execute(text("DELETE FROM audit_event WHERE seq = 2"))

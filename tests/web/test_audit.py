@@ -155,6 +155,13 @@ async def test_the_audit_page_filters_pages_and_exports_the_current_filter(tmp_p
         records = list(csv.DictReader(io.StringIO(exported.text)))
         assert [r["seq"] for r in records] == matching
         assert records[-1]["arguments"] == "11" and records[-1]["hash"]
+        # Three characters or more are looked up in the text index (SQLite); the page, its count and the
+        # export answer as they do for shorter text.
+        indexed = await web.get("/audit", params={"q": "RWARD"})
+        assert re.findall(r'<tr id="event-(\d+)">', indexed.text) == [str(n) for n in range(120, 70, -1)]
+        assert "120 matching events" in indexed.text
+        exported = await web.get("/audit/export.csv", params={"q": "rward", "agent": "alpha"})
+        assert [r["seq"] for r in csv.DictReader(io.StringIO(exported.text))] == [str(n) for n in range(120, 0, -1)]
         everything = await web.get("/audit/export.json")
         document = json.loads(everything.text)
         assert len(document["events"]) == 120 and document["exported_by"] == "alice"
