@@ -173,6 +173,22 @@ async def test_the_audit_page_filters_pages_and_exports_the_current_filter(tmp_p
         assert "No events match these filters." in empty.text
 
 
+async def test_a_text_search_counts_its_matches_to_a_thousand(tmp_path: Path, sqlite_url: str) -> None:
+    async with running_gateway(tmp_path, sqlite_url, config=web_config()) as h, browser_client(h.base_url) as web:
+        await sign_in(web, "alice")
+        events = [
+            Event(kind="call.allowed", outcome="allowed", message=f"needle {n}", agent="alpha") for n in range(1001)
+        ]
+        for start in range(0, len(events), 100):
+            await h.gateway.db.append_events([(e, datetime.now(UTC)) for e in events[start : start + 100]])
+        searched = await web.get("/audit", params={"q": "NEEDLE"})
+        assert "More than 1,000 matching events" in searched.text
+        assert len(re.findall(r'<tr id="event-(\d+)">', searched.text)) == 50
+        assert "1,001 matching events" in (await web.get("/audit")).text
+        one = await web.get("/audit", params={"q": "needle 1000"})
+        assert 'id="result-count">1 matching event</p>' in one.text
+
+
 async def test_an_exported_cell_that_looks_like_a_formula_is_defused(tmp_path: Path, sqlite_url: str) -> None:
     async with running_gateway(tmp_path, sqlite_url, config=web_config()) as h, browser_client(h.base_url) as web:
         await sign_in(web, "alice")
