@@ -7,7 +7,7 @@ from typing import Any, TypedDict, Unpack
 
 from sqlalchemy import func, select
 
-from approvals import audit
+from approvals import audit, audit_text
 from approvals.db import Database
 from approvals.evidence import verify_log
 from approvals.models import AuditEvent
@@ -46,14 +46,14 @@ class AuditHistory:
         Paged by sequence number (keyset), so a page deep in a large history costs the same as the first:
         `before_seq` gives the page after the one ending there, `after_seq` the page before (still newest first).
         """
-        query = select(_events).where(*event_conditions(filters))
+        query, seq = self._matching(filters, _events)
         if after_seq is not None:
             # The page just newer than `after_seq`: take the oldest `limit` above it, then show them newest first.
-            query = query.where(_events.c.seq > after_seq).order_by(_events.c.seq.asc())
+            query = query.where(seq > after_seq).order_by(seq.asc())
         else:
             if before_seq is not None:
-                query = query.where(_events.c.seq < before_seq)
-            query = query.order_by(_events.c.seq.desc())
+                query = query.where(seq < before_seq)
+            query = query.order_by(seq.desc())
         async with self.db.read() as conn:
             rows = (await conn.execute(query.limit(limit))).mappings().all()
         views = [AuditEventView.from_row(r) for r in rows]
@@ -87,12 +87,32 @@ class AuditHistory:
 
     async def count_events(self, *, cap: int | None = None, **filters: Unpack[EventFilters]) -> int:
         """How many events match; with `cap`, counting stops there (the answer is then at least `cap`)."""
-        matching = select(_events.c.seq).where(*event_conditions(filters))
+        phrase = self._phrase(filters)
+        if phrase is not None and not any(filters.get(name) for name in audit_text.ROW_FILTERS):
+            # Text alone (and sequence bounds): the index counts its matches without reading an event.
+            matching, _ = _indexed(select(audit_text.rowid).select_from(audit_text.index), phrase, filters)
+        else:
+            matching, _ = self._matching(filters, _events.c.seq)
         if cap is not None:
             matching = matching.limit(cap)
         query = select(func.count()).select_from(matching.subquery())
         async with self.db.read() as conn:
             return int((await conn.execute(query)).scalar_one())
+
+    def _phrase(self, filters: EventFilters) -> str | None:
+        return audit_text.phrase(filters.get("text")) if self.db.is_sqlite else None
+
+    def _matching(self, filters: EventFilters, *columns: Any) -> tuple[Any, Any]:
+        """SELECT `columns` of the events that match `filters`, and the sequence number column to page them by.
+
+        On SQLite a text search is read from the trigram index joined to the events (`approvals.audit_text`),
+        paged by the index's rowid (the event's `seq`), so the index yields matches newest first and stops
+        at a page; every other search reads the events alone.
+        """
+        phrase = self._phrase(filters)
+        if phrase is None:
+            return select(*columns).where(*event_conditions(filters)), _events.c.seq
+        return _indexed(select(*columns).select_from(audit_text.joined(_events)), phrase, filters)
 
     async def event_facets(self) -> dict[str, list[str]]:
         """The distinct tools, agents, outcomes and actors in the audit log, for filter menus.
@@ -106,6 +126,12 @@ class AuditHistory:
             for name in ("tool", "agent", "outcome", "actor"):
                 facets[name] = [str(v) for v in (await conn.execute(_distinct(name))).scalars()]
         return facets
+
+
+def _indexed(query: Any, phrase: str, filters: EventFilters) -> tuple[Any, Any]:
+    """`query` (over the trigram index) narrowed to `phrase` and the other filters, sequence bounds on the rowid."""
+    others = event_conditions({**filters, "text": None}, seq=audit_text.rowid)
+    return query.where(audit_text.matches(phrase), *others), audit_text.rowid
 
 
 def _distinct(name: str) -> Any:
@@ -134,7 +160,9 @@ class EventFilters(TypedDict, total=False):
     seq_to: int | None
 
 
-def event_conditions(filters: EventFilters) -> list[Any]:
+def event_conditions(filters: EventFilters, *, seq: Any = None) -> list[Any]:
+    """The conditions `filters` make; sequence bounds apply to `seq` (the events' own by default)."""
+    seq = _events.c.seq if seq is None else seq
     conditions: list[Any] = []
     for name in ("tool", "agent", "outcome", "actor", "request_id"):
         value = filters.get(name)
@@ -150,9 +178,9 @@ def event_conditions(filters: EventFilters) -> list[Any]:
         conditions.append(_events.c.at < until)
     seq_from, seq_to = filters.get("seq_from"), filters.get("seq_to")
     if seq_from is not None:
-        conditions.append(_events.c.seq >= seq_from)
+        conditions.append(seq >= seq_from)
     if seq_to is not None:
-        conditions.append(_events.c.seq <= seq_to)
+        conditions.append(seq <= seq_to)
     if text:
         # A literal substring: the user's % and _ are not wildcards.
         escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

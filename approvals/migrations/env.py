@@ -18,7 +18,10 @@ from sqlalchemy import Connection
 from sqlmodel import SQLModel
 from sqlmodel.sql.sqltypes import AutoString
 
-from approvals import models  # noqa: F401  (registers the tables on SQLModel.metadata)
+from approvals import (
+    migrations,
+    models,  # noqa: F401  (registers the tables on SQLModel.metadata)
+)
 
 
 def render_item(kind: str, obj: Any, autogen_context: AutogenContext) -> str | Literal[False]:
@@ -37,6 +40,7 @@ def run_on(connection: Connection) -> None:
         render_as_batch=True,
         render_item=render_item,
         compare_type=True,
+        include_name=migrations.described_by_models,
     )
     with context.begin_transaction():
         context.run_migrations()

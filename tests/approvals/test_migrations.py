@@ -143,7 +143,9 @@ async def test_a_gateway_serves_a_database_made_before_migrations_once_it_is_upg
 
 
 def _differences(conn: Connection) -> list[object]:
-    context = MigrationContext.configure(conn, opts={"compare_type": True})
+    context = MigrationContext.configure(
+        conn, opts={"compare_type": True, "include_name": migrations.described_by_models}
+    )
     return list(compare_metadata(context, SQLModel.metadata))
 
 

@@ -155,6 +155,13 @@ async def test_the_audit_page_filters_pages_and_exports_the_current_filter(tmp_p
         records = list(csv.DictReader(io.StringIO(exported.text)))
         assert [r["seq"] for r in records] == matching
         assert records[-1]["arguments"] == "11" and records[-1]["hash"]
+        # Three characters or more are looked up in the text index (SQLite); the page, its count and the
+        # export answer as they do for shorter text.
+        indexed = await web.get("/audit", params={"q": "RWARD"})
+        assert re.findall(r'<tr id="event-(\d+)">', indexed.text) == [str(n) for n in range(120, 70, -1)]
+        assert "120 matching events" in indexed.text
+        exported = await web.get("/audit/export.csv", params={"q": "rward", "agent": "alpha"})
+        assert [r["seq"] for r in csv.DictReader(io.StringIO(exported.text))] == [str(n) for n in range(120, 0, -1)]
         everything = await web.get("/audit/export.json")
         document = json.loads(everything.text)
         assert len(document["events"]) == 120 and document["exported_by"] == "alice"
@@ -164,6 +171,22 @@ async def test_the_audit_page_filters_pages_and_exports_the_current_filter(tmp_p
         assert bad.status_code == 400 and "not a date or time" in bad.text
         empty = await web.get("/audit", params={"tool": "nothing-like-this"})
         assert "No events match these filters." in empty.text
+
+
+async def test_a_text_search_counts_its_matches_to_a_thousand(tmp_path: Path, sqlite_url: str) -> None:
+    async with running_gateway(tmp_path, sqlite_url, config=web_config()) as h, browser_client(h.base_url) as web:
+        await sign_in(web, "alice")
+        events = [
+            Event(kind="call.allowed", outcome="allowed", message=f"needle {n}", agent="alpha") for n in range(1001)
+        ]
+        for start in range(0, len(events), 100):
+            await h.gateway.db.append_events([(e, datetime.now(UTC)) for e in events[start : start + 100]])
+        searched = await web.get("/audit", params={"q": "NEEDLE"})
+        assert "More than 1,000 matching events" in searched.text
+        assert len(re.findall(r'<tr id="event-(\d+)">', searched.text)) == 50
+        assert "1,001 matching events" in (await web.get("/audit")).text
+        one = await web.get("/audit", params={"q": "needle 1000"})
+        assert 'id="result-count">1 matching event</p>' in one.text
 
 
 async def test_an_exported_cell_that_looks_like_a_formula_is_defused(tmp_path: Path, sqlite_url: str) -> None:

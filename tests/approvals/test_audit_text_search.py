@@ -1,0 +1,181 @@
+"""The audit history's text search through its trigram index (revision 0016): the same answers as a plain scan.
+
+Every search here is checked against the rule the page documents, computed in Python over the events
+themselves: a literal, case-insensitive substring of the arguments or the message.
+"""
+
+from __future__ import annotations
+
+import json
+
+from alembic import command
+from sqlalchemy import text
+
+from approvals import migrations
+from approvals.approvers import ApproverDirectory
+from approvals.audit import Event
+from approvals.db import Database
+from approvals.service import ApprovalService
+from tests.fixtures.revision_one import expected_rows, load_into
+
+MESSAGES = [
+    "forwarded",
+    'said "no" twice',
+    "rejected by bob: 100% wrong_account",
+    "café crème for ÉLISE",
+    "x AND y OR NEAR(z) -w * ^col: {a b}",
+    "ab",
+]
+ARGUMENTS = [
+    None,
+    json.dumps({"symbol": "AAPL", "qty": 100}),
+    json.dumps({"symbol": "MSFT", "note": 'it\'s "quoted"'}),
+    '{"pct":"50_50","path":"C:\\\\tmp"}',
+    json.dumps({"name": "Zoë", "city": "Zürich"}, ensure_ascii=False),
+]
+SEARCHES = [
+    "aapl",
+    "AAPL",
+    "msft",
+    '"no"',
+    '"quoted\\"',
+    "it's",
+    "100%",
+    "50_50",
+    "5_5",
+    "wrong_acc",
+    "w_ong",
+    "café",
+    "Zürich",
+    "Zoë",
+    "ÉLISE",
+    # Case is ignored beyond ASCII too (on SQLite from three characters: shorter text folds ASCII only).
+    "élise",
+    "ZÜRICH",
+    "AND y OR",
+    "NEAR(z)",
+    "* ^col:",
+    "{a b}",
+    "ab",
+    "b",
+    "rd",
+    "orward",
+    "C:\\\\tmp",
+    "nothing like this",
+    "symbol",
+    '"""',
+    ")))",
+    "   ",
+]
+
+
+def matches(search: str, event: Event) -> bool:
+    needle = search.lower()
+    return needle in (event.arguments or "").lower() or needle in event.message.lower()
+
+
+def events() -> list[Event]:
+    made = []
+    for n in range(60):
+        made.append(
+            Event(
+                kind="call.allowed",
+                outcome="allowed",
+                message=MESSAGES[n % len(MESSAGES)],
+                agent="alpha" if n % 4 else "bravo",
+                tool="ibkr_get_open_orders",
+                arguments=ARGUMENTS[n % len(ARGUMENTS)],
+            )
+        )
+    return made
+
+
+async def test_text_search_finds_exactly_the_events_that_contain_the_text(database_url: str) -> None:
+    db = Database(database_url)
+    await db.create_schema()
+    service = ApprovalService(db, ApproverDirectory([]))
+    recorded = events()
+    try:
+        for event in recorded:
+            await service.record(event)
+        for search in SEARCHES:
+            expected = [seq for seq, event in enumerate(recorded, start=1) if matches(search, event)]
+            found = await service.history.search_events(text=search, limit=100)
+            assert sorted(e.seq for e in found) == expected, search
+            assert await service.history.count_events(text=search) == len(expected), search
+            # Paged newest first by sequence number both ways, as without a search.
+            newest = sorted(expected, reverse=True)
+            page = await service.history.search_events(text=search, limit=3)
+            assert [e.seq for e in page] == newest[:3], search
+            if len(newest) > 4:
+                older = await service.history.search_events(text=search, before_seq=newest[2], limit=2)
+                assert [e.seq for e in older] == newest[3:5], search
+                newer = await service.history.search_events(text=search, after_seq=newest[4], limit=2)
+                assert [e.seq for e in newer] == newest[2:4], search
+            # With the other filters: an agent, a range of sequence numbers.
+            bravo = [seq for seq in expected if recorded[seq - 1].agent == "bravo"]
+            found = await service.history.search_events(text=search, agent="bravo", limit=100)
+            assert sorted(e.seq for e in found) == bravo, search
+            assert await service.history.count_events(text=search, agent="bravo") == len(bravo), search
+            inside = [seq for seq in expected if 10 <= seq <= 40]
+            assert await service.history.count_events(text=search, seq_from=10, seq_to=40) == len(inside), search
+            found = await service.history.search_events(text=search, seq_from=10, seq_to=40, limit=100)
+            assert sorted(e.seq for e in found) == inside, search
+        # An event no longer in the history is no longer found.
+        async with db.write() as conn:
+            await conn.execute(text("DELETE FROM audit_event WHERE seq = 2"))
+        found = await service.history.search_events(text="aapl", limit=100)
+        assert 2 not in {e.seq for e in found} and found
+    finally:
+        await db.dispose()
+
+
+async def _migrate(db: Database, revision: str, *, down: bool = False, stamp: bool = False) -> None:
+    async with db.schema_transaction() as conn:
+        step = command.stamp if stamp else command.downgrade if down else command.upgrade
+        await conn.run_sync(lambda sync: step(migrations.config(sync), revision))
+
+
+async def test_the_index_covers_events_written_before_it_and_undoes_cleanly(database_url: str) -> None:
+    """Upgrading indexes the events already there; downgrading drops the index; upgrading again rebuilds it."""
+    await load_into(database_url)
+    stored = expected_rows()["audit_event"]
+    db = Database(database_url)
+    service = ApprovalService(db, ApproverDirectory([]))
+
+    async def seqs(search: str) -> list[int]:
+        return sorted(e.seq for e in await service.history.search_events(text=search, limit=1000))
+
+    def expected(search: str) -> list[int]:
+        needle = search.lower()
+        return sorted(
+            int(r["seq"])
+            for r in stored
+            if needle in str(r["arguments"] or "").lower() or needle in str(r["message"]).lower()
+        )
+
+    try:
+        # The database the 0.1.0 gateway left (revision one, unstamped), brought to the revision before the index.
+        await _migrate(db, migrations.REVISION_ONE, stamp=True)
+        await _migrate(db, "0015")
+        await _migrate(db, "0016")
+        searches = ["forward", "FORWARDED", "order", "bob", "ibkr", "zzz-not-there"]
+        assert any(expected(s) for s in searches)
+        for search in searches:
+            assert await seqs(search) == expected(search), search
+
+        await _migrate(db, "0015", down=True)
+        async with db.read() as conn:
+            if db.is_sqlite:
+                leftover = "SELECT count(*) FROM sqlite_master WHERE name LIKE 'audit_event_text%'"
+            else:
+                leftover = "SELECT count(*) FROM pg_indexes WHERE indexname LIKE '%_trgm'"
+            assert (await conn.execute(text(leftover))).scalar_one() == 0
+        # Written while the index was away, then found once it is back.
+        await service.record(Event(kind="call.allowed", outcome="allowed", message="written at 0015 BETWEEN"))
+        await _migrate(db, migrations.head())
+        assert await service.history.count_events(text="at 0015 betw") == 1
+        for search in searches:
+            assert await seqs(search) == expected(search), search
+    finally:
+        await db.dispose()
