@@ -9,11 +9,12 @@ never keeps the request from being made.
 
 Reads go through `GatewayReads`, which calls an upstream tool only when the current policy allows
 that tool outright, under the gateway's own identity, and writes a `call.lookup` audit row for each.
+Requests for the same agent made at once that ask the same question share one read
+(`gateway.shared_lookups`); each still has its own audit row, naming the request whose read it shared.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -21,7 +22,6 @@ from typing import Any
 
 import anyio
 import jmespath
-import mcp_types as types
 
 from approvals.audit import Event, canonical_json
 from approvals.service import ApprovalService
@@ -31,6 +31,7 @@ from gateway.policy_context import ContextSpec, render_summary, resolve_argument
 from gateway.policy_model import ApprovalSettings
 from gateway.policy_store import PolicyStore
 from gateway.results import text_of
+from gateway.shared_lookups import SharedLookups
 from gateway.upstreams import Upstreams
 
 log = logging.getLogger(__name__)
@@ -71,20 +72,30 @@ class ReadFailed(Exception):
 class GatewayReads:
     """Calls read tools for context: only tools the policy allows outright, bounded in time, each read audited."""
 
-    def __init__(self, service: ApprovalService, policies: PolicyStore, upstreams: Upstreams) -> None:
+    def __init__(
+        self,
+        service: ApprovalService,
+        policies: PolicyStore,
+        upstreams: Upstreams,
+        lookups: SharedLookups | None = None,
+    ) -> None:
         self.service = service
         self.policies = policies
         self.upstreams = upstreams
+        self.lookups = lookups or SharedLookups()
 
-    async def read(
-        self, call: HeldCall, upstream_tool: str, arguments: dict[str, Any], *, bound: float
-    ) -> types.CallToolResult:
-        """Call `upstream_tool` on the held call's upstream; raises ReadFailed with the reason when it cannot."""
+    async def read(self, call: HeldCall, upstream_tool: str, arguments: dict[str, Any], *, bound: float) -> Any:
+        """What `upstream_tool` of the held call's upstream answered, as a selection reads it (structured, else
+        JSON text, else {"text": …}); raises ReadFailed with the reason when it cannot be read.
+
+        Lookups asking the same agent's question at once share one read (`gateway.shared_lookups`); each is
+        audited on its own, a shared one naming the request whose lookup sent the read."""
         name = self.upstreams.catalog_name(call.upstream, upstream_tool)
         upstream = self.upstreams.get(call.upstream)
         if name is None or upstream is None:
             raise ReadFailed(f"upstream '{call.upstream}' offers no {upstream_tool} tool right now")
         evaluation = self.policies.current.evaluate(name, arguments, agent=AgentIdentity(GATEWAY_IDENTITY))
+        arguments_json = canonical_json(arguments)
         event = Event(
             kind="call.lookup",
             outcome="allowed",
@@ -94,19 +105,22 @@ class GatewayReads:
             upstream=call.upstream,
             request_id=call.request_id,
             actor=GATEWAY_IDENTITY,
-            arguments=canonical_json(arguments),
+            arguments=arguments_json,
             detail={"rule": evaluation.rule, "for_agent": call.agent},
         )
         if evaluation.action != "allow":
             await self._audit(event, "denied", f"lookup of {name} refused by policy: {evaluation.message}")
             raise ReadFailed(f"the policy does not allow the gateway to read {name} ({evaluation.message})")
-        result: types.CallToolResult | None = None
-        try:
-            with anyio.move_on_after(bound):
-                result = await upstream.call(upstream_tool, arguments)
-        except Exception as exc:  # a broken upstream is a failed lookup, never a failed request
-            await self._audit(event, "failed", f"lookup of {name} failed: {exc}")
-            raise ReadFailed(f"{name} could not be called: {exc}") from exc
+        question = (call.agent, call.upstream, upstream_tool, arguments_json, bound)
+        flight, sent = await self.lookups.ask(
+            question, call.request_id, lambda: upstream.call(upstream_tool, arguments)
+        )
+        if not sent:
+            event = replace(event, detail={**event.detail, "shared_from": flight.asked_for})
+        result = flight.result
+        if flight.error is not None:  # a broken upstream is a failed lookup, never a failed request
+            await self._audit(event, "failed", f"lookup of {name} failed: {flight.error}")
+            raise ReadFailed(f"{name} could not be called: {flight.error}") from flight.error
         if result is None:
             await self._audit(event, "failed", f"lookup of {name} timed out after {bound:g}s")
             raise ReadFailed(f"{name} did not answer within {bound:g}s")
@@ -114,7 +128,7 @@ class GatewayReads:
             await self._audit(event, "failed", f"lookup of {name} failed: {text_of(result, 200)}")
             raise ReadFailed(f"{name} answered with an error: {text_of(result, 200)}")
         await self._audit(event, "allowed", event.message)
-        return result
+        return flight.content()
 
     async def _audit(self, event: Event, outcome: str, message: str) -> None:
         try:
@@ -154,8 +168,8 @@ class ApprovalContext:
             return ContextItem(spec.name, spec.tool, problem="this gateway makes no lookups")
         try:
             arguments = resolve_arguments(spec.arguments, call.arguments)
-            result = await self.reads.read(call, spec.tool, arguments, bound=spec.timeout)
-            value = select(spec, _content(result), call.arguments)
+            found = await self.reads.read(call, spec.tool, arguments, bound=spec.timeout)
+            value = select(spec, found, call.arguments)
             size = len(canonical_json(value))
             if size > VALUE_LIMIT:
                 problem = f"what the policy selects is {size} bytes, more than {VALUE_LIMIT}; select less"
@@ -165,14 +179,3 @@ class ApprovalContext:
             return ContextItem(spec.name, spec.tool, problem=failed.reason)
         except jmespath.exceptions.JMESPathError as exc:
             return ContextItem(spec.name, spec.tool, problem=f"the policy's selection does not apply: {exc}")
-
-
-def _content(result: types.CallToolResult) -> Any:
-    """What a selection reads: the structured result, else the text as JSON, else {"text": the text}."""
-    if result.structured_content is not None:
-        return result.structured_content
-    text = text_of(result, 1_000_000)
-    try:
-        return json.loads(text)
-    except ValueError:
-        return {"text": text}

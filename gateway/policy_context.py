@@ -24,6 +24,8 @@ import jmespath
 from jinja2 import Template, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
+from gateway import selection
+
 # The argument the agent gives its reason in, when the tool's policy asks for one. Stripped before anything else.
 REASON_ARGUMENT: Final = "countersign_reason"
 REASON_LIMIT: Final = 1000
@@ -178,7 +180,7 @@ def select(spec: ContextSpec, found: Any, held: Mapping[str, Any]) -> Any:
         value = jmespath.search(match.group(1), {"args": dict(held)})
         return "`" + json.dumps(value, ensure_ascii=False).replace("`", "\\`") + "`"
 
-    return jmespath.search(_REFERENCE.sub(literal, spec.select), found)
+    return selection.search(_REFERENCE.sub(literal, spec.select), found)
 
 
 @functools.lru_cache(maxsize=256)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import jmespath
 import pytest
 
 from gateway.demo import CANCEL_ORDER_SELECT, CANCEL_SUMMARY
@@ -73,6 +75,49 @@ def test_an_agents_argument_is_data_in_a_selection_never_expression() -> None:
     assert select(spec, orders, {"orderId": 1001})["instrument"] == "AAPL"
     # A crafted orderId that would close the literal and widen the filter stays one odd string: nothing matches.
     assert select(spec, orders, {"orderId": "1` || `true"}) is None
+
+
+# Lists whose elements test every corner of an equality filter: JMESPath's `true` is not `1`, a missing field
+# reads as null, an element that is not an object has no fields, a nested path, a number of either type.
+ITEMS: list[Any] = [
+    {"id": 1, "name": "one", "deep": {"id": 1}},
+    {"id": True, "name": "true"},
+    {"id": 1.0, "name": "float one"},
+    {"id": "1", "name": "text one"},
+    {"name": "no id"},
+    {"id": None, "name": "null id"},
+    {"id": [1], "name": "a list"},
+    {"id": 0, "name": "zero"},
+    {"id": False, "name": "false"},
+    "a string",
+    7,
+    None,
+    {"id": 2, "name": "two", "deep": {"id": 2}},
+]
+
+
+@pytest.mark.parametrize(
+    "select_template",
+    [
+        "items[?id == {{ args.v }}]",
+        "items[?{{ args.v }} == id]",
+        "items[?deep.id == {{ args.v }}] | [0].name",
+        "items[?id == {{ args.v }}].name",
+        "items[?id != {{ args.v }}].name",
+        "items[?id == {{ args.v }}] | [0].{n: name, d: deep}",
+        "nothing[?id == {{ args.v }}]",
+        "name[?id == {{ args.v }}]",
+        "items[?id == `1`] | length(@)",
+    ],
+)
+@pytest.mark.parametrize("value", [1, 1.0, True, False, 0, "1", None, [1], 2, 3])
+def test_a_selection_picks_exactly_what_jmespath_picks(select_template: str, value: Any) -> None:
+    found = {"items": ITEMS, "name": "not a list"}
+    spec = ContextSpec("item", "items", {}, select_template)
+    literal = "`" + json.dumps(value) + "`"
+    expected = jmespath.search(select_template.replace("{{ args.v }}", literal), found)
+    assert select(spec, found, {"v": value}) == expected
+    assert type(select(spec, found, {"v": value})) is type(expected)
 
 
 def test_a_summary_that_cannot_render_falls_back_and_the_sandbox_holds() -> None:
