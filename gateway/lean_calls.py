@@ -137,8 +137,8 @@ class LeanCalls:
         if not self.enabled or scope["type"] != "http" or scope.get("method") != "POST":
             await self.app(scope, receive, send)
             return
-        body = await _read_body(receive)
-        replay = _replaying(body, receive)
+        read, body = await _read_body(receive, self.sessions.max_request_body_size)
+        replay = _replaying(read, receive)
         if body is not None and await self._serve(scope, replay, send, body):
             self.served += 1
         else:
@@ -325,25 +325,28 @@ class _in_flight:
                 transport.idle_scope.deadline = anyio.current_time() + transport._idle_timeout
 
 
-async def _read_body(receive: Receive) -> bytes | None:
-    """The request's whole body; None if the client left first."""
-    chunks: list[bytes] = []
+async def _read_body(receive: Receive, limit: int) -> tuple[list[Message], bytes | None]:
+    """What was read of the request, and its whole body if it came complete within `limit` bytes.
+
+    Past the limit reading stops: the SDK, reading on, answers 413 as before.
+    """
+    read: list[Message] = []
+    size = 0
     while True:
         message = await receive()
+        read.append(message)
         if message["type"] != "http.request":
-            return None
-        chunks.append(message.get("body", b""))
+            return read, None
+        size += len(message.get("body", b""))
+        if size > limit:
+            return read, None
         if not message.get("more_body", False):
-            return b"".join(chunks)
+            return read, b"".join(part.get("body", b"") for part in read)
 
 
-def _replaying(body: bytes | None, receive: Receive) -> Receive:
-    """`receive` for whoever reads the request after us: the body once, then the connection as it goes on."""
-    pending: list[Message] = (
-        [{"type": "http.request", "body": body, "more_body": False}]
-        if body is not None
-        else [{"type": "http.disconnect"}]
-    )
+def _replaying(read: list[Message], receive: Receive) -> Receive:
+    """`receive` for whoever reads the request after us: what was read, then the connection as it goes on."""
+    pending = list(reversed(read))
 
     async def replay() -> Message:
         if pending:

@@ -233,6 +233,7 @@ async def test_bad_2026_requests_are_left_to_the_sdk(tmp_path: Path, sqlite_url:
             "no Mcp-Method": lambda: modern.call(tool, {}, **{"Mcp-Method": "tools/list"}),
             "malformed JSON": lambda: modern.call(tool, {}, body=b'{"jsonrpc": "2.0", "id": 9, "method": "tools/ca'),
             "no Accept for SSE": lambda: modern.call(tool, {}, Accept="application/json"),
+            "a body over the SDK's limit": lambda: modern.call(tool, {"pad": "x" * (5 << 20)}),
             "no client capabilities": lambda: modern.call(
                 tool,
                 {},
