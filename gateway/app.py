@@ -20,6 +20,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from approvals.approvers import ApproverDirectory
 from approvals.audit import Event
@@ -42,6 +43,7 @@ from gateway.health import health
 from gateway.held import HeldCalls
 from gateway.identity import AgentDirectory, AgentIdentity
 from gateway.jwt_auth import jwt_options, metadata_routes
+from gateway.lean_calls import LeanCalls, SessionConnections
 from gateway.mcp_server import build_server
 from gateway.metrics import GatewayMetrics, metrics_endpoint
 from gateway.policy_shadow import ShadowStore
@@ -125,6 +127,8 @@ class Gateway:
         self.events = InMemorySubscriptionBus()
         self.relay = build_relay(self.upstreams, self.policies, self.service, self.events)
         self.mcp = build_server(self.calls, self.events, stdio_agent=stdio_agent, relay=self.relay)
+        self.connections = SessionConnections()
+        self.mcp.middleware.append(self.connections.middleware)
         self.session_manager = AgentSessions(
             self.mcp,
             per_agent=settings.agent_limits.max_sessions_per_agent,
@@ -263,10 +267,22 @@ class Gateway:
     def agent_tokens(self) -> dict[str, str]:
         return {agent.digest: agent.name for agent in self.settings.agents}
 
+    def _lean(self, sdk: ASGIApp) -> LeanCalls:
+        # The plain allowed call is answered without the SDK's transport (gateway.lean_calls); tests reach it here.
+        self.lean = LeanCalls(
+            sdk,
+            server=self.mcp,
+            sessions=self.session_manager,
+            handler=self.calls,
+            connections=self.connections,
+            security=self._transport_security(),
+        )
+        return self.lean
+
     def asgi(self, *, lifespan: bool = True) -> Starlette:
         mcp_endpoint = self.readiness.gate(
             AgentAuth(
-                SessionCap(StreamableHTTPASGIApp(self.session_manager), self.session_manager),
+                self._lean(SessionCap(StreamableHTTPASGIApp(self.session_manager), self.session_manager)),
                 self.agent_tokens(),
                 dev_mode=self.settings.server.dev_mode,
                 keepalive_interval=self.settings.server.keepalive_interval,

@@ -85,7 +85,8 @@ class Traffic:
         params = ctx.params or {}
         tool = str(params.get("name", ""))
         line = AgentLine(ctx, self.agent_of(ctx), tool, self._levels.get(_session_key(ctx)))
-        if line.modern and self.rounds.running:
+        if line.modern and self.rounds.running and _askable_at_all(line):
+            # Only a call whose agent could be asked something needs to outlive its request (a task hop).
             return await self._in_rounds(line, call_next)
         token = _LINE.set(line)
         try:
@@ -195,7 +196,7 @@ class Traffic:
         self, upstream: str, params: types.CreateMessageRequestParams
     ) -> types.CreateMessageResult | types.ErrorData:
         line = self._line(upstream)
-        refusal = _refusal(line, types.ClientCapabilities(sampling=types.SamplingCapability()), "Sampling")
+        refusal = _refusal(line, _SAMPLING, "Sampling")
         if refusal is not None or line is None:
             return refusal or _NO_LINE
         result = await _send(line, types.CreateMessageRequest(params=params), types.CreateMessageResult)
@@ -246,6 +247,11 @@ async def _send(line: AgentLine, request: types.InputRequest, answer: type[Any])
         return types.ErrorData(code=types.INTERNAL_ERROR, message=f"the agent did not answer: {exc}")
 
 
+def _askable_at_all(line: AgentLine) -> bool:
+    """Whether the agent's client declared anything the upstream (or an approval) could ask it with."""
+    return line.can(_ELICITATION) or line.can(_SAMPLING)
+
+
 def askable() -> bool:
     """Whether the agent whose call is being served now can be asked something (an elicitation)."""
     line = _LINE.get()
@@ -263,6 +269,7 @@ async def ask_agent(request: types.ElicitRequest) -> types.ElicitResult | types.
 
 
 _ELICITATION = types.ClientCapabilities(elicitation=types.ElicitationCapability())
+_SAMPLING = types.ClientCapabilities(sampling=types.SamplingCapability())
 _WRONG_ANSWER = types.ErrorData(code=types.INTERNAL_ERROR, message="the agent answered with something else")
 _NO_LINE = types.ErrorData(
     code=types.INVALID_REQUEST, message="Elicitation not supported: no single agent call is waiting on this upstream"
