@@ -49,7 +49,7 @@ from mcp.server import _streamable_http_modern as modern
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, authorization_context
 from mcp.server.connection import Connection
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
-from mcp.server.runner import ServerRunner, _has_modern_envelope, serve_one
+from mcp.server.runner import ServerRunner, _has_modern_envelope, modern_error_data, serve_one
 from mcp.server.streamable_http import MCP_SESSION_ID_HEADER, check_accept_headers
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
 from mcp.shared.inbound import InboundLadderRejection, classify_inbound_request, find_duplicated_routing_header
@@ -62,6 +62,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.calls import CallHandler
+from gateway.mcp_server import LEAN_KEY, NotPlain
 from gateway.results import STATUS_TOOL, WAIT_TOOL
 from gateway.sessions import AgentSessions
 
@@ -97,7 +98,6 @@ def check_sdk(server: Server[Any], sessions: AgentSessions) -> None:
     """The SDK internals this module relies on; a new SDK without them must fail loudly, not misbehave."""
     needed = [
         (modern, "_SingleExchangeDispatchContext"),
-        (modern, "_to_jsonrpc_response"),
         (modern, "_write"),
         (modern, "_mcp_param_rejection"),
         (sessions, "_server_instances"),
@@ -214,8 +214,20 @@ class LeanCalls:
             message_metadata=ServerMessageMetadata(request_context=request),
             cancel_requested=self._not_cancelled(),
         )
-        call = serve_one(self.server, dctx, "tools/call", req.params, connection=connection, lifespan_state=state)
-        answer = await modern._to_jsonrpc_response(req.id, call)
+        answer: types.JSONRPCResponse | types.JSONRPCError
+        try:
+            scope[LEAN_KEY] = True
+            result = await serve_one(
+                self.server, dctx, "tools/call", req.params, connection=connection, lifespan_state=state
+            )
+            answer = types.JSONRPCResponse(jsonrpc="2.0", id=req.id, result=result)
+        except NotPlain:
+            return False
+        except Exception as exc:
+            # As the SDK's single-exchange entry maps a failure (modern._to_jsonrpc_response).
+            answer = types.JSONRPCError(jsonrpc="2.0", id=req.id, error=modern_error_data(exc))
+        finally:
+            scope.pop(LEAN_KEY, None)
         await modern._write(answer, scope, receive, send)
         return True
 
@@ -269,8 +281,11 @@ class LeanCalls:
         reply: types.JSONRPCResponse | types.JSONRPCError
         with _in_flight(transport):
             try:
+                scope[LEAN_KEY] = True
                 result = await runner.on_request(dctx, "tools/call", message.params)
                 reply = types.JSONRPCResponse(jsonrpc="2.0", id=message.id, result=result)
+            except NotPlain:
+                return False
             except Exception as exc:
                 # As the session's message loop answers a failed request (its code 0 included).
                 error = handler_exception_to_error_data(exc)
@@ -278,6 +293,8 @@ class LeanCalls:
                     log.exception("handler for 'tools/call' raised")
                     error = types.ErrorData(code=0, message=str(exc))
                 reply = types.JSONRPCError(jsonrpc="2.0", id=message.id, error=error)
+            finally:
+                scope.pop(LEAN_KEY, None)
         payload = reply.model_dump_json(by_alias=True, exclude_unset=True).encode()
         await send(
             {

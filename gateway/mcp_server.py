@@ -29,6 +29,12 @@ AGENT_GROUPS_KEY = "countersign.agent_groups"
 DISCONNECTED_KEY = "countersign.disconnected"
 # The 2025-era POST's response wrapper (gateway.post_stream.PostStream), for a call that may wait.
 STREAM_KEY = "countersign.stream"
+# Set while gateway.lean_calls serves the request: it answers only calls that cannot wait.
+LEAN_KEY = "countersign.lean"
+
+
+class NotPlain(Exception):
+    """The policy changed under a call the lean path took: it may wait now, so the SDK's transport must serve it."""
 
 
 class CancelLog:
@@ -133,6 +139,8 @@ def build_server(
         if tasks.wanted(ctx, params):
             return await tasks.create_2026(caller, params)
         if isinstance(ctx.request, Request) and (params.name == WAIT_TOOL or handler.may_hold(params.name)):
+            if ctx.request.scope.get(LEAN_KEY):
+                raise NotPlain(params.name)  # before anything is audited or sent
             stream = ctx.request.scope.get(STREAM_KEY)
             if stream is not None:
                 await stream.stream_now()

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx2
 import mcp_types as types
 import pytest
@@ -302,3 +303,47 @@ async def test_real_clients_get_the_same_results_either_way(tmp_path: Path, sqli
         assert results[True][0]["isError"] is False and "orders" in results[True][0]["structuredContent"]
         allowed = [e for e in await h.gateway.service.history.events(limit=100) if e.kind == "call.allowed"]
         assert len(allowed) == 2 * 2  # the open orders and the failing cancel, each way
+
+
+@pytest.mark.parametrize("era", ["legacy", "modern"])
+async def test_a_call_the_policy_may_hold_by_the_time_it_runs_is_handed_back_to_the_sdk(
+    tmp_path: Path, sqlite_url: str, era: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The policy can change between the lean path's look and the handler's: the call then waits as any held call."""
+    async with running_gateway(tmp_path, sqlite_url, policy=POLICY) as h, httpx2.AsyncClient(timeout=10) as http:
+        calls = h.gateway.calls
+        real = calls.may_hold
+        looks: list[str] = []
+
+        def may_hold(name: str) -> bool:
+            looks.append(name)
+            return False if len(looks) == 1 else real(name)  # the lean path's look sees the old policy
+
+        monkeypatch.setattr(calls, "may_hold", may_hold)
+        order = {"contract": {"symbol": "AAPL", "secType": "STK"}, "order": {"action": "BUY", "totalQuantity": 1}}
+        if era == "legacy":
+            session = await Legacy(h, http).open()
+            body = {
+                "jsonrpc": "2.0",
+                "id": 5,
+                "method": "tools/call",
+                "params": {"name": "ibkr_place_order", "arguments": order},
+            }
+            request = http.stream("POST", session.url, headers=session.headers, content=json.dumps(body).encode())
+        else:
+            modern = Modern(h, http)
+            request = None
+        if request is not None:
+            async with request as response:
+                assert response.headers["content-type"].startswith("text/event-stream")
+                [pending] = await h.pending()
+                assert pending["tool"] == "ibkr_place_order"
+        else:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(modern.call, "ibkr_place_order", order)
+                [pending] = await h.pending()
+                assert pending["tool"] == "ibkr_place_order"
+                tg.cancel_scope.cancel()
+        assert h.gateway.lean.served == 0
+        assert looks[0] == "ibkr_place_order" and len(looks) >= 2
+        assert not [e for e in await h.gateway.service.history.events(limit=20) if e.kind == "call.allowed"]
