@@ -8,12 +8,15 @@ stream where it is still running (a held call's stream, say).
 Kept per process and bounded by event count and bytes: the oldest events go first, so a client
 that comes back after a long absence may find its place gone, and then gets nothing replayed
 (as from a gateway without resumability). A held call's stream gets a "still waiting" notice
-every few seconds for as long as it waits, so each stream also keeps only its latest
+every few seconds for as long as it waits, so each request's stream also keeps only its latest
 `MAX_PER_STREAM` events: a client that reconnects misses the newest ones, and the older notices
-are worth nothing to it. An event is kept as the JSON the wire carried, not as a message object
-(a tenth of the memory), and is parsed again only when it is replayed. The transport names a stream by its request's id,
-which every session numbers from 1, so each session sees the store through its own view
-(`for_session`), whose streams and event ids no other session can reach.
+are worth nothing to it. A session's standalone GET stream (its notifications, each of which may
+matter) is bounded only by the store's totals. An event is kept as the JSON the wire carried,
+not as a message object, and is parsed again only when it is replayed.
+
+The transport names a stream by its request's id, which every session numbers from 1, so each
+session sees the store through its own view (`for_session`), whose streams and event ids no
+other session can reach.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Final
 
-from mcp.server.streamable_http import EventCallback, EventId, EventMessage, EventStore, StreamId
+from mcp.server.streamable_http import GET_STREAM_KEY, EventCallback, EventId, EventMessage, EventStore, StreamId
 from mcp_types import JSONRPCMessage, jsonrpc_message_adapter
 
 MAX_EVENTS: Final = 50_000
@@ -70,7 +73,7 @@ class BoundedEventStore(EventStore):
         ids = self._streams.setdefault(stream_id, deque())
         ids.append(event_id)
         self._bytes += size
-        if len(ids) > self.per_stream:
+        if len(ids) > self.per_stream and not stream_id.endswith(GET_STREAM_KEY):
             self._forget(ids.popleft())
         while len(self._events) > self.max_events or (self._bytes > self.max_bytes and len(self._events) > 1):
             self._evict_oldest()

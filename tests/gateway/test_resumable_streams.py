@@ -163,3 +163,10 @@ async def test_a_long_stream_keeps_only_its_latest_events_and_replays_them_as_th
     replayed.clear()
     assert await store.replay_events_after(ids[0], send) is None and replayed == []
     assert await store.replay_events_after(other, send) == "other" and replayed == []
+
+    # A session's standalone GET stream carries notifications that each may matter: only the totals bound it.
+    first = await store.store_event("s1/_GET_stream", None)
+    for note in notices:
+        await store.store_event("s1/_GET_stream", note)
+    assert await store.replay_events_after(first, send) == "s1/_GET_stream"
+    assert [event.message for event in replayed] == notices
