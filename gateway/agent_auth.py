@@ -19,15 +19,16 @@ import json
 import logging
 from collections.abc import Mapping
 
-import anyio
-from mcp.server import _streamable_http_modern
+from mcp.server import _streamable_http_modern, streamable_http
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from sse_starlette import EventSourceResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from approvals.approvers import token_digest
 from gateway.bearer import BearerProblem, bearer_token
+from gateway.caller import Gone
 from gateway.config import DEV_AGENT_NAME
 from gateway.identity import AgentDirectory
 from gateway.jwt_auth import JwtAgents, JwtRejected, looks_like_jwt
@@ -37,6 +38,30 @@ from gateway.post_stream import PostStream
 log = logging.getLogger(__name__)
 
 DEV_AGENT = DEV_AGENT_NAME
+
+
+class _PostResponse(EventSourceResponse):
+    """The SDK's SSE response, without its own ping task on a POST whose keep-alives `PostStream` sends.
+
+    A held call's response is open for as long as it waits; sse_starlette's ping would be one more
+    task (and timer) per held call, saying what the stream's keep-alive comment already says.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        stream = scope.get(STREAM_KEY)
+        if isinstance(stream, PostStream) and stream.keeps_alive:
+            self.ping_interval = 0
+        await super().__call__(scope, receive, send)
+
+
+def quiet_post_pings() -> None:
+    """Have the 2025-era transport build `_PostResponse`s (it names sse_starlette's class at module level)."""
+    built = getattr(streamable_http, "EventSourceResponse", None)
+    if built is _PostResponse:
+        return
+    if built is not EventSourceResponse:
+        raise RuntimeError("this mcp SDK does not build sse_starlette responses: the POST keep-alive needs a new hook")
+    setattr(streamable_http, "EventSourceResponse", _PostResponse)  # noqa: B010 (the SDK's name, not ours)
 
 
 def use_modern_ping_interval(seconds: float) -> None:
@@ -77,6 +102,7 @@ class AgentAuth:
         self.keepalive_interval = keepalive_interval
         if keepalive_interval is not None:
             use_modern_ping_interval(keepalive_interval)
+            quiet_post_pings()
 
     def identify(self, token: str | None) -> str | None:
         if self.dev_mode and not self.agents:
@@ -129,11 +155,11 @@ class AgentAuth:
             # The modern transport watches for disconnects itself and cancels the handler.
             await self.app(scope, receive, send)
             return
-        gone = anyio.Event()
+        gone = Gone()
         scope[DISCONNECTED_KEY] = gone
         await self._serve_watching(scope, receive, send, gone)
 
-    async def _serve_watching(self, scope: Scope, receive: Receive, send: Send, gone: anyio.Event) -> None:
+    async def _serve_watching(self, scope: Scope, receive: Receive, send: Send, gone: Gone) -> None:
         stream = PostStream(receive, send, gone, self.keepalive_interval)
         scope[STREAM_KEY] = stream
         try:

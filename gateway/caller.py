@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import re
@@ -69,13 +70,69 @@ class TaskSlot:
         return request
 
 
+class Gone:
+    """A connection's end: a flag that runs callbacks when it is set, so a held call can watch it without a task.
+
+    Set once, from the task that reads the connection (`gateway.post_stream`); never cleared.
+    """
+
+    __slots__ = ("_callbacks", "_set")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._callbacks: list[Callable[[], None]] = []
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        if self._set:
+            return
+        self._set = True
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def on_set(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback` once when the flag is set (at once if it is); returns what takes it back."""
+        if self._set:
+            callback()
+            return _nothing
+        self._callbacks.append(callback)
+
+        def forget() -> None:
+            if callback in self._callbacks:
+                self._callbacks.remove(callback)
+
+        return forget
+
+    async def wait(self) -> None:
+        if self._set:
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def wake() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        forget = self.on_set(wake)
+        try:
+            await done
+        finally:
+            forget()
+
+
+def _nothing() -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class Caller:
     """Who is calling, and how to tell that they went away or withdrew."""
 
     agent: str
     session: str
-    disconnected: anyio.Event | None = None
+    disconnected: Gone | None = None
     # Returns the reason when the client explicitly cancelled this request (notifications/cancelled).
     cancel_reason: Callable[[], Awaitable[str | None]] | None = None
     # Set when the call asked to become a task (gateway.tasks): it is not held, its request is the task.
@@ -124,20 +181,17 @@ class ProgressLine:
             log.debug("progress not delivered: %s", exc)
 
 
-async def race_gone(step: Awaitable[T], gone: anyio.Event) -> T | None:
+async def race_gone(step: Awaitable[T], gone: Gone) -> T | None:
     """Run a wait step, but give up as soon as `gone` is set (then return None).
 
-    The step runs in the caller's own task; only the watcher is a task of its own (one per waiting
-    call, not two: held calls wait by the thousand).
+    The step runs in the caller's own task, and the connection's end cancels it through a callback:
+    a held call costs no task of its own for watching (they wait by the ten thousand).
     """
     result: list[T] = []
-    async with anyio.create_task_group() as tg:
-
-        async def watch() -> None:
-            await gone.wait()
-            tg.cancel_scope.cancel()
-
-        tg.start_soon(watch)
-        result.append(await step)
-        tg.cancel_scope.cancel()
+    with anyio.CancelScope() as scope:
+        forget = gone.on_set(scope.cancel)
+        try:
+            result.append(await step)
+        finally:
+            forget()
     return result[0] if result and not gone.is_set() else None

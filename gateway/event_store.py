@@ -7,9 +7,16 @@ stream where it is still running (a held call's stream, say).
 
 Kept per process and bounded by event count and bytes: the oldest events go first, so a client
 that comes back after a long absence may find its place gone, and then gets nothing replayed
-(as from a gateway without resumability). The transport names a stream by its request's id,
-which every session numbers from 1, so each session sees the store through its own view
-(`for_session`), whose streams and event ids no other session can reach.
+(as from a gateway without resumability). A held call's stream gets a "still waiting" notice
+every few seconds for as long as it waits, so each request's stream also keeps only its latest
+`MAX_PER_STREAM` events: a client that reconnects misses the newest ones, and the older notices
+are worth nothing to it. A session's standalone GET stream (its notifications, each of which may
+matter) is bounded only by the store's totals. An event is kept as the JSON the wire carried,
+not as a message object, and is parsed again only when it is replayed.
+
+The transport names a stream by its request's id, which every session numbers from 1, so each
+session sees the store through its own view (`for_session`), whose streams and event ids no
+other session can reach.
 """
 
 from __future__ import annotations
@@ -19,11 +26,12 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Final
 
-from mcp.server.streamable_http import EventCallback, EventId, EventMessage, EventStore, StreamId
-from mcp_types import JSONRPCMessage
+from mcp.server.streamable_http import GET_STREAM_KEY, EventCallback, EventId, EventMessage, EventStore, StreamId
+from mcp_types import JSONRPCMessage, jsonrpc_message_adapter
 
-MAX_EVENTS: Final = 10_000
+MAX_EVENTS: Final = 50_000
 MAX_BYTES: Final = 32 * 1024 * 1024
+MAX_PER_STREAM: Final = 4  # a stream's latest events; a held call's stream grows by a notice every few seconds
 RETRY_MS: Final = 2_000  # the `retry` hint: how soon a client whose stream ended should reconnect
 _OVERHEAD = 64  # bytes counted for an event beside its message
 
@@ -32,16 +40,19 @@ _OVERHEAD = 64  # bytes counted for an event beside its message
 class _Stored:
     stream: StreamId
     seq: int
-    message: JSONRPCMessage | None
+    message: str | None  # the message as the wire carries it (None: a priming event)
     size: int
 
 
 class BoundedEventStore(EventStore):
-    def __init__(self, *, max_events: int = MAX_EVENTS, max_bytes: int = MAX_BYTES) -> None:
-        if max_events < 1 or max_bytes < 1:
+    def __init__(
+        self, *, max_events: int = MAX_EVENTS, max_bytes: int = MAX_BYTES, per_stream: int = MAX_PER_STREAM
+    ) -> None:
+        if max_events < 1 or max_bytes < 1 or per_stream < 1:
             raise ValueError("an event store needs room for at least one event")
         self.max_events = max_events
         self.max_bytes = max_bytes
+        self.per_stream = per_stream
         self._events: OrderedDict[EventId, _Stored] = OrderedDict()
         self._streams: dict[StreamId, deque[EventId]] = {}
         self._bytes = 0
@@ -55,10 +66,15 @@ class BoundedEventStore(EventStore):
     async def store_event(self, stream_id: StreamId, message: JSONRPCMessage | None) -> EventId:
         self._seq += 1
         event_id = secrets.token_urlsafe(12)
-        size = _OVERHEAD + (len(message.model_dump_json(by_alias=True)) if message is not None else 0)
-        self._events[event_id] = _Stored(stream_id, self._seq, message, size)
-        self._streams.setdefault(stream_id, deque()).append(event_id)
+        # Serialised as the transport writes it, so a replayed event reads the same as the original.
+        data = None if message is None else message.model_dump_json(by_alias=True, exclude_unset=True)
+        size = _OVERHEAD + (len(data) if data is not None else 0)
+        self._events[event_id] = _Stored(stream_id, self._seq, data, size)
+        ids = self._streams.setdefault(stream_id, deque())
+        ids.append(event_id)
         self._bytes += size
+        if len(ids) > self.per_stream and not stream_id.endswith(GET_STREAM_KEY):
+            self._forget(ids.popleft())
         while len(self._events) > self.max_events or (self._bytes > self.max_bytes and len(self._events) > 1):
             self._evict_oldest()
         return event_id
@@ -79,8 +95,14 @@ class BoundedEventStore(EventStore):
             stored = self._events.get(event_id)
             if stored is None or stored.seq <= seen.seq or stored.message is None:
                 continue
-            await send_callback(EventMessage(stored.message, event_id))
+            message = jsonrpc_message_adapter.validate_json(stored.message, by_name=False)
+            await send_callback(EventMessage(message, event_id))
         return seen.stream
+
+    def _forget(self, event_id: EventId) -> None:
+        stored = self._events.pop(event_id, None)
+        if stored is not None:
+            self._bytes -= stored.size
 
     def _evict_oldest(self) -> None:
         event_id, stored = self._events.popitem(last=False)

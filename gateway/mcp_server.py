@@ -15,7 +15,7 @@ from starlette.requests import Request
 
 from approvals.errors import ApprovalError, StoreUnavailable
 from gateway import tracing
-from gateway.caller import Caller
+from gateway.caller import Caller, Gone
 from gateway.calls import CallHandler
 from gateway.errors import CallRefused, Tag, instructions
 from gateway.relay_server import Relay, RelayServer
@@ -119,9 +119,7 @@ def build_server(
             gone = request.scope.get(DISCONNECTED_KEY)
             session = request.headers.get("mcp-session-id") or agent
             groups = request.scope.get(AGENT_GROUPS_KEY, ())
-            return Caller(
-                agent, session, gone if isinstance(gone, anyio.Event) else None, cancels.probe(ctx), groups=groups
-            )
+            return Caller(agent, session, gone if isinstance(gone, Gone) else None, cancels.probe(ctx), groups=groups)
         if stdio_agent is None:
             raise RuntimeError("no agent identity for this transport")
         groups = handler.agents.identity(stdio_agent).groups

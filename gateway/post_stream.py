@@ -31,6 +31,8 @@ from typing import Any
 import anyio
 from starlette.types import Message, Receive, Send
 
+from gateway.caller import Gone
+
 KEEPALIVE_COMMENT = b": keep-alive\r\n\r\n"
 _SSE = b"text/event-stream"
 _TOOL_CALL = re.compile(rb'"method"\s*:\s*"tools/call"')
@@ -74,7 +76,7 @@ def single_result(event: bytes) -> bytes | None:
 class PostStream:
     """The `receive` and `send` one POST's app sees (build one per request)."""
 
-    def __init__(self, receive: Receive, send: Send, gone: anyio.Event, keepalive_interval: float | None) -> None:
+    def __init__(self, receive: Receive, send: Send, gone: Gone, keepalive_interval: float | None) -> None:
         self._receive = receive
         self._send = send
         self.gone = gone
@@ -92,6 +94,11 @@ class PostStream:
         # Serialises the app's sends with a keep-alive's; uncontended it costs no checkpoint.
         self._lock = anyio.Lock(fast_acquire=True)
         self._pinging: asyncio.Task[None] | None = None
+
+    @property
+    def keeps_alive(self) -> bool:
+        """Whether this response gets keep-alive comments while it is silent."""
+        return self._interval is not None
 
     # ---- receive
 

@@ -128,3 +128,45 @@ async def test_the_event_store_keeps_within_its_bounds_and_forgets_the_oldest_fi
 
     with pytest.raises(ValueError, match="at least one event"):
         BoundedEventStore(max_events=0)
+    with pytest.raises(ValueError, match="at least one event"):
+        BoundedEventStore(per_stream=0)
+
+
+async def test_a_long_stream_keeps_only_its_latest_events_and_replays_them_as_they_were_sent() -> None:
+    # A held call's stream gets a notice every few seconds for as long as it waits: it keeps its latest few.
+    store = BoundedEventStore(per_stream=3)
+    other = await store.store_event("other", None)
+    notices = [
+        types.JSONRPCNotification(
+            jsonrpc="2.0",
+            method="notifications/progress",
+            params={"progressToken": 7, "progress": n, "message": f"still waiting ({n})"},
+        )
+        for n in range(1, 7)
+    ]
+    ids = [await store.store_event("held", None)] + [await store.store_event("held", note) for note in notices]
+    assert store.size[0] == 1 + 3  # the other stream's event, and the held stream's latest three
+
+    replayed: list[Any] = []
+
+    async def send(event: Any) -> None:
+        replayed.append(event)
+
+    # Its place among the latest: the rest is replayed, each message as it was first sent, with its id.
+    assert await store.replay_events_after(ids[-3], send) == "held"
+    assert [event.event_id for event in replayed] == ids[-2:]
+    assert [event.message for event in replayed] == notices[-2:]
+    assert [event.message.model_dump_json(by_alias=True, exclude_unset=True) for event in replayed] == [
+        note.model_dump_json(by_alias=True, exclude_unset=True) for note in notices[-2:]
+    ]
+    # The priming event and the older notices are gone: a client that last saw one of them gets nothing.
+    replayed.clear()
+    assert await store.replay_events_after(ids[0], send) is None and replayed == []
+    assert await store.replay_events_after(other, send) == "other" and replayed == []
+
+    # A session's standalone GET stream carries notifications that each may matter: only the totals bound it.
+    first = await store.store_event("s1/_GET_stream", None)
+    for note in notices:
+        await store.store_event("s1/_GET_stream", note)
+    assert await store.replay_events_after(first, send) == "s1/_GET_stream"
+    assert [event.message for event in replayed] == notices
