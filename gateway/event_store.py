@@ -6,11 +6,15 @@ reconnects with `Last-Event-ID` with what it missed on that stream, then carries
 stream where it is still running (a held call's stream, say).
 
 Kept per process and bounded by event count and bytes: the oldest events go first, so a client
-that comes back after a long absence may find its place gone, and then gets nothing replayed
-(as from a gateway without resumability). A held call's stream gets a "still waiting" notice
+that comes back after a long absence may find its stream gone, and then gets nothing replayed
+(as from a gateway without resumability); on a session's standalone GET stream, losing its place
+is enough for that. A held call's stream gets a "still waiting" notice
 every few seconds for as long as it waits, so each request's stream also keeps only its latest
-`MAX_PER_STREAM` events: a client that reconnects misses the newest ones, and the older notices
-are worth nothing to it. A session's standalone GET stream (its notifications, each of which may
+`MAX_PER_STREAM` events: a client that reconnects after missing more than that gets the latest
+ones replayed (the result among them, once there is one) and misses the older notices, which are
+worth nothing to it by then. An event id names its stream and its place on it, so a client whose
+last event has been dropped from its stream still finds the stream, with no record kept per
+dropped event. A session's standalone GET stream (its notifications, each of which may
 matter) is bounded only by the store's totals. An event is kept as the JSON the wire carried,
 not as a message object, and is parsed again only when it is replayed.
 
@@ -55,6 +59,12 @@ class BoundedEventStore(EventStore):
         self.per_stream = per_stream
         self._events: OrderedDict[EventId, _Stored] = OrderedDict()
         self._streams: dict[StreamId, deque[EventId]] = {}
+        # Each stream's random name in its events' ids (`<name>.<seq>`), and back.
+        self._names: dict[StreamId, str] = {}
+        self._named: dict[str, StreamId] = {}
+        # A standalone GET stream's newest event lost to the totals: a client that last saw one before it has
+        # lost its place there (every notification on it may matter), so it gets nothing replayed.
+        self._lost: dict[StreamId, int] = {}
         self._bytes = 0
         self._seq = 0
 
@@ -65,7 +75,11 @@ class BoundedEventStore(EventStore):
 
     async def store_event(self, stream_id: StreamId, message: JSONRPCMessage | None) -> EventId:
         self._seq += 1
-        event_id = secrets.token_urlsafe(12)
+        name = self._names.get(stream_id)
+        if name is None:
+            name = self._names[stream_id] = secrets.token_urlsafe(12)
+            self._named[name] = stream_id
+        event_id = f"{name}.{self._seq}"
         # Serialised as the transport writes it, so a replayed event reads the same as the original.
         data = None if message is None else message.model_dump_json(by_alias=True, exclude_unset=True)
         size = _OVERHEAD + (len(data) if data is not None else 0)
@@ -87,17 +101,21 @@ class BoundedEventStore(EventStore):
 
     async def replay(self, last_event_id: EventId, send_callback: EventCallback, *, within: str) -> StreamId | None:
         """Replay after `last_event_id` if its stream's name starts with `within`."""
-        seen = self._events.get(last_event_id)
-        if seen is None or not seen.stream.startswith(within):
+        name, _, place = last_event_id.rpartition(".")
+        stream = self._named.get(name)
+        if stream is None or not place.isdigit() or not stream.startswith(within):
+            return None
+        after = int(place)
+        if after < self._lost.get(stream, 0):
             return None
         # A copy: sending waits on the client, and more events may be stored (or evicted) meanwhile.
-        for event_id in list(self._streams.get(seen.stream, ())):
+        for event_id in list(self._streams.get(stream, ())):
             stored = self._events.get(event_id)
-            if stored is None or stored.seq <= seen.seq or stored.message is None:
+            if stored is None or stored.seq <= after or stored.message is None:
                 continue
             message = jsonrpc_message_adapter.validate_json(stored.message, by_name=False)
             await send_callback(EventMessage(message, event_id))
-        return seen.stream
+        return stream
 
     def _forget(self, event_id: EventId) -> None:
         stored = self._events.pop(event_id, None)
@@ -107,6 +125,8 @@ class BoundedEventStore(EventStore):
     def _evict_oldest(self) -> None:
         event_id, stored = self._events.popitem(last=False)
         self._bytes -= stored.size
+        if stored.stream.endswith(GET_STREAM_KEY):
+            self._lost[stored.stream] = stored.seq
         ids = self._streams.get(stored.stream)
         if ids is not None:
             if ids and ids[0] == event_id:
@@ -115,6 +135,8 @@ class BoundedEventStore(EventStore):
                 ids.remove(event_id)
             if not ids:
                 del self._streams[stored.stream]
+                self._named.pop(self._names.pop(stored.stream, ""), None)
+                self._lost.pop(stored.stream, None)
 
 
 class SessionEvents(EventStore):

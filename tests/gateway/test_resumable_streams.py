@@ -108,16 +108,28 @@ async def test_a_client_that_reconnects_with_last_event_id_gets_what_it_missed_o
 async def test_the_event_store_keeps_within_its_bounds_and_forgets_the_oldest_first() -> None:
     store = BoundedEventStore(max_events=3)
     note = types.JSONRPCNotification(jsonrpc="2.0", method="notifications/message", params={"n": 1})
-    ids = [await store.store_event("s", note) for _ in range(5)]
+    ids = [await store.store_event("s/_GET_stream", note) for _ in range(5)]
     assert store.size[0] == 3
     replayed: list[str] = []
 
     async def send(event: Any) -> None:
         replayed.append(event.event_id)
 
-    # The oldest two are gone: a client that last saw one of them has lost its place and gets nothing.
+    # The oldest two are gone: a client that last saw the first has lost its place on its session's stream
+    # of notifications, each of which may matter, and gets nothing.
     assert await store.replay_events_after(ids[0], send) is None and replayed == []
-    assert await store.replay_events_after(ids[2], send) == "s" and replayed == ids[3:]
+    # One that last saw the newest one dropped has missed nothing kept after it.
+    assert await store.replay_events_after(ids[1], send) == "s/_GET_stream" and replayed == ids[2:]
+    replayed.clear()
+    assert await store.replay_events_after(ids[2], send) == "s/_GET_stream" and replayed == ids[3:]
+    # A request's stream (a held call's notices, then its result) replays what it keeps instead.
+    replayed.clear()
+    calls = [await store.store_event("s/7", note) for _ in range(3)]
+    assert await store.replay_events_after(ids[4], send) is None  # that stream is gone altogether now
+    assert await store.replay_events_after(calls[0], send) == "s/7" and replayed == calls[1:]
+    calls.append(await store.store_event("s/7", note))  # the store's three are now this stream's newest
+    replayed.clear()
+    assert await store.replay_events_after(calls[0], send) == "s/7" and replayed == calls[1:]
 
     by_bytes = BoundedEventStore(max_bytes=1_200)
     big = types.JSONRPCNotification(jsonrpc="2.0", method="notifications/message", params={"x": "y" * 400})
@@ -159,10 +171,21 @@ async def test_a_long_stream_keeps_only_its_latest_events_and_replays_them_as_th
     assert [event.message.model_dump_json(by_alias=True, exclude_unset=True) for event in replayed] == [
         note.model_dump_json(by_alias=True, exclude_unset=True) for note in notices[-2:]
     ]
-    # The priming event and the older notices are gone: a client that last saw one of them gets nothing.
+    # The priming event and the older notices are gone; a client that last saw one of them still finds its
+    # stream and gets what is kept (the latest, which is where a result would be).
     replayed.clear()
-    assert await store.replay_events_after(ids[0], send) is None and replayed == []
+    assert await store.replay_events_after(ids[0], send) == "held"
+    assert [event.event_id for event in replayed] == ids[-3:]
+    assert [event.message for event in replayed] == notices[-3:]
+    replayed.clear()
     assert await store.replay_events_after(other, send) == "other" and replayed == []
+    # An id the store never gave, or one of a stream it has forgotten altogether, replays nothing.
+    assert await store.replay_events_after("no-such-event", send) is None
+    assert await store.replay_events_after(ids[0].rpartition(".")[0] + ".x", send) is None
+    small = BoundedEventStore(max_events=1)
+    gone = await small.store_event("a", None)
+    await small.store_event("b", None)
+    assert await small.replay_events_after(gone, send) is None and replayed == []
 
     # A session's standalone GET stream carries notifications that each may matter: only the totals bound it.
     first = await store.store_event("s1/_GET_stream", None)
