@@ -10,7 +10,6 @@ that run a gateway; the others live in `gateway.cli_policy`, `gateway.cli_approv
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys
@@ -50,7 +49,7 @@ def add_serve(sub: Subparsers) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from gateway.serving import serve_http, serve_stdio
+    from gateway.serving import run, serve_http, serve_stdio
 
     settings = read_settings(args.config)
     if args.host or args.port is not None:
@@ -63,8 +62,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return code
     if args.stdio:
         agent = _stdio_agent(settings, args.agent)
-        return asyncio.run(serve_stdio(settings, agent, with_http=not args.no_http, accept_audit_rollback=accept))
-    return asyncio.run(serve_http(settings, accept_audit_rollback=accept))
+        return run(serve_stdio(settings, agent, with_http=not args.no_http, accept_audit_rollback=accept))
+    return run(serve_http(settings, accept_audit_rollback=accept))
 
 
 def _stdio_agent(settings: Settings, name: str | None) -> str:
@@ -105,7 +104,7 @@ def add_demo(sub: Subparsers) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import banner, demo_settings
-    from gateway.serving import serve_http
+    from gateway.serving import run, serve_http
 
     settings = demo_settings(Path(args.data_dir), host=args.host, port=args.port)
     print(banner(settings), flush=True)
@@ -115,7 +114,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     accept = args.accept_audit_rollback
     if (code := audit_ready(settings, accept_rollback=accept)) != 0:
         return code
-    return asyncio.run(serve_http(settings, accept_audit_rollback=accept))
+    return run(serve_http(settings, accept_audit_rollback=accept))
 
 
 def add_paper_broker(sub: Subparsers) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
-from typing import Literal
+from collections.abc import Coroutine
+from typing import Any, Literal
 
 import anyio
 import uvicorn
@@ -41,6 +43,17 @@ def _uvicorn(
         proxy_headers=not settings.web.trusted_header,
     )
     return uvicorn.Server(config)
+
+
+def run(main: Coroutine[Any, Any, int]) -> int:
+    """Run a serving coroutine on uvloop's event loop where it is installed (the default install has it:
+    its loop, with httptools parsing HTTP under uvicorn, costs the gateway markedly less CPU per relayed
+    call than asyncio's with h11); on asyncio's own loop where it is not."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 async def serve_http(settings: Settings, *, accept_audit_rollback: bool = False) -> int:
