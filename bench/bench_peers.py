@@ -129,7 +129,7 @@ async def start_peers(args: argparse.Namespace, workdir: Path, procs: list[Proc]
         where.mkdir()
         url = database_url if not database_url.startswith("sqlite") else f"sqlite:///{where / 'countersign.db'}"
         config = countersign_config(where, port=port, database_url=url, access_log=None)
-        argv = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)]
+        argv = [args.baseline_python or sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)]
         baseline = start_process(BASELINE, argv, workdir, procs, cwd=Path(args.baseline))
         await wait_healthy(baseline, f"http://127.0.0.1:{port}/readyz", lambda body: True)
         peers.append(Peer(BASELINE, f"http://127.0.0.1:{port}/mcp", baseline, AGENT_TOKEN))
@@ -331,6 +331,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--baseline",
         metavar="DIR",
         help=f"also run `countersign serve` from the checkout DIR, as the peer {BASELINE!r} (before/after)",
+    )
+    parser.add_argument(
+        "--baseline-python",
+        metavar="PYTHON",
+        help="the interpreter that runs --baseline (default: this one); e.g. another virtualenv's, to compare "
+        "installs with different dependencies",
     )
     parser.add_argument("--cache", default=str(DEFAULT_CACHE), help=f"where mcp-proxy is installed ({DEFAULT_CACHE})")
     parser.add_argument("--timeout", type=float, default=1200.0, help="give up after this many seconds (1200)")
