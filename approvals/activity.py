@@ -27,6 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import sqlite
 
+from approvals import audit_text
 from approvals.db import Database
 from approvals.history import EventFilters, event_conditions
 from approvals.models import AuditEvent
@@ -119,11 +120,14 @@ class AuditActivity:
         counts = {outcome: [0] * buckets.count for outcome in series}
         if not series:
             return Activity(since, until, buckets, counts)
-        if not self.db.is_sqlite or filters.get("request_id") or filters.get("actor"):
+        phrase = audit_text.phrase(filters.get("text")) if self.db.is_sqlite else None
+        if not self.db.is_sqlite or phrase is not None or filters.get("request_id") or filters.get("actor"):
             # PostgreSQL groups a week of a million events by hash in ~0.2 s, where hundreds of subqueries
-            # planned as one statement take seconds. And a request's story or one approver's decisions are a
-            # few rows their own index finds at once: read them and group.
-            return Activity(since, until, buckets, await self._grouped(counts, buckets, since, until, filters))
+            # planned as one statement take seconds. A request's story or one approver's decisions are a
+            # few rows their own index finds at once, and on SQLite the trigram index finds a search's
+            # matches (approvals.audit_text) without reading the events around them: read them and group.
+            grouped = await self._grouped(counts, buckets, since, until, filters, phrase)
+            return Activity(since, until, buckets, grouped)
         # SQLite otherwise: one count per outcome and bucket, all in one statement. Each is a range of the
         # (outcome, at) index, so it counts index entries without sorting groups: for a week of a million
         # events about ten times faster than its GROUP BY over the range (bench/bench_audit_page.py).
@@ -137,14 +141,20 @@ class AuditActivity:
         return Activity(since, until, buckets, counts)
 
     async def _grouped(
-        self, counts: dict[str, list[int]], buckets: Buckets, since: datetime, until: datetime, filters: EventFilters
+        self,
+        counts: dict[str, list[int]],
+        buckets: Buckets,
+        since: datetime,
+        until: datetime,
+        filters: EventFilters,
+        phrase: str | None = None,
     ) -> dict[str, list[int]]:
         bucket = self._bucket(buckets).label("bucket")
-        query = (
-            select(bucket, _events.c.outcome, func.count())
-            .where(*event_conditions({**filters, "since": since, "until": until}))
-            .group_by(bucket, _events.c.outcome)
-        )
+        conditions = event_conditions({**filters, "since": since, "until": until})
+        if phrase is not None:
+            conditions = event_conditions({**filters, "since": since, "until": until, "text": None})
+            conditions.append(_events.c.seq.in_(select(audit_text.rowid).where(audit_text.matches(phrase))))
+        query = select(bucket, _events.c.outcome, func.count()).where(*conditions).group_by(bucket, _events.c.outcome)
         async with self.db.read() as conn:
             rows = (await conn.execute(query)).all()
         for index, outcome, n in rows:

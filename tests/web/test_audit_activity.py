@@ -101,7 +101,9 @@ async def test_buckets_follow_the_time_range_and_each_event_lands_in_the_bucket_
         # Two allowed calls at 12:00 and 12:20, a denial at 13:05, a held call and its expiry at 14:59 and 15:00.
         for minutes, outcome in ((0, "allowed"), (20, "allowed"), (65, "denied"), (179, "held"), (180, "expired")):
             now = T0 + timedelta(minutes=minutes)
-            await service.record(Event(kind=f"call.{outcome}", outcome=outcome, message="m", agent="alpha", tool="t"))
+            await service.record(
+                Event(kind=f"call.{outcome}", outcome=outcome, message="m order", agent="alpha", tool="t")
+            )
         activity = await AuditActivity(db).count(start=T0, end=T0 + timedelta(hours=4))
         assert activity.buckets.width == timedelta(minutes=5) and activity.buckets.count == 48
         assert activity.counts["allowed"][0] == 1 and activity.counts["allowed"][4] == 1
@@ -129,6 +131,13 @@ async def test_buckets_follow_the_time_range_and_each_event_lands_in_the_bucket_
         assert found.total == 5 and found.counts["denied"][13] == 1
         theirs = await AuditActivity(db).count(start=T0, end=T0 + timedelta(hours=4), text="M", agent="bravo")
         assert theirs.total == 0
+        # Three characters or more: on SQLite the trigram index finds the matches; the counts are the same.
+        indexed = await AuditActivity(db).count(start=T0, end=T0 + timedelta(hours=4), text="ORDER")
+        assert indexed.counts == found.counts
+        assert (await AuditActivity(db).count(start=T0, end=T0 + timedelta(hours=4), text="ORD", tool="t")).total == 5
+        for nothing in ({"text": "ORDER", "agent": "bravo"}, {"text": "order 2"}, {"text": "'; DROP"}):
+            none = await AuditActivity(db).count(start=T0, end=T0 + timedelta(hours=4), **nothing)  # type: ignore[arg-type]
+            assert none.total == 0, nothing
 
         # By approver or request (counted by grouping the few rows their index finds): the same buckets.
         now = T0 + timedelta(minutes=100)
