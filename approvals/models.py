@@ -15,13 +15,17 @@ def _ts(*, index: bool = False, nullable: bool = False) -> datetime:
 
 class ApprovalRequest(SQLModel, table=True):
     __tablename__ = "approval_request"
+    # A park counts the agent's pending requests (max_pending_per_agent): a range of this index, counted without
+    # reading a row; it also serves every read by status alone (migration 0017).
+    __table_args__ = (Index("ix_approval_request_status_agent", "status", "agent"),)
 
     id: str = Field(primary_key=True, max_length=64)
     upstream: str
     tool: str = Field(index=True)
     upstream_tool: str
     arguments: str = Field(sa_column=Column(Text, nullable=False))
-    arguments_sha256: str = Field(max_length=64)
+    # Indexed, like `original_sha256`: a repeat of a call finds the request it belongs to (reads.find_repeat).
+    arguments_sha256: str = Field(max_length=64, index=True)
     agent: str = Field(index=True)
     session_id: str | None = None
     rule: str
@@ -42,7 +46,7 @@ class ApprovalRequest(SQLModel, table=True):
     keep_on_cancel: bool = False
     created_at: datetime = _ts()
     expires_at: datetime = _ts(index=True)
-    status: str = Field(index=True, max_length=16)
+    status: str = Field(max_length=16)
     status_changed_at: datetime = _ts()
     decided_by: str | None = None
     decided_via: str | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from datetime import datetime
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from approvals import audit
@@ -85,24 +85,33 @@ class RequestReads:
         self, agent: str, tool: str, arguments_sha256: str, *, ended_since: datetime
     ) -> RequestView | None:
         """The request a repeat of this call belongs to: its open one, or else the newest that ended at or after
-        `ended_since` other than by the agent's own withdrawal (a repeat gets that outcome again)."""
+        `ended_since` other than by the agent's own withdrawal (a repeat gets that outcome again).
+
+        One statement: each branch of its OR is answered by an index (the digest, the original digest), so the
+        read touches only the call's own requests; an open one sorts first (the oldest, as `find_open`)."""
+        c = _requests.c
+        is_open = c.status.in_([s.value for s in OPEN])
+        ended = and_(c.status.in_([s.value for s in REPEATED]), c.status_changed_at >= ended_since)
         query = (
             select(_requests)
             .where(
-                _requests.c.agent == agent,
-                _requests.c.tool == tool,
-                # A request approved with changes still answers a repeat of the agent's own call.
-                or_(_requests.c.arguments_sha256 == arguments_sha256, _requests.c.original_sha256 == arguments_sha256),
-                _requests.c.status.in_([s.value for s in REPEATED]),
-                _requests.c.status_changed_at >= ended_since,
+                c.agent == agent,
+                c.tool == tool,
+                or_(
+                    # Open: the call as it stands (as approved, when approved with changes).
+                    and_(c.arguments_sha256 == arguments_sha256, or_(is_open, ended)),
+                    # A request approved with changes still answers a repeat of the agent's own call.
+                    and_(c.original_sha256 == arguments_sha256, ended),
+                ),
             )
-            .order_by(_requests.c.status_changed_at.desc())
+            .order_by(
+                case((is_open, 0), else_=1),
+                case((is_open, c.created_at), else_=None).asc(),
+                c.status_changed_at.desc(),
+            )
             .limit(1)
         )
         async with self.db.read() as conn:
-            found = await _open_request(conn, agent, tool, arguments_sha256)
-            if found is not None:
-                return found
             row = (await conn.execute(query)).mappings().first()
         return None if row is None else RequestView.from_row(row)
 
