@@ -31,7 +31,8 @@ from typing import Any
 import anyio
 from starlette.types import Message, Receive, Send
 
-from gateway.caller import Gone
+from gateway.caller import Gone, Progress
+from gateway.event_store import SessionEvents
 
 KEEPALIVE_COMMENT = b": keep-alive\r\n\r\n"
 _SSE = b"text/event-stream"
@@ -76,8 +77,16 @@ def single_result(event: bytes) -> bytes | None:
 class PostStream:
     """The `receive` and `send` one POST's app sees (build one per request)."""
 
-    def __init__(self, receive: Receive, send: Send, gone: Gone, keepalive_interval: float | None) -> None:
+    def __init__(
+        self,
+        receive: Receive,
+        send: Send,
+        gone: Gone,
+        keepalive_interval: float | None,
+        events: SessionEvents | None = None,
+    ) -> None:
         self._receive = receive
+        self.events = events  # the session's resumable events, which a message written here joins
         self._send = send
         self.gone = gone
         self._interval = keepalive_interval
@@ -88,6 +97,7 @@ class PostStream:
         self._first: bytes | None = None  # the one event held back with them
         self._priming: bytes | None = None  # a resumable stream's opening frame, held back with the headers
         self._streaming = False
+        self._opened = False  # the SDK's first event (a resumable stream's priming) has gone out
         self._ended = False
         self._last = 0.0
         self._timer: asyncio.TimerHandle | None = None
@@ -165,6 +175,7 @@ class PostStream:
                 return
             await self._commit()
         await self._send(message)
+        self._opened = self._opened or bool(body)
         self._last = _now()
         if not more:
             self._finish()
@@ -186,7 +197,24 @@ class PostStream:
         for event in (priming, first):
             if event is not None:
                 await self._send({"type": "http.response.body", "body": event, "more_body": True})
+                self._opened = True
         self._last = _now()
+
+    async def write_message(self, data: str, stream_id: str) -> bool:
+        """Put one message (its wire JSON) on this stream as the SDK's transport frames it, kept for resuming.
+
+        Only on a live stream the SDK has opened (so it follows the SDK's opening event); False, with
+        nothing kept or sent, otherwise, and the message then goes the SDK's way.
+        """
+        async with self._lock:
+            if not self._opened or not self._streaming or self._ended or self.gone.is_set():
+                return False
+            frame = f"event: message\r\ndata: {data}\r\n\r\n"
+            if self.events is not None:
+                frame = f"id: {self.events.store_wire(stream_id, data)}\r\n{frame}"
+            await self._send({"type": "http.response.body", "body": frame.encode(), "more_body": True})
+            self._last = _now()
+        return True
 
     def _finish(self) -> None:
         self._ended = True
@@ -234,6 +262,46 @@ class PostStream:
         finally:
             self._pinging = None
         self._arm()
+
+
+class StreamProgress:
+    """A 2025-era call's progress: the gateway's own notices written straight onto its live stream.
+
+    The SDK's way (`sdk`) takes a notice through the session, the transport's message router, the
+    event store and the request's SSE writer: several tasks and two serialisations per notice, which
+    is most of what ten thousand waiting calls cost. Written here, a notice is the same JSON in the
+    same frame with the same kind of event id, kept in the same store, on the same stream. Anything
+    else (relayed upstream progress, and every notice once a line has gone the SDK's way) takes the
+    SDK's way, so the order clients see stays the order things were sent (`gateway.caller.ProgressLine`).
+    """
+
+    def __init__(self, stream: PostStream, request_id: str, token: str | int, sdk: Progress) -> None:
+        self._stream = stream
+        self._request_id = request_id
+        self._token = token
+        self._sdk = sdk
+
+    async def __call__(self, value: float, total: float | None, message: str | None) -> None:
+        await self._sdk(value, total, message)
+
+    async def notice_direct(self, value: float, message: str) -> bool:
+        """Send a notice on the stream itself; False if it cannot go that way (nothing was sent)."""
+        params = {"progressToken": self._token, "progress": value, "message": message}
+        # The JSON the SDK's model dump writes for this notification (same keys, order and escaping).
+        data = json.dumps({"jsonrpc": "2.0", "method": "notifications/progress", "params": params}, **_WIRE)
+        return await self._stream.write_message(data, self._request_id)
+
+
+def progress_token(meta: Any) -> str | int | None:
+    """A request's progress token from its parsed `_meta`, as the SDK reads it (a bool is no token)."""
+    match meta:
+        case {"progress_token": str() | int() as token} if not isinstance(token, bool):
+            return token
+        case _:
+            return None
+
+
+_WIRE: dict[str, Any] = {"separators": (",", ":"), "ensure_ascii": False}
 
 
 def _is_sse(message: Message) -> bool:
