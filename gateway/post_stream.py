@@ -101,6 +101,7 @@ class PostStream:
         self._ended = False
         self._last = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        self._loop = asyncio.get_running_loop()
         # Serialises the app's sends with a keep-alive's; uncontended it costs no checkpoint.
         self._lock = anyio.Lock(fast_acquire=True)
         self._pinging: asyncio.Task[None] | None = None
@@ -154,7 +155,7 @@ class PostStream:
             if self._start is None:
                 await self._send(message)
                 self._streaming = True
-            self._last = _now()
+            self._last = self._loop.time()
             self._arm()
             return
         if kind != "http.response.body" or (self._start is None and not self._streaming):
@@ -176,7 +177,7 @@ class PostStream:
             await self._commit()
         await self._send(message)
         self._opened = self._opened or bool(body)
-        self._last = _now()
+        self._last = self._loop.time()
         if not more:
             self._finish()
 
@@ -198,7 +199,7 @@ class PostStream:
             if event is not None:
                 await self._send({"type": "http.response.body", "body": event, "more_body": True})
                 self._opened = True
-        self._last = _now()
+        self._last = self._loop.time()
 
     async def write_message(self, data: str, stream_id: str) -> bool:
         """Put one message (its wire JSON) on this stream as the SDK's transport frames it, kept for resuming.
@@ -213,7 +214,7 @@ class PostStream:
             if self.events is not None:
                 frame = f"id: {self.events.store_wire(stream_id, data)}\r\n{frame}"
             await self._send({"type": "http.response.body", "body": frame.encode(), "more_body": True})
-            self._last = _now()
+            self._last = self._loop.time()
         return True
 
     def _finish(self) -> None:
@@ -230,7 +231,7 @@ class PostStream:
         if self._interval is None or self._ended or self.gone.is_set():
             return
         self._stop_timer()
-        self._timer = asyncio.get_running_loop().call_at(self._last + self._interval, self._due)
+        self._timer = self._loop.call_at(self._last + self._interval, self._due)
 
     def _stop_timer(self) -> None:
         if self._timer is not None:
@@ -241,10 +242,10 @@ class PostStream:
         self._timer = None
         if self._ended or self.gone.is_set() or self._interval is None:
             return
-        if _now() - self._last < self._interval or self._pinging is not None:
+        if self._loop.time() - self._last < self._interval or self._pinging is not None:
             self._arm()
             return
-        self._pinging = asyncio.get_running_loop().create_task(self._ping())
+        self._pinging = self._loop.create_task(self._ping())
 
     async def _ping(self) -> None:
         try:
@@ -256,7 +257,7 @@ class PostStream:
                 elif not self._streaming:
                     return
                 await self._send({"type": "http.response.body", "body": KEEPALIVE_COMMENT, "more_body": True})
-                self._last = _now()
+                self._last = self._loop.time()
         except OSError:
             return  # the connection is gone; the disconnect reaches the held call through `gone`
         finally:
@@ -278,17 +279,17 @@ class StreamProgress:
     def __init__(self, stream: PostStream, request_id: str, token: str | int, sdk: Progress) -> None:
         self._stream = stream
         self._request_id = request_id
-        self._token = token
         self._sdk = sdk
+        # The JSON the SDK's model dump writes for this notification (same keys, order and escaping), whose
+        # start is the same for every notice of the call.
+        self._head = f'{{"jsonrpc":"2.0","method":"notifications/progress","params":{{"progressToken":{_json(token)}'
 
     async def __call__(self, value: float, total: float | None, message: str | None) -> None:
         await self._sdk(value, total, message)
 
     async def notice_direct(self, value: float, message: str) -> bool:
         """Send a notice on the stream itself; False if it cannot go that way (nothing was sent)."""
-        params = {"progressToken": self._token, "progress": value, "message": message}
-        # The JSON the SDK's model dump writes for this notification (same keys, order and escaping).
-        data = json.dumps({"jsonrpc": "2.0", "method": "notifications/progress", "params": params}, **_WIRE)
+        data = f'{self._head},"progress":{_json(value)},"message":{_json(message)}}}}}'
         return await self._stream.write_message(data, self._request_id)
 
 
@@ -301,13 +302,9 @@ def progress_token(meta: Any) -> str | int | None:
             return None
 
 
-_WIRE: dict[str, Any] = {"separators": (",", ":"), "ensure_ascii": False}
+_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
 
 def _is_sse(message: Message) -> bool:
     headers: Any = message.get("headers", [])
     return any(k.lower() == b"content-type" and v.startswith(_SSE) for k, v in headers)
-
-
-def _now() -> float:
-    return asyncio.get_running_loop().time()
