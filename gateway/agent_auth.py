@@ -30,6 +30,7 @@ from approvals.approvers import token_digest
 from gateway.bearer import BearerProblem, bearer_token
 from gateway.caller import Gone
 from gateway.config import DEV_AGENT_NAME
+from gateway.event_store import BoundedEventStore
 from gateway.identity import AgentDirectory
 from gateway.jwt_auth import JwtAgents, JwtRejected, looks_like_jwt
 from gateway.mcp_server import AGENT_GROUPS_KEY, AGENT_KEY, DISCONNECTED_KEY, STREAM_KEY
@@ -86,6 +87,7 @@ class AgentAuth:
         jwt_agents: JwtAgents | None = None,
         resource_metadata: str | None = None,
         directory: AgentDirectory | None = None,
+        event_store: BoundedEventStore | None = None,
     ) -> None:
         """`agents` maps token SHA-256 digests to agent names; `keepalive_interval` None sends no keep-alives.
 
@@ -100,6 +102,7 @@ class AgentAuth:
         self.agents = dict(agents)
         self.dev_mode = dev_mode
         self.keepalive_interval = keepalive_interval
+        self.event_store = event_store
         if keepalive_interval is not None:
             use_modern_ping_interval(keepalive_interval)
             quiet_post_pings()
@@ -157,10 +160,14 @@ class AgentAuth:
             return
         gone = Gone()
         scope[DISCONNECTED_KEY] = gone
-        await self._serve_watching(scope, receive, send, gone)
+        await self._serve_watching(scope, receive, send, gone, headers.get("mcp-session-id"))
 
-    async def _serve_watching(self, scope: Scope, receive: Receive, send: Send, gone: Gone) -> None:
-        stream = PostStream(receive, send, gone, self.keepalive_interval)
+    async def _serve_watching(
+        self, scope: Scope, receive: Receive, send: Send, gone: Gone, session: str | None = None
+    ) -> None:
+        # A session's resumable events, which notices written straight onto its response join.
+        events = None if self.event_store is None or not session else self.event_store.for_session(session)
+        stream = PostStream(receive, send, gone, self.keepalive_interval, events)
         scope[STREAM_KEY] = stream
         try:
             await self.app(scope, stream.receive, stream.send)

@@ -129,6 +129,7 @@ class Gateway:
         self.mcp = build_server(self.calls, self.events, stdio_agent=stdio_agent, relay=self.relay)
         self.connections = SessionConnections()
         self.mcp.middleware.append(self.connections.middleware)
+        self.event_store = BoundedEventStore()
         self.session_manager = AgentSessions(
             self.mcp,
             per_agent=settings.agent_limits.max_sessions_per_agent,
@@ -136,7 +137,7 @@ class Gateway:
             json_response=False,
             stateless=False,
             security_settings=self._transport_security(),
-            event_store=BoundedEventStore(),
+            event_store=self.event_store,
             retry_interval=RETRY_MS,
         )
         self.edited = EditedApprovals(
@@ -287,6 +288,7 @@ class Gateway:
                 dev_mode=self.settings.server.dev_mode,
                 keepalive_interval=self.settings.server.keepalive_interval,
                 directory=self.agents,
+                event_store=self.event_store,
                 **jwt_options(self.settings),
             )
         )

@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 Progress = Callable[[float, float | None, str | None], Awaitable[None]]
+DirectNotice = Callable[[float, str], Awaitable[bool]]
 
 # A client that gives up on its own read timeout cancels with a reason like "Request timed out" or
 # "timed out after 60.0s"; that is the agent detaching, not withdrawing its request.
@@ -163,12 +164,25 @@ class ProgressLine:
     def __init__(self, send: Progress | None) -> None:
         self._send = send
         self.value = 0.0
+        # Our own notices may go a quicker way than `send` (gateway.post_stream.StreamProgress) until the
+        # first thing goes by `send`: from then on all do, so nothing overtakes what is already on its way.
+        self._direct: DirectNotice | None = getattr(send, "notice_direct", None)
 
     async def notice(self, message: str) -> None:
         self.value += 1
+        if self._direct is not None:
+            try:
+                if await self._direct(self.value, message):
+                    return
+            except Exception as exc:  # as below: a client that cannot take progress still gets its result
+                self._direct = None
+                log.debug("progress not delivered: %s", exc)
+                return
+            self._direct = None
         await self._emit(self.value, None, message)
 
     async def relay(self, progress: float, total: float | None, message: str | None) -> None:
+        self._direct = None
         base = self.value
         await self._emit(base + progress, None if total is None else base + total, message)
 

@@ -74,14 +74,18 @@ class BoundedEventStore(EventStore):
         return len(self._events), self._bytes
 
     async def store_event(self, stream_id: StreamId, message: JSONRPCMessage | None) -> EventId:
+        # Serialised as the transport writes it, so a replayed event reads the same as the original.
+        data = None if message is None else message.model_dump_json(by_alias=True, exclude_unset=True)
+        return self.store_wire(stream_id, data)
+
+    def store_wire(self, stream_id: StreamId, data: str | None) -> EventId:
+        """Keep a message already written as its wire JSON (None: a priming event); its event id."""
         self._seq += 1
         name = self._names.get(stream_id)
         if name is None:
             name = self._names[stream_id] = secrets.token_urlsafe(12)
             self._named[name] = stream_id
         event_id = f"{name}.{self._seq}"
-        # Serialised as the transport writes it, so a replayed event reads the same as the original.
-        data = None if message is None else message.model_dump_json(by_alias=True, exclude_unset=True)
         size = _OVERHEAD + (len(data) if data is not None else 0)
         self._events[event_id] = _Stored(stream_id, self._seq, data, size)
         ids = self._streams.setdefault(stream_id, deque())
@@ -148,6 +152,9 @@ class SessionEvents(EventStore):
 
     async def store_event(self, stream_id: StreamId, message: JSONRPCMessage | None) -> EventId:
         return await self.store.store_event(self.prefix + stream_id, message)
+
+    def store_wire(self, stream_id: StreamId, data: str | None) -> EventId:
+        return self.store.store_wire(self.prefix + stream_id, data)
 
     async def replay_events_after(self, last_event_id: EventId, send_callback: EventCallback) -> StreamId | None:
         stream = await self.store.replay(last_event_id, send_callback, within=self.prefix)

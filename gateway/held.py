@@ -160,9 +160,10 @@ class HeldCalls:
         beat = None
         try:
             try:
-                await progress.notice(self._waiting(view, who))
+                waiting = self._waiting(view, who)
+                await progress.notice(waiting())
                 # Later notices go out on the shared beat, so the wait below is one database read per wake-up.
-                beat = self.notices.start(progress, lambda: self._waiting(view, who))
+                beat = self.notices.start(progress, waiting)
                 return await self._decision_or_stop(view, caller, deadline)
             finally:
                 if beat is not None:
@@ -224,12 +225,11 @@ class HeldCalls:
             )
         return latest
 
-    def _waiting(self, view: RequestView, who: str) -> str:
-        remaining = max((view.expires_at - self.service.clock()).total_seconds(), 0.0)
-        return (
-            f"Waiting for approval by {who} (request {view.id}); expires at {clock_time(view, 'expires')}, "
-            f"in {format_duration(remaining)}. Inbox: {self.inbox_url}"
-        )
+    def _waiting(self, view: RequestView, who: str) -> Callable[[], str]:
+        # The text of this request's "still waiting" notices: only the time left changes between them.
+        head = f"Waiting for approval by {who} (request {view.id}); expires at {clock_time(view, 'expires')}, in "
+        tail, expires, service = f". Inbox: {self.inbox_url}", view.expires_at, self.service
+        return lambda: head + format_duration(max((expires - service.clock()).total_seconds(), 0.0)) + tail
 
     async def _wait_for_execution(
         self, view: RequestView, progress: ProgressLine, deadline: float | None

@@ -15,9 +15,10 @@ from starlette.requests import Request
 
 from approvals.errors import ApprovalError, StoreUnavailable
 from gateway import tracing
-from gateway.caller import Caller, Gone
+from gateway.caller import Caller, Gone, Progress
 from gateway.calls import CallHandler
 from gateway.errors import CallRefused, Tag, instructions
+from gateway.post_stream import PostStream, StreamProgress, progress_token
 from gateway.relay_server import Relay, RelayServer
 from gateway.results import WAIT_TOOL, gateway_tools, text_of
 from gateway.tasks import HeldTasks
@@ -143,8 +144,15 @@ def build_server(
             if stream is not None:
                 await stream.stream_now()
 
-        async def progress(value: float, total: float | None, message: str | None) -> None:
+        async def sdk_progress(value: float, total: float | None, message: str | None) -> None:
             await ctx.session.report_progress(value, total, message)
+
+        progress: Progress = sdk_progress
+        if isinstance(ctx.request, Request) and ctx.request.headers.get("mcp-session-id"):
+            stream = ctx.request.scope.get(STREAM_KEY)
+            token = progress_token(params.meta)
+            if isinstance(stream, PostStream) and token is not None:
+                progress = StreamProgress(stream, str(ctx.request_id), token, sdk_progress)
 
         headers = ctx.request.headers if isinstance(ctx.request, Request) else None
         try:

@@ -31,7 +31,8 @@ from typing import Any
 import anyio
 from starlette.types import Message, Receive, Send
 
-from gateway.caller import Gone
+from gateway.caller import Gone, Progress
+from gateway.event_store import SessionEvents
 
 KEEPALIVE_COMMENT = b": keep-alive\r\n\r\n"
 _SSE = b"text/event-stream"
@@ -76,8 +77,16 @@ def single_result(event: bytes) -> bytes | None:
 class PostStream:
     """The `receive` and `send` one POST's app sees (build one per request)."""
 
-    def __init__(self, receive: Receive, send: Send, gone: Gone, keepalive_interval: float | None) -> None:
+    def __init__(
+        self,
+        receive: Receive,
+        send: Send,
+        gone: Gone,
+        keepalive_interval: float | None,
+        events: SessionEvents | None = None,
+    ) -> None:
         self._receive = receive
+        self.events = events  # the session's resumable events, which a message written here joins
         self._send = send
         self.gone = gone
         self._interval = keepalive_interval
@@ -88,9 +97,11 @@ class PostStream:
         self._first: bytes | None = None  # the one event held back with them
         self._priming: bytes | None = None  # a resumable stream's opening frame, held back with the headers
         self._streaming = False
+        self._opened = False  # the SDK's first event (a resumable stream's priming) has gone out
         self._ended = False
         self._last = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        self._loop = asyncio.get_running_loop()
         # Serialises the app's sends with a keep-alive's; uncontended it costs no checkpoint.
         self._lock = anyio.Lock(fast_acquire=True)
         self._pinging: asyncio.Task[None] | None = None
@@ -144,7 +155,7 @@ class PostStream:
             if self._start is None:
                 await self._send(message)
                 self._streaming = True
-            self._last = _now()
+            self._last = self._loop.time()
             self._arm()
             return
         if kind != "http.response.body" or (self._start is None and not self._streaming):
@@ -165,7 +176,8 @@ class PostStream:
                 return
             await self._commit()
         await self._send(message)
-        self._last = _now()
+        self._opened = self._opened or bool(body)
+        self._last = self._loop.time()
         if not more:
             self._finish()
 
@@ -186,7 +198,24 @@ class PostStream:
         for event in (priming, first):
             if event is not None:
                 await self._send({"type": "http.response.body", "body": event, "more_body": True})
-        self._last = _now()
+                self._opened = True
+        self._last = self._loop.time()
+
+    async def write_message(self, data: str, stream_id: str) -> bool:
+        """Put one message (its wire JSON) on this stream as the SDK's transport frames it, kept for resuming.
+
+        Only on a live stream the SDK has opened (so it follows the SDK's opening event); False, with
+        nothing kept or sent, otherwise, and the message then goes the SDK's way.
+        """
+        async with self._lock:
+            if not self._opened or not self._streaming or self._ended or self.gone.is_set():
+                return False
+            frame = f"event: message\r\ndata: {data}\r\n\r\n"
+            if self.events is not None:
+                frame = f"id: {self.events.store_wire(stream_id, data)}\r\n{frame}"
+            await self._send({"type": "http.response.body", "body": frame.encode(), "more_body": True})
+            self._last = self._loop.time()
+        return True
 
     def _finish(self) -> None:
         self._ended = True
@@ -202,7 +231,7 @@ class PostStream:
         if self._interval is None or self._ended or self.gone.is_set():
             return
         self._stop_timer()
-        self._timer = asyncio.get_running_loop().call_at(self._last + self._interval, self._due)
+        self._timer = self._loop.call_at(self._last + self._interval, self._due)
 
     def _stop_timer(self) -> None:
         if self._timer is not None:
@@ -213,10 +242,10 @@ class PostStream:
         self._timer = None
         if self._ended or self.gone.is_set() or self._interval is None:
             return
-        if _now() - self._last < self._interval or self._pinging is not None:
+        if self._loop.time() - self._last < self._interval or self._pinging is not None:
             self._arm()
             return
-        self._pinging = asyncio.get_running_loop().create_task(self._ping())
+        self._pinging = self._loop.create_task(self._ping())
 
     async def _ping(self) -> None:
         try:
@@ -228,7 +257,7 @@ class PostStream:
                 elif not self._streaming:
                     return
                 await self._send({"type": "http.response.body", "body": KEEPALIVE_COMMENT, "more_body": True})
-                self._last = _now()
+                self._last = self._loop.time()
         except OSError:
             return  # the connection is gone; the disconnect reaches the held call through `gone`
         finally:
@@ -236,10 +265,46 @@ class PostStream:
         self._arm()
 
 
+class StreamProgress:
+    """A 2025-era call's progress: the gateway's own notices written straight onto its live stream.
+
+    The SDK's way (`sdk`) takes a notice through the session, the transport's message router, the
+    event store and the request's SSE writer: several tasks and two serialisations per notice, which
+    is most of what ten thousand waiting calls cost. Written here, a notice is the same JSON in the
+    same frame with the same kind of event id, kept in the same store, on the same stream. Anything
+    else (relayed upstream progress, and every notice once a line has gone the SDK's way) takes the
+    SDK's way, so the order clients see stays the order things were sent (`gateway.caller.ProgressLine`).
+    """
+
+    def __init__(self, stream: PostStream, request_id: str, token: str | int, sdk: Progress) -> None:
+        self._stream = stream
+        self._request_id = request_id
+        self._sdk = sdk
+        # The JSON the SDK's model dump writes for this notification (same keys, order and escaping), whose
+        # start is the same for every notice of the call.
+        self._head = f'{{"jsonrpc":"2.0","method":"notifications/progress","params":{{"progressToken":{_json(token)}'
+
+    async def __call__(self, value: float, total: float | None, message: str | None) -> None:
+        await self._sdk(value, total, message)
+
+    async def notice_direct(self, value: float, message: str) -> bool:
+        """Send a notice on the stream itself; False if it cannot go that way (nothing was sent)."""
+        data = f'{self._head},"progress":{_json(value)},"message":{_json(message)}}}}}'
+        return await self._stream.write_message(data, self._request_id)
+
+
+def progress_token(meta: Any) -> str | int | None:
+    """A request's progress token from its parsed `_meta`, as the SDK reads it (a bool is no token)."""
+    match meta:
+        case {"progress_token": str() | int() as token} if not isinstance(token, bool):
+            return token
+        case _:
+            return None
+
+
+_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
 def _is_sse(message: Message) -> bool:
     headers: Any = message.get("headers", [])
     return any(k.lower() == b"content-type" and v.startswith(_SSE) for k, v in headers)
-
-
-def _now() -> float:
-    return asyncio.get_running_loop().time()
