@@ -214,21 +214,21 @@ class LeanCalls:
             message_metadata=ServerMessageMetadata(request_context=request),
             cancel_requested=self._not_cancelled(),
         )
-        answer: types.JSONRPCResponse | types.JSONRPCError
         try:
             scope[LEAN_KEY] = True
             result = await serve_one(
                 self.server, dctx, "tools/call", req.params, connection=connection, lifespan_state=state
             )
-            answer = types.JSONRPCResponse(jsonrpc="2.0", id=req.id, result=result)
         except NotPlain:
             return False
         except Exception as exc:
             # As the SDK's single-exchange entry maps a failure (modern._to_jsonrpc_response).
-            answer = types.JSONRPCError(jsonrpc="2.0", id=req.id, error=modern_error_data(exc))
+            failure = types.JSONRPCError(jsonrpc="2.0", id=req.id, error=modern_error_data(exc))
+            await modern._write(failure, scope, receive, send)
+            return True
         finally:
             scope.pop(LEAN_KEY, None)
-        await modern._write(answer, scope, receive, send)
+        await _write_result(req.id, result, scope, receive, send)
         return True
 
     # ---- 2025 era
@@ -350,6 +350,33 @@ class _in_flight:
             transport._requests_in_flight -= 1
             if not transport._requests_in_flight:
                 transport.idle_scope.deadline = anyio.current_time() + transport._idle_timeout
+
+
+async def _write_result(
+    request_id: types.RequestId, result: dict[str, Any], scope: Scope, receive: Receive, send: Send
+) -> None:
+    """A 2026-era success as the SDK's entry writes it, byte for byte, without a response model in between.
+
+    The SDK has already shaped `result` for the wire (validated and dumped for the request's version),
+    so it is JSON as it stands; building a `JSONRPCResponse` around it and dumping that again only
+    copied it. A value standard JSON cannot carry (NaN, infinity) is left to the SDK's writer, which
+    turns it into null.
+    """
+    try:
+        body = json.dumps(
+            {"jsonrpc": "2.0", "id": request_id, "result": result}, separators=(",", ":"), allow_nan=False
+        )
+    except ValueError:
+        await modern._write(types.JSONRPCResponse(jsonrpc="2.0", id=request_id, result=result), scope, receive, send)
+        return
+    payload = body.encode()
+    start: Message = {
+        "type": "http.response.start",
+        "status": 200,
+        "headers": [(b"content-length", str(len(payload)).encode()), (b"content-type", b"application/json")],
+    }
+    await send(start)
+    await send({"type": "http.response.body", "body": payload})
 
 
 async def _read_body(receive: Receive, limit: int) -> tuple[list[Message], bytes | None]:

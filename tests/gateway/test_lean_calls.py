@@ -165,6 +165,40 @@ async def test_a_plain_call_is_answered_and_audited_as_the_sdk_transport_answers
             assert "orders" in body["result"]["structuredContent"]
 
 
+@pytest.mark.parametrize("case", ["allowed-with-structured-content", "denied", "upstream-is-error", "non-ascii"])
+async def test_a_2026_era_answer_is_written_byte_for_byte_as_the_sdk_writes_it(
+    tmp_path: Path, sqlite_url: str, case: str
+) -> None:
+    """The lean path writes the SDK's shaped result out itself: same bytes, same headers, string ids too."""
+    tool, arguments, _ = CALLS.get(case, ("ibkr_search_symbols", {"query": "Société Générale ☃"}, False))
+    async with running_gateway(tmp_path, sqlite_url, policy=POLICY) as h, httpx2.AsyncClient(timeout=10) as http:
+        modern = Modern(h, http)
+        for request_id in (9, "call-é"):
+            params = {"name": tool, "arguments": arguments}
+            sent = {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params}
+            envelope = {
+                "io.modelcontextprotocol/protocolVersion": MODERN,
+                "io.modelcontextprotocol/clientCapabilities": {},
+                "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "0"},
+            }
+            body = json.dumps({**sent, "params": {**params, "_meta": envelope}}).encode()
+            answers: list[httpx2.Response] = []
+
+            async def send(body: bytes = body, answers: list[httpx2.Response] = answers) -> httpx2.Response:
+                response = await modern.call(tool, arguments, body=body)
+                answers.append(response)
+                return response
+
+            _, _, served = await both_ways(h, send)
+            assert served == 1
+            fast, sdk = answers
+            assert fast.content == sdk.content
+            assert json.loads(fast.content)["id"] == request_id
+            for header in ("content-type", "content-length"):
+                assert fast.headers[header] == sdk.headers[header]
+            assert fast.status_code == sdk.status_code == 200
+
+
 @pytest.mark.parametrize("era", ["legacy", "modern"])
 async def test_a_rate_limited_call_is_refused_alike(tmp_path: Path, sqlite_url: str, era: str) -> None:
     async with running_gateway(tmp_path, sqlite_url, policy=POLICY) as h, httpx2.AsyncClient(timeout=10) as http:
