@@ -138,12 +138,20 @@ async def test_five_tool_names_of_three_megabytes_are_refused_and_store_almost_n
 
     async with running_gateway(tmp_path, sqlite_url) as h, h.agent() as alpha:
         await alpha.call_tool("ibkr_get_open_orders", {})
+        # Five refusals of names just over the limit, then five of three megabytes: each refusal is an audit
+        # event (and its WAL pages, index entries), but the long names must cost no more than the short ones.
+        before = stored()
+        for n in range(5):
+            result = await alpha.call_tool(f"{n}" + "x" * MAX_TOOL_NAME_CHARS, {})
+            assert text(result).startswith("[INVALID ARGUMENTS] the tool name is 129 characters long; at most 128")
+        short = stored() - before
         before = stored()
         for n in range(5):
             result = await alpha.call_tool(f"{n}" + "x" * 3_000_000, {})
             assert text(result).startswith("[INVALID ARGUMENTS] the tool name is 3000001 characters long; at most 128")
+        long = stored() - before
         events = (await h.api().get("/api/audit")).json()["events"]
         invalid = [e for e in events if e["kind"] == "call.invalid"]
-        assert len(invalid) == 5 and all(len(e["tool"]) <= MAX_TOOL_NAME_CHARS for e in invalid)
-        assert stored() - before < 200_000, f"the database grew by {stored() - before} bytes"
+        assert len(invalid) == 10 and all(len(e["tool"]) <= MAX_TOOL_NAME_CHARS for e in invalid)
+        assert long < short + 100_000, f"15 MB of names grew the database by {long} bytes, 5 short ones by {short}"
         assert db.exists()
