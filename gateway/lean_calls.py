@@ -208,12 +208,7 @@ class LeanCalls:
         )
         if not self._quiet(connection, params, legacy=False):
             return False
-        dctx = modern._SingleExchangeDispatchContext(
-            transport=TransportContext(kind="streamable-http", can_send_request=False, headers=request.headers),
-            request_id=req.id,
-            message_metadata=ServerMessageMetadata(request_context=request),
-            cancel_requested=self._not_cancelled(),
-        )
+        dctx = self._exchange(request, req.id)
         try:
             scope[LEAN_KEY] = True
             result = await serve_one(
@@ -271,12 +266,7 @@ class LeanCalls:
             return False
         if not self._quiet(connection, params, legacy=True):
             return False
-        dctx = modern._SingleExchangeDispatchContext(
-            transport=TransportContext(kind="streamable-http", can_send_request=False, headers=request.headers),
-            request_id=message.id,
-            message_metadata=ServerMessageMetadata(request_context=request),
-            cancel_requested=self._not_cancelled(),
-        )
+        dctx = self._exchange(request, message.id)
         runner = ServerRunner(self.server, connection, self.sessions._lifespan_state)
         reply: types.JSONRPCResponse | types.JSONRPCError
         with _in_flight(transport):
@@ -311,6 +301,15 @@ class LeanCalls:
         return True
 
     # ---- both
+
+    def _exchange(self, request: Request, request_id: types.RequestId) -> modern._SingleExchangeDispatchContext:
+        """The dispatch context of one request answered here: no back-channel, never cancelled."""
+        return modern._SingleExchangeDispatchContext(
+            transport=TransportContext(kind="streamable-http", can_send_request=False, headers=request.headers),
+            request_id=request_id,
+            message_metadata=ServerMessageMetadata(request_context=request),
+            cancel_requested=self._not_cancelled(),
+        )
 
     def _not_cancelled(self) -> anyio.Event:
         """The cancel flag of a call served here: nothing can set it (no message loop delivers a cancel), so
