@@ -20,7 +20,8 @@ from tests.gateway.test_calls import ALICE, CANCEL, core, text
 
 
 async def test_a_repeat_and_the_wait_tool_return_the_changed_calls_result_with_its_changes(tmp_path: Path) -> None:
-    async with core(tmp_path, approval={"max_hold": "0.2s", "editable": ["orderId"]}) as c, c.agent() as agent:
+    # The wait tool waits at most the hold; a second leaves the approved call's execution time on a busy machine.
+    async with core(tmp_path, approval={"max_hold": "1s", "editable": ["orderId"]}) as c, c.agent() as agent:
         pending = await agent.call_tool("cancel_order", CANCEL)
         approval_id = pending.structured_content["approval_id"]  # type: ignore[index]
         await c.gateway.edited.approve(approval_id, ALICE, "api", None, {"orderId": "7"})
