@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -239,3 +239,27 @@ async def wait_for(predicate: Any, *, within: float = 10.0, interval: float = 0.
             if value:
                 return
             await anyio.sleep(interval)
+
+
+def seeing_bodies(app: Any, hook: Callable[[bytes], Awaitable[None]]) -> Any:
+    """`app` (an upstream's ASGI app) behind a hook that sees each HTTP request's whole body first and may
+    hold it there; the request then reaches `app` unchanged."""
+
+    async def seen(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await app(scope, receive, send)
+        messages = []
+        while True:
+            message = await receive()
+            messages.append(message)
+            if not message.get("more_body"):
+                break
+        await hook(b"".join(m.get("body", b"") for m in messages))
+        replay = iter(messages)
+
+        async def again() -> Any:
+            return next(replay, None) or await receive()
+
+        return await app(scope, again, send)
+
+    return seen

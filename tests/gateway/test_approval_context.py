@@ -20,7 +20,7 @@ import anyio
 
 from gateway.demo import DEMO_POLICY
 from tests.gateway.test_cli import run_beside_server
-from tests.harness import ALICE_TOKEN, Harness, held_call, running_gateway
+from tests.harness import ALICE_TOKEN, Harness, held_call, running_gateway, seeing_bodies
 from tests.slack.fake_slack import FakeSlack, Message, User
 from tests.web.support import browser_client, sign_in, web_config
 
@@ -115,25 +115,11 @@ async def test_a_held_cancel_shows_the_order_in_slack_on_the_card_in_the_api_and
 def hanging_lookups(app: Any) -> Any:
     """The broker's ASGI app behind a network where reading open orders never comes back."""
 
-    async def slow(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await app(scope, receive, send)
-        messages = []
-        while True:
-            message = await receive()
-            messages.append(message)
-            if not message.get("more_body"):
-                break
-        if b'"ibkr_get_open_orders"' in b"".join(m.get("body", b"") for m in messages):
+    async def hook(body: bytes) -> None:
+        if b'"ibkr_get_open_orders"' in body:
             await anyio.sleep(600)
-        replay = iter(messages)
 
-        async def again() -> Any:
-            return next(replay, None) or await receive()
-
-        return await app(scope, again, send)
-
-    return slow
+    return seeing_bodies(app, hook)
 
 
 async def test_a_lookup_that_hangs_leaves_the_request_made_and_announced_within_its_bound(

@@ -14,7 +14,7 @@ import anyio
 import mcp_types as types
 import pytest
 
-from tests.harness import OTHER_AGENT_TOKEN, Harness, running_gateway, wait_for
+from tests.harness import OTHER_AGENT_TOKEN, Harness, running_gateway, seeing_bodies, wait_for
 
 LOOKUP = b'"ibkr_get_open_orders"'
 
@@ -27,26 +27,12 @@ class GatedReads:
         self.gate = anyio.Event()
 
     def __call__(self, app: Any) -> Any:
-        async def gated(scope: dict[str, Any], receive: Any, send: Any) -> None:
-            if scope["type"] != "http":
-                return await app(scope, receive, send)
-            messages = []
-            while True:
-                message = await receive()
-                messages.append(message)
-                if not message.get("more_body"):
-                    break
-            if LOOKUP in b"".join(m.get("body", b"") for m in messages):
+        async def hook(body: bytes) -> None:
+            if LOOKUP in body:
                 self.reads += 1
                 await self.gate.wait()
-            replay = iter(messages)
 
-            async def again() -> Any:
-                return next(replay, None) or await receive()
-
-            return await app(scope, again, send)
-
-        return gated
+        return seeing_bodies(app, hook)
 
 
 def place(h: Harness, quantity: int) -> int:
