@@ -153,9 +153,15 @@ class AuditActivity:
         conditions = event_conditions({**filters, "since": since, "until": until})
         if phrase is not None:
             conditions = event_conditions({**filters, "since": since, "until": until, "text": None})
-            conditions.append(_events.c.seq.in_(select(audit_text.rowid).where(audit_text.matches(phrase))))
-        query = select(bucket, _events.c.outcome, func.count()).where(*conditions).group_by(bucket, _events.c.outcome)
         async with self.db.read() as conn:
+            if phrase is not None:
+                # The index up to its mark, the events after it one by one (approvals.audit_text).
+                upto = int((await conn.execute(audit_text.read_upto)).scalar_one())
+                indexed = select(audit_text.rowid).where(audit_text.matches(phrase), audit_text.rowid <= upto)
+                unindexed = (_events.c.seq > upto) & audit_text.unindexed_match(_events, filters.get("text") or "")
+                conditions.append(_events.c.seq.in_(indexed) | unindexed)
+            query = select(bucket, _events.c.outcome, func.count()).where(*conditions)
+            query = query.group_by(bucket, _events.c.outcome)
             rows = (await conn.execute(query)).all()
         for index, outcome, n in rows:
             if outcome in counts and 0 <= index < buckets.count:

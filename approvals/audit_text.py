@@ -7,15 +7,23 @@ page of the newest 50 of a common word stops after 50, while a rare one is found
 events around it. Text under three characters has no trigram to look up: it is matched against the
 events themselves (`approvals.history.event_conditions`), as PostgreSQL matches all text (its trigram
 indexes serve `ILIKE` directly).
+
+The index is kept up to date after the fact, off the call path (`approvals.audit_index`, migration
+0018): `audit_event_text_mark` holds the sequence number it reaches. A search reads the index up to
+that mark and matches the newer events (usually a few, or none) one by one with `CONTAINS`, a
+function each SQLite connection is given (`register`) that folds case as the index does.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Integer, Table, Text, column, table
+from sqlalchemy import Boolean, Integer, Table, Text, column, func, or_, select, table
 
 TABLE = "audit_event_text"
+MARK = "audit_event_text_mark"
+# The SQL function that matches the events after the mark (see `register`).
+CONTAINS = "countersign_contains"
 # The trigram tokenizer indexes three characters at a time: shorter text cannot be looked up.
 MIN_LENGTH = 3
 # Filters that only an event's own row can answer; without them the index alone answers a count.
@@ -23,6 +31,26 @@ ROW_FILTERS = ("tool", "agent", "outcome", "actor", "request_id", "kinds", "sinc
 
 index = table(TABLE, column("rowid", Integer), column(TABLE, Text))
 rowid = index.c.rowid
+mark = table(MARK, column("id", Integer), column("upto", Integer))
+# The last sequence number the index holds: every event up to it is in the index, none after it. A search
+# reads it once, before the index and the events: the index only grows, so the two readings never leave a gap.
+read_upto = select(func.coalesce(func.max(mark.c.upto), 0))
+
+
+def contains(haystack: str | None, needle: str | None) -> bool:
+    """Whether `needle` is in `haystack`, ignoring case as the trigram index does (letter by letter)."""
+    return haystack is not None and needle is not None and needle.lower() in haystack.lower()
+
+
+def register(dbapi_connection: Any) -> None:
+    """Give an SQLite connection the `CONTAINS` function that searches match unindexed events with."""
+    dbapi_connection.create_function(CONTAINS, 2, contains, deterministic=True)
+
+
+def unindexed_match(events: Table, text: str) -> Any:
+    """The condition an event after the mark must meet to match `text` (the index's own rule)."""
+    matched = getattr(func, CONTAINS)
+    return or_(matched(events.c.arguments, text, type_=Boolean), matched(events.c.message, text, type_=Boolean))
 
 
 def phrase(text: str | None) -> str | None:

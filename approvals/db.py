@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from datetime import datetime
@@ -20,18 +20,18 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from sqlalchemy import event, make_url, text
+from sqlalchemy import Connection, event, make_url, text
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from approvals import audit, migrations
+from approvals import audit, audit_text, migrations
 from approvals.audit import CHAIN_KEY, Event
 from approvals.database_url import parse_database_url
 from approvals.db_file import SqliteFile
 from approvals.errors import StoreUnavailable
 from approvals.migrations import SchemaOutdated, SchemaState
-from approvals.sqlite_append import SqliteAppender
+from approvals.sqlite_append import SqliteAppender, Statement
 from approvals.write_groups import WriteGroups
 
 # Readers beyond 10 queue here, in arrival order and for as long as it takes, instead of timing out in the
@@ -74,6 +74,8 @@ class Database:
         self.groups = WriteGroups(self.write)
         self.file: SqliteFile | None = None
         self._appender: SqliteAppender | None = None
+        # Called after each append's commit (the audit search indexer's wake-up, approvals.audit_index).
+        self.on_append: Callable[[], None] | None = None
         if parsed.sqlite_file is not None:
             path = Path(parsed.sqlite_file).expanduser()
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -224,13 +226,32 @@ class Database:
         """
         if self._appender is None:
             async with self.write() as conn:
-                return await audit.append_many(conn, events)
-        appended: list[int] = []
+                appended: list[int] = await audit.append_many(conn, events)
+            if self.on_append is not None:
+                self.on_append()
+            return appended
         with _uncancelled():
             async with self._write_lock:
                 self._check_file()
                 appended = await anyio.to_thread.run_sync(self._appender.append, events, self.audit_key)
+        if self.on_append is not None:
+            self.on_append()
         return appended
+
+    async def run_statements(self, work: Callable[[Statement], int]) -> int:
+        """Run `work` (plain SQL statements, SQLite) in a write transaction of its own; returns what it returns.
+
+        On an SQLite file it runs in one trip to a worker thread on the appender's connection, as appends do.
+        """
+        if self._appender is None:
+            async with self.write() as conn:
+                return await conn.run_sync(lambda sync: work(_statement_on(sync)))
+        done = 0
+        with _uncancelled():
+            async with self._write_lock:
+                self._check_file()
+                done = await anyio.to_thread.run_sync(self._appender.run, work)
+        return done
 
     def _check_file(self) -> None:
         problem = None if self.file is None else self.file.problem()
@@ -357,6 +378,14 @@ def _ping_when_idle(engine: AsyncEngine) -> None:
             raise DisconnectionError(f"a pooled connection was found closed: {exc}") from exc
 
 
+def _statement_on(conn: Connection) -> Statement:
+    def run(sql: str, params: tuple[Any, ...]) -> Any:
+        result = conn.exec_driver_sql(sql, params)
+        return result.first() if result.returns_rows else None
+
+    return run
+
+
 def _sqlite_pragmas(engine: AsyncEngine, *, immediate: bool, foreign_keys: bool = True) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -370,6 +399,7 @@ def _sqlite_pragmas(engine: AsyncEngine, *, immediate: bool, foreign_keys: bool 
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
         cursor.close()
+        audit_text.register(dbapi_connection)
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any, TypedDict, Unpack
 
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from approvals import audit, audit_text
 from approvals.db import Database
@@ -46,18 +47,19 @@ class AuditHistory:
         Paged by sequence number (keyset), so a page deep in a large history costs the same as the first:
         `before_seq` gives the page after the one ending there, `after_seq` the page before (still newest first).
         """
-        query, seq = self._matching(filters, _events)
-        if after_seq is not None:
-            # The page just newer than `after_seq`: take the oldest `limit` above it, then show them newest first.
-            query = query.where(seq > after_seq).order_by(seq.asc())
-        else:
-            if before_seq is not None:
-                query = query.where(seq < before_seq)
-            query = query.order_by(seq.desc())
         async with self.db.read() as conn:
-            rows = (await conn.execute(query.limit(limit))).mappings().all()
-        views = [AuditEventView.from_row(r) for r in rows]
-        return sorted(views, key=lambda v: v.seq, reverse=True)
+            rows: list[Any] = []
+            for query, seq in await self._matching(conn, filters, _events):
+                if after_seq is not None:
+                    # The page just newer than `after_seq`: the oldest `limit` above it, shown newest first.
+                    query = query.where(seq > after_seq).order_by(seq.asc())
+                else:
+                    if before_seq is not None:
+                        query = query.where(seq < before_seq)
+                    query = query.order_by(seq.desc())
+                rows.extend((await conn.execute(query.limit(limit))).mappings().all())
+        views = sorted((AuditEventView.from_row(r) for r in rows), key=lambda v: v.seq, reverse=after_seq is None)
+        return sorted(views[:limit], key=lambda v: v.seq, reverse=True)
 
     async def bounded(self, filters: EventFilters) -> EventFilters | None:
         """`filters` with the sequence numbers their time range spans added; None when no event falls in it.
@@ -87,32 +89,40 @@ class AuditHistory:
 
     async def count_events(self, *, cap: int | None = None, **filters: Unpack[EventFilters]) -> int:
         """How many events match; with `cap`, counting stops there (the answer is then at least `cap`)."""
+        total = 0
+        async with self.db.read() as conn:
+            for matching in await self._counted(conn, filters):
+                if cap is not None:
+                    matching = matching.limit(cap)
+                total += int((await conn.execute(select(func.count()).select_from(matching.subquery()))).scalar_one())
+        return total if cap is None else min(total, cap)
+
+    async def _counted(self, conn: AsyncConnection, filters: EventFilters) -> list[Any]:
         phrase = self._phrase(filters)
         if phrase is not None and not any(filters.get(name) for name in audit_text.ROW_FILTERS):
             # Text alone (and sequence bounds): the index counts its matches without reading an event.
-            matching, _ = _indexed(select(audit_text.rowid).select_from(audit_text.index), phrase, filters)
-        else:
-            matching, _ = self._matching(filters, _events.c.seq)
-        if cap is not None:
-            matching = matching.limit(cap)
-        query = select(func.count()).select_from(matching.subquery())
-        async with self.db.read() as conn:
-            return int((await conn.execute(query)).scalar_one())
+            upto = int((await conn.execute(audit_text.read_upto)).scalar_one())
+            indexed, _ = _indexed(select(audit_text.rowid).select_from(audit_text.index), phrase, filters, upto)
+            return [indexed, _unindexed(select(_events.c.seq), filters, upto)]
+        return [query for query, _ in await self._matching(conn, filters, _events.c.seq)]
 
     def _phrase(self, filters: EventFilters) -> str | None:
         return audit_text.phrase(filters.get("text")) if self.db.is_sqlite else None
 
-    def _matching(self, filters: EventFilters, *columns: Any) -> tuple[Any, Any]:
-        """SELECT `columns` of the events that match `filters`, and the sequence number column to page them by.
+    async def _matching(self, conn: AsyncConnection, filters: EventFilters, *columns: Any) -> list[tuple[Any, Any]]:
+        """SELECTs of `columns` of the events that match `filters`, each with the sequence number column to page by.
 
         On SQLite a text search is read from the trigram index joined to the events (`approvals.audit_text`),
         paged by the index's rowid (the event's `seq`), so the index yields matches newest first and stops
-        at a page; every other search reads the events alone.
+        at a page; the events the index does not reach yet are a second SELECT, matched one by one. Every
+        other search is one SELECT of the events alone.
         """
         phrase = self._phrase(filters)
         if phrase is None:
-            return select(*columns).where(*event_conditions(filters)), _events.c.seq
-        return _indexed(select(*columns).select_from(audit_text.joined(_events)), phrase, filters)
+            return [(select(*columns).where(*event_conditions(filters)), _events.c.seq)]
+        upto = int((await conn.execute(audit_text.read_upto)).scalar_one())
+        indexed = _indexed(select(*columns).select_from(audit_text.joined(_events)), phrase, filters, upto)
+        return [indexed, (_unindexed(select(*columns), filters, upto), _events.c.seq)]
 
     async def event_facets(self) -> dict[str, list[str]]:
         """The distinct tools, agents, outcomes and actors in the audit log, for filter menus.
@@ -128,10 +138,16 @@ class AuditHistory:
         return facets
 
 
-def _indexed(query: Any, phrase: str, filters: EventFilters) -> tuple[Any, Any]:
+def _indexed(query: Any, phrase: str, filters: EventFilters, upto: int) -> tuple[Any, Any]:
     """`query` (over the trigram index) narrowed to `phrase` and the other filters, sequence bounds on the rowid."""
     others = event_conditions({**filters, "text": None}, seq=audit_text.rowid)
-    return query.where(audit_text.matches(phrase), *others), audit_text.rowid
+    return query.where(audit_text.matches(phrase), audit_text.rowid <= upto, *others), audit_text.rowid
+
+
+def _unindexed(query: Any, filters: EventFilters, upto: int) -> Any:
+    """`query` narrowed to the events after `upto` (not in the index yet) that match `filters`."""
+    others = event_conditions({**filters, "text": None})
+    return query.where(_events.c.seq > upto, audit_text.unindexed_match(_events, filters.get("text") or ""), *others)
 
 
 def _distinct(name: str) -> Any:

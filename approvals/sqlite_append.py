@@ -27,6 +27,9 @@ from approvals.audit import Event, chain_rows
 from approvals.errors import StoreUnavailable
 from approvals.models import AuditEvent
 
+# Runs one SQL statement with its parameters; returns its first row (None when it has none).
+Statement = Callable[[str, tuple[Any, ...]], Any]
+
 _table = AuditEvent.__table__  # type: ignore[attr-defined]
 _dialect = sqlite.dialect()
 _COLUMNS = tuple(column.name for column in _table.columns)
@@ -66,6 +69,24 @@ class SqliteAppender:
                 self._drop()
                 raise StoreUnavailable(f"the database is unavailable: {exc}") from exc
             return [row["seq"] for row in rows]
+
+    def run(self, work: Callable[[Statement], int]) -> int:
+        """Run `work` in a write transaction of its own on this connection and commit; runs in a worker thread."""
+        with self._lock:
+            try:
+                conn = self._connect()
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    done = work(lambda sql, params: conn.execute(sql, params).fetchone())
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                self._drop()
+                raise StoreUnavailable(f"the database is unavailable: {exc}") from exc
+            return done
 
     def close(self) -> None:
         with self._lock:

@@ -24,6 +24,7 @@ from starlette.types import ASGIApp
 
 from approvals.approvers import ApproverDirectory
 from approvals.audit import Event
+from approvals.audit_index import AuditTextIndexer
 from approvals.db import Database
 from approvals.errors import ApprovalError
 from approvals.feed import ChangeFeed
@@ -88,6 +89,7 @@ class Gateway:
         self.db = database or Database(settings.database_url)
         self.approvers = ApproverDirectory(a.to_approver() for a in settings.approvers)
         self.feed = ChangeFeed(self.db, poll_interval=settings.server.poll_interval)
+        self.audit_index = AuditTextIndexer(self.db)
         self.service = ApprovalService(self.db, self.approvers, clock=clock or utcnow, feed=self.feed)
         # Leases are checked twice per lease, so a dead process's execution ends within about 1.5 leases.
         self.timeouts = TimeoutScheduler(self.service, lease_check_seconds=settings.server.execution_lease / 2)
@@ -247,6 +249,7 @@ class Gateway:
                 tg.start_soon(self.relay.subscriptions.run)
                 tg.start_soon(self.relay.traffic.rounds.run)
                 tg.start_soon(self.feed.run)
+                tg.start_soon(self.audit_index.run)
                 tg.start_soon(publish_heads, self.settings, self.db)
                 for channel in self.channels:
                     tg.start_soon(channel.run)

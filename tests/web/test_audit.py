@@ -212,3 +212,33 @@ async def test_the_chain_status_shows_intact_and_then_where_it_was_broken(tmp_pa
         assert "Chain intact" in cached.text, "the last verification is reused for a minute"
         broken = await web.get("/audit/chain", params={"fresh": "1"})
         assert "Chain broken" in broken.text and "event #2" in broken.text and "altered" in broken.text
+
+
+async def test_a_text_search_finds_events_as_soon_as_they_are_recorded_and_after_a_restart(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """The search index is brought up to date beside the gateway; a search never waits for it nor misses an event."""
+
+    def found(page: str) -> list[str]:
+        return re.findall(r'<tr id="event-(\d+)">', page)
+
+    async with running_gateway(tmp_path, sqlite_url, config=web_config()) as h, browser_client(h.base_url) as web:
+        await sign_in(web, "alice")
+        for n in range(3):
+            appended = [(Event(kind="call.allowed", outcome="allowed", message=f"Signal {n}"), datetime.now(UTC))]
+            [seq] = await h.gateway.db.append_events(appended)
+            # At once, whether or not the index has it yet.
+            assert found((await web.get("/audit", params={"q": f"signal {n}"})).text) == [str(seq)]
+        # Whatever the indexer beside it has done meanwhile, the index now holds every event.
+        await h.gateway.audit_index.catch_up()
+        async with h.gateway.db.read() as conn:
+            assert (await conn.execute(text("SELECT upto FROM audit_event_text_mark"))).scalar_one() == seq
+        searched = await web.get("/audit", params={"q": "SIGNAL"})
+        assert len(found(searched.text)) == 3 and "3 matching events" in searched.text
+        await h.service.record(Event(kind="call.denied", outcome="denied", message="signal after", agent="alpha"))
+    async with running_gateway(tmp_path, sqlite_url, config=web_config()) as h, browser_client(h.base_url) as web:
+        await sign_in(web, "alice")
+        searched = await web.get("/audit", params={"q": "signal"})
+        assert len(found(searched.text)) == 4 and "4 matching events" in searched.text
+        alpha = await web.get("/audit", params={"q": "signal af", "agent": "alpha"})
+        assert len(found(alpha.text)) == 1
