@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import html
 import itertools
+import os
 import random
 import re
 import sys
@@ -54,6 +55,7 @@ from bench_gateway import (  # type: ignore[import-not-found]  # noqa: E402
 )
 
 from approvals import audit  # noqa: E402
+from approvals.audit_index import AuditTextIndexer  # noqa: E402
 from approvals.db import Database  # noqa: E402
 from approvals.models import AuditEvent  # noqa: E402
 
@@ -105,6 +107,11 @@ async def fill(db: Database, total: int, seed: int) -> datetime:
             autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
             await autocommit.exec_driver_sql("VACUUM ANALYZE audit_event")
     log(f"filled {total:,} events in {time.perf_counter() - started:.0f}s")
+    if db.is_sqlite:
+        # What the gateway's indexer (approvals.audit_index) would have done as the events came.
+        started = time.perf_counter()
+        indexed = await AuditTextIndexer(db, batch=CHUNK).catch_up()
+        log(f"indexed {indexed:,} events for search in {time.perf_counter() - started:.0f}s")
     return end
 
 
@@ -162,6 +169,14 @@ def filters(newest: datetime, total: int) -> list[tuple[str, dict[str, str]]]:
         ("agent=hedger, deep page", {"agent": "hedger", "before": str(total // 4)}),
         ("text 'AAPL'", {"q": "AAPL"}),
         (f"text '{RARE_ORDER}' (one match)", {"q": str(RARE_ORDER)}),
+        ("text 'AAPL' + agent=hedger", {"q": "AAPL", "agent": "hedger"}),
+        ("text 'AAPL', one day", {"q": "AAPL", "since": day, "until": day}),
+        ("text 'cancel' + outcome=approved", {"q": "cancel", "outcome": "approved"}),
+        ("text 'AAPL', deep page", {"q": "AAPL", "before": str(total // 4)}),
+        ("text 'AAPL', newer page", {"q": "AAPL", "after": str(total // 2)}),
+        ("text 'PY' (two characters: no index)", {"q": "PY"}),
+        ("outcome=approved, newer page", {"outcome": "approved", "after": str(total // 2)}),
+        ("last week", {"since": (newest - timedelta(days=7)).strftime("%Y-%m-%d")}),
     ]
 
 
@@ -190,11 +205,50 @@ async def pages(client: httpx2.AsyncClient, path: str, cases: Cases, rounds: int
     for label, values in times.items():
         p50, p95 = percentile(values, 50), percentile(values, 95)
         print(f"{label.ljust(width)}  {p50:8.1f}  {p95:8.1f}  {max(values):8.1f}")
+    report(times, width)
+    print(f"({rounds} rounds of {len(cases)} filters in {time.perf_counter() - t0:.1f}s)")
+
+
+def report(times: dict[str, list[float]], width: int) -> None:
     indexed = [v for label, values in times.items() if not label.startswith("text") for v in values]
     every = [v for values in times.values() for v in values]
     print(f"{'all but text search'.ljust(width)}  {percentile(indexed, 50):8.1f}  {percentile(indexed, 95):8.1f}")
     print(f"{'all'.ljust(width)}  {percentile(every, 50):8.1f}  {percentile(every, 95):8.1f}")
-    print(f"({rounds} rounds of {len(cases)} filters in {time.perf_counter() - t0:.1f}s)")
+
+
+async def in_process(url: str, cases: Cases, rounds: int) -> None:
+    """The queries `/audit` makes for each filter (`bounded`, a page, its count), timed in this process."""
+    from starlette.datastructures import QueryParams
+
+    from approvals.approvers import ApproverDirectory
+    from approvals.service import ApprovalService
+    from gateway.web.audit_views import COUNT_CAP, PAGE_SIZE, TEXT_COUNT_CAP, AuditQuery, page_bound
+
+    db = Database(url, audit_key=BENCH_KEY)
+    history = ApprovalService(db, ApproverDirectory([])).history
+    times: dict[str, list[float]] = {label: [] for label, _ in cases}
+    cpu = {label: 0.0 for label, _ in cases}
+    try:
+        for _ in range(rounds):
+            for label, params in cases:
+                query, given = AuditQuery.from_params(QueryParams(params)), QueryParams(params)
+                before, after = page_bound(given, "before"), page_bound(given, "after")
+                c0, t0 = time.process_time(), time.perf_counter()
+                filters = await history.bounded(query.filters())
+                if filters is not None:
+                    await history.search_events(**filters, before_seq=before, after_seq=after, limit=PAGE_SIZE + 1)
+                    await history.count_events(**filters, cap=(TEXT_COUNT_CAP if query.q else COUNT_CAP) + 1)
+                times[label].append((time.perf_counter() - t0) * 1000)
+                cpu[label] += (time.process_time() - c0) * 1000 / rounds
+    finally:
+        await db.dispose()
+    width = max(len(label) for label, _ in cases)
+    print(f"\nthe same queries in process (bounded, page, count): {rounds} rounds")
+    print(f"{'filter'.ljust(width)}  {'p50 ms':>8}  {'p95 ms':>8}  {'max ms':>8}  {'CPU ms':>8}")
+    for label, values in times.items():
+        p50, p95 = percentile(values, 50), percentile(values, 95)
+        print(f"{label.ljust(width)}  {p50:8.1f}  {p95:8.1f}  {max(values):8.1f}  {cpu[label]:8.1f}")
+    report(times, width)
 
 
 async def export(client: httpx2.AsyncClient, gateway: Proc, kind: str, params: dict[str, str]) -> None:
@@ -258,6 +312,10 @@ async def main_async(args: argparse.Namespace) -> None:
                 await pages(client, "/audit", cases, args.rounds)
                 activity = [(label, p) for label, p in cases if "before" not in p]
                 await pages(client, "/audit/activity", activity, args.rounds)
+                await in_process(url, cases, args.rounds)
+                print(f"(load average {' '.join(f'{x:.1f}' for x in os.getloadavg())})")
+                if not args.exports:
+                    return
                 print()
                 await export(client, gateway, "csv", {"tool": "ibkr_cancel_order"})
                 await export(client, gateway, "csv", {})
@@ -277,6 +335,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20, help="page loads per filter (20)")
     parser.add_argument("--database-url", help="a PostgreSQL server to create a fresh database on (default: SQLite)")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--no-exports", dest="exports", action="store_false", help="pages only")
     anyio.run(main_async, parser.parse_args())
 
 
