@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Boolean, Integer, Table, Text, column, func, or_, select, table
+from sqlalchemy import Boolean, Integer, Join, Table, Text, column, func, or_, select, table
+from sqlalchemy.ext.compiler import compiles
 
 TABLE = "audit_event_text"
 MARK = "audit_event_text_mark"
@@ -70,4 +71,22 @@ def matches(query: str) -> Any:
 
 def joined(events: Table) -> Any:
     """The index joined to the events it matches, the index first: its rowid order is the page order."""
-    return index.join(events, events.c.seq == rowid)
+    return _IndexFirst(index, events, events.c.seq == rowid)
+
+
+class _IndexFirst(Join):
+    """A join SQLite must run in the order written (`CROSS JOIN`): the index's matches outside.
+
+    Left to choose, SQLite counts a search narrowed by agent (or tool, outcome…) the other way round:
+    every event of that agent, from its index, each probing the text index by rowid (~130 µs apiece,
+    seconds for a busy agent). The index outside reads the matches in order and looks each event up by
+    its primary key, and stops at a page or at the count's cap.
+    """
+
+    inherit_cache = True
+
+
+@compiles(_IndexFirst)
+def _cross_join(join: _IndexFirst, compiler: Any, **kw: Any) -> str:
+    plain: str = compiler.visit_join(join, **kw)
+    return plain.replace(" JOIN ", " CROSS JOIN ", 1)
