@@ -87,13 +87,17 @@ class AuditTextIndexer:
         if not self.db.is_sqlite:
             return
         self.db.on_append = self.wake
+        failing = False  # warned once until it works again
         try:
             while True:
                 try:
                     await self.catch_up()
+                    failing = False
                 except (StoreUnavailable, SQLAlchemyError, sqlite3.Error) as exc:
                     # Searches read the events after the mark directly meanwhile; try again on the next round.
-                    log.warning("could not bring the audit search index up to date: %s", exc)
+                    if not failing:
+                        log.warning("could not bring the audit search index up to date: %s", exc)
+                    failing = True
                 with anyio.move_on_after(self.interval):
                     await self._wanted.wait()
                 self._wanted = anyio.Event()

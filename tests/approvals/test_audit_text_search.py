@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from functools import partial
 
+import anyio
 from alembic import command
 from sqlalchemy import text
 
@@ -207,3 +208,24 @@ async def test_the_index_covers_events_written_before_it_and_undoes_cleanly(data
                 assert (await conn.execute(text(marked))).scalar_one() == 1
     finally:
         await db.dispose()
+
+
+async def test_two_processes_on_one_file_index_each_event_once(sqlite_url: str) -> None:
+    first, second = Database(sqlite_url), Database(sqlite_url)
+    await first.create_schema()
+    service = ApprovalService(first, ApproverDirectory([]))
+    try:
+        for n in range(30):
+            await service.record(Event(kind="call.allowed", outcome="allowed", message=f"shared file {n}"))
+        indexers = [AuditTextIndexer(first, batch=7), AuditTextIndexer(second, batch=7)]
+        async with anyio.create_task_group() as tg:
+            for indexer in indexers:
+                tg.start_soon(indexer.catch_up)
+        assert sum(indexer.indexed for indexer in indexers) == 30
+        async with second.read() as conn:
+            query = "SELECT count(*) FROM audit_event_text WHERE audit_event_text MATCH '\"shared file\"'"
+            assert (await conn.execute(text(query))).scalar_one() == 30
+        assert await ApprovalService(second, ApproverDirectory([])).history.count_events(text="SHARED FILE") == 30
+    finally:
+        await first.dispose()
+        await second.dispose()
