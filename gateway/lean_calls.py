@@ -49,7 +49,7 @@ from mcp.server import _streamable_http_modern as modern
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, authorization_context
 from mcp.server.connection import Connection
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
-from mcp.server.runner import ServerRunner, _has_modern_envelope, modern_error_data, serve_one
+from mcp.server.runner import ServerRunner, _has_modern_envelope, aclose_shielded, modern_error_data
 from mcp.server.streamable_http import MCP_SESSION_ID_HEADER, check_accept_headers
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
 from mcp.shared.inbound import InboundLadderRejection, classify_inbound_request, find_duplicated_routing_header
@@ -62,6 +62,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.calls import CallHandler
+from gateway.lean_runner import runner_for
 from gateway.mcp_server import LEAN_KEY, NotPlain
 from gateway.results import STATUS_TOOL, WAIT_TOOL
 from gateway.sessions import AgentSessions
@@ -100,6 +101,8 @@ def check_sdk(server: Server[Any], sessions: AgentSessions) -> None:
         (modern, "_SingleExchangeDispatchContext"),
         (modern, "_write"),
         (modern, "_mcp_param_rejection"),
+        (ServerRunner, "_compose_server_middleware"),
+        (ServerRunner, "_make_context"),
         (sessions, "_server_instances"),
         (sessions, "_session_owners"),
         (sessions, "_lifespan_state"),
@@ -211,9 +214,12 @@ class LeanCalls:
         dctx = self._exchange(request, req.id)
         try:
             scope[LEAN_KEY] = True
-            result = await serve_one(
-                self.server, dctx, "tools/call", req.params, connection=connection, lifespan_state=state
-            )
+            # As the SDK's `serve_one`: one runner for the request, the connection's exit stack closed after it.
+            runner = runner_for(self.server, connection, state, req.params, request)
+            try:
+                result = await runner.on_request(dctx, "tools/call", req.params)
+            finally:
+                await aclose_shielded(connection)
         except NotPlain:
             return False
         except Exception as exc:
@@ -267,7 +273,7 @@ class LeanCalls:
         if not self._quiet(connection, params, legacy=True):
             return False
         dctx = self._exchange(request, message.id)
-        runner = ServerRunner(self.server, connection, self.sessions._lifespan_state)
+        runner = runner_for(self.server, connection, self.sessions._lifespan_state, message.params, request)
         reply: types.JSONRPCResponse | types.JSONRPCError
         with _in_flight(transport):
             try:
