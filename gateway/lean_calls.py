@@ -150,19 +150,20 @@ class LeanCalls:
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send, body: bytes) -> bool:
         """Answer the call if it is the plain kind; False (nothing sent) leaves it to the SDK."""
-        params = self._plain_call(body)
-        if params is None:
+        message = self._plain_call(body)
+        if message is None:
             return False
+        params: dict[str, Any] = message["params"]
         request = Request(scope, receive)
         version = request.headers.get("mcp-protocol-version")
         if version in MODERN_PROTOCOL_VERSIONS:
-            return await self._serve_modern(scope, receive, send, request, body, params)
+            return await self._serve_modern(scope, receive, send, request, message, params)
         if version in HANDSHAKE_PROTOCOL_VERSIONS:
             return await self._serve_session(scope, receive, send, request, version, body, params)
         return False
 
     def _plain_call(self, body: bytes) -> dict[str, Any] | None:
-        """The params of a tools/call that can only ever be answered with its result, or None."""
+        """The message of a tools/call that can only ever be answered with its result, or None."""
         try:
             message = json.loads(body)
         except (ValueError, RecursionError):
@@ -180,12 +181,18 @@ class LeanCalls:
             return None
         if self.handler.may_hold(name):
             return None
-        return params
+        return message
 
     # ---- 2026 era
 
     async def _serve_modern(
-        self, scope: Scope, receive: Receive, send: Send, request: Request, body: bytes, params: dict[str, Any]
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        request: Request,
+        decoded: dict[str, Any],
+        params: dict[str, Any],
     ) -> bool:
         # The SDK's single-exchange entry, check for check; the first that fails leaves the request to it.
         if await self.security.validate_request(request, is_post=True) is not None:
@@ -193,7 +200,6 @@ class LeanCalls:
         has_json, has_sse = check_accept_headers(request)
         if not (has_json and has_sse):
             return False
-        decoded = json.loads(body)
         try:
             req = types.JSONRPCRequest.model_validate(decoded)
         except ValidationError:
