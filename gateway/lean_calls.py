@@ -49,7 +49,7 @@ from mcp.server import _streamable_http_modern as modern
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, authorization_context
 from mcp.server.connection import Connection
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
-from mcp.server.runner import ServerRunner, _has_modern_envelope, modern_error_data, serve_one
+from mcp.server.runner import ServerRunner, _has_modern_envelope, aclose_shielded, modern_error_data
 from mcp.server.streamable_http import MCP_SESSION_ID_HEADER, check_accept_headers
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
 from mcp.shared.inbound import InboundLadderRejection, classify_inbound_request, find_duplicated_routing_header
@@ -62,6 +62,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.calls import CallHandler
+from gateway.lean_runner import runner_for
 from gateway.mcp_server import LEAN_KEY, NotPlain
 from gateway.results import STATUS_TOOL, WAIT_TOOL
 from gateway.sessions import AgentSessions
@@ -100,6 +101,8 @@ def check_sdk(server: Server[Any], sessions: AgentSessions) -> None:
         (modern, "_SingleExchangeDispatchContext"),
         (modern, "_write"),
         (modern, "_mcp_param_rejection"),
+        (ServerRunner, "_compose_server_middleware"),
+        (ServerRunner, "_make_context"),
         (sessions, "_server_instances"),
         (sessions, "_session_owners"),
         (sessions, "_lifespan_state"),
@@ -147,19 +150,20 @@ class LeanCalls:
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send, body: bytes) -> bool:
         """Answer the call if it is the plain kind; False (nothing sent) leaves it to the SDK."""
-        params = self._plain_call(body)
-        if params is None:
+        message = self._plain_call(body)
+        if message is None:
             return False
+        params: dict[str, Any] = message["params"]
         request = Request(scope, receive)
         version = request.headers.get("mcp-protocol-version")
         if version in MODERN_PROTOCOL_VERSIONS:
-            return await self._serve_modern(scope, receive, send, request, body, params)
+            return await self._serve_modern(scope, receive, send, request, message, params)
         if version in HANDSHAKE_PROTOCOL_VERSIONS:
             return await self._serve_session(scope, receive, send, request, version, body, params)
         return False
 
     def _plain_call(self, body: bytes) -> dict[str, Any] | None:
-        """The params of a tools/call that can only ever be answered with its result, or None."""
+        """The message of a tools/call that can only ever be answered with its result, or None."""
         try:
             message = json.loads(body)
         except (ValueError, RecursionError):
@@ -177,12 +181,18 @@ class LeanCalls:
             return None
         if self.handler.may_hold(name):
             return None
-        return params
+        return message
 
     # ---- 2026 era
 
     async def _serve_modern(
-        self, scope: Scope, receive: Receive, send: Send, request: Request, body: bytes, params: dict[str, Any]
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        request: Request,
+        decoded: dict[str, Any],
+        params: dict[str, Any],
     ) -> bool:
         # The SDK's single-exchange entry, check for check; the first that fails leaves the request to it.
         if await self.security.validate_request(request, is_post=True) is not None:
@@ -190,7 +200,6 @@ class LeanCalls:
         has_json, has_sse = check_accept_headers(request)
         if not (has_json and has_sse):
             return False
-        decoded = json.loads(body)
         try:
             req = types.JSONRPCRequest.model_validate(decoded)
         except ValidationError:
@@ -211,9 +220,12 @@ class LeanCalls:
         dctx = self._exchange(request, req.id)
         try:
             scope[LEAN_KEY] = True
-            result = await serve_one(
-                self.server, dctx, "tools/call", req.params, connection=connection, lifespan_state=state
-            )
+            # As the SDK's `serve_one`: one runner for the request, the connection's exit stack closed after it.
+            runner = runner_for(self.server, connection, state, req.params, request)
+            try:
+                result = await runner.on_request(dctx, "tools/call", req.params)
+            finally:
+                await aclose_shielded(connection)
         except NotPlain:
             return False
         except Exception as exc:
@@ -267,7 +279,7 @@ class LeanCalls:
         if not self._quiet(connection, params, legacy=True):
             return False
         dctx = self._exchange(request, message.id)
-        runner = ServerRunner(self.server, connection, self.sessions._lifespan_state)
+        runner = runner_for(self.server, connection, self.sessions._lifespan_state, message.params, request)
         reply: types.JSONRPCResponse | types.JSONRPCError
         with _in_flight(transport):
             try:

@@ -158,7 +158,8 @@ def build_server(
         try:
             with tracing.tool_call(params.name, caller.agent, meta=params.meta, headers=headers) as span:
                 result = await answer_call(handler, caller, params.name, dict(params.arguments or {}), progress)
-                tracing.outcome(span, result.is_error, text_of(result, 120))
+                if span.is_recording():
+                    tracing.outcome(span, result.is_error, text_of(result, 120))
                 return result
         finally:
             cancels.forget(ctx)

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from opentelemetry import trace
 from opentelemetry.propagate import extract
-from opentelemetry.trace import Span, StatusCode
+from opentelemetry.trace import INVALID_SPAN, NoOpTracerProvider, ProxyTracerProvider, Span, StatusCode
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +32,36 @@ tracer = trace.get_tracer("countersign")
 _EXPORT_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_TRACES_EXPORTER")
 
 
+def recording() -> bool:
+    """Whether spans are recorded: a tracer provider was set (`configure()`, or an embedding application's).
+
+    Until then every span is a no-op that only carries its parent's trace context along.
+    """
+    return not isinstance(trace.get_tracer_provider(), ProxyTracerProvider | NoOpTracerProvider)
+
+
+def untraced(meta: Mapping[str, Any] | None, headers: Mapping[str, str] | None) -> bool:
+    """Nothing recorded and no trace to carry: no provider, no `traceparent` in `_meta`, the headers or around.
+
+    A span then is nothing but a context switch to an empty span and back, a visible share of an allowed
+    call's time; the call's spans are skipped, and nothing the agent or the upstream sees changes
+    (with a `traceparent` to carry, even no-op spans pass it on upstream, so they are kept).
+    """
+    if recording() or (meta is not None and "traceparent" in meta):
+        return False
+    if headers is not None and "traceparent" in headers:
+        return False
+    return not trace.get_current_span().get_span_context().is_valid
+
+
 @contextmanager
 def tool_call(
     tool: str, agent: str, *, meta: Mapping[str, Any] | None, headers: Mapping[str, str] | None
 ) -> Iterator[Span]:
     """The span of one tool call, in the agent's trace: from `_meta` (the current span), else the HTTP headers."""
+    if untraced(meta, headers):
+        yield INVALID_SPAN
+        return
     parent = None
     if not (meta and "traceparent" in meta) and headers is not None and "traceparent" in headers:
         # The SDK's server span is then a root of its own; the call joins the trace the agent's HTTP request carries.
@@ -60,6 +85,9 @@ def outcome(span: Span, is_error: bool, text: str) -> None:
 @contextmanager
 def step(name: str, **attributes: Any) -> Iterator[Span]:
     """A child span of the current call: "policy", "hold", "decision_wait" or "upstream"."""
+    if untraced(None, None):
+        yield INVALID_SPAN
+        return
     values = {f"countersign.{k}": v for k, v in attributes.items() if v is not None}
     with tracer.start_as_current_span(f"countersign.{name}", attributes=values) as span:
         yield span
@@ -67,6 +95,8 @@ def step(name: str, **attributes: Any) -> Iterator[Span]:
 
 async def traced(name: str, work: Awaitable[T], **attributes: Any) -> T:
     """Await `work` inside a child span of the current call."""
+    if untraced(None, None):
+        return await work
     with step(name, **attributes):
         return await work
 

@@ -14,7 +14,7 @@ import httpx2
 import mcp_types as types
 import pytest
 
-from tests.harness import AGENT_TOKEN, OTHER_AGENT_TOKEN, Harness, agent_client, running_gateway
+from tests.harness import AGENT_TOKEN, OTHER_AGENT_TOKEN, Harness, agent_client, running_gateway, seeing_bodies
 
 LEGACY = "2025-11-25"
 MODERN = "2026-07-28"
@@ -381,3 +381,46 @@ async def test_a_call_the_policy_may_hold_by_the_time_it_runs_is_handed_back_to_
         assert h.gateway.lean.served == 0
         assert looks[0] == "ibkr_place_order" and len(looks) >= 2
         assert not [e for e in await h.gateway.service.history.events(limit=20) if e.kind == "call.allowed"]
+
+
+AGENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+TRACEPARENT = f"00-{AGENT_TRACE}-00f067aa0ba902b7-01"
+
+
+@pytest.mark.parametrize("era", ["legacy", "modern"])
+@pytest.mark.parametrize("carried", ["none", "meta", "header"])
+async def test_the_agents_trace_reaches_the_upstream_as_through_the_sdk(
+    tmp_path: Path, sqlite_url: str, era: str, carried: str
+) -> None:
+    """Whether spans are recorded or not (a tracer provider set or not), the upstream sees the same trace either way:
+    the agent's, when its request carries a `traceparent` in `_meta` or in the HTTP headers."""
+    seen: list[str | None] = []
+
+    async def hook(body: bytes) -> None:
+        message = json.loads(body) if body else {}
+        if isinstance(message, dict) and message.get("method") == "tools/call":
+            seen.append((message["params"].get("_meta") or {}).get("traceparent"))
+
+    meta = {"traceparent": TRACEPARENT} if carried == "meta" else {}
+    headers = {"traceparent": TRACEPARENT} if carried == "header" else {}
+    async with (
+        running_gateway(tmp_path, sqlite_url, policy=POLICY, broker_in_front=lambda app: seeing_bodies(app, hook)) as h,
+        httpx2.AsyncClient(timeout=10) as http,
+    ):
+        if era == "legacy":
+            session = await Legacy(h, http).open()
+            params = {"name": "ibkr_get_open_orders", "arguments": {}, "_meta": meta}
+            body = {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": params}
+            fast, sdk, served = await both_ways(h, lambda: session.post(body, **headers))
+        else:
+            modern = Modern(h, http)
+            fast, sdk, served = await both_ways(
+                h, lambda: modern.call("ibkr_get_open_orders", {}, meta=meta, **headers)
+            )
+        assert served == 1
+        assert fast == sdk
+        assert len(seen) == 2
+        traces = [None if value is None else value.split("-")[1] for value in seen]
+        assert traces[0] == traces[1] if carried != "none" else (traces[0] is None) == (traces[1] is None)
+        if carried != "none":
+            assert traces[0] == AGENT_TRACE
