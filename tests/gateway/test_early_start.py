@@ -9,9 +9,17 @@ import anyio
 import mcp_types as types
 import pytest
 
+from approvals.approvers import Approver, ApproverDirectory
+from approvals.db import Database
+from approvals.service import ApprovalService
+from approvals.states import Status
+from gateway.execution import Executions
+from tests.factories import held_cancel
+from tests.gateway.fakes import MovableClock
 from tests.harness import running_gateway, wait_for
 
 ERAS = ["legacy", "auto"]
+ALICE = Approver("alice", groups=("traders",))
 
 
 def text(result: types.CallToolResult) -> str:
@@ -60,3 +68,38 @@ async def test_the_approval_and_the_start_of_the_waiting_call_are_recorded_toget
         ]
         # One transaction: the start carries the approval's own time.
         assert events["request.executing"]["at"] == events["request.approved"]["at"]
+
+
+async def test_a_call_that_stops_waiting_gives_back_the_start_its_approval_recorded(database_url: str) -> None:
+    db = Database(database_url)
+    await db.create_schema()
+    try:
+        service = ApprovalService(db, ApproverDirectory([ALICE]), clock=MovableClock())
+        executions = Executions(service, lease=60.0, owner="host:1:abc")
+        request = await service.create(held_cancel(arguments={"orderId": 1001, "confirm": True}))
+        gone = [False]
+        early = executions.early_start(lambda view: not gone[0])
+        service.starts.add(request.id, early)
+
+        await service.approve(request.id, ALICE, "api")
+        started = await service.get(request.id)
+        assert started.status == Status.EXECUTING and early.won(started)
+
+        # The agent left before anything was forwarded: the approval stands, to be picked up again.
+        await early.undo(service)
+        again = await service.get(request.id)
+        assert again.status == Status.APPROVED and not early.won(again)
+        kinds = [e.kind for e in await service.history.events(request_id=request.id)]
+        assert kinds == ["request.created", "request.approved", "request.executing", "request.start_abandoned"]
+
+        # An offer whose agent is gone is not taken: the next approval leaves its request approved.
+        other = await service.create(held_cancel(arguments={"orderId": 1002, "confirm": True}))
+        gone[0] = True
+        declined = executions.early_start(lambda view: not gone[0])
+        service.starts.add(other.id, declined)
+        await service.approve(other.id, ALICE, "api")
+        assert (await service.get(other.id)).status == Status.APPROVED
+        await declined.undo(service)  # nothing was claimed: nothing to give back
+        assert (await service.get(other.id)).status == Status.APPROVED
+    finally:
+        await db.dispose()
