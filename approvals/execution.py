@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from approvals import audit
@@ -159,12 +160,24 @@ class ExecutionCases(Transitions):
         forward it now. Otherwise (nobody here, the evidence disagrees, it cannot start now) it stays
         approved, and `begin_execution` decides later, as for a decision made elsewhere."""
         for starter in self.starts.of(approved.id):
-            start = starter.claim(approved)
+            try:
+                start = starter.claim(approved)
+            except Exception:
+                # The approval itself must not fail on an offer's account: the call then starts on its own.
+                log.exception("could not ask whether %s can be started with its approval", approved.id)
+                start = None
             if start is None:
                 continue
             started = None
             try:
-                if approved.damage or await not_as_approved(conn, approved, start.arguments_sha256) is not None:
+                try:
+                    problem = approved.damage or await not_as_approved(conn, approved, start.arguments_sha256)
+                except SQLAlchemyError:
+                    raise
+                except Exception:  # an unreadable chain: the approval stands, and begin_execution says so
+                    log.exception("could not check the evidence of %s with its approval", approved.id)
+                    return
+                if problem:
                     return  # begin_execution records why it never runs
                 started = await self._start(conn, approved, start.owner, start.lease, now)
             finally:
