@@ -73,6 +73,7 @@ class HeldCalls(GatewayTools):
         # Withdraws an approved request the policy in force refuses (True if it did), just before it would start;
         # `refuses` says the same without acting. Without it, a call is never started by its approval (EarlyStart).
         self.vet, self.refuses = vet, refuses
+        self.start_with_approval = True  # False: every call starts with begin_execution, as if decided elsewhere
         self.upstreams = upstreams
         self.limiter = limiter
         self.executions = Executions(service, lease=execution_lease)
@@ -194,7 +195,7 @@ class HeldCalls(GatewayTools):
 
     def _early_start(self, caller: Caller | None) -> EarlyStart | None:
         """The offer to have this call's request started by its approval; None where it must start on its own."""
-        if caller is None or (self.vet is not None and self.refuses is None):
+        if caller is None or not self.start_with_approval or (self.vet is not None and self.refuses is None):
             return None
         refuses = self.refuses
 
