@@ -71,6 +71,8 @@ class EarlyStart:
     agent still there, its upstream connected, the policy in force not refusing it).
     """
 
+    __slots__ = ("claimed", "lease", "may_start", "owner", "view")  # one per held call: they wait by the thousand
+
     def __init__(self, owner: str, lease: float, may_start: Callable[[RequestView], bool]) -> None:
         self.owner, self.lease, self.may_start = owner, lease, may_start
         self.claimed: anyio.Event | None = None  # set once the start asked for is recorded, or not
