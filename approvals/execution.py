@@ -11,16 +11,25 @@ may or may not have run the call, so it is neither forwarded again nor reported 
 A lease rather than "on start-up, end whatever is executing": a replica that starts cannot tell
 its own dead predecessor from another replica that is alive and waiting on a slow upstream, but
 a live process keeps its lease fresh however slow the upstream is.
+
+When the process that records an approval also holds the agent waiting for it, the start can
+be recorded in the decision's own transaction (`LocalStarts`, `_start_with_decision`): the same
+checks and compare-and-set as `begin_execution`, one commit instead of two, and the waiting call
+forwards as soon as it is woken. A decision made anywhere else, or one whose waiter cannot start
+it now, leaves the request approved for `begin_execution`, as before.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from datetime import timedelta
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
 
 from sqlalchemy import or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from approvals import audit
 from approvals.audit import canonical_json
@@ -38,7 +47,53 @@ log = logging.getLogger(__name__)
 _requests = ApprovalRequest.__table__  # type: ignore[attr-defined]
 
 
+@dataclass(frozen=True)
+class Start:
+    """What a waiter that can forward an approved call now asks to be recorded as its start."""
+
+    owner: str
+    lease: float
+    arguments_sha256: str
+
+
+class Starter(Protocol):
+    """A task of this process waiting for a request's decision, able to forward the call once it is approved."""
+
+    def claim(self, view: RequestView) -> Start | None:
+        """Called inside the approval's transaction with the request as approved: start it now (or None: not now).
+
+        Must not block: no I/O, no awaiting."""
+        ...
+
+    def started(self, view: RequestView | None) -> None:
+        """Called once after a claim: the start is recorded in the transaction (`view`: the request as started;
+        None: it was not). Once that transaction has committed, the waiter is woken with it and forwards."""
+        ...
+
+
+class LocalStarts:
+    """The starters of this process, by request id (see `Starter`)."""
+
+    def __init__(self) -> None:
+        self._by_request: dict[str, list[Starter]] = {}
+
+    def add(self, request_id: str, starter: Starter) -> None:
+        self._by_request.setdefault(request_id, []).append(starter)
+
+    def discard(self, request_id: str, starter: Starter) -> None:
+        starters = self._by_request.get(request_id)
+        if starters is not None and starter in starters:
+            starters.remove(starter)
+            if not starters:
+                del self._by_request[request_id]
+
+    def of(self, request_id: str) -> list[Starter]:
+        return list(self._by_request.get(request_id, ()))
+
+
 class ExecutionCases(Transitions):
+    starts: LocalStarts
+
     async def begin_execution(
         self, request_id: str, arguments_sha256: str, *, owner: str = "", lease: float = 60.0
     ) -> RequestView:
@@ -57,22 +112,9 @@ class ExecutionCases(Transitions):
             problem = "its stored record cannot be read" if current.damage else None
             problem = problem or await not_as_approved(conn, current, arguments_sha256)
             if problem is None:
-                moved = await self._cas(
-                    conn,
-                    current,
-                    {Status.APPROVED},
-                    Status.EXECUTING,
-                    now,
-                    executing_by=owner or None,
-                    lease_until=now + timedelta(seconds=lease),
-                )
+                moved = await self._start(conn, current, owner, lease, now)
                 if moved is None:
                     raise already(current)
-                text = f"forwarding {current.upstream_tool} to upstream {current.upstream}"
-                detail = {**bound_to(moved), **({"by": owner} if owner else {})}
-                await audit.append(
-                    conn, request_event(moved, "request.executing", "executing", text, detail=detail), now
-                )
                 return moved
             refused = await self._cas(
                 conn,
@@ -93,6 +135,55 @@ class ExecutionCases(Transitions):
         log.error("refused to execute %s: %s", request_id, problem)
         raise ArgumentsChanged(f"request {request_id} was not executed: {problem}")
 
+    async def _start(
+        self, conn: AsyncConnection, current: RequestView, owner: str, lease: float, now: datetime
+    ) -> RequestView | None:
+        """approved -> executing by `owner` and its audit event, once the evidence is checked; None if it lost."""
+        moved = await self._cas(
+            conn,
+            current,
+            {Status.APPROVED},
+            Status.EXECUTING,
+            now,
+            executing_by=owner or None,
+            lease_until=now + timedelta(seconds=lease),
+        )
+        if moved is None:
+            return None
+        text = f"forwarding {current.upstream_tool} to upstream {current.upstream}"
+        detail = {**bound_to(moved), **({"by": owner} if owner else {})}
+        await audit.append(conn, request_event(moved, "request.executing", "executing", text, detail=detail), now)
+        return moved
+
+    async def _start_with_decision(self, conn: AsyncConnection, approved: RequestView, now: datetime) -> None:
+        """Inside the transaction that approved it: start the request for a waiter of this process that can
+        forward it now. Otherwise (nobody here, the evidence disagrees, it cannot start now) it stays
+        approved, and `begin_execution` decides later, as for a decision made elsewhere."""
+        for starter in self.starts.of(approved.id):
+            try:
+                start = starter.claim(approved)
+            except Exception:
+                # The approval itself must not fail on an offer's account: the call then starts on its own.
+                log.exception("could not ask whether %s can be started with its approval", approved.id)
+                start = None
+            if start is None:
+                continue
+            started = None
+            try:
+                try:
+                    problem = approved.damage or await not_as_approved(conn, approved, start.arguments_sha256)
+                except SQLAlchemyError:
+                    raise
+                except Exception:  # an unreadable chain: the approval stands, and begin_execution says so
+                    log.exception("could not check the evidence of %s with its approval", approved.id)
+                    return
+                if problem:
+                    return  # begin_execution records why it never runs
+                started = await self._start(conn, approved, start.owner, start.lease, now)
+            finally:
+                starter.started(started)
+            return
+
     async def renew_lease(self, request_id: str, owner: str, lease: float) -> bool:
         """Keep this process's hold on an execution; False when it has lost it (the request moved on)."""
         now = self.clock()
@@ -109,12 +200,21 @@ class ExecutionCases(Transitions):
             )
         return bool(renewed.rowcount == 1)
 
-    async def abandon_start(self, request_id: str, why: str) -> bool:
-        """executing -> approved: the start was recorded but nothing was forwarded. The approval stands."""
+    async def abandon_start(self, request_id: str, why: str, *, start: RequestView | None = None) -> bool:
+        """executing -> approved: the start was recorded but nothing was forwarded. The approval stands.
+
+        With `start` (the request as a start left it), only if that start is still the request's."""
         now = self.clock()
+        mine = None
+        if start is not None:
+            mine = (_requests.c.executing_by == start.executing_by) & (
+                _requests.c.status_changed_at == start.status_changed_at
+            )
         async with self._write() as conn:
             current = await load(conn, request_id)
-            moved = await self._cas(conn, current, {Status.EXECUTING}, Status.APPROVED, now, agent_waiting=False)
+            moved = await self._cas(
+                conn, current, {Status.EXECUTING}, Status.APPROVED, now, only_if=mine, agent_waiting=False
+            )
             if moved is None:
                 return False
             window = {"pickup_until": moved.deadline.isoformat()}

@@ -29,7 +29,7 @@ from approvals.db import Database
 from approvals.edits import describe_edits
 from approvals.errors import AlreadyOpen, InvalidDecision, NotAllowed, TooManyPending
 from approvals.escalation import EscalationCases, steps_json
-from approvals.execution import ExecutionCases
+from approvals.execution import ExecutionCases, LocalStarts
 from approvals.feed import ChangeFeed
 from approvals.grant_terms import GrantAsk
 from approvals.grants import Grants, make_grant
@@ -92,6 +92,8 @@ class ApprovalService(ExecutionCases, EscalationCases, RequestReads):
         self.batches = AuditBatches(db)
         self.syncs = GroupSync(db.sync_audit)
         self.grants = Grants(db, lambda: self.clock())
+        # Waiters of this process that can forward a call as soon as it is approved (approvals.execution).
+        self.starts = LocalStarts()
 
     # ---- writing
 
@@ -277,6 +279,8 @@ class ApprovalService(ExecutionCases, EscalationCases, RequestReads):
                 text += f": {reason}" if reason else ""
                 await audit.append(conn, decision_event(moved, approver, channel, new.value, reason, text), now)
                 if grant is None or new is not Status.APPROVED:
+                    if new is Status.APPROVED:
+                        await self._start_with_decision(conn, moved, now)
                     return DecisionOutcome(moved, len(approvals), current.quorum, text)
                 made, terms = await make_grant(conn, current, approver, channel, grant, now)
                 note = terms.note(current.grant_offer) if current.grant_offer else ""

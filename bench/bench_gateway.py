@@ -451,6 +451,8 @@ class HeldRun:
     drain_seconds: float
     approve_cpu_per_call_ms: float
     park_cpu_per_call_ms: float
+    # The bench process's own CPU time over the approvals (its clients: approver API, agents' streams).
+    bench_approve_cpu_per_call_ms: float = math.nan
 
 
 def own_rss_kib() -> int:
@@ -641,7 +643,7 @@ async def held_calls(
             )
             log(f"approving {held} requests, {approve_concurrency} at a time, {API_PAGE} listed at a time")
             limiter = anyio.Semaphore(approve_concurrency)
-            cpu1 = gateway.cpu_seconds()
+            cpu1, bench_cpu1 = gateway.cpu_seconds(), time.process_time()
             drain_start = time.perf_counter()
             drained = anyio.Event()
 
@@ -677,6 +679,7 @@ async def held_calls(
             drained.set()
             drain_seconds = time.perf_counter() - drain_start
             approve_cpu = gateway.cpu_seconds() - cpu1
+            bench_cpu = time.process_time() - bench_cpu1
         await anyio.sleep(1)
         rss_drained = gateway.rss_kib()
     return HeldRun(
@@ -697,6 +700,7 @@ async def held_calls(
         drain_seconds=drain_seconds,
         approve_cpu_per_call_ms=approve_cpu * 1000 / held,
         park_cpu_per_call_ms=park_cpu * 1000 / held,
+        bench_approve_cpu_per_call_ms=bench_cpu * 1000 / held,
     )
 
 
@@ -730,6 +734,27 @@ def decisions_sustained(calls: list[HeldCall]) -> str:
     return f"  decisions sustained: {rate:.0f}/s ({len(answered)} approve responses over {span:.2f} s)"
 
 
+def approvals_in_flight(run: HeldRun, ok: list[HeldCall]) -> list[str]:
+    """Where an approval's time goes: how busy each side was, and how many approved calls were in the gateway."""
+    if not ok or run.drain_seconds <= 0:
+        return []
+    held = len(run.calls)
+    gateway_share = run.approve_cpu_per_call_ms * held / 1000 / run.drain_seconds
+    bench_share = run.bench_approve_cpu_per_call_ms * held / 1000 / run.drain_seconds
+    # Little's law, counted: the mean number of calls between the approve sent and the result back, and of those
+    # answered approvals whose result had not come back yet (the approver keeps only its own requests in flight).
+    start = min(c.approve_sent for c in ok)
+    span = max(c.returned for c in ok) - start
+    in_system = sum(c.returned - c.approve_sent for c in ok) / span
+    answered_waiting = sum(c.returned - c.approve_done for c in ok) / span
+    return [
+        f"  CPU over the approvals: gateway {gateway_share:.0%} of one core, bench process "
+        f"{run.bench_approve_cpu_per_call_ms:.2f} ms per approved call ({bench_share:.0%} of one core)",
+        f"  approved calls in flight on average: {in_system:.1f} from approve sent to result, "
+        f"{answered_waiting:.1f} of them already answered to the approver",
+    ]
+
+
 def report_held(run: HeldRun) -> list[str]:
     held = len(run.calls)
     ok = [c for c in run.calls if c.ok]
@@ -760,6 +785,7 @@ def report_held(run: HeldRun) -> list[str]:
         f"  approved all {held} in {run.drain_seconds:.2f} s ({held / run.drain_seconds:.0f} calls/s; "
         f"gateway CPU {run.approve_cpu_per_call_ms:.2f} ms per approved call)",
         decisions_sustained(run.calls),
+        *approvals_in_flight(run, ok),
         f"  results: {len(ok)} ok (the broker cancelled the order), {len(failed)} not ok"
         + (" (timings above are over the ok ones)" if failed else ""),
     ]

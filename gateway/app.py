@@ -110,6 +110,7 @@ class Gateway:
             agent_max_hold={a.name: a.max_hold for a in settings.agents if a.max_hold is not None},
             default_max_hold=settings.server.default_max_hold,
             vet=self.withdrawals.withdraw_if_refused,
+            refuses=lambda view: self.withdrawals.refusal(view) is not None,
             execution_lease=settings.server.execution_lease,
         )
         self.calls = CallHandler(

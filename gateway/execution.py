@@ -6,6 +6,10 @@ its own, not in the task of the agent that started it: an agent whose wait ends 
 execution goes on, so the request never stays `executing` with the upstream's answer lost.
 While the upstream works, the task renews the execution's lease (approvals.execution); if this
 process dies, the lease runs out and any gateway ends the request as `outcome_unknown`.
+
+A held call waiting in this process offers to start its request as part of the approval itself
+(`EarlyStart`, approvals.execution.Starter): the approval's transaction then also records the
+start, and the woken call forwards at once, with no second transaction to wait for.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import logging
 import os
 import secrets
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anyio
@@ -21,7 +26,9 @@ import mcp_types as types
 from anyio.abc import TaskGroup
 
 from approvals.errors import AlreadyDecided, ApprovalError, ArgumentsChanged
-from approvals.service import ApprovalService
+from approvals.execution import Start
+from approvals.service import ApprovalService, arguments_digest
+from approvals.states import Status
 from approvals.views import RequestView
 from gateway import faults, tracing
 from gateway.caller import ProgressLine
@@ -57,6 +64,55 @@ class Run:
             await line.relay(progress, total, message)
 
 
+class EarlyStart:
+    """A held call's offer to have its request started by the transaction that approves it.
+
+    `may_start` says, without waiting for anything, whether the call could be forwarded now (its
+    agent still there, its upstream connected, the policy in force not refusing it).
+    """
+
+    __slots__ = ("claimed", "lease", "may_start", "owner", "view")  # one per held call: they wait by the thousand
+
+    def __init__(self, owner: str, lease: float, may_start: Callable[[RequestView], bool]) -> None:
+        self.owner, self.lease, self.may_start = owner, lease, may_start
+        self.claimed: anyio.Event | None = None  # set once the start asked for is recorded, or not
+        self.view: RequestView | None = None  # the request as started, once its start is recorded
+
+    def claim(self, view: RequestView) -> Start | None:
+        # A crash test stopping before the start needs the step in which a start is not yet recorded.
+        if faults.armed("before_begin") or not self.may_start(view):
+            return None
+        self.claimed, self.view = anyio.Event(), None
+        return Start(self.owner, self.lease, arguments_digest(view.arguments_json))
+
+    def started(self, view: RequestView | None) -> None:
+        self.view = view
+        if self.claimed is not None:
+            self.claimed.set()
+
+    async def undo(self, service: ApprovalService) -> None:
+        """The call will not forward (it stopped waiting): give back a start recorded for it, if any."""
+        if self.claimed is None:
+            return
+        await self.claimed.wait()  # the approval's block is under way; it ends soon, either way
+        if self.view is not None:
+            why = "the agent went away before anything was forwarded"
+            try:
+                await service.abandon_start(self.view.id, why, start=self.view)
+            except ApprovalError as exc:
+                log.error("could not record that %s was not forwarded: %s", self.view.id, exc)
+
+    def won(self, latest: RequestView) -> bool:
+        """Whether `latest` is the request as this offer's start left it: this call is to forward it."""
+        mine = self.view
+        return (
+            mine is not None
+            and latest.status == Status.EXECUTING
+            and latest.executing_by == self.owner
+            and latest.status_changed_at == mine.status_changed_at
+        )
+
+
 class Executions:
     def __init__(self, service: ApprovalService, *, lease: float, owner: str | None = None) -> None:
         self.service = service
@@ -72,6 +128,9 @@ class Executions:
                 await anyio.sleep_forever()
             finally:
                 self._tasks = None
+
+    def early_start(self, may_start: Callable[[RequestView], bool]) -> EarlyStart:
+        return EarlyStart(self.owner, self.lease, may_start)
 
     async def begin(self, view: RequestView, arguments_sha256: str) -> RequestView | None:
         """Win the right to forward `view` (approved -> executing); None when someone else moved it first."""

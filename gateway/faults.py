@@ -19,6 +19,11 @@ POINTS = (
 )
 
 
+def armed(point: str) -> bool:
+    """Whether this process is to stop at `point`: a step that is only taken sometimes is then always taken."""
+    return os.environ.get(ENVIRONMENT) == point
+
+
 def reached(point: str) -> None:
     assert point in POINTS, point
     if os.environ.get(ENVIRONMENT) == point:

@@ -18,15 +18,13 @@ import enum
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import anyio
 import mcp_types as types
 from anyio.abc import TaskGroup
 
-from approvals.audit import Event, canonical_json
 from approvals.durations import format_duration
-from approvals.errors import ApprovalError, RequestNotFound, StoreUnavailable
+from approvals.errors import ApprovalError, StoreUnavailable
 from approvals.feed import Change
 from approvals.service import ApprovalService, arguments_digest
 from approvals.states import Status
@@ -36,10 +34,11 @@ from gateway import faults, tracing
 from gateway.caller import CONNECTION_CLOSED, Caller, Departure, ProgressLine, race_gone
 from gateway.config import DEFAULT_EXECUTION_LEASE
 from gateway.errors import CallRefused, Tag
-from gateway.execution import Executions
+from gateway.execution import EarlyStart, Executions
 from gateway.held_notices import Notices
+from gateway.held_tools import GatewayTools
 from gateway.ratelimit import RateLimiter, Reservation
-from gateway.results import STATUS_TOOL, WAIT_TOOL, answer, pending_result, status_result, with_changes
+from gateway.results import answer, pending_result, with_changes
 from gateway.upstreams import Upstreams
 
 log = logging.getLogger(__name__)
@@ -55,7 +54,7 @@ class _Stop(enum.Enum):
     HOLD_LIMIT = "hold_limit"  # held as long as this agent can wait
 
 
-class HeldCalls:
+class HeldCalls(GatewayTools):
     def __init__(
         self,
         service: ApprovalService,
@@ -67,11 +66,14 @@ class HeldCalls:
         agent_max_hold: dict[str, float] | None = None,
         default_max_hold: float = math.inf,
         vet: Callable[[RequestView], Awaitable[bool]] | None = None,
+        refuses: Callable[[RequestView], bool] | None = None,
         execution_lease: float = DEFAULT_EXECUTION_LEASE,
     ) -> None:
         self.service = service
-        # Withdraws an approved request the policy in force refuses (True if it did), just before it would start.
-        self.vet = vet
+        # Withdraws an approved request the policy in force refuses (True if it did), just before it would start;
+        # `refuses` says the same without acting. Without it, a call is never started by its approval (EarlyStart).
+        self.vet, self.refuses = vet, refuses
+        self.start_with_approval = True  # False: every call starts with begin_execution, as if decided elsewhere
         self.upstreams = upstreams
         self.limiter = limiter
         self.executions = Executions(service, lease=execution_lease)
@@ -116,6 +118,7 @@ class HeldCalls:
     ) -> types.CallToolResult:
         """Drive `view` until `caller` has its answer (`caller` None: nobody is waiting, run it unattended)."""
         deadline = None if hold_limit is None else anyio.current_time() + hold_limit
+        started: RequestView | None = None  # started by its approval, for this call to forward (EarlyStart)
         try:
             while True:
                 if caller is not None and caller.task is not None and not view.is_terminal:
@@ -132,10 +135,14 @@ class HeldCalls:
                         why = "held as long as the agent can wait; it was told to check back"
                         view = await self._detach(view.id, why) or view
                         return pending_result(view, wait_seconds=hold_limit)
-                    assert isinstance(step, RequestView)
-                    view = step
-                elif view.status == Status.APPROVED:
-                    ran = await self._execute(view, caller, progress, deadline)
+                    if isinstance(step, EarlyStart):
+                        started = step.view
+                        view = started or view
+                    else:
+                        assert isinstance(step, RequestView)
+                        view = step
+                elif view.status == Status.APPROVED or started is not None:
+                    ran, started = await self._execute(view, caller, progress, deadline, started), None
                     if isinstance(ran, tuple):
                         view, result = ran
                         return with_changes(view, result)
@@ -155,25 +162,49 @@ class HeldCalls:
 
     async def _wait_for_decision(
         self, view: RequestView, caller: Caller | None, progress: ProgressLine, deadline: float | None
-    ) -> RequestView | _Stop:
+    ) -> RequestView | _Stop | EarlyStart:
         who = who_decides(view)
         beat = None
+        early = self._early_start(caller)
+        step: RequestView | _Stop | EarlyStart | None = None
         try:
             try:
                 waiting = self._waiting(view, who)
                 await progress.notice(waiting())
                 # Later notices go out on the shared beat, so the wait below is one database read per wake-up.
                 beat = self.notices.start(progress, waiting)
-                return await self._decision_or_stop(view, caller, deadline)
+                if early is not None:
+                    self.service.starts.add(view.id, early)
+                step = await self._decision_or_stop(view, caller, deadline)
+                if early is not None and isinstance(step, RequestView) and early.won(step):
+                    step = early  # its approval started it: this call forwards it
+                return step
             finally:
-                if beat is not None:
-                    with anyio.CancelScope(shield=True):
+                with anyio.CancelScope(shield=True):
+                    if beat is not None:
                         await self.notices.stop(beat)
+                    if early is not None:
+                        self.service.starts.discard(view.id, early)
+                        if step is not early:
+                            await early.undo(self.service)
         except BaseException:
             if caller is not None:
                 with anyio.CancelScope(shield=True):
                     await self._leave(view, caller)
             raise
+
+    def _early_start(self, caller: Caller | None) -> EarlyStart | None:
+        """The offer to have this call's request started by its approval; None where it must start on its own."""
+        if caller is None or not self.start_with_approval or (self.vet is not None and self.refuses is None):
+            return None
+        refuses = self.refuses
+
+        def may_start(view: RequestView) -> bool:
+            upstream = self.upstreams.get(view.upstream)
+            ready = upstream is not None and upstream.ready and not caller.gone
+            return ready and not (refuses is not None and refuses(view))
+
+        return self.executions.early_start(may_start)
 
     async def _decision_or_stop(
         self, view: RequestView, caller: Caller | None, deadline: float | None
@@ -248,15 +279,24 @@ class HeldCalls:
     # ---- executing exactly once
 
     async def _execute(
-        self, view: RequestView, caller: Caller | None, progress: ProgressLine, deadline: float | None
+        self,
+        view: RequestView,
+        caller: Caller | None,
+        progress: ProgressLine,
+        deadline: float | None,
+        started: RequestView | None = None,
     ) -> tuple[RequestView, types.CallToolResult] | RequestView:
         """Start and forward the approved call; or, when someone else started it first, the request as it is now.
+        `started`: its approval started it already, for this call.
 
         The execution is seen through in a task of its own: when the agent's wait ends first (its hold
         limit), it gets the request as it is now (executing) and can wait again for the result.
         """
         upstream = self.upstreams.get(view.upstream)
         if upstream is None or not upstream.ready:
+            if started is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._abandon(view.id)
             state = "is not configured any more" if upstream is None else "is not connected right now"
             raise CallRefused(
                 Tag.UPSTREAM_UNAVAILABLE,
@@ -264,15 +304,17 @@ class HeldCalls:
                 f"was not executed and was not sent anywhere else. It stays approved until "
                 f"{clock_time(view, 'pickup')}: call again to run it.",
             )
-        if self.vet is not None and await self.vet(view):
+        if started is None and self.vet is not None and await self.vet(view):
             return await self.service.get(view.id)
-        if caller is not None and caller.gone:
+        if started is None and caller is not None and caller.gone:
             await self._detach(view.id, "the agent went away before the approved call started")
             raise CallRefused(Tag.APPROVAL_DETACHED, _NOT_FORWARDED)
-        started: RequestView | None = None
         try:
-            faults.reached("before_begin")
-            started = await self.executions.begin(view, arguments_digest(view.arguments_json))
+            if started is not None:
+                faults.reached("after_begin")
+            else:
+                faults.reached("before_begin")
+                started = await self.executions.begin(view, arguments_digest(view.arguments_json))
             if started is None:
                 # Another waiter (a re-attached call, the wait tool, another replica) started or ended it first.
                 return await self.service.get(view.id)
@@ -388,50 +430,6 @@ class HeldCalls:
             log.info("unattended run of %s did not happen: %s", view.id, exc)
         except Exception:
             log.exception("unattended run of %s failed", view.id)
-
-    # ---- the gateway's own tools, and re-attaching
-
-    async def reattach(
-        self, view: RequestView, caller: Caller, progress: ProgressLine, how: str, asked: float | None = None
-    ) -> types.CallToolResult:
-        if not view.is_terminal:
-            view = await self.service.attach(view.id, caller.agent, how)
-        return await self.follow(view, caller, progress, hold_limit=self.hold_limit(caller.agent, view, asked))
-
-    async def gateway_tool(
-        self, caller: Caller, tool: str, arguments: dict[str, Any], progress: ProgressLine
-    ) -> types.CallToolResult:
-        approval_id = arguments.get("approval_id")
-        if not isinstance(approval_id, str) or not approval_id:
-            raise CallRefused(Tag.INVALID_ARGUMENTS, f"{tool} needs approval_id, the id a held call returned")
-        timeout = arguments.get("timeout_seconds")
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0):
-            raise CallRefused(Tag.INVALID_ARGUMENTS, "timeout_seconds must be a number of seconds, 0 or more")
-        try:
-            view = await self.service.get(approval_id)
-        except RequestNotFound:
-            view = None
-        if view is None or view.agent != caller.agent:
-            # Another agent's request is as invisible as one that does not exist.
-            raise CallRefused(Tag.NOT_FOUND, f"you have no approval request {approval_id!r}")
-        await self.service.record(
-            Event(
-                kind="call.gateway",
-                outcome="allowed",
-                message=f"{tool} for {approval_id}",
-                agent=caller.agent,
-                tool=tool,
-                request_id=approval_id,
-                arguments=canonical_json(arguments),
-            )
-        )
-        if tool == STATUS_TOOL:
-            return status_result(view)
-        assert tool == WAIT_TOOL
-        asked = None if timeout is None else float(timeout)
-        if view.status == Status.PENDING and self.hold_limit(caller.agent, view, asked) == 0:
-            return pending_result(view, wait_seconds=self.hold_limit(caller.agent, view))
-        return await self.reattach(view, caller, progress, f"called {WAIT_TOOL}", asked)
 
 
 class _LeftBeforeForwarding(Exception):

@@ -673,6 +673,8 @@ async def test_an_agent_cancelling_as_its_approved_call_starts_lapses_the_approv
             return await real_begin(request_id, arguments_sha256, **owner_and_lease)
 
         service.begin_execution = slow_begin  # type: ignore[method-assign]
+        # The start on its own, as after a decision made by another replica (not recorded with the approval).
+        h.gateway.held.start_with_approval = False
         call_scope = anyio.CancelScope()
 
         async def call() -> None:
