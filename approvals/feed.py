@@ -76,6 +76,8 @@ class ChangeFeed:
         self._poked = anyio.Event()
         # Tasks waiting for one request to change: woken on every change to it, with the request as it then was.
         self._watchers: dict[str, set[_Watch]] = {}
+        # Requests this process made whose creation the feed has not delivered yet, as made, with its number.
+        self._made: dict[str, tuple[RequestView, int]] = {}
 
     @property
     def cursor(self) -> int | None:
@@ -143,6 +145,7 @@ class ChangeFeed:
         views = {row["id"]: RequestView.from_row(row) for row in found}
         for row in rows:
             self._cursor = row.seq
+            self._made.pop(row.request_id, None)
             view = views.get(row.request_id)
             if view is None:  # an event naming a request that does not exist (e.g. a refused lookup)
                 continue
@@ -155,6 +158,12 @@ class ChangeFeed:
                     # One listener failing must never keep the others (or the decision) from happening.
                     log.exception("listener %r failed on %s of %s", listener, change.kind, view.id)
         return len(rows)
+
+    def made(self, view: RequestView, seq: int) -> None:
+        """This process just committed `view`'s creation as event `seq`. Until the feed delivers that event, every
+        later change of the request is still to be delivered, so its first waiter need not read it back."""
+        if self._cursor is not None and self._cursor < seq:
+            self._made[view.id] = (view, seq)
 
     def wake(self, moved: Iterable[RequestView]) -> None:
         """These requests changed in a transaction of this process that has committed (each as it was left by it):
@@ -180,8 +189,13 @@ class ChangeFeed:
             watch = _Watch()
             self._watchers.setdefault(request_id, set()).add(watch)
             try:
-                # Read after registering, so a change committed in between still wakes us.
-                view = await load(request_id)
+                made = self._made.get(request_id)
+                if made is not None and self._cursor is not None and self._cursor < made[1]:
+                    # Made here and not delivered yet: every change after it will be, to this watch too.
+                    view = made[0]
+                else:
+                    # Read after registering, so a change committed in between still wakes us.
+                    view = await load(request_id)
                 remaining = deadline - anyio.current_time()
                 if view.status != seen or remaining <= 0:
                     return view

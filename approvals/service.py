@@ -153,13 +153,14 @@ class ApprovalService(ExecutionCases, EscalationCases, RequestReads):
                     **bound_to(view),
                 }
                 created = request_event(view, "request.created", "held", text, arguments=arguments_json, detail=detail)
-                await audit.append(conn, created, now)
+                seq = await audit.append(conn, created, now)
         except IntegrityError as exc:
             # The unique open key: an identical call won the race to park. Its request is the one to join.
             existing = await self.find_open(new.agent, new.tool, digest)
             if existing is None:
                 raise
             raise AlreadyOpen(existing.id) from exc
+        self.feed.made(view, seq)
         return view
 
     async def approve(
