@@ -1,10 +1,10 @@
-"""A held call's first wait starts from the request as its park left it, and still misses no change.
+"""A held call waits on the request its process parked without reading it first, and still misses no change.
 
-The process that parks a request knows it as committed; until its change feed has delivered the
-creation, every later change (made here or by another replica) is still to be delivered, so the
-waiter is woken by it without reading the request back. Once the feed is past the creation, the
-waiter reads it as before. Two services on one database stand for two replicas; the feed under
-test is driven by hand (`deliver`), so the order of park, decision and delivery is the test's.
+The process that parks a request knows it as committed, and its change feed keeps its state as the
+latest change delivered left it: every change since (made here or by another replica) is still to
+be delivered, so a waiter that finds the state it expects waits without a read and is woken by
+that change. Two services on one database stand for two replicas; the feed under test is driven
+by hand (`deliver`), so the order of park, decision and delivery is the test's.
 """
 
 from __future__ import annotations
@@ -60,7 +60,25 @@ async def test_a_decision_made_elsewhere_before_the_first_wait_still_wakes_it(da
     assert [view.status for view in got] == [Status.APPROVED]
 
 
-async def test_once_the_feed_is_past_the_park_the_first_wait_reads_the_request(database_url: str) -> None:
+async def test_a_decision_made_elsewhere_after_the_creation_was_delivered_wakes_the_wait(database_url: str) -> None:
+    async with replicas(database_url) as (ours, theirs):
+        parked = await ours.create(held_cancel())
+        while await ours.feed.deliver():
+            pass  # the creation delivered: the feed knows the request as pending
+        await theirs.approve(parked.id, ALICE, "api")
+        got: list[RequestView] = []
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(wait_decided, ours, parked.id, got)
+                await anyio.wait_all_tasks_blocked()
+                assert got == []
+                while not got:
+                    await ours.feed.deliver()
+                    await anyio.sleep(0.01)
+    assert [view.status for view in got] == [Status.APPROVED]
+
+
+async def test_once_the_feed_has_delivered_the_decision_the_wait_reads_the_request(database_url: str) -> None:
     async with replicas(database_url) as (ours, theirs):
         parked = await ours.create(held_cancel())
         await theirs.approve(parked.id, ALICE, "api")
