@@ -168,7 +168,11 @@ async def approvals_of(conn: AsyncConnection, request_id: str) -> list[str]:
     return list(dict.fromkeys((await conn.execute(query)).scalars()))
 
 
+_PENDING_OF = select(func.count()).where(
+    _requests.c.agent == bindparam("agent"), _requests.c.status == Status.PENDING.value
+)
+
+
 async def pending_of(conn: AsyncConnection, agent: str) -> int:
     """How many of the agent's requests wait for a decision."""
-    query = select(func.count()).where(_requests.c.agent == agent, _requests.c.status == Status.PENDING.value)
-    return int((await conn.execute(query)).scalar_one())
+    return int((await conn.execute(_PENDING_OF, {"agent": agent})).scalar_one())
