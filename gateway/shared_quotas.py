@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Final
 
-from sqlalchemy import Executable, delete, func, insert, select, text, update
+from sqlalchemy import Executable, bindparam, delete, func, insert, select, text, update
 
 from approvals.db import Database
 from approvals.errors import StoreUnavailable
@@ -36,9 +36,9 @@ from gateway.ratelimit import (
     MemoryQuotas,
     Refusal,
     distinct_buckets,
+    full_window,
     longest_wait,
     new_reservation_id,
-    refusal_for,
 )
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,20 @@ _LOCAL: Final = "local-"
 _LOCK_CLASS: Final = 0x0C5A
 # No window is longer than a day: older slots can never count again.
 _LONGEST_WINDOW: Final = 86_400.0
+# A limit's window is full when it holds `max` slots: the `max`-th newest slot in it, if there is one, is the
+# oldest that counts (when the window frees up). Only that one row is read, however many the window holds.
+_FULL_AT = (
+    select(_slots.c.taken_at)
+    .where(
+        _slots.c.counter == bindparam("counter"),
+        _slots.c.scope == bindparam("scope"),
+        _slots.c.scope_key == bindparam("scope_key"),
+        _slots.c.taken_at > bindparam("since"),
+    )
+    .order_by(_slots.c.taken_at.desc())
+    .limit(1)
+    .offset(bindparam("skip"))
+)
 
 
 class SharedQuotas:
@@ -93,22 +107,11 @@ class SharedQuotas:
             now = self._clock()
             refusals = []
             for limit, (counter, scope, scope_key) in wanted:
-                newest = (
-                    await conn.execute(
-                        select(_slots.c.taken_at)
-                        .where(
-                            _slots.c.counter == counter,
-                            _slots.c.scope == scope,
-                            _slots.c.scope_key == scope_key,
-                            _slots.c.taken_at > now - limit.window_seconds,
-                        )
-                        .order_by(_slots.c.taken_at.desc())
-                        .limit(limit.max)
-                    )
-                ).scalars()
-                refusal = refusal_for(tool, limit, sorted(newest), now)
-                if refusal is not None:
-                    refusals.append(refusal)
+                bucket = {"counter": counter, "scope": scope, "scope_key": scope_key}
+                window = {"since": now - limit.window_seconds, "skip": limit.max - 1}
+                oldest = (await conn.execute(_FULL_AT, {**bucket, **window})).scalar_one_or_none()
+                if oldest is not None:
+                    refusals.append(full_window(tool, limit, oldest, now))
             if refusals:
                 return longest_wait(refusals)
             windows: dict[BucketKey, float] = {}
