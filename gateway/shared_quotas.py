@@ -143,7 +143,9 @@ class SharedQuotas:
                 raise me.error
             assert me.answer is not None
             return me.answer
-        self._joining[group] = mine = _Group()
+        mine = _Group()
+        if open_group is None:  # a full group's transaction stays the one others join until it commits
+            self._joining[group] = mine
         joining = mine.waiting
         decided: list[_Joiner] = []
         try:
@@ -159,10 +161,9 @@ class SharedQuotas:
                     decided.append(other)
                     other.answer = await self._reserve(conn, other.tool, other.wanted, other.ident)
                 # Whoever comes from here on opens the next transaction; nobody joins one that is committing.
-                del self._joining[group]
+                self._close(group, mine)
         except BaseException as exc:
-            if self._joining.get(group) is mine:
-                del self._joining[group]
+            self._close(group, mine)
             for other in [*decided, *joining]:
                 other.error = exc if isinstance(exc, Exception) else StoreUnavailable(f"quota reservation: {exc!r}")
                 other.done.set()
@@ -172,6 +173,10 @@ class SharedQuotas:
         if not isinstance(answer, Refusal):
             await self._sweep(self._clock())
         return answer
+
+    def _close(self, group: tuple[BucketKey, ...], mine: _Group) -> None:
+        if self._joining.get(group) is mine:
+            del self._joining[group]
 
     async def _reserve(
         self, conn: AsyncConnection, tool: str, wanted: Sequence[tuple[Limit, BucketKey]], ident: str
