@@ -76,6 +76,9 @@ class ChangeFeed:
         self._poked = anyio.Event()
         # Tasks waiting for one request to change: woken on every change to it, with the request as it then was.
         self._watchers: dict[str, set[_Watch]] = {}
+        # The open requests this process made, each in the state the latest change delivered here (or its creation)
+        # left it in.
+        self._known: dict[str, Status] = {}
 
     @property
     def cursor(self) -> int | None:
@@ -145,6 +148,7 @@ class ChangeFeed:
             self._cursor = row.seq
             view = views.get(row.request_id)
             if view is None:  # an event naming a request that does not exist (e.g. a refused lookup)
+                self._known.pop(row.request_id, None)
                 continue
             self._wake(view)
             change = Change(row.seq, row.kind, view)
@@ -156,6 +160,16 @@ class ChangeFeed:
                     log.exception("listener %r failed on %s of %s", listener, change.kind, view.id)
         return len(rows)
 
+    def made(self, view: RequestView, seq: int) -> None:
+        """This process just committed `view`'s creation as event `seq`.
+
+        From here on the feed keeps the request's state as the latest change it delivered left it, until it ends.
+        Every change after that one is still to be delivered (and wakes whoever waits), so a waiter that finds the
+        request in the state it expects waits without reading it first. Only while the feed has not passed `seq`
+        is `view` known to be the latest: a change delivered before this call would otherwise be missed."""
+        if self._cursor is not None and self._cursor < seq:
+            self._known[view.id] = view.status
+
     def wake(self, moved: Iterable[RequestView]) -> None:
         """These requests changed in a transaction of this process that has committed (each as it was left by it):
         their waiters go on with that, without reading it back."""
@@ -163,6 +177,11 @@ class ChangeFeed:
             self._wake(view)
 
     def _wake(self, view: RequestView) -> None:
+        if view.id in self._known:
+            if view.is_terminal:
+                del self._known[view.id]
+            else:
+                self._known[view.id] = view.status
         for watch in self._watchers.get(view.id, ()):
             watch.view = view
             watch.event.set()
@@ -173,18 +192,22 @@ class ChangeFeed:
         """Return as soon as the request is no longer in `seen`, or after `within` seconds as it is then.
 
         Woken by a change with the request as the change left it, the wait returns that without reading it
-        again: committed, and at least as new as any read made before the wake-up.
+        again: committed, and at least as new as any read made before the wake-up. A request this process made
+        (`made`) that the feed last saw in `seen` is waited on without a read: any change since is still to come.
         """
         deadline = anyio.current_time() + max(within, 0.0)
         while True:
             watch = _Watch()
             self._watchers.setdefault(request_id, set()).add(watch)
             try:
-                # Read after registering, so a change committed in between still wakes us.
-                view = await load(request_id)
+                known = self._known.get(request_id)
                 remaining = deadline - anyio.current_time()
-                if view.status != seen or remaining <= 0:
-                    return view
+                if known is not seen or remaining <= 0:
+                    # Read after registering, so a change committed in between still wakes us.
+                    view = await load(request_id)
+                    remaining = deadline - anyio.current_time()
+                    if view.status != seen or remaining <= 0:
+                        return view
                 with anyio.move_on_after(remaining):
                     await watch.event.wait()
                 if watch.view is not None and watch.view.status != seen:

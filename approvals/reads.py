@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy import Select, and_, bindparam, case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from approvals import audit
@@ -21,6 +22,38 @@ _decisions = Decision.__table__  # type: ignore[attr-defined]
 
 # The ends a repeat of the call gets again within the repeat window: everything but the agent's own withdrawal.
 REPEATED = TERMINAL - {Status.CANCELLED}
+
+
+def _find_repeat() -> Select[Any]:
+    # Built once: every held call asks it, and building the expression cost more than the read itself.
+    c = _requests.c
+    is_open = c.status.in_([s.value for s in OPEN])
+    ended = and_(c.status.in_([s.value for s in REPEATED]), c.status_changed_at >= bindparam("ended_since"))
+    digest = bindparam("digest", type_=c.arguments_sha256.type)
+    return (
+        select(_requests)
+        .where(
+            c.agent == bindparam("agent"),
+            c.tool == bindparam("tool"),
+            or_(
+                # Open: the call as it stands (as approved, when approved with changes).
+                and_(c.arguments_sha256 == digest, or_(is_open, ended)),
+                # A request approved with changes still answers a repeat of the agent's own call.
+                and_(c.original_sha256 == digest, ended),
+            ),
+        )
+        .order_by(
+            case((is_open, 0), else_=1),
+            case((is_open, c.created_at), else_=None).asc(),
+            c.status_changed_at.desc(),
+        )
+        .limit(1)
+    )
+
+
+_FIND_REPEAT = _find_repeat()
+# One request by its id: read on every park and every wake-up of a held call.
+_BY_ID = select(_requests).where(_requests.c.id == bindparam("id"))
 
 
 class RequestReads:
@@ -89,30 +122,9 @@ class RequestReads:
 
         One statement: each branch of its OR is answered by an index (the digest, the original digest), so the
         read touches only the call's own requests; an open one sorts first (the oldest, as `find_open`)."""
-        c = _requests.c
-        is_open = c.status.in_([s.value for s in OPEN])
-        ended = and_(c.status.in_([s.value for s in REPEATED]), c.status_changed_at >= ended_since)
-        query = (
-            select(_requests)
-            .where(
-                c.agent == agent,
-                c.tool == tool,
-                or_(
-                    # Open: the call as it stands (as approved, when approved with changes).
-                    and_(c.arguments_sha256 == arguments_sha256, or_(is_open, ended)),
-                    # A request approved with changes still answers a repeat of the agent's own call.
-                    and_(c.original_sha256 == arguments_sha256, ended),
-                ),
-            )
-            .order_by(
-                case((is_open, 0), else_=1),
-                case((is_open, c.created_at), else_=None).asc(),
-                c.status_changed_at.desc(),
-            )
-            .limit(1)
-        )
+        values = {"agent": agent, "tool": tool, "digest": arguments_sha256, "ended_since": ended_since}
         async with self.db.read() as conn:
-            row = (await conn.execute(query)).mappings().first()
+            row = (await conn.execute(_FIND_REPEAT, values)).mappings().first()
         return None if row is None else RequestView.from_row(row)
 
     async def waiting(self) -> list[RequestView]:
@@ -141,7 +153,7 @@ async def _open_request(conn: AsyncConnection, agent: str, tool: str, arguments_
 
 
 async def load(conn: AsyncConnection, request_id: str) -> RequestView:
-    row = (await conn.execute(select(_requests).where(_requests.c.id == request_id))).mappings().first()
+    row = (await conn.execute(_BY_ID, {"id": request_id})).mappings().first()
     if row is None:
         raise RequestNotFound(request_id)
     return RequestView.from_row(row)
@@ -156,7 +168,11 @@ async def approvals_of(conn: AsyncConnection, request_id: str) -> list[str]:
     return list(dict.fromkeys((await conn.execute(query)).scalars()))
 
 
+_PENDING_OF = select(func.count()).where(
+    _requests.c.agent == bindparam("agent"), _requests.c.status == Status.PENDING.value
+)
+
+
 async def pending_of(conn: AsyncConnection, agent: str) -> int:
     """How many of the agent's requests wait for a decision."""
-    query = select(func.count()).where(_requests.c.agent == agent, _requests.c.status == Status.PENDING.value)
-    return int((await conn.execute(query)).scalar_one())
+    return int((await conn.execute(_PENDING_OF, {"agent": agent})).scalar_one())

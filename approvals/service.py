@@ -13,7 +13,7 @@ import json
 import logging
 import secrets
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 
 _requests = ApprovalRequest.__table__  # type: ignore[attr-defined]
 _decisions = Decision.__table__  # type: ignore[attr-defined]
+# Built once: a park is one insert, and building its statement cost more than compiling it (which is cached).
+_INSERT_REQUEST = insert(_requests)
+_NEW_FIELDS = tuple(f.name for f in fields(NewRequest))
 
 # Channels that may decide any request their approver may decide: the approver API and the CLI on top of it.
 # Every other channel (web, slack) decides only requests whose policy names it.
@@ -132,7 +135,8 @@ class ApprovalService(ExecutionCases, EscalationCases, RequestReads):
         arguments_json = canonical_json(dict(new.arguments))
         digest = arguments_digest(arguments_json)
         row: dict[str, Any] = {
-            **asdict(new),
+            # Shallow: every field that holds more than a value is replaced by its stored form below.
+            **{name: getattr(new, name) for name in _NEW_FIELDS},
             "id": new.id or new_request_id(),
             # Not canonical: the keys keep the order the policy's selection gave them, which is the order shown.
             "context": json.dumps([i.as_json() for i in new.context], ensure_ascii=False, allow_nan=False)
@@ -156,7 +160,7 @@ class ApprovalService(ExecutionCases, EscalationCases, RequestReads):
             async with self._write() as conn:
                 if max_pending is not None and await pending_of(conn, new.agent) >= max_pending:
                     raise TooManyPending(new.agent, max_pending)
-                await conn.execute(insert(_requests).values(**row))
+                await conn.execute(_INSERT_REQUEST, row)
                 view = await load(conn, row["id"])
                 text = (
                     f"held for approval: {new.title} ({new.reason})"
@@ -172,13 +176,14 @@ class ApprovalService(ExecutionCases, EscalationCases, RequestReads):
                     **bound_to(view),
                 }
                 created = request_event(view, "request.created", "held", text, arguments=arguments_json, detail=detail)
-                await audit.append(conn, created, now)
+                seq = await audit.append(conn, created, now)
         except IntegrityError as exc:
             # The unique open key: an identical call won the race to park. Its request is the one to join.
             existing = await self.find_open(new.agent, new.tool, digest)
             if existing is None:
                 raise
             raise AlreadyOpen(existing.id) from exc
+        self.feed.made(view, seq)
         return view
 
     async def approve(

@@ -1,4 +1,4 @@
-"""Timeouts: one APScheduler job per waiting request, re-armed on start, plus a periodic sweep.
+"""Timeouts: a deadline per waiting request on one loop timer, re-armed on start, plus a periodic sweep.
 
 A pending request expires when nobody decides in time; an approved one whose agent never
 came back for it expires when its pick-up window closes, unexecuted.
@@ -22,6 +22,7 @@ from datetime import datetime
 import anyio
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from approvals.deadlines import Deadlines
 from approvals.errors import ApprovalError
 from approvals.escalation import due_step
 from approvals.feed import Change
@@ -45,9 +46,12 @@ class TimeoutScheduler:
         self.sweep_seconds = sweep_seconds
         self.lease_check_seconds = lease_check_seconds
         self._scheduler = AsyncIOScheduler(timezone="UTC", job_defaults={"misfire_grace_time": None, "coalesce": True})
-        # APScheduler runs each job as a task of its own, outside the gateway's task group. Its jobs only
-        # post what is due here; `run` does the database work, so shutting down never leaves a write behind.
+        # APScheduler (the sweep, the lease check) runs each job as a task of its own, outside the gateway's task
+        # group. Its jobs, like the requests' deadlines, only post what is due here; `run` does the database
+        # work, so shutting down never leaves a write behind.
         self._due_in, self._due = anyio.create_memory_object_stream[str | None](max_buffer_size=math.inf)
+        # Each waiting request's deadline and next escalation step, keyed as below, on one timer (not a job each).
+        self._deadlines = Deadlines(self._fall_due)
 
     async def start(self) -> tuple[int, int]:
         """Start the scheduler; expire what is overdue and arm the rest. Returns (expired, armed)."""
@@ -89,39 +93,31 @@ class TimeoutScheduler:
     async def _post(self, request_id: str | None) -> None:
         self._due_in.send_nowait(request_id)
 
+    def _fall_due(self, key: str) -> None:
+        kind, _, request_id = key.partition(":")
+        self._due_in.send_nowait(_ESCALATE + request_id if kind == "escalate" else request_id)
+
     def shutdown(self) -> None:
+        self._deadlines.close()
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
 
     def arm(self, request_id: str, at: datetime) -> None:
-        self._scheduler.add_job(
-            self._post,
-            "date",
-            run_date=at,
-            args=[request_id],
-            id=f"expire:{request_id}",
-            replace_existing=True,
-        )
+        self._deadlines.arm(f"expire:{request_id}", at)
 
     def disarm(self, request_id: str) -> None:
-        job = self._scheduler.get_job(f"expire:{request_id}")
-        if job is not None:
-            job.remove()
+        self._deadlines.disarm(f"expire:{request_id}")
 
     def arm_escalation(self, request: RequestView) -> None:
         """Arm the request's next escalation step, if it has one left (or disarm it)."""
         due = due_step(request)
-        job_id = f"escalate:{request.id}"
         if due is None:
-            if self._scheduler.get_job(job_id) is not None:
-                self._scheduler.remove_job(job_id)
-            return
-        self._scheduler.add_job(
-            self._post, "date", run_date=due.at, args=[_ESCALATE + request.id], id=job_id, replace_existing=True
-        )
+            self._deadlines.disarm(f"escalate:{request.id}")
+        else:
+            self._deadlines.arm(f"escalate:{request.id}", due.at)
 
     def armed(self) -> int:
-        return sum(1 for job in self._scheduler.get_jobs() if job.id.startswith("expire:"))
+        return sum(1 for key in self._deadlines if key.startswith("expire:"))
 
     async def sweep(self) -> int:
         try:

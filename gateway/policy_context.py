@@ -176,11 +176,14 @@ def select(spec: ContextSpec, found: Any, held: Mapping[str, Any]) -> Any:
     if spec.select is None:
         return found
 
-    def literal(match: re.Match[str]) -> str:
-        value = jmespath.search(match.group(1), {"args": dict(held)})
+    arguments = {"args": dict(held)}
+
+    def literal(reference: str) -> str:
+        value = jmespath.search(reference, arguments)
         return "`" + json.dumps(value, ensure_ascii=False).replace("`", "\\`") + "`"
 
-    return selection.search(_REFERENCE.sub(literal, spec.select), found)
+    literals = [literal(match.group(1)) for match in _REFERENCE.finditer(spec.select)]
+    return selection.search_template(spec.select, _REFERENCE, literals, found)
 
 
 @functools.lru_cache(maxsize=256)

@@ -105,8 +105,13 @@ def refusal_for(tool: str, limit: Limit, recent: Sequence[float], now: float) ->
     """The refusal when `recent` (the bucket's slot times within the limit's window, oldest first) is full."""
     if len(recent) < limit.max:
         return None
+    return full_window(tool, limit, recent[len(recent) - limit.max], now)
+
+
+def full_window(tool: str, limit: Limit, oldest_counted: float, now: float) -> Refusal:
+    """The refusal of a window holding `limit.max` slots, the oldest of which was taken at `oldest_counted`."""
     # Enough of the oldest slots must leave the window to bring the count below max.
-    frees_at = recent[len(recent) - limit.max] + limit.window_seconds
+    frees_at = oldest_counted + limit.window_seconds
     retry_after = max(frees_at - now, 0.0)
     message = f"{tool}: {limit.describe()} (counter '{limit.counter}'); try again in {_format_wait(retry_after)}"
     return Refusal(limit, retry_after, message)

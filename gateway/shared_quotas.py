@@ -8,6 +8,12 @@ that lock held: there is no window in which two replicas both see the ninth slot
 the tenth. Reservations of different buckets (other agents, other counters) never wait for each
 other. Giving back, parking and giving back parked slots are single statements.
 
+The lock is held across the transaction's round trips, and under a burst each of those waits for
+a busy event loop, so reservations of one bucket arriving together in this process share one
+transaction: the first opens it and takes the locks, and the ones that arrive for the same buckets
+meanwhile are decided in it in turn (each checks the windows as the ones before it left them), up
+to `MAX_GROUP`; one commit ends them, and each learns its answer only once it is durable.
+
 Times are the replicas' wall clocks (seconds since the epoch), like every deadline the gateway
 stores: replicas are expected to keep them in step (NTP).
 
@@ -22,9 +28,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Final
 
-from sqlalchemy import Executable, delete, func, insert, select, text, update
+import anyio
+from sqlalchemy import Executable, bindparam, delete, func, insert, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from approvals.db import Database
 from approvals.errors import StoreUnavailable
@@ -36,9 +45,9 @@ from gateway.ratelimit import (
     MemoryQuotas,
     Refusal,
     distinct_buckets,
+    full_window,
     longest_wait,
     new_reservation_id,
-    refusal_for,
 )
 
 log = logging.getLogger(__name__)
@@ -50,6 +59,42 @@ _LOCAL: Final = "local-"
 _LOCK_CLASS: Final = 0x0C5A
 # No window is longer than a day: older slots can never count again.
 _LONGEST_WINDOW: Final = 86_400.0
+# The most reservations decided in one transaction.
+MAX_GROUP: Final = 64
+# A limit's window is full when it holds `max` slots: the `max`-th newest slot in it, if there is one, is the
+# oldest that counts (when the window frees up). Only that one row is read, however many the window holds.
+_FULL_AT = (
+    select(_slots.c.taken_at)
+    .where(
+        _slots.c.counter == bindparam("counter"),
+        _slots.c.scope == bindparam("scope"),
+        _slots.c.scope_key == bindparam("scope_key"),
+        _slots.c.taken_at > bindparam("since"),
+    )
+    .order_by(_slots.c.taken_at.desc())
+    .limit(1)
+    .offset(bindparam("skip"))
+)
+
+
+@dataclass(eq=False)
+class _Joiner:
+    """A reservation decided in the transaction another one opened for the same buckets."""
+
+    tool: str
+    wanted: Sequence[tuple[Limit, BucketKey]]
+    ident: str
+    done: anyio.Event = field(default_factory=anyio.Event)
+    answer: str | Refusal | None = None
+    error: Exception | None = None
+
+
+@dataclass(eq=False)
+class _Group:
+    """The transaction open for some buckets: the reservations waiting to join it, and how many it has had."""
+
+    waiting: list[_Joiner] = field(default_factory=list)
+    size: int = 1
 
 
 class SharedQuotas:
@@ -63,6 +108,8 @@ class SharedQuotas:
         self._last_sweep = clock()
         self._fallback = MemoryQuotas(clock)
         self._degraded = False
+        # The reservations waiting to join the transaction open for these buckets (see the module's description).
+        self._joining: dict[tuple[BucketKey, ...], _Group] = {}
 
     async def take(self, tool: str, wanted: Sequence[tuple[Limit, BucketKey]]) -> str | Refusal:
         try:
@@ -83,50 +130,85 @@ class SharedQuotas:
         buckets = distinct_buckets(wanted)
         if not buckets:
             return ident
-        async with self.db.transaction() as conn:
-            for key in sorted(buckets):
-                await conn.execute(
-                    text("SELECT pg_advisory_xact_lock(:space, hashtext(:bucket))"),
-                    {"space": _LOCK_CLASS, "bucket": "\x1f".join(key)},
-                )
-            # Read the clock once the locks are ours: a reservation that waited must not stamp the past.
-            now = self._clock()
-            refusals = []
-            for limit, (counter, scope, scope_key) in wanted:
-                newest = (
+        group = tuple(sorted(buckets))
+        open_group = self._joining.get(group)
+        if open_group is not None and open_group.size < MAX_GROUP:
+            me = _Joiner(tool, wanted, ident)
+            open_group.size += 1
+            open_group.waiting.append(me)
+            # Shielded: once it has joined, its answer is decided (and durable or not) with the others'.
+            with anyio.CancelScope(shield=True):
+                await me.done.wait()
+            if me.error is not None:
+                raise me.error
+            assert me.answer is not None
+            return me.answer
+        mine = _Group()
+        if open_group is None:  # a full group's transaction stays the one others join until it commits
+            self._joining[group] = mine
+        joining = mine.waiting
+        decided: list[_Joiner] = []
+        try:
+            async with self.db.transaction() as conn:
+                for key in group:
                     await conn.execute(
-                        select(_slots.c.taken_at)
-                        .where(
-                            _slots.c.counter == counter,
-                            _slots.c.scope == scope,
-                            _slots.c.scope_key == scope_key,
-                            _slots.c.taken_at > now - limit.window_seconds,
-                        )
-                        .order_by(_slots.c.taken_at.desc())
-                        .limit(limit.max)
+                        text("SELECT pg_advisory_xact_lock(:space, hashtext(:bucket))"),
+                        {"space": _LOCK_CLASS, "bucket": "\x1f".join(key)},
                     )
-                ).scalars()
-                refusal = refusal_for(tool, limit, sorted(newest), now)
-                if refusal is not None:
-                    refusals.append(refusal)
-            if refusals:
-                return longest_wait(refusals)
-            windows: dict[BucketKey, float] = {}
-            for limit, key in wanted:
-                windows[key] = max(windows.get(key, 0.0), limit.window_seconds)
-            rows = [
-                {
-                    "counter": counter,
-                    "scope": scope,
-                    "scope_key": scope_key,
-                    "taken_at": now,
-                    "window_seconds": windows[(counter, scope, scope_key)],
-                    "reservation": ident,
-                }
-                for counter, scope, scope_key in buckets
-            ]
-            await conn.execute(insert(_slots), rows)
-        await self._sweep(now)
+                answer = await self._reserve(conn, tool, wanted, ident)
+                while joining:
+                    other = joining.pop(0)
+                    decided.append(other)
+                    other.answer = await self._reserve(conn, other.tool, other.wanted, other.ident)
+                # Whoever comes from here on opens the next transaction; nobody joins one that is committing.
+                self._close(group, mine)
+        except BaseException as exc:
+            self._close(group, mine)
+            for other in [*decided, *joining]:
+                other.error = exc if isinstance(exc, Exception) else StoreUnavailable(f"quota reservation: {exc!r}")
+                other.done.set()
+            raise
+        for other in decided:
+            other.done.set()
+        if not isinstance(answer, Refusal):
+            await self._sweep(self._clock())
+        return answer
+
+    def _close(self, group: tuple[BucketKey, ...], mine: _Group) -> None:
+        if self._joining.get(group) is mine:
+            del self._joining[group]
+
+    async def _reserve(
+        self, conn: AsyncConnection, tool: str, wanted: Sequence[tuple[Limit, BucketKey]], ident: str
+    ) -> str | Refusal:
+        """One reservation inside the transaction that holds its buckets' locks: its slots, or the refusal."""
+        buckets = distinct_buckets(wanted)
+        # Read the clock once the locks are ours: a reservation that waited must not stamp the past.
+        now = self._clock()
+        refusals = []
+        for limit, (counter, scope, scope_key) in wanted:
+            bucket = {"counter": counter, "scope": scope, "scope_key": scope_key}
+            window = {"since": now - limit.window_seconds, "skip": limit.max - 1}
+            oldest = (await conn.execute(_FULL_AT, {**bucket, **window})).scalar_one_or_none()
+            if oldest is not None:
+                refusals.append(full_window(tool, limit, oldest, now))
+        if refusals:
+            return longest_wait(refusals)
+        windows: dict[BucketKey, float] = {}
+        for limit, key in wanted:
+            windows[key] = max(windows.get(key, 0.0), limit.window_seconds)
+        rows = [
+            {
+                "counter": counter,
+                "scope": scope,
+                "scope_key": scope_key,
+                "taken_at": now,
+                "window_seconds": windows[(counter, scope, scope_key)],
+                "reservation": ident,
+            }
+            for counter, scope, scope_key in buckets
+        ]
+        await conn.execute(insert(_slots), rows)
         return ident
 
     async def give_back(self, reservation: str) -> None:

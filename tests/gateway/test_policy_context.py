@@ -108,6 +108,9 @@ ITEMS: list[Any] = [
         "nothing[?id == {{ args.v }}]",
         "name[?id == {{ args.v }}]",
         "items[?id == `1`] | length(@)",
+        # More than one reference; and one inside a raw string, which is text, not a literal of its own.
+        "items[?id == {{ args.v }} || deep.id == {{ args.v }}].name",
+        "items[?name == '{{ args.v }}'].name",
     ],
 )
 @pytest.mark.parametrize("value", [1, 1.0, True, False, 0, "1", None, [1], 2, 3])
@@ -118,6 +121,10 @@ def test_a_selection_picks_exactly_what_jmespath_picks(select_template: str, val
     expected = jmespath.search(select_template.replace("{{ args.v }}", literal), found)
     assert select(spec, found, {"v": value}) == expected
     assert type(select(spec, found, {"v": value})) is type(expected)
+    # Another list of the same shape gets its own answer, not the first list's (positions are kept per list).
+    other = {"items": [*ITEMS[::-1], {"id": value, "name": "last"}], "name": "not a list"}
+    expected = jmespath.search(select_template.replace("{{ args.v }}", literal), other)
+    assert select(spec, other, {"v": value}) == expected
 
 
 def test_a_summary_that_cannot_render_falls_back_and_the_sandbox_holds() -> None:

@@ -358,3 +358,20 @@ async def test_concurrent_reservations_never_exceed_the_limit(limiter: RateLimit
     assert len(results) == 200
     assert sum(isinstance(r, Reservation) for r in results) == 50
     assert await limiter.usage("rate", "bot") == 50
+
+
+async def test_a_burst_larger_than_one_transaction_takes_is_counted_exactly(limiter: RateLimiter) -> None:
+    # On PostgreSQL reservations arriving together share transactions of up to 64: 200 at once need several.
+    rate = per("rate", 150)
+    results: list[Reservation | Refusal] = []
+
+    async def one() -> None:
+        results.append(await reserve(limiter, rate))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(200):
+            tg.start_soon(one)
+
+    assert len(results) == 200
+    assert sum(isinstance(r, Reservation) for r in results) == 150
+    assert await limiter.usage("rate", "bot") == 150
