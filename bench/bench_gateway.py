@@ -453,6 +453,15 @@ class HeldRun:
     park_cpu_per_call_ms: float
 
 
+def listen_overflows() -> int:
+    """The kernel's count of connections dropped because a listening socket's accept queue was full."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            return int(dict(zip(names.split(), values.split(), strict=False)).get("ListenOverflows", 0))
+    return 0
+
+
 def own_rss_kib() -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -519,6 +528,7 @@ async def held_calls(
     approve_concurrency: int,
     idle_seconds: float,
     budget: float,
+    opening: int,
 ) -> HeldRun:
     held = len(order_ids)
     calls = [HeldCall(order_id, i % sessions) for i, order_id in enumerate(order_ids)]
@@ -552,6 +562,10 @@ async def held_calls(
 
         all_returned = anyio.Event()
         outstanding = [held]
+        # Calls being opened at once: a slot is held from sending a call until its first notice (or its end).
+        # Ten thousand started in one go starve this process's own loop: connections it opened sit unread
+        # for longer than the server's keep-alive or its own connect timeout, and the run fails on the client.
+        slots = anyio.Semaphore(opening)
 
         async def hold(call: HeldCall) -> None:
             try:
@@ -562,11 +576,20 @@ async def held_calls(
                     all_returned.set()
 
         async def call_held(call: HeldCall) -> None:
+            slot = [True]
+
+            def free() -> None:
+                if slot[0]:
+                    slot[0] = False
+                    slots.release()
+
             async def on_progress(progress: float, total: float | None, message: str | None) -> None:
                 if call.progress_notices == 0:
                     call.first_progress = time.perf_counter()
+                    free()
                 call.progress_notices += 1
 
+            await slots.acquire()
             call.sent = time.perf_counter()
             try:
                 result = await clients[call.session].call_tool(
@@ -579,6 +602,8 @@ async def held_calls(
                 call.returned = time.perf_counter()
                 call.detail = f"{type(exc).__name__}: {exc}"
                 return
+            finally:
+                free()
             call.returned = time.perf_counter()
             structured = result.structured_content or {}
             call.ok = not result.is_error and structured.get("orderId") == call.order_id
@@ -598,7 +623,8 @@ async def held_calls(
                 call.approve_status = response.status_code
 
         async with anyio.create_task_group() as tg:
-            log(f"holding {held} {HELD_TOOL} calls over {sessions} {mode} sessions")
+            log(f"holding {held} {HELD_TOOL} calls over {sessions} {mode} sessions, {opening} being opened at a time")
+            overflows0 = listen_overflows()
             cpu0 = gateway.cpu_seconds()
             fired = time.perf_counter()
             for call in calls:
@@ -625,6 +651,7 @@ async def held_calls(
             park_seconds = (max(notices) if len(notices) == held else time.perf_counter()) - fired
             log(
                 f"all {held} parked after {park_seconds:.1f}s (API confirmed at {confirmed:.1f}s); "
+                f"{listen_overflows() - overflows0} connection(s) dropped on full accept queues meanwhile; "
                 f"measuring memory and idle CPU for {idle_seconds:g}s"
             )
             await anyio.sleep(1)
@@ -835,6 +862,7 @@ async def run(args: argparse.Namespace, workdir: Path, procs: list[Proc], databa
             approve_concurrency=args.approve_concurrency,
             idle_seconds=args.idle_seconds,
             budget=args.timeout,
+            opening=args.opening,
         )
         emit(*report_held(result), "")
     gateway.check_alive()
@@ -873,6 +901,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--held", type=int, default=1000, help="calls held at once, 0 to skip")
     parser.add_argument("--held-mode", default="legacy", choices=["legacy", "auto"], help="client mode, held calls")
     parser.add_argument("--sessions", type=int, default=40, help="client sessions the held calls are spread over")
+    parser.add_argument(
+        "--opening", type=int, default=500, help="held calls being opened at once (sent, no notice yet) (500)"
+    )
     parser.add_argument("--approve-concurrency", type=int, default=20, help="approve requests in flight at once")
     parser.add_argument("--idle-seconds", type=float, default=5.0, help="window for CPU use while calls sit held")
     parser.add_argument("--progress-interval", type=float, default=5.0, help="gateway [server] progress_interval")
