@@ -661,10 +661,13 @@ async def held_calls(
             idle0, t0 = gateway.cpu_seconds(), time.perf_counter()
             await anyio.sleep(idle_seconds)
             idle_cpu = (gateway.cpu_seconds() - idle0) / (time.perf_counter() - t0)
+            rss_waited = gateway.rss_kib()
             # Logged at once as well: the approvals that follow can take long on a loaded machine.
             log(
                 f"  held {held}: gateway RSS {rss_sessions} KiB with the sessions open, {rss_parked} KiB held "
-                f"({(rss_parked - rss_sessions) / held:.1f} KiB per held call); CPU while held {idle_cpu:.1%}"
+                f"({(rss_parked - rss_sessions) / held:.1f} KiB per held call), {rss_waited} KiB after the "
+                f"{idle_seconds:g}s window ({(rss_waited - rss_sessions) / held:.1f} KiB per held call); "
+                f"CPU while held {idle_cpu:.1%}"
             )
             log(f"approving {held} requests, {approve_concurrency} at a time, {API_PAGE} listed at a time")
             limiter = anyio.Semaphore(approve_concurrency)
