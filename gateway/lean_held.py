@@ -97,10 +97,13 @@ def check_sdk() -> None:
         raise RuntimeError(f"this mcp SDK lacks {', '.join(missing)}: the lean held-call path needs new hooks")
 
 
-def sse_headers(session_id: str) -> list[tuple[bytes, bytes]]:
-    """The response headers the SDK's transport sends with a request's event stream, byte for byte."""
-    built = EventSourceResponse(content=iter(()), headers={**_SSE_HEADERS, MCP_SESSION_ID_HEADER: session_id})
+def sse_headers() -> list[tuple[bytes, bytes]]:
+    """The response headers the SDK's transport sends with a request's event stream, but the session id."""
+    built = EventSourceResponse(content=iter(()), headers={**_SSE_HEADERS, MCP_SESSION_ID_HEADER: "-"})
     return list(built.raw_headers)
+
+
+_SESSION_HEADER = MCP_SESSION_ID_HEADER.lower().encode("latin-1")
 
 
 @dataclass(eq=False)
@@ -215,7 +218,7 @@ class LeanHeld:
         # Tests turn it off to compare with what the SDK's transport answers, and count what it served.
         self.enabled = True
         self.served = 0
-        self._headers: tuple[str, list[tuple[bytes, bytes]]] | None = None
+        self._headers: list[tuple[bytes, bytes]] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.memory is not None:
@@ -267,7 +270,7 @@ class LeanHeld:
         if not isinstance(dispatcher, jsonrpc_dispatcher.JSONRPCDispatcher):
             return False
         idle = getattr(transport, "idle_scope", None)
-        if transport.is_terminated or (idle is not None and idle.cancel_called):
+        if transport.is_terminated or transport.is_json_response_enabled or (idle is not None and idle.cancel_called):
             return False
         if await self.security.validate_request(request, is_post=True) is not None:
             return False
@@ -350,10 +353,10 @@ class LeanHeld:
                 streams[1].close()
 
     def _sse_headers(self, session_id: str) -> list[tuple[bytes, bytes]]:
-        cached = self._headers
-        if cached is None or cached[0] != session_id:
-            cached = self._headers = (session_id, sse_headers(session_id))
-        return cached[1]
+        if self._headers is None:
+            self._headers = sse_headers()
+        session = session_id.encode("latin-1")
+        return [(name, session if name == _SESSION_HEADER else value) for name, value in self._headers]
 
 
 def _dump(message: types.JSONRPCResponse | types.JSONRPCError) -> str:
