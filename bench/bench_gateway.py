@@ -455,6 +455,15 @@ class HeldRun:
     bench_approve_cpu_per_call_ms: float = math.nan
 
 
+def listen_overflows() -> int:
+    """The kernel's count of connections dropped because a listening socket's accept queue was full."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            return int(dict(zip(names.split(), values.split(), strict=False)).get("ListenOverflows", 0))
+    return 0
+
+
 def own_rss_kib() -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -521,6 +530,7 @@ async def held_calls(
     approve_concurrency: int,
     idle_seconds: float,
     budget: float,
+    opening: int,
 ) -> HeldRun:
     held = len(order_ids)
     calls = [HeldCall(order_id, i % sessions) for i, order_id in enumerate(order_ids)]
@@ -554,6 +564,10 @@ async def held_calls(
 
         all_returned = anyio.Event()
         outstanding = [held]
+        # Calls being opened at once: a slot is held from sending a call until its first notice (or its end).
+        # Ten thousand started in one go starve this process's own loop: connections it opened sit unread
+        # for longer than the server's keep-alive or its own connect timeout, and the run fails on the client.
+        slots = anyio.Semaphore(opening)
 
         async def hold(call: HeldCall) -> None:
             try:
@@ -564,11 +578,20 @@ async def held_calls(
                     all_returned.set()
 
         async def call_held(call: HeldCall) -> None:
+            slot = [True]
+
+            def free() -> None:
+                if slot[0]:
+                    slot[0] = False
+                    slots.release()
+
             async def on_progress(progress: float, total: float | None, message: str | None) -> None:
                 if call.progress_notices == 0:
                     call.first_progress = time.perf_counter()
+                    free()
                 call.progress_notices += 1
 
+            await slots.acquire()
             call.sent = time.perf_counter()
             try:
                 result = await clients[call.session].call_tool(
@@ -581,6 +604,8 @@ async def held_calls(
                 call.returned = time.perf_counter()
                 call.detail = f"{type(exc).__name__}: {exc}"
                 return
+            finally:
+                free()
             call.returned = time.perf_counter()
             structured = result.structured_content or {}
             call.ok = not result.is_error and structured.get("orderId") == call.order_id
@@ -600,7 +625,8 @@ async def held_calls(
                 call.approve_status = response.status_code
 
         async with anyio.create_task_group() as tg:
-            log(f"holding {held} {HELD_TOOL} calls over {sessions} {mode} sessions")
+            log(f"holding {held} {HELD_TOOL} calls over {sessions} {mode} sessions, {opening} being opened at a time")
+            overflows0 = listen_overflows()
             cpu0 = gateway.cpu_seconds()
             fired = time.perf_counter()
             for call in calls:
@@ -627,6 +653,7 @@ async def held_calls(
             park_seconds = (max(notices) if len(notices) == held else time.perf_counter()) - fired
             log(
                 f"all {held} parked after {park_seconds:.1f}s (API confirmed at {confirmed:.1f}s); "
+                f"{listen_overflows() - overflows0} connection(s) dropped on full accept queues meanwhile; "
                 f"measuring memory and idle CPU for {idle_seconds:g}s"
             )
             await anyio.sleep(1)
@@ -636,10 +663,13 @@ async def held_calls(
             idle0, t0 = gateway.cpu_seconds(), time.perf_counter()
             await anyio.sleep(idle_seconds)
             idle_cpu = (gateway.cpu_seconds() - idle0) / (time.perf_counter() - t0)
+            rss_waited = gateway.rss_kib()
             # Logged at once as well: the approvals that follow can take long on a loaded machine.
             log(
                 f"  held {held}: gateway RSS {rss_sessions} KiB with the sessions open, {rss_parked} KiB held "
-                f"({(rss_parked - rss_sessions) / held:.1f} KiB per held call); CPU while held {idle_cpu:.1%}"
+                f"({(rss_parked - rss_sessions) / held:.1f} KiB per held call), {rss_waited} KiB after the "
+                f"{idle_seconds:g}s window ({(rss_waited - rss_sessions) / held:.1f} KiB per held call); "
+                f"CPU while held {idle_cpu:.1%}"
             )
             log(f"approving {held} requests, {approve_concurrency} at a time, {API_PAGE} listed at a time")
             limiter = anyio.Semaphore(approve_concurrency)
@@ -861,6 +891,7 @@ async def run(args: argparse.Namespace, workdir: Path, procs: list[Proc], databa
             approve_concurrency=args.approve_concurrency,
             idle_seconds=args.idle_seconds,
             budget=args.timeout,
+            opening=args.opening,
         )
         emit(*report_held(result), "")
     gateway.check_alive()
@@ -899,6 +930,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--held", type=int, default=1000, help="calls held at once, 0 to skip")
     parser.add_argument("--held-mode", default="legacy", choices=["legacy", "auto"], help="client mode, held calls")
     parser.add_argument("--sessions", type=int, default=40, help="client sessions the held calls are spread over")
+    parser.add_argument(
+        "--opening", type=int, default=500, help="held calls being opened at once (sent, no notice yet) (500)"
+    )
     parser.add_argument("--approve-concurrency", type=int, default=20, help="approve requests in flight at once")
     parser.add_argument("--idle-seconds", type=float, default=5.0, help="window for CPU use while calls sit held")
     parser.add_argument("--progress-interval", type=float, default=5.0, help="gateway [server] progress_interval")

@@ -45,7 +45,9 @@ from gateway.held import HeldCalls
 from gateway.identity import AgentDirectory, AgentIdentity
 from gateway.jwt_auth import jwt_options, metadata_routes
 from gateway.lean_calls import LeanCalls, SessionConnections
+from gateway.lean_held import LeanHeld
 from gateway.mcp_server import build_server
+from gateway.memory_trim import MemoryTrim
 from gateway.metrics import GatewayMetrics, metrics_endpoint
 from gateway.policy_shadow import ShadowStore
 from gateway.policy_store import PolicyStore
@@ -131,6 +133,7 @@ class Gateway:
         self.relay = build_relay(self.upstreams, self.policies, self.service, self.events)
         self.mcp = build_server(self.calls, self.events, stdio_agent=stdio_agent, relay=self.relay)
         self.connections = SessionConnections()
+        self.memory = MemoryTrim(enabled=settings.server.trim_memory)
         self.mcp.middleware.append(self.connections.middleware)
         self.event_store = BoundedEventStore()
         self.session_manager = AgentSessions(
@@ -247,6 +250,7 @@ class Gateway:
                 tg.start_soon(self._withdraw_on_start)
                 tg.start_soon(self.timeouts.run)
                 tg.start_soon(self.held.run)
+                tg.start_soon(self.memory.run)
                 tg.start_soon(self.relay.subscriptions.run)
                 tg.start_soon(self.relay.traffic.rounds.run)
                 tg.start_soon(self.feed.run)
@@ -284,10 +288,25 @@ class Gateway:
         )
         return self.lean
 
+    def _lean_held(self, sdk: ASGIApp) -> LeanHeld:
+        # A 2025-era call that may be held waits on the gateway's own stream (gateway.lean_held); tests reach it here.
+        self.lean_held = LeanHeld(
+            sdk,
+            server=self.mcp,
+            sessions=self.session_manager,
+            handler=self.calls,
+            connections=self.connections,
+            security=self._transport_security(),
+            memory=self.memory,
+        )
+        return self.lean_held
+
     def asgi(self, *, lifespan: bool = True) -> Starlette:
         mcp_endpoint = self.readiness.gate(
             AgentAuth(
-                self._lean(SessionCap(StreamableHTTPASGIApp(self.session_manager), self.session_manager)),
+                self._lean(
+                    self._lean_held(SessionCap(StreamableHTTPASGIApp(self.session_manager), self.session_manager))
+                ),
                 self.agent_tokens(),
                 dev_mode=self.settings.server.dev_mode,
                 keepalive_interval=self.settings.server.keepalive_interval,

@@ -91,6 +91,11 @@ class ServerSettings(_Section):
     # One log line per HTTP request (uvicorn's access log). Off: every tool call is an HTTP request, and the
     # audit log already records each call; turn it on to see the HTTP side (status codes, clients).
     access_log: bool = False
+    # Connections the kernel queues for the gateway to accept (uvicorn's `backlog`); the kernel caps it at
+    # net.core.somaxconn. Thousands of agents connecting at once overflow a short queue.
+    backlog: int = Field(default=4096, ge=1)
+    # Give freed memory back to the system after a burst of calls (glibc's malloc_trim; nothing elsewhere).
+    trim_memory: bool = True
 
     _durations = field_validator(
         "progress_interval",

@@ -38,6 +38,7 @@ def _uvicorn(
         log_config=LOGGING_CONFIG if own_logging else None,
         # Held calls keep their response open for minutes; let a shutdown wait for them briefly.
         timeout_graceful_shutdown=5,
+        backlog=settings.server.backlog,
         # In trusted-header mode the web inbox checks that the connection comes from the SSO proxy; uvicorn
         # must not replace that address with the one the proxy forwards.
         proxy_headers=not settings.web.trusted_header,

@@ -1,0 +1,419 @@
+"""A 2025-era tool call that may be held, served on the gateway's own event stream: one task while it waits.
+
+The SDK's 2025-era transport answers a POST through its general machinery: the request crosses
+the session's message loop into a handler task of its own, and its answer comes back through the
+transport's message router, a memory stream per request, an SSE writer task and sse_starlette's
+response with its listener tasks: about eight tasks and several hundred objects per call for as
+long as it waits, which a held call does for minutes, by the ten thousand. `LeanHeld` serves such
+a call in the request's own task instead (plus one small task that listens for the client
+leaving), and writes the event stream itself, frame for frame as the SDK's transport does:
+
+- the same headers, the priming event (an id from the session's event store, empty data, the
+  `retry` hint), then each message as `id`, `event: message` and `data` (the JSON the SDK's
+  model dump writes), every event kept in the same event store under the same stream name, so a
+  client that reconnects with `Last-Event-ID` has them replayed by the SDK as before;
+- the dispatch is the SDK's: `ServerRunner.on_request` with the server's middleware, its
+  validation of the params, the gateway's `call_tool` handler, and the SDK's shaping of the
+  result; a failure is answered as the session's message loop answers it;
+- the request is entered in the session dispatcher's table of requests in flight, so a client's
+  `notifications/cancelled` cancels it exactly as it cancels a request the loop dispatched, and a
+  cancelled request's stream ends with the same `REQUEST_CANCELLED` error;
+- the client leaving (its connection closing) is flagged as before (`gateway.post_stream`), and
+  keep-alives and the held call's notices go onto the stream as before; the response goes through
+  the same `PostStream`, which answers plain JSON where the result is all there is.
+
+Only a call that can do nothing else is taken: one JSON-RPC `tools/call` request on a live,
+initialized session of the same agent, in a handshake-era protocol version, for a tool the policy
+may hold, from a client that declared neither elicitation nor sampling (nobody can be asked
+anything on its stream), with the transport's header checks passing. Everything else goes on to
+the SDK's transport, as before. One difference: a call served here whose session is deleted
+while it waits ends when its connection does, as a client leaving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import mcp_types as types
+import pydantic_core
+from mcp.server import Server
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, authorization_context
+from mcp.server.connection import Connection
+from mcp.server.runner import ServerRunner, _has_modern_envelope
+from mcp.server.streamable_http import MCP_SESSION_ID_HEADER, REQUEST_CANCELLED, check_accept_headers
+from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
+from mcp.shared import jsonrpc_dispatcher
+from mcp.shared.dispatcher import coerce_request_id
+from mcp.shared.exceptions import NoBackChannelError
+from mcp.shared.message import ServerMessageMetadata
+from mcp.shared.transport_context import TransportContext
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, is_version_at_least
+from sse_starlette import EventSourceResponse
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.calls import CallHandler
+from gateway.event_store import RETRY_MS, SessionEvents
+from gateway.lean_calls import SessionConnections
+from gateway.mcp_server import STREAM_KEY
+from gateway.memory_trim import MemoryTrim
+from gateway.post_stream import PostStream
+from gateway.results import STATUS_TOOL, WAIT_TOOL
+from gateway.sessions import AgentSessions
+
+log = logging.getLogger(__name__)
+
+_TALKS_BACK = (
+    types.ClientCapabilities(elicitation=types.ElicitationCapability()),
+    types.ClientCapabilities(sampling=types.SamplingCapability()),
+)
+_GATEWAY_TOOLS = frozenset({STATUS_TOOL, WAIT_TOOL})
+_TRANSPORT = TransportContext(kind="jsonrpc", can_send_request=False)
+# What the SDK's transport puts in a request's SSE response headers, as sse_starlette writes them out.
+_SSE_HEADERS = {
+    "Cache-Control": "no-cache, no-transform",
+    "Connection": "keep-alive",
+    "Content-Type": "text/event-stream",
+}
+_END: Message = {"type": "http.response.body", "body": b"", "more_body": False}
+
+
+def check_sdk() -> None:
+    """The SDK internals this module relies on; a new SDK without them must fail loudly, not misbehave."""
+    needed = [
+        (jsonrpc_dispatcher, "_InFlight"),
+        (jsonrpc_dispatcher.JSONRPCDispatcher, "_handle_request"),
+        (jsonrpc_dispatcher.JSONRPCDispatcher, "_dispatch_notification"),
+    ]
+    missing = [name for owner, name in needed if not hasattr(owner, name)]
+    if missing:
+        raise RuntimeError(f"this mcp SDK lacks {', '.join(missing)}: the lean held-call path needs new hooks")
+
+
+def sse_headers() -> list[tuple[bytes, bytes]]:
+    """The response headers the SDK's transport sends with a request's event stream, but the session id."""
+    built = EventSourceResponse(content=iter(()), headers={**_SSE_HEADERS, MCP_SESSION_ID_HEADER: "-"})
+    return list(built.raw_headers)
+
+
+_SESSION_HEADER = MCP_SESSION_ID_HEADER.lower().encode("latin-1")
+
+
+@dataclass(eq=False)
+class HeldExchange:
+    """The dispatch context of one call served here: its messages become frames on its own stream."""
+
+    request: Request
+    request_id: types.RequestId
+    frames: Frames
+    progress_token: types.ProgressToken | None = None
+    cancel_requested: anyio.Event = field(default_factory=anyio.Event)
+    closed: bool = False
+
+    @property
+    def transport(self) -> TransportContext:
+        return _TRANSPORT
+
+    @property
+    def can_send_request(self) -> bool:
+        return False
+
+    @property
+    def message_metadata(self) -> ServerMessageMetadata:
+        return ServerMessageMetadata(request_context=self.request)
+
+    async def send_raw_request(self, method: str, params: Mapping[str, Any] | None, opts: Any = None) -> dict[str, Any]:
+        raise NoBackChannelError(method)
+
+    async def notify(self, method: str, params: Mapping[str, Any] | None, opts: Any = None) -> None:
+        if self.closed:
+            return
+        if params is not None:
+            message = types.JSONRPCNotification(jsonrpc="2.0", method=method, params=dict(params))
+        else:
+            message = types.JSONRPCNotification(jsonrpc="2.0", method=method)
+        await self.frames.message(message.model_dump_json(by_alias=True, exclude_unset=True))
+
+    async def progress(self, progress: float, total: float | None = None, message: str | None = None) -> None:
+        if self.progress_token is None:
+            return
+        params: dict[str, Any] = {"progressToken": self.progress_token, "progress": progress}
+        if total is not None:
+            params["total"] = total
+        if message is not None:
+            params["message"] = message
+        await self.notify("notifications/progress", params)
+
+
+class Frames:
+    """One request's event stream: each message kept in the session's events, then sent as its SSE frame."""
+
+    __slots__ = ("ended", "events", "send", "stream")
+
+    def __init__(self, events: SessionEvents | None, stream: str, send: Send) -> None:
+        self.events = events
+        self.stream = stream
+        self.send = send
+        self.ended = False
+
+    def priming(self) -> bytes:
+        """The stream's opening event, kept like the SDK's, so a client can resume from it."""
+        if self.events is None:
+            return b""
+        return f"id: {self.events.store_wire(self.stream, None)}\r\ndata: \r\nretry: {RETRY_MS}\r\n\r\n".encode()
+
+    async def message(self, data: str) -> None:
+        frame = f"event: message\r\ndata: {data}\r\n\r\n"
+        if self.events is not None:
+            frame = f"id: {self.events.store_wire(self.stream, data)}\r\n{frame}"
+        await self._write(frame.encode())
+
+    async def _write(self, body: bytes) -> None:
+        if self.ended:
+            return
+        try:
+            await self.send({"type": "http.response.body", "body": body, "more_body": True})
+        except OSError:
+            self.ended = True  # the connection is gone; what was kept is replayed to a client that comes back
+
+    async def end(self) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        try:
+            await self.send(_END)
+        except OSError:
+            return
+
+
+class LeanHeld:
+    """ASGI, inside the agent's authentication: serve a 2025-era call that may be held here, the rest through `app`."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        server: Server[Any],
+        sessions: AgentSessions,
+        handler: CallHandler,
+        connections: SessionConnections,
+        security: TransportSecuritySettings | None,
+        memory: MemoryTrim | None = None,
+    ) -> None:
+        check_sdk()
+        self.memory = memory
+        self.app = app
+        self.server = server
+        self.sessions = sessions
+        self.handler = handler
+        self.connections = connections
+        self.security = TransportSecurityMiddleware(security)
+        # Tests turn it off to compare with what the SDK's transport answers, and count what it served.
+        self.enabled = True
+        self.served = 0
+        self._headers: list[tuple[bytes, bytes]] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.memory is not None:
+            self.memory.note()
+        stream = scope.get(STREAM_KEY)
+        if not self.enabled or scope["type"] != "http" or not isinstance(stream, PostStream):
+            await self.app(scope, receive, send)
+            return
+        read, body = await _read_body(receive, self.sessions.max_request_body_size)
+        replay = _replaying(read, receive)
+        if body is None or not await self._serve(scope, replay, send, body, stream):
+            await self.app(scope, replay, send)
+
+    def _candidate(self, body: bytes) -> str | None:
+        """The tool of a single `tools/call` that may be held and can be served here, or None."""
+        try:
+            message = json.loads(body)
+        except (ValueError, RecursionError):
+            return None
+        if not isinstance(message, dict) or message.get("method") != "tools/call" or "id" not in message:
+            return None
+        params = message.get("params")
+        if not isinstance(params, dict) or "task" in params:
+            return None
+        name = params.get("name")
+        if not isinstance(name, str) or name in _GATEWAY_TOOLS or not self.handler.may_hold(name):
+            return None
+        return name
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, body: bytes, stream: PostStream) -> bool:
+        """Serve the call if it is the kind taken here; False (nothing sent) leaves it to the SDK."""
+        if self._candidate(body) is None:
+            return False
+        request = Request(scope, receive)
+        version = request.headers.get("mcp-protocol-version")
+        session_id = request.headers.get(MCP_SESSION_ID_HEADER)
+        if version not in HANDSHAKE_PROTOCOL_VERSIONS or session_id is None:
+            return False
+        transport = self.sessions._server_instances.get(session_id)
+        user = scope.get("user")
+        if transport is None or not isinstance(user, AuthenticatedUser):
+            return False
+        if authorization_context(user) != self.sessions._session_owners.get(session_id):
+            return False
+        connection = self.connections.get(session_id)
+        if connection is None or not connection.initialize_accepted or connection.protocol_version != version:
+            return False
+        dispatcher = connection.outbound
+        if not isinstance(dispatcher, jsonrpc_dispatcher.JSONRPCDispatcher):
+            return False
+        idle = getattr(transport, "idle_scope", None)
+        if transport.is_terminated or transport.is_json_response_enabled or (idle is not None and idle.cancel_called):
+            return False
+        if await self.security.validate_request(request, is_post=True) is not None:
+            return False
+        has_json, has_sse = check_accept_headers(request)
+        if not (has_json and has_sse) or not transport._check_content_type(request):
+            return False
+        try:
+            message = types.jsonrpc_message_adapter.validate_python(pydantic_core.from_json(body), by_name=False)
+        except ValueError:
+            return False
+        if not isinstance(message, types.JSONRPCRequest) or _has_modern_envelope(message.params):
+            return False
+        if any(connection.check_capability(wanted) for wanted in _TALKS_BACK):
+            return False
+        key = str(message.id)
+        if key in transport._request_streams:
+            return False  # a request of the same id still streams on this session: the SDK's to sort out
+        self.served += 1
+        await self._run(request, send, stream, message, transport, dispatcher, connection, session_id, version)
+        return True
+
+    async def _run(
+        self,
+        request: Request,
+        send: Send,
+        stream: PostStream,
+        message: types.JSONRPCRequest,
+        transport: Any,
+        dispatcher: jsonrpc_dispatcher.JSONRPCDispatcher[Any],
+        connection: Connection,
+        session_id: str,
+        version: str,
+    ) -> None:
+        key = str(message.id)
+        frames = Frames(stream.events, key, send)
+        dctx = HeldExchange(request, message.id, frames, jsonrpc_dispatcher.progress_token_from_params(message.params))
+        scope = anyio.CancelScope()
+        entry = jsonrpc_dispatcher._InFlight(scope=scope, dctx=dctx)  # type: ignore[arg-type]
+        in_flight = coerce_request_id(message.id)
+        # While the call is live its stream is the transport's too: a client resuming it has what was kept
+        # replayed, and is not kept waiting on a second copy of a stream this response still carries.
+        transport._request_streams[key] = anyio.create_memory_object_stream[Any](1)
+        dispatcher._in_flight[in_flight] = entry
+        listener = asyncio.get_running_loop().create_task(_listen(stream))
+        reply: str | None = None
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self._sse_headers(session_id)})
+            if is_version_at_least(version, "2025-11-25"):
+                priming = frames.priming()
+                if priming:
+                    await send({"type": "http.response.body", "body": priming, "more_body": True})
+            runner = ServerRunner(self.server, connection, self.sessions._lifespan_state)
+            with _in_flight(transport), scope:
+                try:
+                    result = await runner.on_request(dctx, "tools/call", message.params)
+                    reply = _dump(types.JSONRPCResponse(jsonrpc="2.0", id=message.id, result=result))
+                except Exception as exc:
+                    # As the session's message loop answers a failed request (its code 0 included).
+                    error = jsonrpc_dispatcher.handler_exception_to_error_data(exc)
+                    if error is None:
+                        log.exception("handler for 'tools/call' raised")
+                        error = types.ErrorData(code=0, message=str(exc))
+                    reply = _dump(types.JSONRPCError(jsonrpc="2.0", id=message.id, error=error))
+                finally:
+                    dctx.closed = True
+                    if dispatcher._in_flight.get(in_flight) is entry:
+                        del dispatcher._in_flight[in_flight]
+            if dctx.cancel_requested.is_set():
+                # A cancelled request is not answered; its stream ends as the SDK's transport ends it.
+                cancelled = types.ErrorData(code=REQUEST_CANCELLED, message="Request cancelled")
+                reply = _dump(types.JSONRPCError(jsonrpc="2.0", id=message.id, error=cancelled))
+            if reply is not None:
+                await frames.message(reply)
+            await frames.end()
+        finally:
+            listener.cancel()
+            streams = transport._request_streams.pop(key, None)
+            if streams is not None:
+                streams[0].close()
+                streams[1].close()
+
+    def _sse_headers(self, session_id: str) -> list[tuple[bytes, bytes]]:
+        if self._headers is None:
+            self._headers = sse_headers()
+        session = session_id.encode("latin-1")
+        return [(name, session if name == _SESSION_HEADER else value) for name, value in self._headers]
+
+
+def _dump(message: types.JSONRPCResponse | types.JSONRPCError) -> str:
+    return message.model_dump_json(by_alias=True, exclude_unset=True)
+
+
+async def _listen(stream: PostStream) -> None:
+    """Read the connection until it ends: `PostStream` flags the client leaving, which a held call watches."""
+    while not stream.gone.is_set():
+        message = await stream.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+class _in_flight:
+    """The session's idle countdown stops while this request is served, as the SDK's transport does it."""
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+
+    def __enter__(self) -> None:
+        transport = self.transport
+        if transport.idle_scope is not None and transport._idle_timeout is not None:
+            transport._requests_in_flight += 1
+            transport.idle_scope.deadline = math.inf
+
+    def __exit__(self, *exc: object) -> None:
+        transport = self.transport
+        if transport.idle_scope is not None and transport._idle_timeout is not None:
+            transport._requests_in_flight -= 1
+            if not transport._requests_in_flight:
+                transport.idle_scope.deadline = anyio.current_time() + transport._idle_timeout
+
+
+async def _read_body(receive: Receive, limit: int) -> tuple[list[Message], bytes | None]:
+    """What was read of the request, and its whole body if it came complete within `limit` bytes."""
+    read: list[Message] = []
+    size = 0
+    while True:
+        message = await receive()
+        read.append(message)
+        if message["type"] != "http.request":
+            return read, None
+        size += len(message.get("body", b""))
+        if size > limit:
+            return read, None
+        if not message.get("more_body", False):
+            return read, b"".join(part.get("body", b"") for part in read)
+
+
+def _replaying(read: list[Message], receive: Receive) -> Receive:
+    """`receive` for whoever reads the request after us: what was read, then the connection as it goes on."""
+    pending = list(reversed(read))
+
+    async def replay() -> Message:
+        if pending:
+            return pending.pop()
+        return await receive()
+
+    return replay
