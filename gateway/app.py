@@ -44,8 +44,9 @@ from gateway.health import health
 from gateway.held import HeldCalls
 from gateway.identity import AgentDirectory, AgentIdentity
 from gateway.jwt_auth import jwt_options, metadata_routes
-from gateway.lean_calls import LeanCalls, SessionConnections
+from gateway.lean_calls import LeanCalls
 from gateway.lean_held import LeanHeld
+from gateway.lean_requests import SessionConnections
 from gateway.mcp_server import build_server
 from gateway.memory_trim import MemoryTrim
 from gateway.metrics import GatewayMetrics, metrics_endpoint

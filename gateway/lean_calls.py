@@ -35,114 +35,48 @@ connection: an allowed call is forwarded at once, and it runs to its end and is 
 from __future__ import annotations
 
 import json
-import logging
-import math
-import weakref
 from collections.abc import Mapping
 from typing import Any
 
 import anyio
 import mcp_types as types
-import pydantic_core
-from mcp.server import Server
 from mcp.server import _streamable_http_modern as modern
-from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, authorization_context
 from mcp.server.connection import Connection
-from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
-from mcp.server.runner import ServerRunner, _has_modern_envelope, aclose_shielded, modern_error_data
-from mcp.server.streamable_http import MCP_SESSION_ID_HEADER, check_accept_headers
-from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
+from mcp.server.runner import aclose_shielded, modern_error_data
+from mcp.server.streamable_http import check_accept_headers
 from mcp.shared.inbound import InboundLadderRejection, classify_inbound_request, find_duplicated_routing_header
-from mcp.shared.jsonrpc_dispatcher import handler_exception_to_error_data
 from mcp.shared.message import ServerMessageMetadata
 from mcp.shared.transport_context import TransportContext
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 from starlette.requests import Request
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
-from gateway.calls import CallHandler
+from gateway.lean_requests import (
+    LeanPath,
+    in_flight,
+    live_session,
+    loop_error,
+    open_session,
+    session_request,
+    talks_back,
+    tool_call,
+)
 from gateway.lean_runner import runner_for
 from gateway.mcp_server import LEAN_KEY, NotPlain
-from gateway.results import STATUS_TOOL, WAIT_TOOL
-from gateway.sessions import AgentSessions
-
-log = logging.getLogger(__name__)
-
-_TALKS_BACK = (
-    types.ClientCapabilities(elicitation=types.ElicitationCapability()),
-    types.ClientCapabilities(sampling=types.SamplingCapability()),
-)
-_GATEWAY_TOOLS = frozenset({STATUS_TOOL, WAIT_TOOL})
 
 
-class SessionConnections:
-    """The SDK's connection of each open 2025-era session, learnt from the messages it serves.
-
-    Held weakly: a session the SDK has ended and dropped is forgotten here too.
-    """
-
-    def __init__(self) -> None:
-        self._connections: weakref.WeakValueDictionary[str, Connection] = weakref.WeakValueDictionary()
-
-    async def middleware(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
-        connection = getattr(ctx.session, "_connection", None)
-        if isinstance(connection, Connection) and connection.session_id is not None:
-            self._connections.setdefault(connection.session_id, connection)
-        return await call_next(ctx)
-
-    def get(self, session_id: str) -> Connection | None:
-        return self._connections.get(session_id)
-
-
-def check_sdk(server: Server[Any], sessions: AgentSessions) -> None:
-    """The SDK internals this module relies on; a new SDK without them must fail loudly, not misbehave."""
-    needed = [
-        (modern, "_SingleExchangeDispatchContext"),
-        (modern, "_write"),
-        (modern, "_mcp_param_rejection"),
-        (ServerRunner, "_compose_server_middleware"),
-        (ServerRunner, "_make_context"),
-        (sessions, "_server_instances"),
-        (sessions, "_session_owners"),
-        (sessions, "_lifespan_state"),
-    ]
-    missing = [name for owner, name in needed if not hasattr(owner, name)]
-    if missing:
-        raise RuntimeError(f"this mcp SDK lacks {', '.join(missing)}: the lean call path needs new hooks")
-
-
-class LeanCalls:
+class LeanCalls(LeanPath):
     """ASGI, inside the agent's authentication: serve the plain allowed call here, the rest through `app`."""
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        server: Server[Any],
-        sessions: AgentSessions,
-        handler: CallHandler,
-        connections: SessionConnections,
-        security: TransportSecuritySettings | None,
-    ) -> None:
-        check_sdk(server, sessions)
-        self.app = app
-        self.server = server
-        self.sessions = sessions
-        self.handler = handler
-        self.connections = connections
-        self.security = TransportSecurityMiddleware(security)
-        # Tests turn it off to compare with what the SDK's transport answers, and count what it served.
-        self.enabled = True
-        self.served = 0
-        self._never: anyio.Event | None = None
+    # The cancel flag every call served here shares (`_not_cancelled`), made on first use.
+    _never: anyio.Event | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self.enabled or scope["type"] != "http" or scope.get("method") != "POST":
             await self.app(scope, receive, send)
             return
-        read, body = await _read_body(receive, self.sessions.max_request_body_size)
-        replay = _replaying(read, receive)
+        replay, body = await self._read(receive)
         if body is not None and await self._serve(scope, replay, send, body):
             self.served += 1
         else:
@@ -164,18 +98,12 @@ class LeanCalls:
 
     def _plain_call(self, body: bytes) -> dict[str, Any] | None:
         """The message of a tools/call that can only ever be answered with its result, or None."""
-        try:
-            message = json.loads(body)
-        except (ValueError, RecursionError):
+        call = tool_call(body)
+        if call is None:
             return None
-        if not isinstance(message, dict) or message.get("method") != "tools/call":
-            return None
-        params = message.get("params")
-        if not isinstance(params, dict) or "task" in params:
-            return None
-        name = params.get("name")
+        message, params, name = call
         meta = params.get("_meta")
-        if not isinstance(name, str) or name in _GATEWAY_TOOLS or (meta is not None and not isinstance(meta, dict)):
+        if meta is not None and not isinstance(meta, dict):
             return None
         if meta is not None and ("progressToken" in meta or types.LOG_LEVEL_META_KEY in meta):
             return None
@@ -250,38 +178,19 @@ class LeanCalls:
         body: bytes,
         params: dict[str, Any],
     ) -> bool:
-        session_id = request.headers.get(MCP_SESSION_ID_HEADER)
-        if session_id is None:
+        live = live_session(self.sessions, self.connections, scope, request, version)
+        if live is None or not open_session(live):
             return False
-        transport = self.sessions._server_instances.get(session_id)
-        user = scope.get("user")
-        if transport is None or not isinstance(user, AuthenticatedUser):
+        message = await session_request(self.security, live, request, body)
+        if message is None:
             return False
-        if authorization_context(user) != self.sessions._session_owners.get(session_id):
-            return False
-        connection = self.connections.get(session_id)
-        if connection is None or not connection.initialize_accepted or connection.protocol_version != version:
-            return False
-        idle = getattr(transport, "idle_scope", None)
-        if transport.is_terminated or (idle is not None and idle.cancel_called):
-            return False
-        if await self.security.validate_request(request, is_post=True) is not None:
-            return False
-        has_json, has_sse = check_accept_headers(request)
-        if not (has_json and has_sse) or not transport._check_content_type(request):
-            return False
-        try:
-            message = types.jsonrpc_message_adapter.validate_python(pydantic_core.from_json(body), by_name=False)
-        except ValueError:
-            return False
-        if not isinstance(message, types.JSONRPCRequest) or _has_modern_envelope(message.params):
-            return False
+        connection = live.connection
         if not self._quiet(connection, params, legacy=True):
             return False
         dctx = self._exchange(request, message.id)
         runner = runner_for(self.server, connection, self.sessions._lifespan_state, message.params, request)
         reply: types.JSONRPCResponse | types.JSONRPCError
-        with _in_flight(transport):
+        with in_flight(live.transport):
             try:
                 scope[LEAN_KEY] = True
                 result = await runner.on_request(dctx, "tools/call", message.params)
@@ -289,12 +198,7 @@ class LeanCalls:
             except NotPlain:
                 return False
             except Exception as exc:
-                # As the session's message loop answers a failed request (its code 0 included).
-                error = handler_exception_to_error_data(exc)
-                if error is None:
-                    log.exception("handler for 'tools/call' raised")
-                    error = types.ErrorData(code=0, message=str(exc))
-                reply = types.JSONRPCError(jsonrpc="2.0", id=message.id, error=error)
+                reply = types.JSONRPCError(jsonrpc="2.0", id=message.id, error=loop_error(exc))
             finally:
                 scope.pop(LEAN_KEY, None)
         payload = reply.model_dump_json(by_alias=True, exclude_unset=True).encode()
@@ -303,7 +207,7 @@ class LeanCalls:
                 "type": "http.response.start",
                 "status": 200,
                 "headers": [
-                    (b"mcp-session-id", session_id.encode("latin-1")),
+                    (b"mcp-session-id", live.session_id.encode("latin-1")),
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(payload)).encode()),
                 ],
@@ -332,7 +236,7 @@ class LeanCalls:
 
     def _quiet(self, connection: Connection, params: Mapping[str, Any], *, legacy: bool) -> bool:
         """Nothing but the result can go out: nobody to ask, and no log line to relay."""
-        if any(connection.check_capability(wanted) for wanted in _TALKS_BACK):
+        if talks_back(connection):
             return False
         if legacy:
             route = self.handler.upstreams.route(str(params.get("name")))
@@ -341,26 +245,6 @@ class LeanCalls:
             if capabilities is not None and capabilities.logging is not None:
                 return False
         return True
-
-
-class _in_flight:
-    """The session's idle countdown stops while this request is served, as the SDK's transport does it."""
-
-    def __init__(self, transport: Any) -> None:
-        self.transport = transport
-
-    def __enter__(self) -> None:
-        transport = self.transport
-        if transport.idle_scope is not None and transport._idle_timeout is not None:
-            transport._requests_in_flight += 1
-            transport.idle_scope.deadline = math.inf
-
-    def __exit__(self, *exc: object) -> None:
-        transport = self.transport
-        if transport.idle_scope is not None and transport._idle_timeout is not None:
-            transport._requests_in_flight -= 1
-            if not transport._requests_in_flight:
-                transport.idle_scope.deadline = anyio.current_time() + transport._idle_timeout
 
 
 async def _write_result(
@@ -388,34 +272,3 @@ async def _write_result(
     }
     await send(start)
     await send({"type": "http.response.body", "body": payload})
-
-
-async def _read_body(receive: Receive, limit: int) -> tuple[list[Message], bytes | None]:
-    """What was read of the request, and its whole body if it came complete within `limit` bytes.
-
-    Past the limit reading stops: the SDK, reading on, answers 413 as before.
-    """
-    read: list[Message] = []
-    size = 0
-    while True:
-        message = await receive()
-        read.append(message)
-        if message["type"] != "http.request":
-            return read, None
-        size += len(message.get("body", b""))
-        if size > limit:
-            return read, None
-        if not message.get("more_body", False):
-            return read, b"".join(part.get("body", b"") for part in read)
-
-
-def _replaying(read: list[Message], receive: Receive) -> Receive:
-    """`receive` for whoever reads the request after us: what was read, then the connection as it goes on."""
-    pending = list(reversed(read))
-
-    async def replay() -> Message:
-        if pending:
-            return pending.pop()
-        return await receive()
-
-    return replay

@@ -33,48 +33,45 @@ while it waits ends when its connection does, as a client leaving.
 from __future__ import annotations
 
 import asyncio
-import json
-import logging
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import mcp_types as types
-import pydantic_core
 from mcp.server import Server
-from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, authorization_context
-from mcp.server.connection import Connection
-from mcp.server.runner import ServerRunner, _has_modern_envelope
-from mcp.server.streamable_http import MCP_SESSION_ID_HEADER, REQUEST_CANCELLED, check_accept_headers
-from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
+from mcp.server.runner import ServerRunner
+from mcp.server.streamable_http import MCP_SESSION_ID_HEADER, REQUEST_CANCELLED
+from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared import jsonrpc_dispatcher
 from mcp.shared.dispatcher import coerce_request_id
 from mcp.shared.exceptions import NoBackChannelError
 from mcp.shared.message import ServerMessageMetadata
 from mcp.shared.transport_context import TransportContext
-from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, is_version_at_least
+from mcp_types.version import is_version_at_least
 from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.calls import CallHandler
 from gateway.event_store import RETRY_MS, SessionEvents
-from gateway.lean_calls import SessionConnections
+from gateway.lean_requests import (
+    LeanPath,
+    LiveSession,
+    SessionConnections,
+    in_flight,
+    live_session,
+    loop_error,
+    open_session,
+    session_request,
+    talks_back,
+    tool_call,
+)
 from gateway.mcp_server import STREAM_KEY
 from gateway.memory_trim import MemoryTrim
 from gateway.post_stream import PostStream
-from gateway.results import STATUS_TOOL, WAIT_TOOL
 from gateway.sessions import AgentSessions
 
-log = logging.getLogger(__name__)
-
-_TALKS_BACK = (
-    types.ClientCapabilities(elicitation=types.ElicitationCapability()),
-    types.ClientCapabilities(sampling=types.SamplingCapability()),
-)
-_GATEWAY_TOOLS = frozenset({STATUS_TOOL, WAIT_TOOL})
 _TRANSPORT = TransportContext(kind="jsonrpc", can_send_request=False)
 # What the SDK's transport puts in a request's SSE response headers, as sse_starlette writes them out.
 _SSE_HEADERS = {
@@ -83,18 +80,6 @@ _SSE_HEADERS = {
     "Content-Type": "text/event-stream",
 }
 _END: Message = {"type": "http.response.body", "body": b"", "more_body": False}
-
-
-def check_sdk() -> None:
-    """The SDK internals this module relies on; a new SDK without them must fail loudly, not misbehave."""
-    needed = [
-        (jsonrpc_dispatcher, "_InFlight"),
-        (jsonrpc_dispatcher.JSONRPCDispatcher, "_handle_request"),
-        (jsonrpc_dispatcher.JSONRPCDispatcher, "_dispatch_notification"),
-    ]
-    missing = [name for owner, name in needed if not hasattr(owner, name)]
-    if missing:
-        raise RuntimeError(f"this mcp SDK lacks {', '.join(missing)}: the lean held-call path needs new hooks")
 
 
 def sse_headers() -> list[tuple[bytes, bytes]]:
@@ -193,7 +178,7 @@ class Frames:
             return
 
 
-class LeanHeld:
+class LeanHeld(LeanPath):
     """ASGI, inside the agent's authentication: serve a 2025-era call that may be held here, the rest through `app`."""
 
     def __init__(
@@ -207,17 +192,10 @@ class LeanHeld:
         security: TransportSecuritySettings | None,
         memory: MemoryTrim | None = None,
     ) -> None:
-        check_sdk()
+        super().__init__(
+            app, server=server, sessions=sessions, handler=handler, connections=connections, security=security
+        )
         self.memory = memory
-        self.app = app
-        self.server = server
-        self.sessions = sessions
-        self.handler = handler
-        self.connections = connections
-        self.security = TransportSecurityMiddleware(security)
-        # Tests turn it off to compare with what the SDK's transport answers, and count what it served.
-        self.enabled = True
-        self.served = 0
         self._headers: list[tuple[bytes, bytes]] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -227,24 +205,17 @@ class LeanHeld:
         if not self.enabled or scope["type"] != "http" or not isinstance(stream, PostStream):
             await self.app(scope, receive, send)
             return
-        read, body = await _read_body(receive, self.sessions.max_request_body_size)
-        replay = _replaying(read, receive)
+        replay, body = await self._read(receive)
         if body is None or not await self._serve(scope, replay, send, body, stream):
             await self.app(scope, replay, send)
 
     def _candidate(self, body: bytes) -> str | None:
         """The tool of a single `tools/call` that may be held and can be served here, or None."""
-        try:
-            message = json.loads(body)
-        except (ValueError, RecursionError):
+        call = tool_call(body)
+        if call is None:
             return None
-        if not isinstance(message, dict) or message.get("method") != "tools/call" or "id" not in message:
-            return None
-        params = message.get("params")
-        if not isinstance(params, dict) or "task" in params:
-            return None
-        name = params.get("name")
-        if not isinstance(name, str) or name in _GATEWAY_TOOLS or not self.handler.may_hold(name):
+        message, _, name = call
+        if "id" not in message or not self.handler.may_hold(name):
             return None
         return name
 
@@ -254,42 +225,23 @@ class LeanHeld:
             return False
         request = Request(scope, receive)
         version = request.headers.get("mcp-protocol-version")
-        session_id = request.headers.get(MCP_SESSION_ID_HEADER)
-        if version not in HANDSHAKE_PROTOCOL_VERSIONS or session_id is None:
+        live = live_session(self.sessions, self.connections, scope, request, version)
+        if live is None:
             return False
-        transport = self.sessions._server_instances.get(session_id)
-        user = scope.get("user")
-        if transport is None or not isinstance(user, AuthenticatedUser):
-            return False
-        if authorization_context(user) != self.sessions._session_owners.get(session_id):
-            return False
-        connection = self.connections.get(session_id)
-        if connection is None or not connection.initialize_accepted or connection.protocol_version != version:
-            return False
+        connection, transport = live.connection, live.transport
         dispatcher = connection.outbound
         if not isinstance(dispatcher, jsonrpc_dispatcher.JSONRPCDispatcher):
             return False
-        idle = getattr(transport, "idle_scope", None)
-        if transport.is_terminated or transport.is_json_response_enabled or (idle is not None and idle.cancel_called):
+        if transport.is_json_response_enabled or not open_session(live):
             return False
-        if await self.security.validate_request(request, is_post=True) is not None:
-            return False
-        has_json, has_sse = check_accept_headers(request)
-        if not (has_json and has_sse) or not transport._check_content_type(request):
-            return False
-        try:
-            message = types.jsonrpc_message_adapter.validate_python(pydantic_core.from_json(body), by_name=False)
-        except ValueError:
-            return False
-        if not isinstance(message, types.JSONRPCRequest) or _has_modern_envelope(message.params):
-            return False
-        if any(connection.check_capability(wanted) for wanted in _TALKS_BACK):
+        message = await session_request(self.security, live, request, body)
+        if message is None or talks_back(connection):
             return False
         key = str(message.id)
         if key in transport._request_streams:
             return False  # a request of the same id still streams on this session: the SDK's to sort out
         self.served += 1
-        await self._run(request, send, stream, message, transport, dispatcher, connection, session_id, version)
+        await self._run(request, send, stream, message, live, dispatcher)
         return True
 
     async def _run(
@@ -298,46 +250,39 @@ class LeanHeld:
         send: Send,
         stream: PostStream,
         message: types.JSONRPCRequest,
-        transport: Any,
+        live: LiveSession,
         dispatcher: jsonrpc_dispatcher.JSONRPCDispatcher[Any],
-        connection: Connection,
-        session_id: str,
-        version: str,
     ) -> None:
+        transport, connection = live.transport, live.connection
         key = str(message.id)
         frames = Frames(stream.events, key, send)
         dctx = HeldExchange(request, message.id, frames, jsonrpc_dispatcher.progress_token_from_params(message.params))
         scope = anyio.CancelScope()
         entry = jsonrpc_dispatcher._InFlight(scope=scope, dctx=dctx)  # type: ignore[arg-type]
-        in_flight = coerce_request_id(message.id)
+        dispatch_id = coerce_request_id(message.id)
         # While the call is live its stream is the transport's too: a client resuming it has what was kept
         # replayed, and is not kept waiting on a second copy of a stream this response still carries.
         transport._request_streams[key] = anyio.create_memory_object_stream[Any](1)
-        dispatcher._in_flight[in_flight] = entry
+        dispatcher._in_flight[dispatch_id] = entry
         listener = asyncio.get_running_loop().create_task(_listen(stream))
         reply: str | None = None
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": self._sse_headers(session_id)})
-            if is_version_at_least(version, "2025-11-25"):
+            await send({"type": "http.response.start", "status": 200, "headers": self._sse_headers(live.session_id)})
+            if is_version_at_least(live.version, "2025-11-25"):
                 priming = frames.priming()
                 if priming:
                     await send({"type": "http.response.body", "body": priming, "more_body": True})
             runner = ServerRunner(self.server, connection, self.sessions._lifespan_state)
-            with _in_flight(transport), scope:
+            with in_flight(transport), scope:
                 try:
                     result = await runner.on_request(dctx, "tools/call", message.params)
                     reply = _dump(types.JSONRPCResponse(jsonrpc="2.0", id=message.id, result=result))
                 except Exception as exc:
-                    # As the session's message loop answers a failed request (its code 0 included).
-                    error = jsonrpc_dispatcher.handler_exception_to_error_data(exc)
-                    if error is None:
-                        log.exception("handler for 'tools/call' raised")
-                        error = types.ErrorData(code=0, message=str(exc))
-                    reply = _dump(types.JSONRPCError(jsonrpc="2.0", id=message.id, error=error))
+                    reply = _dump(types.JSONRPCError(jsonrpc="2.0", id=message.id, error=loop_error(exc)))
                 finally:
                     dctx.closed = True
-                    if dispatcher._in_flight.get(in_flight) is entry:
-                        del dispatcher._in_flight[in_flight]
+                    if dispatcher._in_flight.get(dispatch_id) is entry:
+                        del dispatcher._in_flight[dispatch_id]
             if dctx.cancel_requested.is_set():
                 # A cancelled request is not answered; its stream ends as the SDK's transport ends it.
                 cancelled = types.ErrorData(code=REQUEST_CANCELLED, message="Request cancelled")
@@ -369,51 +314,3 @@ async def _listen(stream: PostStream) -> None:
         message = await stream.receive()
         if message["type"] == "http.disconnect":
             return
-
-
-class _in_flight:
-    """The session's idle countdown stops while this request is served, as the SDK's transport does it."""
-
-    def __init__(self, transport: Any) -> None:
-        self.transport = transport
-
-    def __enter__(self) -> None:
-        transport = self.transport
-        if transport.idle_scope is not None and transport._idle_timeout is not None:
-            transport._requests_in_flight += 1
-            transport.idle_scope.deadline = math.inf
-
-    def __exit__(self, *exc: object) -> None:
-        transport = self.transport
-        if transport.idle_scope is not None and transport._idle_timeout is not None:
-            transport._requests_in_flight -= 1
-            if not transport._requests_in_flight:
-                transport.idle_scope.deadline = anyio.current_time() + transport._idle_timeout
-
-
-async def _read_body(receive: Receive, limit: int) -> tuple[list[Message], bytes | None]:
-    """What was read of the request, and its whole body if it came complete within `limit` bytes."""
-    read: list[Message] = []
-    size = 0
-    while True:
-        message = await receive()
-        read.append(message)
-        if message["type"] != "http.request":
-            return read, None
-        size += len(message.get("body", b""))
-        if size > limit:
-            return read, None
-        if not message.get("more_body", False):
-            return read, b"".join(part.get("body", b"") for part in read)
-
-
-def _replaying(read: list[Message], receive: Receive) -> Receive:
-    """`receive` for whoever reads the request after us: what was read, then the connection as it goes on."""
-    pending = list(reversed(read))
-
-    async def replay() -> Message:
-        if pending:
-            return pending.pop()
-        return await receive()
-
-    return replay
