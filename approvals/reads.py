@@ -131,6 +131,24 @@ class RequestReads:
         """Every request that still has a deadline ahead of it: pending (expiry) or approved (pick-up)."""
         return await self.list_requests(statuses={Status.PENDING, Status.APPROVED}, limit=1_000_000)
 
+    async def sweepable(self, now: datetime) -> list[RequestView]:
+        """What a sweep may have to act on: pending requests past their expiry or with escalation steps left
+        to take, and approved ones (their pick-up window is kept in seconds, so it is checked by the caller).
+
+        A read of the few rows that can be due, not of every waiting request: thousands of calls held
+        for a decision are pending with an expiry ahead and no escalation, and are not read at all.
+        """
+        c = _requests.c
+        query = select(_requests).where(
+            or_(
+                and_(c.status == Status.PENDING.value, or_(c.expires_at <= now, c.escalation.is_not(None))),
+                c.status == Status.APPROVED.value,
+            )
+        )
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [RequestView.from_row(r) for r in rows]
+
     async def wait_for_change(self, request_id: str, seen: Status, within: float) -> RequestView:
         """Return as soon as the request leaves `seen` (whichever process moved it), or after `within` seconds."""
         return await self.feed.wait_for_change(request_id, seen, within, self.get)

@@ -120,26 +120,35 @@ class TimeoutScheduler:
         return sum(1 for key in self._deadlines if key.startswith("expire:"))
 
     async def sweep(self) -> int:
+        """Expire what is overdue and take the escalation steps that are due, whoever armed them.
+
+        One indexed read of the rows that can be due (`sweepable`), not of every waiting request.
+        """
+        now = self.service.clock()
         try:
-            overdue, _ = await self._split()
+            candidates = await self.service.sweepable(now)
         except ApprovalError as exc:
             log.warning("could not sweep for overdue requests: %s", exc)
             return 0
         expired = 0
-        for request in overdue:
-            expired += await self._expire(request.id)
-        await self.escalate_due()
+        for request in candidates:
+            if request.deadline <= now:
+                expired += await self._expire(request.id)
+        await self._escalate_due([r for r in candidates if r.deadline > now], now)
         return expired
 
     async def escalate_due(self) -> int:
         """Take every escalation step that is due (a replica that armed it may have died). Returns how many."""
+        now = self.service.clock()
         try:
-            waiting = await self.service.waiting()
+            candidates = await self.service.sweepable(now)
         except ApprovalError as exc:
             log.warning("could not look for escalations that are due: %s", exc)
             return 0
-        now = self.service.clock()
-        due = [r for r in waiting if (step := due_step(r)) is not None and step.at <= now]
+        return await self._escalate_due(candidates, now)
+
+    async def _escalate_due(self, candidates: list[RequestView], now: datetime) -> int:
+        due = [r for r in candidates if (step := due_step(r)) is not None and step.at <= now]
         taken = 0
         for request in due:
             taken += await self._escalate(request.id)
