@@ -619,7 +619,13 @@ async def test_an_approval_that_lands_as_the_agent_disconnects_is_never_forwarde
         replica = ApprovalService(replica_db, h.gateway.approvers)
         alice = h.gateway.approvers.get("alice")
         assert alice is not None
-        # Holding the gateway's write lock parks the held call just as it tries to start executing.
+
+        # Holding the gateway's write lock parks the held call just as it tries to start executing. The audit
+        # search indexer takes that lock too: it stops first, so the one task left waiting is the held call's.
+        async def no_indexing() -> int:
+            return 0
+
+        h.gateway.audit_index.catch_up = no_indexing  # type: ignore[method-assign]
         write_lock = h.gateway.db._write_lock
         held = httpx2.AsyncClient(timeout=10)
         try:
