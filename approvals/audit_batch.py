@@ -41,8 +41,6 @@ class _Queued:
     woken: anyio.Event = field(default_factory=anyio.Event)
     # Woken to write the next batch (rather than because its own batch has ended).
     writes: bool = False
-    # Returned once on disk; else once committed, and made durable by the caller (`Database.sync_audit`).
-    durable: bool = True
     error: Exception | None = None
 
 
@@ -59,9 +57,9 @@ class AuditBatches:
         # How many transactions wrote how many events (size → transactions), for /metrics.
         self.sizes: Counter[int] = Counter()
 
-    async def append(self, event: Event, at: datetime, *, durable: bool = True) -> None:
-        """Return once `event` is committed to the chain (and on disk, if `durable`); raise what made it fail."""
-        item = _Queued(event, at, durable=durable)
+    async def append(self, event: Event, at: datetime) -> None:
+        """Return once `event` is committed to the chain; raise what made its transaction fail."""
+        item = _Queued(event, at)
         # Shielded like every database write: a caller cancelled while its event is queued must still
         # take its turn at writing when it comes, or the queue behind it would stall.
         with anyio.CancelScope(shield=True):
@@ -82,8 +80,7 @@ class AuditBatches:
         # Until the commit has returned, nobody in the batch may read their event as recorded.
         error: Exception | None = StoreUnavailable("the audit write was interrupted before it committed")
         try:
-            sync = any(item.durable for item in batch)
-            await self.db.append_events([(item.event, item.at) for item in batch], sync=sync)
+            await self.db.append_events([(item.event, item.at) for item in batch])
             error = None
         except Exception as exc:
             error = exc

@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from datetime import datetime
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -219,12 +218,11 @@ class Database:
                     audit.forget_head(conn)  # known only inside this transaction
                     await conn.close()
 
-    async def append_events(self, events: Sequence[tuple[Event, datetime]], *, sync: bool = True) -> list[int]:
+    async def append_events(self, events: Sequence[tuple[Event, datetime]]) -> list[int]:
         """Append audit events in a write transaction of their own; returns once it has committed.
 
         An SQLite file runs the transaction in one trip to a worker thread (`approvals.sqlite_append`),
-        under the same lock as every other write; otherwise it is a `write()` like any other. Without
-        `sync`, an SQLite file's commit may not be on disk yet: `sync_audit()` then.
+        under the same lock as every other write; otherwise it is a `write()` like any other.
         """
         if self._appender is None:
             async with self.write() as conn:
@@ -235,9 +233,7 @@ class Database:
         with _uncancelled():
             async with self._write_lock:
                 self._check_file()
-                appended = await anyio.to_thread.run_sync(
-                    partial(self._appender.append, sync=sync), events, self.audit_key
-                )
+                appended = await anyio.to_thread.run_sync(self._appender.append, events, self.audit_key)
         if self.on_append is not None:
             self.on_append()
         return appended
@@ -256,17 +252,6 @@ class Database:
                 self._check_file()
                 done = await anyio.to_thread.run_sync(self._appender.run, work)
         return done
-
-    @property
-    def defers_sync(self) -> bool:
-        """Whether `append_events(..., sync=False)` can return before its commit is on disk."""
-        return self._appender is not None
-
-    async def sync_audit(self) -> None:
-        """Return once every audit append committed before this call is on disk (at once where commits are)."""
-        if self._appender is not None:
-            with _uncancelled():
-                await anyio.to_thread.run_sync(self._appender.sync)
 
     def _check_file(self) -> None:
         problem = None if self.file is None else self.file.problem()

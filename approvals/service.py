@@ -24,7 +24,6 @@ from approvals import audit
 from approvals.approvers import Approver, ApproverDirectory, may_decide
 from approvals.audit import Event, canonical_json
 from approvals.audit_batch import AuditBatches
-from approvals.audit_sync import GroupSync
 from approvals.db import Database
 from approvals.edits import describe_edits
 from approvals.errors import AlreadyOpen, InvalidDecision, NotAllowed, TooManyPending
@@ -93,7 +92,6 @@ class ApprovalService(ExecutionCases, EscalationCases, RequestReads):
         self.feed = feed or ChangeFeed(db)
         self.history = AuditHistory(db)
         self.batches = AuditBatches(db)
-        self.syncs = GroupSync(db.sync_audit)
         self.grants = Grants(db, lambda: self.clock())
         # Waiters of this process that can forward a call as soon as it is approved (approvals.execution).
         self.starts = LocalStarts()
@@ -112,21 +110,6 @@ class ApprovalService(ExecutionCases, EscalationCases, RequestReads):
             return
         async with self._write() as conn:
             await audit.append(conn, event, self.clock())
-
-    @property
-    def defers_sync(self) -> bool:
-        """Whether `record_committed` can return before its event is on disk (an SQLite file)."""
-        return self.db.defers_sync
-
-    async def record_committed(self, event: Event) -> None:
-        """`record`, returning once the event is committed, perhaps not yet on disk: `made_durable()` then."""
-        if event.kind.startswith("request."):
-            raise ValueError("a request event is written with its request")
-        await self.batches.append(event, self.clock(), durable=False)
-
-    async def made_durable(self) -> None:
-        """Return once every event committed before this call is on disk (events share one flush)."""
-        await self.syncs()
 
     async def create(self, new: NewRequest, *, max_pending: int | None = None) -> RequestView:
         """Park a call. Raises AlreadyOpen when the same call has an open request (it arrived at the same time),

@@ -9,20 +9,12 @@ connection, kept open for appends only, runs the whole transaction as one functi
 thread: the loop hands it over once and is woken once, when the commit is on disk.
 
 The rows are the ones `approvals.audit.chain_rows` builds, stored with the column types' own SQLite
-conversions, so they read back and verify exactly like rows written through the engine.
-
-Durability: WAL, and an append returns once its commit is on disk, as with the write engine's
-`synchronous=FULL` (`approvals.db`): the connection commits with `synchronous=NORMAL` (the log is
-written, not yet flushed) and the append then flushes the log file itself, which is what FULL does
-at commit. An append may also leave the flush to `sync()`, which flushes everything committed
-before it started: an allowed call's event is committed (visible, and the call refused if it
-cannot be) before the call is forwarded, and made durable while the upstream works on it
-(`gateway.calls`), instead of the upstream waiting for the disk.
+conversions, so they read back and verify exactly like rows written through the engine. The
+durability settings are the write engine's (`approvals.db`): WAL, `synchronous=FULL`.
 """
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
@@ -57,11 +49,8 @@ class SqliteAppender:
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
 
-    def append(self, events: Sequence[tuple[Event, datetime]], key: bytes | None, *, sync: bool = True) -> list[int]:
-        """Append `events` in one transaction and commit it; runs in a worker thread.
-
-        With `sync` it returns once the commit is on disk; without, once it is committed (`sync()` then).
-        """
+    def append(self, events: Sequence[tuple[Event, datetime]], key: bytes | None) -> list[int]:
+        """Append `events` in one transaction and commit it; runs in a worker thread."""
         with self._lock:
             try:
                 conn = self._connect()
@@ -72,13 +61,11 @@ class SqliteAppender:
                     rows = chain_rows(head, events, key)
                     conn.executemany(_INSERT, [_stored(row) for row in rows])
                     conn.execute("COMMIT")
-                    if sync:
-                        self._flush()
                 except BaseException:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                     raise
-            except (sqlite3.Error, OSError) as exc:
+            except sqlite3.Error as exc:
                 self._drop()
                 raise StoreUnavailable(f"the database is unavailable: {exc}") from exc
             return [row["seq"] for row in rows]
@@ -101,25 +88,6 @@ class SqliteAppender:
                 raise StoreUnavailable(f"the database is unavailable: {exc}") from exc
             return done
 
-    def sync(self) -> None:
-        """Flush to disk every append committed before this call; runs in a worker thread, beside appends."""
-        try:
-            self._flush()
-        except OSError as exc:
-            raise StoreUnavailable(f"the audit log could not be flushed to disk: {exc}") from exc
-
-    def _flush(self) -> None:
-        # What `synchronous=FULL` does at each commit: flush the write-ahead log. Any descriptor of the file
-        # flushes all of it. No log file: everything is in the database file, flushed at its checkpoint.
-        try:
-            fd = os.open(self.path + "-wal", os.O_RDONLY)
-        except FileNotFoundError:
-            return
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
     def close(self) -> None:
         with self._lock:
             self._drop()
@@ -129,8 +97,8 @@ class SqliteAppender:
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
             try:
                 conn.execute("PRAGMA journal_mode=WAL")
-                # The log is flushed by `_flush` (after each commit, or by `sync()`), as FULL would at commit.
-                conn.execute("PRAGMA synchronous=NORMAL")
+                # As the write engine: a commit returns once the log is on disk (see approvals.db).
+                conn.execute("PRAGMA synchronous=FULL")
                 conn.execute("PRAGMA busy_timeout=30000")
                 conn.execute("PRAGMA foreign_keys=ON")
             except sqlite3.Error:

@@ -6,11 +6,9 @@ Held calls are handed to `gateway.held.HeldCalls`, which owns them from then on.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable
 from datetime import timedelta
 from typing import Any
 
-import anyio
 import mcp_types as types
 
 from approvals.audit import Event, canonical_json
@@ -210,11 +208,9 @@ class CallHandler:
             raise CallRefused(Tag.RATE_LIMITED, reservation.message)
 
         if evaluation.action == "allow":
-            allowed = event("call.allowed", "allowed", "forwarded")
-            flush = await self._record_before_forwarding(allowed, route, reservation, flush_beside=True)
+            await self._record_before_forwarding(event("call.allowed", "allowed", "forwarded"), route, reservation)
             call = route.upstream.call(route.upstream_tool, arguments, line.relay)
-            traced = tracing.traced("upstream", call, upstream=route.upstream.name, tool=route.upstream_tool)
-            result = await self._once_durable(traced, tool) if flush else await traced
+            result = await tracing.traced("upstream", call, upstream=route.upstream.name, tool=route.upstream_tool)
             if result.is_error:
                 await reservation.release()
                 await audit("call.failed", "failed", text_of(result, 200))
@@ -343,24 +339,14 @@ class CallHandler:
             raise CallRefused(Tag.INVALID_ARGUMENTS, message)
         return rest, (given.strip() or None) if isinstance(given, str) else None
 
-    async def _record_before_forwarding(
-        self, event: Event, route: Route, reservation: Reservation, *, flush_beside: bool = False
-    ) -> bool:
-        """An allowed call is audited before it is forwarded: a call the gateway cannot record does not run.
-
-        With `flush_beside`, where the store can (an SQLite file), the event is committed but not yet flushed
-        to disk: True, and the caller flushes it while the upstream works (`_once_durable`).
-        """
+    async def _record_before_forwarding(self, event: Event, route: Route, reservation: Reservation) -> None:
+        """An allowed call is audited before it is forwarded: a call the gateway cannot record does not run."""
         try:
-            if flush_beside and self.service.defers_sync:
-                await self.service.record_committed(event)
-                return True
             await self.service.record(event)
-            return False
         except Exception as exc:
             if self.audit_unavailable == "allow_read_only" and route.read_only:
                 log.warning("audit log unavailable, forwarding read-only %s unrecorded: %s", event.tool, exc)
-                return False
+                return
             await reservation.release()
             log.error(
                 "audit log unavailable, refusing %s: %s", event.tool, exc, exc_info=not isinstance(exc, ApprovalError)
@@ -370,24 +356,6 @@ class CallHandler:
                 "the gateway cannot write its audit log now, and it runs no call it cannot record; the call was "
                 "not executed. Try again later",
             ) from exc
-
-    async def _once_durable(self, call: Awaitable[types.CallToolResult], tool: str) -> types.CallToolResult:
-        """The forwarded call's result, returned once its audit event (committed before forwarding) is on disk.
-
-        The flush runs while the upstream works instead of before it. A failed flush is logged, and the
-        result still returned: the call has run, and an error would make the agent run it again.
-        """
-
-        async def flush() -> None:
-            try:
-                await self.service.made_durable()
-            except Exception as exc:
-                log.error("audit log not flushed to disk after forwarding %s: %s", tool, exc)
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(flush)
-            result = await call
-        return result
 
     async def _repeat(self, earlier: RequestView, caller: Caller, line: ProgressLine) -> types.CallToolResult:
         """A repeat of a call that has a request: wait on it while it is open, else get how it ended again."""
