@@ -19,7 +19,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.dialects import sqlite
 
@@ -41,6 +41,9 @@ _CONVERT: tuple[Callable[[Any], Any] | None, ...] = tuple(
 )
 
 
+_T = TypeVar("_T")
+
+
 class SqliteAppender:
     """One connection that appends audit events; callers serialise it (`Database`'s write lock)."""
 
@@ -51,33 +54,28 @@ class SqliteAppender:
 
     def append(self, events: Sequence[tuple[Event, datetime]], key: bytes | None) -> list[int]:
         """Append `events` in one transaction and commit it; runs in a worker thread."""
-        with self._lock:
-            try:
-                conn = self._connect()
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    last = conn.execute(_HEAD).fetchone()
-                    head = None if last is None else (int(last[0]), str(last[1]), bool(last[2]))
-                    rows = chain_rows(head, events, key)
-                    conn.executemany(_INSERT, [_stored(row) for row in rows])
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                self._drop()
-                raise StoreUnavailable(f"the database is unavailable: {exc}") from exc
+
+        def chain(conn: sqlite3.Connection) -> list[int]:
+            last = conn.execute(_HEAD).fetchone()
+            head = None if last is None else (int(last[0]), str(last[1]), bool(last[2]))
+            rows = chain_rows(head, events, key)
+            conn.executemany(_INSERT, [_stored(row) for row in rows])
             return [row["seq"] for row in rows]
+
+        return self._transaction(chain)
 
     def run(self, work: Callable[[Statement], int]) -> int:
         """Run `work` in a write transaction of its own on this connection and commit; runs in a worker thread."""
+        return self._transaction(lambda conn: work(lambda sql, params: conn.execute(sql, params).fetchone()))
+
+    def _transaction(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        # One write transaction on this connection: committed if `work` returns, rolled back if it raises.
         with self._lock:
             try:
                 conn = self._connect()
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    done = work(lambda sql, params: conn.execute(sql, params).fetchone())
+                    done = work(conn)
                     conn.execute("COMMIT")
                 except BaseException:
                     if conn.in_transaction:
