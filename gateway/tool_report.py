@@ -91,12 +91,16 @@ def _limit(limit: Limit) -> str:
 
 
 async def fetch_tools(settings: Settings, *, within: float | None = None) -> list[UpstreamTools]:
-    """Connect to every configured upstream once and list its tools (names as agents see them)."""
+    """Connect to every configured upstream once and list its tools (names as agents see them).
+
+    One attempt each: an upstream that refuses the connection or fails its first listing is reported
+    with that error at once, rather than retried until the connect timeout runs out.
+    """
     upstreams = UpstreamSet(settings.upstreams)
     bound = within if within is not None else max((u.connect_timeout for u in settings.upstreams), default=0)
     async with anyio.create_task_group() as tg:
         tg.start_soon(upstreams.run)
-        await upstreams.wait_connected(bound)
+        await upstreams.wait_attempted(bound)
         found = []
         for upstream in upstreams.upstreams:
             if upstream.state != "ready":
