@@ -37,6 +37,7 @@ from typing import Any
 import anyio
 import httpx2
 from argon2 import PasswordHasher
+from sqlalchemy import func, select
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -113,6 +114,15 @@ async def fill(db: Database, total: int, seed: int) -> datetime:
         indexed = await AuditTextIndexer(db, batch=CHUNK).catch_up()
         log(f"indexed {indexed:,} events for search in {time.perf_counter() - started:.0f}s")
     return end
+
+
+async def filled(db: Database) -> datetime | None:
+    """The newest event's time in a database filled by an earlier run (`--reuse`); None when it is empty."""
+    async with db.read() as conn:
+        newest = (await conn.execute(select(func.max(_table.c.at)))).scalar_one()
+    if newest is None:
+        return None
+    return newest if newest.tzinfo else newest.replace(tzinfo=UTC)
 
 
 # ---- the gateway
@@ -236,8 +246,11 @@ async def in_process(url: str, cases: Cases, rounds: int) -> None:
                 c0, t0 = time.process_time(), time.perf_counter()
                 filters = await history.bounded(query.filters())
                 if filters is not None:
-                    await history.search_events(**filters, before_seq=before, after_seq=after, limit=PAGE_SIZE + 1)
-                    await history.count_events(**filters, cap=(TEXT_COUNT_CAP if query.q else COUNT_CAP) + 1)
+                    page = await history.search_events(
+                        **filters, before_seq=before, after_seq=after, limit=PAGE_SIZE + 1
+                    )
+                    if before is not None or after is not None or len(page) > PAGE_SIZE:  # as the page counts
+                        await history.count_events(**filters, cap=(TEXT_COUNT_CAP if query.q else COUNT_CAP) + 1)
                 times[label].append((time.perf_counter() - t0) * 1000)
                 cpu[label] += (time.process_time() - c0) * 1000 / rounds
     finally:
@@ -286,7 +299,9 @@ async def main_async(args: argparse.Namespace) -> None:
     pg_name: str | None = None
     with tempfile.TemporaryDirectory(prefix="cs-bench-audit-page-") as tmp:
         workdir = Path(tmp)
-        if args.database_url:
+        if args.reuse:
+            url = args.reuse
+        elif args.database_url:
             pg_name, url = await create_pg_database(args.database_url)
         else:
             url = f"sqlite:///{workdir / 'countersign.db'}"
@@ -294,10 +309,19 @@ async def main_async(args: argparse.Namespace) -> None:
             db = Database(url, audit_key=BENCH_KEY)
             try:
                 await db.create_schema()
-                log(f"database: {'SQLite file' if db.is_sqlite else 'PostgreSQL'}; filling {args.events:,} events")
-                newest = await fill(db, args.events, args.seed)
+                newest = await filled(db) if args.reuse else None
+                if newest is None:
+                    log(f"database: {'SQLite file' if db.is_sqlite else 'PostgreSQL'}; filling {args.events:,} events")
+                    newest = await fill(db, args.events, args.seed)
+                else:
+                    log("database: reusing its events")
             finally:
                 await db.dispose()
+            cases = filters(newest, args.events)
+            if not args.http:
+                await in_process(url, cases, args.rounds)
+                print(f"(load average {' '.join(f'{x:.1f}' for x in os.getloadavg())})")
+                return
             port = free_port()
             argv = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config(workdir, port, url))]
             gateway = start_process("gateway", argv, workdir, procs)
@@ -308,10 +332,10 @@ async def main_async(args: argparse.Namespace) -> None:
                 backend = "SQLite" if url.startswith("sqlite") else "PostgreSQL"
                 rss = gateway.rss_kib() / 1024
                 print(f"\naudit page with {args.events:,} events ({backend}), gateway RSS {rss:.0f} MiB")
-                cases = filters(newest, args.events)
                 await pages(client, "/audit", cases, args.rounds)
-                activity = [(label, p) for label, p in cases if "before" not in p]
-                await pages(client, "/audit/activity", activity, args.rounds)
+                if args.activity:
+                    activity = [(label, p) for label, p in cases if "before" not in p]
+                    await pages(client, "/audit/activity", activity, args.rounds)
                 await in_process(url, cases, args.rounds)
                 print(f"(load average {' '.join(f'{x:.1f}' for x in os.getloadavg())})")
                 if not args.exports:
@@ -335,6 +359,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20, help="page loads per filter (20)")
     parser.add_argument("--database-url", help="a PostgreSQL server to create a fresh database on (default: SQLite)")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--reuse",
+        metavar="URL",
+        help="a database URL (sqlite:///file or postgresql://…/name) filled by an earlier run, kept afterwards;"
+        " filled first when empty. Lets two checkouts be measured on the same events",
+    )
+    parser.add_argument("--no-activity", dest="activity", action="store_false", help="skip /audit/activity")
+    parser.add_argument("--no-http", dest="http", action="store_false", help="the in-process queries only")
     parser.add_argument("--no-exports", dest="exports", action="store_false", help="pages only")
     anyio.run(main_async, parser.parse_args())
 
