@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import Boolean, Integer, Join, Table, Text, column, func, or_, select, table
+from sqlalchemy import text as sql_text
 from sqlalchemy.ext.compiler import compiles
 
 TABLE = "audit_event_text"
@@ -27,8 +28,17 @@ MARK = "audit_event_text_mark"
 CONTAINS = "countersign_contains"
 # The trigram tokenizer indexes three characters at a time: shorter text cannot be looked up.
 MIN_LENGTH = 3
-# Filters that only an event's own row can answer; without them the index alone answers a count.
-ROW_FILTERS = ("tool", "agent", "outcome", "actor", "request_id", "kinds", "since", "until")
+# Filters that an index on (column, seq) answers for one match by its sequence number, without reading
+# the event's row (in SQLite an index on one column holds the rowid too): the index on each is named.
+PROBED = {
+    "tool": "ix_audit_event_tool_seq",
+    "agent": "ix_audit_event_agent_seq",
+    "outcome": "ix_audit_event_outcome_seq",
+    "actor": "ix_audit_event_actor_seq",
+    "request_id": "ix_audit_event_request_id",
+}
+# Filters that only an event's own row can answer; without them the index (and the probes) answer a count.
+ROW_FILTERS = ("kinds", "since", "until")
 
 index = table(TABLE, column("rowid", Integer), column(TABLE, Text))
 rowid = index.c.rowid
@@ -67,6 +77,28 @@ def phrase(text: str | None) -> str | None:
 
 def matches(query: str) -> Any:
     return index.c[TABLE].op("MATCH")(query)
+
+
+def probes(values: dict[str, str]) -> list[Any]:
+    """For each `column: value`, whether the match (by the index's rowid) has it, from that column's index.
+
+    A common word narrowed by a filter few of its matches meet (`cancel` among approvals: 150,000
+    matches, none approved) is decided match by match. Reading each match's row for its outcome
+    cost ~0.9 µs a match; a lookup of (outcome, seq) in the covering index ~0.5 µs, and the row is
+    then read only for the matches that meet every filter. `INDEXED BY` keeps SQLite from choosing the
+    primary key for `seq = ?`, which would read the row after all (SQLAlchemy renders no table hints
+    for SQLite, hence the text; the column and index names are this module's, the value is bound).
+    """
+    found = []
+    for name, value in values.items():
+        probe = f"probe_{name}"
+        found.append(
+            sql_text(
+                f"EXISTS (SELECT 1 FROM audit_event AS {probe} INDEXED BY {PROBED[name]}"
+                f" WHERE {probe}.{name} = :{probe} AND {probe}.seq = {TABLE}.rowid)"
+            ).bindparams(**{probe: value})
+        )
+    return found
 
 
 def joined(events: Table) -> Any:

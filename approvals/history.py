@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from datetime import datetime
 from typing import Any, TypedDict, Unpack
 
@@ -17,9 +18,16 @@ from approvals.views import AuditEventView
 _events = AuditEvent.__table__  # type: ignore[attr-defined]
 
 
+# How many `since` moments `AuditHistory.bounded` remembers the first sequence number of.
+KNOWN_STARTS = 256
+
+
 class AuditHistory:
     def __init__(self, db: Database) -> None:
         self.db = db
+        # since -> the smallest sequence number of an event at or after it, when it was read. It stays a
+        # valid lower bound: an event appended later takes a larger number than every event there is.
+        self._starts: OrderedDict[datetime, int] = OrderedDict()
 
     async def events(self, *, request_id: str | None = None, limit: int = 200) -> list[AuditEventView]:
         query = select(_events)
@@ -72,6 +80,12 @@ class AuditHistory:
         since, until = filters.get("since"), filters.get("until")
         if since is None and until is None:
             return filters
+        known = self._starts.get(since) if since is not None and until is None else None
+        if since is not None and known is not None:
+            # "Since" alone is bounded below only, and that bound never moves up: remembered, not read again
+            # (a week back it is a scan of ~250,000 index entries at a million events, ~30 ms of CPU).
+            self._starts.move_to_end(since)
+            return {**filters, "seq_from": known}
         in_range = select(_events.c.seq)
         if since is not None:
             in_range = in_range.where(_events.c.at >= since)
@@ -85,6 +99,11 @@ class AuditHistory:
             low, high = (await conn.execute(query)).one()
         if low is None:
             return None
+        if until is None and since is not None:
+            self._starts[since] = int(low)
+            if len(self._starts) > KNOWN_STARTS:
+                self._starts.popitem(last=False)
+            return {**filters, "seq_from": int(low)}
         return {**filters, "seq_from": int(low), "seq_to": int(high)}
 
     async def count_events(self, *, cap: int | None = None, **filters: Unpack[EventFilters]) -> int:
@@ -100,7 +119,8 @@ class AuditHistory:
     async def _counted(self, conn: AsyncConnection, filters: EventFilters) -> list[Any]:
         phrase = self._phrase(filters)
         if phrase is not None and not any(filters.get(name) for name in audit_text.ROW_FILTERS):
-            # Text alone (and sequence bounds): the index counts its matches without reading an event.
+            # Text, equality filters and sequence bounds: the index and the filters' own indexes count the
+            # matches without reading an event.
             upto = int((await conn.execute(audit_text.read_upto)).scalar_one())
             indexed, _ = _indexed(select(audit_text.rowid).select_from(audit_text.index), phrase, filters, upto)
             return [indexed, _unindexed(select(_events.c.seq), filters, upto)]
@@ -139,9 +159,18 @@ class AuditHistory:
 
 
 def _indexed(query: Any, phrase: str, filters: EventFilters, upto: int) -> tuple[Any, Any]:
-    """`query` (over the trigram index) narrowed to `phrase` and the other filters, sequence bounds on the rowid."""
-    others = event_conditions({**filters, "text": None}, seq=audit_text.rowid)
-    return query.where(audit_text.matches(phrase), audit_text.rowid <= upto, *others), audit_text.rowid
+    """`query` (over the trigram index) narrowed to `phrase` and the other filters, sequence bounds on the rowid.
+
+    Equality filters are looked up in their own indexes by the match's rowid (`audit_text.probes`); the
+    rest (time, kinds) are read from the event's row.
+    """
+    probed = {name: str(filters.get(name)) for name in audit_text.PROBED if filters.get(name)}
+    rest: EventFilters = {**filters, "text": None}
+    for name in probed:
+        rest[name] = None  # type: ignore[literal-required]
+    others = event_conditions(rest, seq=audit_text.rowid)
+    probes = audit_text.probes(probed)
+    return query.where(audit_text.matches(phrase), audit_text.rowid <= upto, *probes, *others), audit_text.rowid
 
 
 def _unindexed(query: Any, filters: EventFilters, upto: int) -> Any:

@@ -21,6 +21,7 @@ Without --database-url it uses a SQLite file in a temporary directory; with one,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import html
 import itertools
 import os
@@ -37,6 +38,7 @@ from typing import Any
 import anyio
 import httpx2
 from argon2 import PasswordHasher
+from sqlalchemy import func, select
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -45,6 +47,7 @@ if str(REPO) not in sys.path:
 from bench_audit import BENCH_KEY, RARE_ORDER, traffic  # type: ignore[import-not-found]  # noqa: E402
 from bench_gateway import (  # type: ignore[import-not-found]  # noqa: E402
     Proc,
+    _plain_pg,
     create_pg_database,
     drop_pg_database,
     free_port,
@@ -113,6 +116,15 @@ async def fill(db: Database, total: int, seed: int) -> datetime:
         indexed = await AuditTextIndexer(db, batch=CHUNK).catch_up()
         log(f"indexed {indexed:,} events for search in {time.perf_counter() - started:.0f}s")
     return end
+
+
+async def filled(db: Database) -> datetime | None:
+    """The newest event's time in a database filled by an earlier run (`--reuse`); None when it is empty."""
+    async with db.read() as conn:
+        newest = (await conn.execute(select(func.max(_table.c.at)))).scalar_one()
+    if newest is None:
+        return None
+    return newest if newest.tzinfo else newest.replace(tzinfo=UTC)
 
 
 # ---- the gateway
@@ -191,20 +203,62 @@ async def timed_get(client: httpx2.AsyncClient, path: str, params: dict[str, str
 Cases = Sequence[tuple[str, dict[str, str]]]
 
 
-async def pages(client: httpx2.AsyncClient, path: str, cases: Cases, rounds: int) -> None:
+def cpu_ms(pid: int) -> float:
+    """A process's CPU time so far (user + system, all its threads), in ms."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+class ServerCpu:
+    """The CPU time of the PostgreSQL backends serving one database (the server runs on this machine)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.admin: Any = None
+
+    async def __call__(self) -> float:
+        import asyncpg  # type: ignore[import-untyped]
+
+        if self.admin is None:
+            plain = _plain_pg(self.url)
+            self.admin = await asyncpg.connect(plain.render_as_string(hide_password=False), timeout=10)
+        rows = await self.admin.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        total = 0.0
+        for row in rows:
+            with contextlib.suppress(FileNotFoundError):  # a backend that has just gone
+                total += cpu_ms(row["pid"])
+        return total
+
+    async def close(self) -> None:
+        if self.admin is not None:
+            await self.admin.close()
+
+
+async def pages(
+    client: httpx2.AsyncClient, gateway: Proc, path: str, cases: Cases, rounds: int, server: ServerCpu | None
+) -> None:
     t0 = time.perf_counter()
     cold = await timed_get(client, path, {})
     cold_note = " (cold: the filter menus are read)" if path == "/audit" else ""
     print(f"\n{path}: first load{cold_note} {cold:.1f} ms")
     times: dict[str, list[float]] = {label: [] for label, _ in cases}
+    cpu = {label: 0.0 for label, _ in cases}
+    db_cpu = {label: 0.0 for label, _ in cases}
     for _ in range(rounds):
         for label, params in cases:
+            c0, s0 = cpu_ms(gateway.pid), (await server() if server else 0.0)
             times[label].append(await timed_get(client, path, params))
+            cpu[label] += (cpu_ms(gateway.pid) - c0) / rounds
+            db_cpu[label] += ((await server() if server else 0.0) - s0) / rounds
     width = max(len(label) for label, _ in cases)
-    print(f"{'filter'.ljust(width)}  {'p50 ms':>8}  {'p95 ms':>8}  {'max ms':>8}")
+    server_head = f"  {'PG CPU ms':>9}" if server else ""
+    print(f"{'filter'.ljust(width)}  {'p50 ms':>8}  {'p95 ms':>8}  {'max ms':>8}  {'gw CPU ms':>9}{server_head}")
     for label, values in times.items():
         p50, p95 = percentile(values, 50), percentile(values, 95)
-        print(f"{label.ljust(width)}  {p50:8.1f}  {p95:8.1f}  {max(values):8.1f}")
+        server_cell = f"  {db_cpu[label]:9.1f}" if server else ""
+        print(f"{label.ljust(width)}  {p50:8.1f}  {p95:8.1f}  {max(values):8.1f}  {cpu[label]:9.1f}{server_cell}")
     report(times, width)
     print(f"({rounds} rounds of {len(cases)} filters in {time.perf_counter() - t0:.1f}s)")
 
@@ -236,8 +290,11 @@ async def in_process(url: str, cases: Cases, rounds: int) -> None:
                 c0, t0 = time.process_time(), time.perf_counter()
                 filters = await history.bounded(query.filters())
                 if filters is not None:
-                    await history.search_events(**filters, before_seq=before, after_seq=after, limit=PAGE_SIZE + 1)
-                    await history.count_events(**filters, cap=(TEXT_COUNT_CAP if query.q else COUNT_CAP) + 1)
+                    page = await history.search_events(
+                        **filters, before_seq=before, after_seq=after, limit=PAGE_SIZE + 1
+                    )
+                    if before is not None or after is not None or len(page) > PAGE_SIZE:  # as the page counts
+                        await history.count_events(**filters, cap=(TEXT_COUNT_CAP if query.q else COUNT_CAP) + 1)
                 times[label].append((time.perf_counter() - t0) * 1000)
                 cpu[label] += (time.process_time() - c0) * 1000 / rounds
     finally:
@@ -286,7 +343,9 @@ async def main_async(args: argparse.Namespace) -> None:
     pg_name: str | None = None
     with tempfile.TemporaryDirectory(prefix="cs-bench-audit-page-") as tmp:
         workdir = Path(tmp)
-        if args.database_url:
+        if args.reuse:
+            url = args.reuse
+        elif args.database_url:
             pg_name, url = await create_pg_database(args.database_url)
         else:
             url = f"sqlite:///{workdir / 'countersign.db'}"
@@ -294,10 +353,19 @@ async def main_async(args: argparse.Namespace) -> None:
             db = Database(url, audit_key=BENCH_KEY)
             try:
                 await db.create_schema()
-                log(f"database: {'SQLite file' if db.is_sqlite else 'PostgreSQL'}; filling {args.events:,} events")
-                newest = await fill(db, args.events, args.seed)
+                newest = await filled(db) if args.reuse else None
+                if newest is None:
+                    log(f"database: {'SQLite file' if db.is_sqlite else 'PostgreSQL'}; filling {args.events:,} events")
+                    newest = await fill(db, args.events, args.seed)
+                else:
+                    log("database: reusing its events")
             finally:
                 await db.dispose()
+            cases = filters(newest, args.events)
+            if not args.http:
+                await in_process(url, cases, args.rounds)
+                print(f"(load average {' '.join(f'{x:.1f}' for x in os.getloadavg())})")
+                return
             port = free_port()
             argv = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config(workdir, port, url))]
             gateway = start_process("gateway", argv, workdir, procs)
@@ -308,10 +376,15 @@ async def main_async(args: argparse.Namespace) -> None:
                 backend = "SQLite" if url.startswith("sqlite") else "PostgreSQL"
                 rss = gateway.rss_kib() / 1024
                 print(f"\naudit page with {args.events:,} events ({backend}), gateway RSS {rss:.0f} MiB")
-                cases = filters(newest, args.events)
-                await pages(client, "/audit", cases, args.rounds)
-                activity = [(label, p) for label, p in cases if "before" not in p]
-                await pages(client, "/audit/activity", activity, args.rounds)
+                server = None if url.startswith("sqlite") else ServerCpu(url)
+                try:
+                    await pages(client, gateway, "/audit", cases, args.rounds, server)
+                    if args.activity:
+                        activity = [(label, p) for label, p in cases if "before" not in p]
+                        await pages(client, gateway, "/audit/activity", activity, args.rounds, server)
+                finally:
+                    if server is not None:
+                        await server.close()
                 await in_process(url, cases, args.rounds)
                 print(f"(load average {' '.join(f'{x:.1f}' for x in os.getloadavg())})")
                 if not args.exports:
@@ -335,6 +408,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20, help="page loads per filter (20)")
     parser.add_argument("--database-url", help="a PostgreSQL server to create a fresh database on (default: SQLite)")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--reuse",
+        metavar="URL",
+        help="a database URL (sqlite:///file or postgresql://…/name) filled by an earlier run, kept afterwards;"
+        " filled first when empty. Lets two checkouts be measured on the same events",
+    )
+    parser.add_argument("--no-activity", dest="activity", action="store_false", help="skip /audit/activity")
+    parser.add_argument("--no-http", dest="http", action="store_false", help="the in-process queries only")
     parser.add_argument("--no-exports", dest="exports", action="store_false", help="pages only")
     anyio.run(main_async, parser.parse_args())
 

@@ -229,3 +229,73 @@ async def test_two_processes_on_one_file_index_each_event_once(sqlite_url: str) 
     finally:
         await first.dispose()
         await second.dispose()
+
+
+def filtered_events() -> list[Event]:
+    """Events that vary in every field the page filters by, two of three mentioning the searched word."""
+    made = []
+    for n in range(90):
+        made.append(
+            Event(
+                kind="request.approved" if n % 3 == 0 else "call.allowed",
+                outcome=("approved", "allowed", "denied")[n % 3],
+                message=("cancel order", "Cancelled", "forwarded")[n % 5 % 3],
+                agent=("alpha", "bravo")[n % 2],
+                tool=("ibkr_cancel_order", "ibkr_get_positions", None)[n % 7 % 3],
+                actor="bob" if n % 3 == 0 and n % 4 == 0 else None,
+                request_id=f"apr_{n % 6}",
+                arguments=json.dumps({"n": n, "note": "CANCEL" if n % 11 == 0 else "keep"}),
+            )
+        )
+    return made
+
+
+async def test_a_search_with_equality_filters_finds_exactly_the_events_that_meet_them_all(database_url: str) -> None:
+    """A word with any of tool, agent, outcome, approver, request (looked up in their own indexes on SQLite)."""
+    db = Database(database_url)
+    await db.create_schema()
+    service = ApprovalService(db, ApproverDirectory([]))
+    recorded = filtered_events()
+    combinations: list[dict[str, str]] = [
+        {"outcome": "approved"},
+        {"outcome": "denied", "agent": "bravo"},
+        {"tool": "ibkr_cancel_order"},
+        {"actor": "bob"},
+        {"request_id": "apr_3", "outcome": "approved"},
+        {"tool": "ibkr_get_positions", "agent": "alpha", "outcome": "allowed"},
+        {"outcome": "no such outcome"},
+    ]
+    try:
+        for event in recorded:
+            await service.record(event)
+        for indexed in (False, True):
+            if indexed:
+                await AuditTextIndexer(db).catch_up()
+            for search in ("cancel", "CANCEL", "led"):
+                for given in combinations:
+                    expected = [
+                        seq
+                        for seq, event in enumerate(recorded, start=1)
+                        if matches(search, event) and all(getattr(event, k) == v for k, v in given.items())
+                    ]
+                    label = f"{search} {given} indexed={indexed}"
+                    found = await service.history.search_events(text=search, limit=200, **given)  # type: ignore[arg-type]
+                    assert [e.seq for e in found] == sorted(expected, reverse=True), label
+                    assert await service.history.count_events(text=search, **given) == len(expected), label  # type: ignore[arg-type]
+                    # Paged by sequence number, pages neither overlap nor skip.
+                    paged: list[int] = []
+                    before: int | None = None
+                    while page := await service.history.search_events(
+                        text=search,
+                        before_seq=before,
+                        limit=4,
+                        **given,  # type: ignore[arg-type]
+                    ):
+                        paged += [e.seq for e in page]
+                        before = page[-1].seq
+                    assert paged == sorted(expected, reverse=True), label
+                    inside = [seq for seq in expected if 20 <= seq <= 60]
+                    bounded = await service.history.count_events(text=search, seq_from=20, seq_to=60, **given)  # type: ignore[arg-type]
+                    assert bounded == len(inside), label
+    finally:
+        await db.dispose()

@@ -242,3 +242,29 @@ async def test_a_text_search_finds_events_as_soon_as_they_are_recorded_and_after
         assert len(found(searched.text)) == 4 and "4 matching events" in searched.text
         alpha = await web.get("/audit", params={"q": "signal af", "agent": "alpha"})
         assert len(found(alpha.text)) == 1
+
+
+async def test_the_count_beside_a_page_is_exact_on_every_page_of_a_filter(tmp_path: Path, sqlite_url: str) -> None:
+    """A first page that holds every match is its own count; later pages count the filter as a whole."""
+    async with running_gateway(tmp_path, sqlite_url, config=web_config()) as h, browser_client(h.base_url) as web:
+        await sign_in(web, "alice")
+        events = [
+            Event(kind="call.allowed", outcome="allowed", message=f"order {n}", agent="many" if n % 2 else "few")
+            for n in range(130)
+        ]
+        await h.gateway.db.append_events([(e, datetime.now(UTC)) for e in events])
+        few = await web.get("/audit", params={"agent": "few", "q": "order 1"})
+        expected = [n for n in range(130) if n % 2 == 0 and "order 1" in f"order {n}"]
+        assert len(re.findall(r'<tr id="event-(\d+)">', few.text)) == len(expected) < 50
+        assert f'id="result-count">{len(expected)} matching events</p>' in few.text
+        seen: list[str] = []
+        page = await web.get("/audit", params={"agent": "many"})
+        while True:
+            assert 'id="result-count">65 matching events</p>' in page.text
+            seen += re.findall(r'<tr id="event-(\d+)">', page.text)
+            older = re.search(r'href="(/audit\?[^"]+)" rel="next"', page.text)
+            if older is None:
+                break
+            page = await web.get(older.group(1).replace("&amp;", "&"))
+        newest = int(seen[0])
+        assert seen == [str(seq) for seq in range(newest, newest - 130, -2)], "newest first, none twice or skipped"

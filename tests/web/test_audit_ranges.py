@@ -96,3 +96,34 @@ async def test_a_time_ranged_export_streams_every_event_newest_first_across_batc
 
 def csv_header(text: str) -> list[str]:
     return next(csv.reader(io.StringIO(text)))
+
+
+async def test_a_range_open_at_the_end_keeps_finding_events_recorded_after_it_was_first_read(
+    database_url: str,
+) -> None:
+    db = Database(database_url)
+    await db.create_schema()
+    now = T0
+    service = ApprovalService(db, ApproverDirectory([]), clock=lambda: now)
+    try:
+        for n, m in enumerate([0, 10, 20, 30], start=1):
+            now = T0 + timedelta(minutes=m)
+            await service.record(Event(kind="call.allowed", outcome="allowed", message=f"event {n}", tool="t"))
+        since = {"since": T0 + timedelta(minutes=10)}
+        first = await service.history.bounded(since)
+        assert first is not None and first["seq_from"] == 2
+        assert [e.seq for e in await service.history.search_events(**first, limit=50)] == [4, 3, 2]
+        # Later: one event in the range, one "in the past" from a replica with a slow clock.
+        for n, m in ((5, 40), (6, 5)):
+            now = T0 + timedelta(minutes=m)
+            await service.record(Event(kind="call.allowed", outcome="allowed", message=f"event {n}", tool="t"))
+        again = await service.history.bounded(since)
+        assert again is not None
+        assert [e.seq for e in await service.history.search_events(**again, limit=50)] == [5, 4, 3, 2]
+        assert await service.history.count_events(**again) == 4
+        assert [e.seq for e in await service.history.search_events(**again, before_seq=4, limit=1)] == [3]
+        ranged = await service.history.bounded({**since, "until": T0 + timedelta(minutes=35)})
+        assert ranged is not None
+        assert [e.seq for e in await service.history.search_events(**ranged, limit=50)] == [4, 3, 2]
+    finally:
+        await db.dispose()
