@@ -795,7 +795,8 @@ def approvals_in_flight(run: HeldRun, ok: list[HeldCall]) -> list[str]:
     # with all of them held, in proportion to how many still wait. What is left is the decisions' own CPU.
     began = start if math.isnan(run.drain_started) else run.drain_started
     waiting_seconds = sum(c.approve_sent - began for c in run.calls if not math.isnan(c.approve_sent))
-    waiting_cpu_ms = run.idle_cpu_fraction * waiting_seconds * 1000 / held
+    # idle_cpu_fraction is the cost of `held` calls waiting: per call and second, idle_cpu_fraction / held.
+    waiting_cpu_ms = run.idle_cpu_fraction / held * waiting_seconds * 1000 / held
     return [
         f"  gateway CPU per approved call net of the calls still held meanwhile: "
         f"{run.approve_cpu_per_call_ms - waiting_cpu_ms:.2f} ms ({waiting_cpu_ms:.2f} ms of the "
