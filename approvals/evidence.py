@@ -25,7 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from approvals import audit
-from approvals.audit import CHAIN_KEY, ChainReport, as_utc
+from approvals.audit import CHAIN_KEY, ChainReport, as_utc, canonical_json
 from approvals.models import ApprovalRequest, AuditEvent, Decision
 from approvals.states import Status
 from approvals.views import RequestView
@@ -69,29 +69,36 @@ def _short(digest: str | None) -> str:
 # ---- before an approved call runs
 
 
-async def not_as_approved(conn: AsyncConnection, view: RequestView, forwarding_sha256: str) -> str | None:
+async def not_as_approved(
+    conn: AsyncConnection, view: RequestView, forwarding_sha256: str, *, approving: audit.Event | None = None
+) -> str | None:
     """Why `view` must not run, judged by the chain's record of its creation and approval; None when it may.
 
     `forwarding_sha256` is the digest of the arguments about to be forwarded. Runs inside the
     write transaction that starts the execution, so what is checked is what is started.
+    `approving`: the approval this same transaction is recording, to be appended with the start
+    (one insert for both): it is the latest approval, and it is judged as it will be written.
     """
     key: bytes | None = conn.info.get(CHAIN_KEY)
     kinds = ("request.created", "request.approved", "request.start_abandoned")
     query = select(_events).where(_events.c.request_id == view.id, _events.c.kind.in_(kinds)).order_by(_events.c.seq)
     rows = (await conn.execute(query)).mappings().all()
     created = next((r for r in rows if r["kind"] == "request.created"), None)
-    approvals = [r for r in rows if r["kind"] == "request.approved"]
+    approvals: list[Mapping[Any, Any]] = [r for r in rows if r["kind"] == "request.approved"]
+    if approving is not None:
+        approvals.append(_unwritten(approving))
     if created is None:
         return "the audit log holds no record of this request being created"
     if not approvals:
         return "the audit log holds no approval of this request"
     approved = approvals[-1]
-    for row in (created, approved):
+    # The approval being recorded needs no hash check: this transaction is writing it.
+    for row in (created, approved) if approving is None else (created,):
         if not await _trustworthy(conn, row, key):
             return f"audit event #{row['seq']} ({row['kind']}) does not match its hash: it was altered"
     recorded = sha256(created["arguments"] or "")
     approved_detail = json.loads(approved["detail"])
-    source = created
+    source: Mapping[Any, Any] = created
     if approved["arguments"] is not None:
         # Approved with changes: what may run is what the approval recorded, if the changes were allowed.
         problem = _edit_problem(created, approved, approved_detail, recorded)
@@ -102,7 +109,7 @@ async def not_as_approved(conn: AsyncConnection, view: RequestView, forwarding_s
         ("the arguments about to be forwarded", forwarding_sha256),
         ("the stored arguments", sha256(view.arguments_json)),
         ("the stored arguments_sha256", view.arguments_sha256),
-        (f"the arguments approved in event #{approved['seq']}", approved_detail.get("arguments_sha256", recorded)),
+        (f"the arguments approved in {_named(approved)}", approved_detail.get("arguments_sha256", recorded)),
     ]
     for what, digest in claims:
         if digest != recorded:
@@ -119,18 +126,28 @@ async def not_as_approved(conn: AsyncConnection, view: RequestView, forwarding_s
                 f"#{row['seq']} ({_short(detail['policy_version'])})"
             )
     # The newest window recorded (an abandoned start opens a fresh one); the stored one may not be later.
-    windows = [json.loads(r["detail"]).get("pickup_until") for r in rows if r["seq"] >= approved["seq"]]
+    later = [approved] if approving is not None else [r for r in rows if r["seq"] >= approved["seq"]]
+    windows = [json.loads(r["detail"]).get("pickup_until") for r in later]
     recorded_until = [datetime.fromisoformat(w) for w in windows if w]
     if recorded_until and view.pickup_deadline is not None and view.pickup_deadline > max(recorded_until) + _SLACK:
         return f"its pick-up window was extended in the database past {max(recorded_until).isoformat()}"
     return None
 
 
+def _unwritten(event: audit.Event) -> dict[str, Any]:
+    """An event this transaction is about to append, as its row will read (it has no number yet)."""
+    return {"seq": None, "kind": event.kind, "arguments": event.arguments, "detail": canonical_json(dict(event.detail))}
+
+
+def _named(row: Mapping[Any, Any]) -> str:
+    return "the approval being recorded" if row["seq"] is None else f"event #{row['seq']}"
+
+
 def _edit_problem(
     created: Mapping[Any, Any], approved: Mapping[Any, Any], detail: Mapping[str, Any], recorded: str
 ) -> str | None:
     """Why an approval with changes does not follow from the request as created; None when it does."""
-    where = f"event #{approved['seq']}"
+    where = _named(approved)
     if detail.get("original_arguments_sha256") != recorded:
         return f"the approval with changes ({where}) does not start from the arguments the request was created with"
     editable = json.loads(created["detail"]).get("editable") or []

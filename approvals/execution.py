@@ -136,9 +136,18 @@ class ExecutionCases(Transitions):
         raise ArgumentsChanged(f"request {request_id} was not executed: {problem}")
 
     async def _start(
-        self, conn: AsyncConnection, current: RequestView, owner: str, lease: float, now: datetime
+        self,
+        conn: AsyncConnection,
+        current: RequestView,
+        owner: str,
+        lease: float,
+        now: datetime,
+        *,
+        approval: audit.Event | None = None,
     ) -> RequestView | None:
-        """approved -> executing by `owner` and its audit event, once the evidence is checked; None if it lost."""
+        """approved -> executing by `owner` and its audit event, once the evidence is checked; None if it lost.
+
+        `approval`: the approval event of this same transaction, appended just before the start's, in one insert."""
         moved = await self._cas(
             conn,
             current,
@@ -152,13 +161,25 @@ class ExecutionCases(Transitions):
             return None
         text = f"forwarding {current.upstream_tool} to upstream {current.upstream}"
         detail = {**bound_to(moved), **({"by": owner} if owner else {})}
-        await audit.append(conn, request_event(moved, "request.executing", "executing", text, detail=detail), now)
+        executing = request_event(moved, "request.executing", "executing", text, detail=detail)
+        await audit.append_many(conn, [*(() if approval is None else [(approval, now)]), (executing, now)])
         return moved
 
-    async def _start_with_decision(self, conn: AsyncConnection, approved: RequestView, now: datetime) -> None:
-        """Inside the transaction that approved it: start the request for a waiter of this process that can
-        forward it now. Otherwise (nobody here, the evidence disagrees, it cannot start now) it stays
-        approved, and `begin_execution` decides later, as for a decision made elsewhere."""
+    async def _start_with_decision(
+        self, conn: AsyncConnection, approved: RequestView, now: datetime, approval: audit.Event
+    ) -> None:
+        """Inside the transaction that approved it: append `approval` (the approval's audit event) and start
+        the request for a waiter of this process that can forward it now, both events in one insert. Otherwise
+        (nobody here, the evidence disagrees, it cannot start now) it stays approved, and `begin_execution`
+        decides later, as for a decision made elsewhere."""
+        if not await self._start_for_waiter(conn, approved, now, approval):
+            await audit.append(conn, approval, now)
+
+    async def _start_for_waiter(
+        self, conn: AsyncConnection, approved: RequestView, now: datetime, approval: audit.Event
+    ) -> bool:
+        """The start with its approval (see `_start_with_decision`); False when it was not started (nothing
+        appended)."""
         for starter in self.starts.of(approved.id):
             try:
                 start = starter.claim(approved)
@@ -171,18 +192,20 @@ class ExecutionCases(Transitions):
             started = None
             try:
                 try:
-                    problem = approved.damage or await not_as_approved(conn, approved, start.arguments_sha256)
+                    sha = start.arguments_sha256
+                    problem = approved.damage or await not_as_approved(conn, approved, sha, approving=approval)
                 except SQLAlchemyError:
                     raise
                 except Exception:  # an unreadable chain: the approval stands, and begin_execution says so
                     log.exception("could not check the evidence of %s with its approval", approved.id)
-                    return
+                    return False
                 if problem:
-                    return  # begin_execution records why it never runs
-                started = await self._start(conn, approved, start.owner, start.lease, now)
+                    return False  # begin_execution records why it never runs
+                started = await self._start(conn, approved, start.owner, start.lease, now, approval=approval)
             finally:
                 starter.started(started)
-            return
+            return started is not None
+        return False
 
     async def renew_lease(self, request_id: str, owner: str, lease: float) -> bool:
         """Keep this process's hold on an execution; False when it has lost it (the request moved on)."""

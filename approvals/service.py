@@ -265,10 +265,13 @@ class ApprovalService(ExecutionCases, EscalationCases, RequestReads):
                     raise _Lost()
                 text = f"{new.value} by {by}" + (f" with changes ({describe_edits(moved.edits)})" if edited else "")
                 text += f": {reason}" if reason else ""
-                await audit.append(conn, decision_event(moved, approver, channel, new.value, reason, text), now)
+                event = decision_event(moved, approver, channel, new.value, reason, text)
+                if grant is None and new is Status.APPROVED:
+                    # Appended with the start, when a waiter here starts it with its approval (one insert).
+                    await self._start_with_decision(conn, moved, now, event)
+                    return DecisionOutcome(moved, len(approvals), current.quorum, text)
+                await audit.append(conn, event, now)
                 if grant is None or new is not Status.APPROVED:
-                    if new is Status.APPROVED:
-                        await self._start_with_decision(conn, moved, now)
                     return DecisionOutcome(moved, len(approvals), current.quorum, text)
                 made, terms = await make_grant(conn, current, approver, channel, grant, now)
                 note = terms.note(current.grant_offer) if current.grant_offer else ""

@@ -10,7 +10,9 @@ Here the writer that finds no transaction in flight opens one at once, so a lone
 nothing. Writers that arrive meanwhile queue; when the first writer's block is done, each queued
 writer runs its block in the same transaction, in turn, inside a savepoint of its own, and one
 commit ends them all. A block that fails (a compare-and-set lost, a unique key taken) rolls back
-its own savepoint and raises to its own caller only; the others still commit. Every writer's
+its own savepoint and raises to its own caller only; the others still commit. The first writer's
+block needs no savepoint (two statements fewer per transaction): nothing precedes it, so when it
+fails the whole transaction is rolled back, and the writers queued meanwhile open the next. Every writer's
 block returns (or raises) only once the group's transaction has ended, so what a writer reads
 next shows what it lost to; when that commit fails every writer in the group gets the error:
 nothing is acknowledged that is not durable.
@@ -77,6 +79,11 @@ class WriteGroups:
         # How many transactions carried how many blocks (size -> transactions).
         self.sizes: Counter[int] = Counter()
 
+    @property
+    def queued(self) -> int:
+        """Writers waiting for their turn (in the group under way or the next)."""
+        return len(self._queue)
+
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """A write transaction (shared with the writers queued beside this one); exits once it has committed."""
@@ -115,16 +122,13 @@ class WriteGroups:
     @asynccontextmanager
     async def _lead(self, me: _Writer) -> AsyncIterator[AsyncConnection]:
         group = [me]
-        own: Exception | None = None
         try:
             async with self._open_write() as conn:
                 conn.info.pop(_BEFORE_COMMIT, None)
-                try:
-                    async with conn.begin_nested():
-                        yield conn
-                except Exception as exc:  # its own block failed and was rolled back to its savepoint
-                    own = exc
-                    forget_head(conn)
+                # The leader's block is the transaction's first, so it needs no savepoint: when it fails, the
+                # transaction is rolled back whole (nothing else is in it yet) and raises to the leader alone,
+                # and the writers that queued meanwhile go on in the next group.
+                yield conn
                 # The others go in turn, then one commit for all.
                 while self._queue and len(group) < self.max_group:
                     writer = self._queue.popleft()
@@ -144,8 +148,6 @@ class WriteGroups:
             for writer in group[1:]:
                 writer.committed.set()
             self._hand_on()
-        if own is not None:
-            raise own
 
     def _hand_on(self) -> None:
         """The group has ended: the first writer still queued opens the next one, or nobody is writing."""

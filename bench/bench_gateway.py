@@ -46,6 +46,8 @@ HELD_TOOL = "ibkr_cancel_order"
 # The approver API lists at most 1,000 requests per page: the bench counts pending calls by the API's per-agent
 # counts and approves them a page at a time (each listing returns the next requests still pending).
 API_PAGE = 1000
+# An approve request that got no answer at all is sent again, at most this many times in all.
+APPROVE_ATTEMPTS = 3
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -430,6 +432,7 @@ class HeldCall:
     approve_done: float = math.nan
     approve_status: int = 0
     approve_error: str = ""
+    approve_retries: int = 0
 
 
 @dataclass
@@ -453,6 +456,7 @@ class HeldRun:
     park_cpu_per_call_ms: float
     # The bench process's own CPU time over the approvals (its clients: approver API, agents' streams).
     bench_approve_cpu_per_call_ms: float = math.nan
+    drain_started: float = math.nan  # perf_counter() when the approvals began (the listing of pending ones first)
 
 
 def listen_overflows() -> int:
@@ -616,13 +620,22 @@ async def held_calls(
             async with limiter:
                 call.approve_sent = time.perf_counter()
                 try:
-                    response = await api.post(f"/api/approvals/{call.approval_id}/approve", json={})
+                    for attempt in range(APPROVE_ATTEMPTS):
+                        try:
+                            response = await api.post(f"/api/approvals/{call.approval_id}/approve", json={})
+                        except httpx2.TransportError as exc:
+                            # No answer at all (a pooled connection the server had just closed): ask again, or the
+                            # agent waits for a decision that never comes. Recorded and reported either way; a 409
+                            # on the next attempt means the first one was recorded.
+                            call.approve_error = f"{type(exc).__name__}: {exc}"
+                            call.approve_retries = attempt + 1
+                            continue
+                        call.approve_status = response.status_code
+                        return
                 except httpx2.HTTPError as exc:  # recorded and reported; the call may still have been approved
                     call.approve_error = f"{type(exc).__name__}: {exc}"
-                    return
                 finally:
                     call.approve_done = time.perf_counter()
-                call.approve_status = response.status_code
 
         async with anyio.create_task_group() as tg:
             log(f"holding {held} {HELD_TOOL} calls over {sessions} {mode} sessions, {opening} being opened at a time")
@@ -731,6 +744,7 @@ async def held_calls(
         approve_cpu_per_call_ms=approve_cpu * 1000 / held,
         park_cpu_per_call_ms=park_cpu * 1000 / held,
         bench_approve_cpu_per_call_ms=bench_cpu * 1000 / held,
+        drain_started=drain_start,
     )
 
 
@@ -777,7 +791,16 @@ def approvals_in_flight(run: HeldRun, ok: list[HeldCall]) -> list[str]:
     span = max(c.returned for c in ok) - start
     in_system = sum(c.returned - c.approve_sent for c in ok) / span
     answered_waiting = sum(c.returned - c.approve_done for c in ok) / span
+    # The calls not yet approved keep costing what they cost while held (notices, keep-alives): at the rate measured
+    # with all of them held, in proportion to how many still wait. What is left is the decisions' own CPU.
+    began = start if math.isnan(run.drain_started) else run.drain_started
+    waiting_seconds = sum(c.approve_sent - began for c in run.calls if not math.isnan(c.approve_sent))
+    # idle_cpu_fraction is the cost of `held` calls waiting: per call and second, idle_cpu_fraction / held.
+    waiting_cpu_ms = run.idle_cpu_fraction / held * waiting_seconds * 1000 / held
     return [
+        f"  gateway CPU per approved call net of the calls still held meanwhile: "
+        f"{run.approve_cpu_per_call_ms - waiting_cpu_ms:.2f} ms ({waiting_cpu_ms:.2f} ms of the "
+        f"{run.approve_cpu_per_call_ms:.2f} ms is their waiting, at the held-idle rate)",
         f"  CPU over the approvals: gateway {gateway_share:.0%} of one core, bench process "
         f"{run.bench_approve_cpu_per_call_ms:.2f} ms per approved call ({bench_share:.0%} of one core)",
         f"  approved calls in flight on average: {in_system:.1f} from approve sent to result, "
@@ -824,9 +847,15 @@ def report_held(run: HeldRun) -> list[str]:
         example = next(c for c in failed if c.detail.startswith(kind.rstrip("]")))
         lines.append(f"    {count:5d} x {kind}  e.g. order {example.order_id}: {short(example.detail, 200)}")
     statuses = Counter(c.approve_status for c in run.calls)
+    retried = [c for c in run.calls if c.approve_retries]
+    if retried:
+        lines.append(
+            f"  {len(retried)} approve request(s) got no answer and were sent again "
+            f"(first: {retried[0].approve_error}); a 409 below is such a retry finding it decided"
+        )
     if set(statuses) != {200}:
         lines.append(f"  approve HTTP statuses seen (0 = no response): {dict(sorted(statuses.items()))}")
-    approve_errors = [c for c in run.calls if c.approve_error]
+    approve_errors = [c for c in run.calls if c.approve_error and not c.approve_status]
     if approve_errors:
         lines.append(f"  {len(approve_errors)} approve request(s) failed, first: {approve_errors[0].approve_error}")
     return lines

@@ -8,12 +8,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 
 from approvals.approvers import Approver, ApproverDirectory
 from approvals.audit import canonical_json
 from approvals.db import Database
-from approvals.errors import AlreadyDecided
+from approvals.errors import AlreadyDecided, ArgumentsChanged
 from approvals.execution import Start
+from approvals.models import AuditEvent
 from approvals.service import ApprovalService
 from approvals.states import Status
 from approvals.views import RequestView
@@ -117,6 +119,62 @@ async def test_arguments_that_differ_from_the_approved_ones_are_not_started_by_t
     # Claimed, not started: the request stays approved and the start that follows says why it never runs.
     assert waiter.heard == [None]
     assert (await service.get(request.id)).status == Status.APPROVED
+
+
+async def test_an_approval_with_changes_starts_the_changed_call_and_the_chain_holds_both_events(
+    service: ApprovalService,
+) -> None:
+    changed = {"orderId": 1002, "confirm": True}
+    request = await service.create(held_cancel(arguments=CANCEL, editable=("orderId",)))
+    waiter = Waiter(forwarding=sha256_of(changed))
+    service.starts.add(request.id, waiter)
+
+    await service.approve(request.id, ALICE, "api", edits={"orderId": 1002})
+
+    # Judged against the approval being recorded (not yet in the chain when the start was decided), it starts.
+    [started] = waiter.heard
+    assert started is not None and started.arguments == changed
+    events = await service.history.events(request_id=request.id)
+    assert [e.kind for e in events] == ["request.created", "request.approved", "request.executing"]
+    assert [e.seq for e in events[1:]] == [events[1].seq, events[1].seq + 1], "appended together, in order"
+    report = await service.history.verify()
+    assert report.ok, report.describe()
+
+
+async def test_changes_the_approval_may_not_make_are_never_started_by_it(service: ApprovalService) -> None:
+    request = await service.create(held_cancel(arguments=CANCEL, editable=("orderId",)))
+    waiter = Waiter(forwarding=sha256_of(CANCEL))  # the call as asked, not as approved
+    service.starts.add(request.id, waiter)
+
+    await service.approve(request.id, ALICE, "api", edits={"orderId": 1002})
+
+    assert waiter.heard == [None]
+    assert (await service.get(request.id)).status == Status.APPROVED
+    assert await kinds(service, request.id) == ["request.created", "request.approved"]
+
+
+async def test_a_creation_altered_in_the_database_keeps_the_approval_from_starting_the_call(
+    service: ApprovalService,
+) -> None:
+    request = await service.create(held_cancel(arguments=CANCEL))
+    async with service.db.write() as conn:
+        await conn.execute(
+            update(AuditEvent.__table__)  # type: ignore[attr-defined]
+            .where(AuditEvent.request_id == request.id, AuditEvent.kind == "request.created")
+            .values(message="held for approval: something else")
+        )
+    waiter = Waiter()
+    service.starts.add(request.id, waiter)
+
+    await service.approve(request.id, ALICE, "api")
+
+    # The approval is recorded; the start is not, and begin_execution ends it failed, never forwarded.
+    assert waiter.heard == [None]
+    assert (await service.get(request.id)).status == Status.APPROVED
+    assert await kinds(service, request.id) == ["request.created", "request.approved"]
+    with pytest.raises(ArgumentsChanged):
+        await service.begin_execution(request.id, sha256_of(CANCEL))
+    assert (await service.get(request.id)).status == Status.FAILED
 
 
 async def test_the_first_of_two_approvals_starts_nothing(service: ApprovalService) -> None:

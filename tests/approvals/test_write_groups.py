@@ -6,20 +6,23 @@ from dataclasses import replace
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import pytest
-from sqlalchemy import select
+from anyio.abc import TaskGroup
+from sqlalchemy import select, update
 
 from approvals import audit
 from approvals.audit import Event
 from approvals.db import Database
 from approvals.errors import AlreadyDecided
-from approvals.models import AuditEvent
+from approvals.models import ApprovalRequest, AuditEvent
 from approvals.states import Status
 from approvals.write_groups import WriteGroups
 from tests.approvals.test_races import APPROVERS, START, replicas
 from tests.factories import held_cancel
 
 _events = AuditEvent.__table__  # type: ignore[attr-defined]
+_requests = ApprovalRequest.__table__  # type: ignore[attr-defined]
 
 
 async def test_decisions_made_together_share_transactions_and_a_decided_one_fails_alone(database_url: str) -> None:
@@ -89,6 +92,49 @@ async def test_blocks_that_fail_after_appending_leave_the_audit_chain_whole(data
         assert len(kept) == 8
         # A later write outside any group continues the same chain.
         await service.record(Event(kind="call.allowed", outcome="allowed", message="after the groups"))
+        report = await service.history.verify()
+        assert report.ok, report.describe()
+
+
+async def test_a_first_block_that_fails_is_rolled_back_whole_and_the_writers_queued_behind_it_commit(
+    database_url: str,
+) -> None:
+    """The group's first block runs without a savepoint: its failure ends its transaction, not the others' writes."""
+    async with replicas(database_url, 1, lambda: START) as (service,):
+        db = service.db
+        request = await service.create(held_cancel())
+        outcomes: list[str] = []
+
+        class Refused(Exception):
+            pass
+
+        async def follower(n: int) -> None:
+            async with db.groups.write() as conn:
+                await audit.append(conn, Event(kind="test.grouped", outcome="ok", message=f"follower {n}"), START)
+            outcomes.append(f"follower {n}")
+
+        async def leader(tg: TaskGroup) -> None:
+            try:
+                async with db.groups.write() as conn:
+                    # A change to a request and an append, then the failure: none of it may stay.
+                    await conn.execute(update(_requests).where(_requests.c.id == request.id).values(agent="mallory"))
+                    await audit.append(conn, Event(kind="test.grouped", outcome="ok", message="leader"), START)
+                    for n in range(3):
+                        tg.start_soon(follower, n)
+                    while db.groups.queued < 3:
+                        await anyio.lowlevel.checkpoint()
+                    raise Refused()
+            except Refused:
+                outcomes.append("leader refused")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(leader, tg)
+
+        assert sorted(outcomes) == ["follower 0", "follower 1", "follower 2", "leader refused"]
+        assert (await service.get(request.id)).agent == request.agent
+        async with db.read() as conn:
+            rows = (await conn.execute(select(_events.c.message).where(_events.c.kind == "test.grouped"))).all()
+        assert sorted(r.message for r in rows) == ["follower 0", "follower 1", "follower 2"]
         report = await service.history.verify()
         assert report.ok, report.describe()
 
