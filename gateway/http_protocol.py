@@ -1,16 +1,16 @@
-"""uvicorn's HTTP protocol, with what a response writes in one turn of the event loop sent in one write.
+"""uvicorn's HTTP protocol, with a response's head and body sent in one write.
 
 uvicorn writes a response's head as soon as the application sends `http.response.start`, and its
 body when the application sends `http.response.body`: two writes, two TCP segments (the socket runs
 without Nagle's delay), so a client on the other end wakes for the head, parses it and waits again
 for the body. Almost every answer of the gateway (a tool call's result, an API reply) is a head and
-a body sent one right after the other. Here, what uvicorn writes is gathered until the event loop's
-next turn and written then, in one `write`: the head and the body of such a response leave as one
-segment. A response that streams (SSE: a held call, a keep-alive) has its head sent on that next
-turn as before, without waiting for its first event: nothing is held back longer than one turn.
+a body sent one right after the other. Here the transport holds a first write until a second one
+joins it, and both leave in one `write`, or until the event loop's next turn, when it leaves alone:
+a response that streams (SSE: a held call, a keep-alive) has its head sent on that next turn, not
+held for its first event.
 
-Closing or half-closing the connection writes what is gathered first; aborting drops it, as an
-abort drops the transport's own buffer.
+Closing or half-closing the connection writes what is held first; aborting drops it, as an abort
+drops the transport's own buffer.
 """
 
 from __future__ import annotations
