@@ -62,7 +62,7 @@ from gateway.lean_requests import (
     talks_back,
     tool_call,
 )
-from gateway.lean_runner import runner_for
+from gateway.lean_runner import plain_runner_for, runner_for
 from gateway.mcp_server import LEAN_KEY, NotPlain
 
 
@@ -149,11 +149,15 @@ class LeanCalls(LeanPath):
         try:
             scope[LEAN_KEY] = True
             # As the SDK's `serve_one`: one runner for the request, the connection's exit stack closed after it.
-            runner = runner_for(self.server, connection, state, req.params, request)
-            try:
-                result = await runner.on_request(dctx, "tools/call", req.params)
-            finally:
-                await aclose_shielded(connection)
+            plain = plain_runner_for(self.server, connection, state, params, request)
+            if plain is not None:
+                result = await plain.call(dctx, params)
+            else:
+                runner = runner_for(self.server, connection, state, req.params, request)
+                try:
+                    result = await runner.on_request(dctx, "tools/call", req.params)
+                finally:
+                    await aclose_shielded(connection)
         except NotPlain:
             return False
         except Exception as exc:

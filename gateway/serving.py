@@ -16,6 +16,7 @@ from uvicorn.config import LOGGING_CONFIG
 from gateway import tracing
 from gateway.app import Gateway
 from gateway.config import ConfigError, Settings
+from gateway.http_protocol import GatheringHTTPProtocol
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,8 @@ def _uvicorn(
         # In trusted-header mode the web inbox checks that the connection comes from the SSO proxy; uvicorn
         # must not replace that address with the one the proxy forwards.
         proxy_headers=not settings.web.trusted_header,
+        # A response's head and body leave in one write (gateway.http_protocol).
+        http=GatheringHTTPProtocol,
     )
     return uvicorn.Server(config)
 

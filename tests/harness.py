@@ -20,6 +20,7 @@ from mcp.client.streamable_http import streamable_http_client
 from gateway.app import Gateway
 from gateway.config import Settings, parse_settings
 from gateway.demo import DEMO_POLICY
+from gateway.http_protocol import GatheringHTTPProtocol
 from gateway.paper_book import PaperBook
 from gateway.paper_broker import build_http_app
 
@@ -54,7 +55,14 @@ async def served(app: Any, sock: socket.socket | None = None, *, lifespan: str =
     """Serve an ASGI app on loopback until the block ends."""
     sock = sock or bound_socket()
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", lifespan=lifespan, timeout_graceful_shutdown=1)  # type: ignore[arg-type]
+    # The HTTP protocol `countersign serve` runs with (gateway.serving).
+    config = uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        log_level="warning",
+        lifespan=lifespan,
+        timeout_graceful_shutdown=1,
+        http=GatheringHTTPProtocol,
+    )
     server = uvicorn.Server(config)
     async with anyio.create_task_group() as tg:
         tg.start_soon(server.serve, [sock])
