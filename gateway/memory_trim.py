@@ -6,13 +6,6 @@ glibc's `malloc` keeps those pages in its heap, so the process's RSS stays at th
 long after. `malloc_trim(0)` hands the free pages back. It is called once the requests that come
 through `/mcp` have been quiet for a tick after some arrived, in a worker thread (it walks the
 heap), and never on allocators without it (musl, macOS), where this does nothing.
-
-Two of glibc's defaults make a burst cost more than it needs to (`settle_malloc`): its mmap
-threshold rises to the largest block freed so far, so after the first big transient (a broker's
-answer of thousands of orders, parsed) every later one lands in the heap, among the held calls'
-long-lived objects, where freeing it gives nothing back; and every thread that allocates (the
-database's worker threads) gets a heap of its own. The threshold is fixed at 256 KiB (big blocks
-are mapped and unmapped whole) and the heaps are capped at two.
 """
 
 from __future__ import annotations
@@ -41,34 +34,12 @@ def malloc_trim() -> Callable[[int], int] | None:
     return trim
 
 
-_M_MMAP_THRESHOLD = -3
-_M_ARENA_MAX = -8
-MMAP_THRESHOLD = 256 * 1024
-ARENA_MAX = 2
-
-
-def settle_malloc() -> bool:
-    """Fix glibc's mmap threshold and cap its heaps (see above); False where the C library has no `mallopt`."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        mallopt = ctypes.CDLL(name).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_ARENA_MAX, ARENA_MAX))
-
-
 class MemoryTrim:
     """Counts requests (`note`); `run` trims the heap after each burst, once a tick has passed without one."""
 
     def __init__(self, *, tick: float = 2.0, enabled: bool = True) -> None:
         self.tick = tick
         self._trim = malloc_trim() if enabled else None
-        if self._trim is not None:
-            settle_malloc()
         self.requests = 0
         self.trims = 0
         self._seen = 0
