@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import math
 import weakref
 from collections.abc import Coroutine, Generator
@@ -178,7 +179,8 @@ class KeepAliveWheel:
         if self._timer is not None:
             self._timer.cancel()
         self._timer_slot = slot
-        self._timer = self._loop.call_at(slot * self.tick, self._fire)
+        # Its own empty context: the frames of every stream are written from it, not from whichever request armed it.
+        self._timer = self._loop.call_at(slot * self.tick, self._fire, context=contextvars.Context())
 
     def _fire(self) -> None:
         self._timer = None
