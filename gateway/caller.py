@@ -167,6 +167,14 @@ class ProgressLine:
         # Our own notices may go a quicker way than `send` (gateway.post_stream.StreamProgress) until the
         # first thing goes by `send`: from then on all do, so nothing overtakes what is already on its way.
         self._direct: DirectNotice | None = getattr(send, "notice_direct", None)
+        self._now: Callable[[float, str], bool] | None = getattr(send, "notice_now", None)
+
+    def notice_now(self, message: str) -> bool:
+        """Our own notice, written at once without waiting if it can be (True); else `notice` is the way."""
+        if self._direct is None or self._now is None or not self._now(self.value + 1, message):
+            return False
+        self.value += 1
+        return True
 
     async def notice(self, message: str) -> None:
         self.value += 1

@@ -40,8 +40,8 @@ RETRY_MS: Final = 2_000  # the `retry` hint: how soon a client whose stream ende
 _OVERHEAD = 64  # bytes counted for an event beside its message
 
 
-@dataclass(frozen=True)
-class _Stored:
+@dataclass(frozen=True, slots=True)
+class _Stored:  # a few per held call, by the ten thousand
     stream: StreamId
     seq: int
     message: str | None  # the message as the wire carries it (None: a priming event)

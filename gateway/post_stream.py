@@ -13,8 +13,9 @@ commits the response to SSE at once, and the stream goes on as the SDK wrote it.
 A held call can be silent for minutes; a client's read timeout (httpx's default is 5 s) fires when
 no byte arrives for that long. So a stream silent for `keepalive_interval` gets an SSE comment
 (`: keep-alive`, which every SSE parser skips), and a response whose headers have not gone out by
-then commits to SSE with that comment. The timing is one loop timer per open response, re-armed,
-not a task per call; a task exists only for the moment a comment is sent.
+then commits to SSE with that comment. Every open response waits on the loop's one keep-alive
+wheel (`gateway.frame_clock`), which writes each due comment in one pass, without a timer or a
+task per stream; a write that has to wait for a slow client goes on in a task of its own.
 
 The client leaving: the SSE response listens for `http.disconnect` itself (through `receive`);
 the wrapper flags it in `gone`, which the held call reads, so a 2025 client whose connection drops
@@ -25,14 +26,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 from typing import Any
 
-import anyio
 from starlette.types import Message, Receive, Send
 
 from gateway.caller import Gone, Progress
 from gateway.event_store import SessionEvents
+from gateway.frame_clock import FrameLock, KeepAliveWheel, run_now, wheel_of
+
+log = logging.getLogger(__name__)
 
 KEEPALIVE_COMMENT = b": keep-alive\r\n\r\n"
 _SSE = b"text/event-stream"
@@ -100,10 +104,12 @@ class PostStream:
         self._opened = False  # the SDK's first event (a resumable stream's priming) has gone out
         self._ended = False
         self._last = 0.0
-        self._timer: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
-        # Serialises the app's sends with a keep-alive's; uncontended it costs no checkpoint.
-        self._lock = anyio.Lock(fast_acquire=True)
+        self._wheel: KeepAliveWheel | None = (
+            None if keepalive_interval is None else wheel_of(self._loop, keepalive_interval)
+        )
+        # Serialises the app's sends with the frames of the wheel and the notices; uncontended, it never waits.
+        self._lock = FrameLock()
         self._pinging: asyncio.Task[None] | None = None
 
     @property
@@ -126,7 +132,7 @@ class PostStream:
         if message["type"] == "http.disconnect":
             self.gone.set()
             self._body_done = True
-            self._stop_timer()
+            self._unwatch()
         elif message["type"] == "http.request":
             self._tool_call = self._tool_call or bool(_TOOL_CALL.search(message.get("body", b"")))
             self._body_done = not message.get("more_body", False)
@@ -208,18 +214,63 @@ class PostStream:
         nothing kept or sent, otherwise, and the message then goes the SDK's way.
         """
         async with self._lock:
-            if not self._opened or not self._streaming or self._ended or self.gone.is_set():
+            if not self._writable():
                 return False
-            frame = f"event: message\r\ndata: {data}\r\n\r\n"
-            if self.events is not None:
-                frame = f"id: {self.events.store_wire(stream_id, data)}\r\n{frame}"
-            await self._send({"type": "http.response.body", "body": frame.encode(), "more_body": True})
+            await self._send({"type": "http.response.body", "body": self._frame(data, stream_id), "more_body": True})
             self._last = self._loop.time()
         return True
 
+    def write_now(self, data: str, stream_id: str) -> bool:
+        """`write_message` without waiting: written at once (or going on in a task if the client is slow).
+
+        False, with nothing kept or sent, when it cannot go straight out now (another write is under way, or
+        the stream is not one a message can be written to); the caller then takes the awaited way.
+        """
+        if not self._writable() or not self._lock.acquire_nowait():
+            return False
+        frame = self._frame(data, stream_id)
+        self._go_on(run_now(self._write(frame), self._loop))
+        return True
+
+    async def _write(self, frame: bytes) -> None:
+        await self._write_locked(frame)
+
+    def _writable(self) -> bool:
+        return self._opened and self._streaming and not self._ended and not self.gone.is_set()
+
+    def _frame(self, data: str, stream_id: str) -> bytes:
+        frame = f"event: message\r\ndata: {data}\r\n\r\n"
+        if self.events is not None:
+            frame = f"id: {self.events.store_wire(stream_id, data)}\r\n{frame}"
+        return frame.encode()
+
+    async def _write_locked(self, body: bytes) -> bool:
+        """Write one frame under the lock already taken, then let go of it; False if the connection is gone."""
+        try:
+            if self._start is not None or self._first is not None or self._priming is not None:
+                await self._commit()
+            await self._send({"type": "http.response.body", "body": body, "more_body": True})
+            self._last = self._loop.time()
+            return True
+        except OSError:
+            return False  # the disconnect reaches the held call through `gone`
+        finally:
+            self._lock.release()
+
+    def _go_on(self, task: asyncio.Task[None] | None) -> None:
+        if task is not None:
+            self._pinging = task
+            task.add_done_callback(self._went_on)
+
+    def _went_on(self, task: asyncio.Task[None]) -> None:
+        if self._pinging is task:
+            self._pinging = None
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("a frame could not be written", exc_info=task.exception())
+
     def _finish(self) -> None:
         self._ended = True
-        self._stop_timer()
+        self._unwatch()
 
     def close(self) -> None:
         """The app returned: nothing more goes out on this response."""
@@ -228,41 +279,39 @@ class PostStream:
     # ---- keep-alive
 
     def _arm(self) -> None:
-        if self._interval is None or self._ended or self.gone.is_set():
-            return
-        self._stop_timer()
-        self._timer = self._loop.call_at(self._last + self._interval, self._due)
+        if self._wheel is not None and self._interval is not None and not self._ended and not self.gone.is_set():
+            self._wheel.watch(self, self._last + self._interval)
 
-    def _stop_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    def _unwatch(self) -> None:
+        if self._wheel is not None:
+            self._wheel.unwatch(self)
 
-    def _due(self) -> None:
-        self._timer = None
-        if self._ended or self.gone.is_set() or self._interval is None:
-            return
-        if self._loop.time() - self._last < self._interval or self._pinging is not None:
-            self._arm()
-            return
-        self._pinging = self._loop.create_task(self._ping())
+    def keepalive_due(self, now: float) -> float | None:
+        """Called by the wheel: write a keep-alive if this stream is about to be silent too long; when to look next."""
+        if self._ended or self.gone.is_set() or self._interval is None or self._wheel is None:
+            return None
+        due = self._last + self._interval
+        if due - now > self._wheel.tick or self._pinging is not None:
+            return max(due, now + self._wheel.tick)
+        if self._start is None and not self._streaming:
+            return None  # not a stream (yet): nothing to keep alive
+        if not self._lock.acquire_nowait():
+            # Someone is writing (a slow client's frame): this stream's keep-alive waits its turn in a task.
+            self._go_on(self._loop.create_task(self._ping()))
+            return None
+        self._go_on(run_now(self._keepalive_locked(), self._loop))
+        return None
 
     async def _ping(self) -> None:
-        try:
-            async with self._lock:
-                if self._ended or self.gone.is_set():
-                    return
-                if self._start is not None or self._first is not None or self._priming is not None:
-                    await self._commit()
-                elif not self._streaming:
-                    return
-                await self._send({"type": "http.response.body", "body": KEEPALIVE_COMMENT, "more_body": True})
-                self._last = self._loop.time()
-        except OSError:
-            return  # the connection is gone; the disconnect reaches the held call through `gone`
-        finally:
-            self._pinging = None
-        self._arm()
+        await self._lock.acquire()
+        await self._keepalive_locked()
+
+    async def _keepalive_locked(self) -> None:
+        if self._ended or self.gone.is_set():
+            self._lock.release()
+            return
+        if await self._write_locked(KEEPALIVE_COMMENT):
+            self._arm()
 
 
 class StreamProgress:
@@ -289,8 +338,14 @@ class StreamProgress:
 
     async def notice_direct(self, value: float, message: str) -> bool:
         """Send a notice on the stream itself; False if it cannot go that way (nothing was sent)."""
-        data = f'{self._head},"progress":{_json(value)},"message":{_json(message)}}}}}'
-        return await self._stream.write_message(data, self._request_id)
+        return await self._stream.write_message(self._data(value, message), self._request_id)
+
+    def notice_now(self, value: float, message: str) -> bool:
+        """`notice_direct` without waiting (see `PostStream.write_now`); False if it cannot go that way now."""
+        return self._stream.write_now(self._data(value, message), self._request_id)
+
+    def _data(self, value: float, message: str) -> str:
+        return f'{self._head},"progress":{_json(value)},"message":{_json(message)}}}}}'
 
 
 def progress_token(meta: Any) -> str | int | None:
