@@ -9,8 +9,9 @@ hand-over to the driver's thread and back, on PostgreSQL a round trip, all on th
 Here the caller that finds no read in flight reads at once, so a lone call waits for nothing.
 Calls that ask while a read is in flight queue, and the next read answers all of them (up to
 `MAX_BATCH`): one statement takes every request whose digest or original digest is among theirs
-and that is open or ended since the earliest of their windows (both by index), and each caller's
-answer is chosen from those rows by exactly the rules of the single read. A read that fails fails
+and that is open or changed since the earliest of their windows (each branch by its digest index),
+and each caller's answer is chosen from those rows by exactly the rules of the single read (its
+agent and tool, open first, else ended in its window and not withdrawn). A read that fails fails
 every caller in it. Every answer comes from a read that began after its caller asked.
 """
 
@@ -41,13 +42,15 @@ _requests = ApprovalRequest.__table__  # type: ignore[attr-defined]
 
 
 def _candidates() -> Select[Any]:
+    # Only the digests and the window, so that each branch of the OR is one of the digest indexes (SQLite's
+    # MULTI-INDEX OR): with the agents or the statuses in it too, SQLite reads every request of the agents or
+    # of a status instead. The rest of the rules (agent, tool, status) are applied to the few rows found.
     c = _requests.c
     digests: Any = bindparam("digests", expanding=True)
+    since = c.status_changed_at >= bindparam("ended_since")
     is_open = c.status.in_([s.value for s in OPEN])
-    ended = c.status.in_([s.value for s in REPEATED]) & (c.status_changed_at >= bindparam("ended_since"))
     return select(_requests).where(
-        c.agent.in_(bindparam("agents", expanding=True)),
-        or_(c.arguments_sha256.in_(digests) & (is_open | ended), c.original_sha256.in_(digests) & ended),
+        or_(c.arguments_sha256.in_(digests) & (is_open | since), c.original_sha256.in_(digests) & since)
     )
 
 
@@ -96,7 +99,6 @@ class RepeatReads:
         error: Exception | None = StoreUnavailable("the read was interrupted")
         try:
             values = {
-                "agents": sorted({a.agent for a in batch}),
                 "digests": sorted({a.digest for a in batch}),
                 "ended_since": min(a.ended_since for a in batch),
             }
