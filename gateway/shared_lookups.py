@@ -14,10 +14,8 @@ dropped and re-opened in the middle of a burst.
 A question is the agent the request is made for, the upstream, its tool, the lookup's arguments
 (canonical JSON) and the lookup's time bound: nothing is ever shared between two agents, and two
 lookups share an answer only when they would have sent exactly the same read. A lookup that
-failed with an error or an exception serves only the lookups that were already waiting for it;
-the next one asks again. A read with no answer within the bound is shared like an answer (the
-lookups given it fail as "no answer within the bound"): asking again at once would pile another
-read of the same kind on an upstream that is already behind. Each request still audits its own lookup
+failed (an error, an exception, no answer within the bound) serves only the lookups that were
+already waiting for it; the next one asks again. Each request still audits its own lookup
 (`gateway.context`), so the record shows what every request was shown and where it came from.
 
 The read itself runs shielded from its first asker's cancellation: the others waiting for it must
@@ -65,11 +63,6 @@ class Flight:
     def answered(self) -> bool:
         return self.result is not None and not self.result.is_error
 
-    @property
-    def reusable(self) -> bool:
-        """Landed with an answer, or with none within the bound: given to lookups that come while it is fresh."""
-        return self.answered or (self.result is None and self.error is None)
-
     def content(self) -> Any:
         """What a selection reads, computed once for all who share it: the structured result, else the text
         as JSON, else {"text": the text}. Callers only read it."""
@@ -101,7 +94,7 @@ class SharedLookups:
         now = self.clock()
         flight = self._flights.get(question)
         if flight is not None and (
-            not flight.landed.is_set() or (flight.reusable and now - flight.sent <= flight.fresh_for)
+            not flight.landed.is_set() or (flight.answered and now - flight.sent <= flight.fresh_for)
         ):
             self.shared += 1
             await flight.landed.wait()
@@ -120,7 +113,7 @@ class SharedLookups:
         finally:
             flight.fresh_for = max(self.fresh, COST_MULTIPLE * (self.clock() - flight.sent))
             flight.landed.set()
-            if not flight.reusable and self._flights.get(question) is flight:
+            if not flight.answered and self._flights.get(question) is flight:
                 del self._flights[question]
         return flight, True
 
