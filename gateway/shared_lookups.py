@@ -6,10 +6,9 @@ the MCP client and a parse of the whole answer (an order book of a thousand orde
 they queue for the upstream's connections. Here the first lookup for a question sends it; the
 lookups for the same question that come while it is in flight, or soon after it was sent, wait
 for that answer instead of sending their own. "Soon" is `FRESH_SECONDS`, or `COST_MULTIPLE` times
-as long as the read took when that is longer: a read that costs the upstream seconds (the whole
-book of ten thousand working orders) is not sent again every second, which kept such an upstream
-busy with nothing else, so that its keep-alive pings went unanswered and the connection was
-dropped and re-opened in the middle of a burst.
+as long as the read took when that is longer: a read that costs seconds (the whole book of ten
+thousand working orders is some 4 MB of JSON to write, send, parse and check) is not sent again
+every second, which would keep the upstream and the gateway busy with little else.
 
 A question is the agent the request is made for, the upstream, its tool, the lookup's arguments
 (canonical JSON) and the lookup's time bound: nothing is ever shared between two agents, and two
