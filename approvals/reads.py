@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import Select, and_, bindparam, case, func, or_, select
+from sqlalchemy import and_, bindparam, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from approvals import audit
@@ -14,44 +13,13 @@ from approvals.db import Database
 from approvals.errors import RequestNotFound
 from approvals.feed import ChangeFeed
 from approvals.models import ApprovalRequest, Decision
-from approvals.states import OPEN, TERMINAL, Status
+from approvals.repeat_batch import RepeatReads
+from approvals.states import OPEN, Status
 from approvals.views import DecisionView, RequestView
 
 _requests = ApprovalRequest.__table__  # type: ignore[attr-defined]
 _decisions = Decision.__table__  # type: ignore[attr-defined]
 
-# The ends a repeat of the call gets again within the repeat window: everything but the agent's own withdrawal.
-REPEATED = TERMINAL - {Status.CANCELLED}
-
-
-def _find_repeat() -> Select[Any]:
-    # Built once: every held call asks it, and building the expression cost more than the read itself.
-    c = _requests.c
-    is_open = c.status.in_([s.value for s in OPEN])
-    ended = and_(c.status.in_([s.value for s in REPEATED]), c.status_changed_at >= bindparam("ended_since"))
-    digest = bindparam("digest", type_=c.arguments_sha256.type)
-    return (
-        select(_requests)
-        .where(
-            c.agent == bindparam("agent"),
-            c.tool == bindparam("tool"),
-            or_(
-                # Open: the call as it stands (as approved, when approved with changes).
-                and_(c.arguments_sha256 == digest, or_(is_open, ended)),
-                # A request approved with changes still answers a repeat of the agent's own call.
-                and_(c.original_sha256 == digest, ended),
-            ),
-        )
-        .order_by(
-            case((is_open, 0), else_=1),
-            case((is_open, c.created_at), else_=None).asc(),
-            c.status_changed_at.desc(),
-        )
-        .limit(1)
-    )
-
-
-_FIND_REPEAT = _find_repeat()
 # One request by its id: read on every park and every wake-up of a held call.
 _BY_ID = select(_requests).where(_requests.c.id == bindparam("id"))
 
@@ -59,6 +27,7 @@ _BY_ID = select(_requests).where(_requests.c.id == bindparam("id"))
 class RequestReads:
     db: Database
     feed: ChangeFeed
+    _repeats: RepeatReads | None = None
 
     async def get(self, request_id: str) -> RequestView:
         async with self.db.read(brief=True) as conn:
@@ -120,12 +89,11 @@ class RequestReads:
         """The request a repeat of this call belongs to: its open one, or else the newest that ended at or after
         `ended_since` other than by the agent's own withdrawal (a repeat gets that outcome again).
 
-        One statement: each branch of its OR is answered by an index (the digest, the original digest), so the
-        read touches only the call's own requests; an open one sorts first (the oldest, as `find_open`)."""
-        values = {"agent": agent, "tool": tool, "digest": arguments_sha256, "ended_since": ended_since}
-        async with self.db.read() as conn:
-            row = (await conn.execute(_FIND_REPEAT, values)).mappings().first()
-        return None if row is None else RequestView.from_row(row)
+        The calls asking at once share one statement (`approvals.repeat_batch`); each branch of its OR is answered
+        by an index (the digest, the original digest), so the read touches only the calls' own requests."""
+        if self._repeats is None:
+            self._repeats = RepeatReads(self.db)
+        return await self._repeats.find(agent, tool, arguments_sha256, ended_since)
 
     async def waiting(self) -> list[RequestView]:
         """Every request that still has a deadline ahead of it: pending (expiry) or approved (pick-up)."""

@@ -26,7 +26,7 @@ from approvals.audit import Event, canonical_json
 from approvals.audit_batch import AuditBatches
 from approvals.db import Database
 from approvals.edits import describe_edits
-from approvals.errors import AlreadyOpen, InvalidDecision, NotAllowed, TooManyPending
+from approvals.errors import AlreadyOpen, InvalidDecision, NotAllowed
 from approvals.escalation import EscalationCases, steps_json
 from approvals.execution import ExecutionCases, LocalStarts
 from approvals.feed import ChangeFeed
@@ -34,7 +34,8 @@ from approvals.grant_terms import GrantAsk
 from approvals.grants import Grants, make_grant
 from approvals.history import AuditHistory
 from approvals.models import ApprovalRequest, Decision
-from approvals.reads import RequestReads, approvals_of, load, pending_of
+from approvals.park_batch import Park, ParkBatches
+from approvals.reads import RequestReads, approvals_of, load
 from approvals.request_events import bound_to, decision_event, edited_values, refusal_event, shown_with, terms_of
 from approvals.states import EndReason, Status
 from approvals.story import describe, ending
@@ -45,8 +46,6 @@ log = logging.getLogger(__name__)
 
 _requests = ApprovalRequest.__table__  # type: ignore[attr-defined]
 _decisions = Decision.__table__  # type: ignore[attr-defined]
-# Built once: a park is one insert, and building its statement cost more than compiling it (which is cached).
-_INSERT_REQUEST = insert(_requests)
 _NEW_FIELDS = tuple(f.name for f in fields(NewRequest))
 
 # Channels that may decide any request their approver may decide: the approver API and the CLI on top of it.
@@ -95,6 +94,7 @@ class ApprovalService(ExecutionCases, EscalationCases, RequestReads):
         self.grants = Grants(db, lambda: self.clock())
         # Waiters of this process that can forward a call as soon as it is approved (approvals.execution).
         self.starts = LocalStarts()
+        self.parks = ParkBatches(self._write, _created)
 
     # ---- writing
 
@@ -140,26 +140,8 @@ class ApprovalService(ExecutionCases, EscalationCases, RequestReads):
             "agent_waiting": True,
         }
         try:
-            async with self._write() as conn:
-                if max_pending is not None and await pending_of(conn, new.agent) >= max_pending:
-                    raise TooManyPending(new.agent, max_pending)
-                await conn.execute(_INSERT_REQUEST, row)
-                view = await load(conn, row["id"])
-                text = (
-                    f"held for approval: {new.title} ({new.reason})"
-                    if new.title
-                    else f"held for approval: {new.reason}"
-                )
-                detail = {
-                    **shown_with(new),
-                    **terms_of(new),
-                    "rule": new.rule,
-                    "expires_at": view.expires_at.isoformat(),
-                    "quorum": new.quorum,
-                    **bound_to(view),
-                }
-                created = request_event(view, "request.created", "held", text, arguments=arguments_json, detail=detail)
-                seq = await audit.append(conn, created, now)
+            # Parks arriving together are made in one transaction (approvals.park_batch); returns once committed.
+            view, seq = await self.parks.park(Park(row, (new, arguments_json), max_pending, now))
         except IntegrityError as exc:
             # The unique open key: an identical call won the race to park. Its request is the one to join.
             existing = await self.find_open(new.agent, new.tool, digest)
@@ -389,6 +371,21 @@ class ApprovalService(ExecutionCases, EscalationCases, RequestReads):
             view = await load(conn, request_id)
             await audit.append(conn, request_event(view, "request.reminded", "reminded", "approvers reminded"), now)
         return view
+
+
+def _created(view: RequestView, asked: tuple[NewRequest, str]) -> Event:
+    """The `request.created` event of a request just made (`view`, as stored) for `asked` (and its arguments)."""
+    new, arguments_json = asked
+    text = f"held for approval: {new.title} ({new.reason})" if new.title else f"held for approval: {new.reason}"
+    detail = {
+        **shown_with(new),
+        **terms_of(new),
+        "rule": new.rule,
+        "expires_at": view.expires_at.isoformat(),
+        "quorum": new.quorum,
+        **bound_to(view),
+    }
+    return request_event(view, "request.created", "held", text, arguments=arguments_json, detail=detail)
 
 
 class _Lost(Exception):

@@ -4,8 +4,11 @@ When a burst of calls to a held tool arrives, every request's context lookup ask
 upstream tool the same question at the same moment. Made one by one, each is a round trip through
 the MCP client and a parse of the whole answer (an order book of a thousand orders, say), and
 they queue for the upstream's connections. Here the first lookup for a question sends it; the
-lookups for the same question that come while it is in flight, or within `FRESH_SECONDS` of the
-moment it was sent, wait for that answer instead of sending their own.
+lookups for the same question that come while it is in flight, or soon after it was sent, wait
+for that answer instead of sending their own. "Soon" is `FRESH_SECONDS`, or `COST_MULTIPLE` times
+as long as the read took when that is longer: a read that costs seconds (the whole book of ten
+thousand working orders is some 4 MB of JSON to write, send, parse and check) is not sent again
+every second, which would keep the upstream and the gateway busy with little else.
 
 A question is the agent the request is made for, the upstream, its tool, the lookup's arguments
 (canonical JSON) and the lookup's time bound: nothing is ever shared between two agents, and two
@@ -33,6 +36,9 @@ from gateway.results import text_of
 
 # How long after a read was sent its answer still serves a new lookup for the same question.
 FRESH_SECONDS: Final = 1.0
+# ... or this many times as long as the read took, when longer: one question keeps an upstream busy at most
+# about a fifth of the time, however slow its answer.
+COST_MULTIPLE: Final = 4.0
 # Beyond this many remembered questions, answers no longer fresh are dropped before another is added.
 PRUNE_ABOVE: Final = 256
 
@@ -48,6 +54,7 @@ class Flight:
     landed: anyio.Event = field(default_factory=anyio.Event)
     result: types.CallToolResult | None = None  # None with no error: no answer within the bound
     error: Exception | None = None
+    fresh_for: float = 0.0  # how long after `sent` it serves new lookups, once landed
     _content: Any = None
     _parsed: bool = False
 
@@ -85,7 +92,9 @@ class SharedLookups:
         """The flight that answers `question`, once it has landed, and whether this lookup sent it."""
         now = self.clock()
         flight = self._flights.get(question)
-        if flight is not None and (not flight.landed.is_set() or (flight.answered and now - flight.sent <= self.fresh)):
+        if flight is not None and (
+            not flight.landed.is_set() or (flight.answered and now - flight.sent <= flight.fresh_for)
+        ):
             self.shared += 1
             await flight.landed.wait()
             return flight, False
@@ -101,13 +110,14 @@ class SharedLookups:
         except Exception as exc:  # handed to every lookup that waits for this read
             flight.error = exc
         finally:
+            flight.fresh_for = max(self.fresh, COST_MULTIPLE * (self.clock() - flight.sent))
             flight.landed.set()
             if not flight.answered and self._flights.get(question) is flight:
                 del self._flights[question]
         return flight, True
 
     def _prune(self, now: float) -> None:
-        stale = [q for q, f in self._flights.items() if f.landed.is_set() and now - f.sent > self.fresh]
+        stale = [q for q, f in self._flights.items() if f.landed.is_set() and now - f.sent > f.fresh_for]
         for question in stale:
             del self._flights[question]
 

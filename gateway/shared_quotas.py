@@ -62,7 +62,8 @@ _LONGEST_WINDOW: Final = 86_400.0
 # The most reservations decided in one transaction.
 MAX_GROUP: Final = 64
 # A limit's window is full when it holds `max` slots: the `max`-th newest slot in it, if there is one, is the
-# oldest that counts (when the window frees up). Only that one row is read, however many the window holds.
+# oldest that counts (when the window frees up). A group of reservations reads, once per limit and bucket, the
+# rows at the positions its members can need (`max - MAX_GROUP` to `max - 1`), however many the window holds.
 _FULL_AT = (
     select(_slots.c.taken_at)
     .where(
@@ -72,7 +73,7 @@ _FULL_AT = (
         _slots.c.taken_at > bindparam("since"),
     )
     .order_by(_slots.c.taken_at.desc())
-    .limit(1)
+    .limit(bindparam("take"))
     .offset(bindparam("skip"))
 )
 
@@ -155,13 +156,16 @@ class SharedQuotas:
                         text("SELECT pg_advisory_xact_lock(:space, hashtext(:bucket))"),
                         {"space": _LOCK_CLASS, "bucket": "\x1f".join(key)},
                     )
-                answer = await self._reserve(conn, tool, wanted, ident)
+                # Read the clock once the locks are ours: a reservation that waited must not stamp the past.
+                window = _Window(conn, self._clock())
+                answer = await window.reserve(tool, wanted, ident)
                 while joining:
                     other = joining.pop(0)
                     decided.append(other)
-                    other.answer = await self._reserve(conn, other.tool, other.wanted, other.ident)
+                    other.answer = await window.reserve(other.tool, other.wanted, other.ident)
                 # Whoever comes from here on opens the next transaction; nobody joins one that is committing.
                 self._close(group, mine)
+                await window.insert()
         except BaseException as exc:
             self._close(group, mine)
             for other in [*decided, *joining]:
@@ -177,39 +181,6 @@ class SharedQuotas:
     def _close(self, group: tuple[BucketKey, ...], mine: _Group) -> None:
         if self._joining.get(group) is mine:
             del self._joining[group]
-
-    async def _reserve(
-        self, conn: AsyncConnection, tool: str, wanted: Sequence[tuple[Limit, BucketKey]], ident: str
-    ) -> str | Refusal:
-        """One reservation inside the transaction that holds its buckets' locks: its slots, or the refusal."""
-        buckets = distinct_buckets(wanted)
-        # Read the clock once the locks are ours: a reservation that waited must not stamp the past.
-        now = self._clock()
-        refusals = []
-        for limit, (counter, scope, scope_key) in wanted:
-            bucket = {"counter": counter, "scope": scope, "scope_key": scope_key}
-            window = {"since": now - limit.window_seconds, "skip": limit.max - 1}
-            oldest = (await conn.execute(_FULL_AT, {**bucket, **window})).scalar_one_or_none()
-            if oldest is not None:
-                refusals.append(full_window(tool, limit, oldest, now))
-        if refusals:
-            return longest_wait(refusals)
-        windows: dict[BucketKey, float] = {}
-        for limit, key in wanted:
-            windows[key] = max(windows.get(key, 0.0), limit.window_seconds)
-        rows = [
-            {
-                "counter": counter,
-                "scope": scope,
-                "scope_key": scope_key,
-                "taken_at": now,
-                "window_seconds": windows[(counter, scope, scope_key)],
-                "reservation": ident,
-            }
-            for counter, scope, scope_key in buckets
-        ]
-        await conn.execute(insert(_slots), rows)
-        return ident
 
     async def give_back(self, reservation: str) -> None:
         if reservation.startswith(_LOCAL):
@@ -254,3 +225,70 @@ class SharedQuotas:
             return
         self._last_sweep = now
         await self._quietly(delete(_slots).where(_slots.c.taken_at <= now - _LONGEST_WINDOW))
+
+
+class _Window:
+    """The reservations of one transaction, decided in turn against the slots stored before it and the ones
+    decided in it: each limit's window read once (the rows any member can need), every slot inserted at the end."""
+
+    def __init__(self, conn: AsyncConnection, now: float) -> None:
+        self.conn = conn
+        self.now = now
+        self._stored: dict[tuple[BucketKey, float, int], tuple[int, list[float]]] = {}
+        self._taken: dict[BucketKey, int] = {}  # slots decided in this transaction, per bucket (all at `now`)
+        self._rows: list[dict[str, object]] = []
+
+    async def reserve(self, tool: str, wanted: Sequence[tuple[Limit, BucketKey]], ident: str) -> str | Refusal:
+        refusals = []
+        for limit, key in wanted:
+            oldest = await self._oldest_counted(limit, key)
+            if oldest is not None:
+                refusals.append(full_window(tool, limit, oldest, self.now))
+        if refusals:
+            return longest_wait(refusals)
+        windows: dict[BucketKey, float] = {}
+        for limit, key in wanted:
+            windows[key] = max(windows.get(key, 0.0), limit.window_seconds)
+        for counter, scope, scope_key in distinct_buckets(wanted):
+            key = (counter, scope, scope_key)
+            self._taken[key] = self._taken.get(key, 0) + 1
+            self._rows.append(
+                {
+                    "counter": counter,
+                    "scope": scope,
+                    "scope_key": scope_key,
+                    "taken_at": self.now,
+                    "window_seconds": windows[key],
+                    "reservation": ident,
+                }
+            )
+        return ident
+
+    async def _oldest_counted(self, limit: Limit, key: BucketKey) -> float | None:
+        """When the oldest slot that fills `limit`'s window was taken; None when the window has room."""
+        taken = self._taken.get(key, 0)
+        if taken >= limit.max:
+            return self.now  # filled by this transaction's own slots
+        position = limit.max - 1 - taken  # among the stored slots in the window, newest first
+        slot = (key, limit.window_seconds, limit.max)
+        if slot not in self._stored:
+            skip = max(limit.max - MAX_GROUP, 0)
+            counter, scope, scope_key = key
+            values = {
+                "counter": counter,
+                "scope": scope,
+                "scope_key": scope_key,
+                "since": self.now - limit.window_seconds,
+                "skip": skip,
+                "take": limit.max - skip,
+            }
+            self._stored[slot] = (skip, [float(t) for t in (await self.conn.execute(_FULL_AT, values)).scalars()])
+        skip, rows = self._stored[slot]
+        index = position - skip
+        if index < 0:  # more members than a group takes: never, the read covers MAX_GROUP of them
+            raise RuntimeError("a quota group outgrew its window read")
+        return rows[index] if index < len(rows) else None
+
+    async def insert(self) -> None:
+        if self._rows:
+            await self.conn.execute(insert(_slots), self._rows)

@@ -14,6 +14,7 @@ import anyio
 import mcp_types as types
 import pytest
 
+from gateway.shared_lookups import SharedLookups
 from tests.harness import OTHER_AGENT_TOKEN, Harness, running_gateway, seeing_bodies, wait_for
 
 LOOKUP = b'"ibkr_get_open_orders"'
@@ -114,3 +115,58 @@ async def wait_for_request(h: Harness, agent: str) -> dict[str, Any]:
             if mine:
                 return (await h.api().get(f"/api/approvals/{mine[0]['id']}")).json()
             await anyio.sleep(0.05)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _answer() -> types.CallToolResult:
+    return types.CallToolResult(content=[types.TextContent(type="text", text='{"orders": []}')])
+
+
+async def test_a_read_that_took_long_answers_for_longer_and_a_failed_one_is_asked_again() -> None:
+    clock = _Clock()
+    lookups = SharedLookups(clock=clock)
+    question = ("alpha", "ibkr", "ibkr_get_open_orders", "{}", 3.0)
+
+    async def slow_read() -> types.CallToolResult:
+        clock.now += 2.0  # the upstream took two seconds to answer
+        return _answer()
+
+    flight, sent = await lookups.ask(question, "apr_1", slow_read)
+    assert sent and flight.answered
+    # Four times as long as the read took (8 s from when it was sent), not just the one second.
+    clock.now += 5.0
+    shared, sent = await lookups.ask(question, "apr_2", slow_read)
+    assert shared is flight and not sent
+    clock.now += 2.0
+    again, sent = await lookups.ask(question, "apr_3", slow_read)
+    assert sent and again is not flight
+
+    # No answer within the bound: the next lookup asks again.
+    never = anyio.Event()
+
+    async def stuck() -> types.CallToolResult:
+        await never.wait()
+        return _answer()
+
+    late = ("alpha", "ibkr", "ibkr_get_open_orders", "{}", 0.05)
+    timed_out, sent = await lookups.ask(late, "apr_4", stuck)
+    assert sent and timed_out.result is None and timed_out.error is None
+    _, sent = await lookups.ask(late, "apr_5", slow_read)
+    assert sent
+
+    # A read that failed is never given to a later lookup.
+    async def broken() -> types.CallToolResult:
+        raise OSError("connection refused")
+
+    failing = ("alpha", "ibkr", "ibkr_get_open_orders", '{"x":1}', 3.0)
+    failed, sent = await lookups.ask(failing, "apr_7", broken)
+    assert sent and failed.error is not None
+    _, sent = await lookups.ask(failing, "apr_8", slow_read)
+    assert sent
