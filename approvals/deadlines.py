@@ -21,6 +21,9 @@ from datetime import UTC, datetime
 
 # Dropped entries beyond this many (and beyond the live ones) make the heap be rebuilt.
 _SLACK = 64
+# A loop timer may run up to a millisecond before its time (uvloop): a deadline due that soon is
+# handled now, or the timer would be re-armed for the same instant again and again until it came.
+_EARLY = 0.002
 
 
 class Deadlines:
@@ -81,7 +84,7 @@ class Deadlines:
             if live is None or live[2] != order:
                 heapq.heappop(self._heap)  # replaced or disarmed
                 continue
-            if when > now:
+            if when > now + _EARLY:
                 self._arm_timer(loop, when)
                 return
             heapq.heappop(self._heap)

@@ -25,6 +25,9 @@ from typing import Any, Protocol
 
 # The wheel's resolution: a keep-alive goes out at most this much before its bound, never after it.
 DEFAULT_TICK = 0.25
+# A loop timer may run this much before its time (uvloop's are millisecond-grained); a slot that is
+# due that soon is gone through now, or the wheel would re-arm for the same instant until it came.
+EARLY = 0.002
 
 
 class Watched(Protocol):
@@ -185,7 +188,7 @@ class KeepAliveWheel:
     def _fire(self) -> None:
         self._timer = None
         now = self._loop.time()
-        current = math.floor(now / self.tick)
+        current = math.floor((now + EARLY) / self.tick)
         self._firing = True
         try:
             for slot in sorted(s for s in self._slots if s <= current):

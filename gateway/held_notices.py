@@ -21,6 +21,8 @@ from collections.abc import Callable
 
 from gateway.caller import ProgressLine
 
+_EARLY = 0.002
+
 log = logging.getLogger(__name__)
 
 # Notices due within one tick go out together, at its end: a notice is at most this late.
@@ -87,7 +89,9 @@ class Notices:
         self._timer = None
         now = loop.time()
         due: list[Beat] = []
-        while self._due and self._due[0][0] <= now:
+        # A loop timer may run up to a millisecond early (uvloop): what falls due that soon goes now,
+        # or the timer would be re-armed for the same instant again and again until it came.
+        while self._due and self._due[0][0] <= now + _EARLY:
             _, _, beat = heapq.heappop(self._due)
             if not beat.stopped and beat.sending is None:
                 due.append(beat)
