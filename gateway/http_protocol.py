@@ -7,7 +7,8 @@ for the body. Almost every answer of the gateway (a tool call's result, an API r
 a body sent one right after the other. Here the transport holds a first write until a second one
 joins it, and both leave in one `write`, or until the event loop's next turn, when it leaves alone:
 a response that streams (SSE: a held call, a keep-alive) has its head sent on that next turn, not
-held for its first event.
+held for its first event. Only a head is held: the later frames of a stream go straight to the socket,
+so thousands of waiting streams' keep-alives cost no extra loop callback.
 
 Closing or half-closing the connection writes what is held first; aborting drops it, as an abort
 drops the transport's own buffer.
@@ -19,6 +20,9 @@ import asyncio
 from typing import Any, cast
 
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+# How every response head begins (the status line); other writes go straight through.
+_HEAD = b"HTTP/"
 
 
 class GatheringTransport:
@@ -34,7 +38,11 @@ class GatheringTransport:
     def write(self, data: bytes | bytearray | memoryview) -> None:
         pending = self._pending
         if pending is None:
-            # A response's head, most often: held for its body, or until the loop's next turn at the latest.
+            if bytes(data[:5]) != _HEAD:
+                # A frame of a stream that is already under way (an event, a keep-alive): nothing to join it.
+                self._transport.write(data)
+                return
+            # A response's head: held for its body, or until the loop's next turn at the latest.
             self._pending = [bytes(data)]
             self._loop.call_soon(self.flush)
         else:
