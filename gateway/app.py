@@ -230,6 +230,9 @@ class Gateway:
         await self.feed.start()
         await self.metrics.start()
         await self._name_unknown_approvers("at start")
+        for channel in self.channels:
+            if isinstance(channel, WebChannel):
+                await channel.start()
         expired, armed = await self.timeouts.start()
         log.info("approval queue ready: %d pending request(s) re-armed, %d overdue expired", armed, expired)
         if self.shadow.store.configured:

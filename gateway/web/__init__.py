@@ -96,12 +96,19 @@ class WebChannel:
     def listeners(self) -> list[ChangeListener]:
         return []
 
-    async def run(self) -> None:
-        """At start, end the sessions this configuration no longer admits; pages poll the service."""
+    async def start(self) -> None:
+        """End the sessions this configuration no longer admits, on every replica: awaited before this one serves.
+
+        Once a replica with a changed password or without an approver answers anything, no replica
+        admits the old session any more (not only once a background task has got round to it).
+        """
         try:
             await self.context.auth.sessions.end_stale(self.context.auth.approvers)
         except ApprovalError as exc:  # each request still checks the approver against this configuration
             log.warning("web: could not end the sessions of removed approvers or changed passwords: %s", exc)
+
+    async def run(self) -> None:
+        """Nothing in the background: pages poll the service."""
 
 
 async def _home(request: Request) -> Response:
