@@ -139,15 +139,20 @@ class ApprovalService(ExecutionCases, EscalationCases, RequestReads):
             "status_changed_at": now,
             "agent_waiting": True,
         }
-        try:
-            # Parks arriving together are made in one transaction (approvals.park_batch); returns once committed.
-            view, seq = await self.parks.park(Park(row, (new, arguments_json), max_pending, now))
-        except IntegrityError as exc:
-            # The unique open key: an identical call won the race to park. Its request is the one to join.
-            existing = await self.find_open(new.agent, new.tool, digest)
-            if existing is None:
-                raise
-            raise AlreadyOpen(existing.id) from exc
+        for attempt in (1, 2):
+            try:
+                # Parks arriving together are made in one transaction (approvals.park_batch); returns once committed.
+                view, seq = await self.parks.park(Park(row, (new, arguments_json), max_pending, now))
+                break
+            except IntegrityError as exc:
+                # The unique open key: an identical call won the race to park. Its request is the one to join,
+                # also when it was decided in the moment since (this call then gets that outcome, as a repeat).
+                existing = await self.find_repeat(new.agent, new.tool, digest, ended_since=now)
+                if existing is not None:
+                    raise AlreadyOpen(existing.id) from exc
+                if attempt == 2:
+                    raise
+                # It ended by its agent's own withdrawal, which a repeat does not inherit: the key is free again.
         self.feed.made(view, seq)
         return view
 
