@@ -7,7 +7,7 @@ product's other modules loaded before it, which fails on any cycle that bites at
 Starting an interpreter and loading the third-party packages costs about a second; paying it for each
 of some two hundred modules made this file minutes long. One interpreter loads the third-party
 packages the product imports (they cannot take part in the product's cycles) and forks a child per
-module, which imports it and exits.
+module (as many at once as there are cores), which imports it and exits.
 """
 
 from __future__ import annotations
@@ -121,8 +121,21 @@ for name in json.loads(sys.argv[1]):
     except Exception:
         pass  # optional at run time (a test or platform extra); the product's own import says if it matters
 assert not any(m == p or m.startswith(p + ".") for m in sys.modules for p in ("approvals", "gateway"))
+running = {}  # pid -> (module, the read end of its pipe); a traceback fits in the pipe, so no child blocks
+
+
+def reap():
+    pid, status = os.wait()
+    module, read = running.pop(pid)
+    with os.fdopen(read, "rb") as pipe:
+        error = pipe.read().decode()
+    print(json.dumps({"module": module, "status": status, "error": error}), flush=True)
+
+
 for line in sys.stdin:
     module = line.strip()
+    if len(running) >= max(2, os.cpu_count() or 1):
+        reap()
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -134,10 +147,9 @@ for line in sys.stdin:
             os.write(write, traceback.format_exc()[-2000:].encode())
             os._exit(1)
     os.close(write)
-    with os.fdopen(read, "rb") as pipe:
-        error = pipe.read().decode()
-    _, status = os.waitpid(pid, 0)
-    print(json.dumps({"module": module, "status": status, "error": error}), flush=True)
+    running[pid] = (module, read)
+while running:
+    reap()
 """
 
 
