@@ -19,7 +19,7 @@ Request transitions do not come through here: each must commit together with its
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -28,6 +28,7 @@ import anyio
 from approvals.audit import Event
 from approvals.db import Database
 from approvals.errors import StoreUnavailable
+from approvals.turns import Turns
 
 # Large enough that a burst of any size is written in a few transactions, small enough that one
 # transaction (one insert of this many rows) stays short for the callers waiting on it.
@@ -39,8 +40,7 @@ class _Queued:
     event: Event
     at: datetime
     woken: anyio.Event = field(default_factory=anyio.Event)
-    # Woken to write the next batch (rather than because its own batch has ended).
-    writes: bool = False
+    leads: bool = False
     error: Exception | None = None
 
 
@@ -48,35 +48,19 @@ class AuditBatches:
     """Appends events to the chain in as few write transactions as the load allows."""
 
     def __init__(self, db: Database, *, max_batch: int = MAX_BATCH) -> None:
-        if max_batch < 1:
-            raise ValueError(f"max_batch must be at least 1, not {max_batch}")
         self.db = db
-        self.max_batch = max_batch
-        self._queue: deque[_Queued] = deque()
-        self._writing = False
+        self._turns = Turns(self._write_batch, max_batch)
         # How many transactions wrote how many events (size → transactions), for /metrics.
         self.sizes: Counter[int] = Counter()
 
     async def append(self, event: Event, at: datetime) -> None:
         """Return once `event` is committed to the chain; raise what made its transaction fail."""
         item = _Queued(event, at)
-        # Shielded like every database write: a caller cancelled while its event is queued must still
-        # take its turn at writing when it comes, or the queue behind it would stall.
-        with anyio.CancelScope(shield=True):
-            self._queue.append(item)
-            if self._writing:
-                await item.woken.wait()
-            else:
-                self._writing = True
-                item.writes = True
-            if item.writes:
-                await self._write_batch()
+        await self._turns.take(item)
         if item.error is not None:
             raise item.error
 
-    async def _write_batch(self) -> None:
-        # The writer's own event is first in the queue: it was queued when nothing was, or it was handed the turn.
-        batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
+    async def _write_batch(self, batch: list[_Queued]) -> None:
         # Until the commit has returned, nobody in the batch may read their event as recorded.
         error: Exception | None = StoreUnavailable("the audit write was interrupted before it committed")
         try:
@@ -89,10 +73,3 @@ class AuditBatches:
                 self.sizes[len(batch)] += 1
             for item in batch:
                 item.error = error
-                item.woken.set()
-            if self._queue:
-                following = self._queue[0]
-                following.writes = True
-                following.woken.set()
-            else:
-                self._writing = False

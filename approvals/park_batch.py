@@ -20,7 +20,7 @@ its own, exactly as separate transactions would have had them.
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -37,6 +37,7 @@ from approvals.audit import Event
 from approvals.errors import RequestNotFound, StoreUnavailable, TooManyPending
 from approvals.models import ApprovalRequest
 from approvals.states import Status
+from approvals.turns import Turns
 from approvals.views import RequestView
 
 # As many as a write group takes: a burst is made durable in a few transactions, none of them long.
@@ -64,7 +65,7 @@ class Park:
     max_pending: int | None
     at: datetime
     woken: anyio.Event = field(default_factory=anyio.Event)
-    writes: bool = False  # woken to write the next batch rather than because its own has ended
+    leads: bool = False
     view: RequestView | None = None
     seq: int = 0
     error: BaseException | None = None
@@ -80,36 +81,21 @@ class ParkBatches:
         *,
         max_batch: int = MAX_BATCH,
     ) -> None:
-        if max_batch < 1:
-            raise ValueError(f"max_batch must be at least 1, not {max_batch}")
         self._write = write
         self._describe = describe
-        self.max_batch = max_batch
-        self._queue: deque[Park] = deque()
-        self._writing = False
+        self._turns = Turns(self._write_batch, max_batch)
         # How many transactions made how many requests (size -> transactions).
         self.sizes: Counter[int] = Counter()
 
     async def park(self, park: Park) -> tuple[RequestView, int]:
         """The request as stored and its creation's event number, once committed; raises what refused it."""
-        # Shielded like every database write: a caller cancelled while queued must still take its turn to write.
-        with anyio.CancelScope(shield=True):
-            self._queue.append(park)
-            if self._writing:
-                await park.woken.wait()
-            else:
-                self._writing = True
-                park.writes = True
-            if park.writes:
-                await self._write_batch()
+        await self._turns.take(park)
         if park.error is not None:
             raise park.error
         assert park.view is not None
         return park.view, park.seq
 
-    async def _write_batch(self) -> None:
-        # The writer's own park is first in the queue: it was queued when nothing was, or it was handed the turn.
-        batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
+    async def _write_batch(self, batch: list[Park]) -> None:
         try:
             async with self._write() as conn:
                 await self._make(conn, batch)
@@ -125,13 +111,6 @@ class ParkBatches:
             for park in batch:
                 if park.view is None and park.error is None:
                     park.error = StoreUnavailable("the write ended before this request was made")
-                park.woken.set()
-            if self._queue:
-                following = self._queue[0]
-                following.writes = True
-                following.woken.set()
-            else:
-                self._writing = False
 
     async def _make(self, conn: AsyncConnection, batch: Sequence[Park]) -> None:
         counted = await _pending(conn, batch)

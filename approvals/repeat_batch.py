@@ -17,7 +17,6 @@ every caller in it. Every answer comes from a read that began after its caller a
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,6 +29,7 @@ from approvals.db import Database
 from approvals.errors import StoreUnavailable
 from approvals.models import ApprovalRequest
 from approvals.states import OPEN, TERMINAL, Status
+from approvals.turns import Turns
 from approvals.views import RequestView
 
 # Enough for a burst to be read in a few statements; each digest is two index lookups.
@@ -64,7 +64,7 @@ class _Ask:
     digest: str
     ended_since: datetime
     woken: anyio.Event = field(default_factory=anyio.Event)
-    reads: bool = False  # woken to make the next read rather than because its own has ended
+    leads: bool = False
     answer: RequestView | None = None
     error: Exception | None = None
 
@@ -74,28 +74,16 @@ class RepeatReads:
 
     def __init__(self, db: Database, *, max_batch: int = MAX_BATCH) -> None:
         self.db = db
-        self.max_batch = max_batch
-        self._queue: deque[_Ask] = deque()
-        self._reading = False
+        self._turns = Turns(self._read_batch, max_batch)
 
     async def find(self, agent: str, tool: str, digest: str, ended_since: datetime) -> RequestView | None:
         ask = _Ask(agent, tool, digest, ended_since)
-        # Shielded: a caller cancelled while queued must still take its turn to read, or the queue would stall.
-        with anyio.CancelScope(shield=True):
-            self._queue.append(ask)
-            if self._reading:
-                await ask.woken.wait()
-            else:
-                self._reading = True
-                ask.reads = True
-            if ask.reads:
-                await self._read_batch()
+        await self._turns.take(ask)
         if ask.error is not None:
             raise ask.error
         return ask.answer
 
-    async def _read_batch(self) -> None:
-        batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
+    async def _read_batch(self, batch: list[_Ask]) -> None:
         error: Exception | None = StoreUnavailable("the read was interrupted")
         try:
             values = {
@@ -113,13 +101,6 @@ class RepeatReads:
         finally:
             for ask in batch:
                 ask.error = error
-                ask.woken.set()
-            if self._queue:
-                following = self._queue[0]
-                following.reads = True
-                following.woken.set()
-            else:
-                self._reading = False
 
 
 def choose(
