@@ -160,7 +160,12 @@ class MessageKeeper:
         if before is None:
             return None
         when = view.expires_at - timedelta(seconds=before)
-        return when if when > self.clock() else None
+        now = self.clock()
+        if when > now:
+            return when
+        # Its moment passed before the message was up (a slow post, a restart): late is better than never while
+        # there is still time to decide; a lead time longer than the whole wait never asked for one.
+        return now if view.created_at <= when and view.expires_at > now else None
 
 
 class _Job:
