@@ -67,6 +67,8 @@ async def _held(s: Stack, agent: Client, arguments: dict[str, Any], decide: Call
 
         tg.start_soon(call)
         [request] = await s.h.pending()
+        # An approver decides what Slack shows them (a request decided before its message is up gets none).
+        await s.slack.message()
         await decide(request["id"])
     return request["id"], box["result"]
 
