@@ -87,8 +87,9 @@ async def test_a_call_held_past_the_agents_limit_returns_pending_and_the_wait_to
 
 
 async def test_repeating_the_same_call_attaches_to_the_pending_request(tmp_path: Path, sqlite_url: str) -> None:
+    # The repeat is held up to max_hold again: long enough for the approval below even on a busy machine.
     async with (
-        running_gateway(tmp_path, sqlite_url, policy=policy(max_hold="1s")) as h,
+        running_gateway(tmp_path, sqlite_url, policy=policy(max_hold="4s")) as h,
         h.agent() as agent,
     ):
         first = await agent.call_tool("ibkr_cancel_order", CANCEL)

@@ -96,7 +96,10 @@ async def test_without_reset_on_progress_the_bounded_hold_answers_before_the_tim
         response = await h.api().post(f"/api/approvals/{approval_id}/approve", json={})
         assert response.status_code == 200
         picked = await run_client(
-            h, tool="countersign_approval_wait", arguments={"approval_id": approval_id}, timeoutMs=10000
+            h,
+            tool="countersign_approval_wait",
+            arguments={"approval_id": approval_id, "timeout_seconds": 8},
+            timeoutMs=10000,
         )
         assert picked["result"]["structuredContent"]["orderId"] == 1001
         assert h.book.cancel_calls == 1

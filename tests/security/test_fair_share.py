@@ -153,5 +153,7 @@ async def test_five_tool_names_of_three_megabytes_are_refused_and_store_almost_n
         events = (await h.api().get("/api/audit")).json()["events"]
         invalid = [e for e in events if e["kind"] == "call.invalid"]
         assert len(invalid) == 10 and all(len(e["tool"]) <= MAX_TOOL_NAME_CHARS for e in invalid)
-        assert long < short + 100_000, f"15 MB of names grew the database by {long} bytes, 5 short ones by {short}"
+        # WAL checkpoints and the search index's catch-up move either figure by a few hundred KB with timing;
+        # names that were stored would add 15 MB.
+        assert long < short + 1_000_000, f"15 MB of names grew the database by {long} bytes, 5 short ones by {short}"
         assert db.exists()
