@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,7 @@ async def signed_in(base_url: str) -> httpx2.AsyncClient:
 
 def filters(newest: datetime, total: int) -> list[tuple[str, dict[str, str]]]:
     day = (newest - SPAN / 2).strftime("%Y-%m-%d")
+    older = str(total * 7 // 8)
     return [
         ("no filter", {}),
         ("tool=ibkr_cancel_order", {"tool": "ibkr_cancel_order"}),
@@ -184,6 +186,9 @@ def filters(newest: datetime, total: int) -> list[tuple[str, dict[str, str]]]:
         ("text 'AAPL' + agent=hedger", {"q": "AAPL", "agent": "hedger"}),
         ("text 'AAPL', one day", {"q": "AAPL", "since": day, "until": day}),
         ("text 'cancel' + outcome=approved", {"q": "cancel", "outcome": "approved"}),
+        ("text 'cancel' + outcome=approved, older", {"q": "cancel", "outcome": "approved", "before": older}),
+        ("text 'cancel' + agent=hedger", {"q": "cancel", "agent": "hedger"}),
+        (f"text '{RARE_ORDER}' + agent=hedger", {"q": str(RARE_ORDER), "agent": "hedger"}),
         ("text 'AAPL', deep page", {"q": "AAPL", "before": str(total // 4)}),
         ("text 'AAPL', newer page", {"q": "AAPL", "after": str(total // 2)}),
         ("text 'PY' (two characters: no index)", {"q": "PY"}),
@@ -236,31 +241,50 @@ class ServerCpu:
             await self.admin.close()
 
 
-async def pages(
-    client: httpx2.AsyncClient, gateway: Proc, path: str, cases: Cases, rounds: int, server: ServerCpu | None
-) -> None:
+@dataclass
+class Target:
+    """A running gateway the pages are loaded from: this checkout's, or a baseline's (`--baseline`)."""
+
+    name: str
+    client: httpx2.AsyncClient
+    gateway: Proc
+
+
+async def pages(targets: list[Target], path: str, cases: Cases, rounds: int, server: ServerCpu | None) -> None:
+    """Each case `rounds` times from each target, the targets alternated load by load (order swapped each round)."""
     t0 = time.perf_counter()
-    cold = await timed_get(client, path, {})
-    cold_note = " (cold: the filter menus are read)" if path == "/audit" else ""
-    print(f"\n{path}: first load{cold_note} {cold:.1f} ms")
-    times: dict[str, list[float]] = {label: [] for label, _ in cases}
-    cpu = {label: 0.0 for label, _ in cases}
-    db_cpu = {label: 0.0 for label, _ in cases}
-    for _ in range(rounds):
+    for target in targets:
+        cold = await timed_get(target.client, path, {})
+        cold_note = " (cold: the filter menus are read)" if path == "/audit" else ""
+        print(f"\n{path} [{target.name}]: first load{cold_note} {cold:.1f} ms")
+    times = {(t.name, label): [] for t in targets for label, _ in cases}  # type: dict[tuple[str, str], list[float]]
+    cpu = {key: 0.0 for key in times}
+    db_cpu = {key: 0.0 for key in times}
+    for n in range(rounds):
         for label, params in cases:
-            c0, s0 = cpu_ms(gateway.pid), (await server() if server else 0.0)
-            times[label].append(await timed_get(client, path, params))
-            cpu[label] += (cpu_ms(gateway.pid) - c0) / rounds
-            db_cpu[label] += ((await server() if server else 0.0) - s0) / rounds
+            for target in targets if n % 2 == 0 else list(reversed(targets)):
+                key = (target.name, label)
+                c0, s0 = cpu_ms(target.gateway.pid), (await server() if server else 0.0)
+                times[key].append(await timed_get(target.client, path, params))
+                cpu[key] += (cpu_ms(target.gateway.pid) - c0) / rounds
+                db_cpu[key] += ((await server() if server else 0.0) - s0) / rounds
     width = max(len(label) for label, _ in cases)
     server_head = f"  {'PG CPU ms':>9}" if server else ""
-    print(f"{'filter'.ljust(width)}  {'p50 ms':>8}  {'p95 ms':>8}  {'max ms':>8}  {'gw CPU ms':>9}{server_head}")
-    for label, values in times.items():
-        p50, p95 = percentile(values, 50), percentile(values, 95)
-        server_cell = f"  {db_cpu[label]:9.1f}" if server else ""
-        print(f"{label.ljust(width)}  {p50:8.1f}  {p95:8.1f}  {max(values):8.1f}  {cpu[label]:9.1f}{server_cell}")
-    report(times, width)
-    print(f"({rounds} rounds of {len(cases)} filters in {time.perf_counter() - t0:.1f}s)")
+    head = f"{'p50 ms':>8}  {'p95 ms':>8}  {'max ms':>8}  {'gw CPU ms':>9}{server_head}"
+    print(f"{'filter'.ljust(width)}  " + "  |  ".join(f"{t.name}: {head}" for t in targets))
+    for label, _ in cases:
+        cells = []
+        for target in targets:
+            key = (target.name, label)
+            values = times[key]
+            p50, p95 = percentile(values, 50), percentile(values, 95)
+            server_cell = f"  {db_cpu[key]:9.1f}" if server else ""
+            cells.append(f"{target.name}: {p50:8.1f}  {p95:8.1f}  {max(values):8.1f}  {cpu[key]:9.1f}{server_cell}")
+        print(f"{label.ljust(width)}  " + "  |  ".join(cells))
+    for target in targets:
+        print(f"[{target.name}]")
+        report({label: times[(target.name, label)] for label, _ in cases}, width)
+    print(f"({rounds} rounds of {len(cases)} filters x {len(targets)} gateways in {time.perf_counter() - t0:.1f}s)")
 
 
 def report(times: dict[str, list[float]], width: int) -> None:
@@ -275,8 +299,9 @@ async def in_process(url: str, cases: Cases, rounds: int) -> None:
     from starlette.datastructures import QueryParams
 
     from approvals.approvers import ApproverDirectory
+    from approvals.audit_pages import read_page
     from approvals.service import ApprovalService
-    from gateway.web.audit_views import COUNT_CAP, PAGE_SIZE, TEXT_COUNT_CAP, AuditQuery, page_bound
+    from gateway.web.audit_views import COUNT_CAP, TEXT_COUNT_CAP, AuditQuery, page_bound
 
     db = Database(url, audit_key=BENCH_KEY)
     history = ApprovalService(db, ApproverDirectory([])).history
@@ -288,19 +313,14 @@ async def in_process(url: str, cases: Cases, rounds: int) -> None:
                 query, given = AuditQuery.from_params(QueryParams(params)), QueryParams(params)
                 before, after = page_bound(given, "before"), page_bound(given, "after")
                 c0, t0 = time.process_time(), time.perf_counter()
-                filters = await history.bounded(query.filters())
-                if filters is not None:
-                    page = await history.search_events(
-                        **filters, before_seq=before, after_seq=after, limit=PAGE_SIZE + 1
-                    )
-                    if before is not None or after is not None or len(page) > PAGE_SIZE:  # as the page counts
-                        await history.count_events(**filters, cap=(TEXT_COUNT_CAP if query.q else COUNT_CAP) + 1)
+                cap = TEXT_COUNT_CAP if query.q else COUNT_CAP
+                await read_page(history, query.filters(), before=before, after=after, cap=cap)  # as the page reads
                 times[label].append((time.perf_counter() - t0) * 1000)
                 cpu[label] += (time.process_time() - c0) * 1000 / rounds
     finally:
         await db.dispose()
     width = max(len(label) for label, _ in cases)
-    print(f"\nthe same queries in process (bounded, page, count): {rounds} rounds")
+    print(f"\nthe same queries in process (read_page: bounded, window, page, count): {rounds} rounds")
     print(f"{'filter'.ljust(width)}  {'p50 ms':>8}  {'p95 ms':>8}  {'max ms':>8}  {'CPU ms':>8}")
     for label, values in times.items():
         p50, p95 = percentile(values, 50), percentile(values, 95)
@@ -366,22 +386,30 @@ async def main_async(args: argparse.Namespace) -> None:
                 await in_process(url, cases, args.rounds)
                 print(f"(load average {' '.join(f'{x:.1f}' for x in os.getloadavg())})")
                 return
-            port = free_port()
-            argv = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config(workdir, port, url))]
-            gateway = start_process("gateway", argv, workdir, procs)
-            base_url = f"http://127.0.0.1:{port}"
-            await wait_healthy(gateway, f"{base_url}/healthz", lambda _: True, within=120)
-            client = await signed_in(base_url)
+            targets: list[Target] = []
+            checkouts = [("this", REPO)] + ([("base", args.baseline)] if args.baseline else [])
+            for name, checkout in checkouts:
+                port = free_port()
+                python = sys.executable if checkout == REPO else str(checkout / ".venv" / "bin" / "python")
+                (workdir / name).mkdir()
+                cfg = config(workdir / name, port, url)
+                argv = [python, "-m", "gateway.cli", "serve", "--config", str(cfg)]
+                # Run from the checkout itself: `python -m` imports the package in its working directory first.
+                proc = start_process(f"gateway-{name}", argv, workdir, procs, cwd=checkout)
+                base_url = f"http://127.0.0.1:{port}"
+                await wait_healthy(proc, f"{base_url}/healthz", lambda _: True, within=120)
+                targets.append(Target(name, await signed_in(base_url), proc))
+            client, gateway = targets[0].client, targets[0].gateway
             try:
                 backend = "SQLite" if url.startswith("sqlite") else "PostgreSQL"
                 rss = gateway.rss_kib() / 1024
                 print(f"\naudit page with {args.events:,} events ({backend}), gateway RSS {rss:.0f} MiB")
                 server = None if url.startswith("sqlite") else ServerCpu(url)
                 try:
-                    await pages(client, gateway, "/audit", cases, args.rounds, server)
+                    await pages(targets, "/audit", cases, args.rounds, server)
                     if args.activity:
                         activity = [(label, p) for label, p in cases if "before" not in p]
-                        await pages(client, gateway, "/audit/activity", activity, args.rounds, server)
+                        await pages(targets, "/audit/activity", activity, args.rounds, server)
                 finally:
                     if server is not None:
                         await server.close()
@@ -394,7 +422,8 @@ async def main_async(args: argparse.Namespace) -> None:
                 await export(client, gateway, "csv", {})
                 await export(client, gateway, "json", {})
             finally:
-                await client.aclose()
+                for target in targets:
+                    await target.client.aclose()
         finally:
             for proc in procs:
                 proc.stop()
@@ -414,10 +443,18 @@ def main() -> None:
         help="a database URL (sqlite:///file or postgresql://…/name) filled by an earlier run, kept afterwards;"
         " filled first when empty. Lets two checkouts be measured on the same events",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="another checkout (with its own .venv) whose gateway serves the same database beside this one's;"
+        " page loads alternate between the two",
+    )
     parser.add_argument("--no-activity", dest="activity", action="store_false", help="skip /audit/activity")
     parser.add_argument("--no-http", dest="http", action="store_false", help="the in-process queries only")
     parser.add_argument("--no-exports", dest="exports", action="store_false", help="pages only")
-    anyio.run(main_async, parser.parse_args())
+    args = parser.parse_args()
+    args.baseline = args.baseline and Path(args.baseline).resolve()
+    anyio.run(main_async, args)
 
 
 if __name__ == "__main__":
