@@ -41,6 +41,8 @@ class EventPage:
     # The count covers the events from this one up to the newest only (the top window of a search).
     counted_from: int | None = None
     scan: int = SCAN
+    # Not counted with the page: the count is read after it (`count_matches`), the page shows meanwhile.
+    deferred: bool = False
 
 
 async def read_page(
@@ -51,8 +53,12 @@ async def read_page(
     after: int | None = None,
     cap: int,
     size: int = PAGE_SIZE,
+    defer_count: bool = False,
 ) -> EventPage:
-    """The page of `filters` below `before` (or above `after`), its links and its count (to `cap` + 1)."""
+    """The page of `filters` below `before` (or above `after`), its links and its count (to `cap` + 1).
+
+    `defer_count`: a count that takes a statement of its own is left to `count_matches`, read after the page.
+    """
     scan = history.scan
     bounded = await history.bounded(filters)
     if bounded is None:
@@ -81,9 +87,21 @@ async def read_page(
     if edge is not None and not first:
         # A later window of a search: counting the top window again would double the load's work.
         return EventPage(events, None, False, newer, older, searched_to, not going_newer, None, scan)
+    if defer_count:
+        return EventPage(events, None, False, newer, older, searched_to, not going_newer, None, scan, deferred=True)
     top = edge if first else None
     total = await history.count_events(**_within(bounded, top, newer=False), cap=cap + 1)
     return EventPage(events, min(total, cap), total > cap, newer, older, searched_to, not going_newer, top, scan)
+
+
+async def count_matches(history: AuditHistory, filters: EventFilters, *, cap: int) -> EventPage:
+    """The count a first page shows (to `cap` + 1), on its own: a search's in its newest window (no events)."""
+    bounded = await history.bounded(filters)
+    if bounded is None:
+        return EventPage(scan=history.scan)
+    top = await history.window(bounded)
+    total = await history.count_events(**_within(bounded, top, newer=False), cap=cap + 1)
+    return EventPage([], min(total, cap), total > cap, counted_from=top, scan=history.scan)
 
 
 def _within(filters: EventFilters, edge: int | None, *, newer: bool) -> EventFilters:

@@ -386,7 +386,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 await in_process(url, cases, args.rounds)
                 print(f"(load average {' '.join(f'{x:.1f}' for x in os.getloadavg())})")
                 return
-            targets: list[Target] = []
+            started: list[tuple[str, str, Proc]] = []
             checkouts = [("this", REPO)] + ([("base", args.baseline)] if args.baseline else [])
             for name, checkout in checkouts:
                 port = free_port()
@@ -398,7 +398,9 @@ async def main_async(args: argparse.Namespace) -> None:
                 proc = start_process(f"gateway-{name}", argv, workdir, procs, cwd=checkout)
                 base_url = f"http://127.0.0.1:{port}"
                 await wait_healthy(proc, f"{base_url}/healthz", lambda _: True, within=120)
-                targets.append(Target(name, await signed_in(base_url), proc))
+                started.append((name, base_url, proc))
+            # Signed in once every gateway serves: a gateway starting ends the web sessions before it.
+            targets = [Target(name, await signed_in(base_url), proc) for name, base_url, proc in started]
             client, gateway = targets[0].client, targets[0].gateway
             try:
                 backend = "SQLite" if url.startswith("sqlite") else "PostgreSQL"

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from approvals.audit import ChainReport
-from approvals.audit_pages import PAGE_SIZE, EventPage, read_page
+from approvals.audit_pages import EventPage, count_matches, read_page
 from approvals.history import EventFilters
 from approvals.service import ApprovalService
 from approvals.views import AuditEventView
@@ -290,7 +290,9 @@ class AuditViews:
         listed = EventPage()
         if not query.errors:
             history = self.service.history
-            listed = await read_page(history, query.filters(), before=before, after=after, cap=cap, size=PAGE_SIZE)
+            # A text search on PostgreSQL reads event rows to count (no index answers it alone): after the page.
+            defer = bool(query.q) and not history.db.is_sqlite
+            listed = await read_page(history, query.filters(), before=before, after=after, cap=cap, defer_count=defer)
         link = "/audit?{}".format
         return await self.web.page(
             "audit.html",
@@ -311,9 +313,20 @@ class AuditViews:
                 "export_csv": f"/audit/export.csv?{query.query_string()}",
                 "export_json": f"/audit/export.json?{query.query_string()}",
                 "activity_url": f"/audit/activity?{query.query_string()}",
+                "count_url": f"/audit/count?{query.query_string()}",
             },
             status_code=400 if query.errors else 200,
         )
+
+    async def count(self, request: Request, viewer: Viewer) -> Response:
+        """The matching events' count, alone: what a page whose count was deferred loads after itself (htmx)."""
+        query = AuditQuery.from_params(request.query_params)
+        if query.errors:
+            return Response("; ".join(query.errors), status_code=400, media_type="text/plain")
+        cap = TEXT_COUNT_CAP if query.q else COUNT_CAP
+        counted = await count_matches(self.service.history, query.filters(), cap=cap)
+        context = {"listed": counted, "total": counted.total, "total_capped": counted.capped, "count_cap": cap}
+        return self.web.render("partials/audit_count.html", viewer, context)
 
     async def chain_status(self, request: Request, viewer: Viewer) -> Response:
         report, checked_at = await self.chain.current(fresh=request.query_params.get("fresh") == "1")
