@@ -21,7 +21,6 @@ Without --database-url it uses a SQLite file in a temporary directory; with one,
 from __future__ import annotations
 
 import argparse
-import contextlib
 import html
 import itertools
 import os
@@ -46,9 +45,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench_audit import BENCH_KEY, RARE_ORDER, traffic  # type: ignore[import-not-found]  # noqa: E402
+from bench_audit_measure import ServerCpu, cpu_ms, export  # type: ignore[import-not-found]  # noqa: E402
 from bench_gateway import (  # type: ignore[import-not-found]  # noqa: E402
     Proc,
-    _plain_pg,
     create_pg_database,
     drop_pg_database,
     free_port,
@@ -208,39 +207,6 @@ async def timed_get(client: httpx2.AsyncClient, path: str, params: dict[str, str
 Cases = Sequence[tuple[str, dict[str, str]]]
 
 
-def cpu_ms(pid: int) -> float:
-    """A process's CPU time so far (user + system, all its threads), in ms."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
-
-
-class ServerCpu:
-    """The CPU time of the PostgreSQL backends serving one database (the server runs on this machine)."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.admin: Any = None
-
-    async def __call__(self) -> float:
-        import asyncpg  # type: ignore[import-untyped]
-
-        if self.admin is None:
-            plain = _plain_pg(self.url)
-            self.admin = await asyncpg.connect(plain.render_as_string(hide_password=False), timeout=10)
-        rows = await self.admin.fetch(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
-        total = 0.0
-        for row in rows:
-            with contextlib.suppress(FileNotFoundError):  # a backend that has just gone
-                total += cpu_ms(row["pid"])
-        return total
-
-    async def close(self) -> None:
-        if self.admin is not None:
-            await self.admin.close()
-
-
 @dataclass
 class Target:
     """A running gateway the pages are loaded from: this checkout's, or a baseline's (`--baseline`)."""
@@ -313,8 +279,8 @@ async def in_process(url: str, cases: Cases, rounds: int) -> None:
                 query, given = AuditQuery.from_params(QueryParams(params)), QueryParams(params)
                 before, after = page_bound(given, "before"), page_bound(given, "after")
                 c0, t0 = time.process_time(), time.perf_counter()
-                cap = TEXT_COUNT_CAP if query.q else COUNT_CAP
-                await read_page(history, query.filters(), before=before, after=after, cap=cap)  # as the page reads
+                cap, defer = (TEXT_COUNT_CAP if query.q else COUNT_CAP), bool(query.q) and not db.is_sqlite
+                await read_page(history, query.filters(), before=before, after=after, cap=cap, defer_count=defer)
                 times[label].append((time.perf_counter() - t0) * 1000)
                 cpu[label] += (time.process_time() - c0) * 1000 / rounds
     finally:
@@ -326,36 +292,6 @@ async def in_process(url: str, cases: Cases, rounds: int) -> None:
         p50, p95 = percentile(values, 50), percentile(values, 95)
         print(f"{label.ljust(width)}  {p50:8.1f}  {p95:8.1f}  {max(values):8.1f}  {cpu[label]:8.1f}")
     report(times, width)
-
-
-async def export(client: httpx2.AsyncClient, gateway: Proc, kind: str, params: dict[str, str]) -> None:
-    before, hwm_before = gateway.rss_kib(), gateway.hwm_kib()
-    peak = before
-    done = anyio.Event()
-
-    async def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, gateway.rss_kib())
-            await anyio.sleep(0.02)
-
-    rows = size = 0
-    t0 = time.perf_counter()
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(sample)
-        async with client.stream("GET", f"/audit/export.{kind}", params=params) as response:
-            assert response.status_code == 200, response.status_code
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                rows += chunk.count(b"\n")
-        done.set()
-    elapsed = time.perf_counter() - t0
-    label = f"export.{kind}" + (f" {params}" if params else " (everything)")
-    print(
-        f"{label:<40} {elapsed:6.1f} s  {rows:>9,} lines  {size / 2**20:7.1f} MiB  "
-        f"RSS {before / 1024:.0f} -> peak {peak / 1024:.0f} MiB (+{(peak - before) / 1024:.1f}), "
-        f"VmHWM +{(gateway.hwm_kib() - hwm_before) / 1024:.1f} MiB"
-    )
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -409,6 +345,9 @@ async def main_async(args: argparse.Namespace) -> None:
                 server = None if url.startswith("sqlite") else ServerCpu(url)
                 try:
                     await pages(targets, "/audit", cases, args.rounds, server)
+                    if server is not None:  # the count a PostgreSQL search loads after its page
+                        counted = [(label, p) for label, p in cases if "q" in p and {"before", "after"}.isdisjoint(p)]
+                        await pages(targets[:1], "/audit/count", counted, args.rounds, server)
                     if args.activity:
                         activity = [(label, p) for label, p in cases if "before" not in p]
                         await pages(targets, "/audit/activity", activity, args.rounds, server)
