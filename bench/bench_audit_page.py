@@ -256,7 +256,8 @@ async def pages(targets: list[Target], path: str, cases: Cases, rounds: int, ser
 def report(times: dict[str, list[float]], width: int) -> None:
     indexed = [v for label, values in times.items() if not label.startswith("text") for v in values]
     every = [v for values in times.values() for v in values]
-    print(f"{'all but text search'.ljust(width)}  {percentile(indexed, 50):8.1f}  {percentile(indexed, 95):8.1f}")
+    if indexed:
+        print(f"{'all but text search'.ljust(width)}  {percentile(indexed, 50):8.1f}  {percentile(indexed, 95):8.1f}")
     print(f"{'all'.ljust(width)}  {percentile(every, 50):8.1f}  {percentile(every, 95):8.1f}")
 
 
