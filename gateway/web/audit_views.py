@@ -17,7 +17,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
-from markupsafe import Markup
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -27,10 +26,8 @@ from approvals.audit_pages import EventPage, count_matches, read_page
 from approvals.history import EventFilters
 from approvals.service import ApprovalService
 from approvals.views import AuditEventView
-from gateway.web import present
 from gateway.web.auth import Viewer
 from gateway.web.pages import WebContext
-from gateway.web.templating import iso
 
 EXPORT_BATCH = 1000
 # A page's count stops at ten thousand ("More than 10,000 matching events"): counting further read up to
@@ -263,21 +260,6 @@ def _spreadsheet_safe(value: str) -> str:
     return value
 
 
-_MOMENT = (
-    '<time class="moment" datetime="{0}" title="{1}">{2}</time> <span class="ago" data-ago="{0}" title="{1}">{3}</span>'
-)
-
-
-def moment_cell(at: datetime, now: datetime) -> Markup:
-    """The `moment` macro's markup (templates/_macros.html) for an event's time, in one call.
-
-    The audit page shows fifty of them: through the macro each cost five filter calls and the macro's
-    own frame, a fifth of the page's render.
-    """
-    stamp, exact = iso(at), present.exact(at)
-    return Markup(_MOMENT).format(stamp, exact, present.humane(at, now), present.ago(at, now))
-
-
 def event_record(event: AuditEventView) -> dict[str, Any]:
     # Read field by field: dataclasses.asdict deep-copies every detail, which was most of an export's time.
     record = {k: getattr(event, k) for k in EXPORT_COLUMNS}
@@ -311,7 +293,7 @@ class AuditViews:
             # A text search on PostgreSQL reads event rows to count (no index answers it alone): after the page.
             defer = bool(query.q) and not history.db.is_sqlite
             listed = await read_page(history, query.filters(), before=before, after=after, cap=cap, defer_count=defer)
-        link, now = "/audit?{}".format, self.service.clock()
+        link = "/audit?{}".format
         return await self.web.page(
             "audit.html",
             viewer,
@@ -319,7 +301,6 @@ class AuditViews:
                 "active": "audit",
                 "query": query,
                 "events": listed.events,
-                "moments": {e.seq: moment_cell(e.at, now) for e in listed.events},
                 "listed": listed,
                 "facets": facets,
                 "outcomes": outcomes,
