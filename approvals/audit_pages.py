@@ -15,7 +15,7 @@ about the same whatever the filters and however many events there are:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from approvals.history import SCAN, AuditHistory, EventFilters
 from approvals.views import AuditEventView
@@ -79,19 +79,27 @@ async def read_page(
         events = events[:size]
         older = events[-1].seq if full else edge
         newer = None if before is None else events[0].seq if events else before - 1
-    searched_to = None if full else edge
+    page = EventPage(
+        events,
+        total=None,
+        newer=newer,
+        older=older,
+        searched_to=None if full else edge,
+        searched_older=not going_newer,
+        scan=scan,
+    )
     first = before is None and after is None
     if first and not full:
         # Every match there is on this page: that is the count (of the window, when the search stopped at one).
-        return EventPage(events, len(events), False, newer, older, searched_to, True, edge, scan)
+        return replace(page, total=len(events), counted_from=edge)
     if edge is not None and not first:
         # A later window of a search: counting the top window again would double the load's work.
-        return EventPage(events, None, False, newer, older, searched_to, not going_newer, None, scan)
+        return page
     if defer_count:
-        return EventPage(events, None, False, newer, older, searched_to, not going_newer, None, scan, deferred=True)
+        return replace(page, deferred=True)
     top = edge if first else None
     total = await history.count_events(**_within(bounded, top, newer=False), cap=cap + 1)
-    return EventPage(events, min(total, cap), total > cap, newer, older, searched_to, not going_newer, top, scan)
+    return replace(page, total=min(total, cap), capped=total > cap, counted_from=top)
 
 
 async def count_matches(history: AuditHistory, filters: EventFilters, *, cap: int) -> EventPage:
@@ -101,7 +109,7 @@ async def count_matches(history: AuditHistory, filters: EventFilters, *, cap: in
         return EventPage(scan=history.scan)
     top = await history.window(bounded)
     total = await history.count_events(**_within(bounded, top, newer=False), cap=cap + 1)
-    return EventPage([], min(total, cap), total > cap, counted_from=top, scan=history.scan)
+    return EventPage(total=min(total, cap), capped=total > cap, counted_from=top, scan=history.scan)
 
 
 def _within(filters: EventFilters, edge: int | None, *, newer: bool) -> EventFilters:
