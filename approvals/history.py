@@ -6,10 +6,10 @@ from collections import OrderedDict
 from datetime import datetime
 from typing import Any, TypedDict, Unpack
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, func, select, true
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from approvals import audit, audit_text
+from approvals import audit, audit_text, audit_walk
 from approvals.db import Database
 from approvals.evidence import verify_log
 from approvals.models import AuditEvent
@@ -20,6 +20,10 @@ _events = AuditEvent.__table__  # type: ignore[attr-defined]
 
 # How many `since` moments `AuditHistory.bounded` remembers the first sequence number of.
 KNOWN_STARTS = 256
+# How many candidates a narrowed text search examines per page load (`AuditHistory.window`): SQLite checks
+# one in its filter's index (~0.5 µs), PostgreSQL reads its row and matches the text (~4 µs).
+SCAN = 10_000
+SCAN_POSTGRES = 4_000
 
 
 class AuditHistory:
@@ -28,6 +32,9 @@ class AuditHistory:
         # since -> the smallest sequence number of an event at or after it, when it was read. It stays a
         # valid lower bound: an event appended later takes a larger number than every event there is.
         self._starts: OrderedDict[datetime, int] = OrderedDict()
+        self.estimates = audit_walk.TextEstimates()
+        # How many candidates a narrowed text search examines per page load (`window`).
+        self.scan = SCAN if db.is_sqlite else SCAN_POSTGRES
 
     async def events(self, *, request_id: str | None = None, limit: int = 200) -> list[AuditEventView]:
         query = select(_events)
@@ -55,9 +62,14 @@ class AuditHistory:
         Paged by sequence number (keyset), so a page deep in a large history costs the same as the first:
         `before_seq` gives the page after the one ending there, `after_seq` the page before (still newest first).
         """
+        # The keyset as sequence bounds too, where a statement needs them inside (a walk's candidates, the index).
+        if before_seq is not None and after_seq is None:
+            filters = _narrowed(filters, "seq_to", before_seq - 1)
+        if after_seq is not None:
+            filters = _narrowed(filters, "seq_from", after_seq + 1)
         async with self.db.read() as conn:
             rows: list[Any] = []
-            for query, seq in await self._matching(conn, filters, _events):
+            for query, seq in await self._matching(conn, filters, _events, newest_first=after_seq is None):
                 if after_seq is not None:
                     # The page just newer than `after_seq`: the oldest `limit` above it, shown newest first.
                     query = query.where(seq > after_seq).order_by(seq.asc())
@@ -106,6 +118,52 @@ class AuditHistory:
             return {**filters, "seq_from": int(low)}
         return {**filters, "seq_from": int(low), "seq_to": int(high)}
 
+    async def window(
+        self, filters: EventFilters, *, before_seq: int | None = None, after_seq: int | None = None
+    ) -> int | None:
+        """Where a text search narrowed by other filters stops examining candidates; None when it need not stop.
+
+        A common word with a filter few of its matches meet (`cancel` among approvals: 150,000 matches, none
+        approved) would otherwise be checked match by match to the oldest event on every page load. A page
+        load examines at most `self.scan` candidates below `before_seq` (above `after_seq`, for a newer page): the
+        answer is the sequence number of the last one, the bound (`seq_from`, or `seq_to` going newer) the
+        page is read within; a page that is not full there says so and offers to search on from it. None when
+        fewer candidates remain, or when every candidate is a match (text alone, or with a time range).
+
+        The candidates are the text's matches in the trigram index on SQLite (newest first by rowid). On
+        PostgreSQL, whose trigram indexes have no order, they are the events the equality filters select,
+        walked in that filter's (column, seq) index, unless the planner expects the text itself to be rare:
+        then the trigram indexes find its few matches in the whole history at once, and there is no bound.
+        """
+        text = filters.get("text")
+        if not text or filters.get("request_id"):
+            return None  # a request's events are a handful
+        newer = after_seq is not None and before_seq is None
+        async with self.db.read() as conn:
+            phrase = self._phrase(filters)
+            if phrase is not None:
+                if not any(filters.get(name) for name in (*audit_text.PROBED, "kinds")):
+                    return None
+                upto = int((await conn.execute(audit_text.read_upto)).scalar_one())
+                seq = audit_text.rowid
+                query = select(seq).select_from(audit_text.index).where(audit_text.matches(phrase), seq <= upto)
+            elif not await self._walks(conn, filters):
+                return None
+            else:
+                seq = _events.c.seq
+                query = select(seq).where(*event_conditions(_walked(filters)))
+            if filters.get("seq_from") is not None:
+                query = query.where(seq >= filters.get("seq_from"))
+            if filters.get("seq_to") is not None:
+                query = query.where(seq <= filters.get("seq_to"))
+            if newer:
+                query = query.where(seq > after_seq).order_by(seq.asc())
+            else:
+                query = query.where(seq < before_seq) if before_seq is not None else query
+                query = query.order_by(seq.desc())
+            bound = (await conn.execute(query.offset(self.scan - 1).limit(1))).scalar_one_or_none()
+        return None if bound is None else int(bound)
+
     async def count_events(self, *, cap: int | None = None, **filters: Unpack[EventFilters]) -> int:
         """How many events match; with `cap`, counting stops there (the answer is then at least `cap`)."""
         total = 0
@@ -129,7 +187,16 @@ class AuditHistory:
     def _phrase(self, filters: EventFilters) -> str | None:
         return audit_text.phrase(filters.get("text")) if self.db.is_sqlite else None
 
-    async def _matching(self, conn: AsyncConnection, filters: EventFilters, *columns: Any) -> list[tuple[Any, Any]]:
+    async def _walks(self, conn: AsyncConnection, filters: EventFilters) -> bool:
+        """Whether a search is read from its filters' candidates (PostgreSQL, `approvals.audit_walk`)."""
+        text = filters.get("text")
+        if self.db.is_sqlite or not text or not any(filters.get(name) for name in audit_walk.WALKED):
+            return False
+        return await self.estimates.common(conn, like_pattern(text))
+
+    async def _matching(
+        self, conn: AsyncConnection, filters: EventFilters, *columns: Any, newest_first: bool = True
+    ) -> list[tuple[Any, Any]]:
         """SELECTs of `columns` of the events that match `filters`, each with the sequence number column to page by.
 
         On SQLite a text search is read from the trigram index joined to the events (`approvals.audit_text`),
@@ -138,6 +205,8 @@ class AuditHistory:
         other search is one SELECT of the events alone.
         """
         phrase = self._phrase(filters)
+        if phrase is None and await self._walks(conn, filters):
+            return [_walk(filters, columns, newest_first=newest_first)]
         if phrase is None:
             return [(select(*columns).where(*event_conditions(filters)), _events.c.seq)]
         upto = int((await conn.execute(audit_text.read_upto)).scalar_one())
@@ -171,6 +240,47 @@ def _indexed(query: Any, phrase: str, filters: EventFilters, upto: int) -> tuple
     others = event_conditions(rest, seq=audit_text.rowid)
     probes = audit_text.probes(probed)
     return query.where(audit_text.matches(phrase), audit_text.rowid <= upto, *probes, *others), audit_text.rowid
+
+
+def _walk(filters: EventFilters, columns: Any, *, newest_first: bool) -> tuple[Any, Any]:
+    """`columns` of the events matching `filters`, read from the candidates the equality filters select.
+
+    The candidates' sequence numbers come from a filter's (column, seq) index alone, newest (or oldest)
+    first; each is then looked up by its primary key and its time, kinds and text checked. Both parts are
+    fenced (`OFFSET 0`), so the planner can neither walk the primary key filtering every row nor read the
+    text's whole trigram posting list: the statement reads candidates in order and stops at its LIMIT.
+    """
+    order = _events.c.seq.desc() if newest_first else _events.c.seq.asc()
+    found = select(_events.c.seq).where(*event_conditions(_walked(filters)))
+    candidates = found.order_by(order).offset(0).subquery("candidate")
+    rest: EventFilters = {"since": filters.get("since"), "until": filters.get("until"), "text": filters.get("text")}
+    rest["kinds"] = filters.get("kinds")
+    event = select(_events).where(_events.c.seq == candidates.c.seq, *event_conditions(rest)).offset(0)
+    row = event.lateral("event")
+    names = [name for c in columns for name in (c.c.keys() if isinstance(c, Table) else [c.name])]
+    query = select(*(row.c[name] for name in names)).select_from(candidates.join(row, true()))
+    return query, candidates.c.seq
+
+
+def _walked(filters: EventFilters) -> EventFilters:
+    """The equality filters and sequence bounds of `filters`: what a walk's candidates are selected by."""
+    walked: EventFilters = {"tool": filters.get("tool"), "agent": filters.get("agent")}
+    walked["outcome"], walked["actor"] = filters.get("outcome"), filters.get("actor")
+    walked["request_id"] = filters.get("request_id")
+    walked["seq_from"], walked["seq_to"] = filters.get("seq_from"), filters.get("seq_to")
+    return walked
+
+
+def _narrowed(filters: EventFilters, name: str, value: int) -> EventFilters:
+    """`filters` with the sequence bound `name` (seq_from or seq_to) tightened to `value`."""
+    narrowed: EventFilters = {**filters}
+    if name == "seq_from":
+        given = filters.get("seq_from")
+        narrowed["seq_from"] = value if given is None else max(given, value)
+    else:
+        given = filters.get("seq_to")
+        narrowed["seq_to"] = value if given is None else min(given, value)
+    return narrowed
 
 
 def _unindexed(query: Any, filters: EventFilters, upto: int) -> Any:
@@ -227,10 +337,14 @@ def event_conditions(filters: EventFilters, *, seq: Any = None) -> list[Any]:
     if seq_to is not None:
         conditions.append(seq <= seq_to)
     if text:
-        # A literal substring: the user's % and _ are not wildcards.
-        escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        pattern = f"%{escaped}%"
+        pattern = like_pattern(text)
         conditions.append(
             _events.c.arguments.ilike(pattern, escape="\\") | _events.c.message.ilike(pattern, escape="\\")
         )
     return conditions
+
+
+def like_pattern(text: str) -> str:
+    """The `ILIKE` pattern of a literal substring: the user's % and _ are not wildcards (escaped by \\)."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"

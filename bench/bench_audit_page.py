@@ -21,7 +21,6 @@ Without --database-url it uses a SQLite file in a temporary directory; with one,
 from __future__ import annotations
 
 import argparse
-import contextlib
 import html
 import itertools
 import os
@@ -31,6 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -45,9 +45,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench_audit import BENCH_KEY, RARE_ORDER, traffic  # type: ignore[import-not-found]  # noqa: E402
+from bench_audit_measure import ServerCpu, cpu_ms, export  # type: ignore[import-not-found]  # noqa: E402
 from bench_gateway import (  # type: ignore[import-not-found]  # noqa: E402
     Proc,
-    _plain_pg,
     create_pg_database,
     drop_pg_database,
     free_port,
@@ -168,6 +168,7 @@ async def signed_in(base_url: str) -> httpx2.AsyncClient:
 
 def filters(newest: datetime, total: int) -> list[tuple[str, dict[str, str]]]:
     day = (newest - SPAN / 2).strftime("%Y-%m-%d")
+    older = str(total * 7 // 8)
     return [
         ("no filter", {}),
         ("tool=ibkr_cancel_order", {"tool": "ibkr_cancel_order"}),
@@ -184,6 +185,9 @@ def filters(newest: datetime, total: int) -> list[tuple[str, dict[str, str]]]:
         ("text 'AAPL' + agent=hedger", {"q": "AAPL", "agent": "hedger"}),
         ("text 'AAPL', one day", {"q": "AAPL", "since": day, "until": day}),
         ("text 'cancel' + outcome=approved", {"q": "cancel", "outcome": "approved"}),
+        ("text 'cancel' + outcome=approved, older", {"q": "cancel", "outcome": "approved", "before": older}),
+        ("text 'cancel' + agent=hedger", {"q": "cancel", "agent": "hedger"}),
+        (f"text '{RARE_ORDER}' + agent=hedger", {"q": str(RARE_ORDER), "agent": "hedger"}),
         ("text 'AAPL', deep page", {"q": "AAPL", "before": str(total // 4)}),
         ("text 'AAPL', newer page", {"q": "AAPL", "after": str(total // 2)}),
         ("text 'PY' (two characters: no index)", {"q": "PY"}),
@@ -203,70 +207,57 @@ async def timed_get(client: httpx2.AsyncClient, path: str, params: dict[str, str
 Cases = Sequence[tuple[str, dict[str, str]]]
 
 
-def cpu_ms(pid: int) -> float:
-    """A process's CPU time so far (user + system, all its threads), in ms."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+@dataclass
+class Target:
+    """A running gateway the pages are loaded from: this checkout's, or a baseline's (`--baseline`)."""
+
+    name: str
+    client: httpx2.AsyncClient
+    gateway: Proc
 
 
-class ServerCpu:
-    """The CPU time of the PostgreSQL backends serving one database (the server runs on this machine)."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.admin: Any = None
-
-    async def __call__(self) -> float:
-        import asyncpg  # type: ignore[import-untyped]
-
-        if self.admin is None:
-            plain = _plain_pg(self.url)
-            self.admin = await asyncpg.connect(plain.render_as_string(hide_password=False), timeout=10)
-        rows = await self.admin.fetch(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
-        total = 0.0
-        for row in rows:
-            with contextlib.suppress(FileNotFoundError):  # a backend that has just gone
-                total += cpu_ms(row["pid"])
-        return total
-
-    async def close(self) -> None:
-        if self.admin is not None:
-            await self.admin.close()
-
-
-async def pages(
-    client: httpx2.AsyncClient, gateway: Proc, path: str, cases: Cases, rounds: int, server: ServerCpu | None
-) -> None:
+async def pages(targets: list[Target], path: str, cases: Cases, rounds: int, server: ServerCpu | None) -> None:
+    """Each case `rounds` times from each target, the targets alternated load by load (order swapped each round)."""
     t0 = time.perf_counter()
-    cold = await timed_get(client, path, {})
-    cold_note = " (cold: the filter menus are read)" if path == "/audit" else ""
-    print(f"\n{path}: first load{cold_note} {cold:.1f} ms")
-    times: dict[str, list[float]] = {label: [] for label, _ in cases}
-    cpu = {label: 0.0 for label, _ in cases}
-    db_cpu = {label: 0.0 for label, _ in cases}
-    for _ in range(rounds):
+    for target in targets:
+        cold = await timed_get(target.client, path, {})
+        cold_note = " (cold: the filter menus are read)" if path == "/audit" else ""
+        print(f"\n{path} [{target.name}]: first load{cold_note} {cold:.1f} ms")
+    times = {(t.name, label): [] for t in targets for label, _ in cases}  # type: dict[tuple[str, str], list[float]]
+    cpu = {key: 0.0 for key in times}
+    db_cpu = {key: 0.0 for key in times}
+    for n in range(rounds):
         for label, params in cases:
-            c0, s0 = cpu_ms(gateway.pid), (await server() if server else 0.0)
-            times[label].append(await timed_get(client, path, params))
-            cpu[label] += (cpu_ms(gateway.pid) - c0) / rounds
-            db_cpu[label] += ((await server() if server else 0.0) - s0) / rounds
+            for target in targets if n % 2 == 0 else list(reversed(targets)):
+                key = (target.name, label)
+                c0, s0 = cpu_ms(target.gateway.pid), (await server() if server else 0.0)
+                times[key].append(await timed_get(target.client, path, params))
+                cpu[key] += (cpu_ms(target.gateway.pid) - c0) / rounds
+                db_cpu[key] += ((await server() if server else 0.0) - s0) / rounds
     width = max(len(label) for label, _ in cases)
     server_head = f"  {'PG CPU ms':>9}" if server else ""
-    print(f"{'filter'.ljust(width)}  {'p50 ms':>8}  {'p95 ms':>8}  {'max ms':>8}  {'gw CPU ms':>9}{server_head}")
-    for label, values in times.items():
-        p50, p95 = percentile(values, 50), percentile(values, 95)
-        server_cell = f"  {db_cpu[label]:9.1f}" if server else ""
-        print(f"{label.ljust(width)}  {p50:8.1f}  {p95:8.1f}  {max(values):8.1f}  {cpu[label]:9.1f}{server_cell}")
-    report(times, width)
-    print(f"({rounds} rounds of {len(cases)} filters in {time.perf_counter() - t0:.1f}s)")
+    head = f"{'p50 ms':>8}  {'p95 ms':>8}  {'max ms':>8}  {'gw CPU ms':>9}{server_head}"
+    print(f"{'filter'.ljust(width)}  " + "  |  ".join(f"{t.name}: {head}" for t in targets))
+    for label, _ in cases:
+        cells = []
+        for target in targets:
+            key = (target.name, label)
+            values = times[key]
+            p50, p95 = percentile(values, 50), percentile(values, 95)
+            server_cell = f"  {db_cpu[key]:9.1f}" if server else ""
+            cells.append(f"{target.name}: {p50:8.1f}  {p95:8.1f}  {max(values):8.1f}  {cpu[key]:9.1f}{server_cell}")
+        print(f"{label.ljust(width)}  " + "  |  ".join(cells))
+    for target in targets:
+        print(f"[{target.name}]")
+        report({label: times[(target.name, label)] for label, _ in cases}, width)
+    print(f"({rounds} rounds of {len(cases)} filters x {len(targets)} gateways in {time.perf_counter() - t0:.1f}s)")
 
 
 def report(times: dict[str, list[float]], width: int) -> None:
     indexed = [v for label, values in times.items() if not label.startswith("text") for v in values]
     every = [v for values in times.values() for v in values]
-    print(f"{'all but text search'.ljust(width)}  {percentile(indexed, 50):8.1f}  {percentile(indexed, 95):8.1f}")
+    if indexed:
+        print(f"{'all but text search'.ljust(width)}  {percentile(indexed, 50):8.1f}  {percentile(indexed, 95):8.1f}")
     print(f"{'all'.ljust(width)}  {percentile(every, 50):8.1f}  {percentile(every, 95):8.1f}")
 
 
@@ -275,8 +266,9 @@ async def in_process(url: str, cases: Cases, rounds: int) -> None:
     from starlette.datastructures import QueryParams
 
     from approvals.approvers import ApproverDirectory
+    from approvals.audit_pages import read_page
     from approvals.service import ApprovalService
-    from gateway.web.audit_views import COUNT_CAP, PAGE_SIZE, TEXT_COUNT_CAP, AuditQuery, page_bound
+    from gateway.web.audit_views import COUNT_CAP, TEXT_COUNT_CAP, AuditQuery, page_bound
 
     db = Database(url, audit_key=BENCH_KEY)
     history = ApprovalService(db, ApproverDirectory([])).history
@@ -288,54 +280,19 @@ async def in_process(url: str, cases: Cases, rounds: int) -> None:
                 query, given = AuditQuery.from_params(QueryParams(params)), QueryParams(params)
                 before, after = page_bound(given, "before"), page_bound(given, "after")
                 c0, t0 = time.process_time(), time.perf_counter()
-                filters = await history.bounded(query.filters())
-                if filters is not None:
-                    page = await history.search_events(
-                        **filters, before_seq=before, after_seq=after, limit=PAGE_SIZE + 1
-                    )
-                    if before is not None or after is not None or len(page) > PAGE_SIZE:  # as the page counts
-                        await history.count_events(**filters, cap=(TEXT_COUNT_CAP if query.q else COUNT_CAP) + 1)
+                cap, defer = (TEXT_COUNT_CAP if query.q else COUNT_CAP), bool(query.q) and not db.is_sqlite
+                await read_page(history, query.filters(), before=before, after=after, cap=cap, defer_count=defer)
                 times[label].append((time.perf_counter() - t0) * 1000)
                 cpu[label] += (time.process_time() - c0) * 1000 / rounds
     finally:
         await db.dispose()
     width = max(len(label) for label, _ in cases)
-    print(f"\nthe same queries in process (bounded, page, count): {rounds} rounds")
+    print(f"\nthe same queries in process (read_page: bounded, window, page, count): {rounds} rounds")
     print(f"{'filter'.ljust(width)}  {'p50 ms':>8}  {'p95 ms':>8}  {'max ms':>8}  {'CPU ms':>8}")
     for label, values in times.items():
         p50, p95 = percentile(values, 50), percentile(values, 95)
         print(f"{label.ljust(width)}  {p50:8.1f}  {p95:8.1f}  {max(values):8.1f}  {cpu[label]:8.1f}")
     report(times, width)
-
-
-async def export(client: httpx2.AsyncClient, gateway: Proc, kind: str, params: dict[str, str]) -> None:
-    before, hwm_before = gateway.rss_kib(), gateway.hwm_kib()
-    peak = before
-    done = anyio.Event()
-
-    async def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, gateway.rss_kib())
-            await anyio.sleep(0.02)
-
-    rows = size = 0
-    t0 = time.perf_counter()
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(sample)
-        async with client.stream("GET", f"/audit/export.{kind}", params=params) as response:
-            assert response.status_code == 200, response.status_code
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                rows += chunk.count(b"\n")
-        done.set()
-    elapsed = time.perf_counter() - t0
-    label = f"export.{kind}" + (f" {params}" if params else " (everything)")
-    print(
-        f"{label:<40} {elapsed:6.1f} s  {rows:>9,} lines  {size / 2**20:7.1f} MiB  "
-        f"RSS {before / 1024:.0f} -> peak {peak / 1024:.0f} MiB (+{(peak - before) / 1024:.1f}), "
-        f"VmHWM +{(gateway.hwm_kib() - hwm_before) / 1024:.1f} MiB"
-    )
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -366,22 +323,35 @@ async def main_async(args: argparse.Namespace) -> None:
                 await in_process(url, cases, args.rounds)
                 print(f"(load average {' '.join(f'{x:.1f}' for x in os.getloadavg())})")
                 return
-            port = free_port()
-            argv = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config(workdir, port, url))]
-            gateway = start_process("gateway", argv, workdir, procs)
-            base_url = f"http://127.0.0.1:{port}"
-            await wait_healthy(gateway, f"{base_url}/healthz", lambda _: True, within=120)
-            client = await signed_in(base_url)
+            started: list[tuple[str, str, Proc]] = []
+            checkouts = [("this", REPO)] + ([("base", args.baseline)] if args.baseline else [])
+            for name, checkout in checkouts:
+                port = free_port()
+                python = sys.executable if checkout == REPO else str(checkout / ".venv" / "bin" / "python")
+                (workdir / name).mkdir()
+                cfg = config(workdir / name, port, url)
+                argv = [python, "-m", "gateway.cli", "serve", "--config", str(cfg)]
+                # Run from the checkout itself: `python -m` imports the package in its working directory first.
+                proc = start_process(f"gateway-{name}", argv, workdir, procs, cwd=checkout)
+                base_url = f"http://127.0.0.1:{port}"
+                await wait_healthy(proc, f"{base_url}/healthz", lambda _: True, within=120)
+                started.append((name, base_url, proc))
+            # Signed in once every gateway serves: a gateway starting ends the web sessions before it.
+            targets = [Target(name, await signed_in(base_url), proc) for name, base_url, proc in started]
+            client, gateway = targets[0].client, targets[0].gateway
             try:
                 backend = "SQLite" if url.startswith("sqlite") else "PostgreSQL"
                 rss = gateway.rss_kib() / 1024
                 print(f"\naudit page with {args.events:,} events ({backend}), gateway RSS {rss:.0f} MiB")
                 server = None if url.startswith("sqlite") else ServerCpu(url)
                 try:
-                    await pages(client, gateway, "/audit", cases, args.rounds, server)
+                    await pages(targets, "/audit", cases, args.rounds, server)
+                    if server is not None:  # the count a PostgreSQL search loads after its page
+                        counted = [(label, p) for label, p in cases if "q" in p and {"before", "after"}.isdisjoint(p)]
+                        await pages(targets[:1], "/audit/count", counted, args.rounds, server)
                     if args.activity:
                         activity = [(label, p) for label, p in cases if "before" not in p]
-                        await pages(client, gateway, "/audit/activity", activity, args.rounds, server)
+                        await pages(targets, "/audit/activity", activity, args.rounds, server)
                 finally:
                     if server is not None:
                         await server.close()
@@ -394,7 +364,8 @@ async def main_async(args: argparse.Namespace) -> None:
                 await export(client, gateway, "csv", {})
                 await export(client, gateway, "json", {})
             finally:
-                await client.aclose()
+                for target in targets:
+                    await target.client.aclose()
         finally:
             for proc in procs:
                 proc.stop()
@@ -414,10 +385,18 @@ def main() -> None:
         help="a database URL (sqlite:///file or postgresql://…/name) filled by an earlier run, kept afterwards;"
         " filled first when empty. Lets two checkouts be measured on the same events",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="another checkout (with its own .venv) whose gateway serves the same database beside this one's;"
+        " page loads alternate between the two",
+    )
     parser.add_argument("--no-activity", dest="activity", action="store_false", help="skip /audit/activity")
     parser.add_argument("--no-http", dest="http", action="store_false", help="the in-process queries only")
     parser.add_argument("--no-exports", dest="exports", action="store_false", help="pages only")
-    anyio.run(main_async, parser.parse_args())
+    args = parser.parse_args()
+    args.baseline = args.baseline and Path(args.baseline).resolve()
+    anyio.run(main_async, args)
 
 
 if __name__ == "__main__":

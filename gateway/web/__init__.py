@@ -83,6 +83,7 @@ class WebChannel:
             Route("/grants/{grant_id}/revoke", guard(self.grants.revoke), methods=["POST"]),
             Route("/audit", guard(audit.page), methods=["GET"]),
             Route("/audit/chain", guard(audit.chain_status), methods=["GET"]),
+            Route("/audit/count", guard(audit.count), methods=["GET"]),
             Route("/audit/activity", guard(self.activity.fragment), methods=["GET"]),
             Route("/audit/export.csv", guard(audit.export_csv), methods=["GET"]),
             Route("/audit/export.json", guard(audit.export_json), methods=["GET"]),

@@ -22,13 +22,13 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from approvals.audit import ChainReport
+from approvals.audit_pages import EventPage, count_matches, read_page
 from approvals.history import EventFilters
 from approvals.service import ApprovalService
 from approvals.views import AuditEventView
 from gateway.web.auth import Viewer
 from gateway.web.pages import WebContext
 
-PAGE_SIZE = 50
 EXPORT_BATCH = 1000
 # A page's count stops at ten thousand ("More than 10,000 matching events"): counting further read up to
 # 100,000 index entries per page load (50-90 ms at a million events) for a figure nobody pages through;
@@ -286,48 +286,47 @@ class AuditViews:
         outcomes = dict(OUTCOMES)
         for outcome in facets.get("outcome", []):
             outcomes.setdefault(outcome, outcome)
-        events: list[AuditEventView] = []
-        total = 0
-        newer = older = False
         cap = TEXT_COUNT_CAP if query.q else COUNT_CAP
-        filters = None if query.errors else await self.service.history.bounded(query.filters())
-        if filters is not None:
-            events = await self.service.history.search_events(
-                **filters, before_seq=before, after_seq=after if before is None else None, limit=PAGE_SIZE + 1
-            )
-            # The first page holds every match when it is not full: that is the count, no need to read them again
-            # (a rare match, or a filter few events meet, was otherwise read twice).
-            whole = before is None and after is None and len(events) <= PAGE_SIZE
-            if after is not None and before is None:
-                newer = len(events) > PAGE_SIZE
-                events = events[1:] if newer else events
-                older = True
-            else:
-                older = len(events) > PAGE_SIZE
-                events = events[:PAGE_SIZE]
-                newer = before is not None
-            total = len(events) if whole else await self.service.history.count_events(**filters, cap=cap + 1)
+        listed = EventPage()
+        if not query.errors:
+            history = self.service.history
+            # A text search on PostgreSQL reads event rows to count (no index answers it alone): after the page.
+            defer = bool(query.q) and not history.db.is_sqlite
+            listed = await read_page(history, query.filters(), before=before, after=after, cap=cap, defer_count=defer)
+        link = "/audit?{}".format
         return await self.web.page(
             "audit.html",
             viewer,
             {
                 "active": "audit",
                 "query": query,
-                "events": events,
+                "events": listed.events,
+                "listed": listed,
                 "facets": facets,
                 "outcomes": outcomes,
-                "total": total,
-                "total_capped": total > cap,
+                "total": listed.total,
+                "total_capped": listed.capped,
                 "count_cap": cap,
-                "newer_link": f"/audit?{query.query_string(after=events[0].seq)}" if newer and events else None,
-                "older_link": f"/audit?{query.query_string(before=events[-1].seq)}" if older and events else None,
+                "newer_link": None if listed.newer is None else link(query.query_string(after=listed.newer)),
+                "older_link": None if listed.older is None else link(query.query_string(before=listed.older)),
                 "first_page_link": f"/audit?{query.query_string()}" if (before or after) else None,
                 "export_csv": f"/audit/export.csv?{query.query_string()}",
                 "export_json": f"/audit/export.json?{query.query_string()}",
                 "activity_url": f"/audit/activity?{query.query_string()}",
+                "count_url": f"/audit/count?{query.query_string()}",
             },
             status_code=400 if query.errors else 200,
         )
+
+    async def count(self, request: Request, viewer: Viewer) -> Response:
+        """The matching events' count, alone: what a page whose count was deferred loads after itself (htmx)."""
+        query = AuditQuery.from_params(request.query_params)
+        if query.errors:
+            return Response("; ".join(query.errors), status_code=400, media_type="text/plain")
+        cap = TEXT_COUNT_CAP if query.q else COUNT_CAP
+        counted = await count_matches(self.service.history, query.filters(), cap=cap)
+        context = {"listed": counted, "total": counted.total, "total_capped": counted.capped, "count_cap": cap}
+        return self.web.render("partials/audit_count.html", viewer, context)
 
     async def chain_status(self, request: Request, viewer: Viewer) -> Response:
         report, checked_at = await self.chain.current(fresh=request.query_params.get("fresh") == "1")
