@@ -13,7 +13,7 @@ import uvicorn
 from mcp.server.stdio import stdio_server
 from uvicorn.config import LOGGING_CONFIG
 
-from gateway import tracing
+from gateway import collector, tracing
 from gateway.app import Gateway
 from gateway.config import ConfigError, Settings
 from gateway.http_protocol import GatheringHTTPProtocol
@@ -63,8 +63,17 @@ def run(main: Coroutine[Any, Any, int]) -> int:
 async def serve_http(settings: Settings, *, accept_audit_rollback: bool = False) -> int:
     tracing.configure()
     gateway = Gateway(settings, accept_audit_rollback=accept_audit_rollback)
-    await _uvicorn(gateway.asgi(), settings, lifespan="on").serve()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_settle_collector, gateway)
+        await _uvicorn(gateway.asgi(), settings, lifespan="on").serve()
+        tg.cancel_scope.cancel()
     return 0
+
+
+async def _settle_collector(gateway: Gateway) -> None:
+    # Once start-up has settled, what it loaded is kept out of every later collection (gateway.collector).
+    await gateway.readiness.started.wait()
+    collector.settle()
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -97,6 +106,7 @@ async def serve_stdio(
                 # Another gateway on this database already serves the API; its decisions reach us through it.
                 log.info("port %s is in use; serving stdio only", settings.server.port)
         await gateway.readiness.wait()
+        collector.settle()
         await gateway.mcp.run(read, write, gateway.mcp.create_initialization_options())
         tg.cancel_scope.cancel()
     return 0
