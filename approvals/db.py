@@ -89,7 +89,10 @@ class Database:
             # A file gets a queue pool sized like PostgreSQL's; an in-memory database keeps its own kind of pool.
             pool = {"pool_size": _POOL_SIZE, "max_overflow": _POOL_OVERFLOW} if parsed.sqlite_file else {}
             self.engine: AsyncEngine = create_async_engine(self.url, echo=echo, connect_args=connect_args, **pool)
-            self._write_engine = create_async_engine(self.url, echo=echo, connect_args=connect_args, **pool)
+            # Usable from the loop's thread too: the hot statements of a write transaction run there, on the one
+            # task holding it (approvals.driver_sql).
+            write_args = {**connect_args, "check_same_thread": False}
+            self._write_engine = create_async_engine(self.url, echo=echo, connect_args=write_args, **pool)
             _sqlite_pragmas(self.engine, immediate=False)
             _sqlite_pragmas(self._write_engine, immediate=True)
         else:

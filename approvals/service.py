@@ -17,10 +17,10 @@ from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, update
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 
-from approvals import audit
+from approvals import audit, driver_sql
 from approvals.approvers import Approver, ApproverDirectory, may_decide
 from approvals.audit import Event, canonical_json
 from approvals.audit_batch import AuditBatches
@@ -225,9 +225,10 @@ class ApprovalService(ExecutionCases, EscalationCases, RequestReads):
         now = self.clock()
         try:
             async with self._write() as conn:
-                decision = {"approver": approver.name, "channel": channel, "verdict": verdict, "reason": reason}
-                decision["policy_version"] = current.policy_version
-                await conn.execute(insert(_decisions).values(request_id=request_id, at=now, **decision))
+                decision: dict[str, Any] = {"approver": approver.name, "channel": channel, "verdict": verdict}
+                decision.update(reason=reason, policy_version=current.policy_version, request_id=request_id, at=now)
+                recorded = driver_sql.insert_rows(conn.dialect, _decisions, 1, tuple(decision))
+                await driver_sql.rows(conn, recorded, driver_sql.row_values([decision]))
                 if verdict == "approve" and current.quorum == 1:
                     # The one approval it needs: nobody else's can be recorded while it is pending.
                     approvals = [approver.name]

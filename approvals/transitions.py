@@ -6,7 +6,7 @@ request's status.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from datetime import datetime
@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from approvals import driver_sql
 from approvals.db import Database
 from approvals.errors import InvalidTransition
 from approvals.feed import ChangeFeed
@@ -90,12 +91,21 @@ class Transitions:
             # The call is free again: a later identical call may make a request of its own (see reads.find_repeat).
             values["open_key"] = None
         request_id = current if isinstance(current, str) else current.id
-        query = update(_requests).where(_requests.c.id == request_id, _requests.c.status.in_([s.value for s in old]))
-        if only_if is not None:
-            query = query.where(only_if)
-        # The moved row comes back with the update (one statement, not an update and a read).
-        query = query.values(status=new.value, status_changed_at=now, **values).returning(*_requests.c)
-        row = (await conn.execute(query)).mappings().first()
+        row: Mapping[Any, Any] | None
+        values = {"status": new.value, "status_changed_at": now, **values}
+        if only_if is None:
+            # The hot path: compiled once, run through the driver (approvals.driver_sql).
+            cas = driver_sql.compare_and_set(conn.dialect, _requests, len(old), tuple(values))
+            given = {f"v_{key}": value for key, value in values.items()}
+            given.update({f"w_s{i}": status.value for i, status in enumerate(sorted(old, key=lambda s: s.value))})
+            found = await driver_sql.rows(conn, cas, {"w_id": request_id, **given})
+            row = found[0] if found else None
+        else:
+            query = update(_requests).where(
+                _requests.c.id == request_id, _requests.c.status.in_([s.value for s in old]), only_if
+            )
+            # The moved row comes back with the update (one statement, not an update and a read).
+            row = (await conn.execute(query.values(**values).returning(*_requests.c))).mappings().first()
         if row is None:
             return None
         view = RequestView.from_row(row)
