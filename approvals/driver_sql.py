@@ -152,21 +152,26 @@ def _as_sqlalchemy(exc: Exception, sql: str, arguments: list[Any]) -> Exception:
 # ---- the statements themselves
 
 
-def compare_and_set(dialect: Dialect, table: Table, old: int, keys: Sequence[str]) -> Compiled:
-    """UPDATE `table` SET keys WHERE id = :w_id AND status IN (:w_s0 … one per `old`) RETURNING every column."""
+def compare_and_set(
+    dialect: Dialect, table: Table, old: int, keys: Sequence[str], equal: Sequence[str] = ()
+) -> Compiled:
+    """UPDATE `table` SET keys (:v_KEY) WHERE id = :w_id AND status IN (:w_s0 … one per `old`) [AND each of
+    `equal` = :e_NAME] RETURNING every column."""
 
     def build() -> Executable:
         c = table.c
         return (
             update(table)
             .where(
-                c.id == bindparam("w_id"), c.status.in_([bindparam(f"w_s{i}", type_=c.status.type) for i in range(old)])
+                c.id == bindparam("w_id"),
+                c.status.in_([bindparam(f"w_s{i}", type_=c.status.type) for i in range(old)]),
+                *(c[name] == bindparam(f"e_{name}", type_=c[name].type) for name in equal),
             )
             .values({key: bindparam(f"v_{key}", type_=c[key].type) for key in keys})
             .returning(*c)
         )
 
-    return compiled(dialect, ("cas", table.name, old, tuple(keys)), build)
+    return compiled(dialect, ("cas", table.name, old, tuple(keys), tuple(equal)), build)
 
 
 def insert_rows(dialect: Dialect, table: Table, count: int, keys: Sequence[str]) -> Compiled:

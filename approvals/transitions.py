@@ -71,12 +71,14 @@ class Transitions:
         now: datetime,
         *,
         only_if: ColumnElement[bool] | None = None,
+        equal: Mapping[str, Any] | None = None,
         **values: Any,
     ) -> RequestView | None:
         """Move `current` (a request, or its id) from one of `old` to `new` if nobody got there first; the moved
         request, or None.
 
-        `only_if` adds a condition the row must still meet at the moment of the update.
+        `only_if` adds a condition the row must still meet at the moment of the update; `equal` (column ->
+        value) conditions of the plainest kind, which keep the statement on the driver's path.
         """
         old = frozenset(old)
         bad = sorted(o.value for o in old if not can_transition(o, new))
@@ -95,12 +97,15 @@ class Transitions:
         values = {"status": new.value, "status_changed_at": now, **values}
         if only_if is None:
             # The hot path: compiled once, run through the driver (approvals.driver_sql).
-            cas = driver_sql.compare_and_set(conn.dialect, _requests, len(old), tuple(values))
+            equal = equal or {}
+            cas = driver_sql.compare_and_set(conn.dialect, _requests, len(old), tuple(values), tuple(equal))
             given = {f"v_{key}": value for key, value in values.items()}
+            given.update({f"e_{name}": value for name, value in equal.items()})
             given.update({f"w_s{i}": status.value for i, status in enumerate(sorted(old, key=lambda s: s.value))})
             found = await driver_sql.rows(conn, cas, {"w_id": request_id, **given})
             row = found[0] if found else None
         else:
+            assert not equal, "`equal` is for the driver's path; put the conditions in `only_if`"
             query = update(_requests).where(
                 _requests.c.id == request_id, _requests.c.status.in_([s.value for s in old]), only_if
             )
