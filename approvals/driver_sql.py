@@ -125,6 +125,22 @@ async def rows(conn: AsyncConnection, statement: Compiled, values: Mapping[str, 
     return [statement.row(row) for row in fetched]
 
 
+async def plain(conn: AsyncConnection, sql: str) -> None:
+    """A statement without parameters or rows (a savepoint's), through the driver where it can be reached."""
+    driver = _driver(conn)
+    if driver is None:
+        await conn.exec_driver_sql(sql)
+        return
+    executed[sql.split(None, 1)[0].upper()] += 1
+    try:
+        if isinstance(driver, sqlite3.Connection):
+            driver.execute(sql).close()
+        else:
+            await driver.execute(sql)
+    except Exception as exc:
+        raise _as_sqlalchemy(exc, sql, []) from exc
+
+
 def _driver(conn: AsyncConnection) -> Any:
     """The driver connection to run statements on directly, or None (then SQLAlchemy runs them)."""
     sync = conn.sync_connection

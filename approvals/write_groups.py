@@ -8,7 +8,8 @@ each waits for every commit ahead of it.
 
 Here the writer that finds no transaction in flight opens one at once, so a lone change waits for
 nothing. Writers that arrive meanwhile queue; when the first writer's block is done, each queued
-writer runs its block in the same transaction, in turn, inside a savepoint of its own, and one
+writer runs its block in the same transaction, in turn, inside a savepoint of its own (its statements
+run through the driver, `approvals.driver_sql`, like the blocks' hot statements), and one
 commit ends them all. A block that fails (a compare-and-set lost, a unique key taken) rolls back
 its own savepoint and raises to its own caller only; the others still commit. The first writer's
 block needs no savepoint (two statements fewer per transaction): nothing precedes it, so when it
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 import anyio
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from approvals import driver_sql
 from approvals.audit import forget_head
 
 # Enough to take in every change of a burst in a few transactions, few enough that the writers
@@ -62,6 +64,23 @@ class _Writer:
     done: anyio.Event = field(default_factory=anyio.Event)
     committed: anyio.Event = field(default_factory=anyio.Event)
     error: BaseException | None = None
+
+
+@asynccontextmanager
+async def _savepoint(conn: AsyncConnection) -> AsyncIterator[None]:
+    """A block's savepoint, its statements run through the driver (`approvals.driver_sql`): released when the
+    block is done, rolled back to when it raises. Blocks never overlap, so one name serves them all."""
+    await driver_sql.plain(conn, f"SAVEPOINT {_SAVEPOINT}")
+    try:
+        yield
+    except BaseException:
+        await driver_sql.plain(conn, f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
+        await driver_sql.plain(conn, f"RELEASE SAVEPOINT {_SAVEPOINT}")
+        raise
+    await driver_sql.plain(conn, f"RELEASE SAVEPOINT {_SAVEPOINT}")
+
+
+_SAVEPOINT = "countersign_block"
 
 
 class WriteGroups:
@@ -104,7 +123,7 @@ class WriteGroups:
         own: Exception | None = None
         try:
             with anyio.CancelScope(shield=True):
-                async with me.conn.begin_nested():
+                async with _savepoint(me.conn):
                     yield me.conn
         except Exception as exc:  # rolled back to its savepoint; raised once the group has ended
             own = exc
