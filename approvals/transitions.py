@@ -42,17 +42,18 @@ class Transitions:
     feed: ChangeFeed
 
     @asynccontextmanager
-    async def _write(self, *, announce: bool = True) -> AsyncIterator[AsyncConnection]:
+    async def _write(self, *, announce: bool = True, savepoint: bool = True) -> AsyncIterator[AsyncConnection]:
         """A write transaction whose changes every process's feed reads as soon as it has committed.
 
         Transitions that arrive together share one transaction (`approvals.write_groups`). Once it
         has committed, the tasks of this process waiting on a request moved here are woken at once with
         the request as moved, without waiting for the feed to read the change back or reading it again.
+        `savepoint=False`: see `WriteGroups.write` (for a block that raises only when the database fails).
         """
         moved: list[RequestView] = []
         token = _moved.set(moved)
         try:
-            async with self.db.groups.write() as conn:
+            async with self.db.groups.write(savepoint=savepoint) as conn:
                 if announce:
                     # Once per group, not per block: one notification wakes every other process for all of them.
                     before_commit(conn, "announce", partial(self.feed.announce, conn))
