@@ -124,6 +124,9 @@ async def append_many(conn: AsyncConnection, events: Sequence[tuple[Event, datet
         appended = driver_sql.insert_rows(conn.dialect, _table, len(rows), tuple(rows[0]))
         await driver_sql.rows(conn, appended, driver_sql.row_values(rows))
         conn.info[_HEAD] = (rows[-1]["seq"], rows[-1]["hash"], key is not None)
+        noted: list[tuple[int, str, str | None]] | None = conn.info.get(APPENDED)
+        if noted is not None:
+            noted.extend((row["seq"], row["kind"], row["request_id"]) for row in rows)
     return [row["seq"] for row in rows]
 
 
@@ -139,6 +142,8 @@ def forget_head(conn: AsyncConnection) -> None:
 
 # conn.info key: (seq, hash, keyed) of the last row this transaction appended; valid only inside it.
 _HEAD = "countersign_chain_head"
+# conn.info key: where a write block that wants to know what it appended (seq, kind, request id) has it noted.
+APPENDED = "countersign_appended"
 
 
 def chain_rows(

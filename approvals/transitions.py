@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from approvals import driver_sql
+from approvals import audit, driver_sql
 from approvals.db import Database
 from approvals.errors import InvalidTransition
 from approvals.feed import ChangeFeed
@@ -47,20 +47,27 @@ class Transitions:
 
         Transitions that arrive together share one transaction (`approvals.write_groups`). Once it
         has committed, the tasks of this process waiting on a request moved here are woken at once with
-        the request as moved, without waiting for the feed to read the change back or reading it again.
+        the request as moved, without waiting for the feed to read the change back or reading it again,
+        and the feed is handed the block's events with the requests as moved (`ChangeFeed.committed`).
         `savepoint=False`: see `WriteGroups.write` (for a block that raises only when the database fails).
         """
         moved: list[RequestView] = []
+        appended: list[tuple[int, str, str | None]] = []
         token = _moved.set(moved)
         try:
             async with self.db.groups.write(savepoint=savepoint) as conn:
                 if announce:
                     # Once per group, not per block: one notification wakes every other process for all of them.
                     before_commit(conn, "announce", partial(self.feed.announce, conn))
-                yield conn
+                conn.info[audit.APPENDED] = appended
+                try:
+                    yield conn
+                finally:
+                    conn.info.pop(audit.APPENDED, None)
         finally:
             _moved.reset(token)
-        self.feed.poke()
+        # The feed delivers these events from here (it has the requests as moved) unless something else came first.
+        self.feed.committed(appended, moved)
         self.feed.wake(moved)
 
     async def _cas(
