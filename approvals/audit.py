@@ -121,8 +121,7 @@ async def append_many(conn: AsyncConnection, events: Sequence[tuple[Event, datet
     rows = chain_rows(head, events, key)
     if rows:
         conn.info.pop(_HEAD, None)  # until the insert has succeeded, the head is not known here
-        appended = driver_sql.insert_rows(conn.dialect, _table, len(rows), tuple(rows[0]))
-        await driver_sql.rows(conn, appended, driver_sql.row_values(rows))
+        await driver_sql.insert(conn, _table, rows)
         conn.info[_HEAD] = (rows[-1]["seq"], rows[-1]["hash"], key is not None)
         noted: list[tuple[int, str, str | None]] | None = conn.info.get(APPENDED)
         if noted is not None:

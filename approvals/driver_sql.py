@@ -33,7 +33,8 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Table, bindparam, insert, update
+from sqlalchemy import Table, bindparam, update
+from sqlalchemy import insert as insert_into
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -190,17 +191,47 @@ def compare_and_set(
     return compiled(dialect, ("cas", table.name, old, tuple(keys), tuple(equal)), build)
 
 
-def insert_rows(dialect: Dialect, table: Table, count: int, keys: Sequence[str]) -> Compiled:
+# Inserts of up to this many rows are one multi-row statement (a decision's one or two audit events); larger
+# ones (a burst of parked calls) one single-row statement run for every row, so that a burst of any size is
+# one statement prepared once, not one compiled and prepared per row count.
+_ONE_STATEMENT = 2
+
+
+async def insert(conn: AsyncConnection, table: Table, new: Sequence[Mapping[str, Any]]) -> None:
+    """INSERT `new` rows (each with the same keys) into `table` in `conn`'s open transaction."""
+    if not new:
+        return
+    keys = tuple(new[0])
+    if len(new) <= _ONE_STATEMENT:
+        await rows(conn, _insert_rows(conn.dialect, table, len(new), keys), _row_values(new))
+        return
+    statement = _insert_rows(conn.dialect, table, 1, keys)
+    driver = _driver(conn)
+    if driver is None:
+        await conn.execute(statement.statement, [_row_values([row]) for row in new])
+        return
+    arguments = [statement.arguments(_row_values([row])) for row in new]
+    executed[statement.verb] += 1
+    try:
+        if isinstance(driver, sqlite3.Connection):
+            driver.executemany(statement.sql, arguments).close()
+        else:
+            await driver.executemany(statement.sql, arguments)
+    except Exception as exc:
+        raise _as_sqlalchemy(exc, statement.sql, arguments) from exc
+
+
+def _insert_rows(dialect: Dialect, table: Table, count: int, keys: Sequence[str]) -> Compiled:
     """One INSERT of `count` rows of `keys`; parameters `r{row}_{key}`."""
 
     def build() -> Executable:
-        return insert(table).values(
+        return insert_into(table).values(
             [{key: bindparam(f"r{i}_{key}", type_=table.c[key].type) for key in keys} for i in range(count)]
         )
 
     return compiled(dialect, ("insert", table.name, count, tuple(keys)), build)
 
 
-def row_values(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The parameters of `insert_rows` for these rows."""
+def _row_values(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The parameters of `_insert_rows` for these rows."""
     return {f"r{i}_{key}": value for i, row in enumerate(rows) for key, value in row.items()}

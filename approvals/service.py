@@ -231,8 +231,7 @@ class ApprovalService(ExecutionCases, EscalationCases, RequestReads):
             async with self._write() as conn:
                 decision: dict[str, Any] = {"approver": approver.name, "channel": channel, "verdict": verdict}
                 decision.update(reason=reason, policy_version=current.policy_version, request_id=request_id, at=now)
-                recorded = driver_sql.insert_rows(conn.dialect, _decisions, 1, tuple(decision))
-                await driver_sql.rows(conn, recorded, driver_sql.row_values([decision]))
+                await driver_sql.insert(conn, _decisions, [decision])
                 if verdict == "approve" and current.quorum == 1:
                     # The one approval it needs: nobody else's can be recorded while it is pending.
                     approvals = [approver.name]
@@ -305,8 +304,7 @@ class ApprovalService(ExecutionCases, EscalationCases, RequestReads):
                     raise _Lost()  # undone: the general way says why
                 decision: dict[str, Any] = {"approver": approver.name, "channel": channel, "verdict": "approve"}
                 decision.update(reason=reason, policy_version=moved.policy_version, request_id=request_id, at=now)
-                recorded = driver_sql.insert_rows(conn.dialect, _decisions, 1, tuple(decision))
-                await driver_sql.rows(conn, recorded, driver_sql.row_values([decision]))
+                await driver_sql.insert(conn, _decisions, [decision])
                 text = f"approved by {approver.name}" + (f": {reason}" if reason else "")
                 event = decision_event(moved, approver, channel, Status.APPROVED.value, reason, text)
                 await self._start_with_decision(conn, moved, now, event)
