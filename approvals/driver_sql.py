@@ -17,7 +17,8 @@ statements, here:
   (BEGIN IMMEDIATE), so such a statement never waits for a lock, and its work is bounded (an index
   lookup, a row or two written to the log's pages); the commit, which waits for the disk, still goes
   through the engine. The write engine's connections are opened usable from any thread (`approvals.db`);
-  they are only ever used by one task at a time, the one holding the write transaction.
+  they are only ever used by one task at a time, the one holding the write transaction (`any_thread`);
+  any other SQLite connection runs these statements through SQLAlchemy.
 
 Where the driver cannot be reached this way (no transaction begun yet on the connection, another
 driver) the statement goes through SQLAlchemy as before. Driver errors come out as SQLAlchemy's: a key
@@ -33,11 +34,11 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Table, bindparam, update
+from sqlalchemy import Table, bindparam, event, update
 from sqlalchemy import insert as insert_into
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.expression import Executable, ReturnsRows
 from sqlalchemy.types import TypeEngine
 
@@ -142,6 +143,19 @@ async def plain(conn: AsyncConnection, sql: str) -> None:
         raise _as_sqlalchemy(exc, sql, []) from exc
 
 
+# conn.info key: this SQLite connection was opened usable from any thread (see `any_thread`).
+_ANY_THREAD = "countersign_any_thread"
+
+
+def any_thread(engine: AsyncEngine) -> None:
+    """Say that `engine`'s SQLite connections are opened with `check_same_thread=False` (its connect arguments):
+    only on those are statements run on the loop's thread. Any other SQLite connection goes through SQLAlchemy."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(_dbapi_connection: Any, record: Any) -> None:
+        record.info[_ANY_THREAD] = True
+
+
 def _driver(conn: AsyncConnection) -> Any:
     """The driver connection to run statements on directly, or None (then SQLAlchemy runs them)."""
     sync = conn.sync_connection
@@ -150,6 +164,8 @@ def _driver(conn: AsyncConnection) -> Any:
     fairy = sync.connection
     driver = fairy.driver_connection
     if conn.dialect.name == "sqlite":
+        if not fairy.info.get(_ANY_THREAD):
+            return None
         plain = getattr(driver, "_conn", None)  # aiosqlite's sqlite3 connection
         # Only inside a transaction SQLAlchemy began (BEGIN IMMEDIATE: the write lock is held).
         return plain if isinstance(plain, sqlite3.Connection) and plain.in_transaction else None
