@@ -3,7 +3,8 @@
 Each transition (and each decision that does not decide yet, such as one approval of two) writes
 an audit event in the same transaction as the change itself. Those events are numbered in commit
 order, so they *are* the feed: a process reads the events after its cursor and hands each one to
-its listeners. The process that made a change pokes its own feed so it reads at once. On
+its listeners. The process that made a change hands its own feed the change as it made it
+(`committed`), delivered without reading it back while nothing else came in between. On
 PostgreSQL every other process is woken by a notification sent when the change commits
 (`approvals.notify`), and still reads every few seconds as a safety net; on SQLite (one host,
 usually one process) other processes notice within one poll interval. Side effects (quota
