@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, insert, inspect, select
+from sqlalchemy import Select, func, inspect, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from approvals import driver_sql
 from approvals.errors import ApprovalError
 from approvals.models import AuditEvent
 
@@ -114,15 +115,22 @@ async def append_many(conn: AsyncConnection, events: Sequence[tuple[Event, datet
     key: bytes | None = conn.info.get(CHAIN_KEY)
     head: tuple[int, str, bool] | None = conn.info.get(_HEAD)
     if head is None:
-        query = select(_table.c.seq, _table.c.hash, _table.c.keyed).order_by(_table.c.seq.desc()).limit(1)
-        last = (await conn.execute(query)).first()
-        head = None if last is None else (last.seq, last.hash, bool(last.keyed))
+        # Compiled once and run through the driver (approvals.driver_sql), as the insert below.
+        found = await driver_sql.rows(conn, driver_sql.compiled(conn.dialect, "audit head", _head_query), {})
+        head = None if not found else (found[0]["seq"], found[0]["hash"], bool(found[0]["keyed"]))
     rows = chain_rows(head, events, key)
     if rows:
         conn.info.pop(_HEAD, None)  # until the insert has succeeded, the head is not known here
-        await conn.execute(insert(_table), rows)
+        await driver_sql.insert(conn, _table, rows)
         conn.info[_HEAD] = (rows[-1]["seq"], rows[-1]["hash"], key is not None)
+        noted: list[tuple[int, str, str | None]] | None = conn.info.get(APPENDED)
+        if noted is not None:
+            noted.extend((row["seq"], row["kind"], row["request_id"]) for row in rows)
     return [row["seq"] for row in rows]
+
+
+def _head_query() -> Select[Any]:
+    return select(_table.c.seq, _table.c.hash, _table.c.keyed).order_by(_table.c.seq.desc()).limit(1)
 
 
 def forget_head(conn: AsyncConnection) -> None:
@@ -133,6 +141,8 @@ def forget_head(conn: AsyncConnection) -> None:
 
 # conn.info key: (seq, hash, keyed) of the last row this transaction appended; valid only inside it.
 _HEAD = "countersign_chain_head"
+# conn.info key: where a write block that wants to know what it appended (seq, kind, request id) has it noted.
+APPENDED = "countersign_appended"
 
 
 def chain_rows(

@@ -25,7 +25,7 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError, SQL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from approvals import audit, audit_text, migrations
+from approvals import audit, audit_text, driver_sql, migrations
 from approvals.audit import CHAIN_KEY, Event
 from approvals.database_url import parse_database_url
 from approvals.db_file import SqliteFile
@@ -89,7 +89,11 @@ class Database:
             # A file gets a queue pool sized like PostgreSQL's; an in-memory database keeps its own kind of pool.
             pool = {"pool_size": _POOL_SIZE, "max_overflow": _POOL_OVERFLOW} if parsed.sqlite_file else {}
             self.engine: AsyncEngine = create_async_engine(self.url, echo=echo, connect_args=connect_args, **pool)
-            self._write_engine = create_async_engine(self.url, echo=echo, connect_args=connect_args, **pool)
+            # Usable from the loop's thread too: the hot statements of a write transaction run there, on the one
+            # task holding it (approvals.driver_sql).
+            write_args = {**connect_args, "check_same_thread": False}
+            self._write_engine = create_async_engine(self.url, echo=echo, connect_args=write_args, **pool)
+            driver_sql.any_thread(self._write_engine)
             _sqlite_pragmas(self.engine, immediate=False)
             _sqlite_pragmas(self._write_engine, immediate=True)
         else:

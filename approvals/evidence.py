@@ -21,10 +21,10 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from approvals import audit
+from approvals import audit, driver_sql
 from approvals.audit import CHAIN_KEY, ChainReport, as_utc, canonical_json
 from approvals.models import ApprovalRequest, AuditEvent, Decision
 from approvals.states import Status
@@ -69,6 +69,14 @@ def _short(digest: str | None) -> str:
 # ---- before an approved call runs
 
 
+def _evidence_query() -> Select[Any]:
+    kinds = ("request.created", "request.approved", "request.start_abandoned")
+    # One parameter per kind (not an expanding list), so it compiles once to plain SQL.
+    named = [bindparam(f"kind{i}", kind, type_=_events.c.kind.type) for i, kind in enumerate(kinds)]
+    where = (_events.c.request_id == bindparam("rid", type_=_events.c.request_id.type), _events.c.kind.in_(named))
+    return select(_events).where(*where).order_by(_events.c.seq)
+
+
 async def not_as_approved(
     conn: AsyncConnection, view: RequestView, forwarding_sha256: str, *, approving: audit.Event | None = None
 ) -> str | None:
@@ -80,9 +88,7 @@ async def not_as_approved(
     (one insert for both): it is the latest approval, and it is judged as it will be written.
     """
     key: bytes | None = conn.info.get(CHAIN_KEY)
-    kinds = ("request.created", "request.approved", "request.start_abandoned")
-    query = select(_events).where(_events.c.request_id == view.id, _events.c.kind.in_(kinds)).order_by(_events.c.seq)
-    rows = (await conn.execute(query)).mappings().all()
+    rows = await driver_sql.rows(conn, driver_sql.compiled(conn.dialect, "evidence", _evidence_query), {"rid": view.id})
     created = next((r for r in rows if r["kind"] == "request.created"), None)
     approvals: list[Mapping[Any, Any]] = [r for r in rows if r["kind"] == "request.approved"]
     if approving is not None:

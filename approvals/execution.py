@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from approvals import audit
 from approvals.audit import canonical_json
-from approvals.errors import ArgumentsChanged
+from approvals.errors import ArgumentsChanged, RequestNotFound
 from approvals.evidence import not_as_approved
 from approvals.models import ApprovalRequest
 from approvals.reads import load
@@ -255,7 +255,9 @@ class ExecutionCases(Transitions):
         """
         now = self.clock()
         new, because = (Status.EXECUTED, EndReason.EXECUTED) if ok else (Status.FAILED, EndReason.FAILED)
-        async with self._write() as conn:
+        lost: RequestView | RequestNotFound | None = None
+        # No savepoint: nothing in this block raises but the database (a lost compare-and-set is told after it).
+        async with self._write(savepoint=False) as conn:
             # The compare-and-set needs only the id: the request is read back only when it was lost.
             moved = await self._cas(
                 conn,
@@ -269,15 +271,22 @@ class ExecutionCases(Transitions):
             )
             detail = {"error": error} if error else {}
             if moved is None:
-                current = await load(conn, request_id)
-                if current.status == Status.OUTCOME_UNKNOWN:
+                try:
+                    lost = await load(conn, request_id)
+                except RequestNotFound as missing:
+                    lost = missing
+                if isinstance(lost, RequestView) and lost.status == Status.OUTCOME_UNKNOWN:
                     text = f"the upstream answered after the request was ended as outcome unknown: {summary}"
-                    late = request_event(current, "request.answered_late", new.value, text, detail=detail)
+                    late = request_event(lost, "request.answered_late", new.value, text, detail=detail)
                     await audit.append(conn, late, now)
-                raise already(current)
-            await audit.append(
-                conn, request_event(moved, f"request.{new.value}", new.value, summary, detail=detail), now
-            )
+            else:
+                event = request_event(moved, f"request.{new.value}", new.value, summary, detail=detail)
+                await audit.append(conn, event, now)
+        if isinstance(lost, RequestNotFound):
+            raise lost
+        if moved is None:
+            assert lost is not None
+            raise already(lost)
         return moved
 
     async def lapsed_executions(self) -> list[RequestView]:

@@ -3,7 +3,8 @@
 Each transition (and each decision that does not decide yet, such as one approval of two) writes
 an audit event in the same transaction as the change itself. Those events are numbered in commit
 order, so they *are* the feed: a process reads the events after its cursor and hands each one to
-its listeners. The process that made a change pokes its own feed so it reads at once. On
+its listeners. The process that made a change hands its own feed the change as it made it
+(`committed`), delivered without reading it back while nothing else came in between. On
 PostgreSQL every other process is woken by a notification sent when the change commits
 (`approvals.notify`), and still reads every few seconds as a safety net; on SQLite (one host,
 usually one process) other processes notice within one poll interval. Side effects (quota
@@ -74,6 +75,12 @@ class ChangeFeed:
         self._listeners: list[ChangeListener] = []
         self._cursor: int | None = None
         self._poked = anyio.Event()
+        # Whether the next delivery must read the log (a poke, a notification, a poll) or may take only what this
+        # process committed itself (`committed`).
+        self._must_read = False
+        # Events this process committed and the feed has not passed yet, by number: their kind and the request as
+        # the committing block left it (None: not known here; read it), or None for an event the feed skips.
+        self._ready: dict[int, tuple[str, RequestView | None] | None] = {}
         # Tasks waiting for one request to change: woken on every change to it, with the request as it then was.
         self._watchers: dict[str, set[_Watch]] = {}
         # The open requests this process made, each in the state the latest change delivered here (or its creation)
@@ -90,6 +97,25 @@ class ChangeFeed:
 
     def poke(self) -> None:
         """A change was just committed (here, or elsewhere and notified): read the feed now, not at the next poll."""
+        self._must_read = True
+        self._poked.set()
+
+    def committed(self, events: Iterable[tuple[int, str, str | None]], moved: Iterable[RequestView]) -> None:
+        """A write block of this process has committed `events` (number, kind, request id), leaving its requests as
+        `moved` (in order; the last of each request is how the block left it).
+
+        The feed delivers them without reading the log back, in order, as long as each is the next one after its
+        cursor: the chain lock makes numbers follow commit order, so an event it has not passed and was not
+        handed here (another process's, one written outside these blocks) shows as a gap, and a gap, or a request
+        the block did not move, is read from the log as before."""
+        if self._cursor is None:
+            self._must_read = True
+        else:
+            latest = {view.id: view for view in moved}
+            for seq, kind, request_id in events:
+                if seq > self._cursor:
+                    feeds = request_id is not None and kind.startswith("request.")
+                    self._ready[seq] = (kind, latest.get(request_id)) if feeds and request_id else None
         self._poked.set()
 
     async def announce(self, conn: AsyncConnection) -> None:
@@ -119,14 +145,48 @@ class ChangeFeed:
             if self.notifications is not None:
                 tg.start_soon(self.notifications.run)
             while True:
+                must_read = True
                 with anyio.move_on_after(self.interval):
                     await self._poked.wait()
-                self._poked = anyio.Event()
+                    must_read = self._must_read
+                self._poked, self._must_read = anyio.Event(), False
                 try:
-                    while await self.deliver() == _BATCH:
-                        pass
+                    await self._deliver_ready()
+                    # Anything not handed here (a gap before what was) is read from the log.
+                    if must_read or self._ready:
+                        while await self.deliver() == _BATCH:
+                            pass
                 except Exception as exc:  # the store may be down: waiters fail closed on their own deadlines
                     log.warning("could not read the change feed: %s", exc)
+
+    async def _deliver_ready(self) -> int:
+        """Deliver the events this process committed that follow the cursor without a gap (see `committed`)."""
+        delivered = 0
+        while self._cursor is not None and (self._cursor + 1) in self._ready:
+            ready = self._ready[self._cursor + 1]
+            if ready is not None and ready[1] is None:
+                break  # a request the block did not move: read from the log
+            del self._ready[self._cursor + 1]
+            self._cursor += 1
+            if ready is not None:
+                delivered += 1
+                await self._hand(Change(self._cursor, ready[0], ready[1]))  # type: ignore[arg-type]
+        return delivered
+
+    async def _hand(self, change: Change) -> None:
+        self._wake(change.request)
+        for listener in self._listeners:
+            try:
+                await listener.request_changed(change)
+            except Exception:
+                # One listener failing must never keep the others (or the decision) from happening.
+                log.exception("listener %r failed on %s of %s", listener, change.kind, change.request_id)
+
+    def _passed(self) -> None:
+        """Forget what this process committed that the feed has read from the log meanwhile."""
+        if self._ready and self._cursor is not None:
+            for seq in [seq for seq in self._ready if seq <= self._cursor]:
+                del self._ready[seq]
 
     async def deliver(self) -> int:
         """Read the next batch of changes and hand each to every listener. Returns how many were read."""
@@ -140,6 +200,7 @@ class ChangeFeed:
         async with self.db.read(brief=True) as conn:
             rows = (await conn.execute(query)).all()
             if not rows:
+                self._passed()
                 return 0
             ids = list({row.request_id for row in rows})
             found = (await conn.execute(select(_requests).where(_requests.c.id.in_(ids)))).mappings().all()
@@ -150,14 +211,8 @@ class ChangeFeed:
             if view is None:  # an event naming a request that does not exist (e.g. a refused lookup)
                 self._known.pop(row.request_id, None)
                 continue
-            self._wake(view)
-            change = Change(row.seq, row.kind, view)
-            for listener in self._listeners:
-                try:
-                    await listener.request_changed(change)
-                except Exception:
-                    # One listener failing must never keep the others (or the decision) from happening.
-                    log.exception("listener %r failed on %s of %s", listener, change.kind, view.id)
+            await self._hand(Change(row.seq, row.kind, view))
+        self._passed()
         return len(rows)
 
     def made(self, view: RequestView, seq: int) -> None:

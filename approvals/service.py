@@ -17,10 +17,10 @@ from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, update
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 
-from approvals import audit
+from approvals import audit, driver_sql
 from approvals.approvers import Approver, ApproverDirectory, may_decide
 from approvals.audit import Event, canonical_json
 from approvals.audit_batch import AuditBatches
@@ -207,6 +207,10 @@ class ApprovalService(ExecutionCases, EscalationCases, RequestReads):
         edits: Mapping[str, Any] | None = None,
     ) -> DecisionOutcome:
         reason = (reason or "").strip() or None
+        if verdict == "approve" and grant is None and not edits:
+            done = await self._approve_at_once(request_id, approver, channel, reason)
+            if done is not None:
+                return done
         # Checking who may decide needs no write lock; only a refusal is written (to the audit log).
         current = await self.precheck(request_id, approver, channel, verdict)
         if verdict == "approve" and current.damage:
@@ -225,9 +229,9 @@ class ApprovalService(ExecutionCases, EscalationCases, RequestReads):
         now = self.clock()
         try:
             async with self._write() as conn:
-                decision = {"approver": approver.name, "channel": channel, "verdict": verdict, "reason": reason}
-                decision["policy_version"] = current.policy_version
-                await conn.execute(insert(_decisions).values(request_id=request_id, at=now, **decision))
+                decision: dict[str, Any] = {"approver": approver.name, "channel": channel, "verdict": verdict}
+                decision.update(reason=reason, policy_version=current.policy_version, request_id=request_id, at=now)
+                await driver_sql.insert(conn, _decisions, [decision])
                 if verdict == "approve" and current.quorum == 1:
                     # The one approval it needs: nobody else's can be recorded while it is pending.
                     approvals = [approver.name]
@@ -277,6 +281,36 @@ class ApprovalService(ExecutionCases, EscalationCases, RequestReads):
                     f"{approver.name} has already approved; {len(approvals_now)} of {latest.quorum} approvals",
                 )
             raise already(latest) from None
+
+    async def _approve_at_once(
+        self, request_id: str, approver: Approver, channel: str, reason: str | None
+    ) -> DecisionOutcome | None:
+        """A plain approval of a request that needs one, without reading it first: the compare-and-set (pending,
+        one approval needed) returns the request, who may decide it is checked on that, and the decision, its
+        audit event and (`_start_with_decision`) the start follow in the same block. None when that is not
+        this case (not pending, several approvals needed, not found) or the approver or channel may not
+        decide it, or it is damaged (the block is rolled back): `_decide` then takes the general way, which
+        refuses, counts approvals or says who got there first exactly as before."""
+        now = self.clock()
+        values: dict[str, Any] = {"decided_by": approver.name, "decided_via": channel, "decision_reason": reason}
+        try:
+            async with self._write() as conn:
+                moved = await self._cas(
+                    conn, request_id, {Status.PENDING}, Status.APPROVED, now, equal={"quorum": 1}, **values
+                )
+                if moved is None:
+                    return None
+                if moved.damage or not channel_may_decide(moved, channel) or not may_decide(approver, moved.approvers):
+                    raise _Lost()  # undone: the general way says why
+                decision: dict[str, Any] = {"approver": approver.name, "channel": channel, "verdict": "approve"}
+                decision.update(reason=reason, policy_version=moved.policy_version, request_id=request_id, at=now)
+                await driver_sql.insert(conn, _decisions, [decision])
+                text = f"approved by {approver.name}" + (f": {reason}" if reason else "")
+                event = decision_event(moved, approver, channel, Status.APPROVED.value, reason, text)
+                await self._start_with_decision(conn, moved, now, event)
+                return DecisionOutcome(moved, 1, 1, text)
+        except (_Lost, IntegrityError):
+            return None
 
     async def expire(self, request_id: str) -> bool:
         """Time ran out: a pending request's decision time, or an approved one's pick-up window.

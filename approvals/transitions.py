@@ -6,7 +6,7 @@ request's status.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from datetime import datetime
@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from approvals import audit, driver_sql
 from approvals.db import Database
 from approvals.errors import InvalidTransition
 from approvals.feed import ChangeFeed
@@ -41,24 +42,32 @@ class Transitions:
     feed: ChangeFeed
 
     @asynccontextmanager
-    async def _write(self, *, announce: bool = True) -> AsyncIterator[AsyncConnection]:
+    async def _write(self, *, announce: bool = True, savepoint: bool = True) -> AsyncIterator[AsyncConnection]:
         """A write transaction whose changes every process's feed reads as soon as it has committed.
 
         Transitions that arrive together share one transaction (`approvals.write_groups`). Once it
         has committed, the tasks of this process waiting on a request moved here are woken at once with
-        the request as moved, without waiting for the feed to read the change back or reading it again.
+        the request as moved, without waiting for the feed to read the change back or reading it again,
+        and the feed is handed the block's events with the requests as moved (`ChangeFeed.committed`).
+        `savepoint=False`: see `WriteGroups.write` (for a block that raises only when the database fails).
         """
         moved: list[RequestView] = []
+        appended: list[tuple[int, str, str | None]] = []
         token = _moved.set(moved)
         try:
-            async with self.db.groups.write() as conn:
+            async with self.db.groups.write(savepoint=savepoint) as conn:
                 if announce:
                     # Once per group, not per block: one notification wakes every other process for all of them.
                     before_commit(conn, "announce", partial(self.feed.announce, conn))
-                yield conn
+                conn.info[audit.APPENDED] = appended
+                try:
+                    yield conn
+                finally:
+                    conn.info.pop(audit.APPENDED, None)
         finally:
             _moved.reset(token)
-        self.feed.poke()
+        # The feed delivers these events from here (it has the requests as moved) unless something else came first.
+        self.feed.committed(appended, moved)
         self.feed.wake(moved)
 
     async def _cas(
@@ -70,12 +79,14 @@ class Transitions:
         now: datetime,
         *,
         only_if: ColumnElement[bool] | None = None,
+        equal: Mapping[str, Any] | None = None,
         **values: Any,
     ) -> RequestView | None:
         """Move `current` (a request, or its id) from one of `old` to `new` if nobody got there first; the moved
         request, or None.
 
-        `only_if` adds a condition the row must still meet at the moment of the update.
+        `only_if` adds a condition the row must still meet at the moment of the update; `equal` (column ->
+        value) conditions of the plainest kind, which keep the statement on the driver's path.
         """
         old = frozenset(old)
         bad = sorted(o.value for o in old if not can_transition(o, new))
@@ -90,12 +101,24 @@ class Transitions:
             # The call is free again: a later identical call may make a request of its own (see reads.find_repeat).
             values["open_key"] = None
         request_id = current if isinstance(current, str) else current.id
-        query = update(_requests).where(_requests.c.id == request_id, _requests.c.status.in_([s.value for s in old]))
-        if only_if is not None:
-            query = query.where(only_if)
-        # The moved row comes back with the update (one statement, not an update and a read).
-        query = query.values(status=new.value, status_changed_at=now, **values).returning(*_requests.c)
-        row = (await conn.execute(query)).mappings().first()
+        row: Mapping[Any, Any] | None
+        values = {"status": new.value, "status_changed_at": now, **values}
+        if only_if is None:
+            # The hot path: compiled once, run through the driver (approvals.driver_sql).
+            equal = equal or {}
+            cas = driver_sql.compare_and_set(conn.dialect, _requests, len(old), tuple(values), tuple(equal))
+            given = {f"v_{key}": value for key, value in values.items()}
+            given.update({f"e_{name}": value for name, value in equal.items()})
+            given.update({f"w_s{i}": status.value for i, status in enumerate(sorted(old, key=lambda s: s.value))})
+            found = await driver_sql.rows(conn, cas, {"w_id": request_id, **given})
+            row = found[0] if found else None
+        else:
+            assert not equal, "`equal` is for the driver's path; put the conditions in `only_if`"
+            query = update(_requests).where(
+                _requests.c.id == request_id, _requests.c.status.in_([s.value for s in old]), only_if
+            )
+            # The moved row comes back with the update (one statement, not an update and a read).
+            row = (await conn.execute(query.values(**values).returning(*_requests.c))).mappings().first()
         if row is None:
             return None
         view = RequestView.from_row(row)

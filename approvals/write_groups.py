@@ -8,7 +8,8 @@ each waits for every commit ahead of it.
 
 Here the writer that finds no transaction in flight opens one at once, so a lone change waits for
 nothing. Writers that arrive meanwhile queue; when the first writer's block is done, each queued
-writer runs its block in the same transaction, in turn, inside a savepoint of its own, and one
+writer runs its block in the same transaction, in turn, inside a savepoint of its own (its statements
+run through the driver, `approvals.driver_sql`, like the blocks' hot statements), and one
 commit ends them all. A block that fails (a compare-and-set lost, a unique key taken) rolls back
 its own savepoint and raises to its own caller only; the others still commit. The first writer's
 block needs no savepoint (two statements fewer per transaction): nothing precedes it, so when it
@@ -32,7 +33,9 @@ from dataclasses import dataclass, field
 import anyio
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from approvals import driver_sql
 from approvals.audit import forget_head
+from approvals.errors import StoreUnavailable
 
 # Enough to take in every change of a burst in a few transactions, few enough that the writers
 # queued behind one group are not kept waiting long by it.
@@ -62,6 +65,29 @@ class _Writer:
     done: anyio.Event = field(default_factory=anyio.Event)
     committed: anyio.Event = field(default_factory=anyio.Event)
     error: BaseException | None = None
+    # Its block failed without a savepoint to roll back to (see `WriteGroups.write`): the group cannot commit.
+    spoiled: bool = False
+
+
+@asynccontextmanager
+async def _savepoint(conn: AsyncConnection) -> AsyncIterator[None]:
+    """A block's savepoint, its statements run through the driver (`approvals.driver_sql`): rolled back to
+    (and dropped) when the block raises.
+
+    A block that is done leaves its savepoint in place, unreleased: releasing it would be a round trip
+    that changes nothing the group's commit does not (it ends every savepoint in it). The next block's
+    savepoint, of the same name, is taken inside it, and `ROLLBACK TO` names the latest of that name, so a
+    failing block undoes its own changes only. Blocks never overlap, so one name serves them all."""
+    await driver_sql.plain(conn, f"SAVEPOINT {_SAVEPOINT}")
+    try:
+        yield
+    except BaseException:
+        await driver_sql.plain(conn, f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
+        await driver_sql.plain(conn, f"RELEASE SAVEPOINT {_SAVEPOINT}")
+        raise
+
+
+_SAVEPOINT = "countersign_block"
 
 
 class WriteGroups:
@@ -85,8 +111,14 @@ class WriteGroups:
         return len(self._queue)
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncConnection]:
-        """A write transaction (shared with the writers queued beside this one); exits once it has committed."""
+    async def write(self, *, savepoint: bool = True) -> AsyncIterator[AsyncConnection]:
+        """A write transaction (shared with the writers queued beside this one); exits once it has committed.
+
+        `savepoint=False`: a block that raises only when the database fails (its outcomes, such as a
+        compare-and-set lost, are told after it) needs no savepoint, one statement fewer. If it raises all
+        the same, there is nothing to roll back to: the group's transaction is rolled back whole, and every
+        other block in it fails with `StoreUnavailable`.
+        """
         me = _Writer()
         # Shielded like every database write: a writer cancelled while queued must still take its turn.
         with anyio.CancelScope(shield=True):
@@ -104,11 +136,15 @@ class WriteGroups:
         own: Exception | None = None
         try:
             with anyio.CancelScope(shield=True):
-                async with me.conn.begin_nested():
+                if savepoint:
+                    async with _savepoint(me.conn):
+                        yield me.conn
+                else:
                     yield me.conn
         except Exception as exc:  # rolled back to its savepoint; raised once the group has ended
             own = exc
             forget_head(me.conn)
+            me.spoiled = not savepoint
         finally:
             me.done.set()
         # Even a block that failed waits: what it lost to may be in this very group, committed only then.
@@ -136,6 +172,10 @@ class WriteGroups:
                     writer.conn = conn
                     writer.turn.set()
                     await writer.done.wait()
+                    if writer.spoiled:
+                        raise StoreUnavailable(
+                            "the write was rolled back: a change it shared a transaction with failed half-way"
+                        )
                 for action in conn.info.pop(_BEFORE_COMMIT, {}).values():
                     await action()
         except BaseException as exc:

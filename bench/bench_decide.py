@@ -15,15 +15,19 @@ the process's CPU per decision and the decisions per second, which is what the g
 from __future__ import annotations
 
 import argparse
+import cProfile
 import hashlib
 import os
 import secrets
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import anyio
+from sqlalchemy import event
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -64,9 +68,41 @@ def request(order: int) -> NewRequest:
     )
 
 
-async def run(url: str, decisions: int, concurrency: int) -> None:
+def driver_executed() -> Counter[str]:
+    """Statements run through the driver below SQLAlchemy (approvals.driver_sql; none in versions without it)."""
+    try:
+        from approvals import driver_sql
+    except ImportError:
+        return Counter()
+    return driver_sql.executed
+
+
+def count_statements(db: Database) -> Counter[str]:
+    """Statements through SQLAlchemy by their first word, and (SQLite) trips to the driver's thread."""
+    counts: Counter[str] = Counter()
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        counts[statement.split(None, 1)[0].upper()] += 1
+
+    for engine in {db.engine, db._write_engine}:
+        event.listen(engine.sync_engine, "before_cursor_execute", seen)
+    if db.is_sqlite:
+        import aiosqlite.core
+
+        original = aiosqlite.core.Connection._execute
+
+        async def hop(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
+            counts["(thread trips)"] += 1
+            return await original(self, fn, *args, **kwargs)
+
+        aiosqlite.core.Connection._execute = hop  # type: ignore[method-assign]
+    return counts
+
+
+async def run(url: str, decisions: int, concurrency: int, profile: str = "") -> None:
     db = Database(url)
     await db.create_schema()
+    counts = count_statements(db)
     service = ApprovalService(db, ApproverDirectory([ALICE]))
     result = {"content": [{"type": "text", "text": "cancelled"}], "structuredContent": {"orderId": 1}}
     try:
@@ -86,12 +122,23 @@ async def run(url: str, decisions: int, concurrency: int) -> None:
                     await service.approve(request_id, ALICE, "api")
                     await service.finish_execution(request_id, ok=True, result=result, error=None, summary="ok")
 
+            profiler = cProfile.Profile() if profile else None
+            counts.clear()
+            driver_executed().clear()
             times0, wall0 = os.times(), time.perf_counter()
+            if profiler is not None:
+                profiler.enable()
             async with anyio.create_task_group() as decide_all:
                 for request_id in ids:
                     decide_all.start_soon(decide, request_id)
+            if profiler is not None:
+                profiler.disable()
+                profiler.dump_stats(profile)
             times, wall = os.times(), time.perf_counter() - wall0
             user, system = times.user - times0.user, times.system - times0.system
+            counts.update({f"{verb} (driver)": n for verb, n in driver_executed().items()})
+            per = ", ".join(f"{n / decisions:.1f} {verb}" for verb, n in counts.most_common())
+            statements = sum(n for verb, n in counts.items() if not verb.startswith("("))
             executed = await service.list_requests(limit=decisions + 1)
             done = sum(1 for v in executed if v.status.value == "executed")
             print(
@@ -99,6 +146,7 @@ async def run(url: str, decisions: int, concurrency: int) -> None:
                 f"CPU {(user + system) * 1000 / decisions:.2f} ms per decision ({user * 1000 / decisions:.2f} user, "
                 f"{system * 1000 / decisions:.2f} system; approve + start + result, this process)"
             )
+            print(f"per decision: {statements / decisions:.1f} statements: {per}")
             tg.cancel_scope.cancel()
     finally:
         await db.dispose()
@@ -107,7 +155,7 @@ async def run(url: str, decisions: int, concurrency: int) -> None:
 async def main(args: argparse.Namespace) -> None:
     if not args.database_url:
         with tempfile.TemporaryDirectory() as tmp:
-            await run(f"sqlite:///{tmp}/countersign.db", args.decisions, args.concurrency)
+            await run(f"sqlite:///{tmp}/countersign.db", args.decisions, args.concurrency, args.profile)
         return
     import asyncpg
 
@@ -118,7 +166,8 @@ async def main(args: argparse.Namespace) -> None:
     finally:
         await admin.close()
     try:
-        await run(f"{args.database_url.rsplit('/', 1)[0]}/{name}", args.decisions, args.concurrency)
+        url = f"{args.database_url.rsplit('/', 1)[0]}/{name}"
+        await run(url, args.decisions, args.concurrency, args.profile)
     finally:
         admin = await asyncpg.connect(args.database_url)
         try:
@@ -132,4 +181,5 @@ if __name__ == "__main__":
     parser.add_argument("--decisions", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--database-url", default="", help="a PostgreSQL server to create a scratch database on")
+    parser.add_argument("--profile", default="", help="write a cProfile of the decisions (not the set-up) here")
     anyio.run(main, parser.parse_args())

@@ -337,6 +337,23 @@ async def test_finish_execution_stores_the_result_of_a_successful_call(env: Env)
     ]
 
 
+async def test_an_answer_after_the_lease_ran_out_is_refused_and_audited_as_late(env: Env) -> None:
+    request = await env.service.create(new_request())
+    await env.service.approve(request.id, ALICE, "web")
+    await env.service.begin_execution(request.id, request.arguments_sha256, owner="gw-1", lease=30.0)
+    env.clock.advance(31)
+    assert await env.service.end_lapsed(request.id) is not None
+
+    with pytest.raises(AlreadyDecided) as late:
+        await env.service.finish_execution(request.id, ok=True, result={"content": []}, error=None, summary="done")
+
+    assert late.value.status == "outcome_unknown"
+    assert (await env.service.get(request.id)).status == Status.OUTCOME_UNKNOWN
+    assert (await env.kinds(request.id))[-2:] == ["request.outcome_unknown", "request.answered_late"]
+    with pytest.raises(RequestNotFound):
+        await env.service.finish_execution("apr_missing", ok=True, result=None, error=None, summary="done")
+
+
 async def test_finish_execution_records_a_failed_call_with_its_error(env: Env) -> None:
     request = await env.service.create(new_request())
     await env.service.approve(request.id, ALICE, "web")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -14,7 +15,7 @@ from sqlalchemy import select, update
 from approvals import audit
 from approvals.audit import Event
 from approvals.db import Database
-from approvals.errors import AlreadyDecided
+from approvals.errors import AlreadyDecided, StoreUnavailable
 from approvals.models import ApprovalRequest, AuditEvent
 from approvals.states import Status
 from approvals.write_groups import WriteGroups
@@ -52,9 +53,10 @@ async def test_decisions_made_together_share_transactions_and_a_decided_one_fail
         assert sorted(approved) == sorted(r.id for r in requests[1:])
         assert [exc.status for exc in late] == ["rejected"]
         assert (await service.get(taken.id)).status == Status.REJECTED
-        # Eleven decisions written (the decided request was refused before writing), in fewer transactions.
-        assert sum(size * n for size, n in service.db.groups.sizes.items()) == 11
-        assert sum(service.db.groups.sizes.values()) < 11
+        # Twelve blocks (the decided request's compare-and-set found it decided, changed nothing, and its refusal
+        # was read outside them), eleven decisions written, in fewer transactions.
+        assert sum(size * n for size, n in service.db.groups.sizes.items()) == 12
+        assert sum(service.db.groups.sizes.values()) < 12
         report = await service.history.verify()
         assert report.ok, report.describe()
 
@@ -135,6 +137,56 @@ async def test_a_first_block_that_fails_is_rolled_back_whole_and_the_writers_que
         async with db.read() as conn:
             rows = (await conn.execute(select(_events.c.message).where(_events.c.kind == "test.grouped"))).all()
         assert sorted(r.message for r in rows) == ["follower 0", "follower 1", "follower 2"]
+        report = await service.history.verify()
+        assert report.ok, report.describe()
+
+
+async def test_a_block_without_a_savepoint_that_fails_rolls_its_whole_group_back(database_url: str) -> None:
+    """Nothing to roll back to: the blocks before it in its group are undone with it, and fail closed."""
+    async with replicas(database_url, 1, lambda: START) as (service,):
+        db = service.db
+        request = await service.create(held_cancel())
+        outcomes: list[str] = []
+
+        class Broken(Exception):
+            pass
+
+        async def block(n: int, *, savepoint: bool = True, fails: bool = False) -> None:
+            try:
+                async with db.groups.write(savepoint=savepoint) as conn:
+                    await audit.append(conn, Event(kind="test.grouped", outcome="ok", message=f"block {n}"), START)
+                    if fails:
+                        await conn.execute(update(_requests).where(_requests.c.id == request.id).values(agent="x"))
+                        raise Broken()
+            except Broken:
+                outcomes.append(f"block {n} broken")
+            except StoreUnavailable:
+                outcomes.append(f"block {n} rolled back")
+            else:
+                outcomes.append(f"block {n} committed")
+
+        async def leader(tg: TaskGroup) -> None:
+            try:
+                async with db.groups.write() as conn:
+                    await audit.append(conn, Event(kind="test.grouped", outcome="ok", message="leader"), START)
+                    tg.start_soon(block, 1)
+                    tg.start_soon(partial(block, 2, savepoint=False, fails=True))
+                    while db.groups.queued < 2:
+                        await anyio.lowlevel.checkpoint()
+            except StoreUnavailable:
+                outcomes.append("leader rolled back")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(leader, tg)
+        # The group after it is a fresh one: a block queued then commits as usual.
+        await block(3)
+
+        expected = ["block 1 rolled back", "block 2 broken", "block 3 committed", "leader rolled back"]
+        assert sorted(outcomes) == expected
+        assert (await service.get(request.id)).agent == request.agent
+        async with db.read() as conn:
+            rows = (await conn.execute(select(_events.c.message).where(_events.c.kind == "test.grouped"))).all()
+        assert [r.message for r in rows] == ["block 3"]
         report = await service.history.verify()
         assert report.ok, report.describe()
 
