@@ -55,6 +55,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.calls import CallHandler
 from gateway.event_store import RETRY_MS, SessionEvents
+from gateway.http_protocol import RAW_KEY
 from gateway.lean_requests import (
     LeanPath,
     LiveSession,
@@ -264,7 +265,10 @@ class LeanHeld(LeanPath):
         # replayed, and is not kept waiting on a second copy of a stream this response still carries.
         transport._request_streams[key] = anyio.create_memory_object_stream[Any](1)
         dispatcher._in_flight[dispatch_id] = entry
-        listener = asyncio.get_running_loop().create_task(_listen(stream))
+        # The connection's end flags the client leaving: from the connection itself where it can (no task),
+        # else from a small task reading it.
+        raw = request.scope.get(RAW_KEY)
+        listener = None if stream.attach(raw) else asyncio.get_running_loop().create_task(_listen(stream))
         reply: str | None = None
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self._sse_headers(live.session_id)})
@@ -291,7 +295,8 @@ class LeanHeld(LeanPath):
                 await frames.message(reply)
             await frames.end()
         finally:
-            listener.cancel()
+            if listener is not None:
+                listener.cancel()
             streams = transport._request_streams.pop(key, None)
             if streams is not None:
                 streams[0].close()
