@@ -38,7 +38,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import mcp_types as types
+from anyio import EventStatistics
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.server import Server
 from mcp.server.runner import ServerRunner
 from mcp.server.streamable_http import MCP_SESSION_ID_HEADER, REQUEST_CANCELLED
@@ -81,6 +84,10 @@ _SSE_HEADERS = {
     "Content-Type": "text/event-stream",
 }
 _END: Message = {"type": "http.response.body", "body": b"", "more_body": False}
+# What marks a call served here as a live stream of its session in the SDK's table (see `LeanHeld._run`).
+_LIVE: tuple[MemoryObjectSendStream[Any], MemoryObjectReceiveStream[Any]] = anyio.create_memory_object_stream[Any](1)
+_LIVE[0].close()
+_LIVE[1].close()
 
 
 def sse_headers() -> list[tuple[bytes, bytes]]:
@@ -92,7 +99,51 @@ def sse_headers() -> list[tuple[bytes, bytes]]:
 _SESSION_HEADER = MCP_SESSION_ID_HEADER.lower().encode("latin-1")
 
 
-@dataclass(eq=False)
+class CancelFlag(anyio.Event):
+    """A held call's cancel flag (set by the session's dispatcher when the client cancels the call).
+
+    Ten thousand held calls each have one that almost never fires and that nobody waits on: a plain
+    flag, with a future only for someone who does wait, instead of an event with its queue of waiters.
+    """
+
+    __slots__ = ("_set", "_waiters")
+
+    def __new__(cls) -> CancelFlag:
+        return object.__new__(cls)
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def set(self) -> None:
+        self._set = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def is_set(self) -> bool:
+        return self._set
+
+    async def wait(self) -> None:
+        if self._set:
+            await anyio.lowlevel.checkpoint()
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if self._waiters is not None and waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+    def statistics(self) -> EventStatistics:
+        return EventStatistics(len(self._waiters or ()))
+
+
+@dataclass(eq=False, slots=True)
 class HeldExchange:
     """The dispatch context of one call served here: its messages become frames on its own stream."""
 
@@ -100,7 +151,7 @@ class HeldExchange:
     request_id: types.RequestId
     frames: Frames
     progress_token: types.ProgressToken | None = None
-    cancel_requested: anyio.Event = field(default_factory=anyio.Event)
+    cancel_requested: anyio.Event = field(default_factory=CancelFlag)
     closed: bool = False
 
     @property
@@ -263,7 +314,9 @@ class LeanHeld(LeanPath):
         dispatch_id = coerce_request_id(message.id)
         # While the call is live its stream is the transport's too: a client resuming it has what was kept
         # replayed, and is not kept waiting on a second copy of a stream this response still carries.
-        transport._request_streams[key] = anyio.create_memory_object_stream[Any](1)
+        # Only the key's presence matters (nothing of this call goes the SDK's way), so every such call shares
+        # one closed pair: a message the SDK's router might still route here is kept for replay, not queued.
+        transport._request_streams[key] = _LIVE
         dispatcher._in_flight[dispatch_id] = entry
         # The connection's end flags the client leaving: from the connection itself where it can (no task),
         # else from a small task reading it.
@@ -298,7 +351,7 @@ class LeanHeld(LeanPath):
             if listener is not None:
                 listener.cancel()
             streams = transport._request_streams.pop(key, None)
-            if streams is not None:
+            if streams is not None and streams is not _LIVE:
                 streams[0].close()
                 streams[1].close()
 
