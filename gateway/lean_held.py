@@ -5,8 +5,9 @@ the session's message loop into a handler task of its own, and its answer comes 
 transport's message router, a memory stream per request, an SSE writer task and sse_starlette's
 response with its listener tasks: about eight tasks and several hundred objects per call for as
 long as it waits, which a held call does for minutes, by the ten thousand. `LeanHeld` serves such
-a call in the request's own task instead (plus one small task that listens for the client
-leaving), and writes the event stream itself, frame for frame as the SDK's transport does:
+a call in the request's own task instead (the client leaving is flagged by the connection itself,
+`gateway.http_protocol.RawStream`; only where it cannot be, by one small task reading the
+connection), and writes the event stream itself, frame for frame as the SDK's transport does:
 
 - the same headers, the priming event (an id from the session's event store, empty data, the
   `retry` hint), then each message as `id`, `event: message` and `data` (the JSON the SDK's

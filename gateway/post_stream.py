@@ -19,7 +19,10 @@ task per stream; a write that has to wait for a slow client goes on in a task of
 
 The client leaving: the SSE response listens for `http.disconnect` itself (through `receive`);
 the wrapper flags it in `gone`, which the held call reads, so a 2025 client whose connection drops
-without a cancel has its request withdrawn rather than forwarded for nobody.
+without a cancel has its request withdrawn rather than forwarded for nobody. A held call on the
+gateway's own stream (`gateway.lean_held`) attaches the connection itself (`attach`): its end is
+flagged from the HTTP protocol, with nobody reading, and the stream's keep-alives and notices go
+onto it as chunks, past the ASGI layers, whenever nothing is held back and it is not pushing back.
 """
 
 from __future__ import annotations
