@@ -88,6 +88,9 @@ class GatheringTransport:
         self._pending = None
         self._transport.abort()
 
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
     def get_write_buffer_size(self) -> int:
         gathered = sum(len(data) for data in self._pending) if self._pending else 0
         return self._transport.get_write_buffer_size() + gathered
