@@ -5,8 +5,9 @@ the session's message loop into a handler task of its own, and its answer comes 
 transport's message router, a memory stream per request, an SSE writer task and sse_starlette's
 response with its listener tasks: about eight tasks and several hundred objects per call for as
 long as it waits, which a held call does for minutes, by the ten thousand. `LeanHeld` serves such
-a call in the request's own task instead (plus one small task that listens for the client
-leaving), and writes the event stream itself, frame for frame as the SDK's transport does:
+a call in the request's own task instead (the client leaving is flagged by the connection itself,
+`gateway.http_protocol.RawStream`; only where it cannot be, by one small task reading the
+connection), and writes the event stream itself, frame for frame as the SDK's transport does:
 
 - the same headers, the priming event (an id from the session's event store, empty data, the
   `retry` hint), then each message as `id`, `event: message` and `data` (the JSON the SDK's
@@ -38,7 +39,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import mcp_types as types
+from anyio import EventStatistics
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.server import Server
 from mcp.server.runner import ServerRunner
 from mcp.server.streamable_http import MCP_SESSION_ID_HEADER, REQUEST_CANCELLED
@@ -55,6 +59,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.calls import CallHandler
 from gateway.event_store import RETRY_MS, SessionEvents
+from gateway.http_protocol import RAW_KEY
 from gateway.lean_requests import (
     LeanPath,
     LiveSession,
@@ -80,6 +85,10 @@ _SSE_HEADERS = {
     "Content-Type": "text/event-stream",
 }
 _END: Message = {"type": "http.response.body", "body": b"", "more_body": False}
+# What marks a call served here as a live stream of its session in the SDK's table (see `LeanHeld._run`).
+_LIVE: tuple[MemoryObjectSendStream[Any], MemoryObjectReceiveStream[Any]] = anyio.create_memory_object_stream[Any](1)
+_LIVE[0].close()
+_LIVE[1].close()
 
 
 def sse_headers() -> list[tuple[bytes, bytes]]:
@@ -91,7 +100,51 @@ def sse_headers() -> list[tuple[bytes, bytes]]:
 _SESSION_HEADER = MCP_SESSION_ID_HEADER.lower().encode("latin-1")
 
 
-@dataclass(eq=False)
+class CancelFlag(anyio.Event):
+    """A held call's cancel flag (set by the session's dispatcher when the client cancels the call).
+
+    Ten thousand held calls each have one that almost never fires and that nobody waits on: a plain
+    flag, with a future only for someone who does wait, instead of an event with its queue of waiters.
+    """
+
+    __slots__ = ("_set", "_waiters")
+
+    def __new__(cls) -> CancelFlag:
+        return object.__new__(cls)
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def set(self) -> None:
+        self._set = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def is_set(self) -> bool:
+        return self._set
+
+    async def wait(self) -> None:
+        if self._set:
+            await anyio.lowlevel.checkpoint()
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if self._waiters is not None and waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+    def statistics(self) -> EventStatistics:
+        return EventStatistics(len(self._waiters or ()))
+
+
+@dataclass(eq=False, slots=True)
 class HeldExchange:
     """The dispatch context of one call served here: its messages become frames on its own stream."""
 
@@ -99,7 +152,7 @@ class HeldExchange:
     request_id: types.RequestId
     frames: Frames
     progress_token: types.ProgressToken | None = None
-    cancel_requested: anyio.Event = field(default_factory=anyio.Event)
+    cancel_requested: anyio.Event = field(default_factory=CancelFlag)
     closed: bool = False
 
     @property
@@ -262,9 +315,14 @@ class LeanHeld(LeanPath):
         dispatch_id = coerce_request_id(message.id)
         # While the call is live its stream is the transport's too: a client resuming it has what was kept
         # replayed, and is not kept waiting on a second copy of a stream this response still carries.
-        transport._request_streams[key] = anyio.create_memory_object_stream[Any](1)
+        # Only the key's presence matters (nothing of this call goes the SDK's way), so every such call shares
+        # one closed pair: a message the SDK's router might still route here is kept for replay, not queued.
+        transport._request_streams[key] = _LIVE
         dispatcher._in_flight[dispatch_id] = entry
-        listener = asyncio.get_running_loop().create_task(_listen(stream))
+        # The connection's end flags the client leaving: from the connection itself where it can (no task),
+        # else from a small task reading it.
+        raw = request.scope.get(RAW_KEY)
+        listener = None if stream.attach(raw) else asyncio.get_running_loop().create_task(_listen(stream))
         reply: str | None = None
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self._sse_headers(live.session_id)})
@@ -291,9 +349,10 @@ class LeanHeld(LeanPath):
                 await frames.message(reply)
             await frames.end()
         finally:
-            listener.cancel()
+            if listener is not None:
+                listener.cancel()
             streams = transport._request_streams.pop(key, None)
-            if streams is not None:
+            if streams is not None and streams is not _LIVE:
                 streams[0].close()
                 streams[1].close()
 

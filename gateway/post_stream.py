@@ -19,7 +19,10 @@ task per stream; a write that has to wait for a slow client goes on in a task of
 
 The client leaving: the SSE response listens for `http.disconnect` itself (through `receive`);
 the wrapper flags it in `gone`, which the held call reads, so a 2025 client whose connection drops
-without a cancel has its request withdrawn rather than forwarded for nobody.
+without a cancel has its request withdrawn rather than forwarded for nobody. A held call on the
+gateway's own stream (`gateway.lean_held`) attaches the connection itself (`attach`): its end is
+flagged from the HTTP protocol, with nobody reading, and the stream's keep-alives and notices go
+onto it as chunks, past the ASGI layers, whenever nothing is held back and it is not pushing back.
 """
 
 from __future__ import annotations
@@ -35,10 +38,12 @@ from starlette.types import Message, Receive, Send
 from gateway.caller import Gone, Progress
 from gateway.event_store import SessionEvents
 from gateway.frame_clock import FrameLock, KeepAliveWheel, run_now, wheel_of
+from gateway.http_protocol import RawStream, chunk_of
 
 log = logging.getLogger(__name__)
 
 KEEPALIVE_COMMENT = b": keep-alive\r\n\r\n"
+_KEEPALIVE_CHUNK = chunk_of(KEEPALIVE_COMMENT)  # the same comment, as the chunk it is on the connection
 _SSE = b"text/event-stream"
 _TOOL_CALL = re.compile(rb'"method"\s*:\s*"tools/call"')
 _DROPPED_ON_JSON = {b"content-type", b"content-length", b"cache-control", b"connection", b"x-accel-buffering"}
@@ -81,6 +86,29 @@ def single_result(event: bytes) -> bytes | None:
 class PostStream:
     """The `receive` and `send` one POST's app sees (build one per request)."""
 
+    __slots__ = (
+        "_body_done",
+        "_ended",
+        "_first",
+        "_interval",
+        "_last",
+        "_lock",
+        "_loop",
+        "_opened",
+        "_pinging",
+        "_priming",
+        "_raw",
+        "_reading",
+        "_receive",
+        "_send",
+        "_start",
+        "_streaming",
+        "_tool_call",
+        "_wheel",
+        "events",
+        "gone",
+    )
+
     def __init__(
         self,
         receive: Receive,
@@ -111,6 +139,21 @@ class PostStream:
         # Serialises the app's sends with the frames of the wheel and the notices; uncontended, it never waits.
         self._lock = FrameLock()
         self._pinging: asyncio.Task[None] | None = None
+        # The connection itself (`gateway.http_protocol`), once a held call's stream is under way on it.
+        self._raw: RawStream | None = None
+
+    def attach(self, raw: RawStream | None) -> bool:
+        """Write this stream's own frames straight to its connection where they can go, and flag the
+        connection's end from the connection itself: True if that is watched so (no task need read for it)."""
+        if raw is None or self._ended or not raw.on_lost(self._lost):
+            return False
+        self._raw = raw
+        return True
+
+    def _lost(self) -> None:
+        self.gone.set()
+        self._body_done = True
+        self._unwatch()
 
     @property
     def keeps_alive(self) -> bool:
@@ -229,7 +272,20 @@ class PostStream:
         if not self._writable() or not self._lock.acquire_nowait():
             return False
         frame = self._frame(data, stream_id)
+        if self._raw_write(chunk_of(frame)):
+            self._lock.release()
+            return True
         self._go_on(run_now(self._write(frame), self._loop))
+        return True
+
+    def _raw_write(self, chunk: bytes) -> bool:
+        """Under the lock: the chunk straight onto the connection, if nothing is held back and it can go now."""
+        raw = self._raw
+        if raw is None or not self._streaming or self._start is not None or self._first is not None:
+            return False
+        if self._priming is not None or not raw.write(chunk):
+            return False
+        self._last = self._loop.time()
         return True
 
     async def _write(self, frame: bytes) -> None:
@@ -275,6 +331,9 @@ class PostStream:
     def close(self) -> None:
         """The app returned: nothing more goes out on this response."""
         self._finish()
+        if self._raw is not None:
+            self._raw.forget_lost(self._lost)
+            self._raw = None
 
     # ---- keep-alive
 
@@ -299,6 +358,9 @@ class PostStream:
             # Someone is writing (a slow client's frame): this stream's keep-alive waits its turn in a task.
             self._go_on(self._loop.create_task(self._ping()))
             return None
+        if self._raw_write(_KEEPALIVE_CHUNK):
+            self._lock.release()
+            return self._last + self._interval
         self._go_on(run_now(self._keepalive_locked(), self._loop))
         return None
 

@@ -31,8 +31,10 @@ from approvals.errors import StoreUnavailable
 from approvals.service import ApprovalService
 from approvals.views import NewRequest, RequestView
 from gateway.app import Gateway
+from gateway.caller import Gone
 from gateway.config import parse_settings
 from gateway.demo import DEMO_POLICY
+from gateway.mcp_server import DISCONNECTED_KEY
 from gateway.paper_book import PaperBook
 from gateway.paper_broker import build_http_app
 from tests.conftest import PG_ADMIN_URL
@@ -550,7 +552,8 @@ class BrokerGate:
 
 class DisconnectObserver:
     """Wraps the gateway's /mcp POSTs: `gone` once the server has told the app that a held tools/call
-    went away; `cancel_accepted` once a `notifications/cancelled` was accepted (answered 202)."""
+    went away (its `http.disconnect`, or the gateway's own flag for it set from the connection's end);
+    `cancel_accepted` once a `notifications/cancelled` was accepted (answered 202)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -578,6 +581,11 @@ class DisconnectObserver:
             await send(message)
             if message["type"] == "http.response.start" and kind == "cancel":
                 self.cancel_accepted.set()
+            flag = scope.get(DISCONNECTED_KEY)
+            if message["type"] == "http.response.start" and kind == "call" and isinstance(flag, Gone):
+                # A held call on the gateway's own stream has its connection's end flagged by the connection
+                # itself, with nobody reading `http.disconnect`: the flag is where the server tells the app.
+                flag.on_set(self.gone.set)
 
         await self.app(scope, observed_receive, observed_send)
 
