@@ -12,7 +12,10 @@ The lock is held across the transaction's round trips, and under a burst each of
 a busy event loop, so reservations of one bucket arriving together in this process share one
 transaction: the first opens it and takes the locks, and the ones that arrive for the same buckets
 meanwhile are decided in it in turn (each checks the windows as the ones before it left them), up
-to `MAX_GROUP`; one commit ends them, and each learns its answer only once it is durable.
+to `MAX_GROUP`; one commit ends them, and each learns its answer only once it is durable. Once a
+group is full the next arrival opens the next transaction, which the following ones join while it
+waits for the locks. A group is three statements (`gateway.quota_sql`): its locks, its windows' read,
+its slots' insert. Parks asked while another is being written are written together next.
 
 Times are the replicas' wall clocks (seconds since the epoch), like every deadline the gateway
 stores: replicas are expected to keep them in step (NTP).
