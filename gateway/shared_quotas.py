@@ -12,7 +12,10 @@ The lock is held across the transaction's round trips, and under a burst each of
 a busy event loop, so reservations of one bucket arriving together in this process share one
 transaction: the first opens it and takes the locks, and the ones that arrive for the same buckets
 meanwhile are decided in it in turn (each checks the windows as the ones before it left them), up
-to `MAX_GROUP`; one commit ends them, and each learns its answer only once it is durable.
+to `MAX_GROUP`; one commit ends them, and each learns its answer only once it is durable. Once a
+group is full the next arrival opens the next transaction, which the following ones join while it
+waits for the locks. A group is three statements (`gateway.quota_sql`): its locks, its windows' read,
+its slots' insert. Parks asked while another is being written are written together next.
 
 Times are the replicas' wall clocks (seconds since the epoch), like every deadline the gateway
 stores: replicas are expected to keep them in step (NTP).
@@ -32,12 +35,13 @@ from dataclasses import dataclass, field
 from typing import Final
 
 import anyio
-from sqlalchemy import Executable, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import Executable, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from approvals.db import Database
 from approvals.errors import StoreUnavailable
 from approvals.models import QuotaSlot
+from gateway import quota_sql
 from gateway.policy import Limit
 from gateway.ratelimit import (
     SWEEP_INTERVAL,
@@ -55,8 +59,6 @@ log = logging.getLogger(__name__)
 _slots = QuotaSlot.__table__  # type: ignore[attr-defined]
 # Reservations counted in memory during an outage carry this prefix, so they are given back there.
 _LOCAL: Final = "local-"
-# The advisory locks of quota buckets: (this class, hash of the bucket), apart from every one-key lock.
-_LOCK_CLASS: Final = 0x0C5A
 # No window is longer than a day: older slots can never count again.
 _LONGEST_WINDOW: Final = 86_400.0
 # The most reservations decided in one transaction.
@@ -64,18 +66,6 @@ MAX_GROUP: Final = 64
 # A limit's window is full when it holds `max` slots: the `max`-th newest slot in it, if there is one, is the
 # oldest that counts (when the window frees up). A group of reservations reads, once per limit and bucket, the
 # rows at the positions its members can need (`max - MAX_GROUP` to `max - 1`), however many the window holds.
-_FULL_AT = (
-    select(_slots.c.taken_at)
-    .where(
-        _slots.c.counter == bindparam("counter"),
-        _slots.c.scope == bindparam("scope"),
-        _slots.c.scope_key == bindparam("scope_key"),
-        _slots.c.taken_at > bindparam("since"),
-    )
-    .order_by(_slots.c.taken_at.desc())
-    .limit(bindparam("take"))
-    .offset(bindparam("skip"))
-)
 
 
 @dataclass(eq=False)
@@ -98,6 +88,17 @@ class _Group:
     size: int = 1
 
 
+@dataclass(eq=False)
+class _Parks:
+    """Parks written in one statement: asked while the previous ones were being written, written by the first
+    of them once those are (`turn`), each caller answered once the transaction has ended (`done`)."""
+
+    rows: list[tuple[str, str]]
+    turn: anyio.Event = field(default_factory=anyio.Event)
+    done: anyio.Event = field(default_factory=anyio.Event)
+    error: Exception | None = None
+
+
 class SharedQuotas:
     """The `QuotaStore` of replicas on one PostgreSQL database."""
 
@@ -111,6 +112,8 @@ class SharedQuotas:
         self._degraded = False
         # The reservations waiting to join the transaction open for these buckets (see the module's description).
         self._joining: dict[tuple[BucketKey, ...], _Group] = {}
+        self._parks_writing = False
+        self._parks_next: _Parks | None = None
 
     async def take(self, tool: str, wanted: Sequence[tuple[Limit, BucketKey]]) -> str | Refusal:
         try:
@@ -145,27 +148,25 @@ class SharedQuotas:
             assert me.answer is not None
             return me.answer
         mine = _Group()
-        if open_group is None:  # a full group's transaction stays the one others join until it commits
-            self._joining[group] = mine
+        # A full group's transaction is no longer joined: this one is, while it waits for that one's locks.
+        self._joining[group] = mine
         joining = mine.waiting
         decided: list[_Joiner] = []
         try:
             async with self.db.transaction() as conn:
-                for key in group:
-                    await conn.execute(
-                        text("SELECT pg_advisory_xact_lock(:space, hashtext(:bucket))"),
-                        {"space": _LOCK_CLASS, "bucket": "\x1f".join(key)},
-                    )
+                await quota_sql.lock(conn, group)
                 # Read the clock once the locks are ours: a reservation that waited must not stamp the past.
                 window = _Window(conn, self._clock())
-                answer = await window.reserve(tool, wanted, ident)
+                await window.read([wanted, *(other.wanted for other in joining)])
+                answer = window.reserve(tool, wanted, ident)
                 while joining:
                     other = joining.pop(0)
                     decided.append(other)
-                    other.answer = await window.reserve(other.tool, other.wanted, other.ident)
+                    await window.read([other.wanted])
+                    other.answer = window.reserve(other.tool, other.wanted, other.ident)
                 # Whoever comes from here on opens the next transaction; nobody joins one that is committing.
                 self._close(group, mine)
-                await window.insert()
+                await quota_sql.insert(conn, window.rows)
         except BaseException as exc:
             self._close(group, mine)
             for other in [*decided, *joining]:
@@ -192,7 +193,37 @@ class SharedQuotas:
         if reservation.startswith(_LOCAL):
             await self._fallback.park(reservation.removeprefix(_LOCAL), request_id)
             return
-        await self._quietly(update(_slots).where(_slots.c.reservation == reservation).values(request_id=request_id))
+        # Parks asked while another is being written are written together next (see `_Parks`).
+        batch = self._parks_next
+        if batch is not None:
+            batch.rows.append((reservation, request_id))
+            with anyio.CancelScope(shield=True):
+                await batch.done.wait()
+            if batch.error is not None:
+                raise batch.error
+            return
+        batch = self._parks_next = _Parks([(reservation, request_id)])
+        with anyio.CancelScope(shield=True):
+            if self._parks_writing:
+                await batch.turn.wait()
+            self._parks_next = None
+            self._parks_writing = True
+            try:
+                async with self.db.transaction() as conn:
+                    await quota_sql.park(conn, batch.rows)
+            except StoreUnavailable as exc:
+                log.warning("quotas: could not park a slot (%s); it counts until its window passes", exc)
+            except Exception as exc:
+                batch.error = exc
+            finally:
+                batch.done.set()
+                following = self._parks_next
+                if following is None:
+                    self._parks_writing = False
+                else:
+                    following.turn.set()  # its first caller writes it
+        if batch.error is not None:
+            raise batch.error
 
     async def give_back_parked(self, request_id: str) -> None:
         await self._fallback.give_back_parked(request_id)
@@ -234,14 +265,32 @@ class _Window:
     def __init__(self, conn: AsyncConnection, now: float) -> None:
         self.conn = conn
         self.now = now
+        # Per (bucket, window, max): the position of the first row read, and the rows read (newest first).
         self._stored: dict[tuple[BucketKey, float, int], tuple[int, list[float]]] = {}
         self._taken: dict[BucketKey, int] = {}  # slots decided in this transaction, per bucket (all at `now`)
-        self._rows: list[dict[str, object]] = []
+        self.rows: list[dict[str, object]] = []
 
-    async def reserve(self, tool: str, wanted: Sequence[tuple[Limit, BucketKey]], ident: str) -> str | Refusal:
+    async def read(self, members: Sequence[Sequence[tuple[Limit, BucketKey]]]) -> None:
+        """Read, in one statement, the windows these members need that were not read yet."""
+        needed: dict[tuple[BucketKey, float, int], tuple[BucketKey, float, int, int]] = {}
+        for wanted in members:
+            for limit, key in wanted:
+                slot = (key, limit.window_seconds, limit.max)
+                if slot in self._stored or slot in needed:
+                    continue
+                skip = max(limit.max - MAX_GROUP, 0)
+                needed[slot] = (key, self.now - limit.window_seconds, skip, limit.max - skip)
+        if not needed:
+            return
+        found = await quota_sql.read_windows(self.conn, list(needed.values()))
+        for (slot, (_, _, skip, _)), rows in zip(needed.items(), found, strict=True):
+            self._stored[slot] = (skip, rows)
+
+    def reserve(self, tool: str, wanted: Sequence[tuple[Limit, BucketKey]], ident: str) -> str | Refusal:
+        """Decide one reservation (its windows read): its slots, or the refusal of the limit that is full."""
         refusals = []
         for limit, key in wanted:
-            oldest = await self._oldest_counted(limit, key)
+            oldest = self._oldest_counted(limit, key)
             if oldest is not None:
                 refusals.append(full_window(tool, limit, oldest, self.now))
         if refusals:
@@ -252,7 +301,7 @@ class _Window:
         for counter, scope, scope_key in distinct_buckets(wanted):
             key = (counter, scope, scope_key)
             self._taken[key] = self._taken.get(key, 0) + 1
-            self._rows.append(
+            self.rows.append(
                 {
                     "counter": counter,
                     "scope": scope,
@@ -264,31 +313,14 @@ class _Window:
             )
         return ident
 
-    async def _oldest_counted(self, limit: Limit, key: BucketKey) -> float | None:
+    def _oldest_counted(self, limit: Limit, key: BucketKey) -> float | None:
         """When the oldest slot that fills `limit`'s window was taken; None when the window has room."""
         taken = self._taken.get(key, 0)
         if taken >= limit.max:
             return self.now  # filled by this transaction's own slots
         position = limit.max - 1 - taken  # among the stored slots in the window, newest first
-        slot = (key, limit.window_seconds, limit.max)
-        if slot not in self._stored:
-            skip = max(limit.max - MAX_GROUP, 0)
-            counter, scope, scope_key = key
-            values = {
-                "counter": counter,
-                "scope": scope,
-                "scope_key": scope_key,
-                "since": self.now - limit.window_seconds,
-                "skip": skip,
-                "take": limit.max - skip,
-            }
-            self._stored[slot] = (skip, [float(t) for t in (await self.conn.execute(_FULL_AT, values)).scalars()])
-        skip, rows = self._stored[slot]
+        skip, rows = self._stored[(key, limit.window_seconds, limit.max)]
         index = position - skip
         if index < 0:  # more members than a group takes: never, the read covers MAX_GROUP of them
             raise RuntimeError("a quota group outgrew its window read")
         return rows[index] if index < len(rows) else None
-
-    async def insert(self) -> None:
-        if self._rows:
-            await self.conn.execute(insert(_slots), self._rows)

@@ -375,3 +375,51 @@ async def test_a_burst_larger_than_one_transaction_takes_is_counted_exactly(limi
     assert len(results) == 200
     assert sum(isinstance(r, Reservation) for r in results) == 150
     assert await limiter.usage("rate", "bot") == 150
+
+
+async def test_parks_made_at_once_each_leave_the_slots_with_their_own_request(limiter: RateLimiter) -> None:
+    rate = per("rate", 100)
+    taken = [await reserve(limiter, rate) for _ in range(60)]
+    reservations = [r for r in taken if isinstance(r, Reservation)]
+    assert len(reservations) == 60
+
+    async with anyio.create_task_group() as tg:
+        for n, reservation in enumerate(reservations):
+            tg.start_soon(reservation.park, f"request-{n}")
+    # The requests with an even number ended unexecuted: exactly their slots come back.
+    async with anyio.create_task_group() as tg:
+        for n in range(0, 60, 2):
+            tg.start_soon(limiter.release_parked, f"request-{n}")
+
+    assert await limiter.usage("rate", "bot") == 30
+    await limiter.release_parked("request-1")
+    assert await limiter.usage("rate", "bot") == 29
+
+
+@pytest.mark.postgres
+async def test_bursts_on_two_replicas_at_once_are_counted_exactly_across_both() -> None:
+    # Each replica's reservations share transactions; the two replicas' transactions take the same locks.
+    skip_unless_present("postgres", _PG_PROBLEM)
+    name = await _create_pg_database()
+    first, second = Database(pg_url(name)), Database(pg_url(name))
+    try:
+        await first.create_schema()
+        replicas = [RateLimiter(store=SharedQuotas(first)), RateLimiter(store=SharedQuotas(second))]
+        limits = (per("all", 170), per("rate", 150, window="hour"))
+        results: list[Reservation | Refusal] = []
+
+        async def one(replica: RateLimiter) -> None:
+            results.append(await reserve(replica, *limits))
+
+        async with anyio.create_task_group() as tg:
+            for n in range(400):
+                tg.start_soon(one, replicas[n % 2])
+
+        assert len(results) == 400
+        assert sum(isinstance(r, Reservation) for r in results) == 150
+        assert await replicas[0].usage("rate", "bot") == 150
+        assert await replicas[1].usage("all", "bot") == 150
+    finally:
+        await first.dispose()
+        await second.dispose()
+        await _drop_pg_database(name)
