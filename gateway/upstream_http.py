@@ -19,10 +19,9 @@ without rebuilding anyio's table of a stream's attributes for each question.
 from __future__ import annotations
 
 import select
-import socket
 import ssl
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import httpcore2
 import httpx2
@@ -78,8 +77,9 @@ class OneSendStream(httpcore2.AsyncNetworkStream):
         self._inner = inner
         self._held = b""
         self._writing = False  # the last thing done was a write: what comes now is a body's later chunk
+        # A socket or what stands for one (uvloop's pseudo-socket): anything with a file descriptor.
         sock = inner.get_extra_info("socket")
-        self._socket: socket.socket | None = sock if isinstance(sock, socket.socket) else None
+        self._socket: _HasFileno | None = sock if callable(getattr(sock, "fileno", None)) else None
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
         if not buffer:
@@ -118,7 +118,11 @@ class OneSendStream(httpcore2.AsyncNetworkStream):
         return self._inner.get_extra_info(info)
 
 
-def _readable(sock: socket.socket) -> bool:
+class _HasFileno(Protocol):
+    def fileno(self) -> int: ...
+
+
+def _readable(sock: _HasFileno) -> bool:
     """Whether a read would return at once (data, or the end of a connection the server closed)."""
     fd = sock.fileno()
     if fd < 0:

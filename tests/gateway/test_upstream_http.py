@@ -4,13 +4,14 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import httpcore2
 import httpx2
 
-from gateway.upstream_http import OneSendBackend, send_requests_whole
+from gateway.upstream_http import OneSendBackend, OneSendStream, send_requests_whole
 
 RESPONSE = b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{"ok":true}'
 
@@ -109,3 +110,23 @@ def test_wrapping_twice_wraps_once() -> None:
     pool: Any = client._transport._pool  # type: ignore[attr-defined]
     assert isinstance(pool._network_backend, OneSendBackend)
     assert not isinstance(pool._network_backend._inner, OneSendBackend)
+
+
+class Pseudo:
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+
+async def test_an_idle_connection_the_server_closed_reads_as_readable() -> None:
+    near, far = socket.socketpair()
+    wire = Wire()
+    pseudo = Pseudo(near)  # what uvloop gives for a stream's socket: not a socket.socket, but with its descriptor
+    wire.get_extra_info = lambda info: pseudo if info == "socket" else None  # type: ignore[method-assign]
+    stream = OneSendStream(wire)
+    assert stream.get_extra_info("is_readable") is False
+    far.close()  # the server's end goes: a read would return the end of the stream at once
+    assert stream.get_extra_info("is_readable") is True
+    near.close()
