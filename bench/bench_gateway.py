@@ -944,11 +944,15 @@ async def run(args: argparse.Namespace, workdir: Path, procs: list[Proc], databa
     emit(*gateway_log_summary(gateway))
 
 
+def py_spy() -> str:
+    """py-spy beside this Python (a venv's), else on PATH; "" when there is none."""
+    beside = Path(sys.executable).with_name("py-spy")
+    return str(beside) if beside.exists() else shutil.which("py-spy") or ""
+
+
 def approve_profile(gateway: Proc, output: str, workdir: Path, procs: list[Proc]) -> Callable[[], None]:
     """Record the gateway with py-spy (beside this Python, or on PATH) until the returned function is called."""
-    beside = Path(sys.executable).with_name("py-spy")
-    spy = str(beside) if beside.exists() else "py-spy"
-    argv = [spy, "record", "--pid", str(gateway.pid), "--rate", "200", "--format", "raw", "--output", output]
+    argv = [py_spy(), "record", "--pid", str(gateway.pid), "--rate", "200", "--format", "raw", "--output", output]
     proc = start_process("py-spy", argv, workdir, procs)
 
     def stop() -> None:
@@ -1020,6 +1024,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.sessions, args.idle_seconds = min(args.sessions, 5), min(args.idle_seconds, 2.0)
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if args.profile_approve:
+        if not py_spy():
+            parser.error("--profile-approve needs py-spy (pip install py-spy)")
         args.profile_approve = str(Path(args.profile_approve).resolve())
     if args.held < 0:
         parser.error("--held must be 0 or more")
