@@ -39,8 +39,10 @@ def strict(text: str | None, what: str) -> Any:
         raise Unreadable(f"{what} is nested too deeply to read") from None
     except ValueError as exc:
         raise Unreadable(f"{what} is not valid JSON ({exc})") from None
-    if _SURROGATE_SOURCE.search(text) is None:
-        return value  # no string in it can hold one: the text is searched in C, the values are not walked
+    # No string in it can hold one when the text has neither: ASCII text (told at once) without an escape,
+    # else the text searched for either; only then are the values walked.
+    if (text.isascii() and "\\u" not in text) or _SURROGATE_SOURCE.search(text) is None:
+        return value
     for item in _walk(value):
         if isinstance(item, str) and _has_surrogate(item):
             raise Unreadable(f"{what} holds a string with an unpaired surrogate, which is not text")

@@ -29,6 +29,8 @@ def test_a_lone_surrogate_is_unreadable_however_it_is_written(text: str) -> None
         ('{"note": "\\ud83d\\ude00"}', {"note": "\U0001f600"}),  # a pair: one character
         ('{"note": "\\\\ud800"}', {"note": "\\ud800"}),  # a backslash, then letters
         ('{"note": "\\u00e9t\\u00e9", "n": [1, 2.5, null]}', {"note": "été", "n": [1, 2.5, None]}),
+        ('{"note": "plain", "n": [1, 2.5, null]}', {"note": "plain", "n": [1, 2.5, None]}),
+        ('{"note": "été"}', {"note": "été"}),  # not ASCII, no escape
     ],
 )
 def test_text_without_a_lone_surrogate_reads_as_its_value(text: str, value: object) -> None:
