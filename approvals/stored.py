@@ -19,6 +19,9 @@ from approvals.errors import Unreadable
 # How much of an unreadable text is shown, as it is stored.
 SHOWN_CHARS = 2_000
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# Where a parsed JSON string can get a surrogate from: the character itself, or a `\uD800`-`\uDFFF` escape
+# (a pair of them decodes to one character, so finding one only means the values must be looked at).
+_SURROGATE_SOURCE = re.compile(r"[\ud800-\udfff]|\\u[dD][89a-fA-F]")
 _CONSTANTS = {"NaN": "NaN", "Infinity": "Infinity", "-Infinity": "-Infinity"}
 
 
@@ -36,6 +39,10 @@ def strict(text: str | None, what: str) -> Any:
         raise Unreadable(f"{what} is nested too deeply to read") from None
     except ValueError as exc:
         raise Unreadable(f"{what} is not valid JSON ({exc})") from None
+    # No string in it can hold one when the text has neither: ASCII text (told at once) without an escape,
+    # else the text searched for either; only then are the values walked.
+    if (text.isascii() and "\\u" not in text) or _SURROGATE_SOURCE.search(text) is None:
+        return value
     for item in _walk(value):
         if isinstance(item, str) and _has_surrogate(item):
             raise Unreadable(f"{what} holds a string with an unpaired surrogate, which is not text")

@@ -14,6 +14,7 @@ import math
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -128,9 +129,13 @@ class Proc:
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 
     def cpu_seconds(self) -> float:
+        return sum(self.cpu_split())
+
+    def cpu_split(self) -> tuple[float, float]:
+        """User and system CPU seconds so far."""
         stat = Path(f"/proc/{self.pid}/stat").read_text()
         fields = stat[stat.rindex(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -456,6 +461,8 @@ class HeldRun:
     park_cpu_per_call_ms: float
     # The bench process's own CPU time over the approvals (its clients: approver API, agents' streams).
     bench_approve_cpu_per_call_ms: float = math.nan
+    # The gateway's system CPU (the kernel's side of its sockets and files) over the approvals, of the total.
+    approve_sys_per_call_ms: float = math.nan
     drain_started: float = math.nan  # perf_counter() when the approvals began (the listing of pending ones first)
 
 
@@ -535,6 +542,7 @@ async def held_calls(
     idle_seconds: float,
     budget: float,
     opening: int,
+    profile: Callable[[], Callable[[], None]] | None = None,
 ) -> HeldRun:
     held = len(order_ids)
     calls = [HeldCall(order_id, i % sessions) for i, order_id in enumerate(order_ids)]
@@ -686,7 +694,8 @@ async def held_calls(
             )
             log(f"approving {held} requests, {approve_concurrency} at a time, {API_PAGE} listed at a time")
             limiter = anyio.Semaphore(approve_concurrency)
-            cpu1, bench_cpu1 = gateway.cpu_seconds(), time.process_time()
+            stop_profile = profile() if profile is not None else None
+            cpu1, bench_cpu1, sys1 = gateway.cpu_seconds(), time.process_time(), gateway.cpu_split()[1]
             drain_start = time.perf_counter()
             drained = anyio.Event()
 
@@ -723,6 +732,9 @@ async def held_calls(
             drain_seconds = time.perf_counter() - drain_start
             approve_cpu = gateway.cpu_seconds() - cpu1
             bench_cpu = time.process_time() - bench_cpu1
+            approve_sys = gateway.cpu_split()[1] - sys1
+            if stop_profile is not None:
+                stop_profile()
         await anyio.sleep(1)
         rss_drained = gateway.rss_kib()
     return HeldRun(
@@ -744,6 +756,7 @@ async def held_calls(
         approve_cpu_per_call_ms=approve_cpu * 1000 / held,
         park_cpu_per_call_ms=park_cpu * 1000 / held,
         bench_approve_cpu_per_call_ms=bench_cpu * 1000 / held,
+        approve_sys_per_call_ms=approve_sys * 1000 / held,
         drain_started=drain_start,
     )
 
@@ -800,7 +813,8 @@ def approvals_in_flight(run: HeldRun, ok: list[HeldCall]) -> list[str]:
     return [
         f"  gateway CPU per approved call net of the calls still held meanwhile: "
         f"{run.approve_cpu_per_call_ms - waiting_cpu_ms:.2f} ms ({waiting_cpu_ms:.2f} ms of the "
-        f"{run.approve_cpu_per_call_ms:.2f} ms is their waiting, at the held-idle rate)",
+        f"{run.approve_cpu_per_call_ms:.2f} ms is their waiting, at the held-idle rate); "
+        f"{run.approve_sys_per_call_ms:.2f} ms of the total in the kernel (system time)",
         f"  CPU over the approvals: gateway {gateway_share:.0%} of one core, bench process "
         f"{run.bench_approve_cpu_per_call_ms:.2f} ms per approved call ({bench_share:.0%} of one core)",
         f"  approved calls in flight on average: {in_system:.1f} from approve sent to result, "
@@ -911,6 +925,8 @@ async def run(args: argparse.Namespace, workdir: Path, procs: list[Proc], databa
     if args.held:
         log(f"placing {args.held} working orders on the paper broker")
         order_ids = await place_orders(broker_url, args.held)
+        output = args.profile_approve
+        profile = (lambda: approve_profile(gateway, output, workdir, procs)) if output else None
         result = await held_calls(
             gateway_url,
             gateway,
@@ -921,10 +937,30 @@ async def run(args: argparse.Namespace, workdir: Path, procs: list[Proc], databa
             idle_seconds=args.idle_seconds,
             budget=args.timeout,
             opening=args.opening,
+            profile=profile,
         )
         emit(*report_held(result), "")
     gateway.check_alive()
     emit(*gateway_log_summary(gateway))
+
+
+def py_spy() -> str:
+    """py-spy beside this Python (a venv's), else on PATH; "" when there is none."""
+    beside = Path(sys.executable).with_name("py-spy")
+    return str(beside) if beside.exists() else shutil.which("py-spy") or ""
+
+
+def approve_profile(gateway: Proc, output: str, workdir: Path, procs: list[Proc]) -> Callable[[], None]:
+    """Record the gateway with py-spy (beside this Python, or on PATH) until the returned function is called."""
+    argv = [py_spy(), "record", "--pid", str(gateway.pid), "--rate", "200", "--format", "raw", "--output", output]
+    proc = start_process("py-spy", argv, workdir, procs)
+
+    def stop() -> None:
+        if proc.popen.poll() is None:
+            proc.popen.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+            proc.popen.wait(timeout=60)
+
+    return stop
 
 
 def emit(*lines: str) -> None:
@@ -974,6 +1010,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--timeout", type=float, default=1200.0, help="give up after this many seconds (1200)")
     parser.add_argument("--quick", action="store_true", help="small numbers for a smoke run")
+    parser.add_argument(
+        "--profile-approve",
+        metavar="FILE",
+        help="record the gateway with py-spy over the approvals only, in py-spy's raw (collapsed) format "
+        "(summarise it with bench/profile_summary.py)",
+    )
     parser.add_argument("--keep-logs", metavar="DIR", help="copy the gateway's and broker's logs into DIR at the end")
     args = parser.parse_args(argv)
     if args.quick:
@@ -981,6 +1023,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.task_calls = min(args.task_calls, 20)
         args.sessions, args.idle_seconds = min(args.sessions, 5), min(args.idle_seconds, 2.0)
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if args.profile_approve:
+        if not py_spy():
+            parser.error("--profile-approve needs py-spy (pip install py-spy)")
+        args.profile_approve = str(Path(args.profile_approve).resolve())
     if args.held < 0:
         parser.error("--held must be 0 or more")
     if args.sessions < 1 or args.approve_concurrency < 1 or args.calls < 1:

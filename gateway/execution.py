@@ -14,6 +14,7 @@ start, and the woken call forwards at once, with no second transaction to wait f
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets
@@ -162,11 +163,12 @@ class Executions:
     async def _forward_and_record(self, run: Run, upstream: Forwarder) -> None:
         view = run.request
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._keep_lease, view)
+            keeper = _LeaseKeeper(self, view)
+            try:
                 call = upstream.call(view.upstream_tool, view.arguments, run.relay)
                 result = await tracing.traced("upstream", call, upstream=view.upstream, tool=view.upstream_tool)
-                tg.cancel_scope.cancel()
+            finally:
+                keeper.stop()
             faults.reached("after_forward")
             summary = text_of(result, 200)
             recorded = view
@@ -190,13 +192,45 @@ class Executions:
             run.done.set()
 
     async def _keep_lease(self, view: RequestView) -> None:
-        while True:
-            await anyio.sleep(self.lease / 3)
-            try:
-                held = await self.service.renew_lease(view.id, self.owner, self.lease)
-            except ApprovalError as exc:
-                log.warning("could not renew the execution lease of %s: %s", view.id, exc)
-                continue
-            if not held:
-                log.error("request %s was ended while its call was still being executed here", view.id)
-                return
+        """Renew the lease now and every third of a lease after, until the call's answer stops this."""
+        try:
+            while True:
+                try:
+                    held = await self.service.renew_lease(view.id, self.owner, self.lease)
+                except ApprovalError as exc:
+                    log.warning("could not renew the execution lease of %s: %s", view.id, exc)
+                else:
+                    if not held:
+                        log.error("request %s was ended while its call was still being executed here", view.id)
+                        return
+                await anyio.sleep(self.lease / 3)
+        except Exception:
+            log.exception("renewing the execution lease of %s failed unexpectedly; it will run out", view.id)
+
+
+class _LeaseKeeper:
+    """A forwarded call's lease renewals, from a third of the lease on, while the upstream has not answered.
+
+    Nearly every call is answered long before its first renewal is due: such a call costs one loop timer,
+    cancelled with the answer, and no task; the renewing task starts only when the timer fires.
+    """
+
+    __slots__ = ("_executions", "_task", "_timer", "_view")
+
+    def __init__(self, executions: Executions, view: RequestView) -> None:
+        self._executions, self._view = executions, view
+        self._task: asyncio.Task[None] | None = None
+        loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = loop.call_later(executions.lease / 3, self._start, loop)
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        self._task = loop.create_task(self._executions._keep_lease(self._view))
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None

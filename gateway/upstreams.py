@@ -30,6 +30,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from gateway.config import UpstreamSettings
 from gateway.errors import Tag
 from gateway.relay_catalog import Offer, RelayUnavailable, UpstreamHooks, list_offer
+from gateway.upstream_http import send_requests_whole
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +174,7 @@ class Upstream:
             http = await stack.enter_async_context(
                 httpx2.AsyncClient(headers=dict(s.headers), timeout=httpx2.Timeout(30.0, read=s.call_timeout + 30))
             )
+            send_requests_whole(http)
             target = streamable_http_client(s.url, http_client=http)
         client = Client(
             target,
