@@ -159,19 +159,17 @@ class ChangeFeed:
                 except Exception as exc:  # the store may be down: waiters fail closed on their own deadlines
                     log.warning("could not read the change feed: %s", exc)
 
-    async def _deliver_ready(self) -> int:
+    async def _deliver_ready(self) -> None:
         """Deliver the events this process committed that follow the cursor without a gap (see `committed`)."""
-        delivered = 0
-        while self._cursor is not None and (self._cursor + 1) in self._ready:
-            ready = self._ready[self._cursor + 1]
-            if ready is not None and ready[1] is None:
+        while self._cursor is not None and (seq := self._cursor + 1) in self._ready:
+            ready = self._ready[seq]
+            view = None if ready is None else ready[1]
+            if ready is not None and view is None:
                 break  # a request the block did not move: read from the log
-            del self._ready[self._cursor + 1]
-            self._cursor += 1
-            if ready is not None:
-                delivered += 1
-                await self._hand(Change(self._cursor, ready[0], ready[1]))  # type: ignore[arg-type]
-        return delivered
+            del self._ready[seq]
+            self._cursor = seq
+            if ready is not None and view is not None:
+                await self._hand(Change(seq, ready[0], view))
 
     async def _hand(self, change: Change) -> None:
         self._wake(change.request)
