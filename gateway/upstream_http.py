@@ -77,9 +77,11 @@ class OneSendStream(httpcore2.AsyncNetworkStream):
         self._inner = inner
         self._held = b""
         self._writing = False  # the last thing done was a write: what comes now is a body's later chunk
-        # A socket or what stands for one (uvloop's pseudo-socket): anything with a file descriptor.
+        # A socket or what stands for one (uvloop's pseudo-socket): anything with a file descriptor, where the
+        # system can poll one (not on Windows: there httpcore's own check answers).
         sock = inner.get_extra_info("socket")
-        self._socket: _HasFileno | None = sock if callable(getattr(sock, "fileno", None)) else None
+        pollable = callable(getattr(sock, "fileno", None)) and hasattr(select, "poll")
+        self._socket: _HasFileno | None = sock if pollable else None
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
         if not buffer:
