@@ -4,8 +4,9 @@ The caller that finds nothing under way runs its batch at once, so a lone reques
 nothing. Callers that ask while a batch is under way queue; when it ends, the first of them is
 handed the turn and runs the next batch for all of them (up to `max_batch`), and every caller in a
 batch is woken once that batch has run. The audit append (`approvals.audit_batch`), the making of
-new requests (`approvals.park_batch`) and the repeat reads (`approvals.repeat_batch`) take turns
-this way; each says what running a batch means and how its outcome reaches each caller.
+new requests (`approvals.park_batch`), the repeat reads (`approvals.repeat_batch`) and, in the
+gateway, the parks of shared quota slots (`gateway.shared_quotas`) take turns this way; each says
+what running a batch means and how its outcome reaches each caller.
 """
 
 from __future__ import annotations

@@ -41,6 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from approvals.db import Database
 from approvals.errors import StoreUnavailable
 from approvals.models import QuotaSlot
+from approvals.turns import Turns
 from gateway import quota_sql
 from gateway.policy import Limit
 from gateway.ratelimit import (
@@ -63,6 +64,8 @@ _LOCAL: Final = "local-"
 _LONGEST_WINDOW: Final = 86_400.0
 # The most reservations decided in one transaction.
 MAX_GROUP: Final = 64
+# The most parks written in one statement.
+MAX_PARKS: Final = 1_000
 # A limit's window is full when it holds `max` slots: the `max`-th newest slot in it, if there is one, is the
 # oldest that counts (when the window frees up). A group of reservations reads, once per limit and bucket, the
 # rows at the positions its members can need (`max - MAX_GROUP` to `max - 1`), however many the window holds.
@@ -89,13 +92,14 @@ class _Group:
 
 
 @dataclass(eq=False)
-class _Parks:
-    """Parks written in one statement: asked while the previous ones were being written, written by the first
-    of them once those are (`turn`), each caller answered once the transaction has ended (`done`)."""
+class _Park:
+    """A reservation to leave with its request: written in one statement with the parks asked beside it
+    (`approvals.turns`), its caller answered once that transaction has ended."""
 
-    rows: list[tuple[str, str]]
-    turn: anyio.Event = field(default_factory=anyio.Event)
-    done: anyio.Event = field(default_factory=anyio.Event)
+    reservation: str
+    request_id: str
+    woken: anyio.Event = field(default_factory=anyio.Event)
+    leads: bool = False
     error: Exception | None = None
 
 
@@ -112,8 +116,7 @@ class SharedQuotas:
         self._degraded = False
         # The reservations waiting to join the transaction open for these buckets (see the module's description).
         self._joining: dict[tuple[BucketKey, ...], _Group] = {}
-        self._parks_writing = False
-        self._parks_next: _Parks | None = None
+        self._parks = Turns(self._write_parks, MAX_PARKS)
 
     async def take(self, tool: str, wanted: Sequence[tuple[Limit, BucketKey]]) -> str | Refusal:
         try:
@@ -193,37 +196,21 @@ class SharedQuotas:
         if reservation.startswith(_LOCAL):
             await self._fallback.park(reservation.removeprefix(_LOCAL), request_id)
             return
-        # Parks asked while another is being written are written together next (see `_Parks`).
-        batch = self._parks_next
-        if batch is not None:
-            batch.rows.append((reservation, request_id))
-            with anyio.CancelScope(shield=True):
-                await batch.done.wait()
-            if batch.error is not None:
-                raise batch.error
-            return
-        batch = self._parks_next = _Parks([(reservation, request_id)])
-        with anyio.CancelScope(shield=True):
-            if self._parks_writing:
-                await batch.turn.wait()
-            self._parks_next = None
-            self._parks_writing = True
-            try:
-                async with self.db.transaction() as conn:
-                    await quota_sql.park(conn, batch.rows)
-            except StoreUnavailable as exc:
-                log.warning("quotas: could not park a slot (%s); it counts until its window passes", exc)
-            except Exception as exc:
-                batch.error = exc
-            finally:
-                batch.done.set()
-                following = self._parks_next
-                if following is None:
-                    self._parks_writing = False
-                else:
-                    following.turn.set()  # its first caller writes it
-        if batch.error is not None:
-            raise batch.error
+        # Parks asked while others are being written are written together next (see `_Park`).
+        park = _Park(reservation, request_id)
+        await self._parks.take(park)
+        if park.error is not None:
+            raise park.error
+
+    async def _write_parks(self, batch: list[_Park]) -> None:
+        try:
+            async with self.db.transaction() as conn:
+                await quota_sql.park(conn, [(park.reservation, park.request_id) for park in batch])
+        except StoreUnavailable as exc:
+            log.warning("quotas: could not park a slot (%s); it counts until its window passes", exc)
+        except Exception as exc:
+            for park in batch:
+                park.error = exc
 
     async def give_back_parked(self, request_id: str) -> None:
         await self._fallback.give_back_parked(request_id)
