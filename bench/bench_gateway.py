@@ -648,7 +648,7 @@ async def held_calls(
         async with anyio.create_task_group() as tg:
             log(f"holding {held} {HELD_TOOL} calls over {sessions} {mode} sessions, {opening} being opened at a time")
             overflows0 = listen_overflows()
-            cpu0 = gateway.cpu_seconds()
+            cpu0, bench_cpu0 = gateway.cpu_seconds(), time.process_time()
             fired = time.perf_counter()
             for call in calls:
                 tg.start_soon(hold, call)
@@ -669,11 +669,13 @@ async def held_calls(
                         )
                     await anyio.sleep(0.1 if notified >= held else 0.5)
             park_cpu = gateway.cpu_seconds() - cpu0
+            park_bench_cpu = time.process_time() - bench_cpu0
             confirmed = time.perf_counter() - fired
             notices = [c.first_progress for c in calls if not math.isnan(c.first_progress)]
             park_seconds = (max(notices) if len(notices) == held else time.perf_counter()) - fired
             log(
-                f"all {held} parked after {park_seconds:.1f}s (API confirmed at {confirmed:.1f}s); "
+                f"all {held} parked after {park_seconds:.1f}s (API confirmed at {confirmed:.1f}s); CPU per park: "
+                f"gateway {park_cpu * 1000 / held:.2f} ms, this bench's clients {park_bench_cpu * 1000 / held:.2f} ms; "
                 f"{listen_overflows() - overflows0} connection(s) dropped on full accept queues meanwhile; "
                 f"measuring memory and idle CPU for {idle_seconds:g}s"
             )
