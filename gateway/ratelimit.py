@@ -6,8 +6,8 @@ that actually ran count against an agent's quota. A held call whose agent stoppe
 reservation on the request, and whoever hears that the request ended unexecuted gives it back.
 
 Where the slots live is the store's business: in this process (`MemoryQuotas`, a single gateway on
-SQLite) or in PostgreSQL, shared by every replica (`gateway.shared_quotas`). Both decide with
-`refusal_for`, so a policy means the same quota whatever the number of replicas.
+SQLite) or in PostgreSQL, shared by every replica (`gateway.shared_quotas`). Both refuse with
+`full_window` once a window holds `max` slots, so a policy means the same quota whatever the number of replicas.
 """
 
 from __future__ import annotations
@@ -101,13 +101,6 @@ def new_reservation_id() -> str:
     return secrets.token_hex(12)
 
 
-def refusal_for(tool: str, limit: Limit, recent: Sequence[float], now: float) -> Refusal | None:
-    """The refusal when `recent` (the bucket's slot times within the limit's window, oldest first) is full."""
-    if len(recent) < limit.max:
-        return None
-    return full_window(tool, limit, recent[len(recent) - limit.max], now)
-
-
 def full_window(tool: str, limit: Limit, oldest_counted: float, now: float) -> Refusal:
     """The refusal of a window holding `limit.max` slots, the oldest of which was taken at `oldest_counted`."""
     # Enough of the oldest slots must leave the window to bring the count below max.
@@ -139,8 +132,24 @@ class _Bucket:
         while self.stamps and now - self.stamps[0][0] >= self.retention:
             self.stamps.popleft()
 
-    def in_window(self, now: float, window: float) -> list[float]:
-        return [stamp for stamp, _ in self.stamps if now - stamp < window]
+    def nth_newest(self, now: float, window: float, n: int) -> float | None:
+        """When the `n`-th newest slot taken within `window` of `now` was taken; None if the window holds fewer.
+
+        The slots are oldest first (each is taken at the clock's reading then, and the clock does not go back),
+        so those out of the window lead: a binary search finds the first in it, and the window's count and
+        its `n`-th newest follow without walking the slots. A burst of held calls keeps thousands in a window.
+        """
+        stamps = self.stamps
+        low, high = 0, len(stamps)
+        while low < high:
+            middle = (low + high) // 2
+            if now - stamps[middle][0] >= window:
+                low = middle + 1
+            else:
+                high = middle
+        if len(stamps) - low < n:
+            return None
+        return stamps[len(stamps) - n][0]
 
 
 class MemoryQuotas:
@@ -225,7 +234,8 @@ class MemoryQuotas:
         if bucket is None:
             return None
         bucket.prune(now)
-        return refusal_for(tool, limit, bucket.in_window(now, limit.window_seconds), now)
+        oldest_counted = bucket.nth_newest(now, limit.window_seconds, limit.max)
+        return None if oldest_counted is None else full_window(tool, limit, oldest_counted, now)
 
     def _sweep(self, now: float) -> None:
         # Buckets of agents and sessions that went away would otherwise stay forever.

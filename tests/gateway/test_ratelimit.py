@@ -294,6 +294,35 @@ async def test_a_longer_window_still_counts_slots_older_than_the_shorter_window(
     assert isinstance(second, Refusal)
 
 
+async def test_a_long_history_with_slots_given_back_counts_each_window_from_its_own_newest_slots(
+    limiter: RateLimiter, clock: FakeClock
+) -> None:
+    # An hour's counter keeps every slot of the last hour; the minute's limit counts only the newest of them.
+    minute = Limit("orders", "minute", 4, "grant", 'tools["a"].limits[0]')
+    hourly = Limit("orders", "hour", 1000, "grant", 'tools["b"].limits[0]')
+    taken: list[tuple[float, Reservation]] = []
+    for _ in range(40):
+        reservation = await reserve(limiter, hourly)
+        assert isinstance(reservation, Reservation)
+        taken.append((clock.now, reservation))
+        clock.now += 5
+    # Give back every third slot, some of them inside the last minute.
+    for _, reservation in taken[::3]:
+        await reservation.release()
+    kept = [at for n, (at, _) in enumerate(taken) if n % 3]
+    in_minute = [at for at in kept if clock.now - at < 60]
+    assert len(in_minute) >= 4
+
+    refused = await reserve(limiter, minute)
+
+    assert isinstance(refused, Refusal)
+    assert refused.limit == minute
+    # Free once enough of the minute's slots have left: the 4th newest kept slot must leave the window.
+    assert refused.retry_after == pytest.approx(in_minute[-4] + 60 - clock.now)
+    clock.now = in_minute[-4] + 60
+    assert isinstance(await reserve(limiter, minute), Reservation)
+
+
 async def test_a_counter_named_twice_for_one_call_takes_one_slot(limiter: RateLimiter) -> None:
     from_all_tools = Limit("all", "minute", 2, "grant", "all_tools.limits[0]")
     from_the_tool = Limit("all", "minute", 2, "grant", 'tools["t"].limits[0]')
