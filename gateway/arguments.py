@@ -27,6 +27,7 @@ from jsonschema.protocols import Validator
 from jsonschema.validators import Draft202012Validator, validator_for
 
 from approvals.audit import Event, canonical_json
+from gateway.arguments_fast import Quick, compile_quick
 from gateway.errors import Tag
 
 # The length MCP's tool-naming guidance allows (1 to 128 characters).
@@ -86,27 +87,35 @@ class SchemaCache:
 
     Keyed by the schema object the upstream catalog holds: the catalog keeps that object until it is
     rebuilt, and the cache keeps a reference too, so an id is never reused while its entry lives.
-    Bounded, so catalogs rebuilt over a long run do not pile up validators.
+    Bounded, so catalogs rebuilt over a long run do not pile up validators. Beside each validator, the
+    schema's quick "certainly valid" predicate where it has one (`gateway.arguments_fast`; `quick=False`
+    leaves every verdict to the validator).
     """
 
-    def __init__(self, max_entries: int = 1024) -> None:
+    def __init__(self, max_entries: int = 1024, *, quick: bool = True) -> None:
         self.max_entries = max_entries
-        self._entries: OrderedDict[int, tuple[Mapping[str, Any], Validator | str]] = OrderedDict()
+        self.quick = quick
+        self._entries: OrderedDict[int, tuple[Mapping[str, Any], Validator | str, Quick | None]] = OrderedDict()
         self.compiled = 0
 
     def validator(self, schema: Mapping[str, Any]) -> Validator | str:
         """The validator for ``schema``, or why the schema cannot be used."""
+        return self.compiled_for(schema)[0]
+
+    def compiled_for(self, schema: Mapping[str, Any]) -> tuple[Validator | str, Quick | None]:
+        """The validator (or why the schema cannot be used) and the quick predicate, if any."""
         key = id(schema)
         entry = self._entries.get(key)
         if entry is not None and entry[0] is schema:
             self._entries.move_to_end(key)
-            return entry[1]
+            return entry[1], entry[2]
         built = _compile(schema)
+        quick = compile_quick(schema) if self.quick and not isinstance(built, str) else None
         self.compiled += 1
-        self._entries[key] = (schema, built)
+        self._entries[key] = (schema, built, quick)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
-        return built
+        return built, quick
 
 
 _SCHEMAS = SchemaCache()
@@ -136,9 +145,11 @@ def check_call(
         return InvalidArguments("$", f"the arguments are {size} bytes of JSON; at most {max_bytes} bytes are accepted")
     if input_schema is None:
         return None
-    validator = cache.validator(input_schema)
+    validator, quick = cache.compiled_for(input_schema)
     if isinstance(validator, str):
         return InvalidArguments(None, f"the tool's input schema cannot be used to check arguments ({validator})")
+    if quick is not None and quick(arguments):
+        return None  # certainly valid; anything less certain gets the validator's verdict and message
     try:
         error = schema_errors.best_match(validator.iter_errors(arguments))
     except Exception as exc:

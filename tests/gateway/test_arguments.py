@@ -131,3 +131,61 @@ def test_defaults_fill_absent_fields_without_touching_the_arguments() -> None:
     assert arguments == {"order": {"qty": 5}}
     assert with_defaults({"dry_run": False, "order": None}, schema) == {"dry_run": False, "order": None}
     assert with_defaults(arguments, None) == arguments
+
+
+QUICK_SCHEMAS: list[dict[str, Any]] = [
+    SCHEMA,
+    {"type": "object", "properties": {"orderId": {"type": "integer"}, "confirm": {"type": "boolean"}}},
+    {
+        "type": "object",
+        "properties": {
+            "side": {"type": "string", "enum": ["BUY", "SELL"]},
+            "qty": {"type": "number", "exclusiveMinimum": 0, "maximum": 1000},
+            "symbol": {"type": "string", "minLength": 1, "maxLength": 5, "pattern": "^[A-Z]+$"},
+            "tags": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 2},
+            "note": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+        },
+        "required": ["side", "qty"],
+        "additionalProperties": False,
+    },
+    {"type": "object", "additionalProperties": {"type": "integer", "minimum": 1}},
+    {"$schema": "http://json-schema.org/draft-07/schema#", "type": "object", "required": ["a"]},
+    {"type": "object", "properties": {"n": {"type": ["integer", "null"], "minimum": 2}}},
+]
+QUICK_ARGUMENTS: list[dict[str, Any]] = [
+    {},
+    {"orderId": 1},
+    {"orderId": True},
+    {"orderId": 1.0},
+    {"orderId": 1.5, "confirm": 1},
+    {"orderId": 1, "dry_run": "false", "legs": [{"qty": "2"}]},
+    {"orderId": 1, "legs": [{"qty": 2}, {"qty": None}], "account": None},
+    {"side": "BUY", "qty": 5},
+    {"side": "HOLD", "qty": 5},
+    {"side": "SELL", "qty": 0},
+    {"side": "SELL", "qty": 1000.0, "symbol": "AAPL", "tags": ["a"], "note": None},
+    {"side": "SELL", "qty": 1001, "symbol": "aapl"},
+    {"side": "BUY", "qty": 1, "symbol": "TOOLONG"},
+    {"side": "BUY", "qty": 1, "symbol": ""},
+    {"side": "BUY", "qty": 1, "tags": []},
+    {"side": "BUY", "qty": 1, "tags": ["a", "b", "c"]},
+    {"side": "BUY", "qty": 1, "tags": [1]},
+    {"side": "BUY", "qty": 1, "note": 3},
+    {"side": "BUY", "qty": True},
+    {"side": "BUY", "qty": 1, "extra": 1},
+    {"a": 0, "b": 2},
+    {"a": 1},
+    {"n": None},
+    {"n": 1},
+    {"n": 3},
+    {"n": False},
+]
+
+
+@pytest.mark.parametrize("schema", QUICK_SCHEMAS)
+def test_the_quick_check_of_plain_schemas_gives_the_validators_verdict(schema: dict[str, Any]) -> None:
+    # Plain schemas are first read by a quick "certainly valid" check: never a different answer or message.
+    for arguments in QUICK_ARGUMENTS:
+        quick = check_call("t", arguments, schema, cache=SchemaCache())
+        full = check_call("t", arguments, schema, cache=SchemaCache(quick=False))
+        assert quick == full, arguments
