@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -210,6 +211,7 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--database-url", help="PostgreSQL server: a fresh database is made there and dropped")
     parser.add_argument("--profile", metavar="FILE", help="py-spy (--gil, raw) of the gateway over the park")
+    parser.add_argument("--keep-logs", metavar="DIR", help="copy the gateway's and broker's logs into DIR")
     parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second (100)")
     args = parser.parse_args()
     if args.profile:
@@ -227,6 +229,9 @@ def main() -> int:
         finally:
             for proc in reversed(procs):
                 proc.stop()
+                if args.keep_logs:
+                    Path(args.keep_logs).mkdir(parents=True, exist_ok=True)
+                    shutil.copy(proc.log_path, Path(args.keep_logs) / proc.log_path.name)
             if pg_name:
                 anyio.run(drop_pg_database, args.database_url, pg_name)
     backend = "PostgreSQL" if args.database_url else "SQLite"

@@ -47,16 +47,18 @@ def search(expression: str, data: Any) -> Any:
 def search_template(template: str, reference: re.Pattern[str], literals: Sequence[str], data: Any) -> Any:
     """`search` of `template` with its matches of `reference` replaced, in order, by `literals` (each a JMESPath
     literal such as `` `"X1"` ``). The template is parsed once; each literal is parsed on its own."""
-    tree = _template(template, reference)
-    if tree is None:  # a reference JMESPath would not read as a literal of its own: the expression as written
+    parsed = _template(template, reference)
+    if parsed is None:  # a reference JMESPath would not read as a literal of its own: the expression as written
         given = iter(literals)
         return search(reference.sub(lambda _: next(given), template), data)
+    tree, holding = parsed
     values = [jmespath.compile(text).parsed["value"] for text in literals]
-    return _Interpreter().visit(_fill(tree, values), data)
+    return _Interpreter().visit(_fill(tree, values, holding), data)
 
 
 @functools.lru_cache(maxsize=256)
-def _template(template: str, reference: re.Pattern[str]) -> _Node | None:
+def _template(template: str, reference: re.Pattern[str]) -> tuple[_Node, frozenset[int]] | None:
+    """The template's parsed tree and the ids of its nodes that hold a placeholder (the only ones `_fill` copies)."""
     numbers = itertools.count()
     marked = reference.sub(lambda _: "`" + json.dumps(f"{_MARK}{next(numbers)}") + "`", template)
     count = next(numbers)
@@ -65,36 +67,39 @@ def _template(template: str, reference: re.Pattern[str]) -> _Node | None:
     except jmespath.exceptions.JMESPathError:
         return None
     marks: list[str] = []
-    _collect(tree, marks)
+    holding: set[int] = set()
+    _collect(tree, marks, holding)
     # Every placeholder must be a literal of its own, once, and appear nowhere else (inside a raw string, say).
     if sorted(marks) != sorted(f"{_MARK}{n}" for n in range(count)) or repr(tree).count(_MARK) != count:
         return None
-    return tree
+    return tree, frozenset(holding)
 
 
 def _is_mark(node: _Node) -> bool:
     return node["type"] == "literal" and isinstance(node["value"], str) and node["value"].startswith(_MARK)
 
 
-def _collect(node: _Node, marks: list[str]) -> None:
-    if _is_mark(node):
+def _collect(node: _Node, marks: list[str], holding: set[int]) -> bool:
+    """Gather the placeholders under `node` into `marks`, the ids of the nodes above one into `holding`."""
+    held = _is_mark(node)
+    if held:
         marks.append(node["value"])
     for child in node.get("children") or ():
-        if isinstance(child, dict):
-            _collect(child, marks)
+        if isinstance(child, dict) and _collect(child, marks, holding):
+            held = True
+    if held:
+        holding.add(id(node))
+    return held
 
 
-def _fill(node: _Node, values: Sequence[Any]) -> _Node:
+def _fill(node: _Node, values: Sequence[Any], holding: frozenset[int]) -> _Node:
     """A copy of `node` with each placeholder replaced by its value; the parts without one are shared."""
+    if id(node) not in holding:
+        return node
     if _is_mark(node):
         return {"type": "literal", "children": [], "value": values[int(node["value"][len(_MARK) :])]}
-    children = node.get("children")
-    if not children:
-        return node
-    filled = [_fill(child, values) if isinstance(child, dict) else child for child in children]
-    if all(new is old for new, old in zip(filled, children, strict=True)):
-        return node
-    return {**node, "children": filled}
+    children = node["children"]
+    return {**node, "children": [_fill(c, values, holding) if isinstance(c, dict) else c for c in children]}
 
 
 def _key(value: Any) -> _Key | None:
