@@ -141,7 +141,8 @@ def build_server(
             if ctx.request.scope.get(LEAN_KEY):
                 raise NotPlain(params.name)  # before anything is audited or sent
             stream = ctx.request.scope.get(STREAM_KEY)
-            if stream is not None:
+            if stream is not None and progress_token(params.meta) is None:
+                # Nothing may be streamed before its end: the headers now. With a token, the first notice opens it.
                 await stream.stream_now()
 
         async def sdk_progress(value: float, total: float | None, message: str | None) -> None:

@@ -188,9 +188,11 @@ class PostStream:
             await self._deliver(message)
 
     async def stream_now(self) -> None:
-        """This call may wait (it may be held): its stream's headers go out at once, as the SDK sends them.
+        """This call may wait (it may be held) with nothing to stream until it ends: its stream's headers go
+        out at once, as the SDK sends them, so a client knows the call was taken.
 
-        A client then knows the call was taken even if the gateway stops before anything else is sent.
+        A call with a progress token does not need this: its first notice (sent once the call is parked,
+        or a keep-alive at the latest) opens the stream, in the same write as the headers.
         """
         async with self._lock:
             self._tool_call = False
@@ -237,18 +239,25 @@ class PostStream:
         await self._send({"type": "http.response.start", "status": start.get("status", 200), "headers": headers})
         await self._send({"type": "http.response.body", "body": data, "more_body": False})
 
-    async def _commit(self) -> None:
-        """Send the held-back SSE headers (and event): the response is a stream from here on."""
+    async def _commit(self, then: bytes = b"") -> None:
+        """Send the held-back SSE headers (and events), with `then` behind them: a stream from here on.
+
+        The held-back events and `then` go as one body, which the connection joins to the headers
+        (`gateway.http_protocol`): a held call's stream opens with its first notice in one write.
+        """
         start, priming, first = self._start, self._priming, self._first
         self._start = self._first = self._priming = None
         self._streaming = True
         if start is not None:
             await self._send(start)
-        for event in (priming, first):
-            if event is not None:
-                await self._send({"type": "http.response.body", "body": event, "more_body": True})
-                self._opened = True
+        held = [event for event in (priming, first) if event is not None]
+        if held or then:
+            await self._send({"type": "http.response.body", "body": b"".join([*held, then]), "more_body": True})
+            self._opened = self._opened or bool(held)
         self._last = self._loop.time()
+
+    def _held_back(self) -> bool:
+        return self._start is not None or self._first is not None or self._priming is not None
 
     async def write_message(self, data: str, stream_id: str) -> bool:
         """Put one message (its wire JSON) on this stream as the SDK's transport frames it, kept for resuming.
@@ -259,7 +268,11 @@ class PostStream:
         async with self._lock:
             if not self._writable():
                 return False
-            await self._send({"type": "http.response.body", "body": self._frame(data, stream_id), "more_body": True})
+            frame = self._frame(data, stream_id)
+            if self._held_back():
+                await self._commit(frame)
+            else:
+                await self._send({"type": "http.response.body", "body": frame, "more_body": True})
             self._last = self._loop.time()
         return True
 
@@ -292,7 +305,9 @@ class PostStream:
         await self._write_locked(frame)
 
     def _writable(self) -> bool:
-        return self._opened and self._streaming and not self._ended and not self.gone.is_set()
+        # Behind the SDK's opening event: sent, or held back to open the stream with this message.
+        opened = self._opened or (self._priming is not None and self._first is None)
+        return opened and (self._streaming or self._start is not None) and not self._ended and not self.gone.is_set()
 
     def _frame(self, data: str, stream_id: str) -> bytes:
         frame = f"event: message\r\ndata: {data}\r\n\r\n"
@@ -303,9 +318,10 @@ class PostStream:
     async def _write_locked(self, body: bytes) -> bool:
         """Write one frame under the lock already taken, then let go of it; False if the connection is gone."""
         try:
-            if self._start is not None or self._first is not None or self._priming is not None:
-                await self._commit()
-            await self._send({"type": "http.response.body", "body": body, "more_body": True})
+            if self._held_back():
+                await self._commit(body)
+            else:
+                await self._send({"type": "http.response.body", "body": body, "more_body": True})
             self._last = self._loop.time()
             return True
         except OSError:

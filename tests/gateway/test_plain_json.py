@@ -115,3 +115,21 @@ async def test_a_held_calls_stream_is_resumable_and_opens_with_its_priming_event
                     approved = True
         assert lines[0].startswith("id: ") and lines[1] == "data: " and lines[2].startswith("retry: ")
         assert json.loads(lines[-2].removeprefix("data: "))["id"] == 2
+
+
+async def test_a_call_that_may_be_held_but_is_refused_before_it_is_parked_is_plain_json_when_it_has_a_token(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    # With a progress token the stream opens with the first notice, once the call is parked; refused before
+    # that, the result is all there is to send.
+    async with running_gateway(tmp_path, sqlite_url) as h, httpx2.AsyncClient(timeout=10) as http:
+        session = RawLegacySession(h.base_url)
+        await session.open(http)
+        call = session.call("ibkr_cancel_order", {"orderId": "not a number", "confirm": True})
+        assert call["params"]["_meta"]["progressToken"]
+        response = await http.post(session.url, headers=session.headers, json=call)
+        assert response.headers["content-type"] == "application/json"
+        result = response.json()["result"]
+        assert result["isError"] is True
+        assert result["content"][0]["text"].startswith("[INVALID ARGUMENTS]")
+        assert await h.pending_or_all() == []
