@@ -27,6 +27,7 @@ from contextlib import asynccontextmanager, suppress
 from typing import Any, cast
 
 import anyio
+import anyio.lowlevel
 import mcp_types as types
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp import MCPError
@@ -129,6 +130,7 @@ class _Pipes(asyncio.SubprocessProtocol):
         self._writable.set()
         self._stdin_open = True
         self._dropping = False
+        self._handing = False  # a line is being handed to the SDK's client
 
     # ---- the event loop's side
 
@@ -149,7 +151,11 @@ class _Pipes(asyncio.SubprocessProtocol):
             except ValueError as exc:
                 self._queue(exc)
                 continue
-            if not self.waiters.take(message):
+            if self._backlog or self._handing:
+                # Lines the SDK's client has not had yet came first (a log line of the call, say): the answer
+                # waits its turn, so the client sees them while the call is still in flight.
+                self._queue(_Settle(message) if self.waiters.claims(message) else message)
+            elif not self.waiters.take(message):
                 self._queue(message)
 
     def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
@@ -157,7 +163,10 @@ class _Pipes(asyncio.SubprocessProtocol):
             self._stdin_open = False
             self._writable.set()
         elif fd == 1:
-            # The upstream's end of the conversation: nothing more will be answered.
+            # The upstream's end of the conversation: what it answered counts, nothing more will be answered.
+            for item in self._backlog:
+                if isinstance(item, _Settle):
+                    self.waiters.take(item.message)
             self.waiters.close()
             self._queue(_END)
 
@@ -172,6 +181,8 @@ class _Pipes(asyncio.SubprocessProtocol):
 
     def _queue(self, item: object) -> None:
         if self._dropping and item is not _END:
+            if isinstance(item, _Settle):
+                self.waiters.take(item.message)
             return
         self._backlog.append(item)
         self._more.set()
@@ -215,19 +226,45 @@ class _Pipes(asyncio.SubprocessProtocol):
                     self._resume_reading()
                 if item is _END:
                     return
-                try:
-                    await to_client.send(_session_message(item))
-                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                    # The client is gone: from now on lines for it are dropped, so the upstream is never blocked.
-                    self._dropping = True
-                    self._backlog.clear()
-                    self._resume_reading()
+                if isinstance(item, _Settle):
+                    if not self.waiters.take(item.message):
+                        await self._hand(to_client, item.message)
+                    continue
+                if not await self._hand(to_client, item):
                     return
+
+    async def _hand(self, to_client: MemoryObjectSendStream[Any], item: object) -> bool:
+        """Hand one line to the SDK's client; False once it is gone."""
+        self._handing = True
+        try:
+            await to_client.send(_session_message(item))
+            # Two turns of the loop: the client's dispatcher takes the line and its handler starts (a log
+            # line's finds the call it belongs to) before an answer that came after it wakes the caller.
+            await anyio.lowlevel.checkpoint()
+            await anyio.lowlevel.checkpoint()
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            # The client is gone: from now on lines for it are dropped, so the upstream is never blocked.
+            self._dropping = True
+            self._backlog.clear()
+            self._resume_reading()
+            return False
+        finally:
+            self._handing = False
+        return True
 
     def _resume_reading(self) -> None:
         if self._paused_reading and self._stdout is not None and not self._stdout.is_closing():
             self._stdout.resume_reading()
         self._paused_reading = False
+
+
+class _Settle:
+    """An answer (or progress) for one of the gateway's own requests, queued behind lines for the SDK's client."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: Any) -> None:
+        self.message = message
 
 
 def _session_message(item: object) -> SessionMessage | Exception:

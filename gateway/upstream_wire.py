@@ -79,6 +79,17 @@ class Waiters:
     def drop(self, request_id: str) -> None:
         self._waiting.pop(request_id, None)
 
+    def claims(self, message: Any) -> bool:
+        """Whether `message` answers (or reports progress on) one of the gateway's requests in flight."""
+        if type(message) is not dict:
+            return False
+        if "method" in message:
+            params = message.get("params")
+            token = params.get("progressToken") if type(params) is dict else None
+            return message.get("method") == "notifications/progress" and type(token) is str and token in self._waiting
+        request_id = message.get("id")
+        return type(request_id) is str and request_id in self._waiting
+
     def take(self, message: Any) -> bool:
         """Settle a waiter with `message` (a parsed JSON-RPC message) if it is one of ours; whether it was."""
         if type(message) is not dict:
