@@ -7,6 +7,7 @@ SDK's own transport, and its calls go through the SDK's client.
 
 from __future__ import annotations
 
+import os
 import sys
 from contextlib import AsyncExitStack
 from typing import Any
@@ -15,6 +16,7 @@ import httpx2
 from mcp import StdioServerParameters
 
 from gateway.config import UpstreamSettings
+from gateway.upstream_h1 import H1Pool, plain_http
 from gateway.upstream_http import send_requests_whole
 from gateway.upstream_post import HttpLink
 from gateway.upstream_stdio import StdioLink
@@ -37,5 +39,6 @@ async def target(settings: UpstreamSettings, stack: AsyncExitStack) -> tuple[Any
         )
     )
     send_requests_whole(http)
-    link = HttpLink(settings.url, http)
+    h1 = H1Pool(settings.url, settings.headers) if plain_http(settings.url, os.environ) else None
+    link = HttpLink(settings.url, http, h1)
     return link.open(), link

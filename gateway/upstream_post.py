@@ -24,7 +24,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager, suppress
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import httpx2
@@ -37,6 +37,7 @@ from mcp.shared._httpx_utils import redirect_location, stream_within_origin
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.message import SessionMessage
 
+from gateway.upstream_h1 import H1Pool, Lost
 from gateway.upstream_wire import CANCEL_WRITE_SECONDS, Waiters, outcome
 
 log = logging.getLogger(__name__)
@@ -47,9 +48,10 @@ _ACCEPT = {"accept": "application/json, text/event-stream", "content-type": "app
 class HttpLink:
     """One connection to a URL: `open()` is the SDK client's transport, `request` the lean call."""
 
-    def __init__(self, url: str, http: httpx2.AsyncClient) -> None:
+    def __init__(self, url: str, http: httpx2.AsyncClient, h1: H1Pool | None = None) -> None:
         self.url = url
         self._http = http
+        self._h1 = h1  # the calls' own connections (a plain-HTTP upstream without a proxy), else httpx's
         self.waiters = Waiters()
         self._transport: StreamableHTTPTransport | None = None
         self._to_client: ContextSendStream[SessionMessage | Exception] | None = None
@@ -74,6 +76,8 @@ class HttpLink:
             finally:
                 self._transport = self._to_client = self._from_gateway = None
                 self.waiters.close()
+                if self._h1 is not None:
+                    self._h1.close()
                 if transport.session_id:
                     await transport.terminate_session(self._http)
                 tg.cancel_scope.cancel()
@@ -89,9 +93,19 @@ class HttpLink:
             sent[MCP_SESSION_ID] = transport.session_id
         sent.update(headers)
         self.waiters.add(request_id, progress)
+        in_session = bool(transport.session_id)
         try:
-            async with stream_within_origin(self._http, "POST", self.url, content=payload, headers=sent) as response:
-                return await self._answer(response, request_id, bool(transport.session_id))
+            if self._h1 is not None:
+                try:
+                    async with self._h1.post(sent, payload) as connection:
+                        result = await self._answer(connection, request_id, in_session)
+                except Lost as exc:
+                    raise MCPError(code=types.CONNECTION_CLOSED, message=f"Connection closed: {exc}") from None
+            else:
+                async with stream_within_origin(self._http, "POST", self.url, content=payload, headers=sent) as reply:
+                    result = await self._answer(_Reply(reply), request_id, in_session)
+            await self.waiters.relayed(request_id)
+            return result
         except anyio.get_cancelled_exc_class():
             with anyio.move_on_after(CANCEL_WRITE_SECONDS, shield=True):
                 await self._cancel(request_id)
@@ -111,17 +125,16 @@ class HttpLink:
         with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
             await writes.send(SessionMessage(notice))
 
-    async def _answer(self, response: httpx2.Response, request_id: str, in_session: bool) -> dict[str, Any]:
-        status = response.status_code
+    async def _answer(self, reply: Reply, request_id: str, in_session: bool) -> dict[str, Any]:
+        status = reply.status
         if status == 202:
             raise MCPError(code=types.INVALID_REQUEST, message="server answered a request with 202 Accepted")
-        location = redirect_location(response)
-        if location is not None:
-            raise MCPError(code=types.INVALID_REQUEST, message=f"Redirect to {location} not followed")
-        kind = response.headers.get("content-type", "").lower()
+        if 300 <= status < 400 and reply.header("location"):
+            raise MCPError(code=types.INVALID_REQUEST, message=f"Redirect to {reply.header('location')} not followed")
+        kind = reply.header("content-type").lower()
         if status >= 400:
             if kind.startswith("application/json"):
-                error = _error_of(await response.aread())
+                error = _error_of(await reply.body())
                 if error is not None:
                     raise error
             if status == 404:
@@ -132,23 +145,23 @@ class HttpLink:
                 )
             raise MCPError(code=types.INTERNAL_ERROR, message="Server returned an error response")
         if kind.startswith("application/json"):
-            body = await response.aread()
+            body = await reply.body()
             try:
                 message = json.loads(body)
             except ValueError as exc:
                 raise MCPError(code=types.PARSE_ERROR, message=f"Failed to parse JSON response: {exc}") from None
             return self._settle(message, request_id)
         if kind.startswith("text/event-stream"):
-            return await self._events(response, request_id)
+            return await self._events(reply, request_id)
         raise MCPError(code=types.INVALID_REQUEST, message=f"Unexpected content type: {kind}")
 
-    async def _events(self, response: httpx2.Response, request_id: str) -> dict[str, Any]:
+    async def _events(self, reply: Reply, request_id: str) -> dict[str, Any]:
         try:
-            async for event in httpx2.EventSource(response, max_event_size=DEFAULT_MAX_SSE_EVENT_SIZE):
-                if event.event != "message" or not event.data:
+            async for event, data in reply.events():
+                if event != "message" or not data:
                     continue  # a priming event (an id for resuming, no message)
                 try:
-                    message = json.loads(event.data)
+                    message = json.loads(data)
                 except ValueError as exc:
                     raise MCPError(code=types.PARSE_ERROR, message=f"Failed to parse SSE message: {exc}") from None
                 if type(message) is dict and "method" not in message and ("result" in message or "error" in message):
@@ -156,7 +169,7 @@ class HttpLink:
                     return self._settle(message, request_id)
                 if not self.waiters.take(message):
                     await self._hand_over(message)
-        except httpx2.SSEError as exc:
+        except (httpx2.SSEError, Lost) as exc:
             raise MCPError(code=types.CONNECTION_CLOSED, message=f"SSE stream failed: {exc}") from None
         raise MCPError(code=types.CONNECTION_CLOSED, message="SSE stream ended without a response")
 
@@ -180,6 +193,39 @@ class HttpLink:
             log.error("Failed to parse SSE message: %s", exc)
             item = exc
         await to_client.send(item)
+
+
+class Reply(Protocol):
+    """An answer's status, headers and body, from httpx (`_Reply`) or a connection of the gateway's own."""
+
+    status: int
+
+    def header(self, name: str) -> str: ...
+
+    async def body(self) -> bytes: ...
+
+    def events(self) -> AsyncIterator[tuple[str, str]]: ...
+
+
+class _Reply:
+    """An httpx response as a `Reply`."""
+
+    def __init__(self, response: httpx2.Response) -> None:
+        self._response = response
+        self.status = response.status_code
+
+    def header(self, name: str) -> str:
+        if name == "location":
+            location = redirect_location(self._response)
+            return "" if location is None else str(location)
+        return self._response.headers.get(name, "")
+
+    async def body(self) -> bytes:
+        return await self._response.aread()
+
+    async def events(self) -> AsyncIterator[tuple[str, str]]:
+        async for event in httpx2.EventSource(self._response, max_event_size=DEFAULT_MAX_SSE_EVENT_SIZE):
+            yield event.event, event.data
 
 
 def _error_of(body: bytes) -> MCPError | None:

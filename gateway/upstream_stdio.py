@@ -102,7 +102,9 @@ class StdioLink:
         future = self.waiters.add(request_id, progress)
         try:
             await pipes.write(payload + b"\n")
-            return await future
+            result = await future
+            await self.waiters.relayed(request_id)
+            return result
         except anyio.get_cancelled_exc_class():
             # The caller went away or its time ran out: ask the upstream to stop (the SDK's courtesy cancel).
             with anyio.move_on_after(CANCEL_WRITE_SECONDS, shield=True), suppress(MCPError):

@@ -63,7 +63,7 @@ class Waiters:
     def __init__(self) -> None:
         self._ids = itertools.count(1)
         self._waiting: dict[str, tuple[asyncio.Future[dict[str, Any]], ProgressFnT | None]] = {}
-        self._relaying: set[asyncio.Task[None]] = set()
+        self._relaying: dict[str, list[asyncio.Task[None]]] = {}
         self.closed = False
 
     def mint(self) -> str:
@@ -78,6 +78,13 @@ class Waiters:
 
     def drop(self, request_id: str) -> None:
         self._waiting.pop(request_id, None)
+        self._relaying.pop(request_id, None)
+
+    async def relayed(self, request_id: str) -> None:
+        """Wait until the progress that came before the answer has been relayed: the agent sees it first."""
+        for task in self._relaying.pop(request_id, ()):
+            if not task.done():
+                await asyncio.wait({task})
 
     def claims(self, message: Any) -> bool:
         """Whether `message` answers (or reports progress on) one of the gateway's requests in flight."""
@@ -120,8 +127,10 @@ class Waiters:
         if type(params) is not dict:
             return False
         token, value = params.get("progressToken"), params.get("progress")
-        waiter = self._waiting.get(token) if type(token) is str else None
-        if waiter is None or not _number(value):
+        if type(token) is not str or not _number(value):
+            return False
+        waiter = self._waiting.get(token)
+        if waiter is None:
             return False
         callback = waiter[1]
         if callback is not None:
@@ -135,8 +144,7 @@ class Waiters:
                     text if isinstance(text, str) else None,
                 )
             )
-            self._relaying.add(task)
-            task.add_done_callback(self._relaying.discard)
+            self._relaying.setdefault(token, []).append(task)
         return True
 
     def close(self) -> None:
