@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -59,7 +60,7 @@ async def measure(
 
 async def main(args: argparse.Namespace) -> None:
     port = _free_port()
-    broker = await anyio.open_process([*BROKER, "--http", str(port)], stdout=None, stderr=None)
+    broker = await anyio.open_process([*BROKER, "--http", str(port)], stdout=subprocess.DEVNULL, stderr=None)
     url = f"http://127.0.0.1:{port}/mcp"
     try:
         await _wait_listening(port)
