@@ -59,8 +59,9 @@ async def forwarding(
 
 @asynccontextmanager
 async def _upstream(kind: str, record_file: Path, record: Callable[[str], None]) -> AsyncIterator[dict[str, Any]]:
-    if kind == "http":
-        async with serve_asgi(forward_upstream.build(record).streamable_http_app()) as url:
+    if kind in ("http", "http-closing"):
+        app = forward_upstream.build(record).streamable_http_app()
+        async with serve_asgi(app if kind == "http" else _closing(app)) as url:
             yield {"url": f"{url}/mcp"}
         return
     command = [sys.executable, "-m", "tests.gateway.forward_upstream", "--record", str(record_file)]
@@ -128,3 +129,25 @@ async def test_an_upstream_that_dies_during_a_call_fails_it_and_is_started_again
         await wait_for(lambda: gateway.upstreams.status()[0]["reconnects"] >= 1, within=30)
         await wait_for(lambda: gateway.upstreams.status()[0]["state"] == "ready", within=30)
         assert text(await agent.call_tool("count", {})) == "counted"
+
+
+async def test_an_http_upstream_that_closes_every_connection_still_answers_every_call(tmp_path: Path) -> None:
+    # The calls' connections are kept for the next call only when the upstream keeps them open.
+    async with forwarding(tmp_path, "http-closing", mode="auto") as (agent, gateway, _):
+        for _ in range(4):
+            assert text(await agent.call_tool("count", {})) == "counted"
+        assert gateway.upstreams.status()[0]["reconnects"] == 0
+
+
+def _closing(app: Any) -> Any:
+    """`app`, answering every HTTP request with `connection: close`."""
+
+    async def closing(scope: Any, receive: Any, send: Any) -> None:
+        async def send_closing(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+            await send(message)
+
+        await app(scope, receive, send_closing if scope["type"] == "http" else send)
+
+    return closing
