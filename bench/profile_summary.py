@@ -24,6 +24,8 @@ MARKERS: tuple[tuple[str, str], ...] = (
     ("MCP server: streamable HTTP transport", r"mcp/server/streamable_http"),
     ("MCP server: session and dispatch", r"mcp/server/(lowlevel|session|server|context|runner)|mcp/shared/"),
     ("MCP client (to the upstream)", r"mcp/client/"),
+    ("the forward to the upstream (gateway/upstream_*.py: request, answer, result checks)", r"gateway/upstream_"),
+    ("HTTP client (httpx, httpcore, h11)", r"httpx2/|httpcore2/|h11/"),
     ("pydantic validate / dump", r"pydantic/main\.py|pydantic_core|TypeAdapter"),
     ("SQLAlchemy (event loop side)", r"sqlalchemy/"),
     ("the gateway's call path (gateway/calls.py)", r"gateway/calls\.py"),

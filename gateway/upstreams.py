@@ -19,18 +19,17 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import anyio
-import httpx2
 import mcp_types as types
-from mcp import Client, MCPError, StdioServerParameters
+from mcp import Client, MCPError
 from mcp.client.session import IncomingMessage
-from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.dispatcher import ProgressFnT
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
+from gateway import tracing, upstream_links, upstream_wire
 from gateway.config import UpstreamSettings
 from gateway.errors import Tag
 from gateway.relay_catalog import Offer, RelayUnavailable, UpstreamHooks, list_offer
-from gateway.upstream_http import send_requests_whole
+from gateway.upstream_wire import Link
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +104,7 @@ class Upstream:
         self.protocol_version: str | None = None
         self._on_catalog = on_catalog
         self._client: Client | None = None
+        self._link: Link | None = None  # the lean side of the client's connection (gateway.upstream_wire)
         self._broken = anyio.Event()
         self._relist = anyio.Event()
         self.connected = anyio.Event()
@@ -141,7 +141,7 @@ class Upstream:
                 log.warning("upstream %s: %s; reconnecting in %.1fs", self.name, self.last_error, delay)
                 self.attempted.set()
             finally:
-                self._client = None
+                self._client = self._link = None
                 self.state = "down"
                 self.connected = anyio.Event()
             await anyio.sleep(delay * (0.8 + 0.4 * random.random()))
@@ -164,18 +164,7 @@ class Upstream:
 
     async def _connect(self, stack: AsyncExitStack) -> Client:
         s = self.settings
-        target: Any
-        if s.command is not None:
-            target = StdioServerParameters(
-                command=s.command[0], args=list(s.command[1:]), env=dict(s.env) or None, cwd=s.cwd
-            )
-        else:
-            assert s.url is not None
-            http = await stack.enter_async_context(
-                httpx2.AsyncClient(headers=dict(s.headers), timeout=httpx2.Timeout(30.0, read=s.call_timeout + 30))
-            )
-            send_requests_whole(http)
-            target = streamable_http_client(s.url, http_client=http)
+        target, link = await upstream_links.target(s, stack)
         client = Client(
             target,
             message_handler=self._on_message,
@@ -185,6 +174,7 @@ class Upstream:
         )
         await stack.enter_async_context(client)
         self.protocol_version = client.protocol_version
+        self._link = link
         return client
 
     async def _list(self, client: Client) -> None:
@@ -295,6 +285,8 @@ class Upstream:
         try:
             with anyio.fail_after(timeout):
                 async with self.hooks.serving():
+                    if self._link is not None and tracing.untraced(None, None):
+                        return await upstream_wire.call_tool(client, self._link, tool, arguments, timeout, progress)
                     return await client.call_tool(
                         tool, arguments, read_timeout_seconds=timeout, progress_callback=progress
                     )
