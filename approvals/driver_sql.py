@@ -213,10 +213,23 @@ def compare_and_set(
 _ONE_STATEMENT = 2
 
 
-async def insert(conn: AsyncConnection, table: Table, new: Sequence[Mapping[str, Any]]) -> None:
-    """INSERT `new` rows (each with the same keys) into `table` in `conn`'s open transaction."""
+async def insert(
+    conn: AsyncConnection, table: Table, new: Sequence[Mapping[str, Any]], *, deferrable: bool = False
+) -> None:
+    """INSERT `new` rows (each with the same keys) into `table` in `conn`'s open transaction.
+
+    `deferrable`: an insert nothing in the block waits on (it cannot be refused but by a failing database); in a
+    block that defers (`defer`) it is kept and sent with the others before the transaction commits (`flush`)."""
     if not new:
         return
+    kept: list[tuple[Table, Mapping[str, Any]]] | None = conn.info.get(_KEPT)
+    if deferrable and kept is not None:
+        kept.extend((table, row) for row in new)
+        return
+    await _insert_now(conn, table, new)
+
+
+async def _insert_now(conn: AsyncConnection, table: Table, new: Sequence[Mapping[str, Any]]) -> None:
     keys = tuple(new[0])
     if len(new) <= _ONE_STATEMENT:
         await rows(conn, _insert_rows(conn.dialect, table, len(new), keys), _row_values(new))
@@ -235,6 +248,71 @@ async def insert(conn: AsyncConnection, table: Table, new: Sequence[Mapping[str,
             await driver.executemany(statement.sql, arguments)
     except Exception as exc:
         raise _as_sqlalchemy(exc, statement.sql, arguments) from exc
+
+
+# ---- inserts kept until the group commits
+
+# conn.info keys: the rows kept by blocks that defer their inserts, in order (table, row), while a block that defers
+# runs (`defer`); and the rows kept so far by every block of the transaction, whether one is running or not.
+_KEPT = "countersign_kept"
+_PENDING = "countersign_pending"
+
+
+def defer(conn: AsyncConnection, on: bool) -> None:
+    """From here (`on`) or no longer, the block running in `conn` keeps its deferrable inserts (see `insert`)."""
+    if on:
+        conn.info[_KEPT] = conn.info.setdefault(_PENDING, [])
+    else:
+        conn.info.pop(_KEPT, None)
+
+
+def kept(conn: AsyncConnection) -> int:
+    """How many rows are kept, not yet sent: where a savepoint's block begins (`keep_only`)."""
+    pending: list[Any] = conn.info.get(_PENDING, [])
+    return len(pending)
+
+
+def keep_only(conn: AsyncConnection, count: int) -> None:
+    """Forget the rows kept after the first `count` (a block rolled back to its savepoint kept them)."""
+    pending: list[Any] | None = conn.info.get(_PENDING)
+    if pending is not None:
+        del pending[count:]
+
+
+def last_kept(conn: AsyncConnection, table: Table) -> Mapping[str, Any] | None:
+    """The last row kept for `table`, or None."""
+    for kept_table, row in reversed(conn.info.get(_PENDING, ())):
+        if kept_table is table:
+            return row  # type: ignore[no-any-return]
+    return None
+
+
+def discard(conn: AsyncConnection) -> None:
+    """A transaction begins or has ended: nothing is kept from before it."""
+    conn.info.pop(_PENDING, None)
+    conn.info.pop(_KEPT, None)
+
+
+async def flush(conn: AsyncConnection, *, touching: tuple[Table, str, Any] | None = None) -> None:
+    """Send the kept rows: one statement for the rows of each table and shape.
+
+    `touching` (table, column, value): only if a kept row of that table has that value, before a read that must
+    see it; otherwise nothing is sent."""
+    pending: list[tuple[Table, Mapping[str, Any]]] | None = conn.info.get(_PENDING)
+    if not pending:
+        return
+    if touching is not None:
+        table, column, value = touching
+        if not any(kept_table is table and row.get(column) == value for kept_table, row in pending):
+            return
+    # Kept rows only ever go into tables nothing else kept refers to (audit events, decisions): one statement
+    # per table and shape, each in the order its rows were kept.
+    runs: dict[tuple[str, tuple[str, ...]], tuple[Table, list[Mapping[str, Any]]]] = {}
+    for table, row in pending:
+        runs.setdefault((table.name, tuple(row)), (table, []))[1].append(row)
+    pending.clear()  # the same list as `_KEPT` while a block that defers runs
+    for table, rows in runs.values():
+        await _insert_now(conn, table, rows)
 
 
 def _insert_rows(dialect: Dialect, table: Table, count: int, keys: Sequence[str]) -> Compiled:

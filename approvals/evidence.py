@@ -88,6 +88,8 @@ async def not_as_approved(
     (one insert for both): it is the latest approval, and it is judged as it will be written.
     """
     key: bytes | None = conn.info.get(CHAIN_KEY)
+    # Its events kept unsent by an earlier block of this transaction (approvals.driver_sql) are read with the rest.
+    await driver_sql.flush(conn, touching=(_events, "request_id", view.id))
     rows = await driver_sql.rows(conn, driver_sql.compiled(conn.dialect, "evidence", _evidence_query), {"rid": view.id})
     created = next((r for r in rows if r["kind"] == "request.created"), None)
     approvals: list[Mapping[Any, Any]] = [r for r in rows if r["kind"] == "request.approved"]

@@ -105,7 +105,7 @@ class ExecutionCases(Transitions):
         runs `lease` seconds from now.
         """
         now = self.clock()
-        async with self._write() as conn:
+        async with self._write(defer=True) as conn:
             current = await load(conn, request_id)
             if current.status != Status.APPROVED:
                 raise already(current)
@@ -257,7 +257,7 @@ class ExecutionCases(Transitions):
         new, because = (Status.EXECUTED, EndReason.EXECUTED) if ok else (Status.FAILED, EndReason.FAILED)
         lost: RequestView | RequestNotFound | None = None
         # No savepoint: nothing in this block raises but the database (a lost compare-and-set is told after it).
-        async with self._write(savepoint=False) as conn:
+        async with self._write(savepoint=False, defer=True) as conn:
             # The compare-and-set needs only the id: the request is read back only when it was lost.
             moved = await self._cas(
                 conn,

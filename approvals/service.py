@@ -294,7 +294,8 @@ class ApprovalService(ExecutionCases, EscalationCases, RequestReads):
         now = self.clock()
         values: dict[str, Any] = {"decided_by": approver.name, "decided_via": channel, "decision_reason": reason}
         try:
-            async with self._write() as conn:
+            # Its inserts (the decision, the events) are sent with the group's: nothing here reads them back.
+            async with self._write(defer=True) as conn:
                 moved = await self._cas(
                     conn, request_id, {Status.PENDING}, Status.APPROVED, now, equal={"quorum": 1}, **values
                 )
@@ -304,7 +305,8 @@ class ApprovalService(ExecutionCases, EscalationCases, RequestReads):
                     raise _Lost()  # undone: the general way says why
                 decision: dict[str, Any] = {"approver": approver.name, "channel": channel, "verdict": "approve"}
                 decision.update(reason=reason, policy_version=moved.policy_version, request_id=request_id, at=now)
-                await driver_sql.insert(conn, _decisions, [decision])
+                # No other decision on it can exist: it was pending and needed one approval, this one.
+                await driver_sql.insert(conn, _decisions, [decision], deferrable=True)
                 text = f"approved by {approver.name}" + (f": {reason}" if reason else "")
                 event = decision_event(moved, approver, channel, Status.APPROVED.value, reason, text)
                 await self._start_with_decision(conn, moved, now, event)

@@ -42,20 +42,23 @@ class Transitions:
     feed: ChangeFeed
 
     @asynccontextmanager
-    async def _write(self, *, announce: bool = True, savepoint: bool = True) -> AsyncIterator[AsyncConnection]:
+    async def _write(
+        self, *, announce: bool = True, savepoint: bool = True, defer: bool = False
+    ) -> AsyncIterator[AsyncConnection]:
         """A write transaction whose changes every process's feed reads as soon as it has committed.
 
         Transitions that arrive together share one transaction (`approvals.write_groups`). Once it
         has committed, the tasks of this process waiting on a request moved here are woken at once with
         the request as moved, without waiting for the feed to read the change back or reading it again,
         and the feed is handed the block's events with the requests as moved (`ChangeFeed.committed`).
-        `savepoint=False`: see `WriteGroups.write` (for a block that raises only when the database fails).
+        `savepoint=False`: see `WriteGroups.write` (for a block that raises only when the database fails);
+        `defer=True`: its audit events (and other deferrable inserts) are sent with the group's, see there.
         """
         moved: list[RequestView] = []
         appended: list[tuple[int, str, str | None]] = []
         token = _moved.set(moved)
         try:
-            async with self.db.groups.write(savepoint=savepoint) as conn:
+            async with self.db.groups.write(savepoint=savepoint, defer=defer) as conn:
                 if announce:
                     # Once per group, not per block: one notification wakes every other process for all of them.
                     before_commit(conn, "announce", partial(self.feed.announce, conn))
