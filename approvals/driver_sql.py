@@ -207,6 +207,97 @@ def compare_and_set(
     return compiled(dialect, ("cas", table.name, old, tuple(keys), tuple(equal)), build)
 
 
+@dataclass(frozen=True)
+class _Many:
+    """One compare-and-set for many rows (PostgreSQL): each row's id and values come in as arrays (`unnest`)."""
+
+    sql: str
+    # The arrays' element conversions, in parameter order: the id's, then each key's.
+    arrays: tuple[_Convert, ...]
+    # Conversions of the scalar parameters that follow the arrays: each old status, then each `equal` value.
+    scalars: tuple[_Convert, ...]
+
+
+_many: dict[Hashable, _Many] = {}
+
+
+def _compare_and_set_many(dialect: Dialect, table: Table, old: int, keys: Sequence[str], equal: Sequence[str]) -> _Many:
+    found = _many.get((table.name, old, tuple(keys), tuple(equal)))
+    if found is not None:
+        return found
+    quote = dialect.identifier_preparer.quote
+    c = table.c
+
+    def kind(name: str) -> str:
+        return str(c[name].type.compile(dialect=dialect))
+
+    def bind(name: str) -> _Convert:
+        return c[name].type.dialect_impl(dialect).bind_processor(dialect)
+
+    columns = ["id", *keys]
+    arrays = ", ".join(f"${i + 1}::{kind(name)}[]" for i, name in enumerate(columns))
+    n = len(columns)
+    olds = ", ".join(f"${n + i + 1}" for i in range(old))
+    conditions = ["r.id = v.id", f"r.status IN ({olds})"]
+    conditions += [f"r.{quote(name)} = ${n + old + i + 1}" for i, name in enumerate(equal)]
+    sets = ", ".join(f"{quote(key)} = v.{quote(key)}" for key in keys)
+    sql = (
+        f"UPDATE {quote(table.name)} AS r SET {sets} "
+        f"FROM unnest({arrays}) AS v({', '.join(quote(name) for name in columns)}) "
+        # Every column by name, in the table's order (the database's own may differ): read as `compare_and_set`'s.
+        f"WHERE {' AND '.join(conditions)} RETURNING {', '.join(f'r.{quote(column.name)}' for column in c)}"
+    )
+    found = _Many(sql, tuple(bind(name) for name in columns), tuple(bind(name) for name in ("status", *equal)))
+    _many[(table.name, old, tuple(keys), tuple(equal))] = found
+    return found
+
+
+async def compare_and_set_many(
+    conn: AsyncConnection,
+    table: Table,
+    moves: Sequence[tuple[str, Mapping[str, Any]]],
+    old: Sequence[str],
+    equal: Mapping[str, Any],
+) -> dict[str, dict[str, Any]]:
+    """`compare_and_set` for every (id, values) of `moves` (distinct ids, the same keys): the rows it moved, by id.
+
+    On PostgreSQL one statement for them all (one round trip); elsewhere one per row, as `compare_and_set`."""
+    if not moves:
+        return {}
+    keys = tuple(moves[0][1])
+    single = compare_and_set(conn.dialect, table, len(old), keys, tuple(equal))
+    driver = _driver(conn)
+    if driver is None or isinstance(driver, sqlite3.Connection) or len(moves) == 1:
+        given: dict[str, Any] = {f"w_s{i}": status for i, status in enumerate(old)}
+        given.update({f"e_{name}": value for name, value in equal.items()})
+        moved = {}
+        for request_id, values in moves:
+            found = await rows(conn, single, {"w_id": request_id, **given, **{f"v_{k}": v for k, v in values.items()}})
+            if found:
+                moved[request_id] = found[0]
+        return moved
+    many = _compare_and_set_many(conn.dialect, table, len(old), keys, tuple(equal))
+    columns: list[list[Any]] = [[request_id for request_id, _ in moves]]
+    columns += [[values[key] for _, values in moves] for key in keys]
+    arguments: list[Any] = [
+        [v if convert is None or v is None else convert(v) for v in column]
+        for convert, column in zip(many.arrays, columns, strict=True)
+    ]
+    scalars = [*old, *equal.values()]
+    converts = [many.scalars[0]] * len(old) + list(many.scalars[1:])
+    arguments += [v if to is None or v is None else to(v) for to, v in zip(converts, scalars, strict=True)]
+    executed["UPDATE"] += 1
+    try:
+        fetched = await driver.fetch(many.sql, *arguments)
+    except Exception as exc:
+        raise _as_sqlalchemy(exc, many.sql, arguments) from exc
+    moved = {}
+    for raw in fetched:
+        row = single.row(raw)
+        moved[row["id"]] = row
+    return moved
+
+
 # Inserts of up to this many rows are one multi-row statement (a decision's one or two audit events); larger
 # ones (a burst of parked calls) one single-row statement run for every row, so that a burst of any size is
 # one statement prepared once, not one compiled and prepared per row count.
