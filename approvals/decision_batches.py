@@ -6,24 +6,26 @@ groups (`approvals.write_groups`) already share the commit, and the inserts go i
 (`driver_sql.insert`, deferrable); but each block's compare-and-sets and reads are still round trips
 of their own, one after another, under the chain's lock, which every replica's writes wait for.
 
-Here the approvals that arrive while one batch is being written queue and go next, together
-(`approvals.turns`): one block, one compare-and-set for all of them (on PostgreSQL, `unnest` of the
-ids and values), who may decide each checked on the row it returns, one evidence read and one
-start for those their waiters start, every event in the chain in order, each approval just before
-its start. Results alike: one compare-and-set per outcome (executed, failed) for the batch. Each
-caller returns only once the transaction holding its own change has committed, with its own outcome,
-exactly as it would have alone: a request no longer pending (or needing several approvals) takes
-the general way; an approver or channel that may not decide one of them rolls the batch's block
-back, and then each approval of that batch is tried again alone, so the refusal is told and
-audited as before. Nothing is decided twice: a request asked for twice in one batch goes into it
-once, and the other asker takes the general way (which finds it decided).
+Here the approvals that arrive while a block is on its way to its turn in the write group go in
+that block, taken when it runs (`_Gather`; who arrives after that opens the next block): one
+block, one compare-and-set for all of them (on PostgreSQL, `unnest` of the ids and values), who
+may decide each checked on the row it returns, one evidence read and one start for those their
+waiters start, every event in the chain in order, each approval just before its start. Results
+alike: one compare-and-set per outcome (executed, failed) for the batch. Each caller returns only
+once the transaction holding its own change has committed, with its own outcome, exactly as it
+would have alone: a request no longer pending (or needing several approvals) takes the general
+way; an approver or channel that may not decide one of them rolls the batch's block back, and
+then each approval of that batch is tried again alone, so the refusal is told and audited as
+before. Nothing is decided twice: a request asked for twice in one batch goes into it once, and
+the other asker takes the general way (which finds it decided).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import anyio
 from sqlalchemy.exc import IntegrityError
@@ -38,7 +40,6 @@ from approvals.reads import load
 from approvals.request_events import decision_event
 from approvals.states import EndReason, Status
 from approvals.transitions import already, request_event
-from approvals.turns import Turns
 from approvals.views import DecisionOutcome, RequestView
 
 # As many as a write group takes.
@@ -59,7 +60,7 @@ class _Approval:
     outcome: DecisionOutcome | None = None
     # Its batch was rolled back for another's refusal: try again alone.
     again: bool = False
-    error: BaseException | None = None
+    failure: BaseException | None = None
 
 
 @dataclass(eq=False)
@@ -76,6 +77,64 @@ class _Result:
     failure: BaseException | None = None
 
 
+class _Item(Protocol):
+    woken: anyio.Event
+    leads: bool
+    failure: BaseException | None
+
+
+T = TypeVar("T", bound=_Item)
+
+
+class _Gather(Generic[T]):
+    """Items asked for while a block is on its way to its turn in a write group go in that block, taken when it
+    runs: the first asker opens a block (`run`, which calls `collect` once it holds the transaction), and who
+    asks before it is collected waits to be taken by it. Who asks after that opens the next block, which
+    queues in the write group behind (or joins) the one under way. More than `max_batch` waiting: the first of
+    those left over opens the next block. Every item is woken once the block that took it has ended."""
+
+    def __init__(self, run: Callable[[Callable[[], list[T]]], Awaitable[None]], max_batch: int = MAX_BATCH) -> None:
+        self._run = run
+        self.max_batch = max_batch
+        self._queue: deque[T] = deque()
+        self._open = False  # a block is on its way that will take what is queued
+
+    async def take(self, item: T) -> None:
+        # Shielded: an asker cancelled while queued must still be written (or failed) with its block.
+        with anyio.CancelScope(shield=True):
+            self._queue.append(item)
+            if self._open:
+                await item.woken.wait()
+                if not item.leads:
+                    return
+            self._open = True
+            taken: list[T] = []
+            collected = False
+
+            def collect() -> list[T]:
+                nonlocal collected
+                collected, self._open = True, False
+                taken.extend(self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue))))
+                if self._queue:
+                    following = self._queue[0]
+                    following.leads, self._open = True, True
+                    following.woken.set()
+                return taken
+
+            try:
+                await self._run(collect)
+            except Exception as exc:
+                if not collected:
+                    collect()
+                for each in taken:
+                    each.failure = exc
+            finally:
+                if not collected:  # cancelled before its turn (shielded: only at shutdown)
+                    collect()
+                for each in taken:
+                    each.woken.set()
+
+
 class _Refused(Exception):
     """One approval of the batch may not be made by its approver or channel: the batch's block is undone."""
 
@@ -86,13 +145,13 @@ class DecisionBatches(ExecutionCases):
     def _may_approve(self, view: RequestView, approver: Approver, channel: str) -> bool:
         raise NotImplementedError
 
-    _approvals: Turns[_Approval]
-    _results: Turns[_Result]
+    _approvals: _Gather[_Approval]
+    _results: _Gather[_Result]
 
     def _batch_decisions(self) -> None:
         """Take plain approvals and recorded results in batches from here on (called once, when the service is made)."""
-        self._approvals = Turns(self._approve_batch, MAX_BATCH)
-        self._results = Turns(self._finish_batch, MAX_BATCH)
+        self._approvals = _Gather(self._approve_batch)
+        self._results = _Gather(self._finish_batch)
 
     async def _approve_at_once(
         self, request_id: str, approver: Approver, channel: str, reason: str | None
@@ -106,22 +165,27 @@ class DecisionBatches(ExecutionCases):
         await self._approvals.take(asked)
         if asked.again:
             asked.again = False
-            await self._approve_batch([asked])
-        if asked.error is not None:
-            raise asked.error
+            await self._approve_batch(lambda: [asked])
+        if asked.failure is not None:
+            raise asked.failure
         return asked.outcome
 
-    async def _approve_batch(self, batch: list[_Approval]) -> None:
-        now = self.clock()
-        # A request asked for twice goes in once; the other asker takes the general way.
-        mine = list({a.request_id: a for a in reversed(batch)}.values())[::-1]
-        moves = [
-            (a.request_id, {"decided_by": a.approver.name, "decided_via": a.channel, "decision_reason": a.reason})
-            for a in mine
-        ]
+    async def _approve_batch(self, collect: Callable[[], list[_Approval]]) -> None:
+        batch: list[_Approval] = []
         try:
             # Its inserts (the decisions, the events) are sent with the group's: nothing here reads them back.
             async with self._write(defer=True) as conn:
+                batch = collect()
+                now = self.clock()
+                # A request asked for twice goes in once; the other asker takes the general way.
+                mine = list({a.request_id: a for a in reversed(batch)}.values())[::-1]
+                moves = [
+                    (
+                        a.request_id,
+                        {"decided_by": a.approver.name, "decided_via": a.channel, "decision_reason": a.reason},
+                    )
+                    for a in mine
+                ]
                 moved = await self._cas_many(conn, moves, {Status.PENDING}, Status.APPROVED, now, equal={"quorum": 1})
                 done = [(a, moved[a.request_id]) for a in mine if a.request_id in moved]
                 for asked, view in done:
@@ -145,9 +209,10 @@ class DecisionBatches(ExecutionCases):
             for asked in batch:
                 asked.outcome = None
                 asked.again = len(batch) > 1
-        except Exception as exc:
+        except Exception:
             for asked in batch:
-                asked.outcome, asked.error = None, exc
+                asked.outcome = None
+            raise
 
     async def finish_execution(
         self, request_id: str, *, ok: bool, result: Mapping[str, Any] | None, error: str | None, summary: str
@@ -168,18 +233,15 @@ class DecisionBatches(ExecutionCases):
             raise already(mine.lost)
         return mine.moved
 
-    async def _finish_batch(self, batch: list[_Result]) -> None:
-        now = self.clock()
-        try:
-            # No savepoint: nothing in this block raises but the database (a lost compare-and-set is told after it).
-            async with self._write(savepoint=False, defer=True) as conn:
-                events: list[tuple[audit.Event, Any]] = []
-                for ok in (True, False):
-                    await self._finish_some(conn, [r for r in batch if r.ok is ok], ok, now, events)
-                await audit.append_many(conn, events)
-        except Exception as exc:
-            for each in batch:
-                each.failure = exc
+    async def _finish_batch(self, collect: Callable[[], list[_Result]]) -> None:
+        # No savepoint: nothing in this block raises but the database (a lost compare-and-set is told after it).
+        async with self._write(savepoint=False, defer=True) as conn:
+            batch = collect()
+            now = self.clock()
+            events: list[tuple[audit.Event, Any]] = []
+            for ok in (True, False):
+                await self._finish_some(conn, [r for r in batch if r.ok is ok], ok, now, events)
+            await audit.append_many(conn, events)
 
     async def _finish_some(
         self, conn: Any, batch: list[_Result], ok: bool, now: Any, events: list[tuple[audit.Event, Any]]
@@ -212,6 +274,10 @@ class DecisionBatches(ExecutionCases):
             if r.lost.status == Status.OUTCOME_UNKNOWN:
                 text = f"the upstream answered after the request was ended as outcome unknown: {r.summary}"
                 events.append((request_event(r.lost, "request.answered_late", new.value, text, detail=detail), now))
+
+
+def _decided(asked: _Approval) -> dict[str, Any]:
+    return {"decided_by": asked.approver.name, "decided_via": asked.channel, "decision_reason": asked.reason}
 
 
 def _distinct(moves: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
