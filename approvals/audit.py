@@ -121,7 +121,8 @@ async def append_many(conn: AsyncConnection, events: Sequence[tuple[Event, datet
     rows = chain_rows(head, events, key)
     if rows:
         conn.info.pop(_HEAD, None)  # until the insert has succeeded, the head is not known here
-        await driver_sql.insert(conn, _table, rows)
+        # Kept until the group's commit when the block defers its inserts (approvals.driver_sql): the head is known.
+        await driver_sql.insert(conn, _table, rows, deferrable=True)
         conn.info[_HEAD] = (rows[-1]["seq"], rows[-1]["hash"], key is not None)
         noted: list[tuple[int, str, str | None]] | None = conn.info.get(APPENDED)
         if noted is not None:
@@ -135,8 +136,14 @@ def _head_query() -> Select[Any]:
 
 def forget_head(conn: AsyncConnection) -> None:
     """The chain's head remembered on `conn` may be wrong from here on: a transaction begins, or a savepoint
-    holding appends was rolled back. The next append reads it from the table again."""
-    conn.info.pop(_HEAD, None)
+    holding appends was rolled back. The next append reads it from the table again, or, while appends of this
+    transaction are kept unsent (`driver_sql.insert`, `deferrable`), takes the last of them, which the table
+    does not hold yet."""
+    last = driver_sql.last_kept(conn, _table)
+    if last is None:
+        conn.info.pop(_HEAD, None)
+    else:
+        conn.info[_HEAD] = (last["seq"], last["hash"], bool(last["keyed"]))
 
 
 # conn.info key: (seq, hash, keyed) of the last row this transaction appended; valid only inside it.

@@ -216,9 +216,13 @@ class Database:
                         if not self.is_sqlite:
                             await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _AUDIT_LOCK_KEY})
                         conn.info[CHAIN_KEY] = self.audit_key
+                        driver_sql.discard(conn)
                         audit.forget_head(conn)
                         yield conn
+                        # Inserts kept by the blocks that defer them go in before the commit (approvals.driver_sql).
+                        await driver_sql.flush(conn)
                 finally:
+                    driver_sql.discard(conn)
                     audit.forget_head(conn)  # known only inside this transaction
                     await conn.close()
 

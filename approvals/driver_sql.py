@@ -207,16 +207,120 @@ def compare_and_set(
     return compiled(dialect, ("cas", table.name, old, tuple(keys), tuple(equal)), build)
 
 
+@dataclass(frozen=True)
+class _Many:
+    """One compare-and-set for many rows (PostgreSQL): each row's id and values come in as arrays (`unnest`)."""
+
+    sql: str
+    # The arrays' element conversions, in parameter order: the id's, then each key's.
+    arrays: tuple[_Convert, ...]
+    # Conversions of the scalar parameters that follow the arrays: each old status, then each `equal` value.
+    scalars: tuple[_Convert, ...]
+
+
+_many: dict[Hashable, _Many] = {}
+
+
+def _compare_and_set_many(dialect: Dialect, table: Table, old: int, keys: Sequence[str], equal: Sequence[str]) -> _Many:
+    found = _many.get((table.name, old, tuple(keys), tuple(equal)))
+    if found is not None:
+        return found
+    quote = dialect.identifier_preparer.quote
+    c = table.c
+
+    def kind(name: str) -> str:
+        return str(c[name].type.compile(dialect=dialect))
+
+    def bind(name: str) -> _Convert:
+        return c[name].type.dialect_impl(dialect).bind_processor(dialect)
+
+    columns = ["id", *keys]
+    arrays = ", ".join(f"${i + 1}::{kind(name)}[]" for i, name in enumerate(columns))
+    n = len(columns)
+    olds = ", ".join(f"${n + i + 1}" for i in range(old))
+    conditions = ["r.id = v.id", f"r.status IN ({olds})"]
+    conditions += [f"r.{quote(name)} = ${n + old + i + 1}" for i, name in enumerate(equal)]
+    sets = ", ".join(f"{quote(key)} = v.{quote(key)}" for key in keys)
+    sql = (
+        f"UPDATE {quote(table.name)} AS r SET {sets} "
+        f"FROM unnest({arrays}) AS v({', '.join(quote(name) for name in columns)}) "
+        # Every column by name, in the table's order (the database's own may differ): read as `compare_and_set`'s.
+        f"WHERE {' AND '.join(conditions)} RETURNING {', '.join(f'r.{quote(column.name)}' for column in c)}"
+    )
+    found = _Many(sql, tuple(bind(name) for name in columns), tuple(bind(name) for name in ("status", *equal)))
+    _many[(table.name, old, tuple(keys), tuple(equal))] = found
+    return found
+
+
+async def compare_and_set_many(
+    conn: AsyncConnection,
+    table: Table,
+    moves: Sequence[tuple[str, Mapping[str, Any]]],
+    old: Sequence[str],
+    equal: Mapping[str, Any],
+) -> dict[str, dict[str, Any]]:
+    """`compare_and_set` for every (id, values) of `moves` (distinct ids, the same keys): the rows it moved, by id.
+
+    On PostgreSQL one statement for them all (one round trip); elsewhere one per row, as `compare_and_set`."""
+    if not moves:
+        return {}
+    keys = tuple(moves[0][1])
+    single = compare_and_set(conn.dialect, table, len(old), keys, tuple(equal))
+    driver = _driver(conn)
+    if driver is None or isinstance(driver, sqlite3.Connection) or len(moves) == 1:
+        given: dict[str, Any] = {f"w_s{i}": status for i, status in enumerate(old)}
+        given.update({f"e_{name}": value for name, value in equal.items()})
+        moved = {}
+        for request_id, values in moves:
+            found = await rows(conn, single, {"w_id": request_id, **given, **{f"v_{k}": v for k, v in values.items()}})
+            if found:
+                moved[request_id] = found[0]
+        return moved
+    many = _compare_and_set_many(conn.dialect, table, len(old), keys, tuple(equal))
+    columns: list[list[Any]] = [[request_id for request_id, _ in moves]]
+    columns += [[values[key] for _, values in moves] for key in keys]
+    arguments: list[Any] = [
+        [v if convert is None or v is None else convert(v) for v in column]
+        for convert, column in zip(many.arrays, columns, strict=True)
+    ]
+    scalars = [*old, *equal.values()]
+    converts = [many.scalars[0]] * len(old) + list(many.scalars[1:])
+    arguments += [v if to is None or v is None else to(v) for to, v in zip(converts, scalars, strict=True)]
+    executed["UPDATE"] += 1
+    try:
+        fetched = await driver.fetch(many.sql, *arguments)
+    except Exception as exc:
+        raise _as_sqlalchemy(exc, many.sql, arguments) from exc
+    moved = {}
+    for raw in fetched:
+        row = single.row(raw)
+        moved[row["id"]] = row
+    return moved
+
+
 # Inserts of up to this many rows are one multi-row statement (a decision's one or two audit events); larger
 # ones (a burst of parked calls) one single-row statement run for every row, so that a burst of any size is
 # one statement prepared once, not one compiled and prepared per row count.
 _ONE_STATEMENT = 2
 
 
-async def insert(conn: AsyncConnection, table: Table, new: Sequence[Mapping[str, Any]]) -> None:
-    """INSERT `new` rows (each with the same keys) into `table` in `conn`'s open transaction."""
+async def insert(
+    conn: AsyncConnection, table: Table, new: Sequence[Mapping[str, Any]], *, deferrable: bool = False
+) -> None:
+    """INSERT `new` rows (each with the same keys) into `table` in `conn`'s open transaction.
+
+    `deferrable`: an insert nothing in the block waits on (it cannot be refused but by a failing database); in a
+    block that defers (`defer`) it is kept and sent with the others before the transaction commits (`flush`)."""
     if not new:
         return
+    kept: list[tuple[Table, Mapping[str, Any]]] | None = conn.info.get(_KEPT)
+    if deferrable and kept is not None:
+        kept.extend((table, row) for row in new)
+        return
+    await _insert_now(conn, table, new)
+
+
+async def _insert_now(conn: AsyncConnection, table: Table, new: Sequence[Mapping[str, Any]]) -> None:
     keys = tuple(new[0])
     if len(new) <= _ONE_STATEMENT:
         await rows(conn, _insert_rows(conn.dialect, table, len(new), keys), _row_values(new))
@@ -235,6 +339,71 @@ async def insert(conn: AsyncConnection, table: Table, new: Sequence[Mapping[str,
             await driver.executemany(statement.sql, arguments)
     except Exception as exc:
         raise _as_sqlalchemy(exc, statement.sql, arguments) from exc
+
+
+# ---- inserts kept until the group commits
+
+# conn.info keys: the rows kept by blocks that defer their inserts, in order (table, row), while a block that defers
+# runs (`defer`); and the rows kept so far by every block of the transaction, whether one is running or not.
+_KEPT = "countersign_kept"
+_PENDING = "countersign_pending"
+
+
+def defer(conn: AsyncConnection, on: bool) -> None:
+    """From here (`on`) or no longer, the block running in `conn` keeps its deferrable inserts (see `insert`)."""
+    if on:
+        conn.info[_KEPT] = conn.info.setdefault(_PENDING, [])
+    else:
+        conn.info.pop(_KEPT, None)
+
+
+def kept(conn: AsyncConnection) -> int:
+    """How many rows are kept, not yet sent: where a savepoint's block begins (`keep_only`)."""
+    pending: list[Any] = conn.info.get(_PENDING, [])
+    return len(pending)
+
+
+def keep_only(conn: AsyncConnection, count: int) -> None:
+    """Forget the rows kept after the first `count` (a block rolled back to its savepoint kept them)."""
+    pending: list[Any] | None = conn.info.get(_PENDING)
+    if pending is not None:
+        del pending[count:]
+
+
+def last_kept(conn: AsyncConnection, table: Table) -> Mapping[str, Any] | None:
+    """The last row kept for `table`, or None."""
+    for kept_table, row in reversed(conn.info.get(_PENDING, ())):
+        if kept_table is table:
+            return row  # type: ignore[no-any-return]
+    return None
+
+
+def discard(conn: AsyncConnection) -> None:
+    """A transaction begins or has ended: nothing is kept from before it."""
+    conn.info.pop(_PENDING, None)
+    conn.info.pop(_KEPT, None)
+
+
+async def flush(conn: AsyncConnection, *, touching: tuple[Table, str, Any] | None = None) -> None:
+    """Send the kept rows: one statement for the rows of each table and shape.
+
+    `touching` (table, column, value): only if a kept row of that table has that value, before a read that must
+    see it; otherwise nothing is sent."""
+    pending: list[tuple[Table, Mapping[str, Any]]] | None = conn.info.get(_PENDING)
+    if not pending:
+        return
+    if touching is not None:
+        table, column, value = touching
+        if not any(kept_table is table and row.get(column) == value for kept_table, row in pending):
+            return
+    # Kept rows only ever go into tables nothing else kept refers to (audit events, decisions): one statement
+    # per table and shape, each in the order its rows were kept.
+    runs: dict[tuple[str, tuple[str, ...]], tuple[Table, list[Mapping[str, Any]]]] = {}
+    for table, row in pending:
+        runs.setdefault((table.name, tuple(row)), (table, []))[1].append(row)
+    pending.clear()  # the same list as `_KEPT` while a block that defers runs
+    for table, rows in runs.values():
+        await _insert_now(conn, table, rows)
 
 
 def _insert_rows(dialect: Dialect, table: Table, count: int, keys: Sequence[str]) -> Compiled:

@@ -16,12 +16,12 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, bindparam, select
+from sqlalchemy import ARRAY, Select, any_, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from approvals import audit, driver_sql
@@ -77,8 +77,36 @@ def _evidence_query() -> Select[Any]:
     return select(_events).where(*where).order_by(_events.c.seq)
 
 
+def _evidence_of_many_query() -> Select[Any]:
+    kinds = ("request.created", "request.approved", "request.start_abandoned")
+    named = [bindparam(f"kind{i}", kind, type_=_events.c.kind.type) for i, kind in enumerate(kinds)]
+    ids = bindparam("rids", type_=ARRAY(_events.c.request_id.type))
+    return select(_events).where(_events.c.request_id == any_(ids), _events.c.kind.in_(named)).order_by(_events.c.seq)
+
+
+async def evidence_of(conn: AsyncConnection, request_ids: Sequence[str]) -> dict[str, list[Mapping[str, Any]]]:
+    """The events `not_as_approved` judges, for each of several requests (`rows=`): on PostgreSQL one read for all."""
+    for request_id in request_ids:
+        await driver_sql.flush(conn, touching=(_events, "request_id", request_id))
+    found: dict[str, list[Mapping[str, Any]]] = {request_id: [] for request_id in request_ids}
+    if conn.dialect.name != "postgresql" or len(request_ids) == 1:
+        single = driver_sql.compiled(conn.dialect, "evidence", _evidence_query)
+        for request_id in request_ids:
+            found[request_id] = list(await driver_sql.rows(conn, single, {"rid": request_id}))
+        return found
+    many = driver_sql.compiled(conn.dialect, "evidence of many", _evidence_of_many_query)
+    for row in await driver_sql.rows(conn, many, {"rids": list(request_ids)}):
+        found[row["request_id"]].append(row)
+    return found
+
+
 async def not_as_approved(
-    conn: AsyncConnection, view: RequestView, forwarding_sha256: str, *, approving: audit.Event | None = None
+    conn: AsyncConnection,
+    view: RequestView,
+    forwarding_sha256: str,
+    *,
+    approving: audit.Event | None = None,
+    rows: Sequence[Mapping[str, Any]] | None = None,
 ) -> str | None:
     """Why `view` must not run, judged by the chain's record of its creation and approval; None when it may.
 
@@ -86,9 +114,11 @@ async def not_as_approved(
     write transaction that starts the execution, so what is checked is what is started.
     `approving`: the approval this same transaction is recording, to be appended with the start
     (one insert for both): it is the latest approval, and it is judged as it will be written.
+    `rows`: its events as `evidence_of` read them in this transaction (otherwise read here).
     """
     key: bytes | None = conn.info.get(CHAIN_KEY)
-    rows = await driver_sql.rows(conn, driver_sql.compiled(conn.dialect, "evidence", _evidence_query), {"rid": view.id})
+    if rows is None:
+        rows = (await evidence_of(conn, [view.id]))[view.id]
     created = next((r for r in rows if r["kind"] == "request.created"), None)
     approvals: list[Mapping[Any, Any]] = [r for r in rows if r["kind"] == "request.approved"]
     if approving is not None:

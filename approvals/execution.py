@@ -22,19 +22,18 @@ it now, leaves the request approved for `begin_execution`, as before.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Protocol
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from approvals import audit
-from approvals.audit import canonical_json
-from approvals.errors import ArgumentsChanged, RequestNotFound
-from approvals.evidence import not_as_approved
+from approvals.errors import ArgumentsChanged
+from approvals.evidence import evidence_of, not_as_approved
 from approvals.models import ApprovalRequest
 from approvals.reads import load
 from approvals.request_events import bound_to
@@ -105,7 +104,7 @@ class ExecutionCases(Transitions):
         runs `lease` seconds from now.
         """
         now = self.clock()
-        async with self._write() as conn:
+        async with self._write(defer=True) as conn:
             current = await load(conn, request_id)
             if current.status != Status.APPROVED:
                 raise already(current)
@@ -159,11 +158,16 @@ class ExecutionCases(Transitions):
         )
         if moved is None:
             return None
-        text = f"forwarding {current.upstream_tool} to upstream {current.upstream}"
-        detail = {**bound_to(moved), **({"by": owner} if owner else {})}
-        executing = request_event(moved, "request.executing", "executing", text, detail=detail)
+        executing = self._executing_event(moved)
         await audit.append_many(conn, [*(() if approval is None else [(approval, now)]), (executing, now)])
         return moved
+
+    @staticmethod
+    def _executing_event(moved: RequestView) -> audit.Event:
+        text = f"forwarding {moved.upstream_tool} to upstream {moved.upstream}"
+        owner = moved.executing_by
+        detail = {**bound_to(moved), **({"by": owner} if owner else {})}
+        return request_event(moved, "request.executing", "executing", text, detail=detail)
 
     async def _start_with_decision(
         self, conn: AsyncConnection, approved: RequestView, now: datetime, approval: audit.Event
@@ -172,40 +176,59 @@ class ExecutionCases(Transitions):
         the request for a waiter of this process that can forward it now, both events in one insert. Otherwise
         (nobody here, the evidence disagrees, it cannot start now) it stays approved, and `begin_execution`
         decides later, as for a decision made elsewhere."""
-        if not await self._start_for_waiter(conn, approved, now, approval):
-            await audit.append(conn, approval, now)
+        await self._start_with_decisions(conn, [(approved, approval)], now)
 
-    async def _start_for_waiter(
-        self, conn: AsyncConnection, approved: RequestView, now: datetime, approval: audit.Event
-    ) -> bool:
-        """The start with its approval (see `_start_with_decision`); False when it was not started (nothing
-        appended)."""
-        for starter in self.starts.of(approved.id):
-            try:
-                start = starter.claim(approved)
-            except Exception:
-                # The approval itself must not fail on an offer's account: the call then starts on its own.
-                log.exception("could not ask whether %s can be started with its approval", approved.id)
-                start = None
-            if start is None:
-                continue
-            started = None
-            try:
+    async def _start_with_decisions(
+        self, conn: AsyncConnection, approved: Sequence[tuple[RequestView, audit.Event]], now: datetime
+    ) -> set[str]:
+        """`_start_with_decision` for several requests approved in this transaction (distinct ids): one evidence
+        read and one compare-and-set for those their waiters start (on PostgreSQL), every approval appended
+        just before its start. The ids started."""
+        claims: list[tuple[RequestView, audit.Event, Starter, Start]] = []
+        for view, approval in approved:
+            for starter in self.starts.of(view.id):
+                try:
+                    start = starter.claim(view)
+                except Exception:
+                    # The approval itself must not fail on an offer's account: the call then starts on its own.
+                    log.exception("could not ask whether %s can be started with its approval", view.id)
+                    start = None
+                if start is not None:
+                    claims.append((view, approval, starter, start))
+                    break
+        started: dict[str, RequestView] = {}
+        try:
+            evidence = await evidence_of(conn, [view.id for view, *_ in claims]) if claims else {}
+            may = []
+            for view, approval, _, start in claims:
                 try:
                     sha = start.arguments_sha256
-                    problem = approved.damage or await not_as_approved(conn, approved, sha, approving=approval)
+                    problem = view.damage or await not_as_approved(
+                        conn, view, sha, approving=approval, rows=evidence[view.id]
+                    )
                 except SQLAlchemyError:
                     raise
                 except Exception:  # an unreadable chain: the approval stands, and begin_execution says so
-                    log.exception("could not check the evidence of %s with its approval", approved.id)
-                    return False
-                if problem:
-                    return False  # begin_execution records why it never runs
-                started = await self._start(conn, approved, start.owner, start.lease, now, approval=approval)
-            finally:
-                starter.started(started)
-            return started is not None
-        return False
+                    log.exception("could not check the evidence of %s with its approval", view.id)
+                    continue
+                if not problem:  # otherwise begin_execution records why it never runs
+                    may.append((view, start))
+            moves = [
+                (view.id, {"executing_by": start.owner or None, "lease_until": now + timedelta(seconds=start.lease)})
+                for view, start in may
+            ]
+            started = await self._cas_many(conn, moves, {Status.APPROVED}, Status.EXECUTING, now)
+            events: list[tuple[audit.Event, datetime]] = []
+            for view, approval in approved:
+                events.append((approval, now))
+                moved = started.get(view.id)
+                if moved is not None:
+                    events.append((self._executing_event(moved), now))
+            await audit.append_many(conn, events)
+        finally:
+            for view, _, starter, _ in claims:
+                starter.started(started.get(view.id))
+        return set(started)
 
     async def renew_lease(self, request_id: str, owner: str, lease: float) -> bool:
         """Keep this process's hold on an execution; False when it has lost it (the request moved on)."""
@@ -244,50 +267,6 @@ class ExecutionCases(Transitions):
             event = request_event(moved, "request.start_abandoned", "approved", why, detail=window)
             await audit.append(conn, event, now)
         return True
-
-    async def finish_execution(
-        self, request_id: str, *, ok: bool, result: Mapping[str, Any] | None, error: str | None, summary: str
-    ) -> RequestView:
-        """executing -> executed or failed, with the upstream's answer.
-
-        If the request was ended as outcome unknown meanwhile (this process lost its lease: it stalled
-        longer than the lease), the end stands, and the late answer is written to the audit log.
-        """
-        now = self.clock()
-        new, because = (Status.EXECUTED, EndReason.EXECUTED) if ok else (Status.FAILED, EndReason.FAILED)
-        lost: RequestView | RequestNotFound | None = None
-        # No savepoint: nothing in this block raises but the database (a lost compare-and-set is told after it).
-        async with self._write(savepoint=False) as conn:
-            # The compare-and-set needs only the id: the request is read back only when it was lost.
-            moved = await self._cas(
-                conn,
-                request_id,
-                {Status.EXECUTING},
-                new,
-                now,
-                result=None if result is None else canonical_json(dict(result)),
-                error=error,
-                ended_because=because.value,
-            )
-            detail = {"error": error} if error else {}
-            if moved is None:
-                try:
-                    lost = await load(conn, request_id)
-                except RequestNotFound as missing:
-                    lost = missing
-                if isinstance(lost, RequestView) and lost.status == Status.OUTCOME_UNKNOWN:
-                    text = f"the upstream answered after the request was ended as outcome unknown: {summary}"
-                    late = request_event(lost, "request.answered_late", new.value, text, detail=detail)
-                    await audit.append(conn, late, now)
-            else:
-                event = request_event(moved, f"request.{new.value}", new.value, summary, detail=detail)
-                await audit.append(conn, event, now)
-        if isinstance(lost, RequestNotFound):
-            raise lost
-        if moved is None:
-            assert lost is not None
-            raise already(lost)
-        return moved
 
     async def lapsed_executions(self) -> list[RequestView]:
         """Requests executing whose lease has run out (or that have none): their process stopped."""

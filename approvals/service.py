@@ -25,10 +25,11 @@ from approvals.approvers import Approver, ApproverDirectory, may_decide
 from approvals.audit import Event, canonical_json
 from approvals.audit_batch import AuditBatches
 from approvals.db import Database
+from approvals.decision_batches import DecisionBatches
 from approvals.edits import describe_edits
 from approvals.errors import AlreadyOpen, InvalidDecision, NotAllowed
 from approvals.escalation import EscalationCases, steps_json
-from approvals.execution import ExecutionCases, LocalStarts
+from approvals.execution import LocalStarts
 from approvals.feed import ChangeFeed
 from approvals.grant_terms import GrantAsk
 from approvals.grants import Grants, make_grant
@@ -74,7 +75,7 @@ def channel_may_decide(view: RequestView, channel: str) -> bool:
     return channel in ALWAYS_DECIDES or channel in view.channels
 
 
-class ApprovalService(ExecutionCases, EscalationCases, RequestReads):
+class ApprovalService(DecisionBatches, EscalationCases, RequestReads):
     """The use cases that change requests; reading them is `RequestReads`."""
 
     def __init__(
@@ -95,6 +96,8 @@ class ApprovalService(ExecutionCases, EscalationCases, RequestReads):
         # Waiters of this process that can forward a call as soon as it is approved (approvals.execution).
         self.starts = LocalStarts()
         self.parks = ParkBatches(self._write, _created)
+        # Plain approvals and recorded results arriving together are written together (approvals.decision_batches).
+        self._batch_decisions()
 
     # ---- writing
 
@@ -282,35 +285,8 @@ class ApprovalService(ExecutionCases, EscalationCases, RequestReads):
                 )
             raise already(latest) from None
 
-    async def _approve_at_once(
-        self, request_id: str, approver: Approver, channel: str, reason: str | None
-    ) -> DecisionOutcome | None:
-        """A plain approval of a request that needs one, without reading it first: the compare-and-set (pending,
-        one approval needed) returns the request, who may decide it is checked on that, and the decision, its
-        audit event and (`_start_with_decision`) the start follow in the same block. None when that is not
-        this case (not pending, several approvals needed, not found) or the approver or channel may not
-        decide it, or it is damaged (the block is rolled back): `_decide` then takes the general way, which
-        refuses, counts approvals or says who got there first exactly as before."""
-        now = self.clock()
-        values: dict[str, Any] = {"decided_by": approver.name, "decided_via": channel, "decision_reason": reason}
-        try:
-            async with self._write() as conn:
-                moved = await self._cas(
-                    conn, request_id, {Status.PENDING}, Status.APPROVED, now, equal={"quorum": 1}, **values
-                )
-                if moved is None:
-                    return None
-                if moved.damage or not channel_may_decide(moved, channel) or not may_decide(approver, moved.approvers):
-                    raise _Lost()  # undone: the general way says why
-                decision: dict[str, Any] = {"approver": approver.name, "channel": channel, "verdict": "approve"}
-                decision.update(reason=reason, policy_version=moved.policy_version, request_id=request_id, at=now)
-                await driver_sql.insert(conn, _decisions, [decision])
-                text = f"approved by {approver.name}" + (f": {reason}" if reason else "")
-                event = decision_event(moved, approver, channel, Status.APPROVED.value, reason, text)
-                await self._start_with_decision(conn, moved, now, event)
-                return DecisionOutcome(moved, 1, 1, text)
-        except (_Lost, IntegrityError):
-            return None
+    def _may_approve(self, view: RequestView, approver: Approver, channel: str) -> bool:
+        return channel_may_decide(view, channel) and may_decide(approver, view.approvers)
 
     async def expire(self, request_id: str) -> bool:
         """Time ran out: a pending request's decision time, or an approved one's pick-up window.

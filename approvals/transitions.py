@@ -6,7 +6,7 @@ request's status.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from datetime import datetime
@@ -42,20 +42,23 @@ class Transitions:
     feed: ChangeFeed
 
     @asynccontextmanager
-    async def _write(self, *, announce: bool = True, savepoint: bool = True) -> AsyncIterator[AsyncConnection]:
+    async def _write(
+        self, *, announce: bool = True, savepoint: bool = True, defer: bool = False
+    ) -> AsyncIterator[AsyncConnection]:
         """A write transaction whose changes every process's feed reads as soon as it has committed.
 
         Transitions that arrive together share one transaction (`approvals.write_groups`). Once it
         has committed, the tasks of this process waiting on a request moved here are woken at once with
         the request as moved, without waiting for the feed to read the change back or reading it again,
         and the feed is handed the block's events with the requests as moved (`ChangeFeed.committed`).
-        `savepoint=False`: see `WriteGroups.write` (for a block that raises only when the database fails).
+        `savepoint=False`: see `WriteGroups.write` (for a block that raises only when the database fails);
+        `defer=True`: its audit events (and other deferrable inserts) are sent with the group's, see there.
         """
         moved: list[RequestView] = []
         appended: list[tuple[int, str, str | None]] = []
         token = _moved.set(moved)
         try:
-            async with self.db.groups.write(savepoint=savepoint) as conn:
+            async with self.db.groups.write(savepoint=savepoint, defer=defer) as conn:
                 if announce:
                     # Once per group, not per block: one notification wakes every other process for all of them.
                     before_commit(conn, "announce", partial(self.feed.announce, conn))
@@ -89,20 +92,9 @@ class Transitions:
         value) conditions of the plainest kind, which keep the statement on the driver's path.
         """
         old = frozenset(old)
-        bad = sorted(o.value for o in old if not can_transition(o, new))
-        if bad:
-            raise InvalidTransition(f"{', '.join(bad)} -> {new.value} is not an allowed transition")
-        because = values.get("ended_because")
-        if (because is None) != (new not in END_REASONS) or (
-            because is not None and EndReason(because) not in END_REASONS[new]
-        ):
-            raise InvalidTransition(f"{new.value} cannot end because {because!r}")
-        if new not in OPEN:
-            # The call is free again: a later identical call may make a request of its own (see reads.find_repeat).
-            values["open_key"] = None
+        values = self._checked(old, new, now, values)
         request_id = current if isinstance(current, str) else current.id
         row: Mapping[Any, Any] | None
-        values = {"status": new.value, "status_changed_at": now, **values}
         if only_if is None:
             # The hot path: compiled once, run through the driver (approvals.driver_sql).
             equal = equal or {}
@@ -126,6 +118,43 @@ class Transitions:
         if moved is not None:
             moved.append(view)
         return view
+
+    async def _cas_many(
+        self,
+        conn: AsyncConnection,
+        moves: Sequence[tuple[str, Mapping[str, Any]]],
+        old: Iterable[Status],
+        new: Status,
+        now: datetime,
+        *,
+        equal: Mapping[str, Any] | None = None,
+    ) -> dict[str, RequestView]:
+        """`_cas` for several requests at once (distinct ids, each with its values, all of the same keys): those
+        moved, by id. On PostgreSQL one statement for them all (`driver_sql.compare_and_set_many`)."""
+        given = [(request_id, self._checked(old, new, now, dict(values))) for request_id, values in moves]
+        statuses = [status.value for status in sorted(frozenset(old), key=lambda s: s.value)]
+        rows = await driver_sql.compare_and_set_many(conn, _requests, given, statuses, equal or {})
+        views = {request_id: RequestView.from_row(row) for request_id, row in rows.items()}
+        moved = _moved.get()
+        if moved is not None:
+            moved.extend(views[request_id] for request_id, _ in moves if request_id in views)
+        return views
+
+    @staticmethod
+    def _checked(old: Iterable[Status], new: Status, now: datetime, values: dict[str, Any]) -> dict[str, Any]:
+        """The columns a move from one of `old` to `new` writes, once the move is known to be allowed."""
+        bad = sorted(o.value for o in old if not can_transition(o, new))
+        if bad:
+            raise InvalidTransition(f"{', '.join(bad)} -> {new.value} is not an allowed transition")
+        because = values.get("ended_because")
+        if (because is None) != (new not in END_REASONS) or (
+            because is not None and EndReason(because) not in END_REASONS[new]
+        ):
+            raise InvalidTransition(f"{new.value} cannot end because {because!r}")
+        if new not in OPEN:
+            # The call is free again: a later identical call may make a request of its own (see reads.find_repeat).
+            values["open_key"] = None
+        return {"status": new.value, "status_changed_at": now, **values}
 
     async def _touch(self, conn: AsyncConnection, current: RequestView, status: Status) -> RequestView | None:
         """The request as it is now, provided it is still in `status` (read inside the write transaction)."""

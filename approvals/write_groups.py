@@ -67,6 +67,8 @@ class _Writer:
     error: BaseException | None = None
     # Its block failed without a savepoint to roll back to (see `WriteGroups.write`): the group cannot commit.
     spoiled: bool = False
+    # Its block keeps its deferrable inserts for the group's commit (see `WriteGroups.write`).
+    defer: bool = False
 
 
 @asynccontextmanager
@@ -77,11 +79,14 @@ async def _savepoint(conn: AsyncConnection) -> AsyncIterator[None]:
     A block that is done leaves its savepoint in place, unreleased: releasing it would be a round trip
     that changes nothing the group's commit does not (it ends every savepoint in it). The next block's
     savepoint, of the same name, is taken inside it, and `ROLLBACK TO` names the latest of that name, so a
-    failing block undoes its own changes only. Blocks never overlap, so one name serves them all."""
+    failing block undoes its own changes only, and forgets the inserts it kept unsent. Blocks never overlap,
+    so one name serves them all."""
+    kept = driver_sql.kept(conn)
     await driver_sql.plain(conn, f"SAVEPOINT {_SAVEPOINT}")
     try:
         yield
     except BaseException:
+        driver_sql.keep_only(conn, kept)
         await driver_sql.plain(conn, f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
         await driver_sql.plain(conn, f"RELEASE SAVEPOINT {_SAVEPOINT}")
         raise
@@ -111,15 +116,21 @@ class WriteGroups:
         return len(self._queue)
 
     @asynccontextmanager
-    async def write(self, *, savepoint: bool = True) -> AsyncIterator[AsyncConnection]:
+    async def write(self, *, savepoint: bool = True, defer: bool = False) -> AsyncIterator[AsyncConnection]:
         """A write transaction (shared with the writers queued beside this one); exits once it has committed.
 
         `savepoint=False`: a block that raises only when the database fails (its outcomes, such as a
         compare-and-set lost, are told after it) needs no savepoint, one statement fewer. If it raises all
         the same, there is nothing to roll back to: the group's transaction is rolled back whole, and every
         other block in it fails with `StoreUnavailable`.
+
+        `defer`: the block's deferrable inserts (its audit events; `approvals.driver_sql.insert`) are kept and
+        sent together with those of the other blocks that defer, just before the group commits: on PostgreSQL
+        a round trip fewer per insert under the chain's lock. Only for blocks that read back nothing they
+        insert that way but the chain's head (kept here) and, through `driver_sql.flush(touching=…)`, what
+        they name. A block that does not defer finds every kept row sent before it begins.
         """
-        me = _Writer()
+        me = _Writer(defer=defer)
         # Shielded like every database write: a writer cancelled while queued must still take its turn.
         with anyio.CancelScope(shield=True):
             if self._writing:
@@ -136,6 +147,7 @@ class WriteGroups:
         own: Exception | None = None
         try:
             with anyio.CancelScope(shield=True):
+                driver_sql.defer(me.conn, defer)
                 if savepoint:
                     async with _savepoint(me.conn):
                         yield me.conn
@@ -146,6 +158,7 @@ class WriteGroups:
             forget_head(me.conn)
             me.spoiled = not savepoint
         finally:
+            driver_sql.defer(me.conn, False)
             me.done.set()
         # Even a block that failed waits: what it lost to may be in this very group, committed only then.
         with anyio.CancelScope(shield=True):
@@ -164,9 +177,16 @@ class WriteGroups:
                 # The leader's block is the transaction's first, so it needs no savepoint: when it fails, the
                 # transaction is rolled back whole (nothing else is in it yet) and raises to the leader alone,
                 # and the writers that queued meanwhile go on in the next group.
-                yield conn
+                driver_sql.defer(conn, me.defer)
+                try:
+                    yield conn
+                finally:
+                    driver_sql.defer(conn, False)
                 # The others go in turn, then one commit for all.
                 while self._queue and len(group) < self.max_group:
+                    if not self._queue[0].defer:
+                        # It may read what the blocks before it inserted: nothing is kept from it.
+                        await driver_sql.flush(conn)
                     writer = self._queue.popleft()
                     group.append(writer)
                     writer.conn = conn

@@ -23,6 +23,8 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -99,10 +101,30 @@ def count_statements(db: Database) -> Counter[str]:
     return counts
 
 
+def time_writes(db: Database) -> list[tuple[float, float, float, float]]:
+    """Each write transaction's times (wall clock): asked for, open (chain lock held), block done, committed."""
+    times: list[tuple[float, float, float, float]] = []
+    write = db.write
+
+    @asynccontextmanager
+    async def timed(**how: Any) -> AsyncIterator[Any]:
+        asked = time.perf_counter()
+        async with write(**how) as conn:
+            opened = time.perf_counter()
+            yield conn
+            done = time.perf_counter()
+        times.append((asked, opened, done, time.perf_counter()))
+
+    db.write = timed  # type: ignore[method-assign]
+    db.groups._open_write = timed
+    return times
+
+
 async def run(url: str, decisions: int, concurrency: int, profile: str = "") -> None:
     db = Database(url)
     await db.create_schema()
     counts = count_statements(db)
+    writes = time_writes(db)
     service = ApprovalService(db, ApproverDirectory([ALICE]))
     result = {"content": [{"type": "text", "text": "cancelled"}], "structuredContent": {"orderId": 1}}
     try:
@@ -125,6 +147,7 @@ async def run(url: str, decisions: int, concurrency: int, profile: str = "") -> 
             profiler = cProfile.Profile() if profile else None
             counts.clear()
             driver_executed().clear()
+            writes.clear()
             times0, wall0 = os.times(), time.perf_counter()
             if profiler is not None:
                 profiler.enable()
@@ -147,6 +170,12 @@ async def run(url: str, decisions: int, concurrency: int, profile: str = "") -> 
                 f"{system * 1000 / decisions:.2f} system; approve + start + result, this process)"
             )
             print(f"per decision: {statements / decisions:.1f} statements: {per}")
+            opening, blocks, committing = (sum(w[i + 1] - w[i] for w in writes) for i in range(3))
+            print(
+                f"write transactions: {len(writes)}, holding the chain lock {(blocks + committing) / wall:.0%} of the "
+                f"wall time; per decision {opening * 1000 / decisions:.2f} ms opening (connection, BEGIN, lock), "
+                f"{blocks * 1000 / decisions:.2f} ms in the blocks, {committing * 1000 / decisions:.2f} ms committing"
+            )
             tg.cancel_scope.cancel()
     finally:
         await db.dispose()

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import pytest
 from sqlalchemy import update
 
@@ -208,3 +209,68 @@ async def test_a_start_given_back_returns_the_request_to_approved_but_never_anyo
     assert not await service.abandon_start(request.id, "the agent went away", start=mine)
     stored = await service.get(request.id)
     assert (stored.status, stored.executing_by) == (Status.EXECUTING, theirs.executing_by)
+
+
+async def test_approvals_and_results_arriving_together_each_start_and_end_their_own_call(
+    service: ApprovalService,
+) -> None:
+    """Written together (approvals.decision_batches): each call is started once, by its own approval, and each
+    result ends its own request; a waiter that declines, or forwards other arguments, is not started."""
+    orders = [{"orderId": 2000 + n, "confirm": True} for n in range(9)]
+    requests = [await service.create(held_cancel(arguments=order)) for order in orders]
+    waiters = [Waiter(forwarding=sha256_of(order)) for order in orders]
+    waiters[3].ready = False
+    waiters[5].forwarding = sha256_of(CANCEL)  # not what was approved
+    for request, waiter in zip(requests, waiters, strict=True):
+        service.starts.add(request.id, waiter)
+    approved: dict[str, Status] = {}
+
+    async def approve(request_id: str) -> None:
+        approved[request_id] = (await service.approve(request_id, ALICE, "api")).request.status
+
+    async with anyio.create_task_group() as tg:
+        for request in requests:
+            tg.start_soon(approve, request.id)
+
+    assert set(approved.values()) == {Status.APPROVED}
+    starting = [n for n in range(9) if n not in (3, 5)]
+    for n, (request, waiter) in enumerate(zip(requests, waiters, strict=True)):
+        stored = await service.get(request.id)
+        if n in starting:
+            assert [v.status if v else None for v in waiter.heard] == [Status.EXECUTING]
+            assert stored.status == Status.EXECUTING
+            assert await kinds(service, request.id) == ["request.created", "request.approved", "request.executing"]
+        else:
+            assert stored.status == Status.APPROVED
+            assert await kinds(service, request.id) == ["request.created", "request.approved"]
+    # The approval is recorded just before its own start, in the chain's order.
+    events = await service.history.events(limit=100)
+    for n in starting:
+        mine = [e for e in events if e.request_id == requests[n].id]
+        assert mine[-1].seq == mine[-2].seq + 1
+
+    ended: dict[str, object] = {}
+
+    async def finish(request_id: str, ok: bool) -> None:
+        try:
+            ended[request_id] = await service.finish_execution(
+                request_id, ok=ok, result={"content": []} if ok else None, error=None if ok else "boom", summary="done"
+            )
+        except AlreadyDecided as exc:
+            ended[request_id] = exc
+
+    async with anyio.create_task_group() as tg:
+        for n in starting:
+            tg.start_soon(finish, requests[n].id, n % 2 == 0)
+        tg.start_soon(finish, requests[3].id, True)  # never started: refused, nothing written
+        tg.start_soon(finish, requests[0].id, True)  # a second answer for one request: the first stands
+
+    for n in starting:
+        stored = await service.get(requests[n].id)
+        assert stored.status == (Status.EXECUTED if n % 2 == 0 else Status.FAILED)
+        assert (await kinds(service, requests[n].id))[-1] == f"request.{stored.status.value}"
+    assert isinstance(ended[requests[3].id], AlreadyDecided)
+    assert (await service.get(requests[3].id)).status == Status.APPROVED
+    assert (await kinds(service, requests[0].id)).count("request.executed") == 1
+    report = await service.history.verify()
+    assert report.ok, report.describe()
