@@ -301,6 +301,9 @@ class CallHandler:
                 log.error("could not judge %s by the new policy: %s", request.id, exc)
         tracing.annotate(approval_id=request.id)
         hold_limit = self.held.hold_limit(caller.agent, request)
+        if not client_approval.asks(request, caller):
+            # Followed as it is: one frame less kept for each held call.
+            return await self.held.follow(request, caller, line, hold_limit=hold_limit, reservation=reservation)
         return await client_approval.alongside(
             self.service,
             request,

@@ -190,10 +190,11 @@ def build_server(
     return server
 
 
-async def answer_call(
+def answer_call(
     handler: CallHandler, caller: Caller, tool: str, arguments: dict[str, Any], progress: Any
-) -> types.CallToolResult:
-    return await guarded(caller, tool, lambda: handler.call(caller, tool, arguments, progress))
+) -> Awaitable[types.CallToolResult]:
+    """The call's answer, to be awaited: `guarded` handed back as it is (a held call keeps one frame less)."""
+    return guarded(caller, tool, lambda: handler.call(caller, tool, arguments, progress))
 
 
 async def guarded(
