@@ -13,9 +13,10 @@ connection), and writes the event stream itself, frame for frame as the SDK's tr
   `retry` hint), then each message as `id`, `event: message` and `data` (the JSON the SDK's
   model dump writes), every event kept in the same event store under the same stream name, so a
   client that reconnects with `Last-Event-ID` has them replayed by the SDK as before;
-- the dispatch is the SDK's: `ServerRunner.on_request` with the server's middleware, its
-  validation of the params, the gateway's `call_tool` handler, and the SDK's shaping of the
-  result; a failure is answered as the session's message loop answers it;
+- the dispatch is the SDK's: `ServerRunner.on_request` with the server's middleware (but the SDK's
+  span middleware where no span would be recorded or carry a trace, as `gateway.lean_runner` leaves
+  it out for the allowed call), its validation of the params, the gateway's `call_tool` handler, and
+  the SDK's shaping of the result; a failure is answered as the session's message loop answers it;
 - the request is entered in the session dispatcher's table of requests in flight, so a client's
   `notifications/cancelled` cancels it exactly as it cancels a request the loop dispatched, and a
   cancelled request's stream ends with the same `REQUEST_CANCELLED` error;
@@ -44,7 +45,6 @@ import mcp_types as types
 from anyio import EventStatistics
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.server import Server
-from mcp.server.runner import ServerRunner
 from mcp.server.streamable_http import MCP_SESSION_ID_HEADER, REQUEST_CANCELLED
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared import jsonrpc_dispatcher
@@ -72,6 +72,7 @@ from gateway.lean_requests import (
     talks_back,
     tool_call,
 )
+from gateway.lean_runner import runner_for
 from gateway.mcp_server import STREAM_KEY
 from gateway.memory_trim import MemoryTrim
 from gateway.post_stream import PostStream
@@ -330,7 +331,9 @@ class LeanHeld(LeanPath):
                 priming = frames.priming()
                 if priming:
                     await send({"type": "http.response.body", "body": priming, "more_body": True})
-            runner = ServerRunner(self.server, connection, self.sessions._lifespan_state)
+            # Untraced (no provider, no trace to carry), the SDK's span middleware is left out: nothing it would
+            # record, and a held call would keep its frame, span and context managers for as long as it waits.
+            runner = runner_for(self.server, connection, self.sessions._lifespan_state, message.params, request)
             with in_flight(transport), scope:
                 try:
                     result = await runner.on_request(dctx, "tools/call", message.params)

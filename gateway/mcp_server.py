@@ -156,6 +156,9 @@ def build_server(
 
         headers = ctx.request.headers if isinstance(ctx.request, Request) else None
         try:
+            if tracing.untraced(params.meta, headers):
+                # No span to record or carry: the call is awaited without one (a held call keeps no span's frame).
+                return await answer_call(handler, caller, params.name, dict(params.arguments or {}), progress)
             with tracing.tool_call(params.name, caller.agent, meta=params.meta, headers=headers) as span:
                 result = await answer_call(handler, caller, params.name, dict(params.arguments or {}), progress)
                 if span.is_recording():
