@@ -17,9 +17,10 @@ Slack message, an upstream call) guards it with a compare-and-set in the databas
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import anyio
@@ -237,7 +238,7 @@ class ChangeFeed:
                 self._known[view.id] = view.status
         for watch in self._watchers.get(view.id, ()):
             watch.view = view
-            watch.event.set()
+            watch.wake()
 
     async def wait_for_change(
         self, request_id: str, seen: Status, within: float, load: Callable[[str], Awaitable[RequestView]]
@@ -248,21 +249,51 @@ class ChangeFeed:
         again: committed, and at least as new as any read made before the wake-up. A request this process made
         (`made`) that the feed last saw in `seen` is waited on without a read: any change since is still to come.
         """
-        deadline = anyio.current_time() + max(within, 0.0)
+        view = await self.wait_unless(request_id, seen, within, load, None)
+        assert view is not None  # nothing but `until` ends the wait without the request
+        return view
+
+    async def wait_unless(
+        self,
+        request_id: str,
+        seen: Status,
+        within: float,
+        load: Callable[[str], Awaitable[RequestView]],
+        until: Until | None,
+    ) -> RequestView | None:
+        """`wait_for_change`, given up as soon as `until` is set (then None): the agent's connection ending.
+
+        Ten thousand held calls wait here at once, so the wait is a bare future in the watcher table, woken
+        by a change, a loop timer at the deadline or `until`'s callback: no event, cancel scope or task of its own.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(within, 0.0)
         while True:
-            watch = _Watch()
+            if until is not None and until.is_set():
+                return None
+            watch = _Watch(loop.create_future())
             self._watchers.setdefault(request_id, set()).add(watch)
             try:
                 known = self._known.get(request_id)
-                remaining = deadline - anyio.current_time()
+                remaining = deadline - loop.time()
                 if known is not seen or remaining <= 0:
                     # Read after registering, so a change committed in between still wakes us.
                     view = await load(request_id)
-                    remaining = deadline - anyio.current_time()
+                    remaining = deadline - loop.time()
+                    if until is not None and until.is_set():
+                        return None
                     if view.status != seen or remaining <= 0:
                         return view
-                with anyio.move_on_after(remaining):
-                    await watch.event.wait()
+                timer = loop.call_at(deadline, watch.wake)
+                forget = None if until is None else until.on_set(watch.wake)
+                try:
+                    await watch.woken
+                finally:
+                    timer.cancel()
+                    if forget is not None:
+                        forget()
+                if until is not None and until.is_set():
+                    return None
                 if watch.view is not None and watch.view.status != seen:
                     return watch.view
             finally:
@@ -273,9 +304,23 @@ class ChangeFeed:
                         del self._watchers[request_id]
 
 
-@dataclass(eq=False)
-class _Watch:
-    """One task waiting for a request to change; `view` is the request as the latest change left it."""
+class Until(Protocol):
+    """What ends a wait early (the agent's connection closing): a flag that calls back once it is set."""
 
-    event: anyio.Event = field(default_factory=anyio.Event)
-    view: RequestView | None = None
+    def is_set(self) -> bool: ...
+
+    def on_set(self, callback: Callable[[], None]) -> Callable[[], None]: ...
+
+
+class _Watch:
+    """One wait for a request to change; `view` is the request as the latest change left it."""
+
+    __slots__ = ("view", "woken")
+
+    def __init__(self, woken: asyncio.Future[None]) -> None:
+        self.woken = woken
+        self.view: RequestView | None = None
+
+    def wake(self) -> None:
+        if not self.woken.done():
+            self.woken.set_result(None)

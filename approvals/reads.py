@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Awaitable, Collection
 from datetime import datetime
+from typing import overload
 
 from sqlalchemy import and_, bindparam, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -11,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from approvals import audit
 from approvals.db import Database
 from approvals.errors import RequestNotFound
-from approvals.feed import ChangeFeed
+from approvals.feed import ChangeFeed, Until
 from approvals.models import ApprovalRequest, Decision
 from approvals.repeat_batch import RepeatReads
 from approvals.states import OPEN, Status
@@ -117,9 +118,23 @@ class RequestReads:
             rows = (await conn.execute(query)).mappings().all()
         return [RequestView.from_row(r) for r in rows]
 
-    async def wait_for_change(self, request_id: str, seen: Status, within: float) -> RequestView:
-        """Return as soon as the request leaves `seen` (whichever process moved it), or after `within` seconds."""
-        return await self.feed.wait_for_change(request_id, seen, within, self.get)
+    @overload
+    def wait_for_change(self, request_id: str, seen: Status, within: float) -> Awaitable[RequestView]: ...
+
+    @overload
+    def wait_for_change(
+        self, request_id: str, seen: Status, within: float, until: Until | None
+    ) -> Awaitable[RequestView | None]: ...
+
+    def wait_for_change(
+        self, request_id: str, seen: Status, within: float, until: Until | None = None
+    ) -> Awaitable[RequestView | None]:
+        """Return as soon as the request leaves `seen` (whichever process moved it), or after `within` seconds;
+        given `until`, None as soon as that is set (the agent's connection ending).
+
+        The feed's own wait is handed back to be awaited: no frame of its own for each of thousands of held calls.
+        """
+        return self.feed.wait_unless(request_id, seen, within, self.get, until)
 
 
 async def _open_request(conn: AsyncConnection, agent: str, tool: str, arguments_sha256: str) -> RequestView | None:

@@ -123,7 +123,6 @@ class AgentAuth:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         try:
             token = bearer_token(scope["headers"])
         except BearerProblem as problem:
@@ -153,14 +152,15 @@ class AgentAuth:
         scope[AGENT_GROUPS_KEY] = identity.groups
         # Sessions are bound to the credential that opened them, so one agent cannot use another's session.
         scope["user"] = AuthenticatedUser(AccessToken(token="", client_id=agent, scopes=[]))
-        modern = headers.get("mcp-protocol-version") in MODERN_PROTOCOL_VERSIONS
+        modern = _header(scope, b"mcp-protocol-version") in MODERN_PROTOCOL_VERSIONS
         if scope.get("method") != "POST" or modern:
             # The modern transport watches for disconnects itself and cancels the handler.
             await self.app(scope, receive, send)
             return
         gone = Gone()
         scope[DISCONNECTED_KEY] = gone
-        await self._serve_watching(scope, receive, send, gone, headers.get("mcp-session-id"))
+        # (Two headers read, not all of them decoded: this frame stays as long as a held call waits.)
+        await self._serve_watching(scope, receive, send, gone, _header(scope, b"mcp-session-id"))
 
     async def _serve_watching(
         self, scope: Scope, receive: Receive, send: Send, gone: Gone, session: str | None = None
@@ -173,6 +173,15 @@ class AgentAuth:
             await self.app(scope, stream.receive, stream.send)
         finally:
             stream.close()
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    """One request header's value (the last, if repeated; the server gives names in lower case), decoded."""
+    found = None
+    for key, value in scope["headers"]:
+        if key == name:
+            found = value
+    return None if found is None else str(found.decode("latin-1"))
 
 
 async def _unauthorized(send: Send, why: str, metadata: str | None = None, *, presented: bool = True) -> None:

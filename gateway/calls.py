@@ -6,6 +6,8 @@ Held calls are handed to `gateway.held.HeldCalls`, which owns them from then on.
 from __future__ import annotations
 
 import logging
+from collections.abc import Coroutine
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -39,6 +41,13 @@ from gateway.upstreams import Route, Upstreams
 log = logging.getLogger(__name__)
 
 __all__ = ["CallHandler", "Caller", "Progress"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Parked:
+    """A call parked for approval, and the wait that follows it (not started yet)."""
+
+    wait: Coroutine[Any, Any, types.CallToolResult]
 
 
 class CallHandler:
@@ -122,7 +131,10 @@ class CallHandler:
                 )
             raise CallRefused(Tag.RATE_LIMITED, message)
         try:
-            return await self._call(caller, tool, arguments, ProgressLine(progress))
+            outcome = await self._call(caller, tool, arguments, ProgressLine(progress))
+            # A parked call is followed here, once the frame that parked it (policy, context, closures) is gone:
+            # thousands wait at once, each for minutes.
+            return await outcome.wait if isinstance(outcome, _Parked) else outcome
         except CallRefused as refusal:
             if refusal.tag in COUNTED:
                 self.refusals.note(caller.agent)
@@ -130,7 +142,7 @@ class CallHandler:
 
     async def _call(
         self, caller: Caller, tool: str, arguments: dict[str, Any], line: ProgressLine
-    ) -> types.CallToolResult:
+    ) -> types.CallToolResult | _Parked:
         arguments, agent_reason = await self._take_reason(caller, tool, arguments)
         # Hidden tools are checked without their schema, so a refusal never shows that the tool exists.
         schema = None if self.policies.current.is_hidden(tool) else self.upstreams.input_schema(tool)
@@ -301,11 +313,15 @@ class CallHandler:
                 log.error("could not judge %s by the new policy: %s", request.id, exc)
         tracing.annotate(approval_id=request.id)
         hold_limit = self.held.hold_limit(caller.agent, request)
-        return await client_approval.alongside(
-            self.service,
-            request,
-            caller,
-            lambda: self.held.follow(request, caller, line, hold_limit=hold_limit, reservation=reservation),
+        if not client_approval.asks(request, caller):
+            return _Parked(self.held.follow(request, caller, line, hold_limit=hold_limit, reservation=reservation))
+        return _Parked(
+            client_approval.alongside(
+                self.service,
+                request,
+                caller,
+                lambda: self.held.follow(request, caller, line, hold_limit=hold_limit, reservation=reservation),
+            )
         )
 
     async def _take_reason(

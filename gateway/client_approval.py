@@ -64,11 +64,16 @@ def unreachable_message(tool: str) -> str:
     )
 
 
+def asks(view: RequestView, caller: Caller) -> bool:
+    """Whether the agent's own user is asked about this request while its call is held (`alongside`)."""
+    return CLIENT in view.channels and can_ask(caller)
+
+
 async def alongside(
     service: ApprovalService, view: RequestView, caller: Caller, follow: Callable[[], Awaitable[T]]
 ) -> T:
     """Follow the held call while its agent's user is asked; the question goes once the request is decided."""
-    if CLIENT not in view.channels or not can_ask(caller):
+    if not asks(view, caller):
         return await follow()
     outcome: T | Exception
     async with anyio.create_task_group() as tg:

@@ -125,9 +125,9 @@ class HeldCalls(GatewayTools):
                     # The request is the agent's task: it polls instead of being held.
                     return pending_result(caller.task.took(await self._detach(view.id, "answered with a task") or view))
                 if view.status == Status.PENDING:
-                    step = await tracing.traced(
-                        "decision_wait", self._wait_for_decision(view, caller, progress, deadline)
-                    )
+                    waiting = self._wait_for_decision(view, caller, progress, deadline)
+                    # Untraced, the wait is awaited as it is: one frame less kept for each held call.
+                    step = await (waiting if tracing.untraced(None, None) else tracing.traced("decision_wait", waiting))
                     if step is _Stop.GONE:
                         await self._detach(view.id, CONNECTION_CLOSED)
                         raise CallRefused(Tag.APPROVAL_DETACHED, "the connection closed; the request is still pending.")
@@ -217,25 +217,26 @@ class HeldCalls(GatewayTools):
             if hold_left is not None and hold_left <= 0:
                 return _Stop.HOLD_LIMIT
             budget = remaining if hold_left is None else min(remaining, hold_left)
-            step = self._wait_step(view, budget)
-            if caller is None or caller.disconnected is None:
-                latest = await step
-            else:
-                settled = await race_gone(step, caller.disconnected)
-                if settled is None:
+            gone = None if caller is None else caller.disconnected
+            try:
+                # The wait is the feed's own, given up from the connection's end by a callback: no cancel scope,
+                # event or task of its own, and no frames between this one and the feed's.
+                latest = await self.service.wait_for_change(view.id, Status.PENDING, budget, gone)
+            except StoreUnavailable as exc:
+                # Keep trying until the request's own deadline; then `_expired` fails closed.
+                log.warning("waiting on %s: %s", view.id, exc)
+                pause = min(budget, self.service.feed.poll_interval)
+                if gone is None:
+                    await anyio.sleep(pause)
+                    continue
+                await race_gone(anyio.sleep(pause), gone)
+                if gone.is_set():
                     return _Stop.GONE
-                latest = settled
+                continue
+            if latest is None:
+                return _Stop.GONE
             if latest.status != Status.PENDING:
                 return latest
-
-    async def _wait_step(self, view: RequestView, budget: float) -> RequestView:
-        try:
-            return await self.service.wait_for_change(view.id, Status.PENDING, within=budget)
-        except StoreUnavailable as exc:
-            # Keep trying until the request's own deadline; then `_expired` fails closed.
-            log.warning("waiting on %s: %s", view.id, exc)
-            await anyio.sleep(min(budget, self.service.feed.poll_interval))
-            return view
 
     async def _expired(self, view: RequestView) -> RequestView:
         try:

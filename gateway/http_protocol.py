@@ -23,6 +23,7 @@ for the connection's end.
 from __future__ import annotations
 
 import asyncio
+import collections
 import weakref
 from collections.abc import Callable
 from typing import Any, cast
@@ -160,6 +161,14 @@ class ListEvent(asyncio.Event):
         self._waiters: Any = []
 
 
+class ListPipeline(list[Any]):
+    """uvicorn's queue of pipelined requests (`appendleft` to queue, `pop` to take the oldest) in a list: a
+    connection almost never has one queued, and the empty deque it keeps otherwise is ten times the size."""
+
+    def appendleft(self, item: Any) -> None:
+        self.insert(0, item)
+
+
 def _lighter(event: asyncio.Event) -> asyncio.Event:
     """The same state in a `ListEvent`; an event someone waits on already is kept as it is."""
     if type(event) is not asyncio.Event or getattr(event, "_waiters", None):
@@ -182,6 +191,9 @@ class GatheringHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         gathering = GatheringTransport(cast(asyncio.Transport, transport), asyncio.get_running_loop())
         super().connection_made(gathering)
+        pipeline = getattr(self, "pipeline", None)
+        if type(pipeline) is collections.deque and not pipeline:
+            self.pipeline = ListPipeline()
         flow = getattr(self, "flow", None)
         if flow is not None and isinstance(getattr(flow, "_is_writable_event", None), asyncio.Event):
             flow._is_writable_event = _lighter(flow._is_writable_event)

@@ -13,10 +13,10 @@ connection), and writes the event stream itself, frame for frame as the SDK's tr
   `retry` hint), then each message as `id`, `event: message` and `data` (the JSON the SDK's
   model dump writes), every event kept in the same event store under the same stream name, so a
   client that reconnects with `Last-Event-ID` has them replayed by the SDK as before;
-- the dispatch is the SDK's: `ServerRunner.on_request` with the server's middleware (without its
-  OpenTelemetry span when nothing would be recorded or carried, `gateway.lean_runner`), its
-  validation of the params, the gateway's `call_tool` handler, and the SDK's shaping of the
-  result; a failure is answered as the session's message loop answers it;
+- the dispatch is the SDK's: `ServerRunner.on_request` with the server's middleware (but the SDK's
+  span middleware where no span would be recorded or carry a trace, as `gateway.lean_runner` leaves
+  it out for the allowed call), its validation of the params, the gateway's `call_tool` handler, and
+  the SDK's shaping of the result; a failure is answered as the session's message loop answers it;
 - the request is entered in the session dispatcher's table of requests in flight, so a client's
   `notifications/cancelled` cancels it exactly as it cancels a request the loop dispatched, and a
   cancelled request's stream ends with the same `REQUEST_CANCELLED` error;
@@ -331,6 +331,8 @@ class LeanHeld(LeanPath):
                 priming = frames.priming()
                 if priming:
                     await send({"type": "http.response.body", "body": priming, "more_body": True})
+            # Untraced (no provider, no trace to carry), the SDK's span middleware is left out: nothing it would
+            # record, and a held call would keep its frame, span and context managers for as long as it waits.
             runner = runner_for(self.server, connection, self.sessions._lifespan_state, message.params, request)
             with in_flight(transport), scope:
                 try:

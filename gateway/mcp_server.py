@@ -157,6 +157,9 @@ def build_server(
 
         headers = ctx.request.headers if isinstance(ctx.request, Request) else None
         try:
+            if tracing.untraced(params.meta, headers):
+                # No span to record or carry: the call is awaited without one (a held call keeps no span's frame).
+                return await answer_call(handler, caller, params.name, dict(params.arguments or {}), progress)
             with tracing.tool_call(params.name, caller.agent, meta=params.meta, headers=headers) as span:
                 result = await answer_call(handler, caller, params.name, dict(params.arguments or {}), progress)
                 if span.is_recording():
@@ -191,10 +194,11 @@ def build_server(
     return server
 
 
-async def answer_call(
+def answer_call(
     handler: CallHandler, caller: Caller, tool: str, arguments: dict[str, Any], progress: Any
-) -> types.CallToolResult:
-    return await guarded(caller, tool, lambda: handler.call(caller, tool, arguments, progress))
+) -> Awaitable[types.CallToolResult]:
+    """The call's answer, to be awaited: `guarded` handed back as it is (a held call keeps one frame less)."""
+    return guarded(caller, tool, lambda: handler.call(caller, tool, arguments, progress))
 
 
 async def guarded(

@@ -14,6 +14,7 @@ at the door instead of reaching a catalog that is still empty, where every tool 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 import anyio
@@ -93,9 +94,14 @@ class _Gate:
         self.readiness = readiness
         self.app = app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not self.readiness.started.is_set():
-            await self.readiness.wait()
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Once started, the app's own awaitable is handed on: no frame of this gate stays for a held call.
+        if self.readiness.started.is_set():
+            return self.app(scope, receive, send)
+        return self._after_start(scope, receive, send)
+
+    async def _after_start(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.readiness.wait()
         await self.app(scope, receive, send)
 
 

@@ -16,6 +16,8 @@ lookups share an answer only when they would have sent exactly the same read. A 
 failed (an error, an exception, no answer within the bound) serves only the lookups that were
 already waiting for it; the next one asks again. Each request still audits its own lookup
 (`gateway.context`), so the record shows what every request was shown and where it came from.
+An answer is kept only while it can serve a new lookup: then it is let go, since the calls it was
+read for may be held for minutes and it would stay beside them.
 
 The read itself runs shielded from its first asker's cancellation: the others waiting for it must
 not lose their answer because that agent went away. It is bounded by the lookup's own timeout.
@@ -23,6 +25,7 @@ not lose their answer because that agent went away. It is bounded by the lookup'
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -114,7 +117,20 @@ class SharedLookups:
             flight.landed.set()
             if not flight.answered and self._flights.get(question) is flight:
                 del self._flights[question]
+            elif flight.answered:
+                # Once no new lookup may take it, the answer (a whole order book, say) is let go, not kept until
+                # the next prune: it would stay beside every call held meanwhile.
+                left = flight.sent + flight.fresh_for - self.clock()
+                asyncio.get_running_loop().call_later(max(left, 0.0), self._let_go, question, flight)
         return flight, True
+
+    def __len__(self) -> int:
+        """How many questions' answers are kept (in flight, or fresh enough to serve a new lookup)."""
+        return len(self._flights)
+
+    def _let_go(self, question: Question, flight: Flight) -> None:
+        if self._flights.get(question) is flight and self.clock() - flight.sent > flight.fresh_for:
+            del self._flights[question]
 
     def _prune(self, now: float) -> None:
         stale = [q for q, f in self._flights.items() if f.landed.is_set() and now - f.sent > f.fresh_for]

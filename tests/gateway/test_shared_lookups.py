@@ -170,3 +170,18 @@ async def test_a_read_that_took_long_answers_for_longer_and_a_failed_one_is_aske
     assert sent and failed.error is not None
     _, sent = await lookups.ask(failing, "apr_8", slow_read)
     assert sent
+
+
+async def test_an_answer_is_let_go_once_it_no_longer_serves_new_lookups() -> None:
+    # A whole order book can be megabytes: once no new lookup may take it, it is not kept until the next prune.
+    lookups = SharedLookups(fresh=0.05)
+    question = ("alpha", "ibkr", "ibkr_get_open_orders", "{}", 3.0)
+
+    async def read() -> types.CallToolResult:
+        return _answer()
+
+    flight, sent = await lookups.ask(question, "apr_1", read)
+    assert sent and flight.answered and len(lookups) == 1
+    await wait_for(lambda: len(lookups) == 0)
+    again, sent = await lookups.ask(question, "apr_2", read)
+    assert sent and again is not flight
