@@ -2,12 +2,15 @@
 
 A held call sends a notice every `progress_interval` so its client (and any proxy between) sees
 that it is alive. With a task per held call sleeping between notices, ten thousand held calls were
-ten thousand tasks and stacks doing nothing; here every held call is a small entry in one heap,
-and one loop timer wakes when notices are due, a tick at a time (so ten thousand notices spread
-over the interval wake it a few times a second, not two thousand), and writes every due notice
-in that one pass where it can go straight onto its stream (`ProgressLine.notice_now`). A task
-exists only for a notice that has to wait (a slow client's stream, or one that goes the SDK's
-way), so a slow client delays its own notices and nobody else's.
+ten thousand tasks and stacks doing nothing; here every held call is a small entry in the list of
+the tick its next notice falls in, and one loop timer wakes when notices are due, a tick at a time
+(so ten thousand notices spread over the interval wake it a few times a second, not two thousand),
+and writes every due notice in that one pass where it can go straight onto its stream
+(`ProgressLine.notice_now`). A task exists only for a notice that has to wait (a slow client's
+stream, or one that goes the SDK's way), so a slow client delays its own notices and nobody else's.
+
+Only the time left changes from one notice of a call to the next, and ten thousand calls say the
+same few hundred durations: each is formatted once (`time_left`).
 """
 
 from __future__ import annotations
