@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import secrets
 from collections import OrderedDict, deque
-from dataclasses import dataclass
 from typing import Final
 
 from mcp.server.streamable_http import GET_STREAM_KEY, EventCallback, EventId, EventMessage, EventStore, StreamId
@@ -40,12 +39,16 @@ RETRY_MS: Final = 2_000  # the `retry` hint: how soon a client whose stream ende
 _OVERHEAD = 64  # bytes counted for an event beside its message
 
 
-@dataclass(frozen=True, slots=True)
-class _Stored:  # a few per held call, by the ten thousand
-    stream: StreamId
-    seq: int
-    message: str | None  # the message as the wire carries it (None: a priming event)
-    size: int
+class _Stored:
+    """One kept event (a few per held call, by the ten thousand; one more every few seconds each)."""
+
+    __slots__ = ("message", "seq", "size", "stream")
+
+    def __init__(self, stream: StreamId, seq: int, message: str | None, size: int) -> None:
+        self.stream = stream
+        self.seq = seq
+        self.message = message  # the message as the wire carries it (None: a priming event)
+        self.size = size
 
 
 class BoundedEventStore(EventStore):
@@ -80,20 +83,25 @@ class BoundedEventStore(EventStore):
 
     def store_wire(self, stream_id: StreamId, data: str | None) -> EventId:
         """Keep a message already written as its wire JSON (None: a priming event); its event id."""
-        self._seq += 1
+        self._seq = seq = self._seq + 1
         name = self._names.get(stream_id)
         if name is None:
             name = self._names[stream_id] = secrets.token_urlsafe(12)
             self._named[name] = stream_id
-        event_id = f"{name}.{self._seq}"
+        event_id = f"{name}.{seq}"
         size = _OVERHEAD + (len(data) if data is not None else 0)
-        self._events[event_id] = _Stored(stream_id, self._seq, data, size)
-        ids = self._streams.setdefault(stream_id, deque())
+        events = self._events
+        events[event_id] = _Stored(stream_id, seq, data, size)
+        ids = self._streams.get(stream_id)
+        if ids is None:
+            ids = self._streams[stream_id] = deque()
         ids.append(event_id)
         self._bytes += size
         if len(ids) > self.per_stream and not stream_id.endswith(GET_STREAM_KEY):
-            self._forget(ids.popleft())
-        while len(self._events) > self.max_events or (self._bytes > self.max_bytes and len(self._events) > 1):
+            forgotten = events.pop(ids.popleft(), None)
+            if forgotten is not None:
+                self._bytes -= forgotten.size
+        while len(events) > self.max_events or (self._bytes > self.max_bytes and len(events) > 1):
             self._evict_oldest()
         return event_id
 
@@ -120,11 +128,6 @@ class BoundedEventStore(EventStore):
             message = jsonrpc_message_adapter.validate_json(stored.message, by_name=False)
             await send_callback(EventMessage(message, event_id))
         return stream
-
-    def _forget(self, event_id: EventId) -> None:
-        stored = self._events.pop(event_id, None)
-        if stored is not None:
-            self._bytes -= stored.size
 
     def _evict_oldest(self) -> None:
         event_id, stored = self._events.popitem(last=False)

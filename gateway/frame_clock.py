@@ -51,6 +51,10 @@ class FrameLock:
     def locked(self) -> bool:
         return self._locked
 
+    def free(self) -> bool:
+        """Nobody holds or waits for the lock: a write that finishes without waiting may go now."""
+        return not (self._locked or self._waiters)
+
     def acquire_nowait(self) -> bool:
         if self._locked or self._waiters:
             return False
@@ -157,7 +161,10 @@ class KeepAliveWheel:
             return
         if old is not None:
             self._drop(stream, old)
-        self._slots.setdefault(slot, {})[stream] = None
+        bucket = self._slots.get(slot)
+        if bucket is None:
+            bucket = self._slots[slot] = {}
+        bucket[stream] = None
         self._where[stream] = slot
         if not self._firing and (self._timer is None or slot < self._timer_slot):
             self._arm(slot)
@@ -189,19 +196,21 @@ class KeepAliveWheel:
         self._timer = None
         now = self._loop.time()
         current = math.floor((now + EARLY) / self.tick)
+        soonest = (current + 1) * self.tick
+        where = self._where
         self._firing = True
         try:
             for slot in sorted(s for s in self._slots if s <= current):
                 for stream in self._slots.pop(slot, {}):
-                    if self._where.get(stream) != slot:
+                    if where.get(stream) != slot:
                         continue
-                    del self._where[stream]
+                    del where[stream]
                     try:
                         due = stream.keepalive_due(now)
                     except Exception:  # one stream's trouble must not stop everyone else's keep-alives
                         due = None
-                    if due is not None and stream not in self._where:
-                        self.watch(stream, max(due, (current + 1) * self.tick))
+                    if due is not None and stream not in where:
+                        self.watch(stream, due if due > soonest else soonest)
         finally:
             self._firing = False
         if self._slots:

@@ -23,7 +23,6 @@ import anyio
 import mcp_types as types
 from anyio.abc import TaskGroup
 
-from approvals.durations import format_duration
 from approvals.errors import ApprovalError, StoreUnavailable
 from approvals.feed import Change
 from approvals.service import ApprovalService, arguments_digest
@@ -35,7 +34,7 @@ from gateway.caller import CONNECTION_CLOSED, Caller, Departure, ProgressLine, r
 from gateway.config import DEFAULT_EXECUTION_LEASE
 from gateway.errors import CallRefused, Tag
 from gateway.execution import EarlyStart, Executions
-from gateway.held_notices import Notices
+from gateway.held_notices import Notices, waiting_text
 from gateway.held_tools import GatewayTools
 from gateway.ratelimit import RateLimiter, Reservation
 from gateway.results import answer, pending_result, with_changes
@@ -260,8 +259,7 @@ class HeldCalls(GatewayTools):
     def _waiting(self, view: RequestView, who: str) -> Callable[[], str]:
         # The text of this request's "still waiting" notices: only the time left changes between them.
         head = f"Waiting for approval by {who} (request {view.id}); expires at {clock_time(view, 'expires')}, in "
-        tail, expires, service = f". Inbox: {self.inbox_url}", view.expires_at, self.service
-        return lambda: head + format_duration(max((expires - service.clock()).total_seconds(), 0.0)) + tail
+        return waiting_text(head, view.expires_at, f". Inbox: {self.inbox_url}", self.service.clock)
 
     async def _wait_for_execution(
         self, view: RequestView, progress: ProgressLine, deadline: float | None

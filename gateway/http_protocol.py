@@ -64,6 +64,16 @@ class GatheringTransport:
             pending.append(bytes(data))
             self._transport.write(b"".join(pending))
 
+    def write_frame(self, data: bytes) -> bool:
+        """A frame of a stream under way, written now unless the connection is closing (False: nothing written)."""
+        if self._pending is not None:
+            return False  # a head still held back (the loop has not turned since it was sent): the ASGI way
+        transport = self._transport
+        if transport.is_closing():
+            return False
+        transport.write(data)
+        return True
+
     def writelines(self, lines: Any) -> None:
         for data in lines:
             self.write(data)
@@ -128,10 +138,7 @@ class RawStream:
         ):
             return False
         transport = cycle.transport
-        if not isinstance(transport, GatheringTransport) or transport.is_closing():
-            return False
-        transport.write(chunk)
-        return True
+        return isinstance(transport, GatheringTransport) and transport.write_frame(chunk)
 
     def on_lost(self, callback: Callable[[], None]) -> bool:
         """Call `callback` once when the connection is lost; False (nothing done) if that cannot be watched here."""

@@ -31,6 +31,7 @@ import asyncio
 import json
 import logging
 import re
+from json.encoder import encode_basestring
 from typing import Any
 
 from starlette.types import Message, Receive, Send
@@ -282,17 +283,20 @@ class PostStream:
         False, with nothing kept or sent, when it cannot go straight out now (another write is under way, or
         the stream is not one a message can be written to); the caller then takes the awaited way.
         """
-        if not self._writable() or not self._lock.acquire_nowait():
+        if not self._writable() or not self._lock.free():
             return False
         frame = self._frame(data, stream_id)
         if self._raw_write(chunk_of(frame)):
-            self._lock.release()
             return True
+        self._lock.acquire_nowait()
         self._go_on(run_now(self._write(frame), self._loop))
         return True
 
     def _raw_write(self, chunk: bytes) -> bool:
-        """Under the lock: the chunk straight onto the connection, if nothing is held back and it can go now."""
+        """With the lock free: the chunk straight onto the connection, if nothing is held back and it can go now.
+
+        Such a write finishes before anything else can run, so it needs no lock of its own.
+        """
         raw = self._raw
         if raw is None or not self._streaming or self._start is not None or self._first is not None:
             return False
@@ -370,13 +374,13 @@ class PostStream:
             return max(due, now + self._wheel.tick)
         if self._start is None and not self._streaming:
             return None  # not a stream (yet): nothing to keep alive
-        if not self._lock.acquire_nowait():
+        if not self._lock.free():
             # Someone is writing (a slow client's frame): this stream's keep-alive waits its turn in a task.
             self._go_on(self._loop.create_task(self._ping()))
             return None
         if self._raw_write(_KEEPALIVE_CHUNK):
-            self._lock.release()
             return self._last + self._interval
+        self._lock.acquire_nowait()
         self._go_on(run_now(self._keepalive_locked(), self._loop))
         return None
 
@@ -423,7 +427,7 @@ class StreamProgress:
         return self._stream.write_now(self._data(value, message), self._request_id)
 
     def _data(self, value: float, message: str) -> str:
-        return f'{self._head},"progress":{_json(value)},"message":{_json(message)}}}}}'
+        return f'{self._head},"progress":{_number(value)},"message":{_string(message)}}}}}'
 
 
 def progress_token(meta: Any) -> str | int | None:
@@ -436,6 +440,15 @@ def progress_token(meta: Any) -> str | int | None:
 
 
 _json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+# What `_json` does for a string, without its way through the encoder object (a notice's text, thousands a second).
+_string = encode_basestring
+
+
+def _number(value: float) -> str:
+    """`_json(value)` for a progress value; a finite float is its `repr`, as the encoder writes it."""
+    if type(value) is float and value - value == 0.0:
+        return float.__repr__(value)
+    return _json(value)
 
 
 def _is_sse(message: Message) -> bool:
