@@ -164,7 +164,7 @@ class ProgressLine:
     def __init__(self, send: Progress | None) -> None:
         self._send = send
         self.value = 0.0
-        # Our own notices may go a quicker way than `send` (gateway.post_stream.StreamProgress) until the
+        # Our own notices may go a quicker way than `send` (gateway.stream_progress.StreamProgress) until the
         # first thing goes by `send`: from then on all do, so nothing overtakes what is already on its way.
         self._direct: DirectNotice | None = getattr(send, "notice_direct", None)
         self._now: Callable[[float, str], bool] | None = getattr(send, "notice_now", None)

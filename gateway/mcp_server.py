@@ -18,9 +18,10 @@ from gateway import tracing
 from gateway.caller import Caller, Gone, Progress
 from gateway.calls import CallHandler
 from gateway.errors import CallRefused, Tag, instructions
-from gateway.post_stream import PostStream, StreamProgress, progress_token
+from gateway.post_stream import PostStream
 from gateway.relay_server import Relay, RelayServer
 from gateway.results import WAIT_TOOL, gateway_tools, text_of
+from gateway.stream_progress import StreamProgress, progress_token
 from gateway.tasks import HeldTasks
 
 log = logging.getLogger(__name__)
