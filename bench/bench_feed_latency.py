@@ -35,6 +35,7 @@ from bench_gateway import (  # type: ignore[import-not-found]
     mcp_client,
     place_orders,
     short,
+    start_broker,
     start_process,
     text_of,
     wait_healthy,
@@ -53,12 +54,7 @@ async def start_replica(name: str, workdir: Path, procs: list[Proc], **config: o
 
 
 async def measure(args: argparse.Namespace, workdir: Path, procs: list[Proc], database_url: str) -> list[str]:
-    broker_port = free_port()
-    broker = start_process(
-        "broker", [sys.executable, "-m", "gateway.paper_broker", "--http", str(broker_port)], workdir, procs
-    )
-    broker_url = f"http://127.0.0.1:{broker_port}/mcp"
-    await wait_healthy(broker, f"http://127.0.0.1:{broker_port}/health", lambda body: body.get("status") == "ok")
+    _, broker_url = await start_broker(workdir, procs)
     config = {
         "broker_url": broker_url,
         "database_url": database_url,

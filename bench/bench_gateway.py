@@ -179,6 +179,16 @@ async def wait_healthy(proc: Proc, url: str, ready: Callable[[dict[str, Any]], b
                 await anyio.sleep(0.1)
 
 
+async def start_broker(workdir: Path, procs: list[Proc]) -> tuple[Proc, str]:
+    """The paper broker as a streamable HTTP upstream on a free port, once healthy: its process and MCP URL."""
+    port = free_port()
+    broker = start_process(
+        "broker", [sys.executable, "-m", "gateway.paper_broker", "--http", str(port)], workdir, procs
+    )
+    await wait_healthy(broker, f"http://127.0.0.1:{port}/health", lambda body: body.get("status") == "ok")
+    return broker, f"http://127.0.0.1:{port}/mcp"
+
+
 # ---- configuration
 
 
@@ -881,12 +891,8 @@ def report_held(run: HeldRun) -> list[str]:
 
 
 async def run(args: argparse.Namespace, workdir: Path, procs: list[Proc], database_url: str, backend: str) -> None:
-    broker_port, gateway_port = free_port(), free_port()
-    broker = start_process(
-        "broker", [sys.executable, "-m", "gateway.paper_broker", "--http", str(broker_port)], workdir, procs
-    )
-    broker_url = f"http://127.0.0.1:{broker_port}/mcp"
-    await wait_healthy(broker, f"http://127.0.0.1:{broker_port}/health", lambda body: body.get("status") == "ok")
+    gateway_port = free_port()
+    broker, broker_url = await start_broker(workdir, procs)
     config = gateway_config(
         workdir,
         port=gateway_port,
@@ -902,7 +908,7 @@ async def run(args: argparse.Namespace, workdir: Path, procs: list[Proc], databa
     gateway_base = f"http://127.0.0.1:{gateway_port}"
     await wait_healthy(gateway, f"{gateway_base}/healthz", lambda body: body.get("status") == "ok")
     gateway_url = f"{gateway_base}/mcp"
-    log(f"broker pid {broker.pid} on :{broker_port}, gateway pid {gateway.pid} on :{gateway_port} ({backend})")
+    log(f"broker pid {broker.pid} at {broker_url}, gateway pid {gateway.pid} on :{gateway_port} ({backend})")
 
     # Each section goes to stdout as soon as it is measured, so a run that gives up still leaves its figures.
     emit(

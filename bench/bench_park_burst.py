@@ -50,6 +50,7 @@ from bench_gateway import (
     pending_count,
     place_orders,
     py_spy,
+    start_broker,
     start_process,
     wait_healthy,
 )
@@ -108,12 +109,8 @@ async def approve_all(api: httpx2.AsyncClient, held: int, concurrency: int) -> i
 
 
 async def run(args: argparse.Namespace, workdir: Path, procs: list[Proc], database_url: str) -> dict[str, Any]:
-    broker_port, gateway_port = free_port(), free_port()
-    broker = start_process(
-        "broker", [sys.executable, "-m", "gateway.paper_broker", "--http", str(broker_port)], workdir, procs
-    )
-    broker_url = f"http://127.0.0.1:{broker_port}/mcp"
-    await wait_healthy(broker, f"http://127.0.0.1:{broker_port}/health", lambda body: body.get("status") == "ok")
+    gateway_port = free_port()
+    _, broker_url = await start_broker(workdir, procs)
     config = gateway_config(
         workdir,
         port=gateway_port,
