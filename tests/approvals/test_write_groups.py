@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -82,15 +83,7 @@ async def test_blocks_that_fail_after_appending_leave_the_audit_chain_whole(data
                 return
             kept.append(f"block {n}")
 
-        db.groups.sizes.clear()
-        async with anyio.create_task_group() as tg:
-            for n in range(12):
-                tg.start_soon(block, n)
-
-        assert sum(db.groups.sizes.values()) < 12
-        async with db.read() as conn:
-            rows = (await conn.execute(select(_events.c.message).where(_events.c.kind == "test.grouped"))).all()
-        assert sorted(r.message for r in rows) == sorted([*kept, *(f"{k}, second" for k in kept)])
+        assert await _twelve_blocks_grouped(db, block) == sorted([*kept, *(f"{k}, second" for k in kept)])
         assert len(kept) == 8
         # A later write outside any group continues the same chain.
         await service.record(Event(kind="call.allowed", outcome="allowed", message="after the groups"))
@@ -217,15 +210,7 @@ async def test_blocks_that_defer_their_appends_keep_the_chain_whole_and_readers_
                 return
             kept.append(f"block {n}")
 
-        db.groups.sizes.clear()
-        async with anyio.create_task_group() as tg:
-            for n in range(12):
-                tg.start_soon(block, n)
-
-        assert sum(db.groups.sizes.values()) < 12
-        async with db.read() as conn:
-            rows = (await conn.execute(select(_events.c.message).where(_events.c.kind == "test.grouped"))).all()
-        assert sorted(r.message for r in rows) == sorted([*kept, *(f"{k}, second" for k in kept)])
+        assert await _twelve_blocks_grouped(db, block) == sorted([*kept, *(f"{k}, second" for k in kept)])
         assert len(kept) == 9
         # Each reader saw every event of the blocks that ran before it (in the order they queued), none rolled back.
         assert sorted(seen_by_reader) == [3, 7, 11]
@@ -241,3 +226,15 @@ def test_a_group_bound_below_one_is_refused(tmp_path: Path) -> None:
     db = Database(f"sqlite:///{tmp_path / 'cs.db'}")
     with pytest.raises(ValueError, match="max_group must be at least 1, not 0"):
         WriteGroups(db.write, max_group=0)
+
+
+async def _twelve_blocks_grouped(db: Database, block: Callable[[int], Awaitable[None]]) -> list[str]:
+    """Run `block(0)` .. `block(11)` at once, check they shared write groups; the grouped events' messages, sorted."""
+    db.groups.sizes.clear()
+    async with anyio.create_task_group() as tg:
+        for n in range(12):
+            tg.start_soon(block, n)
+    assert sum(db.groups.sizes.values()) < 12
+    async with db.read() as conn:
+        rows = (await conn.execute(select(_events.c.message).where(_events.c.kind == "test.grouped"))).all()
+    return sorted(r.message for r in rows)
