@@ -276,10 +276,6 @@ class DecisionBatches(ExecutionCases):
                 events.append((request_event(r.lost, "request.answered_late", new.value, text, detail=detail), now))
 
 
-def _decided(asked: _Approval) -> dict[str, Any]:
-    return {"decided_by": asked.approver.name, "decided_via": asked.channel, "decision_reason": asked.reason}
-
-
 def _distinct(moves: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
     """The first of each id (a second answer for one request loses, as it would after the first)."""
     return list({i: (i, v) for i, v in reversed(moves)}.values())[::-1]
